@@ -1,0 +1,273 @@
+"""Shared types of qlab: str-valued enums and one frozen dataclass per record."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class QlabError(Exception):
+    """A user-facing error: bad input, a refused conversion, a locked store.
+
+    The CLI prints its message as one line and exits 2; the dashboard shows it in words.
+    """
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class VariantStatus(enum.StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+
+
+class VariantKind(enum.StrEnum):
+    PTQ = "ptq"  # post-training recipe from the registry
+    QAT = "qat"  # quantization-aware training
+    SELECTIVE = "selective"  # debugger's denylisted build
+    TUNE = "tune"  # chosen by the float-layer search
+    IMPORTED = "imported"  # a .tflite made elsewhere
+
+
+class Target(enum.StrEnum):
+    HOST = "host"
+    NPU = "npu"
+    CPU = "cpu"
+    CPU_PLAIN = "cpu-plain"
+
+
+# Progress callback: fraction in [0, 1] and a short message for the user.
+Progress = Callable[[float, str], None]
+
+
+def no_progress(fraction: float, message: str) -> None:
+    """The default progress callback: ignore."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A post-training conversion recipe: a name, a line for users, and converter settings."""
+
+    name: str
+    summary: str
+    optimize: bool = False
+    representative: bool = False
+    # names of tf.lite.OpsSet members, e.g. ("TFLITE_BUILTINS_INT8",)
+    supported_ops: tuple[str, ...] = ()
+    # numpy dtype names for converter.target_spec.supported_types, e.g. ("float16",)
+    supported_types: tuple[str, ...] = ()
+    inference_input_type: str | None = None
+    inference_output_type: str | None = None
+    per_channel: bool = True
+    integer_only: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Labelled data in the Keras convention, with explicit preprocessing.
+
+    The model sees `x * input_scale + input_offset` (see `preprocess`).
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    input_scale: float = 1.0
+    input_offset: float = 0.0
+    source: str = ""
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        ys = [self.y_train, self.y_test]
+        top = max((int(y.max()) for y in ys if y.size), default=-1)
+        return max(top + 1, len(self.class_names))
+
+    def preprocess(self, x: np.ndarray) -> np.ndarray:
+        """The float input the model expects."""
+        return (x.astype(np.float32) * np.float32(self.input_scale) + np.float32(self.input_offset)).astype(
+            np.float32
+        )
+
+    def calibration(self, n: int) -> np.ndarray:
+        """The first `n` training samples in file order, preprocessed."""
+        return self.preprocess(self.x_train[:n])
+
+    def test_inputs(self) -> np.ndarray:
+        return self.preprocess(self.x_test)
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A Keras model and where it came from."""
+
+    name: str
+    path: str
+    format: str  # "keras" | "h5" | "savedmodel" | "demo"
+    keras_model: Any
+    input_shape: tuple[int | None, ...]
+    output_shape: tuple[int | None, ...]
+    keras_major: int  # 2 for tf_keras models, 3 for Keras 3
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy of one model on one test split."""
+
+    accuracy: float
+    top5: float
+    agreement: float | None  # share of argmax equal to the float model's; None without reference
+    confusion: tuple[tuple[int, ...], ...]
+    n_samples: int
+    batched: bool
+    note: str = ""
+    size_bytes: int = 0
+    input_dtype: str = ""
+    output_dtype: str = ""
+
+
+@dataclass(frozen=True)
+class ConvertedVariant:
+    """One recipe's outcome: the .tflite on disk and its evaluation, or the error."""
+
+    recipe: str
+    status: VariantStatus
+    path: str = ""
+    sha256: str = ""
+    size_bytes: int = 0
+    input_dtype: str = ""
+    output_dtype: str = ""
+    evaluation: Evaluation | None = None
+    error: str = ""
+    variant_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ConvertReport:
+    model: str
+    float_accuracy: float
+    variants: tuple[ConvertedVariant, ...]
+    model_id: int | None = None
+    dataset_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    index: int
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    scales: tuple[float, ...]
+    zero_points: tuple[int, ...]
+    quantized_dimension: int
+    is_constant: bool
+
+    @property
+    def per_channel(self) -> bool:
+        return len(self.scales) > 1
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    index: int
+    name: str  # builtin op name, e.g. "CONV_2D"
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    is_float: bool  # computes in floating point
+
+
+@dataclass(frozen=True)
+class LintFinding:
+    severity: str  # "error" | "warning" | "info"
+    code: str  # e.g. "float-op", "per-channel", "io-dtype", "quant-pair"
+    message: str
+
+
+@dataclass(frozen=True)
+class Inspection:
+    path: str
+    size_bytes: int
+    ops: tuple[OpInfo, ...]
+    tensors: tuple[TensorInfo, ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    integer_only: bool
+    float_ops: tuple[str, ...]
+    lint: tuple[LintFinding, ...]
+
+    @property
+    def verdict(self) -> str:
+        if self.integer_only:
+            return "integer-only"
+        return "float ops left: " + ", ".join(self.float_ops)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Timing of one model on one target. Milliseconds throughout."""
+
+    target: str
+    threads: int
+    xnnpack: bool
+    runs: int
+    warmup: int
+    init_ms: float
+    first_ms: float
+    min_ms: float
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    std_ms: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LayerStat:
+    """One row of the quantization debugger's per-layer statistics, plus 004_*'s derived metrics."""
+
+    op_name: str
+    tensor_idx: int
+    tensor_name: str
+    num_elements: float
+    stddev: float
+    mean_error: float
+    max_abs_error: float
+    mean_squared_error: float
+    scale: float
+    zero_point: float
+    range: float  # 255 * scale
+    rmse_scale: float  # sqrt(mse) / scale; ~0.289 means well quantized
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    url: str
+    has_token: bool
+    created_at: str = ""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: str
+    status: JobStatus
+    progress: float
+    message: str
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str
+    created_at: str
+    updated_at: str

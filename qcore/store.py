@@ -1,0 +1,937 @@
+"""The DuckDB store: one schema, numbered migrations, one owner that writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from qcore.qtyping import (
+    Board,
+    Evaluation,
+    Job,
+    JobStatus,
+    LayerStat,
+    Latency,
+    QlabError,
+    VariantStatus,
+)
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+SCHEMA_0001 = """
+CREATE SEQUENCE IF NOT EXISTS seq_models;
+CREATE SEQUENCE IF NOT EXISTS seq_datasets;
+CREATE SEQUENCE IF NOT EXISTS seq_variants;
+CREATE SEQUENCE IF NOT EXISTS seq_evaluations;
+CREATE SEQUENCE IF NOT EXISTS seq_benchmarks;
+CREATE SEQUENCE IF NOT EXISTS seq_jobs;
+
+-- a Keras model as the user gave it; the source is copied under the data dir
+CREATE TABLE IF NOT EXISTS models (
+    id           BIGINT PRIMARY KEY DEFAULT nextval('seq_models'),
+    name         VARCHAR NOT NULL,
+    format       VARCHAR NOT NULL CONSTRAINT model_format_known
+                 CHECK (format IN ('keras', 'h5', 'savedmodel', 'demo', 'tflite')),
+    sha256       VARCHAR NOT NULL UNIQUE,
+    source_path  VARCHAR NOT NULL,
+    input_shape  VARCHAR NOT NULL,
+    output_shape VARCHAR NOT NULL,
+    keras_major  INTEGER,
+    created_at   TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS datasets (
+    id           BIGINT PRIMARY KEY DEFAULT nextval('seq_datasets'),
+    name         VARCHAR NOT NULL,
+    source       VARCHAR NOT NULL,
+    sha256       VARCHAR NOT NULL,
+    input_scale  DOUBLE NOT NULL DEFAULT 1.0,
+    input_offset DOUBLE NOT NULL DEFAULT 0.0,
+    n_train      INTEGER NOT NULL CONSTRAINT dataset_n_train_nonneg CHECK (n_train >= 0),
+    n_test       INTEGER NOT NULL CONSTRAINT dataset_n_test_positive CHECK (n_test > 0),
+    num_classes  INTEGER NOT NULL,
+    stored_path  VARCHAR,
+    created_at   TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    UNIQUE (sha256, input_scale, input_offset)
+);
+
+-- one .tflite made from (model, dataset) by a recipe, QAT, a denylist, or the search
+CREATE TABLE IF NOT EXISTS variants (
+    id            BIGINT PRIMARY KEY DEFAULT nextval('seq_variants'),
+    model_id      BIGINT NOT NULL,
+    dataset_id    BIGINT NOT NULL,
+    name          VARCHAR NOT NULL,
+    kind          VARCHAR NOT NULL CONSTRAINT variant_kind_known
+                  CHECK (kind IN ('ptq', 'qat', 'selective', 'tune', 'imported')),
+    recipe        VARCHAR,
+    settings      JSON,
+    status        VARCHAR NOT NULL CONSTRAINT variant_status_known CHECK (status IN ('ok', 'failed')),
+    error         VARCHAR,
+    sha256        VARCHAR,
+    size_bytes    BIGINT,
+    path          VARCHAR,
+    input_dtype   VARCHAR,
+    output_dtype  VARCHAR,
+    parent_variant_id BIGINT,
+    created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    updated_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    UNIQUE (model_id, dataset_id, name)
+);
+
+-- float Keras accuracy per (model, dataset): the reference every variant is compared with
+CREATE TABLE IF NOT EXISTS reference_runs (
+    model_id    BIGINT NOT NULL,
+    dataset_id  BIGINT NOT NULL,
+    accuracy    DOUBLE NOT NULL,
+    top5        DOUBLE NOT NULL,
+    n_samples   INTEGER NOT NULL,
+    created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (model_id, dataset_id)
+);
+
+-- device is 'host' or 'board:<name>/<target>'
+CREATE TABLE IF NOT EXISTS evaluations (
+    id          BIGINT PRIMARY KEY DEFAULT nextval('seq_evaluations'),
+    variant_id  BIGINT NOT NULL,
+    dataset_id  BIGINT NOT NULL,
+    device      VARCHAR NOT NULL DEFAULT 'host',
+    n_samples   INTEGER NOT NULL,
+    batched     BOOLEAN NOT NULL,
+    note        VARCHAR,
+    confusion   JSON,
+    created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS eval_metrics (
+    evaluation_id BIGINT NOT NULL,
+    metric        VARCHAR NOT NULL,
+    value         DOUBLE,
+    PRIMARY KEY (evaluation_id, metric)
+);
+
+-- board is 'host' for this machine, else a registered board's name
+CREATE TABLE IF NOT EXISTS benchmarks (
+    id          BIGINT PRIMARY KEY DEFAULT nextval('seq_benchmarks'),
+    variant_id  BIGINT,
+    sha256      VARCHAR NOT NULL,
+    board       VARCHAR NOT NULL,
+    target      VARCHAR NOT NULL CONSTRAINT benchmark_target_known
+                CHECK (target IN ('host', 'npu', 'cpu', 'cpu-plain')),
+    threads     INTEGER NOT NULL,
+    xnnpack     BOOLEAN NOT NULL,
+    runs        INTEGER NOT NULL,
+    warmup      INTEGER NOT NULL,
+    details     JSON,
+    created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS bench_metrics (
+    benchmark_id BIGINT NOT NULL,
+    metric       VARCHAR NOT NULL,
+    value        DOUBLE,
+    PRIMARY KEY (benchmark_id, metric)
+);
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id          BIGINT PRIMARY KEY DEFAULT nextval('seq_jobs'),
+    kind        VARCHAR NOT NULL,
+    status      VARCHAR NOT NULL CONSTRAINT job_status_known
+                CHECK (status IN ('queued', 'running', 'done', 'failed')),
+    progress    DOUBLE NOT NULL DEFAULT 0 CONSTRAINT job_progress_fraction CHECK (progress BETWEEN 0 AND 1),
+    message     VARCHAR NOT NULL DEFAULT '',
+    params      JSON,
+    result      JSON,
+    error       VARCHAR NOT NULL DEFAULT '',
+    created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    updated_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+"""
+
+SCHEMA_0002 = """
+CREATE SEQUENCE IF NOT EXISTS seq_debug_runs;
+CREATE SEQUENCE IF NOT EXISTS seq_tune_runs;
+
+CREATE TABLE IF NOT EXISTS training_history (
+    variant_id BIGINT NOT NULL,
+    epoch      INTEGER NOT NULL,
+    metric     VARCHAR NOT NULL,
+    value      DOUBLE,
+    PRIMARY KEY (variant_id, epoch, metric)
+);
+
+CREATE TABLE IF NOT EXISTS debug_runs (
+    id            BIGINT PRIMARY KEY DEFAULT nextval('seq_debug_runs'),
+    model_id      BIGINT NOT NULL,
+    dataset_id    BIGINT NOT NULL,
+    settings      JSON,
+    model_metrics JSON,
+    created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS layer_stats (
+    debug_run_id       BIGINT NOT NULL,
+    row_idx            INTEGER NOT NULL,
+    op_name            VARCHAR NOT NULL,
+    tensor_idx         INTEGER NOT NULL,
+    tensor_name        VARCHAR NOT NULL,
+    num_elements       DOUBLE,
+    stddev             DOUBLE,
+    mean_error         DOUBLE,
+    max_abs_error      DOUBLE,
+    mean_squared_error DOUBLE,
+    scale              DOUBLE,
+    zero_point         DOUBLE,
+    range              DOUBLE,
+    rmse_scale         DOUBLE,
+    extra              JSON,
+    PRIMARY KEY (debug_run_id, row_idx)
+);
+
+CREATE TABLE IF NOT EXISTS tune_runs (
+    id                BIGINT PRIMARY KEY DEFAULT nextval('seq_tune_runs'),
+    model_id          BIGINT NOT NULL,
+    dataset_id        BIGINT NOT NULL,
+    max_drop          DOUBLE NOT NULL,
+    float_accuracy    DOUBLE NOT NULL,
+    target_accuracy   DOUBLE NOT NULL,
+    chosen_variant_id BIGINT,
+    created_at        TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS tune_trials (
+    tune_run_id BIGINT NOT NULL,
+    step        INTEGER NOT NULL,
+    denylist    JSON NOT NULL,
+    accuracy    DOUBLE,
+    size_bytes  BIGINT,
+    passed      BOOLEAN NOT NULL,
+    PRIMARY KEY (tune_run_id, step)
+);
+"""
+
+SCHEMA_0003 = """
+CREATE TABLE IF NOT EXISTS boards (
+    name       VARCHAR PRIMARY KEY,
+    url        VARCHAR NOT NULL,
+    token      VARCHAR,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS reports (
+    id         VARCHAR PRIMARY KEY,
+    title      VARCHAR NOT NULL CONSTRAINT report_title_nonempty CHECK (length(trim(title)) > 0),
+    notes      VARCHAR NOT NULL DEFAULT '',
+    content    JSON NOT NULL,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+"""
+
+VIEWS = """
+CREATE OR REPLACE VIEW v_latest_eval AS
+SELECT * EXCLUDE (rn) FROM (
+    SELECT e.*, row_number() OVER (PARTITION BY variant_id, device ORDER BY id DESC) AS rn
+    FROM evaluations e
+) WHERE rn = 1;
+
+CREATE OR REPLACE VIEW v_eval_wide AS
+SELECT e.id AS evaluation_id, e.variant_id, e.device, e.n_samples, e.batched, e.note,
+       max(m.value) FILTER (WHERE m.metric = 'accuracy')  AS accuracy,
+       max(m.value) FILTER (WHERE m.metric = 'top5')      AS top5,
+       max(m.value) FILTER (WHERE m.metric = 'agreement') AS agreement,
+       max(m.value) FILTER (WHERE m.metric = 'host_agreement') AS host_agreement
+FROM v_latest_eval e LEFT JOIN eval_metrics m ON m.evaluation_id = e.id
+GROUP BY ALL;
+
+CREATE OR REPLACE VIEW v_bench_wide AS
+SELECT b.id AS benchmark_id, b.variant_id, b.sha256, b.board, b.target, b.threads, b.xnnpack,
+       b.runs, b.warmup, b.created_at,
+       max(m.value) FILTER (WHERE m.metric = 'init_ms')  AS init_ms,
+       max(m.value) FILTER (WHERE m.metric = 'first_ms') AS first_ms,
+       max(m.value) FILTER (WHERE m.metric = 'min_ms')   AS min_ms,
+       max(m.value) FILTER (WHERE m.metric = 'mean_ms')  AS mean_ms,
+       max(m.value) FILTER (WHERE m.metric = 'p50_ms')   AS p50_ms,
+       max(m.value) FILTER (WHERE m.metric = 'p90_ms')   AS p90_ms,
+       max(m.value) FILTER (WHERE m.metric = 'p99_ms')   AS p99_ms,
+       max(m.value) FILTER (WHERE m.metric = 'std_ms')   AS std_ms,
+       max(m.value) FILTER (WHERE m.metric = 'peak_rss_mb') AS peak_rss_mb
+FROM benchmarks b LEFT JOIN bench_metrics m ON m.benchmark_id = b.id
+GROUP BY ALL;
+
+-- one row per variant: what /compare and the overview show
+CREATE OR REPLACE VIEW v_variant_summary AS
+SELECT v.id AS variant_id, v.model_id, m.name AS model, v.dataset_id, d.name AS dataset,
+       v.name AS variant, v.kind, v.recipe, v.status, v.error, v.size_bytes, v.path, v.sha256,
+       v.input_dtype, v.output_dtype, v.settings, v.updated_at,
+       r.accuracy AS float_accuracy,
+       e.accuracy, e.top5, e.agreement, e.batched,
+       (SELECT median(h.p50_ms) FROM v_bench_wide h
+         WHERE h.variant_id = v.id AND h.board = 'host'
+           AND h.benchmark_id = (SELECT max(h2.benchmark_id) FROM v_bench_wide h2
+                                 WHERE h2.variant_id = v.id AND h2.board = 'host')) AS host_p50_ms,
+       (SELECT min(bw.p50_ms) FROM v_bench_wide bw
+         WHERE bw.variant_id = v.id AND bw.board <> 'host') AS board_p50_ms
+FROM variants v
+JOIN models m ON m.id = v.model_id
+JOIN datasets d ON d.id = v.dataset_id
+LEFT JOIN reference_runs r ON r.model_id = v.model_id AND r.dataset_id = v.dataset_id
+LEFT JOIN v_eval_wide e ON e.variant_id = v.id AND e.device = 'host';
+"""
+
+# Numbered migrations; tests assert this list. Append only, never edit an applied one.
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    ("0001_initial", SCHEMA_0001),
+    ("0002_qat_debugger_tune", SCHEMA_0002),
+    ("0003_boards_reports", SCHEMA_0003),
+)
+
+LOCK_MARKERS = ("lock", "Conflicting lock", "being used by another process")
+
+
+def default_db_path() -> Path:
+    """`QLAB_DB`, else `data/qlab.duckdb` under `QLAB_DATA_DIR` or the repo."""
+    env = os.environ.get("QLAB_DB")
+    if env:
+        return Path(env)
+    return default_data_dir() / "qlab.duckdb"
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("QLAB_DATA_DIR")
+    return Path(env) if env else REPO_ROOT / "data"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=_json_default)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+def _loads(value: Any) -> Any:
+    if value is None or isinstance(value, dict | list):
+        return value
+    return json.loads(value)
+
+
+class Store:
+    """The one owner of the DuckDB file. Threads share it; each call takes its own cursor.
+
+    Args:
+        path: the database file (created if missing).
+        blob_dir: where `.tflite` files are kept, named by sha256. Defaults to
+            `<db dir>/blobs`.
+
+    Raises:
+        QlabError: when another process holds the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.blob_dir = Path(blob_dir) if blob_dir else self.path.parent / "blobs"
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(str(self.path))
+        except duckdb.IOException as exc:
+            text = str(exc)
+            if any(marker in text for marker in LOCK_MARKERS):
+                raise QlabError(
+                    f"database {self.path} is in use by another process (is the dashboard running?); "
+                    "pass --db PATH (or set QLAB_DB) to use another file"
+                ) from None
+            raise QlabError(f"cannot open database {self.path}: {text}") from None
+        except duckdb.Error as exc:
+            raise QlabError(f"cannot open database {self.path}: {exc}") from None
+        self._lock = threading.RLock()
+        self.migrate()
+
+    # ------------------------------------------------------------------ plumbing
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor inside BEGIN/COMMIT; rolls back on any exception."""
+        with self._lock:
+            cur = self._con.cursor()
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            finally:
+                cur.close()
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        """A read as a DataFrame, on its own cursor (safe from any thread)."""
+        cur = self._con.cursor()
+        try:
+            return cur.execute(sql, params or []).df()
+        finally:
+            cur.close()
+
+    def _one(self, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
+        cur = self._con.cursor()
+        try:
+            return cur.execute(sql, params or []).fetchone()
+        finally:
+            cur.close()
+
+    def migrate(self) -> list[str]:
+        """Applies the migrations not yet recorded; returns the names applied now."""
+        applied_now: list[str] = []
+        with self.transaction() as cur:
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version VARCHAR PRIMARY KEY, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+            )
+            done = {row[0] for row in cur.execute("SELECT version FROM schema_migrations").fetchall()}
+            for version, sql in MIGRATIONS:
+                if version in done:
+                    continue
+                cur.execute(sql)
+                cur.execute("INSERT INTO schema_migrations (version) VALUES (?)", [version])
+                applied_now.append(version)
+            cur.execute(VIEWS)
+        if applied_now:
+            log.info("applied migrations %s to %s", applied_now, self.path)
+        return applied_now
+
+    def applied_migrations(self) -> list[str]:
+        return list(self.query("SELECT version FROM schema_migrations ORDER BY version")["version"])
+
+    # ------------------------------------------------------------------ blobs
+    def put_blob(self, data: bytes, suffix: str = ".tflite") -> tuple[str, Path]:
+        """Writes `data` under its sha256 (idempotent); returns (sha256, path)."""
+        digest = sha256_bytes(data)
+        path = self.blob_dir / f"{digest}{suffix}"
+        if not path.exists():
+            tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}.{threading.get_ident()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return digest, path
+
+    def blob_path(self, sha256: str, suffix: str = ".tflite") -> Path:
+        return self.blob_dir / f"{sha256}{suffix}"
+
+    # ------------------------------------------------------------------ models & datasets
+    def add_model(
+        self,
+        *,
+        name: str,
+        format: str,
+        sha256: str,
+        source_path: str,
+        input_shape: Sequence[int | None],
+        output_shape: Sequence[int | None],
+        keras_major: int | None,
+    ) -> int:
+        """Registers a model; the same bytes twice give the same id."""
+        with self.transaction() as cur:
+            row = cur.execute("SELECT id FROM models WHERE sha256 = ?", [sha256]).fetchone()
+            if row:
+                return int(row[0])
+            row = cur.execute(
+                "INSERT INTO models (name, format, sha256, source_path, input_shape, output_shape, keras_major)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                [name, format, sha256, source_path, json.dumps(list(input_shape)),
+                 json.dumps(list(output_shape)), keras_major],
+            ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    def add_dataset(
+        self,
+        *,
+        name: str,
+        source: str,
+        sha256: str,
+        input_scale: float,
+        input_offset: float,
+        n_train: int,
+        n_test: int,
+        num_classes: int,
+        stored_path: str | None = None,
+    ) -> int:
+        """Registers a dataset with its preprocessing; the same data and preprocessing give the same id."""
+        with self.transaction() as cur:
+            row = cur.execute(
+                "SELECT id FROM datasets WHERE sha256 = ? AND input_scale = ? AND input_offset = ?",
+                [sha256, input_scale, input_offset],
+            ).fetchone()
+            if row:
+                return int(row[0])
+            row = cur.execute(
+                "INSERT INTO datasets (name, source, sha256, input_scale, input_offset, n_train, n_test,"
+                " num_classes, stored_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                [name, source, sha256, input_scale, input_offset, n_train, n_test, num_classes, stored_path],
+            ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    def models(self) -> pd.DataFrame:
+        return self.query("SELECT * FROM models ORDER BY id DESC")
+
+    def datasets(self) -> pd.DataFrame:
+        return self.query("SELECT * FROM datasets ORDER BY id DESC")
+
+    def model(self, model_id: int) -> dict[str, Any]:
+        df = self.query("SELECT * FROM models WHERE id = ?", [model_id])
+        if df.empty:
+            raise QlabError(f"no model with id {model_id}")
+        return dict(df.iloc[0])
+
+    def dataset(self, dataset_id: int) -> dict[str, Any]:
+        df = self.query("SELECT * FROM datasets WHERE id = ?", [dataset_id])
+        if df.empty:
+            raise QlabError(f"no dataset with id {dataset_id}")
+        return dict(df.iloc[0])
+
+    def set_reference(self, model_id: int, dataset_id: int, accuracy: float, top5: float, n: int) -> None:
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT INTO reference_runs (model_id, dataset_id, accuracy, top5, n_samples)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (model_id, dataset_id) DO UPDATE SET"
+                " accuracy = excluded.accuracy, top5 = excluded.top5, n_samples = excluded.n_samples,"
+                " created_at = now()",
+                [model_id, dataset_id, accuracy, top5, n],
+            )
+
+    def reference(self, model_id: int, dataset_id: int) -> float | None:
+        row = self._one(
+            "SELECT accuracy FROM reference_runs WHERE model_id = ? AND dataset_id = ?", [model_id, dataset_id]
+        )
+        return None if row is None else float(row[0])
+
+    # ------------------------------------------------------------------ variants & evaluations
+    def save_variant(
+        self,
+        *,
+        model_id: int,
+        dataset_id: int,
+        name: str,
+        kind: str,
+        recipe: str | None = None,
+        settings: dict[str, Any] | None = None,
+        status: VariantStatus = VariantStatus.OK,
+        error: str = "",
+        tflite: bytes | None = None,
+        input_dtype: str = "",
+        output_dtype: str = "",
+        evaluation: Evaluation | None = None,
+        parent_variant_id: int | None = None,
+        history: Sequence[dict[str, float]] | None = None,
+    ) -> int:
+        """Writes a variant, its .tflite blob and its host evaluation in one transaction.
+
+        Re-running the same (model, dataset, name) updates that row; evaluations accumulate,
+        and views read the latest. A failed variant keeps its error and no half-written metrics.
+
+        Returns:
+            The variant id.
+        """
+        sha = path = None
+        size = None
+        if tflite is not None:
+            sha, blob = self.put_blob(tflite)
+            path, size = str(blob), len(tflite)
+        params = [kind, recipe, _json(settings), str(status), error or None, sha, size, path,
+                  input_dtype or None, output_dtype or None, parent_variant_id]
+        with self.transaction() as cur:
+            row = cur.execute(
+                "SELECT id FROM variants WHERE model_id = ? AND dataset_id = ? AND name = ?",
+                [model_id, dataset_id, name],
+            ).fetchone()
+            if row:
+                variant_id = int(row[0])
+                cur.execute(
+                    "UPDATE variants SET kind = ?, recipe = ?, settings = ?, status = ?, error = ?, sha256 = ?,"
+                    " size_bytes = ?, path = ?, input_dtype = ?, output_dtype = ?, parent_variant_id = ?,"
+                    " updated_at = current_timestamp WHERE id = ?",
+                    [*params, variant_id],
+                )
+            else:
+                got = cur.execute(
+                    "INSERT INTO variants (model_id, dataset_id, name, kind, recipe, settings, status, error,"
+                    " sha256, size_bytes, path, input_dtype, output_dtype, parent_variant_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    [model_id, dataset_id, name, *params],
+                ).fetchone()
+                assert got is not None
+                variant_id = int(got[0])
+            if evaluation is not None:
+                self._insert_evaluation(cur, variant_id, dataset_id, "host", evaluation, {})
+            if history:
+                cur.execute("DELETE FROM training_history WHERE variant_id = ?", [variant_id])
+                for epoch, metrics in enumerate(history, start=1):
+                    for metric, value in metrics.items():
+                        cur.execute(
+                            "INSERT INTO training_history VALUES (?, ?, ?, ?)",
+                            [variant_id, epoch, metric, float(value)],
+                        )
+        return variant_id
+
+    @staticmethod
+    def _insert_evaluation(
+        cur: duckdb.DuckDBPyConnection,
+        variant_id: int,
+        dataset_id: int,
+        device: str,
+        ev: Evaluation,
+        extra_metrics: dict[str, float | None],
+    ) -> int:
+        got = cur.execute(
+            "INSERT INTO evaluations (variant_id, dataset_id, device, n_samples, batched, note, confusion)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            [variant_id, dataset_id, device, ev.n_samples, ev.batched, ev.note or None,
+             json.dumps([list(r) for r in ev.confusion])],
+        ).fetchone()
+        assert got is not None
+        eval_id = int(got[0])
+        metrics: dict[str, float | None] = {"accuracy": ev.accuracy, "top5": ev.top5, "agreement": ev.agreement}
+        metrics.update(extra_metrics)
+        for metric, value in metrics.items():
+            if value is not None:
+                cur.execute("INSERT INTO eval_metrics VALUES (?, ?, ?)", [eval_id, metric, float(value)])
+        return eval_id
+
+    def add_evaluation(
+        self,
+        variant_id: int,
+        dataset_id: int,
+        evaluation: Evaluation,
+        device: str = "host",
+        extra_metrics: dict[str, float | None] | None = None,
+    ) -> int:
+        """Stores one more evaluation of a variant (e.g. on a board: device='board:<name>/<target>')."""
+        with self.transaction() as cur:
+            return self._insert_evaluation(cur, variant_id, dataset_id, device, evaluation, extra_metrics or {})
+
+    def variant(self, variant_id: int) -> dict[str, Any]:
+        df = self.query("SELECT * FROM v_variant_summary WHERE variant_id = ?", [variant_id])
+        if df.empty:
+            raise QlabError(f"no variant with id {variant_id}")
+        return dict(df.iloc[0])
+
+    def variant_summary(
+        self, model_ids: Sequence[int] | None = None, variant_ids: Sequence[int] | None = None
+    ) -> pd.DataFrame:
+        """One row per variant with latest accuracy, size and latency (the /compare table)."""
+        sql = "SELECT * FROM v_variant_summary"
+        clauses, params = [], []
+        if model_ids is not None:
+            clauses.append("model_id IN (SELECT unnest(?::BIGINT[]))")
+            params.append(list(model_ids))
+        if variant_ids is not None:
+            clauses.append("variant_id IN (SELECT unnest(?::BIGINT[]))")
+            params.append(list(variant_ids))
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        return self.query(sql + " ORDER BY model_id DESC, variant_id", params)
+
+    def evaluations(self, variant_id: int) -> pd.DataFrame:
+        """Latest evaluation per device for a variant, with the confusion matrix."""
+        return self.query(
+            "SELECT w.*, e.confusion FROM v_eval_wide w JOIN evaluations e ON e.id = w.evaluation_id"
+            " WHERE w.variant_id = ? ORDER BY w.device",
+            [variant_id],
+        )
+
+    def confusion(self, variant_id: int, device: str = "host") -> list[list[int]] | None:
+        row = self._one(
+            "SELECT confusion FROM v_latest_eval WHERE variant_id = ? AND device = ?", [variant_id, device]
+        )
+        return None if row is None or row[0] is None else _loads(row[0])
+
+    def training_history(self, variant_id: int) -> pd.DataFrame:
+        """Per-epoch metrics of a QAT variant, one column per metric."""
+        long = self.query(
+            "SELECT epoch, metric, value FROM training_history WHERE variant_id = ? ORDER BY epoch", [variant_id]
+        )
+        if long.empty:
+            return pd.DataFrame(columns=["epoch"])
+        return long.pivot(index="epoch", columns="metric", values="value").reset_index().rename_axis(None, axis=1)
+
+    # ------------------------------------------------------------------ benchmarks
+    def add_benchmark(
+        self,
+        latency: Latency,
+        *,
+        sha256: str,
+        board: str = "host",
+        variant_id: int | None = None,
+    ) -> int:
+        """Stores one timing (host or board) as a row plus its metrics as rows."""
+        details = dict(latency.extra)
+        with self.transaction() as cur:
+            got = cur.execute(
+                "INSERT INTO benchmarks (variant_id, sha256, board, target, threads, xnnpack, runs, warmup, details)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                [variant_id, sha256, board, latency.target, latency.threads, latency.xnnpack, latency.runs,
+                 latency.warmup, _json(details)],
+            ).fetchone()
+            assert got is not None
+            bench_id = int(got[0])
+            metrics = {k: v for k, v in asdict(latency).items() if k.endswith("_ms")}
+            if isinstance(details.get("peak_rss_mb"), int | float):
+                metrics["peak_rss_mb"] = details["peak_rss_mb"]
+            for metric, value in metrics.items():
+                if value is not None:
+                    cur.execute("INSERT INTO bench_metrics VALUES (?, ?, ?)", [bench_id, metric, float(value)])
+        return bench_id
+
+    def benchmarks(self, variant_ids: Sequence[int] | None = None, board: str | None = None) -> pd.DataFrame:
+        sql = "SELECT * FROM v_bench_wide WHERE 1=1"
+        params: list[Any] = []
+        if variant_ids is not None:
+            sql += " AND variant_id IN (SELECT unnest(?::BIGINT[]))"
+            params.append(list(variant_ids))
+        if board is not None:
+            sql += " AND board = ?"
+            params.append(board)
+        return self.query(sql + " ORDER BY benchmark_id DESC", params)
+
+    def variant_id_for_sha(self, sha256: str) -> int | None:
+        row = self._one("SELECT max(id) FROM variants WHERE sha256 = ?", [sha256])
+        return None if row is None or row[0] is None else int(row[0])
+
+    # ------------------------------------------------------------------ debugger & tune
+    def save_debug_run(
+        self,
+        *,
+        model_id: int,
+        dataset_id: int,
+        settings: dict[str, Any],
+        model_metrics: dict[str, Any],
+        stats: Sequence[LayerStat],
+    ) -> int:
+        """Stores one debugger run and every one of its per-layer rows, in one transaction."""
+        with self.transaction() as cur:
+            got = cur.execute(
+                "INSERT INTO debug_runs (model_id, dataset_id, settings, model_metrics) VALUES (?, ?, ?, ?)"
+                " RETURNING id",
+                [model_id, dataset_id, _json(settings), _json(model_metrics)],
+            ).fetchone()
+            assert got is not None
+            run_id = int(got[0])
+            rows = [
+                (run_id, i, s.op_name, s.tensor_idx, s.tensor_name, s.num_elements, s.stddev, s.mean_error,
+                 s.max_abs_error, s.mean_squared_error, s.scale, s.zero_point, s.range, s.rmse_scale,
+                 _json(s.extra) if s.extra else None)
+                for i, s in enumerate(stats)
+            ]
+            if rows:
+                cur.executemany(
+                    "INSERT INTO layer_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                )
+        return run_id
+
+    def debug_runs(self, model_id: int | None = None) -> pd.DataFrame:
+        sql = ("SELECT r.*, m.name AS model, d.name AS dataset, "
+               "(SELECT count(*) FROM layer_stats s WHERE s.debug_run_id = r.id) AS n_layers "
+               "FROM debug_runs r JOIN models m ON m.id = r.model_id JOIN datasets d ON d.id = r.dataset_id")
+        params: list[Any] = []
+        if model_id is not None:
+            sql += " WHERE r.model_id = ?"
+            params.append(model_id)
+        return self.query(sql + " ORDER BY r.id DESC", params)
+
+    def layer_stats(self, debug_run_id: int) -> pd.DataFrame:
+        return self.query(
+            "SELECT * EXCLUDE (debug_run_id) FROM layer_stats WHERE debug_run_id = ? ORDER BY row_idx",
+            [debug_run_id],
+        )
+
+    def save_tune_run(
+        self,
+        *,
+        model_id: int,
+        dataset_id: int,
+        max_drop: float,
+        float_accuracy: float,
+        target_accuracy: float,
+        trials: Sequence[dict[str, Any]],
+        chosen_variant_id: int | None,
+    ) -> int:
+        """Stores the search and every conversion it tried (keys: denylist, accuracy, size_bytes, passed)."""
+        with self.transaction() as cur:
+            got = cur.execute(
+                "INSERT INTO tune_runs (model_id, dataset_id, max_drop, float_accuracy, target_accuracy,"
+                " chosen_variant_id) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                [model_id, dataset_id, max_drop, float_accuracy, target_accuracy, chosen_variant_id],
+            ).fetchone()
+            assert got is not None
+            run_id = int(got[0])
+            for step, t in enumerate(trials):
+                cur.execute(
+                    "INSERT INTO tune_trials VALUES (?, ?, ?, ?, ?, ?)",
+                    [run_id, step, json.dumps(list(t["denylist"])), t.get("accuracy"), t.get("size_bytes"),
+                     bool(t["passed"])],
+                )
+        return run_id
+
+    def tune_trials(self, tune_run_id: int) -> pd.DataFrame:
+        return self.query("SELECT * FROM tune_trials WHERE tune_run_id = ? ORDER BY step", [tune_run_id])
+
+    # ------------------------------------------------------------------ boards
+    def add_board(self, name: str, url: str, token: str | None) -> None:
+        """Registers (or re-points) a board. The token is stored, never returned by `boards()`."""
+        if not name.strip():
+            raise QlabError("board name must not be empty")
+        if not url.startswith(("http://", "https://")):
+            raise QlabError(f"board URL {url!r} must start with http:// or https://")
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT INTO boards (name, url, token) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " url = excluded.url, token = excluded.token",
+                [name, url.rstrip("/"), token],
+            )
+
+    def boards(self) -> list[Board]:
+        df = self.query("SELECT name, url, token IS NOT NULL AS has_token, created_at FROM boards ORDER BY name")
+        return [Board(r["name"], r["url"], bool(r["has_token"]), str(r["created_at"])) for _, r in df.iterrows()]
+
+    def board_token(self, name: str) -> tuple[str, str | None]:
+        """(url, token) of a registered board, for the client only."""
+        row = self._one("SELECT url, token FROM boards WHERE name = ?", [name])
+        if row is None:
+            known = ", ".join(b.name for b in self.boards()) or "none"
+            raise QlabError(f"no board named {name!r} (known: {known}); add it with `qlab board add`")
+        return str(row[0]), row[1]
+
+    def remove_board(self, name: str) -> None:
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM boards WHERE name = ?", [name])
+
+    # ------------------------------------------------------------------ jobs
+    def create_job(self, kind: str, params: dict[str, Any] | None = None) -> int:
+        with self.transaction() as cur:
+            got = cur.execute(
+                "INSERT INTO jobs (kind, status, params) VALUES (?, 'queued', ?) RETURNING id",
+                [kind, _json(params or {})],
+            ).fetchone()
+            assert got is not None
+            return int(got[0])
+
+    def update_job(
+        self,
+        job_id: int,
+        *,
+        status: JobStatus | None = None,
+        progress: float | None = None,
+        message: str | None = None,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        sets, params = ["updated_at = current_timestamp"], []
+        if status is not None:
+            sets.append("status = ?")
+            params.append(str(status))
+        if progress is not None:
+            sets.append("progress = ?")
+            params.append(min(1.0, max(0.0, float(progress))))
+        if message is not None:
+            sets.append("message = ?")
+            params.append(message)
+        if result is not None:
+            sets.append("result = ?")
+            params.append(_json(result))
+        if error is not None:
+            sets.append("error = ?")
+            params.append(error)
+        with self.transaction() as cur:
+            cur.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", [*params, job_id])
+
+    def job(self, job_id: int) -> Job:
+        df = self.query("SELECT * FROM jobs WHERE id = ?", [job_id])
+        if df.empty:
+            raise QlabError(f"no job with id {job_id}")
+        return _job_from_row(dict(df.iloc[0]))
+
+    def jobs(self, limit: int = 50, kind: str | None = None) -> list[Job]:
+        sql, params = "SELECT * FROM jobs", []
+        if kind:
+            sql += " WHERE kind = ?"
+            params.append(kind)
+        df = self.query(sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
+        return [_job_from_row(dict(r)) for _, r in df.iterrows()]
+
+    def fail_orphaned_jobs(self, reason: str = "the server restarted while this job ran") -> int:
+        """Marks queued/running jobs failed; called once when the owner process starts."""
+        with self.transaction() as cur:
+            got = cur.execute(
+                "UPDATE jobs SET status = 'failed', error = ?, updated_at = current_timestamp"
+                " WHERE status IN ('queued', 'running') RETURNING id",
+                [reason],
+            ).fetchall()
+        return len(got)
+
+    # ------------------------------------------------------------------ reports
+    def save_report(self, title: str, notes: str, content: dict[str, Any]) -> str:
+        """Stores a report; returns its id, an unguessable short token used in `?report=<id>`."""
+        if not title.strip():
+            raise QlabError("a report needs a title")
+        report_id = secrets.token_urlsafe(8)
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT INTO reports (id, title, notes, content) VALUES (?, ?, ?, ?)",
+                [report_id, title.strip(), notes, _json(content)],
+            )
+        return report_id
+
+    def report(self, report_id: str) -> dict[str, Any]:
+        df = self.query("SELECT * FROM reports WHERE id = ?", [report_id])
+        if df.empty:
+            raise QlabError(f"no report with id {report_id!r}")
+        row = dict(df.iloc[0])
+        row["content"] = _loads(row["content"])
+        return row
+
+    def reports(self) -> pd.DataFrame:
+        return self.query("SELECT id, title, created_at FROM reports ORDER BY created_at DESC")
+
+
+def _job_from_row(r: dict[str, Any]) -> Job:
+    return Job(
+        id=int(r["id"]),
+        kind=str(r["kind"]),
+        status=JobStatus(r["status"]),
+        progress=float(r["progress"]),
+        message=str(r["message"] or ""),
+        params=_loads(r["params"]) or {},
+        result=_loads(r["result"]),
+        error=str(r["error"] or ""),
+        created_at=str(r["created_at"]),
+        updated_at=str(r["updated_at"]),
+    )
