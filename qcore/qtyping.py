@@ -271,3 +271,118 @@ class Job:
     error: str
     created_at: str
     updated_at: str
+
+
+# ---------------------------------------------------------------- QAT, debugger, tensor comparison, search
+# Accuracies below are fractions in [0, 1]; `max_drop` alone is in accuracy points.
+
+
+@dataclass(frozen=True)
+class QatResult:
+    """Quantization-aware training of one model: the converted variant and its pitfall checks."""
+
+    model: str
+    layers: tuple[str, ...]  # ("all",) or the class / layer names the user chose
+    quantized_layers: tuple[str, ...]  # names of the layers that got quantizers
+    settings: dict[str, Any]  # epochs, batch_size, learning_rate, train_samples, int_io, ...
+    history: tuple[dict[str, float], ...]  # one {"loss": .., "accuracy": ..} per epoch
+    float_accuracy: float  # the model before QAT
+    keras_accuracy: float  # the QAT Keras model (fake quantization) on the test split
+    tflite_accuracy: float  # the converted .tflite on the test split
+    evaluation: Evaluation
+    size_bytes: int
+    path: str
+    sha256: str
+    input_dtype: str
+    output_dtype: str
+    range_drift: float  # largest relative move of a moving-average min/max during the last epoch
+    warnings: tuple[str, ...] = ()
+    variant_id: int | None = None
+
+
+@dataclass(frozen=True)
+class SelectiveResult:
+    """A model quantized with some nodes or ops kept in float (the debugger's denylists)."""
+
+    denylisted_nodes: tuple[str, ...]
+    denylisted_ops: tuple[str, ...]
+    evaluation: Evaluation
+    size_bytes: int
+    path: str
+    sha256: str
+    variant_id: int | None = None
+
+
+@dataclass(frozen=True)
+class DebugResult:
+    """One run of TFLite's QuantizationDebugger: every per-layer row, model metrics, suspects."""
+
+    model: str
+    settings: dict[str, Any]
+    columns: tuple[str, ...]  # the debugger's own CSV columns, in its order
+    stats: tuple[LayerStat, ...]
+    model_metrics: dict[str, float]  # e.g. argmax_agreement, output_mse
+    suspects: tuple[str, ...]  # tensor names: rmse_scale above the threshold, plus the first K
+    selective: SelectiveResult | None = None
+    debug_run_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TensorDiff:
+    """Float vs quantized values of one tensor that both models have, over all samples."""
+
+    name: str  # the float model's tensor name
+    quant_name: str  # the quantized model's (differs only when matched after normalising)
+    shape: tuple[int, ...]
+    float_dtype: str
+    quant_dtype: str
+    per_channel: bool
+    is_constant: bool
+    mse: float
+    max_abs_error: float
+    snr_db: float  # 10*log10(signal power / error power); inf when identical
+    cosine: float
+
+
+@dataclass(frozen=True)
+class UnmatchedTensor:
+    name: str
+    side: str  # "float" | "quant"
+    reason: str
+
+
+@dataclass(frozen=True)
+class TensorComparison:
+    float_path: str
+    quant_path: str
+    n_samples: int
+    matched: tuple[TensorDiff, ...]
+    unmatched: tuple[UnmatchedTensor, ...]
+
+
+@dataclass(frozen=True)
+class TuneTrial:
+    """One conversion the float-layer search tried."""
+
+    denylist: tuple[str, ...]
+    accuracy: float
+    size_bytes: int
+    passed: bool
+    path: str = ""  # set on the chosen trial only
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """The float-layer search: every conversion tried and the smallest passing denylist, if any."""
+
+    model: str
+    max_drop: float  # accuracy points
+    float_accuracy: float
+    target_accuracy: float  # float_accuracy - max_drop / 100
+    ranking: tuple[str, ...]  # denylistable tensor names, worst rmse_scale first
+    tried: tuple[TuneTrial, ...]
+    chosen: TuneTrial | None
+    chosen_variant_id: int | None = None
+    tune_run_id: int | None = None
+    debug_run_id: int | None = None
