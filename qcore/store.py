@@ -804,6 +804,22 @@ class Store:
     def tune_trials(self, tune_run_id: int) -> pd.DataFrame:
         return self.query("SELECT * FROM tune_trials WHERE tune_run_id = ? ORDER BY step", [tune_run_id])
 
+    def tune_runs(self, model_id: int | None = None) -> pd.DataFrame:
+        """Float-layer searches, newest first (the dashboard's /debugger list)."""
+        sql, params = "SELECT * FROM tune_runs", []
+        if model_id is not None:
+            sql += " WHERE model_id = ?"
+            params.append(model_id)
+        return self.query(sql + " ORDER BY id DESC", params)
+
+    def device_evaluations(self, variant_ids: Sequence[int]) -> pd.DataFrame:
+        """Latest evaluation per (variant, device), host and boards: the accuracy-drift table."""
+        return self.query(
+            "SELECT variant_id, device, n_samples, accuracy, top5, agreement, host_agreement FROM v_eval_wide"
+            " WHERE variant_id IN (SELECT unnest(?::BIGINT[])) ORDER BY variant_id, device",
+            [list(variant_ids)],
+        )
+
     # ------------------------------------------------------------------ boards
     def add_board(self, name: str, url: str, token: str | None) -> None:
         """Registers (or re-points) a board. The token is stored, never returned by `boards()`."""
