@@ -1,0 +1,265 @@
+"""Keras → TFLite conversion with the recipe registry, evaluated and stored one transaction per variant."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcore import metrics
+from qcore.data import check_fits, dataset_sha256
+from qcore.evaluate import evaluate_tflite
+from qcore.models import file_sha256, predict
+from qcore.qtyping import (
+    ConvertedVariant,
+    ConvertReport,
+    Dataset,
+    LoadedModel,
+    Progress,
+    QlabError,
+    Recipe,
+    VariantKind,
+    VariantStatus,
+    no_progress,
+)
+from qcore.recipes import get_recipe
+from qcore.store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALIBRATION = 100
+
+# how the converter names an op it cannot quantize or has no kernel for
+_OP_PATTERNS = (
+    re.compile(r"Quantization not yet supported for op: '?([\w.]+)'?"),
+    re.compile(r"'(tfl\.[\w]+)' op"),
+    re.compile(r"op '?(tfl\.[\w]+|[A-Z][A-Z0-9_]+)'? (?:is|has|does)"),
+    re.compile(r"failed to legalize operation '([\w.]+)'"),
+    re.compile(r"\b([A-Z][A-Z0-9_]{2,})\b.*?(?:not supported|no int8|quantiz)"),
+)
+
+
+def make_converter(model: LoadedModel) -> Any:
+    """A TFLiteConverter for the model (Keras 2 and Keras 3 both work with from_keras_model)."""
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_keras_model(model.keras_model)
+
+
+def representative(calibration: np.ndarray) -> Any:
+    """The seed's representative dataset: one sample per step, in order."""
+
+    def gen() -> Any:
+        for i in range(len(calibration)):
+            yield [calibration[i : i + 1].astype(np.float32)]
+
+    return gen
+
+
+def apply_recipe(converter: Any, recipe: Recipe, calibration: np.ndarray) -> None:
+    """Sets the converter's options for a recipe.
+
+    Raises:
+        QlabError: when the recipe needs calibration data and there is none.
+    """
+    import tensorflow as tf
+
+    if recipe.optimize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if recipe.supported_types:
+        converter.target_spec.supported_types = [tf.as_dtype(t) for t in recipe.supported_types]
+    if recipe.representative:
+        if len(calibration) == 0:
+            raise QlabError(f"recipe {recipe.name} needs calibration samples, but the training split is empty")
+        converter.representative_dataset = representative(calibration)
+    if recipe.supported_ops:
+        converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, name) for name in recipe.supported_ops]
+    if recipe.inference_input_type:
+        converter.inference_input_type = tf.as_dtype(recipe.inference_input_type)
+    if recipe.inference_output_type:
+        converter.inference_output_type = tf.as_dtype(recipe.inference_output_type)
+    if not recipe.per_channel:
+        # the public API has no switch for this; it is the converter's documented experimental flag
+        converter._experimental_disable_per_channel = True
+
+
+def refused_ops(message: str) -> list[str]:
+    """The op names a converter error message blames, in order, without repeats."""
+    found: list[str] = []
+    for pattern in _OP_PATTERNS:
+        for m in pattern.finditer(message):
+            name = m.group(1)
+            if name not in found and name not in ("TFLITE_BUILTINS", "TFLITE_BUILTINS_INT8", "INT8"):
+                found.append(name)
+    return found
+
+
+def convert(model: LoadedModel, recipe: Recipe | str, calibration: np.ndarray) -> bytes:
+    """Converts a Keras model with one recipe.
+
+    Returns:
+        The .tflite flatbuffer.
+
+    Raises:
+        QlabError: when the converter refuses; for integer-only recipes it names the op and
+            suggests int8-fallback.
+    """
+    rec = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    converter = make_converter(model)
+    apply_recipe(converter, rec, calibration)
+    try:
+        return bytes(converter.convert())
+    except Exception as exc:  # ConverterError, ValueError, RuntimeError from MLIR
+        text = str(exc)
+        ops = refused_ops(text)
+        if rec.integer_only or rec.name == "int16x8":
+            what = f"op {', '.join(ops)}" if ops else "an op of this model"
+            raise QlabError(
+                f"recipe {rec.name}: the converter has no integer kernel for {what}; "
+                "try int8-fallback, which keeps such ops in float"
+            ) from None
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+        raise QlabError(f"recipe {rec.name}: the converter failed: {first[:300]}") from None
+
+
+def keras_predict(model: LoadedModel, x: np.ndarray) -> np.ndarray:
+    """The float Keras model's outputs: the reference for agreement."""
+    return predict(model, x)
+
+
+def register(store: Store, model: LoadedModel, dataset: Dataset) -> tuple[int, int]:
+    """Records the model and dataset (idempotent).
+
+    Returns:
+        (model_id, dataset_id).
+    """
+    model_id = store.add_model(
+        name=model.name,
+        format=model.format,
+        sha256=file_sha256(model.path),
+        source_path=model.path,
+        input_shape=model.input_shape,
+        output_shape=model.output_shape,
+        keras_major=model.keras_major,
+    )
+    dataset_id = store.add_dataset(
+        name=dataset.name,
+        source=dataset.source,
+        sha256=dataset_sha256(dataset),
+        input_scale=dataset.input_scale,
+        input_offset=dataset.input_offset,
+        n_train=len(dataset.x_train),
+        n_test=len(dataset.x_test),
+        num_classes=dataset.num_classes,
+    )
+    return model_id, dataset_id
+
+
+def convert_and_evaluate(
+    model: LoadedModel,
+    dataset: Dataset,
+    recipes: list[Recipe],
+    *,
+    store: Store | None = None,
+    out_dir: str | Path | None = None,
+    calibration_samples: int = DEFAULT_CALIBRATION,
+    progress: Progress = no_progress,
+) -> ConvertReport:
+    """Converts with every recipe, evaluates each variant, and stores each in one transaction.
+
+    A recipe that fails leaves a `failed` variant with its error; the others still run.
+
+    Args:
+        model, dataset: what to convert and evaluate on (checked to fit first).
+        recipes: from the registry.
+        store: where to record results; None for a dry run.
+        out_dir: also write `<out_dir>/<recipe>.tflite`.
+        calibration_samples: the first N training samples calibrate integer recipes.
+        progress: called after each step.
+
+    Raises:
+        QlabError: when the data does not fit the model, or calibration_samples < 1.
+    """
+    if calibration_samples < 1:
+        raise QlabError(f"calibration samples must be at least 1, got {calibration_samples}")
+    check_fits(model, dataset)
+    steps = len(recipes) + 1
+    progress(0.0, "running the float Keras model")
+    reference = keras_predict(model, dataset.test_inputs())
+    float_acc = metrics.accuracy(reference, dataset.y_test)
+    model_id = dataset_id = None
+    if store is not None:
+        model_id, dataset_id = register(store, model, dataset)
+        store.set_reference(
+            model_id, dataset_id, float_acc, metrics.top_k(reference, dataset.y_test), len(dataset.y_test)
+        )
+    out = Path(out_dir) if out_dir else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    calibration = dataset.calibration(calibration_samples)
+    results: list[ConvertedVariant] = []
+    for i, recipe in enumerate(recipes, start=1):
+        progress(i / steps, f"converting with {recipe.name} ({i}/{len(recipes)})")
+        results.append(
+            _one_recipe(model, dataset, recipe, calibration, reference, store, model_id, dataset_id, out,
+                        calibration_samples)
+        )
+    progress(1.0, "done")
+    return ConvertReport(model.name, float_acc, tuple(results), model_id, dataset_id)
+
+
+def _one_recipe(
+    model: LoadedModel,
+    dataset: Dataset,
+    recipe: Recipe,
+    calibration: np.ndarray,
+    reference: np.ndarray,
+    store: Store | None,
+    model_id: int | None,
+    dataset_id: int | None,
+    out: Path | None,
+    calibration_samples: int,
+) -> ConvertedVariant:
+    settings = {"recipe": recipe.name, "calibration_samples": calibration_samples}
+    try:
+        tflite = convert(model, recipe, calibration)
+        ev = evaluate_tflite(tflite, dataset, reference)
+    except QlabError as exc:
+        log.warning("%s", exc)
+        variant_id = None
+        if store is not None and model_id is not None and dataset_id is not None:
+            variant_id = store.save_variant(
+                model_id=model_id, dataset_id=dataset_id, name=recipe.name, kind=VariantKind.PTQ,
+                recipe=recipe.name, settings=settings, status=VariantStatus.FAILED, error=str(exc),
+            )
+        return ConvertedVariant(recipe.name, VariantStatus.FAILED, error=str(exc), variant_id=variant_id)
+    path = ""
+    if out is not None:
+        target = out / f"{recipe.name}.tflite"
+        target.write_bytes(tflite)
+        path = str(target)
+    from qcore.store import sha256_bytes
+
+    variant_id = None
+    if store is not None and model_id is not None and dataset_id is not None:
+        variant_id = store.save_variant(
+            model_id=model_id, dataset_id=dataset_id, name=recipe.name, kind=VariantKind.PTQ, recipe=recipe.name,
+            settings=settings, tflite=tflite, input_dtype=ev.input_dtype, output_dtype=ev.output_dtype,
+            evaluation=ev,
+        )
+        if not path:
+            path = str(store.blob_path(sha256_bytes(tflite)))
+    return ConvertedVariant(
+        recipe=recipe.name,
+        status=VariantStatus.OK,
+        path=path,
+        sha256=sha256_bytes(tflite),
+        size_bytes=len(tflite),
+        input_dtype=ev.input_dtype,
+        output_dtype=ev.output_dtype,
+        evaluation=ev,
+        variant_id=variant_id,
+    )

@@ -1,0 +1,292 @@
+"""Datasets: .npz in the Keras convention, image folders or zips, and the built-in digits."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from qcore.qtyping import Dataset, LoadedModel, QlabError
+
+log = logging.getLogger(__name__)
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# in a folder without train/ and test/ subfolders, every 5th image (by name) is held out for test
+HOLDOUT_EVERY = 5
+# a zip bigger than this once unpacked is refused (zip bombs)
+MAX_UNZIPPED_BYTES = 2 << 30
+
+
+def digits_dataset(input_scale: float = 1.0, input_offset: float = 0.0) -> Dataset:
+    """scikit-learn's bundled 8×8 digits, pixels scaled to [0, 1]; first 80% train, last 20% test, file order."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    split = int(len(x) * 0.8)
+    return Dataset(
+        name="digits",
+        x_train=x[:split],
+        y_train=y[:split],
+        x_test=x[split:],
+        y_test=y[split:],
+        input_scale=input_scale,
+        input_offset=input_offset,
+        source="digits",
+        class_names=tuple(str(i) for i in range(10)),
+    )
+
+
+def load_dataset(
+    source: str | os.PathLike[str],
+    *,
+    input_scale: float = 1.0,
+    input_offset: float = 0.0,
+    input_shape: tuple[int | None, ...] | None = None,
+) -> Dataset:
+    """Reads labelled data.
+
+    Args:
+        source: "digits", an `.npz` with x_train, y_train, x_test, y_test, a folder of images in one
+            subfolder per class (optionally under train/ and test/), or a `.zip` of such a folder.
+        input_scale, input_offset: preprocessing, `float_input = x * input_scale + input_offset`.
+        input_shape: the model's input shape; needed to resize images.
+
+    Raises:
+        QlabError: naming the file and the field or value at fault.
+    """
+    for name, value in (("input_scale", input_scale), ("input_offset", input_offset)):
+        if not np.isfinite(value):
+            raise QlabError(f"{name} must be a finite number, got {value}")
+    if input_scale == 0:
+        raise QlabError("input_scale must not be 0 (every input would become the offset)")
+    if str(source) == "digits":
+        return digits_dataset(input_scale, input_offset)
+    p = Path(source)
+    if not p.exists():
+        raise QlabError(f"{p}: no such file or directory")
+    if p.is_dir():
+        ds = _load_folder(p, input_shape, name=p.name)
+    elif p.suffix.lower() == ".npz":
+        ds = _load_npz(p)
+    elif p.suffix.lower() == ".zip":
+        ds = _load_zip(p, input_shape)
+    else:
+        raise QlabError(f"{p}: unsupported data file {p.suffix!r}; give an .npz, a folder or a .zip of images")
+    return Dataset(
+        name=ds.name,
+        x_train=ds.x_train,
+        y_train=ds.y_train,
+        x_test=ds.x_test,
+        y_test=ds.y_test,
+        input_scale=float(input_scale),
+        input_offset=float(input_offset),
+        source=str(p),
+        class_names=ds.class_names,
+    )
+
+
+def _load_npz(p: Path) -> Dataset:
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            missing = [k for k in NPZ_KEYS if k not in z.files]
+            if missing:
+                raise QlabError(
+                    f"{p}: missing array(s) {', '.join(missing)}; an .npz needs {', '.join(NPZ_KEYS)} "
+                    f"(found: {', '.join(z.files) or 'none'})"
+                )
+            arrays = {k: z[k] for k in NPZ_KEYS}
+            class_names = tuple(str(c) for c in z["class_names"]) if "class_names" in z.files else ()
+    except QlabError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise QlabError(f"{p}: not a readable .npz file ({exc})") from None
+    x_train, x_test = (_check_x(p, k, arrays[k]) for k in ("x_train", "x_test"))
+    y_train = _check_y(p, "y_train", arrays["y_train"], len(x_train))
+    y_test = _check_y(p, "y_test", arrays["y_test"], len(x_test))
+    if len(x_test) == 0:
+        raise QlabError(f"{p}: x_test is empty; evaluation needs at least one test sample")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise QlabError(f"{p}: x_train samples have shape {x_train.shape[1:]} but x_test samples {x_test.shape[1:]}")
+    return Dataset(p.stem, x_train, y_train, x_test, y_test, source=str(p), class_names=class_names)
+
+
+def _check_x(p: Path, key: str, x: np.ndarray) -> np.ndarray:
+    if x.dtype.kind not in "fiub":
+        raise QlabError(f"{p}: {key} has dtype {x.dtype}, expected numbers")
+    if x.ndim < 2:
+        raise QlabError(f"{p}: {key} has shape {x.shape}; expected (samples, ...features)")
+    if x.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        if bad:
+            raise QlabError(f"{p}: {key} contains {bad} NaN or infinite value(s)")
+    return x
+
+
+def _check_y(p: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
+    if y.ndim == 2 and y.shape[1] > 1:  # one-hot labels
+        y = np.argmax(y, axis=1)
+    y = y.reshape(-1) if y.ndim == 2 else y
+    if y.ndim != 1:
+        raise QlabError(f"{p}: {key} has shape {y.shape}; expected one integer label per sample")
+    if len(y) != n:
+        raise QlabError(f"{p}: {key} has {len(y)} labels but x_{key[2:]} has {n} samples")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise QlabError(f"{p}: {key} must hold whole-number class labels")
+    elif y.dtype.kind not in "iu":
+        raise QlabError(f"{p}: {key} has dtype {y.dtype}, expected integer class labels")
+    if len(y) and int(y.min()) < 0:
+        raise QlabError(f"{p}: {key} has a negative label {int(y.min())}")
+    return y.astype(np.int64)
+
+
+def _image_mode_size(input_shape: tuple[int | None, ...] | None) -> tuple[str, tuple[int, int], int | None]:
+    if input_shape is None:
+        raise QlabError("reading an image folder needs the model's input shape to resize the images")
+    dims = input_shape[1:]
+    if len(dims) == 2:
+        h, w, c = dims[0], dims[1], None
+    elif len(dims) == 3:
+        h, w, c = dims
+    else:
+        raise QlabError(f"model input shape {input_shape} is not an image (need (H, W) or (H, W, C))")
+    if not h or not w:
+        raise QlabError(f"model input shape {input_shape} has no fixed height and width to resize images to")
+    mode = "RGB" if c == 3 else "L"
+    if c not in (None, 1, 3):
+        raise QlabError(f"model input has {c} channels; image folders give 1 (grayscale) or 3 (RGB)")
+    return mode, (int(w), int(h)), c
+
+
+def _read_images(root: Path, classes: list[str], mode: str, size: tuple[int, int], channels: int | None):
+    from PIL import Image, UnidentifiedImageError
+
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    names: list[str] = []
+    for label, cls in enumerate(classes):
+        folder = root / cls
+        if not folder.is_dir():
+            continue
+        for f in sorted(folder.rglob("*")):
+            if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file():
+                continue
+            try:
+                with Image.open(f) as im:
+                    arr = np.asarray(im.convert(mode).resize(size), dtype=np.float32)
+            except (UnidentifiedImageError, OSError) as exc:
+                raise QlabError(f"{f}: not a readable image ({exc})") from None
+            if mode == "L" and channels == 1:
+                arr = arr[..., None]
+            xs.append(arr)
+            ys.append(label)
+            names.append(f.name)
+    return xs, ys, names
+
+
+def _load_folder(root: Path, input_shape: tuple[int | None, ...] | None, name: str) -> Dataset:
+    mode, size, channels = _image_mode_size(input_shape)
+    split_dirs = (root / "train").is_dir() and (root / "test").is_dir()
+    base = root / "train" if split_dirs else root
+    classes = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise QlabError(f"{root}: no class subfolders found (expected one folder of images per class)")
+    if split_dirs:
+        xtr, ytr, _ = _read_images(root / "train", classes, mode, size, channels)
+        xte, yte, _ = _read_images(root / "test", classes, mode, size, channels)
+    else:
+        xs, ys, _ = _read_images(root, classes, mode, size, channels)
+        test_idx = set(range(HOLDOUT_EVERY - 1, len(xs), HOLDOUT_EVERY))
+        xtr = [x for i, x in enumerate(xs) if i not in test_idx]
+        ytr = [y for i, y in enumerate(ys) if i not in test_idx]
+        xte = [x for i, x in enumerate(xs) if i in test_idx]
+        yte = [y for i, y in enumerate(ys) if i in test_idx]
+    if not xte:
+        raise QlabError(f"{root}: found no test images (need at least {HOLDOUT_EVERY} images, or a test/ folder)")
+    shape = xte[0].shape
+    return Dataset(
+        name=name,
+        x_train=np.stack(xtr) if xtr else np.zeros((0, *shape), np.float32),
+        y_train=np.asarray(ytr, dtype=np.int64),
+        x_test=np.stack(xte),
+        y_test=np.asarray(yte, dtype=np.int64),
+        source=str(root),
+        class_names=tuple(classes),
+    )
+
+
+def _load_zip(p: Path, input_shape: tuple[int | None, ...] | None) -> Dataset:
+    try:
+        with zipfile.ZipFile(p) as zf:
+            total = sum(i.file_size for i in zf.infolist())
+            if total > MAX_UNZIPPED_BYTES:
+                raise QlabError(f"{p}: unpacks to {total} bytes, over the {MAX_UNZIPPED_BYTES} byte limit")
+            with tempfile.TemporaryDirectory(prefix="qlab-zip-") as tmp:
+                root = Path(tmp).resolve()
+                for info in zf.infolist():
+                    target = (root / info.filename).resolve()
+                    if not target.is_relative_to(root):
+                        raise QlabError(f"{p}: entry {info.filename!r} points outside the archive")
+                zf.extractall(root)
+                entries = [d for d in root.iterdir() if not d.name.startswith(("__MACOSX", "."))]
+                # a zip of one top folder holding the class folders
+                if len(entries) == 1 and entries[0].is_dir():
+                    sub = [d for d in entries[0].iterdir() if d.is_dir()]
+                    if sub:
+                        root = entries[0]
+                return _load_folder(root, input_shape, name=p.stem)
+    except zipfile.BadZipFile as exc:
+        raise QlabError(f"{p}: not a readable .zip ({exc})") from None
+
+
+def check_fits(model: LoadedModel, dataset: Dataset) -> None:
+    """Checks that the data fits the model: sample shape, label range, finite values.
+
+    Raises:
+        QlabError: naming both shapes, or the label or value at fault.
+    """
+    want = model.input_shape[1:]
+    got = tuple(dataset.x_test.shape[1:])
+    if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got, strict=False)):
+        raise QlabError(
+            f"data {dataset.name!r} has samples of shape {got} but model {model.name!r} expects {want}"
+        )
+    n_out = model.output_shape[-1]
+    for key, y in (("y_train", dataset.y_train), ("y_test", dataset.y_test)):
+        if len(y) and n_out is not None and int(y.max()) >= n_out:
+            raise QlabError(
+                f"data {dataset.name!r}: {key} has label {int(y.max())} but model {model.name!r} has only "
+                f"{n_out} outputs (labels must be 0..{n_out - 1})"
+            )
+    for key, x in (("x_train", dataset.x_train), ("x_test", dataset.x_test)):
+        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+            raise QlabError(f"data {dataset.name!r}: {key} contains NaN or infinite values")
+
+
+def dataset_sha256(dataset: Dataset) -> str:
+    """A digest of the arrays' shapes, dtypes and bytes (not of the preprocessing)."""
+    h = hashlib.sha256()
+    for arr in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
+        a = np.ascontiguousarray(arr)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save_npz(dataset: Dataset, path: str | os.PathLike[str]) -> None:
+    """Writes the raw (unpreprocessed) arrays in the Keras convention."""
+    buf = io.BytesIO()
+    extra = {"class_names": np.asarray(dataset.class_names)} if dataset.class_names else {}
+    np.savez_compressed(
+        buf, x_train=dataset.x_train, y_train=dataset.y_train, x_test=dataset.x_test, y_test=dataset.y_test, **extra
+    )
+    Path(path).write_bytes(buf.getvalue())

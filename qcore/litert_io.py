@@ -1,0 +1,148 @@
+"""The one module that talks to LiteRT: load, resize, quantize inputs, dequantize outputs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from qcore.qtyping import QlabError
+
+log = logging.getLogger(__name__)
+
+# big enough to amortize invoke overhead, small enough to keep activations in cache-sized chunks
+DEFAULT_BATCH = 256
+
+
+def make_interpreter(
+    model: bytes,
+    *,
+    threads: int = 1,
+    xnnpack: bool = True,
+    preserve_all_tensors: bool = False,
+) -> Interpreter:
+    """Creates an interpreter over a .tflite flatbuffer (not yet allocated).
+
+    Raises:
+        QlabError: when the runtime refuses the model.
+    """
+    if not isinstance(model, bytes | bytearray):
+        raise TypeError("make_interpreter needs the model as bytes")
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        return Interpreter(
+            model_content=bytes(model),
+            num_threads=threads,
+            experimental_op_resolver_type=resolver,
+            experimental_preserve_all_tensors=preserve_all_tensors,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise QlabError(f"the TFLite runtime cannot load this model: {exc}") from None
+
+
+def quantize(x: np.ndarray, dtype: Any, scale: float, zero_point: int) -> np.ndarray:
+    """Float → integer: round to nearest, clip to the dtype's range. A zero scale means no quantization."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iu":
+        return np.asarray(x, dtype=dtype)
+    if not scale:
+        raise QlabError(f"input tensor of dtype {dtype.name} has no quantization scale")
+    info = np.iinfo(dtype)
+    q = np.rint(np.asarray(x, dtype=np.float64) / scale + zero_point)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Integer → float32; float tensors pass through."""
+    q = np.asarray(q)
+    if q.dtype.kind not in "iu" or not scale:
+        return q.astype(np.float32)
+    return ((q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
+
+
+def io_dtypes(model: bytes) -> tuple[str, str]:
+    """(input dtype, output dtype) as numpy names, e.g. ("int8", "int8")."""
+    it = make_interpreter(model)
+    return (np.dtype(it.get_input_details()[0]["dtype"]).name, np.dtype(it.get_output_details()[0]["dtype"]).name)
+
+
+def _single_io(it: Interpreter) -> tuple[dict[str, Any], dict[str, Any]]:
+    ins, outs = it.get_input_details(), it.get_output_details()
+    if len(ins) != 1:
+        raise QlabError(f"qlab evaluates single-input models; this model has {len(ins)} inputs")
+    return ins[0], outs[0]
+
+
+def _check_shape(x: np.ndarray, detail: dict[str, Any]) -> None:
+    want = tuple(int(d) for d in detail["shape"][1:])
+    if tuple(x.shape[1:]) != want:
+        raise QlabError(
+            f"data shape {tuple(x.shape[1:])} does not fit the model input shape {want} "
+            f"(input {detail['name']!r}, batch dimension left out)"
+        )
+
+
+def run_model(
+    model: bytes,
+    x: np.ndarray,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    threads: int = 1,
+    xnnpack: bool = True,
+) -> tuple[np.ndarray, bool]:
+    """Runs float inputs through a .tflite model and returns dequantized float outputs.
+
+    Inputs are quantized with the input tensor's scale and zero point when the model has
+    integer I/O. The model is resized to `batch_size` (the last batch is zero-padded); when it
+    cannot be resized, samples run one at a time.
+
+    Returns:
+        (outputs of shape [len(x), ...], whether batching was used).
+
+    Raises:
+        QlabError: when the data does not fit the model or the runtime fails.
+    """
+    x = np.asarray(x)
+    it = make_interpreter(model, threads=threads, xnnpack=xnnpack)
+    inp, _ = _single_io(it)
+    _check_shape(x, inp)
+    n = len(x)
+    batch = max(1, min(batch_size, n)) if n else 1
+    try:
+        return _run_batched(it, x, batch), batch > 1 or n <= 1
+    except (RuntimeError, ValueError) as exc:
+        if batch == 1:
+            raise QlabError(f"the TFLite runtime failed: {exc}") from None
+        log.info("model cannot be resized to batch %d (%s); running one sample at a time", batch, exc)
+    it = make_interpreter(model, threads=threads, xnnpack=xnnpack)
+    try:
+        return _run_batched(it, x, 1, resize=False), False
+    except (RuntimeError, ValueError) as exc:
+        raise QlabError(f"the TFLite runtime failed: {exc}") from None
+
+
+def _run_batched(it: Interpreter, x: np.ndarray, batch: int, resize: bool = True) -> np.ndarray:
+    inp, out = _single_io(it)
+    if resize:
+        it.resize_tensor_input(inp["index"], [batch, *inp["shape"][1:]], strict=False)
+    it.allocate_tensors()
+    inp, out = _single_io(it)
+    in_scale, in_zp = inp["quantization"]
+    out_scale, out_zp = out["quantization"]
+    q = quantize(x, inp["dtype"], in_scale, in_zp)
+    n = len(x)
+    results: list[np.ndarray] = []
+    for start in range(0, n, batch):
+        chunk = q[start : start + batch]
+        if len(chunk) < batch:
+            pad = np.zeros((batch - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        it.set_tensor(inp["index"], chunk)
+        it.invoke()
+        results.append(it.get_tensor(out["index"])[: min(batch, n - start)].copy())
+    if not results:
+        shape = tuple(int(d) for d in out["shape"][1:])
+        return np.zeros((0, *shape), dtype=np.float32)
+    return dequantize(np.concatenate(results), out_scale, out_zp)

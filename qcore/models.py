@@ -1,0 +1,215 @@
+"""Loading Keras models (.keras, .h5, SavedModel) and the built-in demo CNN of seed 002."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcore.qtyping import LoadedModel, Progress, QlabError, no_progress
+
+log = logging.getLogger(__name__)
+
+DEMO_NAME = "demo-digits-cnn"
+# seconds-scale training on 1,437 digits still reaches ~95% test accuracy
+DEMO_EPOCHS = 12
+DEMO_SEED = 0
+_demo_lock = threading.Lock()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, or of a directory's relative paths and contents (a SavedModel)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    if p.is_dir():
+        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+            h.update(str(f.relative_to(p)).encode())
+            h.update(f.read_bytes())
+    else:
+        with p.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _shape(shape: Any) -> tuple[int | None, ...]:
+    if isinstance(shape, list):  # multi-input models report a list of shapes
+        if len(shape) != 1:
+            raise QlabError(f"qlab handles single-input models; this one has {len(shape)} inputs")
+        shape = shape[0]
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+def _wrap(keras_model: Any, path: Path, fmt: str, major: int, name: str | None = None) -> LoadedModel:
+    return LoadedModel(
+        name=name or path.stem or path.name,
+        path=str(path),
+        format=fmt,
+        keras_model=keras_model,
+        input_shape=_shape(keras_model.input_shape),
+        output_shape=_shape(keras_model.output_shape),
+        keras_major=major,
+    )
+
+
+def load_model(path: str | os.PathLike[str]) -> LoadedModel:
+    """Loads a Keras model.
+
+    Args:
+        path: a `.keras` file (Keras 3, or tf_keras's own .keras), an `.h5` file (Keras 2 /
+            tf_keras), or a SavedModel directory.
+
+    Returns:
+        The model with its shapes and Keras major version.
+
+    Raises:
+        QlabError: naming the path and the reason when it cannot be read.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise QlabError(f"{p}: no such file or directory")
+    try:
+        if p.is_dir():
+            if not (p / "saved_model.pb").exists():
+                raise QlabError(f"{p}: a directory but not a SavedModel (no saved_model.pb inside)")
+            import tf_keras
+
+            return _wrap(tf_keras.models.load_model(str(p), compile=False), p, "savedmodel", 2)
+        suffix = p.suffix.lower()
+        if suffix in (".h5", ".hdf5"):
+            import tf_keras
+
+            return _wrap(tf_keras.models.load_model(str(p), compile=False), p, "h5", 2)
+        if suffix == ".keras":
+            return _load_dot_keras(p)
+    except QlabError:
+        raise
+    except Exception as exc:  # Keras raises many types for unreadable files
+        raise QlabError(f"{p}: cannot read this model: {_first_line(exc)}") from None
+    raise QlabError(f"{p}: unsupported model file {suffix!r}; give a .keras, .h5 or SavedModel directory")
+
+
+def _load_dot_keras(p: Path) -> LoadedModel:
+    import keras  # Keras 3, installed beside tf_keras
+
+    try:
+        return _wrap(keras.saving.load_model(str(p), compile=False), p, "keras", 3)
+    except Exception as keras3_error:
+        try:  # tf_keras also writes .keras zips; try it before giving up
+            import tf_keras
+
+            return _wrap(tf_keras.models.load_model(str(p), compile=False), p, "keras", 2)
+        except Exception:
+            raise QlabError(f"{p}: cannot read this model: {_first_line(keras3_error)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def build_demo_model() -> Any:
+    """The seed's small CNN, sized for 8×8 digits: Reshape → Conv2D(12, 3×3) → MaxPool → Flatten → Dense(10)."""
+    import tf_keras
+
+    return tf_keras.Sequential(
+        [
+            tf_keras.layers.InputLayer(input_shape=(8, 8), name="image"),
+            tf_keras.layers.Reshape(target_shape=(8, 8, 1), name="reshape"),
+            tf_keras.layers.Conv2D(filters=12, kernel_size=(3, 3), activation="relu", name="conv"),
+            tf_keras.layers.MaxPooling2D(pool_size=(2, 2), name="pool"),
+            tf_keras.layers.Flatten(name="flatten"),
+            tf_keras.layers.Dense(10, name="logits"),
+        ],
+        name=DEMO_NAME,
+    )
+
+
+def demo_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    from qcore.store import default_data_dir
+
+    return Path(data_dir) if data_dir else default_data_dir() / "demo"
+
+
+def demo_model(data_dir: str | os.PathLike[str] | None = None, progress: Progress = no_progress) -> LoadedModel:
+    """The demo CNN trained on scikit-learn's digits, cached as `<data_dir>/demo.h5`.
+
+    Args:
+        data_dir: the cache folder; defaults to `<QLAB_DATA_DIR or data>/demo`.
+        progress: called per epoch while training (only the first time).
+    """
+    folder = demo_dir(data_dir)
+    path = folder / "demo.h5"
+    with _demo_lock:
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            model = train_demo(progress)
+            tmp = folder / f".demo.{os.getpid()}.h5"
+            model.save(str(tmp))
+            os.replace(tmp, path)
+    loaded = load_model(path)
+    return LoadedModel(
+        name=DEMO_NAME,
+        path=loaded.path,
+        format="demo",
+        keras_model=loaded.keras_model,
+        input_shape=loaded.input_shape,
+        output_shape=loaded.output_shape,
+        keras_major=2,
+    )
+
+
+def train_demo(progress: Progress = no_progress, epochs: int = DEMO_EPOCHS) -> Any:
+    """Trains the demo CNN on the digits train split (deterministic seed)."""
+    import tf_keras
+
+    from qcore.data import digits_dataset
+
+    tf_keras.utils.set_random_seed(DEMO_SEED)
+    ds = digits_dataset()
+    model = build_demo_model()
+    model.compile(
+        optimizer=tf_keras.optimizers.Adam(learning_rate=3e-3),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+    class _Report(tf_keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            acc = (logs or {}).get("accuracy", float("nan"))
+            progress((epoch + 1) / epochs, f"training demo model: epoch {epoch + 1}/{epochs}, accuracy {acc:.3f}")
+
+    model.fit(
+        ds.preprocess(ds.x_train), ds.y_train, epochs=epochs, batch_size=32, verbose=0, callbacks=[_Report()]
+    )
+    return model
+
+
+def write_demo(out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Writes the demo model and its data for `qlab demo`.
+
+    Returns:
+        (the model's .h5 path, the digits .npz path).
+    """
+    from qcore.data import digits_dataset, save_npz
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = demo_model()
+    model_path = out / "demo.h5"
+    model.keras_model.save(str(model_path))
+    data_path = out / "digits.npz"
+    save_npz(digits_dataset(), data_path)
+    return model_path, data_path
+
+
+def predict(model: LoadedModel, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Float outputs of the Keras model."""
+    if len(x) == 0:
+        return np.zeros((0, *(d or 1 for d in model.output_shape[1:])), dtype=np.float32)
+    return np.asarray(model.keras_model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
