@@ -1,0 +1,49 @@
+"""/compare: variants of one or more models side by side: table, trade-off plots, sizes, confusions."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import ui
+from dashboard.components.confusion import confusion_heatmap
+from dashboard.components.tradeoff import size_bars, tradeoff_scatter
+from dashboard.services import reads, tables
+
+st.title("Compare")
+lab = ui.current()
+
+models = reads.models(lab.db_key)
+if models.empty:
+    st.info("No model stored yet.", icon=":material/info:")
+    st.stop()
+names = {int(r.id): f"#{r.id} {r.name}" for r in models.itertuples()}
+model_ids = st.multiselect("models", list(names), default=list(names)[:1], format_func=names.__getitem__,
+                           key="compare_models")
+all_variants = reads.variants(lab.db_key, model_ids=tuple(model_ids))
+options = ui.variant_options(all_variants, ok_only=False)
+variant_ids = st.multiselect("variants", list(options), default=list(options), format_func=options.__getitem__,
+                             key="compare_variants")
+df = all_variants[all_variants["variant_id"].isin(variant_ids)]
+if df.empty:
+    st.info("Choose at least one variant (run recipes on the Quantize page first).", icon=":material/info:")
+    st.stop()
+
+st.dataframe(tables.compare_table(df), hide_index=True, width="stretch")
+ok = df[df["status"] == "ok"]
+
+left, right = st.columns(2)
+left.plotly_chart(tradeoff_scatter(ok, "size_bytes", "accuracy"), key="compare_size_scatter")
+latency_axis = "board_p50_ms" if ok["board_p50_ms"].notna().any() and st.session_state.get(
+    "compare_board_latency") else "host_p50_ms"
+right.plotly_chart(tradeoff_scatter(ok, latency_axis, "accuracy"), key="compare_latency_scatter")
+right.toggle("board latency instead of host", key="compare_board_latency",
+             disabled=not ok["board_p50_ms"].notna().any())
+st.plotly_chart(size_bars(ok), key="compare_size_bars")
+
+st.subheader("Confusion matrices")
+matrices = reads.confusions(lab.db_key, tuple(int(v) for v in ok["variant_id"]))
+cols = st.columns(3)
+for i, row in enumerate(ok.itertuples()):
+    with cols[i % 3]:
+        st.plotly_chart(confusion_heatmap(matrices.get(int(row.variant_id)), f"{row.model} / {row.variant}"),
+                        key=f"compare_confusion_{row.variant_id}")

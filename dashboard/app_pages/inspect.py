@@ -1,0 +1,41 @@
+"""/inspect: the ops and tensors of any variant (dtype, scale, zero point) and the i.MX8M Plus NPU lint."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import ui
+from dashboard.services import reads
+from dashboard.services.inspection import ops_table, tensors_table
+
+SEVERITY_ICON = {"error": ":material/error:", "warning": ":material/warning:", "info": ":material/info:"}
+
+st.title("Inspect")
+lab = ui.current()
+options = ui.variant_options(reads.variants(lab.db_key))
+if not options:
+    st.info("No converted variant yet.", icon=":material/info:")
+    st.stop()
+variant_id = st.selectbox("variant", list(options), format_func=options.__getitem__, key="inspect_variant")
+
+with ui.guard("cannot inspect this variant"):
+    info = reads.inspection(lab.db_key, int(variant_id))
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("size", ui.kib(info.size_bytes))
+    c2.metric("ops", len(info.ops))
+    c3.metric("tensors", len(info.tensors))
+    c4.metric("verdict", "integer-only" if info.integer_only else "float ops left")
+    if not info.integer_only:
+        st.caption(info.verdict)
+
+    st.subheader("i.MX8M Plus NPU lint")
+    if not info.lint:
+        st.success("nothing to report: this model should run whole on the NPU", icon=":material/check_circle:")
+    for finding in info.lint:
+        show = {"error": st.error, "warning": st.warning}.get(finding.severity, st.info)
+        show(f"**{finding.code}**: {finding.message}", icon=SEVERITY_ICON.get(finding.severity))
+
+    st.subheader("Ops")
+    st.dataframe(ops_table(info), hide_index=True, width="stretch")
+    st.subheader("Tensors")
+    st.dataframe(tensors_table(info), hide_index=True, width="stretch")

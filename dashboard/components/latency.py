@@ -1,0 +1,58 @@
+"""NPU-vs-CPU latency bars like seed 000's tables, with the first inference shown apart."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from dashboard.components.style import TARGET_COLORS, empty_figure
+
+TARGET_ORDER = ("npu", "cpu", "cpu-plain", "host")
+
+
+def latency_bars(bench: pd.DataFrame) -> go.Figure:
+    """Steady-state p50 (left) and first inference (right) per variant, one bar per target.
+
+    The first inference includes the NPU's graph compile, so it is never mixed into the
+    steady-state panel.
+
+    Args:
+        bench: rows with `label` (the variant), `target`, `p50_ms`, `first_ms` and optionally
+            `board` and `threads`; the latest row per (label, board, target) is drawn.
+    """
+    if bench.empty or bench["p50_ms"].dropna().empty:
+        return empty_figure("no benchmark result yet")
+    data = bench.copy()
+    if "board" not in data:
+        data["board"] = ""
+    data["_series"] = data["target"].astype(str)
+    if data["board"].nunique() > 1:
+        data["_series"] = data["board"].astype(str) + " · " + data["target"].astype(str)
+    data = data.drop_duplicates(subset=["label", "_series"], keep="first")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("steady state p50 (ms)", "first inference (ms)"))
+    order = {t: i for i, t in enumerate(TARGET_ORDER)}
+    series = sorted(data["_series"].unique(), key=lambda s: (order.get(s.split(" · ")[-1], 99), s))
+    for s in series:
+        part = data[data["_series"] == s]
+        target = s.split(" · ")[-1]
+        color = TARGET_COLORS.get(target, "#5F6368")
+        for col, metric in ((1, "p50_ms"), (2, "first_ms")):
+            fig.add_trace(
+                go.Bar(x=part["label"], y=part[metric], name=s, marker_color=color, legendgroup=s,
+                       showlegend=col == 1, text=[_fmt(v) for v in part[metric]], textposition="outside",
+                       hovertemplate="%{x}<br>" + s + ": %{y:.3f} ms<extra></extra>"),
+                row=1, col=col,
+            )
+    fig.update_layout(barmode="group", height=400, legend_title="target",
+                      margin={"t": 50, "l": 50, "r": 20, "b": 90})
+    fig.update_yaxes(title_text="ms", row=1, col=1)
+    return fig
+
+
+def _fmt(v: object) -> str:
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return ""
+    return "" if f != f else f"{f:.2f}"

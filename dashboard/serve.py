@@ -1,0 +1,146 @@
+"""`make dashboard`: start the local board agent on loopback, then Streamlit headless; stop both on exit.
+
+Environment: QLAB_DB (default <data>/qlab.duckdb), QLAB_PORT (default 8501), QLAB_DATA_DIR
+(default data/). The dashboard's server process is the only one that opens the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+APP = REPO_ROOT / "dashboard" / "streamlit_app.py"
+DEFAULT_PORT = 8501
+# the agent imports a TFLite runtime before it listens; give it this long to answer /v1/health
+AGENT_START_TIMEOUT_S = 30.0
+# Linux: deliver SIGTERM to a child when this process dies, even by SIGKILL
+_PR_SET_PDEATHSIG = 1
+
+log = logging.getLogger("qlab.serve")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_token(path: Path) -> Path:
+    """Creates a random agent token readable only by this user, once; returns its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or not path.read_text().strip():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def start_agent(data_dir: Path, token_file: Path) -> tuple[subprocess.Popen[bytes] | None, str]:
+    """Starts `python -m board_agent` on a free loopback port; returns (process, url), or (None, '')."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    workdir = data_dir / "agent"
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "board_agent", "--host", "127.0.0.1", "--port", str(port),
+           "--token-file", str(token_file), "--workdir", str(workdir)]
+    logfile = (workdir / "agent.log").open("ab")
+    try:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=logfile, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent)
+    except OSError as exc:
+        log.warning("could not start the local board agent: %s", exc)
+        return None, ""
+    deadline = time.monotonic() + AGENT_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.warning("the local board agent exited with code %s; see %s", proc.returncode,
+                        workdir / "agent.log")
+            return None, ""
+        try:
+            with urllib.request.urlopen(f"{url}/v1/health", timeout=1) as resp:
+                if resp.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.2)
+    log.warning("the local board agent did not answer within %.0f s; going on without it",
+                AGENT_START_TIMEOUT_S)
+    stop(proc)
+    return None, ""
+
+
+def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dashboard.serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-agent", action="store_true", help="do not start the local board agent")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    data_dir = Path(os.environ.get("QLAB_DATA_DIR") or REPO_ROOT / "data").resolve()
+    db = Path(os.environ.get("QLAB_DB") or data_dir / "qlab.duckdb").resolve()
+    port_text = os.environ.get("QLAB_PORT") or str(DEFAULT_PORT)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        print(f"qlab dashboard: error: QLAB_PORT={port_text!r} is not a TCP port (1-65535)", file=sys.stderr)
+        return 2
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    env = dict(os.environ, QLAB_DATA_DIR=str(data_dir), QLAB_DB=str(db), PYTHONPATH=str(REPO_ROOT))
+    agent: subprocess.Popen[bytes] | None = None
+    if not args.no_agent:
+        token_file = ensure_token(data_dir / "agent" / "token")
+        agent, url = start_agent(data_dir, token_file)
+        if agent is not None:
+            env.update(QLAB_AGENT_URL=url, QLAB_AGENT_TOKEN_FILE=str(token_file))
+            log.info("local board agent at %s", url)
+
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", port_text,
+           "--server.headless", "true"]
+    log.info("qlab dashboard on http://localhost:%s (database %s)", port_text, db)
+    app = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, preexec_fn=_die_with_parent)
+
+    def _forward(signum: int, _frame: object) -> None:
+        app.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, _forward)
+    signal.signal(signal.SIGINT, _forward)
+    try:
+        code = app.wait()
+    finally:
+        stop(app)
+        stop(agent)
+    return 0 if code in (0, -signal.SIGTERM) else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

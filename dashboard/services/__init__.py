@@ -1,0 +1,1 @@
+"""Dashboard services: the owner process's store, background jobs, cached reads and uploads."""

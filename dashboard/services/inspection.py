@@ -1,0 +1,38 @@
+"""Tables of an `Inspection` for /inspect: one row per op, one row per tensor."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from qcore.qtyping import Inspection
+
+# a per-channel tensor has one scale per output channel; show a few and the count
+MAX_SCALES_SHOWN = 3
+
+
+def _first(values: tuple[float, ...] | tuple[int, ...]) -> str:
+    if not values:
+        return ""
+    shown = ", ".join(f"{v:.6g}" for v in values[:MAX_SCALES_SHOWN])
+    return shown + (f", … ({len(values)} channels)" if len(values) > MAX_SCALES_SHOWN else "")
+
+
+def ops_table(info: Inspection) -> pd.DataFrame:
+    names = {t.index: t.name for t in info.tensors}
+    return pd.DataFrame(
+        [{"#": op.index, "op": op.name, "computes in": "float" if op.is_float else "integer",
+          "inputs": ", ".join(names.get(i, str(i)) for i in op.inputs if i >= 0),
+          "outputs": ", ".join(names.get(i, str(i)) for i in op.outputs)} for op in info.ops],
+        columns=["#", "op", "computes in", "inputs", "outputs"],
+    )
+
+
+def tensors_table(info: Inspection) -> pd.DataFrame:
+    io = {i: "input" for i in info.inputs} | {i: "output" for i in info.outputs}
+    return pd.DataFrame(
+        [{"#": t.index, "name": t.name, "dtype": t.dtype, "shape": "×".join(str(d) for d in t.shape),
+          "scale": _first(t.scales), "zero point": _first(t.zero_points),
+          "per-channel": t.per_channel, "constant": t.is_constant, "role": io.get(t.index, "")}
+         for t in info.tensors],
+        columns=["#", "name", "dtype", "shape", "scale", "zero point", "per-channel", "constant", "role"],
+    )

@@ -1,0 +1,84 @@
+"""The owner process's lab: one Store, one job runner, and the first-start bootstrap."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard.services import reads
+from dashboard.services.jobs import ACTIVE, JobRunner
+from qcore.store import Store, default_data_dir, default_db_path
+
+log = logging.getLogger(__name__)
+
+# the board serve.py starts beside the dashboard
+LOCAL_BOARD = "this machine (CPU only)"
+# serve.py passes the local agent to the server process through these
+ENV_AGENT_URL = "QLAB_AGENT_URL"
+ENV_AGENT_TOKEN_FILE = "QLAB_AGENT_TOKEN_FILE"
+# set to 0 to start on an empty store (tests, benchmarks)
+ENV_BOOTSTRAP = "QLAB_BOOTSTRAP"
+
+
+@dataclass(frozen=True)
+class Lab:
+    """What every page works with: the store, the data dir and the job runner."""
+
+    store: Store
+    data_dir: Path
+    runner: JobRunner
+
+    @property
+    def db_key(self) -> str:
+        """The key cached reads are stored under (one per database file)."""
+        return str(self.store.path)
+
+
+def lab() -> Lab:
+    """The lab of this server process, created on first use (from QLAB_DB / QLAB_DATA_DIR)."""
+    return _lab(str(default_db_path().resolve()), str(default_data_dir().resolve()))
+
+
+@st.cache_resource(show_spinner=False)
+def _lab(db_path: str, data_dir: str) -> Lab:
+    from dashboard.services.tasks import make_tasks
+
+    store = Store(db_path)
+    reads.register(store)
+    orphans = store.fail_orphaned_jobs()
+    if orphans:
+        log.warning("marked %d unfinished job(s) of a previous server failed", orphans)
+    folder = Path(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    runner = JobRunner(store, {}, on_change=reads.clear)
+    the_lab = Lab(store=store, data_dir=folder, runner=runner)
+    runner.tasks.update(make_tasks(the_lab))
+    bootstrap(the_lab)
+    return the_lab
+
+
+def bootstrap(the_lab: Lab) -> None:
+    """First start: register the local agent, and the demo model with all recipes if the store is empty."""
+    register_local_agent(the_lab)
+    if os.environ.get(ENV_BOOTSTRAP, "1") == "0":
+        return
+    store = the_lab.store
+    if store.models().empty and not any(j.status in ACTIVE for j in store.jobs(kind="demo")):
+        job_id = the_lab.runner.submit("demo", {"recipes": "all"})
+        log.info("empty store: queued job %d to build the demo model and convert all recipes", job_id)
+
+
+def register_local_agent(the_lab: Lab) -> bool:
+    """Points the board "this machine (CPU only)" at the agent serve.py started (its port changes per start)."""
+    url = os.environ.get(ENV_AGENT_URL, "")
+    token_file = os.environ.get(ENV_AGENT_TOKEN_FILE, "")
+    if not url:
+        return False
+    token = Path(token_file).read_text().strip() if token_file and Path(token_file).exists() else None
+    the_lab.store.add_board(LOCAL_BOARD, url, token)
+    reads.clear()
+    return True

@@ -1,0 +1,138 @@
+"""Cached reads for the pages: `st.cache_data` keyed by the database and the widget values.
+
+Every write in the dashboard happens in this server process (pages or the job runner), and
+each write calls `clear()`, so a cached read is never stale.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from qcore.qtyping import Board, Inspection, QlabError
+from qcore.store import Store
+
+_stores: dict[str, Store] = {}
+_lock = threading.Lock()
+
+
+def register(store: Store) -> str:
+    """Makes a store readable under its path; returns that key."""
+    key = str(store.path)
+    with _lock:
+        _stores[key] = store
+    return key
+
+
+def store_for(db: str) -> Store:
+    with _lock:
+        return _stores[db]
+
+
+def clear() -> None:
+    """Drops every cached read (after any write)."""
+    st.cache_data.clear()
+
+
+def _ids(values: tuple[int, ...] | None) -> list[int] | None:
+    return None if values is None else list(values)
+
+
+@st.cache_data(show_spinner=False)
+def models(db: str) -> pd.DataFrame:
+    return store_for(db).models()
+
+
+@st.cache_data(show_spinner=False)
+def datasets(db: str) -> pd.DataFrame:
+    return store_for(db).datasets()
+
+
+@st.cache_data(show_spinner=False)
+def variants(
+    db: str, model_ids: tuple[int, ...] | None = None, variant_ids: tuple[int, ...] | None = None
+) -> pd.DataFrame:
+    """The /compare table: one row per variant (v_variant_summary)."""
+    return store_for(db).variant_summary(model_ids=_ids(model_ids), variant_ids=_ids(variant_ids))
+
+
+@st.cache_data(show_spinner=False)
+def evaluations(db: str, variant_id: int) -> pd.DataFrame:
+    return store_for(db).evaluations(variant_id)
+
+
+@st.cache_data(show_spinner=False)
+def confusions(db: str, variant_ids: tuple[int, ...], device: str = "host") -> dict[int, list[list[int]]]:
+    store = store_for(db)
+    out: dict[int, list[list[int]]] = {}
+    for vid in variant_ids:
+        matrix = store.confusion(vid, device)
+        if matrix is not None:
+            out[vid] = matrix
+    return out
+
+
+@st.cache_data(show_spinner=False)
+def benchmarks(db: str, variant_ids: tuple[int, ...] | None = None, board: str | None = None) -> pd.DataFrame:
+    return store_for(db).benchmarks(variant_ids=_ids(variant_ids), board=board)
+
+
+@st.cache_data(show_spinner=False)
+def board_evaluations(db: str, variant_ids: tuple[int, ...]) -> pd.DataFrame:
+    """Latest evaluation per (variant, device), host and boards, for the accuracy-drift table."""
+    return store_for(db).device_evaluations(variant_ids)
+
+
+@st.cache_data(show_spinner=False)
+def debug_runs(db: str, model_id: int | None = None) -> pd.DataFrame:
+    return store_for(db).debug_runs(model_id)
+
+
+@st.cache_data(show_spinner=False)
+def layer_stats(db: str, debug_run_id: int) -> pd.DataFrame:
+    return store_for(db).layer_stats(debug_run_id)
+
+
+@st.cache_data(show_spinner=False)
+def tune_runs(db: str, model_id: int | None = None) -> pd.DataFrame:
+    return store_for(db).tune_runs(model_id)
+
+
+@st.cache_data(show_spinner=False)
+def tune_trials(db: str, tune_run_id: int) -> pd.DataFrame:
+    return store_for(db).tune_trials(tune_run_id)
+
+
+@st.cache_data(show_spinner=False)
+def training_history(db: str, variant_id: int) -> pd.DataFrame:
+    return store_for(db).training_history(variant_id)
+
+
+@st.cache_data(show_spinner=False)
+def boards(db: str) -> list[Board]:
+    return store_for(db).boards()
+
+
+@st.cache_data(show_spinner=False)
+def reports(db: str) -> pd.DataFrame:
+    return store_for(db).reports()
+
+
+@st.cache_data(show_spinner=False)
+def report(db: str, report_id: str) -> dict[str, Any]:
+    return store_for(db).report(report_id)
+
+
+@st.cache_data(show_spinner=False)
+def inspection(db: str, variant_id: int) -> Inspection:
+    """The op and tensor table and the NPU lint of a stored variant's .tflite."""
+    from qcore.inspect_model import inspect
+
+    row = store_for(db).variant(variant_id)
+    if not row.get("path"):
+        raise QlabError(f"variant #{variant_id} ({row['variant']}) has no .tflite: {row.get('error') or 'failed'}")
+    return inspect(Path(str(row["path"])))

@@ -1,0 +1,111 @@
+"""The pandas behind the pages' tables, as pure functions (DataFrame in, DataFrame out)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from qcore.qtyping import Job
+
+COMPARE_COLUMNS = {
+    "variant_id": "id",
+    "model": "model",
+    "variant": "variant",
+    "kind": "kind",
+    "accuracy": "accuracy",
+    "top5": "top-5",
+    "agreement": "agreement",
+    "drop_points": "drop vs float (points)",
+    "size_kib": "size (KiB)",
+    "host_p50_ms": "host p50 (ms)",
+    "board_p50_ms": "board p50 (ms)",
+    "input_dtype": "input",
+    "output_dtype": "output",
+    "status": "status",
+    "error": "error",
+}
+
+
+def compare_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The /compare table: accuracy, top-5, agreement, size, host and board latency per variant."""
+    if df.empty:
+        return pd.DataFrame(columns=list(COMPARE_COLUMNS.values()))
+    out = df.copy()
+    out["size_kib"] = (out["size_bytes"].astype(float) / 1024.0).round(1)
+    out["drop_points"] = ((out["float_accuracy"].astype(float) - out["accuracy"].astype(float)) * 100).round(2)
+    for col in ("host_p50_ms", "board_p50_ms"):
+        out[col] = out[col].astype(float).round(3)
+    return out[list(COMPARE_COLUMNS)].rename(columns=COMPARE_COLUMNS).reset_index(drop=True)
+
+
+def best_per_model(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model: the most accurate variant, the smallest, and the fastest on this host.
+
+    Ties on accuracy go to the smaller file; failed variants never win.
+    """
+    cols = ["model_id", "model", "variants", "most accurate", "accuracy", "smallest", "size (KiB)",
+            "fastest (host)", "host p50 (ms)"]
+    ok = df[df["status"] == "ok"] if not df.empty else df
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for (model_id, model), part in ok.groupby(["model_id", "model"], sort=False):
+        acc = part.dropna(subset=["accuracy"]).sort_values(["accuracy", "size_bytes"], ascending=[False, True])
+        small = part.dropna(subset=["size_bytes"]).sort_values("size_bytes")
+        fast = part.dropna(subset=["host_p50_ms"]).sort_values("host_p50_ms")
+        rows.append({
+            "model_id": int(model_id), "model": model, "variants": len(part),
+            "most accurate": acc["variant"].iloc[0] if len(acc) else None,
+            "accuracy": round(float(acc["accuracy"].iloc[0]), 4) if len(acc) else None,
+            "smallest": small["variant"].iloc[0] if len(small) else None,
+            "size (KiB)": round(float(small["size_bytes"].iloc[0]) / 1024, 1) if len(small) else None,
+            "fastest (host)": fast["variant"].iloc[0] if len(fast) else None,
+            "host p50 (ms)": round(float(fast["host_p50_ms"].iloc[0]), 3) if len(fast) else None,
+        })
+    return pd.DataFrame(rows, columns=cols)
+
+
+def jobs_table(jobs: Sequence[Job]) -> pd.DataFrame:
+    """Recent jobs as rows: status, progress, message or error, times."""
+    return pd.DataFrame(
+        [{"id": j.id, "kind": j.kind, "status": str(j.status), "progress": round(j.progress, 2),
+          "message": j.error if j.error else j.message, "created": j.created_at[:19],
+          "updated": j.updated_at[:19]} for j in jobs],
+        columns=["id", "kind", "status", "progress", "message", "created", "updated"],
+    )
+
+
+def bench_for_plot(bench: pd.DataFrame, variants: pd.DataFrame) -> pd.DataFrame:
+    """Benchmarks joined with "model / variant" labels, newest first, for components.latency."""
+    if bench.empty:
+        return bench.assign(label=pd.Series(dtype=str))
+    labels = variants.set_index("variant_id")
+    out = bench.copy()
+    out["label"] = [
+        f"{labels.at[v, 'model']} / {labels.at[v, 'variant']}" if v in labels.index else f"sha {s[:8]}"
+        for v, s in zip(out["variant_id"], out["sha256"], strict=True)
+    ]
+    out["target"] = [("host" if b == "host" else t) for b, t in zip(out["board"], out["target"], strict=True)]
+    return out.sort_values("benchmark_id", ascending=False).reset_index(drop=True)
+
+
+def drift_table(evals: pd.DataFrame, variants: pd.DataFrame) -> pd.DataFrame:
+    """On-board accuracy beside the host's, with the drift in points and the output agreement."""
+    cols = ["variant", "device", "n", "accuracy", "host accuracy", "drift (points)", "agreement with host"]
+    if evals.empty:
+        return pd.DataFrame(columns=cols)
+    host = evals[evals["device"] == "host"].set_index("variant_id")["accuracy"]
+    names = variants.set_index("variant_id")
+    rows = []
+    for r in evals[evals["device"] != "host"].itertuples():
+        h = host.get(r.variant_id)
+        label = (f"{names.at[r.variant_id, 'model']} / {names.at[r.variant_id, 'variant']}"
+                 if r.variant_id in names.index else f"#{r.variant_id}")
+        rows.append({
+            "variant": label, "device": r.device.removeprefix("board:"), "n": r.n_samples,
+            "accuracy": r.accuracy, "host accuracy": h,
+            "drift (points)": None if h is None or pd.isna(h) else round((r.accuracy - h) * 100, 2),
+            "agreement with host": r.host_agreement,
+        })
+    return pd.DataFrame(rows, columns=cols)

@@ -1,0 +1,121 @@
+"""Small widgets every page shares: error display, job panels, pickers, number formats."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard.services import reads
+from dashboard.services.jobs import ACTIVE
+from dashboard.services.lab import Lab, lab
+from qcore.qtyping import Job, JobStatus, QlabError
+
+# how often a page asks the jobs table for progress
+POLL_SECONDS = 1.0
+
+
+@contextmanager
+def guard(what: str = "") -> Iterator[None]:
+    """Shows a user error (QlabError, ValueError) as `st.error` in words instead of a traceback."""
+    try:
+        yield
+    except (QlabError, ValueError) as exc:
+        st.error(f"{what}: {exc}" if what else str(exc), icon=":material/error:")
+
+
+def current() -> Lab:
+    """The server's lab; a store that cannot open is shown in words and stops the page."""
+    try:
+        return lab()
+    except QlabError as exc:
+        st.error(str(exc), icon=":material/error:")
+        st.stop()
+        raise  # unreachable: st.stop() raises
+
+
+def latest_job(the_lab: Lab, kinds: tuple[str, ...]) -> Job | None:
+    """The newest job of these kinds: what the page shows, to every browser alike."""
+    jobs = [j for j in the_lab.store.jobs(limit=50) if j.kind in kinds]
+    return jobs[0] if jobs else None
+
+
+def job_panel(job: Job | None, *, key: str, on_done: Callable[[Job], None] | None = None) -> None:
+    """Shows a job: a live progress bar while it runs (polled), then its outcome.
+
+    Args:
+        job: the job to follow (from the store, never from session state).
+        key: a session-unique prefix.
+        on_done: renders a finished job's result.
+    """
+    if job is None:
+        return
+    if job.status in ACTIVE:
+        the_lab = current()
+
+        @st.fragment(run_every=POLL_SECONDS)
+        def _poll() -> None:
+            j = the_lab.store.job(job.id)
+            if j.status in ACTIVE:
+                label = "waiting for a free worker" if j.status is JobStatus.QUEUED else j.message
+                st.progress(j.progress, text=f"job #{j.id} ({j.kind}): {label}")
+            else:
+                reads.clear()
+                st.rerun(scope="app")
+
+        _poll()
+        return
+    if job.status is JobStatus.FAILED:
+        st.error(f"job #{job.id} ({job.kind}) failed: {job.error}", icon=":material/error:")
+    else:
+        st.success(f"job #{job.id} ({job.kind}) finished", icon=":material/check_circle:")
+    if on_done is not None and job.status is JobStatus.DONE:
+        on_done(job)
+
+
+def pick_model(the_lab: Lab, key: str, label: str = "model") -> int | None:
+    """A selectbox of stored models; returns the model id."""
+    models = reads.models(the_lab.db_key)
+    if models.empty:
+        st.info("No model stored yet: add one on the Models & data page.", icon=":material/info:")
+        return None
+    names = {int(r.id): f"#{r.id} {r.name} ({r.format})" for r in models.itertuples()}
+    return st.selectbox(label, list(names), format_func=names.__getitem__, key=key)
+
+
+def pick_dataset(the_lab: Lab, key: str, label: str = "dataset") -> int | None:
+    """A selectbox of stored datasets; returns the dataset id."""
+    data = reads.datasets(the_lab.db_key)
+    if data.empty:
+        st.info("No dataset stored yet: add one on the Models & data page.", icon=":material/info:")
+        return None
+    names = {
+        int(r.id): f"#{r.id} {r.name} (scale {r.input_scale:g}, offset {r.input_offset:g}, {r.n_test} test)"
+        for r in data.itertuples()
+    }
+    return st.selectbox(label, list(names), format_func=names.__getitem__, key=key)
+
+
+def variant_options(df: pd.DataFrame, ok_only: bool = True) -> dict[int, str]:
+    """variant id → "model / variant" for selectboxes."""
+    if ok_only and not df.empty:
+        df = df[df["status"] == "ok"]
+    return {int(r.variant_id): f"#{r.variant_id} {r.model} / {r.variant}" for r in df.itertuples()}
+
+
+def kib(n: Any) -> str:
+    try:
+        return f"{float(n) / 1024:.1f} KiB"
+    except (TypeError, ValueError):
+        return "–"
+
+
+def pct(x: Any) -> str:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if f != f else f"{100 * f:.2f}%"

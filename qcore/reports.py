@@ -1,0 +1,341 @@
+"""Shareable reports: a snapshot of chosen variants and their results, exported as HTML or a zip bundle.
+
+A report's content is a JSON snapshot taken when it is made, so a link shows what was shared
+even after the variants are re-run. The bundle (report.json + Parquet tables + the .tflite
+files) is what another qlab imports: new rows in its store, blobs named by sha256.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import logging
+import zipfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from qcore import __version__
+from qcore.qtyping import Evaluation, Latency, QlabError, VariantStatus
+from qcore.store import Store, sha256_bytes
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "qlab-report-bundle"
+BUNDLE_VERSION = 1
+# a bundle is untrusted input: cap what it may unpack to
+MAX_BUNDLE_UNPACKED_BYTES = 1 << 30
+TABLES = ("variants", "evaluations", "benchmarks")
+
+VARIANT_COLUMNS = [
+    "variant_id", "model_id", "model", "dataset_id", "dataset", "variant", "kind", "recipe", "status", "error",
+    "size_bytes", "sha256", "input_dtype", "output_dtype", "settings", "float_accuracy", "accuracy", "top5",
+    "agreement", "batched", "host_p50_ms", "board_p50_ms",
+]
+BENCH_COLUMNS = [
+    "benchmark_id", "variant_id", "sha256", "board", "target", "threads", "xnnpack", "runs", "warmup",
+    "init_ms", "first_ms", "min_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "std_ms", "peak_rss_mb",
+    "created_at",
+]
+MODEL_COLUMNS = ["id", "name", "format", "sha256", "input_shape", "output_shape", "keras_major"]
+DATASET_COLUMNS = ["id", "name", "source", "sha256", "input_scale", "input_offset", "n_train", "n_test",
+                   "num_classes"]
+
+
+def _records(df: pd.DataFrame, columns: Sequence[str]) -> list[dict[str, Any]]:
+    """JSON-safe rows: NaN → null, timestamps → ISO text."""
+    cols = [c for c in columns if c in df.columns]
+    if df.empty:
+        return []
+    return json.loads(df[cols].to_json(orient="records", date_format="iso"))
+
+
+def build_content(store: Store, variant_ids: Sequence[int]) -> dict[str, Any]:
+    """Snapshots the chosen variants with their evaluations (host and boards), confusions and timings.
+
+    Raises:
+        QlabError: when no variant is chosen or an id is unknown.
+    """
+    ids = sorted({int(v) for v in variant_ids})
+    if not ids:
+        raise QlabError("a report needs at least one variant")
+    variants = store.variant_summary(variant_ids=ids)
+    missing = sorted(set(ids) - set(int(v) for v in variants["variant_id"]))
+    if missing:
+        raise QlabError(f"no variant with id {', '.join(map(str, missing))}")
+    models = store.models()
+    datasets = store.datasets()
+    evaluations = store.device_evaluations(ids)
+    return {
+        "qlab_version": __version__,
+        "snapshot_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "variants": _records(variants, VARIANT_COLUMNS),
+        "models": _records(models[models["id"].isin(variants["model_id"])], MODEL_COLUMNS),
+        "datasets": _records(datasets[datasets["id"].isin(variants["dataset_id"])], DATASET_COLUMNS),
+        "evaluations": _records(evaluations, list(evaluations.columns)),
+        "confusion": {str(v): m for v in ids if (m := store.confusion(v)) is not None},
+        "benchmarks": _records(store.benchmarks(variant_ids=ids), BENCH_COLUMNS),
+    }
+
+
+def make_report(store: Store, title: str, notes: str, variant_ids: Sequence[int]) -> str:
+    """Stores a report of these variants; returns its id (used in `?report=<id>`)."""
+    if not title.strip():
+        raise QlabError("a report needs a title")
+    return store.save_report(title, notes, build_content(store, variant_ids))
+
+
+def frames(content: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """The snapshot's tables as DataFrames (variants, evaluations, benchmarks, models, datasets)."""
+    columns = {"variants": VARIANT_COLUMNS, "benchmarks": BENCH_COLUMNS, "models": MODEL_COLUMNS,
+               "datasets": DATASET_COLUMNS, "evaluations": ["variant_id", "device", "n_samples", "accuracy",
+                                                            "top5", "agreement", "host_agreement"]}
+    return {name: pd.DataFrame(content.get(name) or [], columns=cols) for name, cols in columns.items()}
+
+
+# ---------------------------------------------------------------- HTML
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1B1F24}
+h1{margin-bottom:.2rem} .meta{color:#5F6368;margin-bottom:1.5rem} .notes{white-space:pre-wrap;background:#F3F5F8;
+padding:1rem;border-radius:6px} table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}
+th,td{border:1px solid #DADCE0;padding:.3rem .6rem;text-align:right} th{background:#F3F5F8}
+td:nth-child(-n+3),th:nth-child(-n+3){text-align:left} .fig{margin:1.5rem 0}
+"""
+
+
+def _table_html(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "<p><em>none</em></p>"
+    return df.to_html(index=False, border=0, na_rep="–", float_format=lambda v: f"{v:.4g}", escape=True)
+
+
+def summary_table(content: dict[str, Any]) -> pd.DataFrame:
+    """The report's main table: one row per variant."""
+    v = frames(content)["variants"]
+    if v.empty:
+        return v
+    out = pd.DataFrame({
+        "model": v["model"], "variant": v["variant"], "kind": v["kind"], "accuracy": v["accuracy"],
+        "top-5": v["top5"], "agreement": v["agreement"],
+        "drop (points)": (v["float_accuracy"] - v["accuracy"]) * 100,
+        "size (KiB)": v["size_bytes"].astype(float) / 1024, "host p50 (ms)": v["host_p50_ms"],
+        "board p50 (ms)": v["board_p50_ms"], "status": v["status"],
+    })
+    return out
+
+
+def render_html(report: dict[str, Any], figures: Sequence[tuple[str, Any]] = ()) -> str:
+    """One self-contained HTML page: tables, notes and the given Plotly figures, plotly.js inline.
+
+    Args:
+        report: a row of `Store.report()` (id, title, notes, content, created_at).
+        figures: (caption, plotly Figure) pairs; plotly.js is embedded once, so the file works offline.
+    """
+    content = report["content"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(report['title'])} · qlab report</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(report['title'])}</h1>",
+        f"<div class='meta'>qlab report {html.escape(str(report.get('id', '')))} · made "
+        f"{html.escape(str(report.get('created_at', ''))[:19])} · qlab {html.escape(str(content.get('qlab_version')))}"
+        "</div>",
+    ]
+    if report.get("notes"):
+        parts.append(f"<div class='notes'>{html.escape(report['notes'])}</div>")
+    parts += ["<h2>Variants</h2>", _table_html(summary_table(content))]
+    evals = frames(content)["evaluations"]
+    boards = evals[evals["device"] != "host"]
+    if not boards.empty:
+        parts += ["<h2>On-board accuracy</h2>", _table_html(boards)]
+    bench = frames(content)["benchmarks"]
+    if not bench.empty:
+        cols = ["variant_id", "board", "target", "threads", "runs", "first_ms", "p50_ms", "p90_ms", "mean_ms"]
+        parts += ["<h2>Latency</h2>", _table_html(bench[cols])]
+    first = True
+    for caption, fig in figures:
+        parts.append(f"<div class='fig'><h3>{html.escape(caption)}</h3>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False))
+        parts.append("</div>")
+        first = False
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- bundle
+def export_bundle(store: Store, report_id: str) -> bytes:
+    """A zip: report.json, one Parquet file per table, and `tflite/<sha256>.tflite` for each variant."""
+    report = store.report(report_id)
+    content = report["content"]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "id": report["id"], "title": report["title"],
+                "notes": report["notes"], "created_at": str(report["created_at"]), "content": content}
+        zf.writestr("report.json", json.dumps(meta, indent=1))
+        for name, df in frames(content).items():
+            data = io.BytesIO()
+            df.astype({c: "string" for c in df.columns if df[c].dtype == object}).to_parquet(data, index=False)
+            zf.writestr(f"{name}.parquet", data.getvalue())
+        for v in content.get("variants", []):
+            sha = v.get("sha256")
+            if not sha:
+                continue
+            path = store.blob_path(sha)
+            if path.exists():
+                zf.writestr(f"tflite/{sha}.tflite", path.read_bytes())
+            else:
+                log.warning("report %s: the .tflite of variant %s is missing; bundled without it", report_id,
+                            v.get("variant_id"))
+    return buf.getvalue()
+
+
+def _read_bundle(data: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise QlabError("not a qlab report bundle: the file is not a zip") from None
+    with zf:
+        if sum(i.file_size for i in zf.infolist()) > MAX_BUNDLE_UNPACKED_BYTES:
+            raise QlabError("the bundle unpacks to more than 1 GiB; refusing it")
+        names = set(zf.namelist())
+        if "report.json" not in names:
+            raise QlabError("not a qlab report bundle: report.json is missing")
+        try:
+            meta = json.loads(zf.read("report.json"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise QlabError(f"report.json in the bundle is not valid JSON: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+            raise QlabError("not a qlab report bundle: report.json has no format 'qlab-report-bundle'")
+        if meta.get("version") != BUNDLE_VERSION:
+            raise QlabError(f"report bundle version {meta.get('version')!r} is not supported (this qlab reads "
+                            f"{BUNDLE_VERSION})")
+        blobs: dict[str, bytes] = {}
+        for name in names:
+            if name.startswith("tflite/") and name.endswith(".tflite"):
+                body = zf.read(name)
+                sha = name.removeprefix("tflite/").removesuffix(".tflite")
+                if sha256_bytes(body) != sha:
+                    raise QlabError(f"bundle entry {name}: its content does not match its sha256 name")
+                blobs[sha] = body
+    for key in ("title", "content"):
+        if key not in meta:
+            raise QlabError(f"report.json in the bundle has no {key!r}")
+    if not isinstance(meta["content"], dict) or not isinstance(meta["content"].get("variants"), list):
+        raise QlabError("report.json in the bundle has no list of variants")
+    return meta, blobs
+
+
+def import_bundle(store: Store, data: bytes) -> str:
+    """Imports a bundle exported by any qlab: models, datasets, variants, results and the report.
+
+    Variants already here (same model and .tflite sha256) are reused; the others become new
+    `imported` variants. Every imported row points at the new local ids.
+
+    Returns:
+        The id of the imported report in this store.
+
+    Raises:
+        QlabError: for anything that is not a valid bundle, naming what is wrong.
+    """
+    meta, blobs = _read_bundle(data)
+    content = meta["content"]
+    f = frames(content)
+    model_ids: dict[int, int] = {}
+    for m in f["models"].itertuples():
+        model_ids[int(m.id)] = store.add_model(
+            name=str(m.name), format="tflite", sha256=str(m.sha256), source_path=f"imported: {meta['title']}",
+            input_shape=json.loads(m.input_shape) if isinstance(m.input_shape, str) else list(m.input_shape),
+            output_shape=json.loads(m.output_shape) if isinstance(m.output_shape, str) else list(m.output_shape),
+            keras_major=None if pd.isna(m.keras_major) else int(m.keras_major),
+        )
+    dataset_ids: dict[int, int] = {}
+    for d in f["datasets"].itertuples():
+        dataset_ids[int(d.id)] = store.add_dataset(
+            name=str(d.name), source=str(d.source), sha256=str(d.sha256), input_scale=float(d.input_scale),
+            input_offset=float(d.input_offset), n_train=int(d.n_train), n_test=int(d.n_test),
+            num_classes=int(d.num_classes), stored_path=None,
+        )
+    confusion = content.get("confusion") or {}
+    evals = f["evaluations"]
+    variant_ids: dict[int, int] = {}
+    for v in content["variants"]:
+        old = int(v["variant_id"])
+        if v["model_id"] not in model_ids or v["dataset_id"] not in dataset_ids:
+            raise QlabError(f"bundle variant #{old} names a model or dataset the bundle does not hold")
+        model_id, dataset_id = model_ids[v["model_id"]], dataset_ids[v["dataset_id"]]
+        sha = v.get("sha256")
+        existing = store.variant_id_for_sha(sha) if sha else None
+        if existing is not None and int(store.variant(existing)["model_id"]) == model_id:
+            variant_ids[old] = existing
+            continue
+        body = blobs.get(sha) if sha else None
+        if sha and body is None and v.get("status") == "ok":
+            raise QlabError(f"bundle variant {v['variant']!r}: its .tflite ({sha[:12]}…) is not in the bundle")
+        host = evals[(evals["variant_id"] == old) & (evals["device"] == "host")]
+        variant_ids[old] = store.save_variant(
+            model_id=model_id, dataset_id=dataset_id, name=_free_name(store, model_id, dataset_id, v["variant"]),
+            kind="imported", recipe=v.get("recipe"),
+            settings={"imported_from": meta["title"], "original": v.get("settings"), "original_kind": v["kind"]},
+            status=VariantStatus(v["status"]), error=v.get("error") or "", tflite=body,
+            input_dtype=v.get("input_dtype") or "", output_dtype=v.get("output_dtype") or "",
+            evaluation=_evaluation(host.iloc[0] if len(host) else None, v, confusion.get(str(old))),
+        )
+        for e in evals[(evals["variant_id"] == old) & (evals["device"] != "host")].itertuples():
+            store.add_evaluation(
+                variant_ids[old], dataset_id, _evaluation(pd.Series(e._asdict()), v, None), device=str(e.device),
+                extra_metrics={"host_agreement": None if pd.isna(e.host_agreement) else float(e.host_agreement)},
+            )
+        for b in f["benchmarks"][f["benchmarks"]["variant_id"] == old].itertuples():
+            store.add_benchmark(_latency(b), sha256=str(b.sha256), board=str(b.board), variant_id=variant_ids[old])
+    new_content = dict(content)
+    new_content["imported_from"] = {"id": meta.get("id"), "created_at": meta.get("created_at")}
+    new_content["variants"] = [dict(v, variant_id=variant_ids[int(v["variant_id"])],
+                                    model_id=model_ids[v["model_id"]], dataset_id=dataset_ids[v["dataset_id"]])
+                               for v in content["variants"]]
+    new_content["models"] = [dict(m, id=model_ids[int(m["id"])]) for m in content.get("models", [])]
+    new_content["datasets"] = [dict(d, id=dataset_ids[int(d["id"])]) for d in content.get("datasets", [])]
+    new_content["evaluations"] = [dict(e, variant_id=variant_ids.get(int(e["variant_id"]), e["variant_id"]))
+                                  for e in content.get("evaluations", [])]
+    new_content["benchmarks"] = [dict(b, variant_id=variant_ids.get(int(b["variant_id"]), b["variant_id"]))
+                                 for b in content.get("benchmarks", []) if b.get("variant_id") is not None]
+    new_content["confusion"] = {str(variant_ids[int(k)]): m for k, m in confusion.items()
+                                if int(k) in variant_ids}
+    return store.save_report(str(meta["title"]), str(meta.get("notes") or ""), new_content)
+
+
+def _free_name(store: Store, model_id: int, dataset_id: int, name: str) -> str:
+    taken = set(store.variant_summary(model_ids=[model_id]).query("dataset_id == @dataset_id")["variant"])
+    if name not in taken:
+        return name
+    candidate, n = f"{name} (imported)", 2
+    while candidate in taken:
+        candidate, n = f"{name} (imported {n})", n + 1
+    return candidate
+
+
+def _num(value: Any, default: float = float("nan")) -> float:
+    return default if value is None or pd.isna(value) else float(value)
+
+
+def _evaluation(row: pd.Series | None, variant: dict[str, Any], matrix: Any) -> Evaluation | None:
+    if row is None or pd.isna(row.get("accuracy")):
+        return None
+    agreement = row.get("agreement")
+    return Evaluation(
+        accuracy=_num(row["accuracy"]), top5=_num(row.get("top5")),
+        agreement=None if agreement is None or pd.isna(agreement) else float(agreement),
+        confusion=tuple(tuple(int(c) for c in r) for r in (matrix or [])),
+        n_samples=int(_num(row.get("n_samples"), 0)), batched=bool(variant.get("batched") or False),
+        note="imported",
+    )
+
+
+def _latency(b: Any) -> Latency:
+    return Latency(
+        target=str(b.target), threads=int(b.threads), xnnpack=bool(b.xnnpack), runs=int(b.runs),
+        warmup=int(b.warmup), init_ms=_num(b.init_ms), first_ms=_num(b.first_ms), min_ms=_num(b.min_ms),
+        mean_ms=_num(b.mean_ms), p50_ms=_num(b.p50_ms), p90_ms=_num(b.p90_ms), p99_ms=_num(b.p99_ms),
+        std_ms=_num(b.std_ms), extra={} if pd.isna(b.peak_rss_mb) else {"peak_rss_mb": float(b.peak_rss_mb)},
+    )
