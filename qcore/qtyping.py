@@ -311,6 +311,8 @@ class SelectiveResult:
     path: str
     sha256: str
     variant_id: int | None = None
+    # denylisted nodes the quantizer still quantized: ops that share their neighbours' scale (MAX_POOL_2D, RESHAPE)
+    ignored_nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
