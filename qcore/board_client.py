@@ -1,0 +1,495 @@
+"""Client of the board agent: health, remote benchmarks and on-board accuracy, stored beside host results."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from board_agent import protocol
+from qcore.qtyping import Board, Dataset, Evaluation, Latency, Progress, QlabError, no_progress
+
+if TYPE_CHECKING:
+    from qcore.store import Store
+
+log = logging.getLogger(__name__)
+
+# connecting to a board on the LAN takes milliseconds; three seconds means it is off or unrouted
+CONNECT_TIMEOUT_S = 3.05
+# uploads of a few MB over Wi-Fi and a busy agent still answer well within this
+READ_TIMEOUT_S = 30.0
+# connect errors only: a GET that reached the agent is never repeated blindly
+CONNECT_RETRIES = 2
+# a job polls this often; the agent's status reads are cheap
+DEFAULT_POLL_S = 0.25
+# the slowest sensible job: a 50-run benchmark of a big model on the A53 with profiling
+DEFAULT_JOB_TIMEOUT_S = 900.0
+
+TARGET_ALL = "all"
+
+
+@dataclass(frozen=True)
+class BoardHealth:
+    """A registered board and what its agent says now (or why it did not answer)."""
+
+    board: Board
+    reachable: bool
+    health: dict[str, Any] | None
+    error: str = ""
+
+    def available_targets(self) -> list[str]:
+        """Targets the agent reports as available, in protocol order."""
+        targets = (self.health or {}).get("targets", {})
+        return [t for t in protocol.TARGETS if targets.get(t, {}).get("available")]
+
+
+class BoardClient:
+    """HTTP client of one board agent (protocol v1).
+
+    Args:
+        url: the agent's base URL, e.g. "http://imx8mp.local:8765".
+        token: the bearer token (None for an agent started with --insecure-no-token).
+        name: the board's name, used in messages.
+        connect_timeout, read_timeout: seconds for each request.
+        retries: how often a failed connection is retried.
+
+    Every failure raises `QlabError` with the URL in the message.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        name: str = "",
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        read_timeout: float = READ_TIMEOUT_S,
+        retries: int = CONNECT_RETRIES,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.name = name or self.url
+        self._token = token
+        self._timeout = (connect_timeout, read_timeout)
+        self._session = requests.Session()
+        retry = Retry(
+            total=retries, connect=retries, read=0, status=0, other=0,
+            allowed_methods=frozenset({"GET"}), backoff_factor=0.2, raise_on_status=False,
+        )
+        adapter = HTTPAdapter(max_retries=retry)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"BoardClient({self.url!r}, name={self.name!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    # ------------------------------------------------------------------ plumbing
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if self._token:
+            headers[protocol.AUTH_HEADER] = f"{protocol.AUTH_SCHEME} {self._token}"
+        url = self.url + path
+        try:
+            resp = self._session.request(method, url, headers=headers, timeout=self._timeout, **kwargs)
+        except requests.exceptions.Timeout:
+            raise QlabError(f"board {self.name} at {self.url} did not answer {method} {path} in time") from None
+        except requests.exceptions.RequestException as exc:
+            raise QlabError(f"board {self.name} at {self.url} is unreachable: {_reason(exc)}") from None
+        if resp.status_code >= 400:
+            raise QlabError(f"board {self.name} at {self.url}: {method} {path} -> {resp.status_code}: "
+                            f"{_error_text(resp)}")
+        return resp
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        resp = self._request(method, path, **kwargs)
+        try:
+            data = resp.json()
+        except ValueError:
+            raise QlabError(f"board {self.name} at {self.url}: {path} did not return JSON "
+                            "(is this a qlab board agent?)") from None
+        if not isinstance(data, dict):
+            raise QlabError(f"board {self.name} at {self.url}: {path} returned {type(data).__name__}, not an object")
+        return data
+
+    # ------------------------------------------------------------------ endpoints
+    def health(self) -> dict[str, Any]:
+        """GET /v1/health: status, board, runtime, targets {name: {available, reason}}, queue_depth."""
+        return self._json("GET", protocol.HEALTH)
+
+    def submit_benchmark(
+        self,
+        model: bytes,
+        *,
+        target: str,
+        runs: int = protocol.RUNS.default,
+        warmup: int = protocol.WARMUP.default,
+        threads: int = protocol.THREADS.default,
+        profile: bool = False,
+        label: str = "",
+    ) -> str:
+        """POST /v1/benchmarks with the raw .tflite; returns the job id."""
+        params: dict[str, Any] = {"target": target, "runs": runs, "warmup": warmup, "threads": threads,
+                                  "profile": int(profile)}
+        if label:
+            params[protocol.LABEL_PARAM] = label[: protocol.LABEL_MAX]
+        data = self._json("POST", protocol.BENCHMARKS, params=params, data=bytes(model),
+                          headers={"Content-Type": protocol.TFLITE_CONTENT_TYPE})
+        return str(data["id"])
+
+    def submit_inference(
+        self,
+        model: bytes,
+        inputs: np.ndarray | Sequence[np.ndarray],
+        *,
+        target: str,
+        threads: int = protocol.THREADS.default,
+        label: str = "",
+    ) -> str:
+        """POST /v1/inferences with the model and the inputs (float or already quantized); returns the job id.
+
+        Args:
+            inputs: one array [n, ...] for a single-input model, or one per model input.
+        """
+        arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
+        buf = io.BytesIO()
+        if len(arrays) == 1:
+            np.savez(buf, **{protocol.SINGLE_INPUT_KEY: np.ascontiguousarray(arrays[0])})
+        else:
+            np.savez(buf, **{protocol.input_key(i): np.ascontiguousarray(a) for i, a in enumerate(arrays)})
+        params: dict[str, Any] = {"target": target, "threads": threads}
+        if label:
+            params[protocol.LABEL_PARAM] = label[: protocol.LABEL_MAX]
+        body = protocol.pack_inference(bytes(model), buf.getvalue())
+        data = self._json("POST", protocol.INFERENCES, params=params, data=body,
+                          headers={"Content-Type": protocol.FRAME_CONTENT_TYPE})
+        return str(data["id"])
+
+    def job(self, job_id: str, kind: str = protocol.KIND_BENCHMARK) -> dict[str, Any]:
+        """GET the job record: id, status (queued|running|done|failed), result, error."""
+        return self._json("GET", protocol.job_path(_collection(kind), job_id))
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        kind: str = protocol.KIND_BENCHMARK,
+        timeout: float = DEFAULT_JOB_TIMEOUT_S,
+        poll: float = DEFAULT_POLL_S,
+        progress: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Polls a job until it ends.
+
+        Returns:
+            The job's result (a dict).
+
+        Raises:
+            QlabError: when the job failed (with the agent's reason) or did not end within `timeout`.
+        """
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            rec = self.job(job_id, kind)
+            status = rec.get("status")
+            if progress is not None and status != last:
+                progress(str(status))
+            last = str(status)
+            if status == protocol.DONE:
+                return dict(rec.get("result") or {})
+            if status == protocol.FAILED:
+                raise QlabError(f"board {self.name}: {kind} job {job_id} failed: {rec.get('error') or 'no reason given'}")
+            if time.monotonic() > deadline:
+                raise QlabError(f"board {self.name}: {kind} job {job_id} still {status} after {timeout:.0f} s")
+            time.sleep(poll)
+
+    def outputs(self, job_id: str) -> list[np.ndarray]:
+        """GET /v1/inferences/{id}/outputs: the dequantized float outputs, one array per model output."""
+        resp = self._request("GET", protocol.job_path(protocol.INFERENCES, job_id) + protocol.OUTPUTS_SUFFIX)
+        try:
+            with np.load(io.BytesIO(resp.content), allow_pickle=False) as z:
+                keys = sorted((k for k in z.files if k.startswith("output_")), key=lambda k: int(k.split("_")[1]))
+                return [z[k] for k in keys]
+        except (ValueError, OSError) as exc:
+            raise QlabError(f"board {self.name} at {self.url}: outputs of job {job_id} are not a valid .npz: {exc}") from None
+
+    def infer(
+        self,
+        model: bytes,
+        inputs: np.ndarray | Sequence[np.ndarray],
+        *,
+        target: str,
+        threads: int = protocol.THREADS.default,
+        timeout: float = DEFAULT_JOB_TIMEOUT_S,
+        poll: float = DEFAULT_POLL_S,
+    ) -> tuple[list[np.ndarray], dict[str, Any]]:
+        """Runs inputs through the model on the board.
+
+        Returns:
+            (outputs, one float32 array per model output; the job's result: timings, runtime, quantization).
+        """
+        job_id = self.submit_inference(model, inputs, target=target, threads=threads)
+        result = self.wait(job_id, kind=protocol.KIND_INFERENCE, timeout=timeout, poll=poll)
+        return self.outputs(job_id), result
+
+
+# ---------------------------------------------------------------------- store-aware helpers
+def client_for(store: Store, board: str) -> BoardClient:
+    """A client for a registered board (QlabError when the name is unknown)."""
+    url, token = store.board_token(board)
+    return BoardClient(url, token, name=board)
+
+
+def board_health(store: Store, *, connect_timeout: float = 2.0) -> list[BoardHealth]:
+    """Live health of every registered board; an unreachable one is reported, not raised."""
+    out: list[BoardHealth] = []
+    for b in store.boards():
+        url, token = store.board_token(b.name)
+        client = BoardClient(url, token, name=b.name, connect_timeout=connect_timeout, read_timeout=5.0, retries=0)
+        try:
+            out.append(BoardHealth(b, True, client.health()))
+        except QlabError as exc:
+            out.append(BoardHealth(b, False, None, str(exc)))
+        finally:
+            client.close()
+    return out
+
+
+def resolve_targets(health: Mapping[str, Any], spec: str | Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Which targets to run: (chosen, skipped {target: reason}).
+
+    `spec` is "all", a single target, or a list of them. "all" skips targets the agent reports
+    unavailable; a named unavailable target raises.
+
+    Raises:
+        QlabError: unknown target, or a named target the board cannot run (with its reason).
+    """
+    names = [spec] if isinstance(spec, str) else list(spec)
+    info = health.get("targets", {}) if isinstance(health, Mapping) else {}
+    board = health.get("board", "the board") if isinstance(health, Mapping) else "the board"
+    if names == [TARGET_ALL]:
+        chosen, skipped = [], {}
+        for t in protocol.TARGETS:
+            if info.get(t, {}).get("available"):
+                chosen.append(t)
+            else:
+                skipped[t] = str(info.get(t, {}).get("reason") or "not reported by the agent")
+        if not chosen:
+            raise QlabError(f"{board} has no available target: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        return chosen, skipped
+    for t in names:
+        if t not in protocol.TARGETS:
+            raise QlabError(f"unknown target {t!r}; known: {', '.join(protocol.TARGETS)}, {TARGET_ALL}")
+        if not info.get(t, {}).get("available"):
+            raise QlabError(f"target {t} is unavailable on {board}: {info.get(t, {}).get('reason') or 'not reported'}")
+    return names, {}
+
+
+def latency_from_result(result: Mapping[str, Any], *, board: str = "", job_id: str = "") -> Latency:
+    """A `Latency` from a benchmark job's result; everything beyond the times goes to `extra`."""
+    try:
+        times = {k: float(result[k]) for k in protocol.RESULT_TIMES}
+        head = dict(target=str(result["target"]), threads=int(result["threads"]), xnnpack=bool(result["xnnpack"]),
+                    runs=int(result["runs"]), warmup=int(result["warmup"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise QlabError(f"board {board or '?'}: benchmark result lacks or garbles field {exc}") from None
+    known = set(protocol.RESULT_TIMES) | set(head)
+    extra = {k: v for k, v in result.items() if k not in known}
+    if board:
+        extra["board"] = board
+    if job_id:
+        extra["job_id"] = job_id
+    return Latency(**head, **times, extra=extra)  # type: ignore[arg-type]
+
+
+def bench_on_board(
+    store: Store,
+    board: str,
+    model_bytes: bytes,
+    targets: str | Sequence[str] = protocol.CPU,
+    *,
+    runs: int = protocol.RUNS.default,
+    warmup: int = protocol.WARMUP.default,
+    threads: int = protocol.THREADS.default,
+    profile: bool = False,
+    variant_id: int | None = None,
+    progress: Progress = no_progress,
+    failed: dict[str, str] | None = None,
+    skipped: dict[str, str] | None = None,
+    timeout: float = DEFAULT_JOB_TIMEOUT_S,
+) -> list[Latency]:
+    """Times a .tflite on a registered board, one target after the other, and stores the timings.
+
+    Rows go into `benchmarks` with board=<name> and the target, linked to `variant_id` (or the
+    variant with the same sha256, when there is one). Nothing is stored until every target ran.
+
+    Args:
+        targets: "all", one target, or a list; "all" skips unavailable targets (reasons in `skipped`).
+        failed: when given, a target whose job fails (e.g. the NPU refuses the model) is recorded
+            here as {target: reason} and the others still run; when None, the failure raises.
+        skipped: when given, receives {target: reason} for targets that "all" left out.
+
+    Returns:
+        One `Latency` per target that ran, in order.
+
+    Raises:
+        QlabError: unknown board or target, unreachable agent (naming the URL), or a failed job.
+    """
+    from qcore.store import sha256_bytes
+
+    client = client_for(store, board)
+    try:
+        progress(0.0, f"asking {board} for its targets")
+        chosen, left_out = resolve_targets(client.health(), targets)
+        if skipped is not None:
+            skipped.update(left_out)
+        results: list[Latency] = []
+        for i, target in enumerate(chosen):
+            progress(i / len(chosen), f"{board}: timing on {target}")
+            try:
+                job_id = client.submit_benchmark(model_bytes, target=target, runs=runs, warmup=warmup,
+                                                 threads=threads, profile=profile)
+                result = client.wait(job_id, timeout=timeout)
+            except QlabError as exc:
+                if failed is None or "unreachable" in str(exc):
+                    raise
+                failed[target] = str(exc)
+                log.warning("%s", exc)
+                continue
+            results.append(latency_from_result(result, board=board, job_id=job_id))
+        if not results and failed:
+            raise QlabError(f"board {board}: every target failed: " + "; ".join(failed.values()))
+    finally:
+        client.close()
+    sha = sha256_bytes(model_bytes)
+    vid = variant_id if variant_id is not None else store.variant_id_for_sha(sha)
+    for lat in results:
+        store.add_benchmark(lat, sha256=sha, board=board, variant_id=vid)
+    progress(1.0, f"{board}: {len(results)} timing(s) stored")
+    return results
+
+
+def accuracy_on_board(
+    store: Store,
+    board: str,
+    model_bytes: bytes,
+    dataset: Dataset,
+    target: str = protocol.CPU,
+    *,
+    variant_id: int | None = None,
+    dataset_id: int | None = None,
+    threads: int = protocol.THREADS.default,
+    progress: Progress = no_progress,
+    timeout: float = DEFAULT_JOB_TIMEOUT_S,
+) -> tuple[Evaluation, float]:
+    """Runs the test split on the board, scores it, and compares it with the host's outputs.
+
+    The board gets the preprocessed float inputs (`dataset.test_inputs()`); the agent quantizes
+    them with the model's input scale and zero point and returns dequantized outputs. The host
+    runs the same model with LiteRT on this machine. The evaluation is stored with
+    device="board:<name>/<target>" and the metrics host_agreement, output_max_abs_diff and
+    output_mean_abs_diff when the model is a known variant (by `variant_id` or sha256); the dataset
+    is registered (idempotent) unless `dataset_id` is given.
+
+    Returns:
+        (the board's evaluation, agreement of its argmax with the host's, in [0, 1]).
+
+    Raises:
+        QlabError: unknown board, unavailable target, unreachable agent, a failed job, or data that
+            does not fit the model.
+    """
+    from qcore import litert_io, metrics
+    from qcore.data import dataset_sha256
+    from qcore.store import sha256_bytes
+
+    x, y = dataset.test_inputs(), np.asarray(dataset.y_test)
+    if len(x) == 0:
+        raise QlabError(f"data {dataset.name!r} has no test samples to evaluate on")
+    progress(0.05, f"running {len(x)} samples on this host")
+    host_out, _ = litert_io.run_model(model_bytes, x)
+    client = client_for(store, board)
+    try:
+        progress(0.3, f"asking {board} for its targets")
+        resolve_targets(client.health(), target)
+        progress(0.4, f"{board}: running {len(x)} samples on {target}")
+        outputs, result = client.infer(model_bytes, x, target=target, threads=threads, timeout=timeout)
+    finally:
+        client.close()
+    if not outputs or len(outputs[0]) != len(x):
+        got = len(outputs[0]) if outputs else 0
+        raise QlabError(f"board {board} returned {got} outputs for {len(x)} samples")
+    board_out = outputs[0].astype(np.float32)
+    pred = metrics.predictions(board_out)
+    n_classes = max(dataset.num_classes, board_out.reshape(len(board_out), -1).shape[1])
+    host_agreement = metrics.agreement(board_out, host_out)
+    diff = np.abs(board_out.reshape(len(x), -1) - host_out.reshape(len(x), -1).astype(np.float32))
+    max_diff, mean_diff = float(np.nanmax(diff)) if diff.size else 0.0, float(np.nanmean(diff)) if diff.size else 0.0
+    sha = sha256_bytes(model_bytes)
+    vid = variant_id if variant_id is not None else store.variant_id_for_sha(sha)
+    io_types = result.get("io", {})
+    note = f"{board}/{target}, {result.get('runtime', {}).get('name', '?')}"
+    if vid is None:
+        note += "; not stored: the model is not a known variant (convert it with qlab first)"
+    ev = Evaluation(
+        accuracy=metrics.accuracy(board_out, y),
+        top5=metrics.top_k(board_out, y, 5),
+        agreement=None,
+        confusion=tuple(tuple(int(v) for v in row) for row in metrics.confusion(pred, y, n_classes)),
+        n_samples=len(x),
+        batched=False,
+        note=note,
+        size_bytes=len(model_bytes),
+        input_dtype=str(io_types.get("input_dtype", "")),
+        output_dtype=str(io_types.get("output_dtype", "")),
+    )
+    if vid is not None:
+        if dataset_id is None:
+            dataset_id = store.add_dataset(
+                name=dataset.name, source=dataset.source or dataset.name, sha256=dataset_sha256(dataset),
+                input_scale=dataset.input_scale, input_offset=dataset.input_offset,
+                n_train=len(dataset.x_train), n_test=len(dataset.x_test), num_classes=dataset.num_classes,
+            )
+        store.add_evaluation(
+            vid, dataset_id, ev, device=f"board:{board}/{target}",
+            extra_metrics={"host_agreement": host_agreement, "output_max_abs_diff": max_diff,
+                           "output_mean_abs_diff": mean_diff},
+        )
+    progress(1.0, f"{board}/{target}: accuracy {ev.accuracy:.4f}, agreement with host {host_agreement:.4f}")
+    return ev, host_agreement
+
+
+# ---------------------------------------------------------------------- helpers
+def _collection(kind: str) -> str:
+    if kind == protocol.KIND_BENCHMARK:
+        return protocol.BENCHMARKS
+    if kind == protocol.KIND_INFERENCE:
+        return protocol.INFERENCES
+    raise ValueError(f"unknown job kind {kind!r}; known: {protocol.KIND_BENCHMARK}, {protocol.KIND_INFERENCE}")
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost useful line of a requests/urllib3 error (e.g. 'Connection refused')."""
+    text = str(exc)
+    for marker in ("Errno", "Name or service not known", "Connection refused", "timed out"):
+        idx = text.find(marker)
+        if idx >= 0:
+            return text[idx:].split("'))")[0].rstrip(")'\"")
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _error_text(resp: requests.Response) -> str:
+    try:
+        data = resp.json()
+        if isinstance(data, dict) and data.get("error"):
+            return str(data["error"])
+    except ValueError:
+        pass
+    return (resp.text or resp.reason or "").strip()[:300]
