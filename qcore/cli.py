@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,187 @@ def _add_common(p: argparse.ArgumentParser, *, db: bool = True, json_flag: bool 
 # ---------------------------------------------------------------- engine commands (issue 2)
 def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
     """`convert`, `evaluate`, `inspect`, `bench`, `demo`."""
+    p = sub.add_parser("convert", help="convert a Keras model with post-training recipes, evaluate, store")
+    p.add_argument("model", help="a .keras, .h5, SavedModel directory, or 'demo'")
+    p.add_argument("--data", required=True, help="a .npz (x_train, y_train, x_test, y_test), image folder/.zip, or 'digits'")
+    p.add_argument("--recipes", default="all", help="'all' or a comma-separated list of recipe names")
+    p.add_argument("--out", help="write <OUT>/<recipe>.tflite (default: qlab-out/<model name>)")
+    _add_preprocessing(p)
+    p.add_argument("--calibration-samples", type=int, default=100, help="first N training samples (default 100)")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_convert)
+
+    p = sub.add_parser("evaluate", help="accuracy of a .tflite on a labelled test split")
+    p.add_argument("tflite")
+    p.add_argument("--data", required=True)
+    _add_preprocessing(p)
+    _add_common(p, db=False)
+    p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser("inspect", help="ops, tensors, quantization and the i.MX8M Plus NPU lint of a .tflite")
+    p.add_argument("tflite")
+    _add_common(p, db=False)
+    p.set_defaults(handler=_cmd_inspect)
+
+    p = sub.add_parser("bench", help="time a .tflite on this machine")
+    p.add_argument("tflite")
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only")
+    p.add_argument("--db", help="also store the timing in this DuckDB file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_cmd_bench)
+
+    p = sub.add_parser("demo", help="write the built-in demo model and its digits .npz")
+    p.add_argument("--out", default="qlab-demo", help="folder (default: qlab-demo)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_cmd_demo)
+
+
+def _add_preprocessing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-scale", type=float, default=1.0, help="float_input = x * scale + offset (default 1)")
+    p.add_argument("--input-offset", type=float, default=0.0, help="(default 0)")
+
+
+def _load_model_arg(spec: str) -> Any:
+    from qcore.models import demo_model, load_model
+
+    return demo_model() if spec == "demo" else load_model(spec)
+
+
+def _load_data_arg(args: argparse.Namespace, input_shape: Any = None) -> Any:
+    from qcore.data import load_dataset
+
+    return load_dataset(
+        args.data, input_scale=args.input_scale, input_offset=args.input_offset, input_shape=input_shape
+    )
+
+
+def _read_tflite(path: str) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise QlabError(f"{p}: no such file")
+    data = p.read_bytes()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise QlabError(f"{p}: not a TFLite model (no TFL3 identifier)")
+    return data
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from qcore.convert import convert_and_evaluate
+    from qcore.recipes import resolve_recipes
+
+    try:
+        recipes = resolve_recipes(args.recipes)
+    except ValueError as exc:
+        raise QlabError(str(exc)) from None
+    model = _load_model_arg(args.model)
+    dataset = _load_data_arg(args, model.input_shape)
+    out = Path(args.out) if args.out else Path("qlab-out") / model.name
+    with _open_store(args) as store:
+        report = convert_and_evaluate(
+            model, dataset, recipes, store=store, out_dir=out, calibration_samples=args.calibration_samples,
+            progress=_log_progress,
+        )
+    variants = []
+    lines = [f"{report.model}: float accuracy {report.float_accuracy:.4f} on {len(dataset.y_test)} test samples"]
+    for v in report.variants:
+        ev = v.evaluation
+        variants.append({
+            "recipe": v.recipe, "status": str(v.status), "path": v.path, "size_bytes": v.size_bytes,
+            "accuracy": ev.accuracy if ev else None, "top5": ev.top5 if ev else None,
+            "agreement": ev.agreement if ev else None, "input_dtype": v.input_dtype or None,
+            "output_dtype": v.output_dtype or None, "error": v.error or None,
+        })
+        if ev:
+            lines.append(f"  {v.recipe:<17} acc {ev.accuracy:.4f}  top5 {ev.top5:.4f}  agree {ev.agreement:.4f}  "
+                         f"{v.size_bytes:>9} B  {v.input_dtype}->{v.output_dtype}  {v.path}")
+        else:
+            lines.append(f"  {v.recipe:<17} FAILED: {v.error}")
+    payload = {"model": report.model, "float_accuracy": report.float_accuracy, "variants": variants}
+    _emit(args, payload, "\n".join(lines))
+    failed = [v for v in report.variants if v.error]
+    for v in failed:
+        print(f"qlab convert: recipe {v.recipe} failed: {v.error}", file=sys.stderr)
+    # 1 = some recipes were refused (the others are written and stored)
+    return 1 if failed else EXIT_OK
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from qcore.evaluate import evaluate_tflite
+    from qcore.litert_io import make_interpreter
+
+    model = _read_tflite(args.tflite)
+    shape = tuple(int(d) for d in make_interpreter(model).get_input_details()[0]["shape"])
+    dataset = _load_data_arg(args, (None, *shape[1:]))
+    ev = evaluate_tflite(model, dataset)
+    payload = {
+        "model": args.tflite, "accuracy": ev.accuracy, "top5": ev.top5, "n_samples": ev.n_samples,
+        "size_bytes": ev.size_bytes, "input_dtype": ev.input_dtype, "output_dtype": ev.output_dtype,
+        "batched": ev.batched, "note": ev.note or None, "confusion": [list(r) for r in ev.confusion],
+    }
+    text = (f"{args.tflite}: accuracy {ev.accuracy:.4f}, top-5 {ev.top5:.4f} on {ev.n_samples} samples; "
+            f"{ev.size_bytes} B, {ev.input_dtype} -> {ev.output_dtype}" + (f" ({ev.note})" if ev.note else ""))
+    _emit(args, payload, text)
+    return EXIT_OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from qcore.inspect_model import inspect
+
+    result = inspect(Path(args.tflite))
+    payload = asdict(result) | {"verdict": result.verdict}
+    lines = [f"{args.tflite}: {result.size_bytes} B, {len(result.ops)} ops, {len(result.tensors)} tensors",
+             "ops:"]
+    lines += [f"  {o.index:>3} {o.name:<22} in {list(o.inputs)} out {list(o.outputs)}"
+              + ("  [float]" if o.is_float else "") for o in result.ops]
+    lines.append("tensors:")
+    for t in result.tensors:
+        q = ""
+        if t.scales:
+            q = (f" scale {t.scales[0]:.6g} zp {t.zero_points[0]}" if len(t.scales) == 1
+                 else f" per-channel x{len(t.scales)} (axis {t.quantized_dimension})")
+        lines.append(f"  {t.index:>3} {t.dtype:<8} {str(list(t.shape)):<18}{q}{'  const' if t.is_constant else ''}  {t.name}")
+    lines.append(f"verdict: {result.verdict}")
+    lines += [f"  [{f.severity}] {f.code}: {f.message}" for f in result.lint]
+    _emit(args, payload, "\n".join(lines))
+    return EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from qcore.latency import benchmark
+    from qcore.store import Store, sha256_bytes
+
+    model = _read_tflite(args.tflite)
+    lat = benchmark(model, runs=args.runs, warmup=args.warmup, threads=args.threads, xnnpack=not args.no_xnnpack)
+    if args.db:
+        with Store(Path(args.db)) as store:
+            sha = sha256_bytes(model)
+            store.add_benchmark(lat, sha256=sha, variant_id=store.variant_id_for_sha(sha))
+    text = (f"{args.tflite}: {lat.threads} thread(s), XNNPACK {'on' if lat.xnnpack else 'off'}\n"
+            f"  init {lat.init_ms:.3f} ms, first inference {lat.first_ms:.3f} ms\n"
+            f"  {lat.runs} runs: min {lat.min_ms:.3f}  mean {lat.mean_ms:.3f}  p50 {lat.p50_ms:.3f}  "
+            f"p90 {lat.p90_ms:.3f}  p99 {lat.p99_ms:.3f}  std {lat.std_ms:.3f} ms")
+    _emit(args, asdict(lat), text)
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from qcore.models import write_demo
+
+    model_path, data_path = write_demo(Path(args.out))
+    _emit(args, {"model": str(model_path), "data": str(data_path)},
+          f"wrote {model_path} and {data_path}\ntry: qlab convert {model_path} --data {data_path}")
+    return EXIT_OK
+
+
+def _log_progress(fraction: float, message: str) -> None:
+    log.info("[%3.0f%%] %s", fraction * 100, message)
 
 
 # ---------------------------------------------------------------- QAT / debugger / tune (issue 3)
@@ -62,6 +246,29 @@ def _add_explain_commands(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------- boards (issue 4)
 def _add_board_commands(sub: argparse._SubParsersAction) -> None:
     """`board add|list|bench|accuracy`."""
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
+    """Silences TensorFlow's C++ chatter on fd 2 while keeping Python's sys.stderr for our messages."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    old_stderr = sys.stderr
+    try:
+        os.dup2(devnull, 2)
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = old_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     handler: Handler = args.handler
+    if not args.verbose:
+        warnings.filterwarnings("ignore")
     try:
-        return handler(args)
+        with _quiet_native_stderr(enabled=not args.verbose):
+            return handler(args)
     except QlabError as exc:
         print(f"qlab {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -35,7 +35,7 @@ DEFAULT_CALIBRATION = 100
 # how the converter names an op it cannot quantize or has no kernel for
 _OP_PATTERNS = (
     re.compile(r"Quantization not yet supported for op: '?([\w.]+)'?"),
-    re.compile(r"'(tfl\.[\w]+)' op"),
+    re.compile(r"'(tfl?\.[\w]+)' op"),
     re.compile(r"op '?(tfl\.[\w]+|[A-Z][A-Z0-9_]+)'? (?:is|has|does)"),
     re.compile(r"failed to legalize operation '([\w.]+)'"),
     re.compile(r"\b([A-Z][A-Z0-9_]{2,})\b.*?(?:not supported|no int8|quantiz)"),
@@ -111,18 +111,45 @@ def convert(model: LoadedModel, recipe: Recipe | str, calibration: np.ndarray) -
     converter = make_converter(model)
     apply_recipe(converter, rec, calibration)
     try:
-        return bytes(converter.convert())
+        tflite = bytes(converter.convert())
     except Exception as exc:  # ConverterError, ValueError, RuntimeError from MLIR
-        text = str(exc)
-        ops = refused_ops(text)
-        if rec.integer_only or rec.name == "int16x8":
-            what = f"op {', '.join(ops)}" if ops else "an op of this model"
-            raise QlabError(
-                f"recipe {rec.name}: the converter has no integer kernel for {what}; "
-                "try int8-fallback, which keeps such ops in float"
-            ) from None
-        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
-        raise QlabError(f"recipe {rec.name}: the converter failed: {first[:300]}") from None
+        raise _refusal(rec, str(exc)) from None
+    if rec.integer_only:
+        _check_integer_only(rec, tflite)
+    return tflite
+
+
+def _refusal(rec: Recipe, text: str) -> QlabError:
+    ops = refused_ops(text)
+    named = ", ".join(ops)
+    if ops and ("neither a custom op nor a flex op" in text or "NEEDS_FLEX_OPS" in text):
+        return QlabError(
+            f"recipe {rec.name}: op {named} has no TFLite builtin kernel at all; no recipe can convert "
+            "this model without Select TF ops, which the board runtimes do not ship"
+        )
+    if rec.integer_only or rec.name == "int16x8":
+        what = f"op {named}" if ops else "an op of this model"
+        return QlabError(
+            f"recipe {rec.name}: the converter has no integer kernel for {what}; "
+            "try int8-fallback, which keeps such ops in float"
+        )
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "unknown error")
+    return QlabError(f"recipe {rec.name}: the converter failed{' on op ' + named if ops else ''}: {first[:300]}")
+
+
+def _check_integer_only(rec: Recipe, tflite: bytes) -> None:
+    """TF 2.21 silently leaves ops without int8 kernels in float between DEQUANTIZE/QUANTIZE,
+    even with TFLITE_BUILTINS_INT8 only; an integer-only recipe must not hand that to an NPU."""
+    from qcore.inspect_model import inspect
+
+    result = inspect(tflite)
+    if result.integer_only:
+        return
+    culprits = [op for op in result.float_ops if op not in ("QUANTIZE", "DEQUANTIZE")] or list(result.float_ops)
+    raise QlabError(
+        f"recipe {rec.name}: the converter has no integer kernel for op {', '.join(culprits)} and left it "
+        "in float; try int8-fallback, which keeps such ops in float on purpose"
+    )
 
 
 def keras_predict(model: LoadedModel, x: np.ndarray) -> np.ndarray:
