@@ -1,0 +1,359 @@
+"""Quantization-aware training with tfmot: annotate, fine-tune, convert, evaluate, and check the 003_* pitfall."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcore import convert as qconvert
+from qcore import keras_bridge, metrics
+from qcore.data import check_fits
+from qcore.evaluate import evaluate_tflite
+from qcore.qtyping import (
+    Dataset,
+    LoadedModel,
+    Progress,
+    QatResult,
+    QlabError,
+    VariantKind,
+    no_progress,
+)
+from qcore.recipes import get_recipe
+from qcore.store import Store, sha256_bytes
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EPOCHS = 3
+DEFAULT_BATCH = 32
+# fine-tuning a trained model: a tenth of Adam's usual 1e-3 keeps it from forgetting
+DEFAULT_LEARNING_RATE = 1e-4
+DEFAULT_CALIBRATION = 100
+# 003_*: Keras and TFLite accuracy of a settled QAT model agree; more than a point apart means not settled
+ACCURACY_GAP = 0.01
+# a moving-average range that still moves by more than 2% of its width per epoch has not settled
+# (tfmot's EMA decay is 0.999, so ranges that start at ±6 take thousands of steps)
+RANGE_SETTLED = 0.02
+
+
+def parse_layers(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """`all` or a comma-separated list of layer classes / layer names, as a tuple."""
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if not items:
+        raise QlabError("--layers is empty; give `all` or layer classes / names, e.g. Dense,Conv2D")
+    if "all" in items and len(items) > 1:
+        raise QlabError("--layers all cannot be combined with other names")
+    return tuple(items)
+
+
+def _registry() -> Any:
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry,
+    )
+
+    return default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+
+
+def select_layers(keras_model: Any, layers: Sequence[str]) -> list[Any]:
+    """The layers to quantize: every layer but inputs for `all`, else those matching a class or name.
+
+    Raises:
+        QlabError: for a name that matches no layer (listing the classes and names there are), or
+            layers tfmot cannot quantize (naming them).
+    """
+    candidates = [la for la in keras_model.layers if type(la).__name__ != "InputLayer"]
+    if tuple(layers) == ("all",):
+        chosen = candidates
+    else:
+        chosen = []
+        for item in layers:
+            hits = [la for la in candidates if la.name == item or type(la).__name__ == item]
+            if not hits:
+                classes = sorted({type(la).__name__ for la in candidates})
+                names = [la.name for la in candidates]
+                raise QlabError(
+                    f"--layers {item!r} matches no layer; classes: {', '.join(classes)}; names: {', '.join(names)}"
+                )
+            chosen.extend(la for la in hits if la not in chosen)
+    registry = _registry()
+    unsupported = [la for la in chosen if not registry.supports(la)]
+    if unsupported:
+        named = ", ".join(f"{la.name!r} ({type(la).__name__})" for la in unsupported[:6])
+        ok = sorted({type(la).__name__ for la in candidates if registry.supports(la)})
+        raise QlabError(
+            f"tfmot cannot quantize layer {named}; annotate only supported layers with --layers"
+            + (f", e.g. --layers {','.join(ok)}" if ok else "")
+        )
+    return chosen
+
+
+def build_qat_model(keras_model: Any, layers: Sequence[str]) -> tuple[Any, list[str]]:
+    """A tf_keras model with fake-quantization, leaving the given model untouched.
+
+    Returns:
+        (the QAT model, names of the layers that got quantizers).
+
+    Raises:
+        QlabError: see `select_layers`; or when tfmot refuses the model (e.g. a nested model).
+    """
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    chosen = select_layers(keras_model, layers)
+    names = {la.name for la in chosen}
+    qk = tfmot.quantization.keras
+    try:
+        with qk.quantize_scope():
+            if tuple(layers) == ("all",):
+                qat = qk.quantize_model(keras_model)
+            else:
+                annotated = tf_keras.models.clone_model(
+                    keras_model,
+                    clone_function=lambda la: qk.quantize_annotate_layer(la) if la.name in names else la,
+                )
+                qat = qk.quantize_apply(annotated)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise QlabError(f"tfmot cannot quantize model {keras_model.name!r}: {_first_line(exc)}") from None
+    return qat, [la.name for la in chosen]
+
+
+def moving_average_ranges(qat_model: Any) -> dict[str, tuple[Any, Any]]:
+    """The (min, max) variables of the activation quantizers, keyed by prefix (weights' ranges excluded).
+
+    Weight quantizers track the last value; only activation ranges are moving averages (003_*).
+    """
+    weight_range_ids: set[int] = set()
+    for layer in qat_model.layers:
+        for entry in getattr(layer, "_weight_vars", []) or []:
+            for var in dict(entry[2]).values():
+                weight_range_ids.add(id(var))
+    mins: dict[str, Any] = {}
+    maxs: dict[str, Any] = {}
+    for var in qat_model.non_trainable_weights:
+        if id(var) in weight_range_ids:
+            continue
+        name = var.name.split(":")[0]
+        if name.endswith("_min"):
+            mins[name[:-4]] = var
+        elif name.endswith("_max"):
+            maxs[name[:-4]] = var
+    return {k: (mins[k], maxs[k]) for k in mins if k in maxs}
+
+
+def _snapshot(ranges: dict[str, tuple[Any, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {k: (np.array(lo.numpy()), np.array(hi.numpy())) for k, (lo, hi) in ranges.items()}
+
+
+def range_drift(before: dict[str, tuple[np.ndarray, np.ndarray]],
+                after: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
+    """Largest move of a range end, relative to that range's width after the move."""
+    worst = 0.0
+    for key, (lo1, hi1) in after.items():
+        if key not in before:
+            continue
+        lo0, hi0 = before[key]
+        width = np.maximum(hi1 - lo1, 1e-12)
+        move = np.maximum(np.abs(lo1 - lo0), np.abs(hi1 - hi0)) / width
+        worst = max(worst, float(np.max(move)))
+    return worst
+
+
+def _outputs_are_probabilities(keras_model: Any, x: np.ndarray) -> bool:
+    y = np.asarray(keras_model.predict(x[:16], verbose=0), dtype=np.float64)
+    return bool(y.size and np.all(y >= 0) and np.all(y <= 1) and np.allclose(y.sum(axis=-1), 1.0, atol=1e-3))
+
+
+def run_qat(
+    model: LoadedModel,
+    dataset: Dataset,
+    *,
+    layers: str | Sequence[str] = "all",
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = DEFAULT_BATCH,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    train_samples: int | None = None,
+    int_io: bool = False,
+    calibration_samples: int = DEFAULT_CALIBRATION,
+    store: Store | None = None,
+    out: str | Path | None = None,
+    progress: Progress = no_progress,
+) -> QatResult:
+    """Quantization-aware training: fine-tune with fake quantization, convert, evaluate, store.
+
+    A Keras 3 model is first rebuilt in tf_keras (`keras_bridge.to_tf_keras`). The given model is
+    never modified.
+
+    Args:
+        model, dataset: what to train and evaluate on (checked to fit first).
+        layers: `all` (tfmot's quantize_model), or layer classes / names to annotate.
+        epochs, batch_size, learning_rate: of the fine-tuning (Adam).
+        train_samples: use only the first N training samples; None for all.
+        int_io: integer-only model with int8 input and output (calibrated on the first
+            `calibration_samples` training samples); else float I/O.
+        store: where to record the variant, its per-epoch history and evaluation; None for a dry run.
+        out: also write the .tflite here.
+        progress: called after every epoch and step.
+
+    Returns:
+        Accuracies (float model, QAT Keras model, converted TFLite), the per-epoch history, the
+        last epoch's range drift and warnings when the 003_* pitfall shows.
+
+    Raises:
+        QlabError: for bad settings, unknown or unsupported layers, a Keras 3 model that cannot be
+            rebuilt, or a conversion failure.
+    """
+    if epochs < 1:
+        raise QlabError(f"--epochs must be at least 1, got {epochs}")
+    if batch_size < 1:
+        raise QlabError(f"--batch-size must be at least 1, got {batch_size}")
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise QlabError(f"--learning-rate must be a positive number, got {learning_rate}")
+    if train_samples is not None and train_samples < 1:
+        raise QlabError(f"--train-samples must be at least 1, got {train_samples}")
+    if calibration_samples < 1:
+        raise QlabError(f"calibration samples must be at least 1, got {calibration_samples}")
+    spec = parse_layers(layers)
+    check_fits(model, dataset)
+    x_train = dataset.preprocess(dataset.x_train[:train_samples])
+    y_train = dataset.y_train[:train_samples]
+    if len(x_train) == 0:
+        raise QlabError(f"data {dataset.name!r} has no training samples to fine-tune on")
+    x_test = dataset.test_inputs()
+
+    progress(0.0, "preparing the QAT model")
+    base = model.keras_model
+    if model.keras_major >= 3 or keras_bridge.is_keras3(base):
+        base = keras_bridge.to_tf_keras(model, check_inputs=x_test[:8])
+    qat_model, quantized = build_qat_model(base, spec)
+    history, drift = _fine_tune(qat_model, base, x_train, y_train, epochs, batch_size, learning_rate, progress)
+
+    progress(0.8, "evaluating and converting the QAT model")
+    reference = qconvert.keras_predict(model, x_test)
+    float_acc = metrics.accuracy(reference, dataset.y_test)
+    keras_acc = metrics.accuracy(np.asarray(qat_model.predict(x_test, verbose=0)), dataset.y_test)
+    tflite = _convert(qat_model, int_io, dataset.calibration(calibration_samples))
+    ev = evaluate_tflite(tflite, dataset, reference)
+
+    warnings: list[str] = []
+    if abs(keras_acc - ev.accuracy) > ACCURACY_GAP:
+        warnings.append(
+            f"QAT Keras accuracy {keras_acc:.2%} and converted TFLite accuracy {ev.accuracy:.2%} differ by more "
+            f"than {ACCURACY_GAP * 100:.0f} point: the quantization ranges have not converged; train longer "
+            "(more epochs)"
+        )
+    if drift > RANGE_SETTLED:
+        warnings.append(
+            f"activation ranges still moved by up to {drift:.1%} of their width in the last epoch (settled means "
+            f"below {RANGE_SETTLED:.0%}): train longer (more epochs) before trusting this model"
+        )
+
+    settings: dict[str, Any] = {
+        "layers": list(spec), "quantized_layers": quantized, "epochs": epochs, "batch_size": batch_size,
+        "learning_rate": learning_rate, "train_samples": len(x_train), "int_io": int_io,
+        "calibration_samples": calibration_samples if int_io else 0, "keras_accuracy": keras_acc,
+        "range_drift": drift, "warnings": warnings,
+    }
+    path = ""
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_bytes(tflite)
+        path = str(out)
+    variant_id = None
+    if store is not None:
+        model_id, dataset_id = qconvert.register(store, model, dataset)
+        store.set_reference(model_id, dataset_id, float_acc, metrics.top_k(reference, dataset.y_test),
+                            len(dataset.y_test))
+        name = "qat" + ("" if spec == ("all",) else "-" + "+".join(spec)) + ("-int-io" if int_io else "")
+        variant_id = store.save_variant(
+            model_id=model_id, dataset_id=dataset_id, name=name, kind=VariantKind.QAT,
+            recipe="int8" if int_io else None, settings=settings, tflite=tflite, input_dtype=ev.input_dtype,
+            output_dtype=ev.output_dtype, evaluation=ev, history=history,
+        )
+        path = path or str(store.blob_path(sha256_bytes(tflite)))
+    progress(1.0, f"QAT done: TFLite accuracy {ev.accuracy:.2%}")
+    return QatResult(
+        model=model.name,
+        layers=spec,
+        quantized_layers=tuple(quantized),
+        settings=settings,
+        history=tuple(history),
+        float_accuracy=float_acc,
+        keras_accuracy=keras_acc,
+        tflite_accuracy=ev.accuracy,
+        evaluation=ev,
+        size_bytes=len(tflite),
+        path=path,
+        sha256=sha256_bytes(tflite),
+        input_dtype=ev.input_dtype,
+        output_dtype=ev.output_dtype,
+        range_drift=drift,
+        warnings=tuple(warnings),
+        variant_id=variant_id,
+    )
+
+
+def _fine_tune(
+    qat_model: Any,
+    base: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    progress: Progress,
+) -> tuple[list[dict[str, float]], float]:
+    """Trains the QAT model; returns the per-epoch history and the last epoch's range drift."""
+    import tf_keras
+
+    from_logits = not _outputs_are_probabilities(base, x)
+    qat_model.compile(
+        optimizer=tf_keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+        metrics=["accuracy"],
+    )
+    ranges = moving_average_ranges(qat_model)
+    history: list[dict[str, float]] = []
+    drift = [0.0]
+
+    class _Watch(tf_keras.callbacks.Callback):
+        before: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            self.before = _snapshot(ranges)
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            logs = logs or {}
+            drift[0] = range_drift(self.before, _snapshot(ranges))
+            history.append({"loss": float(logs.get("loss", float("nan"))),
+                            "accuracy": float(logs.get("accuracy", float("nan"))),
+                            "range_drift": drift[0]})
+            progress(0.05 + 0.75 * (epoch + 1) / epochs,
+                     f"QAT epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}, "
+                     f"accuracy {history[-1]['accuracy']:.3f}")
+
+    try:
+        qat_model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[_Watch()])
+    except (ValueError, TypeError) as exc:
+        raise QlabError(f"QAT fine-tuning failed: {_first_line(exc)}") from None
+    return history, drift[0]
+
+
+def _convert(qat_model: Any, int_io: bool, calibration: np.ndarray) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
+    # "dynamic" is Optimize.DEFAULT alone: with fake-quant ranges in the graph that gives full int8 inside
+    qconvert.apply_recipe(converter, get_recipe("int8" if int_io else "dynamic"), calibration)
+    try:
+        return bytes(converter.convert())
+    except Exception as exc:
+        raise QlabError(f"converting the QAT model failed: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
