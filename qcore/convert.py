@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from pathlib import Path
@@ -157,6 +158,18 @@ def keras_predict(model: LoadedModel, x: np.ndarray) -> np.ndarray:
     return predict(model, x)
 
 
+def model_sha256(model: LoadedModel) -> str:
+    """The source file's digest, or for an in-memory model, a digest of its config and weights."""
+    if model.path and Path(model.path).exists():
+        return file_sha256(model.path)
+    h = hashlib.sha256(model.name.encode())
+    for layer in model.keras_model.layers:  # get_config() fails on some Lambda layers; names are enough
+        h.update(f"{type(layer).__name__}:{layer.name}".encode())
+    for w in model.keras_model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
 def register(store: Store, model: LoadedModel, dataset: Dataset) -> tuple[int, int]:
     """Records the model and dataset (idempotent).
 
@@ -166,7 +179,7 @@ def register(store: Store, model: LoadedModel, dataset: Dataset) -> tuple[int, i
     model_id = store.add_model(
         name=model.name,
         format=model.format,
-        sha256=file_sha256(model.path),
+        sha256=model_sha256(model),
         source_path=model.path,
         input_shape=model.input_shape,
         output_shape=model.output_shape,
