@@ -162,10 +162,11 @@ class BoardClient:
         """
         arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
         buf = io.BytesIO()
-        if len(arrays) == 1:
-            np.savez(buf, **{protocol.SINGLE_INPUT_KEY: np.ascontiguousarray(arrays[0])})
-        else:
-            np.savez(buf, **{protocol.input_key(i): np.ascontiguousarray(a) for i, a in enumerate(arrays)})
+        named: dict[str, Any] = (
+            {protocol.SINGLE_INPUT_KEY: np.ascontiguousarray(arrays[0])} if len(arrays) == 1
+            else {protocol.input_key(i): np.ascontiguousarray(a) for i, a in enumerate(arrays)}
+        )
+        np.savez(buf, **named)
         params: dict[str, Any] = {"target": target, "threads": threads}
         if label:
             params[protocol.LABEL_PARAM] = label[: protocol.LABEL_MAX]

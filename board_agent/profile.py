@@ -1,0 +1,149 @@
+"""Per-op profiles from NXP's benchmark_model: find the binary, run it, parse its op-profiling tables."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import subprocess
+from typing import Any
+
+from board_agent import protocol
+
+# the header benchmark_model prints before the steady-state per-op tables (the init tables come first)
+RUN_SECTION = "Operator-wise Profiling Info for Regular Benchmark Runs:"
+RUN_ORDER = "Run Order"
+BY_TYPE = "Summary by node type"
+_HEADER_COLS = re.compile(r"\[([^\]]+)\]")
+_NUMBER = r"-?\d+(?:\.\d+)?%?"
+_TIMINGS = re.compile(r"Timings \(microseconds\):\s*(.*)")
+_INFERENCE = re.compile(r"Inference timings in us:\s*(.*)")
+_MEMORY = re.compile(r"Memory footprint delta from the start of the tool \(MB\):\s*(.*)")
+_KV = re.compile(r"([A-Za-z][A-Za-z ()]*?)\s*[=:]\s*(-?\d+(?:\.\d+)?(?:e[+-]?\d+)?)")
+
+# column names of benchmark_model's tables -> result keys
+_COLUMNS = {
+    "node type": "node_type", "start": "start_ms", "first": "first_ms", "avg ms": "avg_ms", "%": "percent",
+    "cdf%": "cdf_percent", "mem kb": "mem_kb", "times called": "times_called", "name": "name",
+    "count": "count", "avg %": "avg_percent", "cdf %": "cdf_percent",
+}
+
+
+def find_benchmark_model(pattern: str) -> str | None:
+    """The newest executable matching the glob (NXP installs /usr/bin/tensorflow-lite-<ver>/examples/)."""
+    hits = sorted((p for p in glob.glob(pattern) if os.path.isfile(p) and os.access(p, os.X_OK)), reverse=True)
+    return hits[0] if hits else None
+
+
+def command(binary: str, model: str, target: str, *, threads: int, runs: int, warmup: int,
+            delegate: str) -> list[str]:
+    """benchmark_model's arguments for one target."""
+    cmd = [binary, f"--graph={model}", f"--num_threads={threads}", f"--num_runs={runs}",
+           f"--warmup_runs={max(1, warmup)}", "--enable_op_profiling=true"]
+    if target == protocol.NPU:
+        cmd.append(f"--external_delegate_path={delegate}")
+    else:
+        cmd.append(f"--use_xnnpack={'true' if target == protocol.CPU else 'false'}")
+    return cmd
+
+
+def run_profile(pattern: str, model: str, target: str, *, threads: int, runs: int, warmup: int, delegate: str,
+                timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Runs benchmark_model with op profiling; never raises, says why when there is no profile."""
+    binary = find_benchmark_model(pattern)
+    if binary is None:
+        return {"available": False, "reason": f"benchmark_model not found (looked for {pattern})"}
+    cmd = command(binary, model, target, threads=threads, runs=runs, warmup=warmup, delegate=delegate)
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, env=env,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return {"available": False, "reason": f"benchmark_model timed out after {timeout:.0f} s",
+                "command": " ".join(cmd)}
+    except OSError as exc:
+        return {"available": False, "reason": f"benchmark_model did not start: {exc}", "command": " ".join(cmd)}
+    text = proc.stdout.decode("utf-8", "replace")
+    parsed = parse_op_profile(text)
+    parsed["command"] = " ".join(cmd)
+    if proc.returncode != 0:
+        parsed.update(available=False, reason=f"benchmark_model exited with {proc.returncode}: "
+                      + (text.strip().splitlines() or [""])[-1][:300])
+    elif not parsed["ops"]:
+        parsed.update(available=False, reason="benchmark_model printed no per-op table")
+    return parsed
+
+
+def parse_op_profile(text: str) -> dict[str, Any]:
+    """Parses benchmark_model's output with --enable_op_profiling.
+
+    Reads the steady-state section (after "Operator-wise Profiling Info for Regular Benchmark
+    Runs:"): its "Run Order" table (one row per executed node, delegate partitions included) and
+    its "Summary by node type" table, plus the "Inference timings in us" and memory lines. Both
+    the tab-separated and the space-aligned layouts, with or without the [start] column, parse.
+
+    Returns:
+        {"available": bool, "ops": [...], "by_type": [...], "timings_us": {...}, "inference_us": {...},
+        "memory_mb": {...}}; times in ms, percentages as numbers.
+    """
+    lines = [_strip_log_prefix(line) for line in text.splitlines()]
+    start = next((i for i, line in enumerate(lines) if RUN_SECTION in line), None)
+    out: dict[str, Any] = {"available": False, "ops": [], "by_type": [], "timings_us": {}, "inference_us": {},
+                           "memory_mb": {}}
+    for line in lines:
+        if m := _INFERENCE.search(line):
+            out["inference_us"] = _key_values(m.group(1))
+        elif m := _MEMORY.search(line):
+            out["memory_mb"] = _key_values(m.group(1))
+    if start is None:
+        return out
+    section = lines[start + 1:]
+    out["ops"] = _table(section, RUN_ORDER, with_name=True)
+    out["by_type"] = _table(section, BY_TYPE, with_name=False)
+    for line in section:
+        if m := _TIMINGS.search(line):
+            out["timings_us"] = _key_values(m.group(1))
+            break
+    out["available"] = bool(out["ops"])
+    return out
+
+
+def _strip_log_prefix(line: str) -> str:
+    # TFLITE_LOG lines may start with "INFO: "
+    return line[6:] if line.startswith("INFO: ") else line
+
+
+def _key_values(text: str) -> dict[str, float]:
+    return {k.strip().lower().replace(" ", "_").replace("(", "").replace(")", ""): float(v)
+            for k, v in _KV.findall(text)}
+
+
+def _table(lines: list[str], title: str, *, with_name: bool) -> list[dict[str, Any]]:
+    """Rows of the first table whose banner contains `title`; stops at the next banner or blank line."""
+    at = next((i for i, line in enumerate(lines) if "=====" in line and title in line), None)
+    if at is None or at + 1 >= len(lines):
+        return []
+    header = [h.strip().lower() for h in _HEADER_COLS.findall(lines[at + 1])]
+    if not header:
+        return []
+    keys = [_COLUMNS.get(h, h.replace(" ", "_")) for h in header]
+    n_numbers = len(keys) - 1 - (1 if with_name else 0)
+    row_re = re.compile(
+        r"^\s*(?P<type>\S.*?)\s+(?P<nums>(?:" + _NUMBER + r"\s+){" + str(n_numbers - 1) + r"}" + _NUMBER + r")"
+        + (r"\s+(?P<name>.*?)\s*$" if with_name else r"\s*$")
+    )
+    rows: list[dict[str, Any]] = []
+    for line in lines[at + 2:]:
+        if not line.strip() or "=====" in line:
+            break
+        m = row_re.match(line.replace("\t", "  "))
+        if not m:
+            continue
+        numbers = m.group("nums").split()
+        row: dict[str, Any] = {keys[0]: m.group("type").strip()}
+        for key, raw in zip(keys[1:1 + n_numbers], numbers, strict=True):
+            value = float(raw.rstrip("%"))
+            row[key] = int(value) if key in ("times_called", "count") else value
+        if with_name:
+            row[keys[-1]] = m.group("name")
+        rows.append(row)
+    return rows
