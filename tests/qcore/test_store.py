@@ -1,0 +1,114 @@
+"""The DuckDB store: migrations, transactions, idempotent blobs, jobs, locks."""
+
+import subprocess
+import sys
+
+import pytest
+
+from qcore.qtyping import Evaluation, JobStatus, LayerStat, Latency, QlabError, VariantStatus
+from qcore.store import MIGRATIONS, Store
+
+
+def _model_and_dataset(store):
+    m = store.add_model(name="m", format="h5", sha256="abc", source_path="m.h5", input_shape=[None, 8, 8],
+                        output_shape=[None, 10], keras_major=2)
+    d = store.add_dataset(name="d", source="d.npz", sha256="def", input_scale=1.0, input_offset=0.0,
+                          n_train=10, n_test=5, num_classes=10)
+    return m, d
+
+
+EV = Evaluation(0.8, 1.0, 0.9, ((2, 0), (1, 2)), 5, True)
+
+
+def test_migrations_are_numbered_and_recorded(tmp_store):
+    assert [name for name, _ in MIGRATIONS] == ["0001_initial", "0002_qat_debugger_tune", "0003_boards_reports"]
+    assert tmp_store.applied_migrations() == [name for name, _ in MIGRATIONS]
+
+
+def test_migrate_twice_applies_nothing(tmp_path):
+    with Store(tmp_path / "a.duckdb") as s:
+        assert s.migrate() == []
+
+
+def test_add_model_same_bytes_same_id(tmp_store):
+    a, _ = _model_and_dataset(tmp_store)
+    b, _ = _model_and_dataset(tmp_store)
+    assert a == b
+
+
+def test_save_variant_blob_named_by_sha_and_reruns_update(tmp_store):
+    m, d = _model_and_dataset(tmp_store)
+    v1 = tmp_store.save_variant(model_id=m, dataset_id=d, name="int8", kind="ptq", tflite=b"TFL3-one", evaluation=EV)
+    v2 = tmp_store.save_variant(model_id=m, dataset_id=d, name="int8", kind="ptq", tflite=b"TFL3-one", evaluation=EV)
+    assert v1 == v2
+    row = tmp_store.variant(v1)
+    assert row["path"].endswith(f"{row['sha256']}.tflite") and row["size_bytes"] == 8
+    assert len(list(tmp_store.blob_dir.iterdir())) == 1
+    assert row["accuracy"] == pytest.approx(0.8) and row["agreement"] == pytest.approx(0.9)
+    assert tmp_store.confusion(v1) == [[2, 0], [1, 2]]
+
+
+def test_save_variant_failure_midway_writes_nothing(tmp_store):
+    m, d = _model_and_dataset(tmp_store)
+    bad = Evaluation(0.5, 1.0, None, (), 0, True)
+    with pytest.raises(Exception):
+        tmp_store.save_variant(model_id=m, dataset_id=d, name="x", kind="not-a-kind", tflite=b"TFL3", evaluation=bad)
+    assert tmp_store.query("SELECT count(*) AS n FROM variants").n[0] == 0
+    assert tmp_store.query("SELECT count(*) AS n FROM evaluations").n[0] == 0
+
+
+def test_failed_variant_keeps_its_error(tmp_store):
+    m, d = _model_and_dataset(tmp_store)
+    v = tmp_store.save_variant(model_id=m, dataset_id=d, name="int8", kind="ptq",
+                               status=VariantStatus.FAILED, error="no integer kernel for op SIN")
+    row = tmp_store.variant(v)
+    assert row["status"] == "failed" and "SIN" in row["error"]
+
+
+def test_benchmark_metrics_are_rows_and_summary_shows_host_p50(tmp_store):
+    m, d = _model_and_dataset(tmp_store)
+    v = tmp_store.save_variant(model_id=m, dataset_id=d, name="int8", kind="ptq", tflite=b"TFL3x")
+    lat = Latency("host", 1, True, 10, 2, 1.0, 2.0, 0.5, 0.7, 0.6, 0.9, 1.1, 0.1)
+    b = tmp_store.add_benchmark(lat, sha256="s", variant_id=v)
+    metrics = tmp_store.query("SELECT metric FROM bench_metrics WHERE benchmark_id = ?", [b]).metric
+    assert {"init_ms", "first_ms", "p50_ms", "p99_ms", "std_ms"} <= set(metrics)
+    assert tmp_store.variant(v)["host_p50_ms"] == pytest.approx(0.6)
+
+
+def test_jobs_lifecycle_and_orphans(tmp_store):
+    j = tmp_store.create_job("convert", {"recipes": ["int8"]})
+    tmp_store.update_job(j, status=JobStatus.RUNNING, progress=1.7, message="half")
+    job = tmp_store.job(j)
+    assert job.status == JobStatus.RUNNING and job.progress == 1.0 and job.params == {"recipes": ["int8"]}
+    assert tmp_store.fail_orphaned_jobs() == 1
+    assert tmp_store.job(j).status == JobStatus.FAILED
+
+
+def test_debug_run_stores_every_layer_row(tmp_store):
+    m, d = _model_and_dataset(tmp_store)
+    stats = [LayerStat("CONV_2D", i, f"t{i}", 10, 1, 0, 0.1, 0.01, 0.1, 0, 25.5, 1.0) for i in range(3)]
+    run = tmp_store.save_debug_run(model_id=m, dataset_id=d, settings={}, model_metrics={}, stats=stats)
+    assert list(tmp_store.layer_stats(run).tensor_name) == ["t0", "t1", "t2"]
+
+
+def test_board_token_never_listed(tmp_store):
+    tmp_store.add_board("imx", "http://10.0.0.2:8765/", "s3cret")
+    boards = tmp_store.boards()
+    assert boards[0].has_token and "s3cret" not in repr(boards)
+    assert tmp_store.board_token("imx") == ("http://10.0.0.2:8765", "s3cret")
+    with pytest.raises(QlabError, match="must start with http"):
+        tmp_store.add_board("bad", "ftp://x", None)
+
+
+def test_report_needs_title(tmp_store):
+    with pytest.raises(QlabError, match="needs a title"):
+        tmp_store.save_report("  ", "", {})
+    rid = tmp_store.save_report("Int8 on NPU", "notes", {"variant_ids": [1]})
+    assert tmp_store.report(rid)["content"] == {"variant_ids": [1]}
+
+
+def test_store_locked_by_another_process_says_so_and_names_db(tmp_store):
+    code = f"from qcore.store import Store; Store({str(tmp_store.path)!r})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "in use by another process" in out.stderr and "--db" in out.stderr
