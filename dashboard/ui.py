@@ -43,13 +43,20 @@ def latest_job(the_lab: Lab, kinds: tuple[str, ...]) -> Job | None:
     return jobs[0] if jobs else None
 
 
-def job_panel(job: Job | None, *, key: str, on_done: Callable[[Job], None] | None = None) -> None:
+def job_panel(
+    job: Job | None,
+    *,
+    key: str,
+    on_done: Callable[[Job], None] | None = None,
+    live: Callable[[Job], None] | None = None,
+) -> None:
     """Shows a job: a live progress bar while it runs (polled), then its outcome.
 
     Args:
         job: the job to follow (from the store, never from session state).
         key: a session-unique prefix.
         on_done: renders a finished job's result.
+        live: renders a running job's partial result on every poll (e.g. QAT curves).
     """
     if job is None:
         return
@@ -62,6 +69,8 @@ def job_panel(job: Job | None, *, key: str, on_done: Callable[[Job], None] | Non
             if j.status in ACTIVE:
                 label = "waiting for a free worker" if j.status is JobStatus.QUEUED else j.message
                 st.progress(j.progress, text=f"job #{j.id} ({j.kind}): {label}")
+                if live is not None:
+                    live(j)
             else:
                 reads.clear()
                 st.rerun(scope="app")

@@ -38,7 +38,7 @@ def confusion_heatmap(
         )
     )
     fig.update_layout(
-        title=f"{title} (accuracy {acc:.3f})",
+        title={"text": f"{title} (accuracy {acc:.3f})", "font": {"size": 13}},
         xaxis_title="predicted", yaxis_title="true",
         xaxis={"type": "category"}, yaxis={"type": "category", "autorange": "reversed"},
         height=360, margin={"t": 50, "l": 50, "r": 10, "b": 50},

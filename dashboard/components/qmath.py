@@ -2,52 +2,49 @@
 
 from __future__ import annotations
 
-import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
 from dashboard.components.style import NORMAL_COLOR, SUSPECT_COLOR
 
 
-def mapping_plot(
-    min_val: float,
-    max_val: float,
-    scale: float,
-    zero_point: int,
-    qmin: int,
-    qmax: int,
-    value: float | None = None,
-    n: int = 400,
-) -> go.Figure:
-    """q = clip(round(x / scale) + zero_point) as a staircase over [min, max], with one value marked.
+def mapping_plot(table: pd.DataFrame, marked: tuple[float, int, float] | None = None) -> go.Figure:
+    """The staircase q(x) of an affine quantization, and the rounding error it leaves.
 
     Args:
-        min_val, max_val: the float range shown (widened a little on both sides to show clipping).
-        scale, zero_point, qmin, qmax: the quantization parameters.
-        value: a float to mark with its integer and its dequantized value.
-        n: points along x.
+        table: `qcore.qmath.mapping_table` output (real, quantized, dequantized, error; scale,
+            zero_point, qmin, qmax in `attrs`).
+        marked: one (x, q, dequantized x) to mark, e.g. the calculator's value.
     """
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale}")
-    span = max(max_val - min_val, 1e-12)
-    xs = np.linspace(min_val - 0.1 * span, max_val + 0.1 * span, n)
-    qs = np.clip(np.round(xs / scale) + zero_point, qmin, qmax)
-    fig = go.Figure(
-        go.Scatter(x=xs, y=qs, mode="lines", line={"shape": "hv", "color": NORMAL_COLOR}, name="q(x)",
+    if table.empty:
+        raise ValueError("the mapping table is empty")
+    scale = float(table.attrs.get("scale", float("nan")))
+    zero_point = table.attrs.get("zero_point")
+    qmin, qmax = table.attrs.get("qmin"), table.attrs.get("qmax")
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(x=table["real"], y=table["quantized"], mode="lines", name="q(x)",
+                   line={"shape": "hv", "color": NORMAL_COLOR},
                    hovertemplate="x %{x:.4g} → q %{y}<extra></extra>")
     )
-    fig.add_vline(x=0.0, line_dash="dot", line_color="#5F6368")
-    fig.add_hline(y=zero_point, line_dash="dot", line_color="#5F6368",
-                  annotation_text=f"zero point {zero_point}", annotation_position="top left")
-    if value is not None:
-        q = int(np.clip(np.round(value / scale) + zero_point, qmin, qmax))
-        back = (q - zero_point) * scale
+    fig.add_trace(
+        go.Scatter(x=table["real"], y=table["error"], mode="lines", name="error (dequantized − x)",
+                   line={"color": "#E8710A", "width": 1}, yaxis="y2",
+                   hovertemplate="x %{x:.4g}: error %{y:.3g}<extra></extra>")
+    )
+    if zero_point is not None:
+        fig.add_hline(y=zero_point, line_dash="dot", line_color="#5F6368",
+                      annotation_text=f"zero point {zero_point}", annotation_position="top left")
+    if marked is not None:
+        x, q, back = marked
         fig.add_trace(
-            go.Scatter(x=[value], y=[q], mode="markers+text", marker={"size": 12, "color": SUSPECT_COLOR},
-                       text=[f"{value:g} → {q} → {back:.4g}"], textposition="top right", name="value")
+            go.Scatter(x=[x], y=[q], mode="markers+text", marker={"size": 12, "color": SUSPECT_COLOR},
+                       text=[f"{x:g} → {q} → {back:.6g}"], textposition="top left", name="value")
         )
     fig.update_layout(
         title=f"float → integer (scale {scale:.6g}, zero point {zero_point})",
         xaxis_title="float x", yaxis_title=f"integer q in [{qmin}, {qmax}]",
-        height=320, showlegend=False, margin={"t": 50, "l": 50, "r": 20, "b": 50},
+        yaxis2={"title": "error", "overlaying": "y", "side": "right", "showgrid": False},
+        height=360, legend={"orientation": "h", "y": -0.25}, margin={"t": 50, "l": 60, "r": 60, "b": 50},
     )
     return fig

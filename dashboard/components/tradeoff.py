@@ -59,7 +59,8 @@ def tradeoff_scatter(df: pd.DataFrame, x: str = "size_bytes", y: str = "accuracy
         fig.add_trace(
             go.Scatter(
                 x=part["_x"], y=part[y], mode="markers+text", name=str(model),
-                text=part["variant"], textposition="top center",
+                # only the front is labelled: many variants share an accuracy and their names would pile up
+                text=part["variant"].where(part["_front"], ""), textposition="top center",
                 marker={"size": 11, "color": PALETTE[i % len(PALETTE)],
                         "line": {"width": np.where(part["_front"], 2.5, 0), "color": "#1B1F24"}},
                 customdata=part["_label"],

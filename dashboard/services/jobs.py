@@ -22,6 +22,19 @@ PROGRESS_MIN_INTERVAL_S = 0.25
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
+# the job the current worker thread runs, so a task can publish partial results
+_current = threading.local()
+
+
+def publish(partial: dict[str, Any]) -> None:
+    """Stores a running job's partial result (e.g. QAT's epochs so far) for pages to show live.
+
+    Does nothing outside a job thread.
+    """
+    runner, job_id = getattr(_current, "runner", None), getattr(_current, "job_id", None)
+    if runner is not None and job_id is not None:
+        runner.store.update_job(job_id, result=partial)
+
 
 def error_text(exc: BaseException) -> str:
     """The words a user sees for a failed job: the QlabError itself, else its type and message."""
@@ -101,6 +114,7 @@ class JobRunner:
 
     def _run(self, job_id: int, kind: str, params: dict[str, Any]) -> None:
         self.store.update_job(job_id, status=JobStatus.RUNNING, message="started")
+        _current.runner, _current.job_id = self, job_id
         try:
             result = self.tasks[kind](params, self._progress(job_id))
         except Exception as exc:  # every failure must reach the jobs table, in words
@@ -112,6 +126,7 @@ class JobRunner:
                 job_id, status=JobStatus.DONE, progress=1.0, message="done", result=result or {}
             )
         finally:
+            _current.runner = _current.job_id = None
             with self._lock:
                 self._futures.pop(job_id, None)
             self.on_change()

@@ -82,3 +82,10 @@ def register_local_agent(the_lab: Lab) -> bool:
     the_lab.store.add_board(LOCAL_BOARD, url, token)
     reads.clear()
     return True
+
+
+def close(the_lab: Lab) -> None:
+    """Stops a lab's workers, closes its store and forgets it (tests and scripts; a server never closes)."""
+    the_lab.runner.shutdown()
+    the_lab.store.close()
+    _lab.clear(str(the_lab.store.path), str(the_lab.data_dir))

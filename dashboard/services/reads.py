@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import streamlit as st
 
 from qcore.qtyping import Board, Inspection, QlabError
+
+if TYPE_CHECKING:
+    from qcore.board_client import BoardHealth
 from qcore.store import Store
 
 _stores: dict[str, Store] = {}
@@ -136,3 +139,25 @@ def inspection(db: str, variant_id: int) -> Inspection:
     if not row.get("path"):
         raise QlabError(f"variant #{variant_id} ({row['variant']}) has no .tflite: {row.get('error') or 'failed'}")
     return inspect(Path(str(row["path"])))
+
+
+# board health is live data from the network: re-asked at most this often per server
+HEALTH_TTL_S = 10
+
+
+@st.cache_data(show_spinner=False, ttl=HEALTH_TTL_S)
+def board_health(db: str) -> list[BoardHealth]:
+    """Every registered board and what its agent answers now (unreachable ones say why)."""
+    from qcore.board_client import board_health as ask
+
+    return ask(store_for(db), connect_timeout=2.0)
+
+
+@st.cache_data(show_spinner=False)
+def model_layers(db: str, model_id: int) -> list[tuple[str, str]]:
+    """(layer name, layer class) of a stored Keras model, for choosing QAT layers."""
+    from dashboard.services.lab import lab
+    from dashboard.services.tasks import load_model_row
+
+    model = load_model_row(lab(), model_id)
+    return [(la.name, type(la).__name__) for la in model.keras_model.layers if type(la).__name__ != "InputLayer"]

@@ -35,7 +35,7 @@ def compare_table(df: pd.DataFrame) -> pd.DataFrame:
     out["size_kib"] = (out["size_bytes"].astype(float) / 1024.0).round(1)
     out["drop_points"] = ((out["float_accuracy"].astype(float) - out["accuracy"].astype(float)) * 100).round(2)
     for col in ("host_p50_ms", "board_p50_ms"):
-        out[col] = out[col].astype(float).round(3)
+        out[col] = out[col].astype(float).round(4)
     return out[list(COMPARE_COLUMNS)].rename(columns=COMPARE_COLUMNS).reset_index(drop=True)
 
 
@@ -61,7 +61,7 @@ def best_per_model(df: pd.DataFrame) -> pd.DataFrame:
             "smallest": small["variant"].iloc[0] if len(small) else None,
             "size (KiB)": round(float(small["size_bytes"].iloc[0]) / 1024, 1) if len(small) else None,
             "fastest (host)": fast["variant"].iloc[0] if len(fast) else None,
-            "host p50 (ms)": round(float(fast["host_p50_ms"].iloc[0]), 3) if len(fast) else None,
+            "host p50 (ms)": round(float(fast["host_p50_ms"].iloc[0]), 4) if len(fast) else None,
         })
     return pd.DataFrame(rows, columns=cols)
 

@@ -6,8 +6,10 @@ jobs table; the engine stores the real results (variants, layer stats, benchmark
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,12 +165,207 @@ def host_bench_task(the_lab: Lab, params: dict[str, Any], progress: Progress) ->
     return {"timings": rows}
 
 
+# ---------------------------------------------------------------- debugger, selective, search, tensors
+def debug_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """params: model_id, dataset_id, recipe, calibration_samples, debug_samples, extra_metrics, whole_model."""
+    from qcore.debugger import run_debugger
+
+    model = load_model_row(the_lab, params["model_id"])
+    dataset = load_dataset_row(the_lab, params["dataset_id"])
+    result = run_debugger(
+        model, dataset, recipe=str(params.get("recipe", "int8")),
+        calibration_samples=int(params.get("calibration_samples", 100)),
+        debug_samples=int(params.get("debug_samples", 100)), extra_metrics=list(params.get("extra_metrics", [])),
+        whole_model=bool(params.get("whole_model", False)), store=the_lab.store, progress=progress,
+    )
+    return {"debug_run_id": result.debug_run_id, "layers": len(result.stats), "suspects": list(result.suspects),
+            "model_metrics": result.model_metrics}
+
+
+def _full_int8_variant(the_lab: Lab, model: LoadedModel, dataset: Dataset, model_id: int, dataset_id: int,
+                       recipe: str, calibration_samples: int, progress: Progress) -> int | None:
+    """The plain-recipe variant the selective one is compared with; converted now if missing."""
+    from qcore.convert import convert_and_evaluate
+    from qcore.recipes import get_recipe
+
+    rows = the_lab.store.variant_summary(model_ids=[model_id])
+    same = rows[(rows["dataset_id"] == dataset_id) & (rows["variant"] == recipe) & (rows["status"] == "ok")]
+    if len(same):
+        return int(same["variant_id"].iloc[0])
+    report = convert_and_evaluate(model, dataset, [get_recipe(recipe)], store=the_lab.store,
+                                  calibration_samples=calibration_samples, progress=progress)
+    return report.variants[0].variant_id
+
+
+def selective_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """params: model_id, dataset_id, recipe, denylisted_nodes, denylisted_ops, calibration_samples, debug_samples.
+
+    Keeps the chosen layers in float, evaluates and stores the selective variant, and makes sure
+    the full-integer variant of the same recipe exists to compare with.
+    """
+    from qcore.debugger import run_debugger
+
+    nodes, ops = list(params.get("denylisted_nodes", [])), list(params.get("denylisted_ops", []))
+    if not nodes and not ops:
+        raise QlabError("choose at least one layer (or op type) to keep in float")
+    model_id, dataset_id = int(params["model_id"]), int(params["dataset_id"])
+    model = load_model_row(the_lab, model_id)
+    dataset = load_dataset_row(the_lab, dataset_id)
+    recipe = str(params.get("recipe", "int8"))
+    samples = int(params.get("calibration_samples", 100))
+    result = run_debugger(
+        model, dataset, recipe=recipe, calibration_samples=samples,
+        debug_samples=int(params.get("debug_samples", 100)), denylisted_nodes=nodes, denylisted_ops=ops,
+        store=the_lab.store, progress=scaled(progress, 0.0, 0.8),
+    )
+    baseline = _full_int8_variant(the_lab, model, dataset, model_id, dataset_id, recipe, samples,
+                                  scaled(progress, 0.8, 1.0))
+    sel = result.selective
+    return {
+        "debug_run_id": result.debug_run_id, "selective_variant_id": sel.variant_id if sel else None,
+        "baseline_variant_id": baseline, "accuracy": sel.evaluation.accuracy if sel else None,
+        "ignored_nodes": list(getattr(sel, "ignored_nodes", ()) or ()),
+    }
+
+
+def tune_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """params: model_id, dataset_id, max_drop (points), recipe, calibration_samples, debug_samples."""
+    from qcore.tune import tune
+
+    model = load_model_row(the_lab, params["model_id"])
+    dataset = load_dataset_row(the_lab, params["dataset_id"])
+    result = tune(model, dataset, max_drop=float(params["max_drop"]), recipe=str(params.get("recipe", "int8")),
+                  calibration_samples=int(params.get("calibration_samples", 100)),
+                  debug_samples=int(params.get("debug_samples", 100)), store=the_lab.store, progress=progress)
+    return {"tune_run_id": result.tune_run_id, "chosen_variant_id": result.chosen_variant_id,
+            "conversions": len(result.tried), "layers": len(result.ranking),
+            "chosen": list(result.chosen.denylist) if result.chosen else None}
+
+
+def compare_tensors_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """params: float_variant_id, quant_variant_id, samples. The comparison is the job's result."""
+    from qcore.tensor_compare import compare_tensors
+
+    frow, fbytes = variant_bytes(the_lab, params["float_variant_id"])
+    qrow, qbytes = variant_bytes(the_lab, params["quant_variant_id"])
+    dataset = load_dataset_row(the_lab, int(frow["dataset_id"]))
+    x = dataset.preprocess(dataset.x_test[: int(params.get("samples", 20))])
+    cmp = compare_tensors(fbytes, qbytes, x, progress=progress)
+    return {
+        "float": f"{frow['model']} / {frow['variant']}", "quant": f"{qrow['model']} / {qrow['variant']}",
+        "n_samples": cmp.n_samples,
+        "matched": [dataclasses.asdict(d) for d in cmp.matched],
+        "unmatched": [dataclasses.asdict(u) for u in cmp.unmatched],
+    }
+
+
+# ---------------------------------------------------------------- QAT
+# qcore.qat reports each epoch as "QAT epoch i/n: loss L, accuracy A"; the page draws them live
+_EPOCH = re.compile(r"epoch (\d+)/(\d+): loss ([-+\w.]+), accuracy ([-+\w.]+)")
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
+def qat_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """params: model_id, dataset_id, layers ("all" or names), epochs, batch_size, learning_rate,
+    train_samples (0 = all), int_io. Publishes the epochs so far while it trains."""
+    from dashboard.services.jobs import publish
+    from qcore.qat import run_qat
+
+    model = load_model_row(the_lab, params["model_id"])
+    dataset = load_dataset_row(the_lab, params["dataset_id"])
+    history: list[dict[str, float]] = []
+
+    def watch(fraction: float, message: str) -> None:
+        m = _EPOCH.search(message)
+        if m and int(m.group(1)) == len(history) + 1:
+            history.append({"epoch": int(m.group(1)), "loss": _number(m.group(3)),
+                            "accuracy": _number(m.group(4))})
+            publish({"history": history, "epochs": int(m.group(2))})
+        progress(fraction, message)
+
+    train_samples = int(params.get("train_samples") or 0)
+    result = run_qat(
+        model, dataset, layers=params.get("layers", "all"), epochs=int(params.get("epochs", 3)),
+        batch_size=int(params.get("batch_size", 32)), learning_rate=float(params.get("learning_rate", 1e-4)),
+        train_samples=train_samples or None, int_io=bool(params.get("int_io", False)), store=the_lab.store,
+        progress=watch,
+    )
+    return {
+        "variant_id": result.variant_id, "float_accuracy": result.float_accuracy,
+        "keras_accuracy": result.keras_accuracy, "tflite_accuracy": result.tflite_accuracy,
+        "range_drift": result.range_drift, "warnings": list(result.warnings),
+        "quantized_layers": list(result.quantized_layers), "size_bytes": result.size_bytes,
+        "history": [dict(h, epoch=i + 1) for i, h in enumerate(result.history)],
+    }
+
+
+# ---------------------------------------------------------------- boards
+def board_bench_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """params: board, variant_ids, targets (list or "all"), runs, warmup, threads.
+
+    A target that fails on one variant (the NPU refusing a float model) is reported and the
+    others still run; timings already stored stay stored.
+    """
+    from qcore.board_client import bench_on_board
+
+    ids = [int(v) for v in params["variant_ids"]]
+    if not ids:
+        raise QlabError("choose at least one variant to benchmark")
+    out: list[dict[str, Any]] = []
+    for i, vid in enumerate(ids):
+        row, data = variant_bytes(the_lab, vid)
+        failed: dict[str, str] = {}
+        skipped: dict[str, str] = {}
+        lats = bench_on_board(
+            the_lab.store, str(params["board"]), data, params.get("targets", "cpu"),
+            runs=int(params.get("runs", 50)), warmup=int(params.get("warmup", 5)),
+            threads=int(params.get("threads", 1)), variant_id=vid, failed=failed, skipped=skipped,
+            progress=scaled(progress, i / len(ids), (i + 1) / len(ids)),
+        )
+        out.append({"variant_id": vid, "variant": f"{row['model']} / {row['variant']}",
+                    "timings": {lat.target: lat.p50_ms for lat in lats}, "failed": failed, "skipped": skipped})
+    return {"board": params["board"], "results": out}
+
+
+def board_accuracy_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """params: board, variant_ids, target, threads. Runs each variant's test split on the board."""
+    from qcore.board_client import accuracy_on_board
+
+    ids = [int(v) for v in params["variant_ids"]]
+    if not ids:
+        raise QlabError("choose at least one variant")
+    out = []
+    for i, vid in enumerate(ids):
+        row, data = variant_bytes(the_lab, vid)
+        dataset = load_dataset_row(the_lab, int(row["dataset_id"]))
+        ev, agreement = accuracy_on_board(
+            the_lab.store, str(params["board"]), data, dataset, str(params.get("target", "cpu")),
+            variant_id=vid, dataset_id=int(row["dataset_id"]), threads=int(params.get("threads", 1)),
+            progress=scaled(progress, i / len(ids), (i + 1) / len(ids)),
+        )
+        out.append({"variant_id": vid, "accuracy": ev.accuracy, "host_agreement": agreement})
+    return {"board": params["board"], "results": out}
+
+
 TaskFn = Callable[["Lab", dict[str, Any], Progress], dict[str, Any]]
 
 TASKS: dict[str, TaskFn] = {
     "demo": demo_task,
     "convert": convert_task,
     "host_bench": host_bench_task,
+    "debug": debug_task,
+    "selective": selective_task,
+    "tune": tune_task,
+    "compare_tensors": compare_tensors_task,
+    "qat": qat_task,
+    "board_bench": board_bench_task,
+    "board_accuracy": board_accuracy_task,
 }
 
 

@@ -1,0 +1,161 @@
+"""/debugger: run or open a QuantizationDebugger result, pick suspects, keep them float, search, compare tensors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import ui
+from dashboard.components.debugger import layer_bars, tensor_snr_bars, tune_trials_plot
+from dashboard.services import debug_view, reads
+from qcore.debugger import DEFAULT_THRESHOLD, LAYER_METRICS
+from qcore.qtyping import Job
+
+# recipes the debugger accepts (int8 activations with calibration data)
+DEBUG_RECIPES = ("int8", "uint8", "int8-fallback", "int8-per-tensor", "uint8-per-tensor")
+
+st.title("Quantization debugger")
+st.caption("Per-layer error of the int8 model against float (TFLite's QuantizationDebugger). "
+           "rmse/scale ≈ 0.289 is a well-quantized tensor; far above it, a layer is a suspect.")
+lab = ui.current()
+
+c1, c2 = st.columns(2)
+with c1:
+    model_id = ui.pick_model(lab, key="debugger_model")
+with c2:
+    dataset_id = ui.pick_dataset(lab, key="debugger_dataset")
+if model_id is None or dataset_id is None:
+    st.stop()
+
+with st.expander("Run the debugger", expanded=reads.debug_runs(lab.db_key, model_id).empty):
+    with st.form("debugger_run_form"):
+        a, b, c = st.columns(3)
+        recipe = a.selectbox("recipe", DEBUG_RECIPES, key="debugger_recipe")
+        calibration = b.number_input("calibration samples", 1, 10_000, 100, key="debugger_calibration")
+        debug_samples = c.number_input("debug samples", 1, 10_000, 100, key="debugger_samples")
+        extra = st.multiselect("extra layer metrics", list(LAYER_METRICS), key="debugger_extra",
+                               help="; ".join(f"{m.name}: {m.summary}" for m in LAYER_METRICS.values()))
+        whole = st.checkbox("whole-model verification (see errors propagate down the model)", key="debugger_whole")
+        if st.form_submit_button("Run debugger", type="primary"):
+            with ui.guard("could not start"):
+                lab.runner.submit("debug", {"model_id": model_id, "dataset_id": dataset_id, "recipe": recipe,
+                                            "calibration_samples": int(calibration),
+                                            "debug_samples": int(debug_samples), "extra_metrics": extra,
+                                            "whole_model": whole})
+                st.rerun()
+
+ui.job_panel(ui.latest_job(lab, ("debug",)), key="debugger_debug_job")
+
+def debug_result() -> dict[str, Any]:
+    """The chosen debugger run: metrics, bars, table, suspects and "keep these float". Returns its settings."""
+    runs = reads.debug_runs(lab.db_key, model_id)
+    if runs.empty:
+        st.info("No debugger result for this model yet: run it above.", icon=":material/info:")
+        return {}
+    labels = debug_view.run_labels(runs)
+    run_id = st.selectbox("debugger result", list(labels), format_func=labels.__getitem__, key="debugger_run")
+    run = runs[runs["id"] == run_id].iloc[0]
+    settings = debug_view.settings(run)
+    stats = reads.layer_stats(lab.db_key, int(run_id))
+    metrics = debug_view.model_metrics(run)
+    if metrics:
+        for col, (name, value) in zip(st.columns(len(metrics)), metrics.items(), strict=True):
+            col.metric(name, f"{value:.4g}")
+
+    a, b = st.columns([3, 1])
+    threshold = a.slider("suspect threshold (rmse/scale)", 0.0, max(2.0, debug_view.max_rmse_scale(stats)),
+                         float(DEFAULT_THRESHOLD), 0.01, key="debugger_threshold")
+    first_k = b.number_input("also the first K layers", 0, max(0, len(stats)), 0, key="debugger_first_k")
+    suspects = debug_view.suspects(stats, threshold, int(first_k))
+    st.plotly_chart(layer_bars(stats, threshold, suspects), key="debugger_bars")
+    st.dataframe(debug_view.stats_table(stats, suspects), hide_index=True, width="stretch", key="debugger_table")
+
+    st.subheader("Keep these float")
+    chosen = st.multiselect("layers to keep in float (suspects preselected)", debug_view.tensor_names(stats),
+                            default=suspects, key=f"debugger_keep_{run_id}_{threshold}_{first_k}")
+    ops = st.multiselect("and every op of these types", debug_view.op_types(stats), key="debugger_keep_ops")
+    if st.button("Run selective quantization", type="primary", key="debugger_selective",
+                 disabled=not chosen and not ops):
+        with ui.guard("could not start"):
+            lab.runner.submit("selective", {
+                "model_id": model_id, "dataset_id": dataset_id, "recipe": settings.get("recipe", "int8"),
+                "denylisted_nodes": chosen, "denylisted_ops": ops,
+                "calibration_samples": int(settings.get("calibration_samples", 100)),
+                "debug_samples": int(settings.get("debug_samples", 100)),
+            })
+            st.rerun()
+    return settings
+
+
+def show_selective(job: Job) -> None:
+    """The selective variant beside the full-integer one of the same recipe."""
+    result = job.result or {}
+    ids = tuple(v for v in (result.get("baseline_variant_id"), result.get("selective_variant_id")) if v is not None)
+    if ids:
+        st.dataframe(debug_view.selective_table(reads.variants(lab.db_key, variant_ids=ids)), hide_index=True,
+                     width="stretch")
+    if result.get("ignored_nodes"):
+        st.caption("the quantizer kept these quantized (they share their neighbours' scale): "
+                   + ", ".join(result["ignored_nodes"]))
+
+
+settings = debug_result()
+ui.job_panel(ui.latest_job(lab, ("selective",)), key="debugger_selective_job", on_done=show_selective)
+
+st.subheader("Automatic search for the fewest float layers")
+a, b = st.columns([1, 3])
+max_drop = a.number_input("max accuracy drop (points)", 0.0, 100.0, 0.5, 0.1, key="debugger_max_drop")
+b.caption("Ranks layers by rmse/scale and bisects over how many of the worst to keep in float: "
+          "about log2(layers) conversions.")
+if st.button("Search", key="debugger_tune"):
+    with ui.guard("could not start"):
+        lab.runner.submit("tune", {"model_id": model_id, "dataset_id": dataset_id, "max_drop": float(max_drop),
+                                   "recipe": settings.get("recipe", "int8"),
+                                   "calibration_samples": int(settings.get("calibration_samples", 100)),
+                                   "debug_samples": int(settings.get("debug_samples", 100))})
+        st.rerun()
+ui.job_panel(ui.latest_job(lab, ("tune",)), key="debugger_tune_job")
+tune_runs = reads.tune_runs(lab.db_key, model_id)
+if not tune_runs.empty:
+    tlabels = debug_view.tune_labels(tune_runs)
+    tune_id = st.selectbox("search", list(tlabels), format_func=tlabels.__getitem__, key="debugger_tune_run")
+    trun = tune_runs[tune_runs["id"] == tune_id].iloc[0]
+    trials = reads.tune_trials(lab.db_key, int(tune_id))
+    st.plotly_chart(tune_trials_plot(trials, float(trun["float_accuracy"]), float(trun["target_accuracy"])),
+                    key="debugger_trials")
+    st.dataframe(debug_view.trials_table(trials), hide_index=True, width="stretch")
+
+st.subheader("Tensor comparison between two variants")
+st.caption("Runs both .tflite files on the same inputs and compares every tensor they share by name "
+           "(works for QAT and 16x8 models, which the debugger cannot take).")
+options = ui.variant_options(reads.variants(lab.db_key, model_ids=(model_id,)))
+if len(options) >= 2:
+    a, b, c = st.columns([2, 2, 1])
+    ids = list(options)
+    float_id = a.selectbox("float variant", ids, format_func=options.__getitem__, key="debugger_cmp_float",
+                           index=debug_view.default_index(options, "float32"))
+    quant_id = b.selectbox("quantized variant", ids, format_func=options.__getitem__, key="debugger_cmp_quant",
+                           index=debug_view.default_index(options, "int8", avoid=float_id))
+    samples = c.number_input("samples", 1, 1000, 20, key="debugger_cmp_samples")
+    if st.button("Compare tensors", key="debugger_cmp_run"):
+        with ui.guard("could not start"):
+            lab.runner.submit("compare_tensors", {"float_variant_id": float_id, "quant_variant_id": quant_id,
+                                                  "samples": int(samples)})
+            st.rerun()
+
+
+def show_comparison(job: Job) -> None:
+    result = job.result or {}
+    st.caption(f"{result.get('float')} vs {result.get('quant')} on {result.get('n_samples')} samples")
+    matched = pd.DataFrame(result.get("matched", []))
+    st.plotly_chart(tensor_snr_bars(matched), key="debugger_snr")
+    st.dataframe(debug_view.matched_table(matched), hide_index=True, width="stretch")
+    unmatched = pd.DataFrame(result.get("unmatched", []))
+    if not unmatched.empty:
+        st.markdown(f"**{len(unmatched)} tensors without a partner**")
+        st.dataframe(unmatched, hide_index=True, width="stretch")
+
+
+ui.job_panel(ui.latest_job(lab, ("compare_tensors",)), key="debugger_cmp_job", on_done=show_comparison)

@@ -1,0 +1,90 @@
+"""/reports: make a report, open one read-only with `?report=<id>`, export HTML or a bundle, import a bundle."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import streamlit as st
+
+from dashboard import ui
+from dashboard.services import reads, report_view
+from qcore import reports
+from qcore.qtyping import QlabError
+
+lab = ui.current()
+
+
+def link(report_id: str) -> str:
+    """An absolute link when the browser's URL is known, else the path."""
+    url = st.context.url
+    if url:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}/reports?report={report_id}"
+    return f"/reports?report={report_id}"
+
+
+def show(report_id: str) -> None:
+    """The read-only view of one report, from its snapshot."""
+    try:
+        report = reads.report(lab.db_key, report_id)
+    except QlabError as exc:
+        st.error(f"{exc}: the link may be mistyped, or the report was made on another qlab server",
+                 icon=":material/error:")
+        return
+    content = report["content"]
+    st.title(report["title"])
+    st.caption(f"report {report['id']} · made {str(report['created_at'])[:19]} · read-only")
+    if report["notes"]:
+        st.markdown(report["notes"])
+    st.dataframe(reports.summary_table(content), hide_index=True, width="stretch")
+    drift = report_view.drift(content)
+    if not drift.empty:
+        st.subheader("On-board accuracy")
+        st.dataframe(drift, hide_index=True, width="stretch")
+    for i, (_caption, fig) in enumerate(report_view.figures(content)):
+        st.plotly_chart(fig, key=f"reports_fig_{i}")
+    c1, c2 = st.columns(2)
+    c1.download_button("Download HTML", data=lambda: report_view.html(report), file_name=f"qlab-report-{report_id}.html",
+                       mime="text/html", key="reports_dl_html", on_click="ignore", icon=":material/download:")
+    c2.download_button("Download bundle (.zip)", data=lambda: reports.export_bundle(lab.store, report_id),
+                       file_name=f"qlab-report-{report_id}.zip", mime="application/zip", key="reports_dl_zip",
+                       on_click="ignore", icon=":material/folder_zip:")
+
+
+report_id = st.query_params.get("report")
+if report_id:
+    show(report_id)
+    st.stop()
+
+st.title("Reports")
+variants = reads.variants(lab.db_key)
+options = ui.variant_options(variants, ok_only=False)
+with st.form("reports_new", clear_on_submit=False):
+    st.subheader("Make a report")
+    title = st.text_input("title", key="reports_title")
+    notes = st.text_area("notes (markdown)", key="reports_notes")
+    chosen = st.multiselect("variants", list(options), format_func=options.__getitem__, key="reports_variants")
+    if st.form_submit_button("Make report", type="primary"):
+        with ui.guard("cannot make the report"):
+            new_id = reports.make_report(lab.store, title, notes, chosen)
+            reads.clear()
+            st.success(f"report made: [{link(new_id)}]({link(new_id)})", icon=":material/check_circle:")
+
+st.subheader("All reports")
+listing = reads.reports(lab.db_key)
+if listing.empty:
+    st.caption("none yet")
+for r in listing.itertuples():
+    st.markdown(f"- [{r.title}]({link(r.id)}) · {str(r.created_at)[:16]}")
+
+st.subheader("Import a bundle")
+with st.form("reports_import", clear_on_submit=True):
+    bundle = st.file_uploader("a .zip exported by a qlab server", type=["zip"], key="reports_bundle")
+    if st.form_submit_button("Import"):
+        if bundle is None:
+            st.error("choose a bundle file first")
+        else:
+            with ui.guard(f"cannot import {bundle.name}"):
+                new_id = reports.import_bundle(lab.store, bundle.getvalue())
+                reads.clear()
+                st.success(f"imported as [{link(new_id)}]({link(new_id)})", icon=":material/check_circle:")
