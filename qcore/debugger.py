@@ -158,7 +158,8 @@ def calibrate(model: LoadedModel, dataset: Dataset, *, recipe: Recipe | str = DE
     except Exception as exc:  # ConverterError, ValueError from tracing
         raise QlabError(f"cannot calibrate model {model.name!r}: {_first_line(exc)}") from None
     it = litert_io.make_interpreter(calibrated)
-    names = {int(t["index"]): str(t["name"]) for t in it.get_tensor_details()}
+    # only float outputs can be quantized, so only they can be denylisted (not shape arithmetic)
+    names = {int(t["index"]): str(t["name"]) for t in it.get_tensor_details() if np.dtype(t["dtype"]).kind == "f"}
     op_outputs = {names[int(i)]: str(op["op_name"]) for op in it._get_ops_details()  # noqa: SLF001
                   for i in op["outputs"] if int(i) in names}
     return Calibrated(calibrated, bool(getattr(converter, "_experimental_disable_per_channel", False)),
