@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import sys
 import time
 from typing import Any
@@ -364,9 +365,22 @@ def infer(spec: dict[str, Any]) -> dict[str, Any]:
 MODES = {"probe": probe, "benchmark": benchmark, "infer": infer}
 
 
+def die_with_parent() -> None:
+    """Asks Linux to SIGKILL this child when the agent dies, so a hung model never outlives it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the agent's timeout still bounds the child
+
+
 def main(argv: list[str] | None = None) -> int:
     """Reads the spec, runs its mode, writes {"ok": true, "result"} or {"ok": false, "error"}; exit 0/1."""
     argv = sys.argv[1:] if argv is None else argv
+    die_with_parent()
     if len(argv) != 1:
         print("usage: python -m board_agent.runner SPEC.json", file=sys.stderr)
         return 2
