@@ -9,6 +9,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -285,8 +286,10 @@ def dataset_sha256(dataset: Dataset) -> str:
 def save_npz(dataset: Dataset, path: str | os.PathLike[str]) -> None:
     """Writes the raw (unpreprocessed) arrays in the Keras convention."""
     buf = io.BytesIO()
-    extra = {"class_names": np.asarray(dataset.class_names)} if dataset.class_names else {}
-    np.savez_compressed(
-        buf, x_train=dataset.x_train, y_train=dataset.y_train, x_test=dataset.x_test, y_test=dataset.y_test, **extra
-    )
+    arrays: dict[str, Any] = {
+        "x_train": dataset.x_train, "y_train": dataset.y_train, "x_test": dataset.x_test, "y_test": dataset.y_test,
+    }
+    if dataset.class_names:
+        arrays["class_names"] = np.asarray(dataset.class_names)
+    np.savez_compressed(buf, **arrays)
     Path(path).write_bytes(buf.getvalue())

@@ -212,4 +212,8 @@ def predict(model: LoadedModel, x: np.ndarray, batch_size: int = 256) -> np.ndar
     """Float outputs of the Keras model."""
     if len(x) == 0:
         return np.zeros((0, *(d or 1 for d in model.output_shape[1:])), dtype=np.float32)
-    return np.asarray(model.keras_model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+    # eager calls, not Model.predict: predict traces a tf.function (~0.4 s) and attaches it to the
+    # model, which every later TFLite conversion then has to serialize again
+    outs = [np.asarray(model.keras_model(x[i : i + batch_size], training=False), dtype=np.float32)
+            for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs)

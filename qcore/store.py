@@ -22,8 +22,8 @@ from qcore.qtyping import (
     Evaluation,
     Job,
     JobStatus,
-    LayerStat,
     Latency,
+    LayerStat,
     QlabError,
     VariantStatus,
 )
@@ -870,7 +870,8 @@ class Store:
         result: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> None:
-        sets, params = ["updated_at = current_timestamp"], []
+        sets: list[str] = ["updated_at = current_timestamp"]
+        params: list[Any] = []
         if status is not None:
             sets.append("status = ?")
             params.append(str(status))

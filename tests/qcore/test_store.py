@@ -3,9 +3,10 @@
 import subprocess
 import sys
 
+import duckdb
 import pytest
 
-from qcore.qtyping import Evaluation, JobStatus, LayerStat, Latency, QlabError, VariantStatus
+from qcore.qtyping import Evaluation, JobStatus, Latency, LayerStat, QlabError, VariantStatus
 from qcore.store import MIGRATIONS, Store
 
 
@@ -51,7 +52,7 @@ def test_save_variant_blob_named_by_sha_and_reruns_update(tmp_store):
 def test_save_variant_failure_midway_writes_nothing(tmp_store):
     m, d = _model_and_dataset(tmp_store)
     bad = Evaluation(0.5, 1.0, None, (), 0, True)
-    with pytest.raises(Exception):
+    with pytest.raises(duckdb.ConstraintException):
         tmp_store.save_variant(model_id=m, dataset_id=d, name="x", kind="not-a-kind", tflite=b"TFL3", evaluation=bad)
     assert tmp_store.query("SELECT count(*) AS n FROM variants").n[0] == 0
     assert tmp_store.query("SELECT count(*) AS n FROM evaluations").n[0] == 0
