@@ -1,0 +1,240 @@
+"""The quantization debugger: every row, derived metrics, suspects, whole-model mode, selective models, refusals."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qcore.debugger import (
+    BASE_COLUMNS,
+    calibrate,
+    float_ops,
+    run_debugger,
+    stats_csv,
+    suspects,
+)
+from qcore.qtyping import Dataset, DebugResult, LayerStat, LoadedModel, QlabError
+from qcore.store import Store
+
+# small sets keep each debugger run around a second
+CAL, DEBUG = 50, 40
+
+
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    """One store for the module's debugger runs."""
+    store = Store(tmp_path_factory.mktemp("dbg") / "qlab.duckdb")
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def layer_run(demo: LoadedModel, digits: Dataset, module_store: Store) -> DebugResult:
+    """One layer-by-layer debugger run of the demo with both extra metrics, stored."""
+    return run_debugger(demo, digits, calibration_samples=CAL, debug_samples=DEBUG,
+                        extra_metrics=("mean_abs_error", "correlation"), store=module_store)
+
+
+def _conv(stats: tuple[LayerStat, ...]) -> LayerStat:
+    return next(s for s in stats if s.op_name == "CONV_2D")
+
+
+def test_run_debugger_rows_and_derived_metrics(layer_run: DebugResult) -> None:
+    ops = [s.op_name for s in layer_run.stats]
+    assert ops == ["RESHAPE", "CONV_2D", "MAX_POOL_2D", "RESHAPE", "FULLY_CONNECTED"]
+    for s in layer_run.stats:
+        assert s.range == pytest.approx(255.0 * s.scale)
+        assert s.rmse_scale == pytest.approx(math.sqrt(s.mean_squared_error) / s.scale)
+        assert set(s.extra) == {"mean_abs_error", "correlation"}
+    conv = _conv(layer_run.stats)
+    # a plain conv with calibrated ranges is well quantized: rmse/scale near 1/sqrt(12)
+    assert 0.2 < conv.rmse_scale < 0.4
+    assert conv.extra["correlation"] > 0.999
+    assert conv.extra["mean_abs_error"] <= conv.max_abs_error
+
+
+def test_run_debugger_columns_in_debugger_order(layer_run: DebugResult) -> None:
+    assert layer_run.columns == (*BASE_COLUMNS, "mean_abs_error", "correlation", "scale", "zero_point",
+                                 "tensor_name")
+
+
+def test_run_debugger_model_metrics(layer_run: DebugResult) -> None:
+    assert set(layer_run.model_metrics) == {"argmax_agreement", "output_mse"}
+    assert 0.9 <= layer_run.model_metrics["argmax_agreement"] <= 1.0
+    assert 0.0 < layer_run.model_metrics["output_mse"] < 0.1
+
+
+def test_run_debugger_stores_every_row(layer_run: DebugResult, module_store: Store) -> None:
+    assert layer_run.debug_run_id is not None
+    rows = module_store.layer_stats(layer_run.debug_run_id)
+    assert list(rows["tensor_name"]) == [s.tensor_name for s in layer_run.stats]
+    np.testing.assert_allclose(rows["rmse_scale"], [s.rmse_scale for s in layer_run.stats])
+    np.testing.assert_allclose(rows["mean_squared_error"], [s.mean_squared_error for s in layer_run.stats])
+    run = module_store.debug_runs().set_index("id").loc[layer_run.debug_run_id]
+    assert int(run["n_layers"]) == len(layer_run.stats)
+
+
+@pytest.mark.slow
+def test_run_debugger_equals_raw_debugger(layer_run: DebugResult, demo: LoadedModel, digits: Dataset) -> None:
+    import tensorflow as tf
+
+    from qcore.convert import make_converter, representative
+
+    converter = make_converter(demo)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative(digits.calibration(CAL))
+    debug_x = digits.test_inputs()[:DEBUG]
+    raw = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=representative(debug_x),
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(
+            layer_debug_metrics={"mean_abs_error": lambda d: float(np.mean(np.abs(d)))}),
+    )
+    raw.run()
+    dump = io.StringIO()
+    raw.layer_statistics_dump(dump)
+    raw_rows = list(csv.DictReader(io.StringIO(dump.getvalue())))
+    assert [r["tensor_name"] for r in raw_rows] == [s.tensor_name for s in layer_run.stats]
+    for r, s in zip(raw_rows, layer_run.stats, strict=True):
+        assert r["op_name"] == s.op_name
+        for key in ("num_elements", "stddev", "mean_error", "max_abs_error", "mean_squared_error", "scale"):
+            assert float(r[key]) == pytest.approx(getattr(s, key), rel=1e-6, abs=1e-12), key
+        assert float(r["mean_abs_error"]) == pytest.approx(s.extra["mean_abs_error"], rel=1e-6)
+
+
+def test_stats_csv_debugger_columns_then_derived(layer_run: DebugResult) -> None:
+    rows = list(csv.reader(io.StringIO(stats_csv(layer_run))))
+    assert rows[0] == [*layer_run.columns, "range", "rmse_scale"]
+    assert len(rows) == len(layer_run.stats) + 1
+    conv_row = dict(zip(rows[0], rows[1 + [s.op_name for s in layer_run.stats].index("CONV_2D")], strict=True))
+    conv = _conv(layer_run.stats)
+    assert conv_row["tensor_name"] == conv.tensor_name
+    assert float(conv_row["rmse_scale"]) == conv.rmse_scale
+    assert conv_row["zero_point"] == str(int(conv.zero_point))
+
+
+def test_suspects_threshold_and_first_k() -> None:
+    def stat(name: str, rmse_scale: float) -> LayerStat:
+        return LayerStat("CONV_2D", 0, name, 1, 0, 0, 0, 0, 1, 0, 255, rmse_scale)
+
+    stats = [stat("a", 0.29), stat("b", 1.5), stat("c", 0.3), stat("d", 0.71), stat("e", float("nan"))]
+    assert suspects(stats) == ["b", "d"]
+    assert suspects(stats, threshold=1.0) == ["b"]
+    assert suspects(stats, threshold=1.0, first_k=2) == ["a", "b"]
+    assert suspects([], first_k=3) == []
+
+
+def test_run_debugger_whole_model_errors_propagate(layer_run: DebugResult, demo: LoadedModel,
+                                                   digits: Dataset) -> None:
+    whole = run_debugger(demo, digits, calibration_samples=CAL, debug_samples=DEBUG, whole_model=True)
+    assert whole.settings["whole_model"] is True
+    layer_pool = next(s for s in layer_run.stats if s.op_name == "MAX_POOL_2D")
+    whole_pool = next(s for s in whole.stats if s.op_name == "MAX_POOL_2D")
+    # layer by layer, max-pool of already-quantized values adds no error; whole-model, the conv's error arrives
+    assert layer_pool.mean_squared_error < 1e-10
+    assert whole_pool.mean_squared_error > 1e3 * max(layer_pool.mean_squared_error, 1e-15)
+    assert 0.9 <= whole.model_metrics["argmax_agreement"] <= 1.0
+    assert whole.model_metrics["output_mse"] > 0.0
+
+
+def test_run_debugger_selective_keeps_node_in_float(layer_run: DebugResult, demo: LoadedModel, digits: Dataset,
+                                                    module_store: Store, tmp_path: Path) -> None:
+    conv = _conv(layer_run.stats).tensor_name
+    out = tmp_path / "selective.tflite"
+    r = run_debugger(demo, digits, calibration_samples=CAL, debug_samples=DEBUG, denylisted_nodes=[conv],
+                     store=module_store, selective_out=out)
+    sel = r.selective
+    assert sel is not None and sel.path == str(out) and out.read_bytes()
+    assert conv in float_ops(out.read_bytes())
+    assert sel.ignored_nodes == ()
+    assert 0.8 < sel.evaluation.accuracy <= 1.0
+    assert "CONV_2D" not in [s.op_name for s in r.stats]  # a float op has nothing to verify
+    row = module_store.variant(sel.variant_id)
+    assert row["kind"] == "selective"
+    import json
+
+    settings = json.loads(row["settings"])
+    assert settings["denylisted_nodes"] == [conv] and settings["denylisted_ops"] == []
+
+
+def test_run_debugger_selective_reports_ignored_node(layer_run: DebugResult, demo: LoadedModel,
+                                                     digits: Dataset) -> None:
+    pool = next(s for s in layer_run.stats if s.op_name == "MAX_POOL_2D").tensor_name
+    r = run_debugger(demo, digits, calibration_samples=CAL, debug_samples=DEBUG, denylisted_nodes=[pool])
+    assert r.selective is not None and r.selective.ignored_nodes == (pool,)
+
+
+def test_run_debugger_denylisted_ops(demo: LoadedModel, digits: Dataset) -> None:
+    r = run_debugger(demo, digits, calibration_samples=CAL, debug_samples=DEBUG, denylisted_ops=["FULLY_CONNECTED"])
+    assert r.selective is not None and r.selective.denylisted_ops == ("FULLY_CONNECTED",)
+    assert "FULLY_CONNECTED" not in [s.op_name for s in r.stats]
+    assert r.selective.evaluation.accuracy > 0.8
+
+
+# ---------------------------------------------------------------- refusals
+def test_run_debugger_refuses_16x8(demo: LoadedModel, digits: Dataset) -> None:
+    with pytest.raises(QlabError, match="int16x8.*int8 activations"):
+        run_debugger(demo, digits, recipe="int16x8")
+
+
+def test_run_debugger_refuses_float_recipe(demo: LoadedModel, digits: Dataset) -> None:
+    with pytest.raises(QlabError, match="float16.*full-integer"):
+        run_debugger(demo, digits, recipe="float16")
+
+
+def test_run_debugger_unknown_recipe(demo: LoadedModel, digits: Dataset) -> None:
+    with pytest.raises(QlabError, match="unknown recipe 'int4'"):
+        run_debugger(demo, digits, recipe="int4")
+
+
+def test_run_debugger_unknown_metric(demo: LoadedModel, digits: Dataset) -> None:
+    with pytest.raises(QlabError, match="unknown layer metric 'psnr'.*mean_abs_error"):
+        run_debugger(demo, digits, extra_metrics=["psnr"])
+
+
+def test_run_debugger_unknown_node(demo: LoadedModel, digits: Dataset) -> None:
+    with pytest.raises(QlabError, match="denylisted node 'dense_7/BiasAdd'"):
+        run_debugger(demo, digits, calibration_samples=CAL, debug_samples=DEBUG, denylisted_nodes=["dense_7/BiasAdd"])
+
+
+def test_run_debugger_unknown_op(demo: LoadedModel, digits: Dataset) -> None:
+    with pytest.raises(QlabError, match="denylisted op 'MEAN'.*CONV_2D"):
+        run_debugger(demo, digits, calibration_samples=CAL, debug_samples=DEBUG, denylisted_ops=["MEAN"])
+
+
+def test_run_debugger_cannot_enter_debug_mode(demo: LoadedModel, digits: Dataset) -> None:
+    every_op = ["RESHAPE", "CONV_2D", "MAX_POOL_2D", "FULLY_CONNECTED"]
+    with pytest.raises(QlabError, match="cannot put model .* in debug mode"):
+        run_debugger(demo, digits, calibration_samples=CAL, debug_samples=DEBUG, denylisted_ops=every_op)
+
+
+def test_run_debugger_layer_name_not_a_scope_name(digits: Dataset) -> None:
+    import keras
+
+    inp = keras.Input((8, 8))
+    x = keras.layers.Flatten()(inp)
+    net = keras.Model(inp, keras.layers.Dense(10, name="my dense")(x))
+    model = LoadedModel("spaced", "spaced.keras", "keras", net, (None, 8, 8), (None, 10), 3)
+    with pytest.raises(QlabError, match="'my dense'.*scope name"):
+        calibrate(model, digits)
+
+
+def test_run_debugger_zero_debug_samples(demo: LoadedModel, digits: Dataset) -> None:
+    with pytest.raises(QlabError, match="debug samples must be at least 1"):
+        run_debugger(demo, digits, debug_samples=0)
+
+
+def test_run_debugger_zero_calibration_samples(demo: LoadedModel, digits: Dataset) -> None:
+    with pytest.raises(QlabError, match="calibration samples must be at least 1"):
+        run_debugger(demo, digits, calibration_samples=0)
+
+
+def test_run_debugger_data_does_not_fit(demo: LoadedModel) -> None:
+    wrong = Dataset("wrong", np.zeros((4, 4, 4), np.float32), np.zeros(4, np.int64),
+                    np.zeros((4, 4, 4), np.float32), np.zeros(4, np.int64))
+    with pytest.raises(QlabError, match=r"\(4, 4\)"):
+        run_debugger(demo, wrong)
