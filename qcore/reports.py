@@ -242,6 +242,14 @@ def import_bundle(store: Store, data: bytes) -> str:
     meta, blobs = _read_bundle(data)
     content = meta["content"]
     f = frames(content)
+    # check everything before the first write, so a broken bundle leaves no rows behind
+    model_keys, dataset_keys = set(f["models"]["id"]), set(f["datasets"]["id"])
+    for v in content["variants"]:
+        if v.get("model_id") not in model_keys or v.get("dataset_id") not in dataset_keys:
+            raise QlabError(f"bundle variant #{v.get('variant_id')} names a model or dataset the bundle does not hold")
+        sha = v.get("sha256")
+        if v.get("status") == "ok" and sha and sha not in blobs and store.variant_id_for_sha(sha) is None:
+            raise QlabError(f"bundle variant {v.get('variant')!r}: its .tflite ({sha[:12]}…) is not in the bundle")
     model_ids: dict[int, int] = {}
     for m in f["models"].itertuples():
         model_ids[int(m.id)] = store.add_model(
@@ -262,8 +270,6 @@ def import_bundle(store: Store, data: bytes) -> str:
     variant_ids: dict[int, int] = {}
     for v in content["variants"]:
         old = int(v["variant_id"])
-        if v["model_id"] not in model_ids or v["dataset_id"] not in dataset_ids:
-            raise QlabError(f"bundle variant #{old} names a model or dataset the bundle does not hold")
         model_id, dataset_id = model_ids[v["model_id"]], dataset_ids[v["dataset_id"]]
         sha = v.get("sha256")
         existing = store.variant_id_for_sha(sha) if sha else None
@@ -271,8 +277,8 @@ def import_bundle(store: Store, data: bytes) -> str:
             variant_ids[old] = existing
             continue
         body = blobs.get(sha) if sha else None
-        if sha and body is None and v.get("status") == "ok":
-            raise QlabError(f"bundle variant {v['variant']!r}: its .tflite ({sha[:12]}…) is not in the bundle")
+        if body is None and sha and v.get("status") == "ok":  # here under another model: copy its blob
+            body = store.blob_path(sha).read_bytes()
         host = evals[(evals["variant_id"] == old) & (evals["device"] == "host")]
         variant_ids[old] = store.save_variant(
             model_id=model_id, dataset_id=dataset_id, name=_free_name(store, model_id, dataset_id, v["variant"]),

@@ -33,6 +33,10 @@ with right, st.form("models_data_form", clear_on_submit=True):
                             help="the model sees x · scale + offset; e.g. 1/255 for 8-bit pixels")
     offset = c2.number_input("input offset", value=0.0, format="%.6g", key="models_data_offset")
     name = st.text_input("name (optional)", key="models_data_name")
+    stored = reads.models(lab.db_key)
+    model_names = {int(r.id): f"#{r.id} {r.name} (input {r.input_shape})" for r in stored.itertuples()}
+    for_model = st.selectbox("size images for model (zip of class folders)", [None, *model_names],
+                             format_func=lambda i: "–" if i is None else model_names[i], key="models_data_for")
     b1, b2 = st.columns(2)
     upload = b1.form_submit_button("Add dataset", type="primary")
     digits = b2.form_submit_button("Add built-in digits", help="scikit-learn's 8×8 digits, x in [0, 16]")
@@ -42,7 +46,7 @@ with right, st.form("models_data_form", clear_on_submit=True):
         else:
             with ui.guard(f"could not add {file.name}"), st.spinner(f"reading {file.name}"):
                 dataset_id = uploads.add_dataset(lab, file.name, file.getvalue(), input_scale=scale,
-                                                 input_offset=offset, name=name)
+                                                 input_offset=offset, name=name, for_model=for_model)
                 st.success(f"dataset #{dataset_id} stored")
     if digits:
         with ui.guard("could not add digits"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import zipfile
@@ -110,8 +111,11 @@ def add_model(the_lab: Lab, filename: str, data: bytes, name: str = "") -> int:
 
 
 def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float, input_offset: float,
-                name: str = "") -> int:
+                name: str = "", for_model: int | None = None) -> int:
     """Stores an uploaded `.npz` (x_train, y_train, x_test, y_test) or zip of class folders and registers it.
+
+    Args:
+        for_model: a stored model whose input shape sizes the images of a zip of class folders.
 
     Raises:
         QlabError: for a wrong type, an empty or over-size file, or data qcore cannot read.
@@ -120,8 +124,14 @@ def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float,
 
     suffix = _check(filename, data, DATA_SUFFIXES, "dataset")
     path = store_upload(the_lab, data, suffix)
+    shape = None
+    if for_model is not None:
+        shape = tuple(json.loads(the_lab.store.model(int(for_model))["input_shape"]))
+    elif suffix == ".zip":
+        raise QlabError(f"{filename}: images in a zip of class folders are resized to a model's input; "
+                        "choose the model they are for")
     try:
-        ds = load_dataset(path, input_scale=float(input_scale), input_offset=float(input_offset))
+        ds = load_dataset(path, input_scale=float(input_scale), input_offset=float(input_offset), input_shape=shape)
     except QlabError as exc:
         raise QlabError(str(exc).replace(str(path), filename)) from None
     return register_dataset(the_lab, ds, name=name.strip() or Path(filename).stem, source=filename,

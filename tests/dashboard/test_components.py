@@ -1,0 +1,187 @@
+"""Every figure builder, called without a browser: the right traces, lines and empty states."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashboard.components.confusion import confusion_heatmap
+from dashboard.components.debugger import (
+    WELL_QUANTIZED_RMSE_SCALE,
+    layer_bars,
+    tensor_snr_bars,
+    tune_trials_plot,
+)
+from dashboard.components.latency import latency_bars
+from dashboard.components.qmath import mapping_plot
+from dashboard.components.style import SUSPECT_COLOR
+from dashboard.components.tradeoff import pareto_front, size_bars, tradeoff_scatter
+from dashboard.components.training import qat_curves
+from qcore.qmath import mapping_table
+
+
+@pytest.fixture()
+def variants() -> pd.DataFrame:
+    """Four variants of two models: b is dominated by a (bigger, less accurate); d has no latency."""
+    return pd.DataFrame({
+        "model": ["m1", "m1", "m1", "m2"],
+        "variant": ["a", "b", "c", "d"],
+        "size_bytes": [4096, 8192, 2048, 1024],
+        "accuracy": [0.95, 0.90, 0.80, np.nan],
+        "host_p50_ms": [1.0, 2.0, 0.5, np.nan],
+    })
+
+
+def _annotation_text(fig) -> str:
+    return " ".join(a.text for a in fig.layout.annotations)
+
+
+def test_pareto_front_marks_only_undominated_points(variants: pd.DataFrame) -> None:
+    front = pareto_front(variants, "size_bytes", "accuracy")
+    assert front.tolist() == [True, False, True, False]
+
+
+def test_pareto_front_equal_points_both_stay() -> None:
+    df = pd.DataFrame({"x": [1.0, 1.0], "y": [0.5, 0.5]})
+    assert pareto_front(df, "x", "y").tolist() == [True, True]
+
+
+def test_tradeoff_scatter_draws_front_through_its_points(variants: pd.DataFrame) -> None:
+    fig = tradeoff_scatter(variants, "size_bytes", "accuracy")
+    front = next(t for t in fig.data if t.name == "Pareto front")
+    assert list(front.x) == [2.0, 4.0]  # KiB, sorted by size: c then a
+    assert list(front.y) == [0.80, 0.95]
+    m1 = next(t for t in fig.data if t.name == "m1")
+    assert list(m1.text) == ["a", "", "c"]  # only the front is labelled
+    assert "m2" not in {t.name for t in fig.data}  # d has no accuracy
+
+
+def test_tradeoff_scatter_latency_axis_keeps_milliseconds(variants: pd.DataFrame) -> None:
+    fig = tradeoff_scatter(variants, "host_p50_ms", "accuracy")
+    m1 = next(t for t in fig.data if t.name == "m1")
+    assert list(m1.x) == [1.0, 2.0, 0.5]
+    assert fig.layout.xaxis.title.text == "host latency p50 (ms)"
+
+
+def test_tradeoff_scatter_empty_says_why() -> None:
+    fig = tradeoff_scatter(pd.DataFrame(columns=["model", "variant", "size_bytes", "accuracy"]))
+    assert not fig.data
+    assert "no variant" in _annotation_text(fig)
+
+
+def test_size_bars_in_kib_grouped_by_model(variants: pd.DataFrame) -> None:
+    fig = size_bars(variants)
+    assert [t.name for t in fig.data] == ["m1", "m2"]
+    assert list(fig.data[0].y) == [4.0, 8.0, 2.0]
+
+
+def test_size_bars_empty_says_why() -> None:
+    assert "no converted" in _annotation_text(size_bars(pd.DataFrame()))
+
+
+def test_confusion_heatmap_counts_and_accuracy() -> None:
+    fig = confusion_heatmap([[3, 1], [0, 4]], "m / int8")
+    assert fig.data[0].z.tolist() == [[3, 1], [0, 4]]
+    assert "accuracy 0.875" in fig.layout.title.text
+
+
+def test_confusion_heatmap_without_evaluation_says_why() -> None:
+    assert "no evaluation" in _annotation_text(confusion_heatmap(None, "m / x"))
+
+
+def test_confusion_heatmap_rejects_non_square() -> None:
+    with pytest.raises(ValueError, match="square"):
+        confusion_heatmap([[1, 2, 3], [4, 5, 6]])
+
+
+@pytest.fixture()
+def stats() -> pd.DataFrame:
+    """Three layer rows; the last is badly quantized."""
+    return pd.DataFrame({
+        "row_idx": [0, 1, 2], "op_name": ["CONV_2D", "MAX_POOL_2D", "FULLY_CONNECTED"],
+        "tensor_name": ["conv", "pool", "logits"], "range": [2.0, 2.0, 40.0], "rmse_scale": [0.29, 0.0, 2.2],
+    })
+
+
+def test_layer_bars_threshold_line_and_suspects_in_red(stats: pd.DataFrame) -> None:
+    fig = layer_bars(stats, threshold=0.7, suspects=["logits"])
+    range_bars, rmse_bars = fig.data
+    assert list(range_bars.y) == [2.0, 2.0, 40.0]
+    assert list(rmse_bars.y) == [0.29, 0.0, 2.2]
+    assert list(rmse_bars.marker.color)[2] == SUSPECT_COLOR
+    assert list(rmse_bars.marker.color)[0] != SUSPECT_COLOR
+    lines = [s.y0 for s in fig.layout.shapes]
+    assert 0.7 in lines and WELL_QUANTIZED_RMSE_SCALE in lines
+
+
+def test_layer_bars_empty_run_says_why() -> None:
+    assert "no layer" in _annotation_text(layer_bars(pd.DataFrame(), 0.7))
+
+
+def test_tune_trials_plot_splits_passed_and_failed() -> None:
+    trials = pd.DataFrame({"step": [0, 1, 2], "denylist": ['["a"]', '["a", "b"]', "[]"],
+                           "accuracy": [0.90, 0.95, 0.85], "size_bytes": [5000, 6000, 4000],
+                           "passed": [False, True, False]})
+    fig = tune_trials_plot(trials, float_accuracy=0.96, target_accuracy=0.955 - 0.01)
+    by_name = {t.name: t for t in fig.data}
+    assert list(by_name["passed"].x) == [2]
+    assert sorted(by_name["failed"].x) == [0, 1]
+    assert {round(s.y0, 3) for s in fig.layout.shapes} == {0.96, 0.945}
+
+
+def test_tensor_snr_bars_clip_identical_tensors() -> None:
+    fig = tensor_snr_bars(pd.DataFrame({"name": ["in", "conv"], "snr_db": [math.inf, 31.5]}))
+    assert list(fig.data[0].y) == [120.0, 31.5]
+
+
+def test_qat_curves_loss_and_accuracy_panels() -> None:
+    history = pd.DataFrame({"epoch": [1, 2], "loss": [0.5, 0.3], "accuracy": [0.8, 0.9]})
+    fig = qat_curves(history)
+    assert [t.name for t in fig.data] == ["loss", "accuracy"]
+    assert list(fig.data[1].y) == [0.8, 0.9]
+
+
+def test_qat_curves_before_first_epoch_says_why() -> None:
+    assert "no epoch" in _annotation_text(qat_curves(pd.DataFrame()))
+
+
+def test_latency_bars_first_inference_apart_and_one_bar_per_target() -> None:
+    bench = pd.DataFrame({
+        "label": ["m / int8", "m / int8", "m / int8"], "board": ["imx", "imx", "imx"],
+        "target": ["npu", "cpu", "cpu-plain"], "p50_ms": [0.4, 2.0, 3.0], "first_ms": [900.0, 2.5, 3.5],
+    })
+    fig = latency_bars(bench)
+    names = [t.name for t in fig.data]
+    assert names == ["npu", "npu", "cpu", "cpu", "cpu-plain", "cpu-plain"]
+    npu_steady, npu_first = fig.data[0], fig.data[1]
+    assert list(npu_steady.y) == [0.4] and list(npu_first.y) == [900.0]
+    assert npu_steady.xaxis == "x" and npu_first.xaxis == "x2"
+
+
+def test_latency_bars_keeps_newest_row_per_variant_and_target() -> None:
+    bench = pd.DataFrame({"label": ["v", "v"], "board": ["b", "b"], "target": ["cpu", "cpu"],
+                          "p50_ms": [1.0, 9.0], "first_ms": [1.0, 9.0]})
+    assert list(latency_bars(bench).data[0].y) == [1.0]
+
+
+def test_latency_bars_empty_says_why() -> None:
+    empty = pd.DataFrame(columns=["label", "target", "p50_ms", "first_ms"])
+    assert "no benchmark" in _annotation_text(latency_bars(empty))
+
+
+def test_mapping_plot_staircase_and_marked_value() -> None:
+    table = mapping_table(-2.0, 6.0, -128, 127, n=101)
+    fig = mapping_plot(table, marked=(3.0, 32, 3.0117647))
+    staircase, error, marker = fig.data
+    assert staircase.line.shape == "hv"
+    assert min(staircase.y) == -128 and max(staircase.y) == 127
+    assert list(marker.y) == [32]
+    assert "zero point -64" in fig.layout.title.text
+
+
+def test_mapping_plot_rejects_empty_table() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        mapping_plot(pd.DataFrame())

@@ -1,0 +1,74 @@
+"""The pandas behind the pages: compare table, best variant per model, jobs, latency labels, drift."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dashboard.services import tables
+from qcore.qtyping import Job, JobStatus
+
+
+def _summary() -> pd.DataFrame:
+    return pd.DataFrame({
+        "variant_id": [1, 2, 3, 4], "model_id": [1, 1, 1, 2], "model": ["m1", "m1", "m1", "m2"],
+        "variant": ["float32", "int8", "broken", "int8"], "kind": ["ptq"] * 4,
+        "status": ["ok", "ok", "failed", "ok"], "error": [None, None, "refused", None],
+        "float_accuracy": [0.95, 0.95, 0.95, 0.80], "accuracy": [0.95, 0.95, np.nan, 0.79],
+        "top5": [1.0, 1.0, np.nan, 0.99], "agreement": [1.0, 0.99, np.nan, 0.97],
+        "size_bytes": [8192, 4096, np.nan, 2048], "host_p50_ms": [0.5, 0.2, np.nan, np.nan],
+        "board_p50_ms": [np.nan, 0.1, np.nan, np.nan], "input_dtype": ["float32", "int8", None, "int8"],
+        "output_dtype": ["float32", "int8", None, "int8"],
+    })
+
+
+def test_compare_table_columns_and_drop() -> None:
+    out = tables.compare_table(_summary())
+    assert list(out.columns) == list(tables.COMPARE_COLUMNS.values())
+    assert out["size (KiB)"].tolist()[:2] == [8.0, 4.0]
+    assert round(out["drop vs float (points)"].iloc[3], 2) == 1.0
+
+
+def test_compare_table_empty_keeps_columns() -> None:
+    assert list(tables.compare_table(pd.DataFrame()).columns) == list(tables.COMPARE_COLUMNS.values())
+
+
+def test_best_per_model_ties_go_to_the_smaller_file_and_failed_never_win() -> None:
+    best = tables.best_per_model(_summary()).set_index("model")
+    assert best.at["m1", "most accurate"] == "int8"  # same accuracy as float32, half the size
+    assert best.at["m1", "smallest"] == "int8"
+    assert best.at["m1", "fastest (host)"] == "int8"
+    assert best.at["m1", "variants"] == 2
+    assert pd.isna(best.at["m2", "fastest (host)"])  # m2 was never timed
+
+
+def test_best_per_model_without_ok_variants_is_empty() -> None:
+    df = _summary().assign(status="failed")
+    assert tables.best_per_model(df).empty
+
+
+def test_jobs_table_shows_error_in_place_of_message() -> None:
+    job = Job(7, "convert", JobStatus.FAILED, 0.4, "failed", {}, None, "recipe int8 refused CUSTOM_OP",
+              "2026-01-01 10:00:00.123", "2026-01-01 10:00:01.456")
+    row = tables.jobs_table([job]).iloc[0]
+    assert row["message"] == "recipe int8 refused CUSTOM_OP"
+    assert row["created"] == "2026-01-01 10:00:00"
+
+
+def test_bench_for_plot_labels_variants_and_marks_host() -> None:
+    bench = pd.DataFrame({"benchmark_id": [1, 2], "variant_id": [2, 99], "sha256": ["a" * 64, "b" * 64],
+                          "board": ["host", "imx"], "target": ["host", "npu"], "p50_ms": [0.2, 0.1],
+                          "first_ms": [0.3, 500.0]})
+    out = tables.bench_for_plot(bench, _summary())
+    assert out["label"].tolist() == ["sha bbbbbbbb", "m1 / int8"]  # newest first; unknown variant by sha
+    assert out["target"].tolist() == ["npu", "host"]
+
+
+def test_drift_table_points_against_host() -> None:
+    evals = pd.DataFrame({"variant_id": [2, 2], "device": ["host", "board:imx/npu"], "n_samples": [360, 360],
+                          "accuracy": [0.95, 0.94], "top5": [1.0, 1.0], "agreement": [0.99, None],
+                          "host_agreement": [None, 0.98]})
+    row = tables.drift_table(evals, _summary()).iloc[0]
+    assert row["variant"] == "m1 / int8" and row["device"] == "imx/npu"
+    assert row["drift (points)"] == -1.0
+    assert row["agreement with host"] == 0.98

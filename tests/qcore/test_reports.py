@@ -1,0 +1,217 @@
+"""Reports: the snapshot, the self-contained HTML, and the bundle another qlab imports."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from qcore import reports
+from qcore.qtyping import Evaluation, Latency, QlabError, VariantStatus
+from qcore.store import Store, sha256_bytes
+
+
+def _ev(acc: float) -> Evaluation:
+    return Evaluation(accuracy=acc, top5=1.0, agreement=0.99, confusion=((9, 1), (0, 10)), n_samples=20,
+                      batched=True)
+
+
+def _lat(target: str, p50: float) -> Latency:
+    return Latency(target=target, threads=1, xnnpack=target != "cpu-plain", runs=10, warmup=2, init_ms=1.0,
+                   first_ms=p50 * 10, min_ms=p50, mean_ms=p50, p50_ms=p50, p90_ms=p50, p99_ms=p50, std_ms=0.0,
+                   extra={"peak_rss_mb": 30.0})
+
+
+def _fill(store: Store, tiny_tflite: dict[str, bytes]) -> list[int]:
+    """Two converted variants and one failed, with host and board results."""
+    model_id = store.add_model(name="demo", format="h5", sha256="m" * 64, source_path="/x/demo.h5",
+                               input_shape=[None, 8, 8], output_shape=[None, 10], keras_major=2)
+    dataset_id = store.add_dataset(name="digits", source="digits", sha256="d" * 64, input_scale=1.0,
+                                   input_offset=0.0, n_train=1437, n_test=20, num_classes=2)
+    store.set_reference(model_id, dataset_id, 0.95, 1.0, 20)
+    ids = []
+    for name, acc in (("float32", 0.95), ("int8", 0.95 - 0.05)):
+        ids.append(store.save_variant(model_id=model_id, dataset_id=dataset_id, name=name, kind="ptq", recipe=name,
+                                      tflite=tiny_tflite[name], input_dtype="float32", output_dtype="float32",
+                                      evaluation=_ev(acc)))
+    ids.append(store.save_variant(model_id=model_id, dataset_id=dataset_id, name="int16x8", kind="ptq",
+                                  recipe="int16x8", status=VariantStatus.FAILED, error="refused op X"))
+    store.add_benchmark(_lat("host", 0.2), sha256=sha256_bytes(tiny_tflite["int8"]), board="host", variant_id=ids[1])
+    store.add_benchmark(_lat("npu", 0.05), sha256=sha256_bytes(tiny_tflite["int8"]), board="imx", variant_id=ids[1])
+    store.add_evaluation(ids[1], dataset_id, _ev(0.85), device="board:imx/npu", extra_metrics={"host_agreement": 0.9})
+    return ids
+
+
+def test_make_report_snapshots_variants_results_and_confusion(tmp_store: Store, tiny_tflite) -> None:
+    ids = _fill(tmp_store, tiny_tflite)
+    report_id = reports.make_report(tmp_store, "int8 for the NPU", "notes *here*", ids)
+    report = tmp_store.report(report_id)
+    content = report["content"]
+    assert [v["variant"] for v in content["variants"]] == ["float32", "int8", "int16x8"]
+    assert {b["board"] for b in content["benchmarks"]} == {"host", "imx"}
+    assert {e["device"] for e in content["evaluations"]} == {"host", "board:imx/npu"}
+    assert content["confusion"][str(ids[0])] == [[9, 1], [0, 10]]
+    assert str(ids[2]) not in content["confusion"]  # the failed variant has no evaluation
+    json.dumps(content)  # JSON-safe: no NaN objects, no timestamps
+
+
+def test_make_report_snapshot_does_not_follow_later_runs(tmp_store: Store, tiny_tflite) -> None:
+    ids = _fill(tmp_store, tiny_tflite)
+    report_id = reports.make_report(tmp_store, "before", "", ids[:1])
+    tmp_store.add_evaluation(ids[0], 1, _ev(0.10))
+    assert tmp_store.report(report_id)["content"]["variants"][0]["accuracy"] == pytest.approx(0.95)
+
+
+def test_make_report_without_title(tmp_store: Store, tiny_tflite) -> None:
+    ids = _fill(tmp_store, tiny_tflite)
+    with pytest.raises(QlabError, match="needs a title"):
+        reports.make_report(tmp_store, "  ", "", ids)
+
+
+def test_make_report_without_variants(tmp_store: Store) -> None:
+    with pytest.raises(QlabError, match="at least one variant"):
+        reports.make_report(tmp_store, "t", "", [])
+
+
+def test_make_report_unknown_variant(tmp_store: Store, tiny_tflite) -> None:
+    ids = _fill(tmp_store, tiny_tflite)
+    with pytest.raises(QlabError, match="no variant with id 999"):
+        reports.make_report(tmp_store, "t", "", [ids[0], 999])
+
+
+def test_render_html_is_self_contained(tmp_store: Store, tiny_tflite) -> None:
+    ids = _fill(tmp_store, tiny_tflite)
+    report = tmp_store.report(reports.make_report(tmp_store, "A <b>title</b>", "line 1\nline 2", ids))
+    figs = [("one", go.Figure(go.Bar(x=[1], y=[2]))), ("two", go.Figure(go.Bar(x=[3], y=[4])))]
+    page = reports.render_html(report, figs)
+    assert page.startswith("<!DOCTYPE html>")
+    assert "A &lt;b&gt;title&lt;/b&gt;" in page  # escaped, never injected
+    assert "<script src=" not in page.replace('<script src="data:', "")  # no network fetch of plotly.js
+    assert page.count("Plotly.newPlot") == 2
+    assert len(page) > 1_000_000  # plotly.js is inline
+    assert "On-board accuracy" in page and "board:imx/npu" in page
+
+
+def test_render_html_without_figures_has_tables(tmp_store: Store, tiny_tflite) -> None:
+    ids = _fill(tmp_store, tiny_tflite)
+    page = reports.render_html(tmp_store.report(reports.make_report(tmp_store, "t", "", ids)))
+    assert "int16x8" in page and "Plotly" not in page
+
+
+def test_export_import_bundle_into_another_store(tmp_store: Store, tiny_tflite, tmp_path: Path) -> None:
+    ids = _fill(tmp_store, tiny_tflite)
+    report_id = reports.make_report(tmp_store, "share me", "notes", ids)
+    bundle = reports.export_bundle(tmp_store, report_id)
+    names = set(zipfile.ZipFile(io.BytesIO(bundle)).namelist())
+    assert {"report.json", "variants.parquet", "benchmarks.parquet", "evaluations.parquet"} <= names
+    assert f"tflite/{sha256_bytes(tiny_tflite['int8'])}.tflite" in names
+    variants = pd.read_parquet(io.BytesIO(zipfile.ZipFile(io.BytesIO(bundle)).read("variants.parquet")))
+    assert variants["variant"].tolist() == ["float32", "int8", "int16x8"]
+
+    other = Store(tmp_path / "other" / "qlab.duckdb")
+    try:
+        new_id = reports.import_bundle(other, bundle)
+        imported = other.report(new_id)
+        assert imported["title"] == "share me" and new_id != report_id
+        summary = other.variant_summary().set_index("variant")
+        assert set(summary.index) == {"float32", "int8", "int16x8"}
+        assert (summary["kind"] == "imported").all()
+        assert summary.at["int8", "accuracy"] == pytest.approx(0.90)
+        assert summary.at["int16x8", "status"] == "failed"
+        blob = other.blob_path(sha256_bytes(tiny_tflite["int8"]))
+        assert blob.read_bytes() == tiny_tflite["int8"]
+        new_ids = [v["variant_id"] for v in imported["content"]["variants"]]
+        assert set(new_ids) == set(other.variant_summary()["variant_id"])
+        boards = other.benchmarks(board="imx")
+        assert boards["p50_ms"].tolist() == [0.05] and boards["variant_id"].tolist() == [summary.at["int8", "variant_id"]]
+        drift = other.device_evaluations([int(summary.at["int8", "variant_id"])]).set_index("device")
+        assert drift.at["board:imx/npu", "host_agreement"] == pytest.approx(0.9)
+        assert other.confusion(int(summary.at["int8", "variant_id"])) == [[9, 1], [0, 10]]
+    finally:
+        other.close()
+
+
+def test_import_bundle_twice_reuses_variants(tmp_store: Store, tiny_tflite, tmp_path: Path) -> None:
+    ids = _fill(tmp_store, tiny_tflite)
+    bundle = reports.export_bundle(tmp_store, reports.make_report(tmp_store, "t", "", ids[:2]))
+    other = Store(tmp_path / "o.duckdb")
+    try:
+        reports.import_bundle(other, bundle)
+        reports.import_bundle(other, bundle)
+        assert len(other.variant_summary()) == 2
+        assert len(other.reports()) == 2
+    finally:
+        other.close()
+
+
+def _bundle_with(meta: dict | None = None, extra: dict[str, bytes] | None = None, raw_json: bytes | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        if raw_json is not None:
+            zf.writestr("report.json", raw_json)
+        elif meta is not None:
+            zf.writestr("report.json", json.dumps(meta))
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_import_bundle_not_a_zip(tmp_store: Store) -> None:
+    with pytest.raises(QlabError, match="not a zip"):
+        reports.import_bundle(tmp_store, b"hello")
+
+
+def test_import_bundle_without_report_json(tmp_store: Store) -> None:
+    with pytest.raises(QlabError, match="report.json is missing"):
+        reports.import_bundle(tmp_store, _bundle_with(extra={"x.txt": b"1"}))
+
+
+def test_import_bundle_invalid_json(tmp_store: Store) -> None:
+    with pytest.raises(QlabError, match="not valid JSON"):
+        reports.import_bundle(tmp_store, _bundle_with(raw_json=b"{nope"))
+
+
+def test_import_bundle_wrong_format(tmp_store: Store) -> None:
+    with pytest.raises(QlabError, match="no format 'qlab-report-bundle'"):
+        reports.import_bundle(tmp_store, _bundle_with({"format": "other", "version": 1}))
+
+
+def test_import_bundle_newer_version(tmp_store: Store) -> None:
+    with pytest.raises(QlabError, match="version 99 is not supported"):
+        reports.import_bundle(tmp_store, _bundle_with({"format": reports.BUNDLE_FORMAT, "version": 99}))
+
+
+def test_import_bundle_tampered_tflite(tmp_store: Store, tiny_tflite) -> None:
+    ids = _fill(tmp_store, tiny_tflite)
+    bundle = reports.export_bundle(tmp_store, reports.make_report(tmp_store, "t", "", ids[:2]))
+    src = zipfile.ZipFile(io.BytesIO(bundle))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in src.namelist():
+            data = src.read(name)
+            zf.writestr(name, data + b"x" if name.endswith(".tflite") else data)
+    with pytest.raises(QlabError, match="does not match its sha256 name"):
+        reports.import_bundle(tmp_store, buf.getvalue())
+
+
+def test_import_bundle_missing_tflite(tmp_store: Store, tiny_tflite, tmp_path: Path) -> None:
+    ids = _fill(tmp_store, tiny_tflite)
+    bundle = reports.export_bundle(tmp_store, reports.make_report(tmp_store, "t", "", ids[:2]))
+    src = zipfile.ZipFile(io.BytesIO(bundle))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in src.namelist():
+            if not name.startswith("tflite/"):
+                zf.writestr(name, src.read(name))
+    other = Store(tmp_path / "o.duckdb")
+    try:
+        with pytest.raises(QlabError, match=r"bundle variant 'float32': its .tflite .* is not in the bundle"):
+            reports.import_bundle(other, buf.getvalue())
+        assert other.models().empty and other.datasets().empty  # nothing half-imported
+    finally:
+        other.close()
