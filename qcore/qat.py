@@ -95,7 +95,8 @@ def build_qat_model(keras_model: Any, layers: Sequence[str]) -> tuple[Any, list[
     """A tf_keras model with fake-quantization, leaving the given model untouched.
 
     Returns:
-        (the QAT model, names of the layers that got quantizers).
+        (the QAT model, names of the layers that got quantizers: the chosen ones and the
+        neighbours tfmot wraps so their outputs reach a quantized layer quantized).
 
     Raises:
         QlabError: see `select_layers`; or when tfmot refuses the model (e.g. a nested model).
@@ -118,7 +119,9 @@ def build_qat_model(keras_model: Any, layers: Sequence[str]) -> tuple[Any, list[
                 qat = qk.quantize_apply(annotated)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise QlabError(f"tfmot cannot quantize model {keras_model.name!r}: {_first_line(exc)}") from None
-    return qat, [la.name for la in chosen]
+    # tfmot also wraps neighbours whose outputs feed a quantized layer; report what really got quantizers
+    wrapped = [la.layer.name for la in qat.layers if isinstance(getattr(la, "layer", None), tf_keras.layers.Layer)]
+    return qat, wrapped or [la.name for la in chosen]
 
 
 def moving_average_ranges(qat_model: Any) -> dict[str, tuple[Any, Any]]:
