@@ -241,6 +241,209 @@ def _log_progress(fraction: float, message: str) -> None:
 # ---------------------------------------------------------------- QAT / debugger / tune (issue 3)
 def _add_explain_commands(sub: argparse._SubParsersAction) -> None:
     """`qat`, `debug`, `compare-tensors`, `tune`."""
+    p = sub.add_parser("qat", help="quantization-aware training (tfmot): fine-tune, convert, evaluate, store")
+    p.add_argument("model", help="a .keras, .h5, SavedModel directory, or 'demo'")
+    p.add_argument("--data", required=True, help="a .npz (x_train, y_train, x_test, y_test), image folder/.zip, or 'digits'")
+    p.add_argument("--layers", default="all", help="'all', or layer classes / names to quantize, e.g. Dense,Conv2D")
+    p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (default 3)")
+    p.add_argument("--batch-size", type=int, default=32, help="(default 32)")
+    p.add_argument("--train-samples", type=int, help="fine-tune on the first N training samples (default all)")
+    p.add_argument("--learning-rate", type=float, default=1e-4, help="Adam's learning rate (default 1e-4)")
+    p.add_argument("--int-io", action="store_true", help="integer-only model with int8 input and output")
+    p.add_argument("--calibration-samples", type=int, default=100, help="for --int-io: first N training samples")
+    _add_preprocessing(p)
+    p.add_argument("--out", help="also write the .tflite here")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_qat)
+
+    p = sub.add_parser("debug", help="TFLite's quantization debugger: per-layer errors, suspects, selective quantization")
+    p.add_argument("model", help="a .keras, .h5, SavedModel directory, or 'demo'")
+    p.add_argument("--data", required=True, help="a .npz, image folder/.zip, or 'digits'")
+    p.add_argument("--recipe", default="int8-fallback", help="an int8 recipe (default int8-fallback); 16x8 is refused")
+    p.add_argument("--calibration-samples", type=int, default=100, help="first N training samples (default 100)")
+    p.add_argument("--debug-samples", type=int, default=100, help="first M test samples (default 100)")
+    p.add_argument("--threshold", type=float, default=0.7, help="rmse/scale above this is a suspect (default 0.7)")
+    p.add_argument("--first-k", type=int, default=0, help="also count the first K layers as suspects")
+    p.add_argument("--metrics", default="", help="extra layer metrics: mean_abs_error,correlation")
+    p.add_argument("--denylist-ops", action="append", default=[], help="op types to keep in float, e.g. MEAN,ADD")
+    p.add_argument("--denylist-nodes", action="append", default=[],
+                   help="tensor names (the debugger's tensor_name) to keep in float")
+    p.add_argument("--selective-out", help="write the selective .tflite here (needs a denylist)")
+    p.add_argument("--whole-model", action="store_true", help="whole-model verification: errors propagate")
+    _add_preprocessing(p)
+    p.add_argument("--out", help="write the statistics CSV here (the debugger's columns, then range, rmse_scale)")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_debug)
+
+    p = sub.add_parser("compare-tensors", help="tensor-by-tensor errors of a quantized .tflite against the float one")
+    p.add_argument("float_tflite", metavar="FLOAT.tflite")
+    p.add_argument("quant_tflite", metavar="QUANT.tflite")
+    p.add_argument("--data", required=True, help="a .npz, image folder/.zip, or 'digits' (its test split is used)")
+    p.add_argument("--samples", type=int, default=20, help="first N test samples (default 20)")
+    _add_preprocessing(p)
+    _add_common(p, db=False)
+    p.set_defaults(handler=_cmd_compare_tensors)
+
+    p = sub.add_parser("tune", help="find a small set of layers to keep in float within an accuracy budget")
+    p.add_argument("model", help="a .keras, .h5, SavedModel directory, or 'demo'")
+    p.add_argument("--data", required=True, help="a .npz, image folder/.zip, or 'digits'")
+    p.add_argument("--max-drop", type=float, required=True, help="accuracy points the result may lose against float")
+    p.add_argument("--recipe", default="int8-fallback", help="an int8 recipe (default int8-fallback)")
+    p.add_argument("--calibration-samples", type=int, default=100, help="first N training samples (default 100)")
+    p.add_argument("--debug-samples", type=int, default=100, help="first M test samples ranking layers (default 100)")
+    _add_preprocessing(p)
+    p.add_argument("--out", help="write <OUT>/<model>-tune.tflite")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_tune)
+
+
+def _names(values: Sequence[str]) -> list[str]:
+    """Comma-separated, repeatable option values as one list."""
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN or infinity: those become null."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _cmd_qat(args: argparse.Namespace) -> int:
+    from qcore.qat import run_qat
+
+    model = _load_model_arg(args.model)
+    dataset = _load_data_arg(args, model.input_shape)
+    with _open_store(args) as store:
+        r = run_qat(
+            model, dataset, layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, train_samples=args.train_samples, int_io=args.int_io,
+            calibration_samples=args.calibration_samples, store=store, out=args.out, progress=_log_progress,
+        )
+    payload = {
+        "model": r.model, "layers": list(r.layers), "quantized_layers": list(r.quantized_layers),
+        "float_accuracy": r.float_accuracy, "keras_accuracy": r.keras_accuracy, "tflite_accuracy": r.tflite_accuracy,
+        "agreement": r.evaluation.agreement, "size_bytes": r.size_bytes, "path": r.path, "sha256": r.sha256,
+        "input_dtype": r.input_dtype, "output_dtype": r.output_dtype, "history": list(r.history),
+        "range_drift": r.range_drift, "warnings": list(r.warnings), "variant_id": r.variant_id,
+    }
+    lines = [f"{r.model}: QAT of {', '.join(r.quantized_layers)}",
+             *(f"  epoch {i}: loss {h['loss']:.4f}, accuracy {h['accuracy']:.4f}, ranges moved {h['range_drift']:.1%}"
+               for i, h in enumerate(r.history, start=1)),
+             f"  float {r.float_accuracy:.4f}  QAT Keras {r.keras_accuracy:.4f}  TFLite {r.tflite_accuracy:.4f}  "
+             f"{r.size_bytes} B  {r.input_dtype}->{r.output_dtype}  {r.path}",
+             *(f"  warning: {w}" for w in r.warnings)]
+    _emit(args, _finite(payload), "\n".join(lines))
+    return EXIT_OK
+
+
+def _cmd_debug(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from qcore.debugger import run_debugger, stats_csv
+
+    nodes, ops = _names(args.denylist_nodes), _names(args.denylist_ops)
+    if args.selective_out and not (nodes or ops):
+        raise QlabError("--selective-out needs --denylist-nodes or --denylist-ops")
+    model = _load_model_arg(args.model)
+    dataset = _load_data_arg(args, model.input_shape)
+    with _open_store(args) as store:
+        r = run_debugger(
+            model, dataset, recipe=args.recipe, calibration_samples=args.calibration_samples,
+            debug_samples=args.debug_samples, extra_metrics=_names([args.metrics]), whole_model=args.whole_model,
+            denylisted_nodes=nodes, denylisted_ops=ops, threshold=args.threshold, first_k=args.first_k,
+            store=store, selective_out=args.selective_out, progress=_log_progress,
+        )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(stats_csv(r))
+    sel = r.selective
+    payload = {
+        "model": r.model, "settings": r.settings, "columns": list(r.columns),
+        "layers": [asdict(s) for s in r.stats], "model_metrics": r.model_metrics, "suspects": list(r.suspects),
+        "selective": None if sel is None else {
+            "denylisted_nodes": list(sel.denylisted_nodes), "denylisted_ops": list(sel.denylisted_ops),
+            "ignored_nodes": list(sel.ignored_nodes), "accuracy": sel.evaluation.accuracy,
+            "agreement": sel.evaluation.agreement, "size_bytes": sel.size_bytes, "path": sel.path,
+            "variant_id": sel.variant_id,
+        },
+        "debug_run_id": r.debug_run_id, "out": args.out,
+    }
+    lines = [f"{r.model}: {len(r.stats)} layers debugged ({'whole model' if args.whole_model else 'layer by layer'}"
+             f", {r.settings['debug_samples']} samples)"]
+    lines += [f"  {s.op_name:<18} rmse/scale {s.rmse_scale:7.3f}  range {s.range:9.4g}  {s.tensor_name}"
+              for s in r.stats]
+    lines.append("  model: " + ", ".join(f"{k} {v:.4g}" for k, v in r.model_metrics.items()))
+    lines.append(f"  suspects (rmse/scale > {args.threshold}): " + (", ".join(r.suspects) or "none"))
+    if sel is not None:
+        lines.append(f"  selective: accuracy {sel.evaluation.accuracy:.4f}, {sel.size_bytes} B, {sel.path}")
+        if sel.ignored_nodes:
+            lines.append("  still quantized (they share their neighbours' scale): " + ", ".join(sel.ignored_nodes))
+    if args.out:
+        lines.append(f"  statistics written to {args.out}")
+    _emit(args, _finite(payload), "\n".join(lines))
+    return EXIT_OK
+
+
+def _cmd_compare_tensors(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from qcore.litert_io import make_interpreter
+    from qcore.tensor_compare import compare_tensors
+
+    if args.samples < 1:
+        raise QlabError(f"--samples must be at least 1, got {args.samples}")
+    fbytes, qbytes = _read_tflite(args.float_tflite), _read_tflite(args.quant_tflite)
+    shape = tuple(int(d) for d in make_interpreter(fbytes).get_input_details()[0]["shape"])
+    dataset = _load_data_arg(args, (None, *shape[1:]))
+    r = compare_tensors(fbytes, qbytes, dataset.preprocess(dataset.x_test[: args.samples]), progress=_log_progress)
+    payload = {"float": args.float_tflite, "quant": args.quant_tflite, "n_samples": r.n_samples,
+               "matched": [asdict(d) for d in r.matched], "unmatched": [asdict(u) for u in r.unmatched]}
+    lines = [f"{len(r.matched)} tensors matched on {r.n_samples} samples, {len(r.unmatched)} unmatched"]
+    lines += [f"  {d.quant_dtype:<8} mse {d.mse:10.4g}  max|e| {d.max_abs_error:10.4g}  snr {d.snr_db:7.2f} dB  "
+              f"cos {d.cosine:.6f}{'  const' if d.is_constant else ''}  {d.name}" for d in r.matched]
+    lines += [f"  unmatched ({u.side}): {u.name}: {u.reason}" for u in r.unmatched]
+    _emit(args, _finite(payload), "\n".join(lines))
+    return EXIT_OK
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from qcore.tune import tune
+
+    model = _load_model_arg(args.model)
+    dataset = _load_data_arg(args, model.input_shape)
+    with _open_store(args) as store:
+        r = tune(model, dataset, max_drop=args.max_drop, recipe=args.recipe,
+                 calibration_samples=args.calibration_samples, debug_samples=args.debug_samples, store=store,
+                 out_dir=args.out, progress=_log_progress)
+    chosen = r.chosen
+    payload = {
+        "model": r.model, "max_drop": r.max_drop, "float_accuracy": r.float_accuracy,
+        "target_accuracy": r.target_accuracy, "layers": len(r.ranking), "ranking": list(r.ranking),
+        "tried": [{"denylist": list(t.denylist), "accuracy": t.accuracy, "size_bytes": t.size_bytes,
+                   "passed": t.passed, **({"error": t.error} if t.error else {})} for t in r.tried],
+        "chosen": None if chosen is None else {"denylist": list(chosen.denylist), "accuracy": chosen.accuracy,
+                                               "size_bytes": chosen.size_bytes, "path": chosen.path},
+        "tune_run_id": r.tune_run_id, "chosen_variant_id": r.chosen_variant_id,
+    }
+    lines = [f"{r.model}: float accuracy {r.float_accuracy:.4f}, target {r.target_accuracy:.4f} "
+             f"(at most {r.max_drop:g} points lower); {len(r.ranking)} layers ranked, {len(r.tried)} conversions"]
+    lines += [f"  {len(t.denylist):>3} in float: accuracy {t.accuracy:.4f}  {t.size_bytes} B  "
+              f"{'pass' if t.passed else 'fail'}" + (f"  ({t.error})" if t.error else "") for t in r.tried]
+    if chosen is None:
+        lines.append("  no denylist reaches the target, not even with every ranked layer in float")
+    else:
+        lines.append(f"  chosen: {len(chosen.denylist)} layers in float, accuracy {chosen.accuracy:.4f}, "
+                     f"{chosen.size_bytes} B  {chosen.path}")
+        lines += [f"    {n}" for n in chosen.denylist]
+    _emit(args, _finite(payload), "\n".join(lines))
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- boards (issue 4)
