@@ -405,7 +405,7 @@ class Agent:
         """Runs the runner on `spec` in a child; (result, None) or (None, reason)."""
         spec_path = self._path("uploads", f"{job_id}.spec.json")
         result_path = self._path("uploads", f"{job_id}.result.json")
-        spec = dict(spec, result=result_path)
+        spec = dict(spec, result=result_path, parent_pid=os.getpid())
         with open(spec_path, "w", encoding="utf-8") as f:
             json.dump(spec, f)
         proc = subprocess.Popen(

@@ -111,7 +111,7 @@ class JobStore:
         finished = [r for r in self._jobs.values() if r["status"] in protocol.FINISHED]
         if len(finished) <= self.keep:
             return []
-        finished.sort(key=lambda r: r.get("finished_at") or r.get("created_at") or 0)
+        finished.sort(key=lambda r: r["finished_at"] if r.get("finished_at") is not None else r.get("created_at", 0))
         drop = [r["id"] for r in finished[: len(finished) - self.keep]]
         for job_id in drop:
             del self._jobs[job_id]

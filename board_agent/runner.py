@@ -365,7 +365,7 @@ def infer(spec: dict[str, Any]) -> dict[str, Any]:
 MODES = {"probe": probe, "benchmark": benchmark, "infer": infer}
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent_pid: int | None) -> None:
     """Asks Linux to SIGKILL this child when the agent dies, so a hung model never outlives it."""
     try:
         import ctypes
@@ -375,17 +375,20 @@ def die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
     except (OSError, AttributeError):
         pass  # not Linux: the agent's timeout still bounds the child
+    # the agent may have died between our exec and the prctl: then nobody waits for us
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(3)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Reads the spec, runs its mode, writes {"ok": true, "result"} or {"ok": false, "error"}; exit 0/1."""
     argv = sys.argv[1:] if argv is None else argv
-    die_with_parent()
     if len(argv) != 1:
         print("usage: python -m board_agent.runner SPEC.json", file=sys.stderr)
         return 2
     with open(argv[0], encoding="utf-8") as f:
         spec = json.load(f)
+    die_with_parent(spec.get("parent_pid"))
     try:
         payload: dict[str, Any] = {"ok": True, "result": MODES[spec["mode"]](spec)}
         code = 0

@@ -47,7 +47,7 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("host", "127.0.0.1", "address to listen on; binding beyond loopback requires a token"),
-    Setting("port", protocol.DEFAULT_PORT, "TCP port"),
+    Setting("port", protocol.DEFAULT_PORT, "TCP port (0: any free port, printed at start)"),
     Setting("token_file", "", f"file whose first line is the bearer token (else ${protocol.TOKEN_ENV})"),
     Setting("insecure_no_token", False, "serve without a token (refused unless bound to loopback)"),
     Setting("npu_delegate", protocol.DEFAULT_NPU_DELEGATE, "path of NXP's VX delegate for the npu target"),
@@ -138,7 +138,7 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
 
 def _validated(s: Settings) -> Settings:
     checks = [
-        (1 <= s.port <= 65535, f"port {s.port} is outside 1..65535"),
+        (0 <= s.port <= 65535, f"port {s.port} is outside 0..65535 (0: any free port)"),
         (s.max_model_mb >= 1, f"max_model_mb {s.max_model_mb} must be at least 1"),
         (s.max_inputs_mb >= 1, f"max_inputs_mb {s.max_inputs_mb} must be at least 1"),
         (s.queue >= 1, f"queue {s.queue} must be at least 1"),
