@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import importlib
 import json
 import os
 import threading
@@ -116,9 +117,8 @@ def runner_pids(job_id: str) -> list[int]:
 
 def build_tiny_models() -> dict[str, bytes]:
     """An untrained 8x8 CNN as float32 and full-int8 .tflite, plus a model whose WHILE never ends."""
+    importlib.import_module("qcore")  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
     import numpy as np
-
-    import qcore  # noqa: F401  (Keras 2 for tf_keras)
     import tensorflow as tf
     import tf_keras as keras
 
