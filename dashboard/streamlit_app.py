@@ -29,5 +29,5 @@ PAGES = {
 page = st.navigation(PAGES)
 # a shared link `/?report=<id>` (on any page) opens that report read-only
 if "report" in st.query_params and page.url_path != "reports":
-    st.switch_page(PAGES["Share"][1])
+    st.switch_page(PAGES["Share"][1], query_params={"report": st.query_params["report"]})
 page.run()

@@ -289,10 +289,12 @@ def import_bundle(store: Store, data: bytes) -> str:
             evaluation=_evaluation(host.iloc[0] if len(host) else None, v, confusion.get(str(old))),
         )
         for e in evals[(evals["variant_id"] == old) & (evals["device"] != "host")].itertuples():
-            store.add_evaluation(
-                variant_ids[old], dataset_id, _evaluation(pd.Series(e._asdict()), v, None), device=str(e.device),
-                extra_metrics={"host_agreement": None if pd.isna(e.host_agreement) else float(e.host_agreement)},
-            )
+            board_ev = _evaluation(pd.Series(e._asdict()), v, None)
+            if board_ev is not None:
+                store.add_evaluation(
+                    variant_ids[old], dataset_id, board_ev, device=str(e.device),
+                    extra_metrics={"host_agreement": None if pd.isna(e.host_agreement) else float(e.host_agreement)},
+                )
         for b in f["benchmarks"][f["benchmarks"]["variant_id"] == old].itertuples():
             store.add_benchmark(_latency(b), sha256=str(b.sha256), board=str(b.board), variant_id=variant_ids[old])
     new_content = dict(content)

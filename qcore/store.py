@@ -333,6 +333,8 @@ def _json_default(obj: Any) -> Any:
 def _loads(value: Any) -> Any:
     if value is None or isinstance(value, dict | list):
         return value
+    if isinstance(value, float):  # pandas turns an all-NULL JSON column into NaN
+        return None
     return json.loads(value)
 
 

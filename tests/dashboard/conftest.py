@@ -86,6 +86,25 @@ def plotly_specs(at: AppTest) -> list[dict[str, Any]]:
     return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
 
 
+def values(encoded: Any) -> list[Any]:
+    """A Plotly array from a figure's JSON: plain lists, or numpy's base64 `{"dtype", "bdata"}` form."""
+    if isinstance(encoded, dict) and "bdata" in encoded:
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(encoded["bdata"]), dtype=encoded["dtype"]).tolist()
+    return list(encoded)
+
+
 def texts(at: AppTest, kind: str) -> list[str]:
     """The messages of one element kind (error, warning, info, success, caption, markdown)."""
     return [str(el.value) for el in getattr(at, kind)]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_cache_warnings() -> None:
+    """Job threads clear st.cache_data outside a Streamlit runtime (AppTest has none); that warning is noise."""
+    import logging
+
+    logging.getLogger("streamlit.runtime.caching.cache_data_api").setLevel(logging.ERROR)

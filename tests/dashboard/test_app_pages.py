@@ -1,0 +1,431 @@
+"""Each page's logic through AppTest, against a temporary store: widgets → one call → render."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard.services import reads
+from dashboard.services.lab import Lab
+from qcore import reports
+from qcore.qtyping import JobStatus
+from tests.dashboard.conftest import PAGE_TIMEOUT_S, plotly_specs, run_job, texts, values
+
+APP = Path(__file__).resolve().parents[2] / "dashboard" / "streamlit_app.py"
+
+
+def _no_traceback(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _by_label(widgets, label: str):
+    return next(w for w in widgets if w.label == label)
+
+
+def _variant_id(the_lab: Lab, name: str) -> int:
+    df = the_lab.store.variant_summary()
+    return int(df[df["variant"] == name]["variant_id"].iloc[0])
+
+
+# ---------------------------------------------------------------- overview
+def test_overview_empty_store_says_how_to_start(empty_lab: Lab, page) -> None:
+    at = page("overview")
+    _no_traceback(at)
+    assert any("No converted variant yet" in t for t in texts(at, "info"))
+    assert [m.value for m in at.metric][:2] == ["0", "0"]
+
+
+def test_overview_best_variant_per_model(converted: Lab, page) -> None:
+    at = page("overview")
+    _no_traceback(at)
+    best = at.dataframe[0].value
+    assert best["model"].tolist() == ["demo-digits-cnn"]
+    assert best["most accurate"].iloc[0] in set(converted.store.variant_summary()["variant"])
+    jobs = at.dataframe[1].value
+    assert "demo" in set(jobs["kind"])
+
+
+# ---------------------------------------------------------------- models
+def test_models_upload_model_and_dataset(empty_lab: Lab, page, demo_h5: Path, digits_npz: Path) -> None:
+    at = page("models")
+    at.file_uploader(key="models_model_file").set_value(("demo.h5", demo_h5.read_bytes(), "application/x-hdf5"))
+    at.text_input(key="models_model_name").set_value("my cnn")
+    _by_label(at.button, "Add model").click().run()
+    _no_traceback(at)
+    assert any("model #1 stored" in t for t in texts(at, "success"))
+    at.file_uploader(key="models_data_file").set_value(("digits.npz", digits_npz.read_bytes(), "application/zip"))
+    at.number_input(key="models_data_scale").set_value(0.5)
+    _by_label(at.button, "Add dataset").click().run()
+    _no_traceback(at)
+    assert any("dataset #1 stored" in t for t in texts(at, "success"))
+    assert empty_lab.store.model(1)["name"] == "my cnn"
+    assert empty_lab.store.dataset(1)["input_scale"] == 0.5
+    assert at.dataframe[0].value["name"].tolist() == ["my cnn"]
+
+
+def test_models_garbage_model_shows_error_in_words(empty_lab: Lab, page) -> None:
+    at = page("models")
+    at.file_uploader(key="models_model_file").set_value(("broken.h5", b"not hdf5 at all", "application/x-hdf5"))
+    _by_label(at.button, "Add model").click().run()
+    _no_traceback(at)
+    assert any(t.startswith("could not add broken.h5: broken.h5: cannot read this model") for t in texts(at, "error"))
+    assert empty_lab.store.models().empty
+
+
+def test_models_submit_without_file(empty_lab: Lab, page) -> None:
+    at = page("models")
+    _by_label(at.button, "Add model").click().run()
+    assert "choose a model file first" in texts(at, "error")
+
+
+def test_models_builtin_digits(empty_lab: Lab, page) -> None:
+    at = page("models")
+    _by_label(at.button, "Add built-in digits").click().run()
+    _no_traceback(at)
+    assert empty_lab.store.datasets()["source"].tolist() == ["digits"]
+
+
+# ---------------------------------------------------------------- quantize
+def test_quantize_run_as_job_then_result_table(converted: Lab, page) -> None:
+    at = page("quantize")
+    for name in ("float32", "int8"):
+        at.checkbox(key=f"quantize_recipe_{name}").uncheck()
+    at.checkbox(key="quantize_recipe_dynamic").check()
+    at.checkbox(key="quantize_bench").uncheck()
+    _by_label(at.button, "Run").click().run()
+    _no_traceback(at)
+    job = converted.store.jobs(limit=1)[0]
+    assert job.kind == "convert" and job.params["recipes"] == ["dynamic"]
+    converted.runner.wait(job.id, timeout=300)
+    reads.clear()
+    at.run()
+    _no_traceback(at)
+    assert any(f"job #{job.id} (convert) finished" in t for t in texts(at, "success"))
+    assert at.dataframe[0].value["variant"].tolist() == ["dynamic"]
+
+
+def test_quantize_without_recipes(converted: Lab, page) -> None:
+    at = page("quantize")
+    for name in ("float32", "int8"):
+        at.checkbox(key=f"quantize_recipe_{name}").uncheck()
+    jobs_before = len(converted.store.jobs())
+    _by_label(at.button, "Run").click().run()
+    assert "choose at least one recipe" in texts(at, "error")
+    assert len(converted.store.jobs()) == jobs_before
+
+
+def test_quantize_failed_job_error_in_words(empty_lab: Lab, page, tmp_path: Path) -> None:
+    store = empty_lab.store
+    store.add_model(name="gone", format="h5", sha256="g" * 64, source_path=str(tmp_path / "gone.h5"),
+                    input_shape=[None, 8, 8], output_shape=[None, 10], keras_major=2)
+    from dashboard.services import uploads
+
+    uploads.add_digits(empty_lab, input_scale=1.0, input_offset=0.0)
+    job = run_job(empty_lab, "convert", {"model_id": 1, "dataset_id": 1, "recipes": ["int8"]})
+    assert job.status is JobStatus.FAILED
+    at = page("quantize")
+    _no_traceback(at)
+    assert any(f"gone.h5: no such file or directory" in t and f"job #{job.id}" in t for t in texts(at, "error"))
+
+
+def test_quantize_running_job_seen_by_every_session(empty_lab: Lab, page) -> None:
+    job_id = empty_lab.store.create_job("convert", {"recipes": ["int8"]})
+    empty_lab.store.update_job(job_id, status=JobStatus.RUNNING, progress=0.4, message="converting with int8 (1/1)")
+    first, second = page("quantize"), page("quantize")  # a reload, or a colleague's browser
+    for at in (first, second):
+        _no_traceback(at)
+        bars = at.get("progress")
+        assert len(bars) == 1
+        assert bars[0].proto.value == 40
+        assert f"job #{job_id} (convert): converting with int8 (1/1)" in bars[0].proto.text
+
+
+# ---------------------------------------------------------------- compare
+def test_compare_table_plots_and_confusions(converted: Lab, page) -> None:
+    at = page("compare")
+    _no_traceback(at)
+    table = at.dataframe[0].value
+    assert {"float32", "int8", "uint8"} <= set(table["variant"])
+    specs = plotly_specs(at)
+    names = [{t.get("name") for t in s["data"]} for s in specs]
+    assert "Pareto front" in names[0] and "Pareto front" in names[1]
+    heatmaps = [s for s in specs if s["data"] and s["data"][0]["type"] == "heatmap"]
+    assert len(heatmaps) == len(table[table["status"] == "ok"])
+
+
+def test_compare_without_models(empty_lab: Lab, page) -> None:
+    at = page("compare")
+    _no_traceback(at)
+    assert "No model stored yet." in texts(at, "info")
+
+
+# ---------------------------------------------------------------- debugger
+@pytest.fixture()
+def debugged(converted: Lab) -> Lab:
+    """The converted lab with one debugger run on 20 samples."""
+    job = run_job(converted, "debug", {"model_id": 1, "dataset_id": 1, "recipe": "int8", "debug_samples": 20})
+    assert job.status is JobStatus.DONE, job.error
+    reads.clear()
+    return converted
+
+
+def test_debugger_bars_table_and_preselected_suspects(debugged: Lab, page) -> None:
+    at = page("debugger")
+    _no_traceback(at)
+    bars = plotly_specs(at)[0]
+    assert [t["name"] for t in bars["data"]] == ["range", "rmse/scale"]
+    assert 0.7 in [s.get("y0") for s in bars["layout"]["shapes"]]
+    table = at.dataframe[0].value
+    expected = table[table["rmse_scale"] > 0.7]["tensor_name"].tolist()
+    assert table[table["suspect"]]["tensor_name"].tolist() == expected
+    keep = next(m for m in at.multiselect if m.label.startswith("layers to keep in float"))
+    assert keep.value == expected
+
+
+def test_debugger_threshold_slider_changes_suspects(debugged: Lab, page) -> None:
+    at = page("debugger")
+    at.slider(key="debugger_threshold").set_value(0.0).run()
+    table = at.dataframe[0].value
+    assert table["suspect"].tolist() == (table["rmse_scale"] > 0.0).tolist()
+    keep = next(m for m in at.multiselect if m.label.startswith("layers to keep in float"))
+    assert keep.value == table[table["suspect"]]["tensor_name"].tolist()
+
+
+def test_debugger_keep_float_runs_selective_and_compares_with_int8(debugged: Lab, page) -> None:
+    at = page("debugger")
+    at.number_input(key="debugger_first_k").set_value(1).run()
+    _by_label(at.button, "Run selective quantization").click().run()
+    _no_traceback(at)
+    job = debugged.store.jobs(limit=1, kind="selective")[0]
+    debugged.runner.wait(job.id, timeout=300)
+    assert debugged.store.job(job.id).status is JobStatus.DONE, debugged.store.job(job.id).error
+    reads.clear()
+    at.run()
+    _no_traceback(at)
+    compared = next(df.value for df in at.dataframe if "kept float" in df.value.columns)
+    assert compared["kind"].tolist() == ["ptq", "selective"]
+    assert compared["variant"].iloc[0] == "int8"
+    assert compared["kept float"].iloc[1] >= 1
+
+
+def test_debugger_search_plots_trials(debugged: Lab, page) -> None:
+    at = page("debugger")
+    at.number_input(key="debugger_max_drop").set_value(5.0)
+    _by_label(at.button, "Search").click().run()
+    job = debugged.store.jobs(limit=1, kind="tune")[0]
+    debugged.runner.wait(job.id, timeout=300)
+    assert debugged.store.job(job.id).status is JobStatus.DONE, debugged.store.job(job.id).error
+    reads.clear()
+    at.run()
+    _no_traceback(at)
+    trials = next(s for s in plotly_specs(at) if "conversions tried" in json.dumps(s["layout"].get("title", "")))
+    assert trials["data"]
+
+
+def test_debugger_tensor_comparison(debugged: Lab, page) -> None:
+    at = page("debugger")
+    assert at.selectbox(key="debugger_cmp_float").value == _variant_id(debugged, "float32")
+    assert at.selectbox(key="debugger_cmp_quant").value == _variant_id(debugged, "int8")
+    _by_label(at.button, "Compare tensors").click().run()
+    job = debugged.store.jobs(limit=1, kind="compare_tensors")[0]
+    debugged.runner.wait(job.id, timeout=300)
+    reads.clear()
+    at.run()
+    _no_traceback(at)
+    snr = next(s for s in plotly_specs(at) if "signal-to-noise" in json.dumps(s["layout"].get("title", "")))
+    assert len(values(snr["data"][0]["y"])) >= 2
+
+
+# ---------------------------------------------------------------- inspect
+def test_inspect_int8_is_integer_only(converted: Lab, page) -> None:
+    at = page("inspect")
+    at.selectbox(key="inspect_variant").set_value(_variant_id(converted, "int8")).run()
+    _no_traceback(at)
+    verdict = next(m for m in at.metric if m.label == "verdict")
+    assert verdict.value == "integer-only"
+    tensors = at.dataframe[1].value
+    assert "int8" in set(tensors["dtype"]) and tensors["scale"].str.len().gt(0).any()
+
+
+def test_inspect_float32_lints_float_ops(converted: Lab, page) -> None:
+    at = page("inspect")
+    at.selectbox(key="inspect_variant").set_value(_variant_id(converted, "float32")).run()
+    _no_traceback(at)
+    assert any("float-op" in t for t in texts(at, "error"))
+
+
+# ---------------------------------------------------------------- math
+def test_math_seed_example(empty_lab: Lab, page) -> None:
+    at = page("math")
+    _no_traceback(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["zero point"] == "-64"  # [-2, 6] onto int8 (seed 000)
+    assert metrics["quantized"] == "32"  # 3.0 → 32
+    assert metrics["mean, std_dev"] == "0, 255"  # range (0, 1) (seed 001)
+    assert metrics["min, max"] == "-1, 1"  # mean 127.5, std 127.5
+    assert plotly_specs(at)[0]["data"][0]["line"]["shape"] == "hv"
+
+
+def test_math_min_above_max_shows_error(empty_lab: Lab, page) -> None:
+    at = page("math")
+    at.number_input(key="math_min").set_value(5.0)
+    at.number_input(key="math_max").set_value(1.0).run()
+    _no_traceback(at)
+    assert any(t.startswith("cannot compute") and "min" in t for t in texts(at, "error"))
+
+
+def test_math_zero_std_dev_shows_error(empty_lab: Lab, page) -> None:
+    at = page("math")
+    at.number_input(key="math_std").set_value(0.0).run()
+    _no_traceback(at)
+    assert any("std_dev" in t and "positive" in t for t in texts(at, "error"))
+
+
+# ---------------------------------------------------------------- qat
+@pytest.mark.slow
+def test_qat_train_shows_check_and_curves(converted: Lab, page) -> None:
+    at = page("qat")
+    at.number_input(key="qat_epochs").set_value(2)
+    at.number_input(key="qat_samples").set_value(300)
+    _by_label(at.button, "Train").click().run()
+    _no_traceback(at)
+    job = converted.store.jobs(limit=1, kind="qat")[0]
+    converted.runner.wait(job.id, timeout=600)
+    assert converted.store.job(job.id).status is JobStatus.DONE, converted.store.job(job.id).error
+    reads.clear()
+    at.run()
+    _no_traceback(at)
+    labels = [m.label for m in at.metric]
+    assert labels[:3] == ["float model", "QAT Keras", "QAT TFLite"]
+    curves = plotly_specs(at)[0]
+    assert len(values(curves["data"][0]["x"])) == 2  # one point per epoch
+    assert texts(at, "warning") or any("agree" in t for t in texts(at, "success"))
+
+
+def test_qat_chosen_layers_without_names(converted: Lab, page) -> None:
+    at = page("qat")
+    at.radio(key="qat_scope").set_value("chosen layers")
+    _by_label(at.button, "Train").click().run()
+    assert any("choose at least one layer" in t for t in texts(at, "error"))
+
+
+def test_qat_live_curves_while_training(empty_lab: Lab, page) -> None:
+    from dashboard.services import uploads
+
+    uploads.add_digits(empty_lab, input_scale=1.0, input_offset=0.0)
+    empty_lab.store.add_model(name="m", format="h5", sha256="q" * 64, source_path="/nowhere.h5",
+                              input_shape=[None, 8, 8], output_shape=[None, 10], keras_major=2)
+    job_id = empty_lab.store.create_job("qat", {})
+    history = [{"epoch": 1, "loss": 0.6, "accuracy": 0.8}, {"epoch": 2, "loss": 0.4, "accuracy": 0.88}]
+    empty_lab.store.update_job(job_id, status=JobStatus.RUNNING, progress=0.5, message="QAT epoch 2/4",
+                               result={"history": history, "epochs": 4})
+    at = page("qat")
+    _no_traceback(at)
+    live = plotly_specs(at)[0]
+    assert values(live["data"][0]["y"]) == [0.6, 0.4] and values(live["data"][1]["y"]) == [0.8, 0.88]
+
+
+# ---------------------------------------------------------------- boards
+def test_boards_register_token_never_shown(empty_lab: Lab, page) -> None:
+    at = page("boards")
+    at.text_input(key="boards_add_name").set_value("imx-1")
+    at.text_input(key="boards_add_url").set_value("http://127.0.0.1:9")
+    at.text_input(key="boards_add_token").set_value("s3cret-token-value")
+    _by_label(at.button, "Register").click().run()
+    _no_traceback(at)
+    assert [b.name for b in empty_lab.store.boards()] == ["imx-1"]
+    assert empty_lab.store.board_token("imx-1")[1] == "s3cret-token-value"
+    at = page("boards")  # a fresh session
+    health = at.dataframe[0].value
+    assert health["board"].tolist() == ["imx-1"] and health["token"].tolist() == ["set"]
+    assert not health["reachable"].iloc[0] and "unreachable" in health["error"].iloc[0]
+    everything = json.dumps([str(el.proto) for el in at.main], default=str)
+    assert "s3cret-token-value" not in everything
+
+
+def test_boards_bad_url_shows_error(empty_lab: Lab, page) -> None:
+    at = page("boards")
+    at.text_input(key="boards_add_name").set_value("x")
+    at.text_input(key="boards_add_url").set_value("ftp://board")
+    _by_label(at.button, "Register").click().run()
+    _no_traceback(at)
+    assert any("must start with http:// or https://" in t for t in texts(at, "error"))
+
+
+def test_boards_bench_without_variants(empty_lab: Lab, page) -> None:
+    empty_lab.store.add_board("imx-1", "http://127.0.0.1:9", None)
+    reads.clear()
+    at = page("boards")
+    _by_label(at.button, "Benchmark").click().run()
+    assert any("choose at least one variant" in t for t in texts(at, "error"))
+    assert empty_lab.store.jobs() == []
+
+
+# ---------------------------------------------------------------- reports
+def test_reports_make_then_open_read_only(converted: Lab, page) -> None:
+    at = page("reports")
+    at.text_input(key="reports_title").set_value("int8 is enough")
+    at.text_area(key="reports_notes").set_value("**keep** int8")
+    at.multiselect(key="reports_variants").set_value([_variant_id(converted, "float32"), _variant_id(converted, "int8")])
+    _by_label(at.button, "Make report").click().run()
+    _no_traceback(at)
+    success = next(t for t in texts(at, "success") if t.startswith("report made"))
+    report_id = re.search(r"\?report=([\w-]+)", success).group(1)
+    view = page("reports", query={"report": report_id})
+    _no_traceback(view)
+    assert view.title[0].value == "int8 is enough"
+    assert view.dataframe[0].value["variant"].tolist() == ["float32", "int8"]
+    assert len(plotly_specs(view)) >= 4
+    assert {b.label for b in view.get("download_button")} == {"Download HTML", "Download bundle (.zip)"}
+    assert not view.text_input  # read-only: no form to edit anything
+
+
+def test_reports_unknown_id_in_words(converted: Lab, page) -> None:
+    at = page("reports", query={"report": "nope"})
+    _no_traceback(at)
+    assert any("no report with id 'nope'" in t for t in texts(at, "error"))
+
+
+def test_reports_without_title(converted: Lab, page) -> None:
+    at = page("reports")
+    at.multiselect(key="reports_variants").set_value([_variant_id(converted, "int8")])
+    _by_label(at.button, "Make report").click().run()
+    assert any("a report needs a title" in t for t in texts(at, "error"))
+
+
+def test_reports_import_bundle(converted: Lab, page) -> None:
+    report_id = reports.make_report(converted.store, "to import", "", [_variant_id(converted, "int8")])
+    bundle = reports.export_bundle(converted.store, report_id)
+    at = page("reports")
+    at.file_uploader(key="reports_bundle").set_value(("r.zip", bundle, "application/zip"))
+    _by_label(at.button, "Import").click().run()
+    _no_traceback(at)
+    assert any(t.startswith("imported as") for t in texts(at, "success"))
+
+
+def test_reports_import_garbage(converted: Lab, page) -> None:
+    at = page("reports")
+    at.file_uploader(key="reports_bundle").set_value(("r.zip", b"garbage", "application/zip"))
+    _by_label(at.button, "Import").click().run()
+    _no_traceback(at)
+    assert any("cannot import r.zip: not a qlab report bundle" in t for t in texts(at, "error"))
+
+
+# ---------------------------------------------------------------- the app's navigation
+def test_app_report_link_opens_the_report(converted: Lab) -> None:
+    report_id = reports.make_report(converted.store, "linked", "", [_variant_id(converted, "int8")])
+    at = AppTest.from_file(str(APP), default_timeout=PAGE_TIMEOUT_S)
+    at.query_params["report"] = report_id
+    at.run()
+    _no_traceback(at)
+    assert at.title[0].value == "linked"
+
+
+def test_app_default_page_is_overview(converted: Lab) -> None:
+    at = AppTest.from_file(str(APP), default_timeout=PAGE_TIMEOUT_S).run()
+    _no_traceback(at)
+    assert at.title[0].value == "qlab"
