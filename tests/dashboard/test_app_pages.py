@@ -129,7 +129,7 @@ def test_quantize_failed_job_error_in_words(empty_lab: Lab, page, tmp_path: Path
     assert job.status is JobStatus.FAILED
     at = page("quantize")
     _no_traceback(at)
-    assert any(f"gone.h5: no such file or directory" in t and f"job #{job.id}" in t for t in texts(at, "error"))
+    assert any("gone.h5: no such file or directory" in t and f"job #{job.id}" in t for t in texts(at, "error"))
 
 
 def test_quantize_running_job_seen_by_every_session(empty_lab: Lab, page) -> None:
