@@ -165,6 +165,28 @@ def range_drift(before: dict[str, tuple[np.ndarray, np.ndarray]],
     return worst
 
 
+def pitfall_warnings(keras_accuracy: float, tflite_accuracy: float, drift: float) -> list[str]:
+    """003_*'s pitfall: unsettled moving-average ranges make the converted model worse than the QAT model.
+
+    Returns:
+        A warning, with the advice to train longer, for an accuracy gap of more than a point
+        and for ranges that still moved by more than RANGE_SETTLED of their width.
+    """
+    warnings: list[str] = []
+    if abs(keras_accuracy - tflite_accuracy) > ACCURACY_GAP:
+        warnings.append(
+            f"QAT Keras accuracy {keras_accuracy:.2%} and converted TFLite accuracy {tflite_accuracy:.2%} differ by "
+            f"more than {ACCURACY_GAP * 100:.0f} point: the quantization ranges have not converged; train longer "
+            "(more epochs)"
+        )
+    if drift > RANGE_SETTLED:
+        warnings.append(
+            f"activation ranges still moved by up to {drift:.1%} of their width in the last epoch (settled means "
+            f"below {RANGE_SETTLED:.0%}): train longer (more epochs) before trusting this model"
+        )
+    return warnings
+
+
 def _outputs_are_probabilities(keras_model: Any, x: np.ndarray) -> bool:
     y = np.asarray(keras_model.predict(x[:16], verbose=0), dtype=np.float64)
     return bool(y.size and np.all(y >= 0) and np.all(y <= 1) and np.allclose(y.sum(axis=-1), 1.0, atol=1e-3))
@@ -241,18 +263,7 @@ def run_qat(
     tflite = _convert(qat_model, int_io, dataset.calibration(calibration_samples))
     ev = evaluate_tflite(tflite, dataset, reference)
 
-    warnings: list[str] = []
-    if abs(keras_acc - ev.accuracy) > ACCURACY_GAP:
-        warnings.append(
-            f"QAT Keras accuracy {keras_acc:.2%} and converted TFLite accuracy {ev.accuracy:.2%} differ by more "
-            f"than {ACCURACY_GAP * 100:.0f} point: the quantization ranges have not converged; train longer "
-            "(more epochs)"
-        )
-    if drift > RANGE_SETTLED:
-        warnings.append(
-            f"activation ranges still moved by up to {drift:.1%} of their width in the last epoch (settled means "
-            f"below {RANGE_SETTLED:.0%}): train longer (more epochs) before trusting this model"
-        )
+    warnings = pitfall_warnings(keras_acc, ev.accuracy, drift)
 
     settings: dict[str, Any] = {
         "layers": list(spec), "quantized_layers": quantized, "epochs": epochs, "batch_size": batch_size,

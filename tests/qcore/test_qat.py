@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qcore.qat import build_qat_model, moving_average_ranges, parse_layers, range_drift, run_qat
+from qcore.qat import (
+    build_qat_model,
+    moving_average_ranges,
+    parse_layers,
+    pitfall_warnings,
+    range_drift,
+    run_qat,
+)
 from qcore.qtyping import Dataset, LoadedModel, QatResult, QlabError
 from qcore.store import Store
 
@@ -125,6 +132,23 @@ def test_run_qat_keras3_model(digits: Dataset, tmp_path: Path) -> None:
     r = run_qat(model, digits, epochs=1, train_samples=TRAIN)
     assert set(r.quantized_layers) == {"flat", "hidden", "logits"}
     assert r.tflite_accuracy > 0.6
+
+
+def test_pitfall_warnings_accuracy_gap() -> None:
+    found = pitfall_warnings(0.98, 0.20, 0.0)
+    assert len(found) == 1 and "98.00%" in found[0] and "20.00%" in found[0] and "train longer" in found[0]
+    assert pitfall_warnings(0.98, 0.975, 0.0) == []
+    assert len(pitfall_warnings(0.98, 0.20, 0.5)) == 2
+
+
+def test_compare_tensors_matches_qat_names(whole: tuple[QatResult, list[tuple[float, str]]],
+                                           tiny_tflite: dict[str, bytes], digits: Dataset) -> None:
+    from qcore.tensor_compare import compare_tensors
+
+    r, _ = whole
+    cmp = compare_tensors(tiny_tflite["float32"], Path(r.path), digits.test_inputs()[:4])
+    renamed = [d for d in cmp.matched if d.name != d.quant_name]
+    assert renamed and all("quant_" in d.quant_name and "quant_" not in d.name for d in renamed)
 
 
 def test_range_drift_relative_to_width() -> None:
