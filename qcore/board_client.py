@@ -36,6 +36,10 @@ DEFAULT_JOB_TIMEOUT_S = 900.0
 TARGET_ALL = "all"
 
 
+class BoardUnreachableError(QlabError):
+    """The agent did not answer (connection refused, timeout, DNS): nothing was done or stored."""
+
+
 @dataclass(frozen=True)
 class BoardHealth:
     """A registered board and what its agent says now (or why it did not answer)."""
@@ -102,9 +106,10 @@ class BoardClient:
         try:
             resp = self._session.request(method, url, headers=headers, timeout=self._timeout, **kwargs)
         except requests.exceptions.Timeout:
-            raise QlabError(f"board {self.name} at {self.url} did not answer {method} {path} in time") from None
+            raise BoardUnreachableError(
+                f"board {self.name} at {self.url} did not answer {method} {path} in time") from None
         except requests.exceptions.RequestException as exc:
-            raise QlabError(f"board {self.name} at {self.url} is unreachable: {_reason(exc)}") from None
+            raise BoardUnreachableError(f"board {self.name} at {self.url} is unreachable: {_reason(exc)}") from None
         if resp.status_code >= 400:
             raise QlabError(f"board {self.name} at {self.url}: {method} {path} -> {resp.status_code}: "
                             f"{_error_text(resp)}")
@@ -360,7 +365,7 @@ def bench_on_board(
                                                  threads=threads, profile=profile)
                 result = client.wait(job_id, timeout=timeout)
             except QlabError as exc:
-                if failed is None or "unreachable" in str(exc):
+                if failed is None or isinstance(exc, BoardUnreachableError):
                     raise
                 failed[target] = str(exc)
                 log.warning("%s", exc)
@@ -436,9 +441,9 @@ def accuracy_on_board(
     sha = sha256_bytes(model_bytes)
     vid = variant_id if variant_id is not None else store.variant_id_for_sha(sha)
     io_types = result.get("io", {})
-    note = f"{board}/{target}, {result.get('runtime', {}).get('name', '?')}"
-    if vid is None:
-        note += "; not stored: the model is not a known variant (convert it with qlab first)"
+    runtime = result.get("runtime") or {}
+    note = (f"{board}/{target} on {runtime.get('name', '?')} {runtime.get('version', '')}".rstrip()
+            + f"; max |board - host| output {max_diff:.4g}")
     ev = Evaluation(
         accuracy=metrics.accuracy(board_out, y),
         top5=metrics.top_k(board_out, y, 5),

@@ -449,6 +449,169 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- boards (issue 4)
 def _add_board_commands(sub: argparse._SubParsersAction) -> None:
     """`board add|list|bench|accuracy`."""
+    board = sub.add_parser("board", help="i.MX8M Plus boards running the qlab agent: register, time, evaluate")
+    bsub = board.add_subparsers(dest="board_command", required=True, metavar="ACTION")
+    targets = "npu, cpu, cpu-plain or all (all skips unavailable targets with a note)"
+
+    p = bsub.add_parser("add", help="register (or re-point) a board; the token is stored, never printed")
+    p.add_argument("name")
+    p.add_argument("url", help="the agent's URL, e.g. http://imx8mp.local:8765")
+    p.add_argument("--token-file", help="file whose first line is the agent's token")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_board_add)
+
+    p = bsub.add_parser("list", help="registered boards with their live health")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_board_list)
+
+    p = bsub.add_parser("bench", help="time a .tflite on a board's NPU and CPU; stored beside host timings")
+    p.add_argument("name")
+    p.add_argument("tflite")
+    p.add_argument("--target", default="all", help=targets + " (default all)")
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--profile", action="store_true", help="per-op profile with the board's benchmark_model")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_board_bench)
+
+    p = bsub.add_parser("accuracy", help="accuracy of a .tflite on a board, and its agreement with this host")
+    p.add_argument("name")
+    p.add_argument("tflite")
+    p.add_argument("--data", required=True, help="a .npz (x_train, y_train, x_test, y_test), image folder/.zip, or 'digits'")
+    p.add_argument("--target", default="all", help=targets + " (default all)")
+    p.add_argument("--threads", type=int, default=1)
+    _add_preprocessing(p)
+    _add_common(p)
+    p.set_defaults(handler=_cmd_board_accuracy)
+
+
+def _board_targets(value: str) -> str | list[str]:
+    return value if value == "all" else [t.strip() for t in value.split(",") if t.strip()]
+
+
+def _cmd_board_add(args: argparse.Namespace) -> int:
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, IndexError, UnicodeDecodeError) as exc:
+            raise QlabError(f"cannot read a token from {args.token_file}: {exc}") from None
+        if not token:
+            raise QlabError(f"token file {args.token_file} is empty")
+    with _open_store(args) as store:
+        store.add_board(args.name, args.url, token)
+        url, _ = store.board_token(args.name)
+    note = "token stored" if token else "no token"
+    _emit(args, {"name": args.name, "url": url, "has_token": token is not None}, f"board {args.name} -> {url} ({note})")
+    return EXIT_OK
+
+
+def _cmd_board_list(args: argparse.Namespace) -> int:
+    from qcore.board_client import board_health
+
+    with _open_store(args) as store:
+        rows = board_health(store)
+    payload, lines = [], []
+    for r in rows:
+        b = r.board
+        entry: dict[str, Any] = {"name": b.name, "url": b.url, "has_token": b.has_token, "reachable": r.reachable}
+        if r.reachable and r.health is not None:
+            rt = r.health.get("runtime") or {}
+            entry.update(health=r.health)
+            avail = r.available_targets()
+            missing = [f"{t}: {i.get('reason', '?')}" for t, i in r.health.get("targets", {}).items()
+                       if not i.get("available")]
+            lines.append(f"{b.name:<12} {b.url:<32} ok  {rt.get('name')} {rt.get('version')}  "
+                         f"targets {', '.join(avail) or 'none'}  queue {r.health.get('queue_depth', '?')}"
+                         + (f"  (unavailable: {'; '.join(missing)})" if missing else ""))
+        else:
+            entry.update(error=r.error)
+            lines.append(f"{b.name:<12} {b.url:<32} UNREACHABLE  {r.error}")
+        payload.append(entry)
+    _emit(args, {"boards": payload}, "\n".join(lines) if lines else "no boards; add one with `qlab board add NAME URL`")
+    return EXIT_OK
+
+
+def _cmd_board_bench(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from qcore.board_client import bench_on_board
+    from qcore.store import sha256_bytes
+
+    model = _read_tflite(args.tflite)
+    skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    with _open_store(args) as store:
+        results = bench_on_board(
+            store, args.name, model, _board_targets(args.target), runs=args.runs, warmup=args.warmup,
+            threads=args.threads, profile=args.profile, progress=_log_progress, failed=failed, skipped=skipped,
+        )
+        variant_id = store.variant_id_for_sha(sha256_bytes(model))
+    lines = [f"{args.tflite} on board {args.name}: {args.threads} thread(s), {args.runs} runs",
+             f"  {'target':<10}{'init ms':>10}{'first ms':>10}{'min':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'std':>8}"
+             f"{'RSS MB':>8}  ops on delegate / cpu"]
+    for lat in results:
+        ops = lat.extra.get("ops") or {}
+        where = (f"{len(ops.get('delegated', []))} / {len(ops.get('cpu', []))}" if ops.get("known")
+                 else "unknown")
+        cache = lat.extra.get("cache")
+        if cache:
+            where += f"  graph cache {'warm' if cache.get('warm') else 'cold'}"
+        lines.append(f"  {lat.target:<10}{lat.init_ms:>10.3f}{lat.first_ms:>10.3f}{lat.min_ms:>9.3f}{lat.p50_ms:>9.3f}"
+                     f"{lat.p90_ms:>9.3f}{lat.p99_ms:>9.3f}{lat.std_ms:>8.3f}"
+                     f"{lat.extra.get('peak_rss_mb', float('nan')):>8.1f}  {where}")
+        prof = lat.extra.get("profile") or {}
+        if args.profile:
+            if prof.get("available"):
+                top = sorted(prof.get("ops", []), key=lambda o: -o.get("avg_ms", 0))[:5]
+                lines += [f"      {o.get('avg_ms', 0):8.3f} ms  {o.get('node_type')}  {o.get('name', '')}" for o in top]
+            else:
+                lines.append(f"      profile not available: {prof.get('reason', '?')}")
+    lines += [f"  skipped {t}: {why}" for t, why in skipped.items()]
+    lines += [f"  failed {t}: {why}" for t, why in failed.items()]
+    lines.append(f"  stored {len(results)} timing(s)" + (f" for variant {variant_id}" if variant_id else ""))
+    payload = {"board": args.name, "model": args.tflite, "sha256": sha256_bytes(model), "variant_id": variant_id,
+               "results": [asdict(lat) for lat in results], "skipped": skipped, "failed": failed}
+    _emit(args, payload, "\n".join(lines))
+    # 1 = some targets failed on the board (the others are stored)
+    return 1 if failed else EXIT_OK
+
+
+def _cmd_board_accuracy(args: argparse.Namespace) -> int:
+    from qcore.board_client import accuracy_on_board, client_for, resolve_targets
+    from qcore.litert_io import make_interpreter
+    from qcore.store import sha256_bytes
+
+    model = _read_tflite(args.tflite)
+    shape = tuple(int(d) for d in make_interpreter(model).get_input_details()[0]["shape"])
+    dataset = _load_data_arg(args, (None, *shape[1:]))
+    with _open_store(args) as store:
+        client = client_for(store, args.name)
+        try:
+            chosen, skipped = resolve_targets(client.health(), _board_targets(args.target))
+        finally:
+            client.close()
+        variant_id = store.variant_id_for_sha(sha256_bytes(model))
+        rows = []
+        for target in chosen:
+            ev, host_agreement = accuracy_on_board(store, args.name, model, dataset, target, threads=args.threads,
+                                                   progress=_log_progress)
+            rows.append((target, ev, host_agreement))
+    lines = [f"{args.tflite} on board {args.name}, {len(dataset.y_test)} test samples of {dataset.name}"]
+    lines += [f"  {t:<10} accuracy {ev.accuracy:.4f}  top-5 {ev.top5:.4f}  agreement with host {agree:.4f}  ({ev.note})"
+              for t, ev, agree in rows]
+    lines += [f"  skipped {t}: {why}" for t, why in skipped.items()]
+    lines.append(f"  stored as evaluations of variant {variant_id}" if variant_id
+                 else "  not stored: this .tflite is not a known variant (make it with `qlab convert`)")
+    payload = {
+        "board": args.name, "model": args.tflite, "variant_id": variant_id, "skipped": skipped,
+        "results": [{"target": t, "device": f"board:{args.name}/{t}", "accuracy": ev.accuracy, "top5": ev.top5,
+                     "host_agreement": agree, "n_samples": ev.n_samples, "note": ev.note,
+                     "confusion": [list(r) for r in ev.confusion]} for t, ev, agree in rows],
+    }
+    _emit(args, payload, "\n".join(lines))
+    return EXIT_OK
 
 
 @contextlib.contextmanager
