@@ -22,6 +22,7 @@ import board_agent
 from board_agent import protocol
 from board_agent.__main__ import is_loopback, main, read_token
 from board_agent.settings import defaults
+from board_agent.settings import parse as parse_settings
 from tests.board_agent.harness import runner_pids
 
 AGENT_DIR = Path(board_agent.__file__).parent
@@ -180,3 +181,13 @@ def test_copied_folder_serves_and_restart_fails_running_job(board_copy: Path, cl
     finally:
         second.stop()
     assert second.proc.returncode == 0
+
+
+def test_service_unit_execstart_flags_parse() -> None:
+    unit = (AGENT_DIR / "qlab-board-agent.service").read_text()
+    line = unit.split("ExecStart=", 1)[1].split("\n\n")[0]
+    argv = line.replace("\\\n", " ").split("\n")[0].split()
+    assert argv[:3] == ["/usr/bin/python3", "-m", "board_agent"]
+    settings = parse_settings(argv[3:], env={})
+    assert (settings.host, settings.port, settings.workdir) == ("0.0.0.0", 8765, "/var/lib/qlab-board-agent")
+    assert settings.token_file == "/etc/qlab-board-agent/token"
