@@ -191,3 +191,35 @@ def test_service_unit_execstart_flags_parse() -> None:
     settings = parse_settings(argv[3:], env={})
     assert (settings.host, settings.port, settings.workdir) == ("0.0.0.0", 8765, "/var/lib/qlab-board-agent")
     assert settings.token_file == "/etc/qlab-board-agent/token"
+
+
+def _python310() -> str | None:
+    """A Python 3.10 interpreter on this machine, if any (the oldest the board images ship)."""
+    import glob
+
+    for candidate in [shutil.which("python3.10"), *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3.10")))]:
+        if candidate and subprocess.run([candidate, "--version"], capture_output=True, check=False).returncode == 0:
+            return candidate
+    return None
+
+
+@pytest.mark.skipif(_python310() is None, reason="no Python 3.10 interpreter here")
+def test_copied_folder_serves_on_python_310(board_copy: Path, clean_env: dict[str, str], tmp_path: Path) -> None:
+    python = _python310()
+    assert python is not None
+    proc = subprocess.Popen([python, "-m", "board_agent", "--port", "0", "--insecure-no-token", "--workdir",
+                             str(tmp_path / "w")], cwd=board_copy, env=clean_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening on http://"), proc.stderr.read() if proc.stderr else line
+        with urllib.request.urlopen(line.split()[-1] + protocol.HEALTH, timeout=10) as resp:
+            health = json.loads(resp.read())
+        assert health["status"] == "ok" and health["python"].startswith("3.10")
+        # without a runtime installed for 3.10 every target says why; with one, cpu is available
+        assert health["targets"]["cpu"]["available"] or "no TFLite runtime" in health["targets"]["cpu"]["reason"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    assert proc.returncode == 0
