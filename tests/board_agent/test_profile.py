@@ -10,19 +10,20 @@ import pytest
 
 from board_agent import profile
 
-DATA = Path(__file__).parent / "data"
+# sample outputs of benchmark_model (not under data/, which .gitignore keeps out)
+SAMPLES = Path(__file__).parent / "samples"
 
 
 @pytest.fixture()
 def npu_text() -> str:
     """benchmark_model on the i.MX8M Plus with the VX delegate (tab layout, [start] column, one CPU fallback)."""
-    return (DATA / "benchmark_model_npu.txt").read_text()
+    return (SAMPLES / "benchmark_model_npu.txt").read_text()
 
 
 @pytest.fixture()
 def xnnpack_text() -> str:
     """A newer benchmark_model with XNNPACK (space-aligned layout, no [start] column)."""
-    return (DATA / "benchmark_model_xnnpack.txt").read_text()
+    return (SAMPLES / "benchmark_model_xnnpack.txt").read_text()
 
 
 def test_parse_op_profile_npu_reads_steady_state_run_order(npu_text: str) -> None:
