@@ -7,6 +7,7 @@ runtime takes only this process down; the agent reports it and keeps serving.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -24,37 +25,35 @@ class RunnerError(Exception):
 
 
 # ---------------------------------------------------------------------- runtime discovery
+# (name shown to users, module holding Interpreter / load_delegate / OpResolverType, distribution name),
+# in the order the agent tries them: LiteRT, then NXP Yocto's tflite_runtime, then full TensorFlow
+RUNTIMES: tuple[tuple[str, str, str], ...] = (
+    ("ai_edge_litert", "ai_edge_litert.interpreter", "ai-edge-litert"),
+    ("tflite_runtime", "tflite_runtime.interpreter", "tflite-runtime"),
+    ("tensorflow.lite", "tensorflow.lite.python.interpreter", "tensorflow"),
+)
+
+
 class Runtime:
-    """The first TFLite runtime found: ai_edge_litert, then tflite_runtime, then tensorflow.lite."""
+    """The first TFLite runtime found among RUNTIMES."""
 
     def __init__(self) -> None:
         errors: list[str] = []
-        try:
-            from ai_edge_litert import interpreter as mod
-
-            self.name, self.module = "ai_edge_litert", mod
-            self.version = _dist_version("ai-edge-litert") or getattr(sys.modules.get("ai_edge_litert"),
-                                                                      "__version__", "?")
-        except ImportError as exc:
-            errors.append(f"ai_edge_litert: {exc}")
+        for name, module_name, dist in RUNTIMES:
             try:
-                import tflite_runtime.interpreter as mod  # type: ignore[import-not-found,no-redef]
-
-                self.name, self.module = "tflite_runtime", mod
-                self.version = _dist_version("tflite-runtime") or getattr(
-                    sys.modules.get("tflite_runtime"), "__version__", "?")
-            except ImportError as exc2:
-                errors.append(f"tflite_runtime: {exc2}")
-                try:
-                    import tensorflow as tf  # type: ignore[import-untyped]
-                except ImportError as exc3:
-                    errors.append(f"tensorflow: {exc3}")
-                    raise RunnerError("no TFLite runtime: " + "; ".join(errors)) from None
-                self.name, self.module = "tensorflow.lite", _TfLiteShim(tf)
-                self.version = str(tf.__version__)
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                errors.append(f"{name}: {exc}")
+                continue
+            self.name, self.module = name, module
+            top = sys.modules.get(module_name.split(".")[0])
+            self.version = _dist_version(dist) or str(getattr(top, "__version__", "?"))
+            break
+        else:
+            raise RunnerError("no TFLite runtime: " + "; ".join(errors))
         self.Interpreter = self.module.Interpreter
         self.load_delegate = getattr(self.module, "load_delegate", None)
-        # tflite_runtime and tf.lite keep the enum in the interpreter module too, when they have it
+        # every runtime keeps the resolver enum in its interpreter module, when it has one at all
         self.OpResolverType = getattr(self.module, "OpResolverType", None)
 
     def describe(self) -> dict[str, str]:
@@ -85,15 +84,6 @@ class Runtime:
             return self.Interpreter(**kwargs), delegate
         except (ValueError, RuntimeError) as exc:
             raise RunnerError(f"{self.name} cannot load the model: {_first_line(exc)}") from None
-
-
-class _TfLiteShim:
-    """tensorflow.lite laid out like the interpreter modules of the two lighter runtimes."""
-
-    def __init__(self, tf: Any) -> None:
-        self.Interpreter = tf.lite.Interpreter
-        self.load_delegate = tf.lite.experimental.load_delegate
-        self.OpResolverType = getattr(tf.lite.experimental, "OpResolverType", None)
 
 
 def _dist_version(dist: str) -> str | None:
