@@ -41,8 +41,15 @@ def show(report_id: str) -> None:
     if not drift.empty:
         st.subheader("On-board accuracy")
         st.dataframe(drift, hide_index=True, width="stretch")
-    for i, (_caption, fig) in enumerate(report_view.figures(content)):
-        st.plotly_chart(fig, key=f"reports_fig_{i}")
+    figures = report_view.figures(content)
+    for i, (caption, fig) in enumerate(figures):
+        if not caption.startswith("Confusion"):
+            st.plotly_chart(fig, key=f"reports_fig_{i}")
+    cols = st.columns(3)  # the confusions as small multiples, three to a row
+    confusions = [(i, fig) for i, (caption, fig) in enumerate(figures) if caption.startswith("Confusion")]
+    for n, (i, fig) in enumerate(confusions):
+        with cols[n % 3]:
+            st.plotly_chart(fig, key=f"reports_fig_{i}")
     c1, c2 = st.columns(2)
     c1.download_button("Download HTML", data=lambda: report_view.html(report), file_name=f"qlab-report-{report_id}.html",
                        mime="text/html", key="reports_dl_html", on_click="ignore", icon=":material/download:")

@@ -27,8 +27,9 @@ def latency_bars(bench: pd.DataFrame) -> go.Figure:
     if "board" not in data:
         data["board"] = ""
     data["_series"] = data["target"].astype(str)
-    if data["board"].nunique() > 1:
-        data["_series"] = data["board"].astype(str) + " · " + data["target"].astype(str)
+    if data["board"].nunique() > 1:  # name the board, except for this host's own timings
+        data["_series"] = [t if b in ("host", "") else f"{b} · {t}"
+                           for b, t in zip(data["board"].astype(str), data["target"].astype(str), strict=True)]
     data = data.drop_duplicates(subset=["label", "_series"], keep="first")
     fig = make_subplots(rows=1, cols=2, subplot_titles=("steady state p50 (ms)", "first inference (ms)"))
     order = {t: i for i, t in enumerate(TARGET_ORDER)}
@@ -55,4 +56,4 @@ def _fmt(v: object) -> str:
         f = float(v)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return ""
-    return "" if f != f else f"{f:.2f}"
+    return "" if f != f else f"{f:.3g}"

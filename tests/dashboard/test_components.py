@@ -185,3 +185,11 @@ def test_mapping_plot_staircase_and_marked_value() -> None:
 def test_mapping_plot_rejects_empty_table() -> None:
     with pytest.raises(ValueError, match="empty"):
         mapping_plot(pd.DataFrame())
+
+
+def test_latency_bars_names_boards_but_not_the_host() -> None:
+    bench = pd.DataFrame({"label": ["v", "v"], "board": ["host", "imx"], "target": ["host", "npu"],
+                          "p50_ms": [2.0, 0.0007], "first_ms": [2.5, 900.0]})
+    fig = latency_bars(bench)
+    assert [t.name for t in fig.data][::2] == ["imx · npu", "host"]
+    assert list(fig.data[0].text) == ["0.0007"]  # tiny timings keep their digits
