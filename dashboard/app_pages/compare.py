@@ -9,6 +9,9 @@ from dashboard.components.confusion import confusion_heatmap
 from dashboard.components.tradeoff import size_bars, tradeoff_scatter
 from dashboard.services import reads, tables
 
+# heatmaps are the slow part of this page; more than this many are unreadable anyway
+MAX_CONFUSIONS = 12
+
 st.title("Compare")
 lab = ui.current()
 
@@ -21,8 +24,9 @@ model_ids = st.multiselect("models", list(names), default=list(names)[:1], forma
                            key="compare_models")
 all_variants = reads.variants(lab.db_key, model_ids=tuple(model_ids))
 options = ui.variant_options(all_variants, ok_only=False)
+# keyed by the model set: adding a model selects its variants too
 variant_ids = st.multiselect("variants", list(options), default=list(options), format_func=options.__getitem__,
-                             key="compare_variants")
+                             key=f"compare_variants_{'-'.join(map(str, sorted(model_ids)))}")
 df = all_variants[all_variants["variant_id"].isin(variant_ids)]
 if df.empty:
     st.info("Choose at least one variant (run recipes on the Quantize page first).", icon=":material/info:")
@@ -41,9 +45,12 @@ right.toggle("board latency instead of host", key="compare_board_latency",
 st.plotly_chart(size_bars(ok), key="compare_size_bars")
 
 st.subheader("Confusion matrices")
-matrices = reads.confusions(lab.db_key, tuple(int(v) for v in ok["variant_id"]))
+shown = ok.head(MAX_CONFUSIONS)
+if len(ok) > len(shown):
+    st.caption(f"the first {len(shown)} of {len(ok)} variants; choose fewer variants to see the others")
+matrices = reads.confusions(lab.db_key, tuple(int(v) for v in shown["variant_id"]))
 cols = st.columns(3)
-for i, row in enumerate(ok.itertuples()):
+for i, row in enumerate(shown.itertuples()):
     with cols[i % 3]:
         st.plotly_chart(confusion_heatmap(matrices.get(int(row.variant_id)), f"{row.model} / {row.variant}"),
                         key=f"compare_confusion_{row.variant_id}")

@@ -42,28 +42,30 @@ def compare_table(df: pd.DataFrame) -> pd.DataFrame:
 def best_per_model(df: pd.DataFrame) -> pd.DataFrame:
     """Per model: the most accurate variant, the smallest, and the fastest on this host.
 
-    Ties on accuracy go to the smaller file; failed variants never win.
+    Ties on accuracy go to the smaller file; failed variants never win. Vectorised: the
+    overview runs this over every variant of the store.
     """
     cols = ["model_id", "model", "variants", "most accurate", "accuracy", "smallest", "size (KiB)",
             "fastest (host)", "host p50 (ms)"]
     ok = df[df["status"] == "ok"] if not df.empty else df
     if ok.empty:
         return pd.DataFrame(columns=cols)
-    rows = []
-    for (model_id, model), part in ok.groupby(["model_id", "model"], sort=False):
-        acc = part.dropna(subset=["accuracy"]).sort_values(["accuracy", "size_bytes"], ascending=[False, True])
-        small = part.dropna(subset=["size_bytes"]).sort_values("size_bytes")
-        fast = part.dropna(subset=["host_p50_ms"]).sort_values("host_p50_ms")
-        rows.append({
-            "model_id": int(model_id), "model": model, "variants": len(part),
-            "most accurate": acc["variant"].iloc[0] if len(acc) else None,
-            "accuracy": round(float(acc["accuracy"].iloc[0]), 4) if len(acc) else None,
-            "smallest": small["variant"].iloc[0] if len(small) else None,
-            "size (KiB)": round(float(small["size_bytes"].iloc[0]) / 1024, 1) if len(small) else None,
-            "fastest (host)": fast["variant"].iloc[0] if len(fast) else None,
-            "host p50 (ms)": round(float(fast["host_p50_ms"].iloc[0]), 4) if len(fast) else None,
-        })
-    return pd.DataFrame(rows, columns=cols)
+
+    def first(by: list[str], ascending: list[bool], value: str, name: str, out: str) -> pd.DataFrame:
+        ranked = ok.dropna(subset=[by[0]]).sort_values(by, ascending=ascending, kind="stable")
+        top = ranked.drop_duplicates("model_id")[["model_id", "variant", value]]
+        return top.rename(columns={"variant": name, value: out})
+
+    out = ok.groupby(["model_id", "model"], sort=False).size().rename("variants").reset_index()
+    for part in (first(["accuracy", "size_bytes"], [False, True], "accuracy", "most accurate", "accuracy"),
+                 first(["size_bytes"], [True], "size_bytes", "smallest", "size (KiB)"),
+                 first(["host_p50_ms"], [True], "host_p50_ms", "fastest (host)", "host p50 (ms)")):
+        out = out.merge(part, on="model_id", how="left")
+    out["accuracy"] = out["accuracy"].astype(float).round(4)
+    out["size (KiB)"] = (out["size (KiB)"].astype(float) / 1024).round(1)
+    out["host p50 (ms)"] = out["host p50 (ms)"].astype(float).round(4)
+    out["fastest (host)"] = out["fastest (host)"].astype(object).where(out["fastest (host)"].notna(), None)
+    return out[cols]
 
 
 def jobs_table(jobs: Sequence[Job]) -> pd.DataFrame:
