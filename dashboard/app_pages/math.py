@@ -8,6 +8,9 @@ from dashboard import ui
 from dashboard.components.qmath import mapping_plot
 from qcore import qmath
 
+# enough points that every integer step of an 8-bit range shows in the staircase and its error
+MAPPING_POINTS = 4001
+
 st.title("Quantization math")
 st.caption("real = scale · (q − zero_point). TFLite widens the range to include 0 and rounds the zero "
            "point so that 0.0 is exact.")
@@ -35,7 +38,7 @@ with ui.guard("cannot compute"):
     v2.metric("dequantized", f"{back:.8g}")
     v3.metric("error", f"{back - value:.3g}")
 
-    st.plotly_chart(mapping_plot(qmath.mapping_table(lo, hi, qmin, qmax, n=401), marked=(value, q, back)),
+    st.plotly_chart(mapping_plot(qmath.mapping_table(lo, hi, qmin, qmax, n=MAPPING_POINTS), marked=(value, q, back)),
                     key="math_mapping")
 
 st.subheader("tflite_convert's mean / std_dev")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from dashboard.components.style import NORMAL_COLOR, SUSPECT_COLOR
 
@@ -21,30 +22,34 @@ def mapping_plot(table: pd.DataFrame, marked: tuple[float, int, float] | None = 
     scale = float(table.attrs.get("scale", float("nan")))
     zero_point = table.attrs.get("zero_point")
     qmin, qmax = table.attrs.get("qmin"), table.attrs.get("qmax")
-    fig = go.Figure()
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.06)
     fig.add_trace(
         go.Scatter(x=table["real"], y=table["quantized"], mode="lines", name="q(x)",
                    line={"shape": "hv", "color": NORMAL_COLOR},
-                   hovertemplate="x %{x:.4g} → q %{y}<extra></extra>")
+                   hovertemplate="x %{x:.4g} → q %{y}<extra></extra>"),
+        row=1, col=1,
     )
     fig.add_trace(
         go.Scatter(x=table["real"], y=table["error"], mode="lines", name="error (dequantized − x)",
-                   line={"color": "#E8710A", "width": 1}, yaxis="y2",
-                   hovertemplate="x %{x:.4g}: error %{y:.3g}<extra></extra>")
+                   line={"color": "#E8710A", "width": 1},
+                   hovertemplate="x %{x:.4g}: error %{y:.3g}<extra></extra>"),
+        row=2, col=1,
     )
     if zero_point is not None:
-        fig.add_hline(y=zero_point, line_dash="dot", line_color="#5F6368",
+        fig.add_hline(y=zero_point, line_dash="dot", line_color="#5F6368", row=1, col=1,
                       annotation_text=f"zero point {zero_point}", annotation_position="top left")
     if marked is not None:
         x, q, back = marked
         fig.add_trace(
             go.Scatter(x=[x], y=[q], mode="markers+text", marker={"size": 12, "color": SUSPECT_COLOR},
-                       text=[f"{x:g} → {q} → {back:.6g}"], textposition="top left", name="value")
+                       text=[f"{x:g} → {q} → {back:.6g}"], textposition="top left", name="value"),
+            row=1, col=1,
         )
     fig.update_layout(
         title=f"float → integer (scale {scale:.6g}, zero point {zero_point})",
-        xaxis_title="float x", yaxis_title=f"integer q in [{qmin}, {qmax}]",
-        yaxis2={"title": "error", "overlaying": "y", "side": "right", "showgrid": False},
-        height=360, legend={"orientation": "h", "y": -0.25}, margin={"t": 50, "l": 60, "r": 60, "b": 50},
+        height=400, showlegend=False, margin={"t": 50, "l": 60, "r": 20, "b": 40},
     )
+    fig.update_yaxes(title_text=f"q in [{qmin}, {qmax}]", row=1, col=1)
+    fig.update_yaxes(title_text="error", row=2, col=1)
+    fig.update_xaxes(title_text="float x", row=2, col=1)
     return fig

@@ -429,3 +429,22 @@ def test_app_default_page_is_overview(converted: Lab) -> None:
     at = AppTest.from_file(str(APP), default_timeout=PAGE_TIMEOUT_S).run()
     _no_traceback(at)
     assert at.title[0].value == "qlab"
+
+
+def test_quantize_data_that_does_not_fit_the_model(converted: Lab, page, tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+
+    from dashboard.services import uploads
+
+    buf = io.BytesIO()
+    np.savez(buf, x_train=np.zeros((4, 4, 4), np.float32), y_train=np.zeros(4, np.int64),
+             x_test=np.zeros((2, 4, 4), np.float32), y_test=np.zeros(2, np.int64))
+    dataset_id = uploads.add_dataset(converted, "small.npz", buf.getvalue(), input_scale=1.0, input_offset=0.0)
+    job = run_job(converted, "convert", {"model_id": 1, "dataset_id": dataset_id, "recipes": ["int8"]})
+    assert job.status is JobStatus.FAILED
+    at = page("quantize")
+    _no_traceback(at)
+    shown = " ".join(texts(at, "error"))
+    assert f"job #{job.id} (convert) failed" in shown and "(8, 8)" in shown and "(4, 4)" in shown

@@ -151,3 +151,13 @@ def test_add_digits_registers_once_per_preprocessing(empty_lab: Lab) -> None:
     b = uploads.add_digits(empty_lab, input_scale=1.0, input_offset=0.0)
     c = uploads.add_digits(empty_lab, input_scale=2.0, input_offset=0.0)
     assert a == b != c
+
+
+def test_add_model_keras3_file(empty_lab: Lab, tmp_path: Path) -> None:
+    import keras  # Keras 3, beside tf_keras
+
+    model = keras.Sequential([keras.Input((8, 8)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    path = tmp_path / "k3.keras"
+    model.save(path)
+    row = empty_lab.store.model(uploads.add_model(empty_lab, "k3.keras", path.read_bytes()))
+    assert (row["format"], row["keras_major"]) == ("keras", 3)
