@@ -19,8 +19,8 @@ def health_table(health: Sequence[BoardHealth]) -> pd.DataFrame:
     for h in health:
         info = h.health or {}
         targets = info.get("targets", {})
-        row = {"board": h.board.name, "url": h.board.url, "token": "set" if h.board.has_token else "none",
-               "reachable": h.reachable}
+        row: dict[str, object] = {"board": h.board.name, "url": h.board.url,
+                                  "token": "set" if h.board.has_token else "none", "reachable": h.reachable}
         runtime = info.get("runtime")
         row["runtime"] = (f"{runtime.get('name', '')} {runtime.get('version', '')}".strip()
                           if isinstance(runtime, dict) else (runtime or ""))
