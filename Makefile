@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test dashboard lint bench clean
+.PHONY: setup test dashboard lint bench screenshots clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ dashboard: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check qcore board_agent dashboard tests bench
 	$(BIN)/mypy qcore board_agent
+
+# refresh the README's screenshots from a real browser run of the e2e tests
+screenshots: $(STAMP)
+	QLAB_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/e2e
 
 bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done

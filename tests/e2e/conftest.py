@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +24,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 # the server imports Streamlit and starts the board agent before it answers
 SERVER_START_TIMEOUT_S = 90
-SCREENSHOTS = REPO / "docs" / "screenshots"
+# `make screenshots` points this at docs/screenshots; a plain test run must not rewrite committed files
+SCREENSHOTS = Path(os.environ.get("QLAB_SCREENSHOTS") or Path(tempfile.gettempdir()) / "qlab-e2e-screenshots")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -2,7 +2,7 @@
 
 upload a model and an .npz → run recipes to completion → compare (the plot) → debugger with a
 selective quantization → a CPU benchmark on the local agent → a report opened by its link in a
-second browser context → the HTML export. Screenshots of the main pages go to docs/screenshots/.
+second browser context → the HTML export. Screenshots of the main pages go to $QLAB_SCREENSHOTS (`make screenshots`: docs/screenshots/).
 """
 
 from __future__ import annotations
