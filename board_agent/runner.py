@@ -218,6 +218,18 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 2)
 
 
+def _open(rt: Runtime, spec: dict[str, Any]) -> tuple[Any, Any, float]:
+    """(allocated interpreter, delegate or None, init_ms: creation plus allocation) for a job's target."""
+    target = str(spec["target"])
+    t0 = time.perf_counter()
+    it, delegate = rt.make(spec["model"], target, int(spec["threads"]), str(spec.get("delegate", "")))
+    try:
+        it.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise RunnerError(f"allocate_tensors failed on {target}: {_first_line(exc)}") from None
+    return it, delegate, (time.perf_counter() - t0) * 1e3
+
+
 def benchmark(spec: dict[str, Any]) -> dict[str, Any]:
     """Times one model on one target: init, first invoke, then steady-state statistics."""
     import numpy as np
@@ -225,13 +237,7 @@ def benchmark(spec: dict[str, Any]) -> dict[str, Any]:
     rt = Runtime()
     target, threads = str(spec["target"]), int(spec["threads"])
     runs, warmup = int(spec["runs"]), int(spec["warmup"])
-    t0 = time.perf_counter()
-    it, delegate = rt.make(spec["model"], target, threads, str(spec.get("delegate", "")))
-    try:
-        it.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        raise RunnerError(f"allocate_tensors failed on {target}: {_first_line(exc)}") from None
-    init_ms = (time.perf_counter() - t0) * 1e3
+    it, delegate, init_ms = _open(rt, spec)
     _fill_inputs(it)
     invoke = it.invoke
     # the NPU compiles the graph on the first invoke; keep it out of the steady-state figures
@@ -280,13 +286,7 @@ def infer(spec: dict[str, Any]) -> dict[str, Any]:
 
     rt = Runtime()
     target, threads = str(spec["target"]), int(spec["threads"])
-    t0 = time.perf_counter()
-    it, delegate = rt.make(spec["model"], target, threads, str(spec.get("delegate", "")))
-    try:
-        it.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        raise RunnerError(f"allocate_tensors failed on {target}: {_first_line(exc)}") from None
-    init_ms = (time.perf_counter() - t0) * 1e3
+    it, delegate, init_ms = _open(rt, spec)
     ins, outs = it.get_input_details(), it.get_output_details()
     with np.load(spec["inputs"], allow_pickle=False) as z:
         keys = ([protocol.SINGLE_INPUT_KEY] if len(ins) == 1 and protocol.SINGLE_INPUT_KEY in z.files

@@ -26,17 +26,11 @@ Handler = Callable[[argparse.Namespace], int]
 def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
     """Prints JSON with --json, else the human text."""
     if getattr(args, "json", False):
-        print(json.dumps(payload, indent=2, default=_json_default))
+        from qcore.store import json_default
+
+        print(json.dumps(payload, indent=2, default=json_default))
     else:
         print(text)
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    return str(obj)
 
 
 def _open_store(args: argparse.Namespace) -> Any:

@@ -170,8 +170,11 @@ def model_sha256(model: LoadedModel) -> str:
     return h.hexdigest()
 
 
-def register(store: Store, model: LoadedModel, dataset: Dataset) -> tuple[int, int]:
-    """Records the model and dataset (idempotent).
+def register(
+    store: Store, model: LoadedModel, dataset: Dataset, reference: np.ndarray | None = None
+) -> tuple[int, int]:
+    """Records the model and dataset (idempotent), and with `reference` (the float model's test outputs)
+    the float accuracy every variant of this pair is compared with.
 
     Returns:
         (model_id, dataset_id).
@@ -195,6 +198,11 @@ def register(store: Store, model: LoadedModel, dataset: Dataset) -> tuple[int, i
         n_test=len(dataset.x_test),
         num_classes=dataset.num_classes,
     )
+    if reference is not None:
+        store.set_reference(
+            model_id, dataset_id, metrics.accuracy(reference, dataset.y_test),
+            metrics.top_k(reference, dataset.y_test), len(dataset.y_test),
+        )
     return model_id, dataset_id
 
 
@@ -232,10 +240,7 @@ def convert_and_evaluate(
     float_acc = metrics.accuracy(reference, dataset.y_test)
     model_id = dataset_id = None
     if store is not None:
-        model_id, dataset_id = register(store, model, dataset)
-        store.set_reference(
-            model_id, dataset_id, float_acc, metrics.top_k(reference, dataset.y_test), len(dataset.y_test)
-        )
+        model_id, dataset_id = register(store, model, dataset, reference)
     out = Path(out_dir) if out_dir else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

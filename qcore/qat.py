@@ -278,9 +278,7 @@ def run_qat(
         path = str(out)
     variant_id = None
     if store is not None:
-        model_id, dataset_id = qconvert.register(store, model, dataset)
-        store.set_reference(model_id, dataset_id, float_acc, metrics.top_k(reference, dataset.y_test),
-                            len(dataset.y_test))
+        model_id, dataset_id = qconvert.register(store, model, dataset, reference)
         name = "qat" + ("" if spec == ("all",) else "-" + "+".join(spec)) + ("-int-io" if int_io else "")
         variant_id = store.save_variant(
             model_id=model_id, dataset_id=dataset_id, name=name, kind=VariantKind.QAT,

@@ -319,10 +319,11 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, default=_json_default)
+    return None if value is None else json.dumps(value, default=json_default)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """json.dumps fallback for numpy arrays and scalars (and anything else, as text)."""
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if hasattr(obj, "item"):

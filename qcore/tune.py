@@ -178,9 +178,7 @@ def tune(
     variant_id = run_id = None
     model_id = dataset_id = None
     if store is not None:
-        model_id, dataset_id = qconvert.register(store, model, dataset)
-        store.set_reference(model_id, dataset_id, float_acc, metrics.top_k(reference, dataset.y_test),
-                            len(dataset.y_test))
+        model_id, dataset_id = qconvert.register(store, model, dataset, reference)
     if best is not None:
         tflite, ev = models[best]
         step = next(s for s in steps if s.k == best)
