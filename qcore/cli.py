@@ -107,13 +107,9 @@ def _load_data_arg(args: argparse.Namespace, input_shape: Any = None) -> Any:
 
 
 def _read_tflite(path: str) -> bytes:
-    p = Path(path)
-    if not p.is_file():
-        raise QlabError(f"{p}: no such file")
-    data = p.read_bytes()
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise QlabError(f"{p}: not a TFLite model (no TFL3 identifier)")
-    return data
+    from qcore.litert_io import read_tflite
+
+    return read_tflite(path)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:

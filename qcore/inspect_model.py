@@ -6,11 +6,11 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ai_edge_litert import schema_py_generated as schema
 
+from qcore.litert_io import read_tflite
 from qcore.qtyping import Inspection, LintFinding, OpInfo, QlabError, TensorInfo
 
 log = logging.getLogger(__name__)
@@ -67,19 +67,9 @@ def inspect(model: bytes | bytearray | str | os.PathLike[str]) -> Inspection:
         data, path, label = bytes(model), "", "model"
     else:
         path = label = str(model)
-        data = _read_file(Path(model))
+        # the parser explains a bad identifier in more detail than the reader would
+        data = read_tflite(model, check_identifier=False)
     return _parse(data, path, label)
-
-
-def _read_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise QlabError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise QlabError(f"{path}: is a directory, not a .tflite file") from None
-    except OSError as exc:
-        raise QlabError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def _bad(label: str, reason: str) -> QlabError:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,8 +14,32 @@ from qcore.qtyping import QlabError
 
 log = logging.getLogger(__name__)
 
+# a TFLite flatbuffer carries this file identifier at bytes 4..8
+TFLITE_IDENTIFIER = b"TFL3"
+
 # big enough to amortize invoke overhead, small enough to keep activations in cache-sized chunks
 DEFAULT_BATCH = 256
+
+
+def read_tflite(path: str | os.PathLike[str], *, check_identifier: bool = True) -> bytes:
+    """Reads a .tflite file.
+
+    Raises:
+        QlabError: naming the path when it is missing, a directory, unreadable, or (with
+            check_identifier) lacks the TFL3 identifier.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise QlabError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise QlabError(f"{p}: is a directory, not a .tflite file") from None
+    except OSError as exc:
+        raise QlabError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    if check_identifier and data[4:8] != TFLITE_IDENTIFIER:
+        raise QlabError(f"{p}: not a TFLite model (no TFL3 identifier)")
+    return data
 
 
 def make_interpreter(

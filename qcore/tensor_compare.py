@@ -60,12 +60,7 @@ def _load(model: bytes | str | Path) -> tuple[bytes, str]:
     if isinstance(model, bytes | bytearray):
         return bytes(model), "<bytes>"
     path = Path(model)
-    if not path.is_file():
-        raise QlabError(f"{path}: no such .tflite file")
-    data = path.read_bytes()
-    # a flatbuffer's file identifier sits at bytes 4..8
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise QlabError(f"{path}: not a TFLite model (no TFL3 identifier)")
+    data = litert_io.read_tflite(path)
     return data, str(path)
 
 
