@@ -484,7 +484,8 @@ def _collection(kind: str) -> str:
 def _reason(exc: BaseException) -> str:
     """The innermost useful line of a requests/urllib3 error (e.g. 'Connection refused')."""
     text = str(exc)
-    for marker in ("Errno", "Name or service not known", "Connection refused", "timed out"):
+    # the plain phrases first; a bare errno keeps its opening bracket ("[Errno 113] No route to host")
+    for marker in ("Connection refused", "Name or service not known", "timed out", "[Errno", "Errno"):
         idx = text.find(marker)
         if idx >= 0:
             return text[idx:].split("'))")[0].rstrip(")'\"")
