@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from qcore import metrics
+from qcore import defaults, metrics
 from qcore.data import check_fits, dataset_sha256
 from qcore.evaluate import evaluate_tflite
 from qcore.models import file_sha256, predict
@@ -31,7 +31,7 @@ from qcore.store import Store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CALIBRATION = 100
+DEFAULT_CALIBRATION = defaults.CALIBRATION_SAMPLES
 
 # how the converter names an op it cannot quantize or has no kernel for
 _OP_PATTERNS = (

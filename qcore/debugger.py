@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from qcore import convert as qconvert
-from qcore import litert_io
+from qcore import defaults, litert_io
 from qcore.data import check_fits
 from qcore.evaluate import evaluate_tflite
 from qcore.keras_bridge import check_scope_names
@@ -37,9 +37,9 @@ from qcore.store import Store, sha256_bytes
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CALIBRATION = 100
-DEFAULT_DEBUG_SAMPLES = 100
-DEFAULT_RECIPE = "int8-fallback"
+DEFAULT_CALIBRATION = defaults.CALIBRATION_SAMPLES
+DEFAULT_DEBUG_SAMPLES = defaults.DEBUG_SAMPLES
+DEFAULT_RECIPE = defaults.DEBUG_RECIPE
 # 004_*: rmse/scale of a well-quantized tensor is 1/sqrt(12) ≈ 0.289; well above it is suspect
 DEFAULT_THRESHOLD = 0.7
 # 004_*'s "range": an int8 tensor spans 255 steps of its scale

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from qcore import convert as qconvert
-from qcore import keras_bridge, metrics
+from qcore import defaults, keras_bridge, metrics
 from qcore.data import check_fits
 from qcore.evaluate import evaluate_tflite
 from qcore.qtyping import (
@@ -28,11 +28,10 @@ from qcore.store import Store, sha256_bytes
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EPOCHS = 3
-DEFAULT_BATCH = 32
-# fine-tuning a trained model: a tenth of Adam's usual 1e-3 keeps it from forgetting
-DEFAULT_LEARNING_RATE = 1e-4
-DEFAULT_CALIBRATION = 100
+DEFAULT_EPOCHS = defaults.QAT_EPOCHS
+DEFAULT_BATCH = defaults.QAT_BATCH
+DEFAULT_LEARNING_RATE = defaults.QAT_LEARNING_RATE
+DEFAULT_CALIBRATION = defaults.CALIBRATION_SAMPLES
 # 003_*: Keras and TFLite accuracy of a settled QAT model agree; more than a point apart means not settled
 ACCURACY_GAP = 0.01
 # a moving-average range that still moves by more than 2% of its width per epoch has not settled

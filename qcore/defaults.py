@@ -1,0 +1,22 @@
+"""Defaults written once: the engine, the job contract, the pages and the CLI all read them from here."""
+
+from __future__ import annotations
+
+# calibration: the first N training samples, batch 1 (the converter's representative dataset)
+CALIBRATION_SAMPLES = 100
+# the debugger's per-layer statistics run on the first M test samples
+DEBUG_SAMPLES = 100
+# the debugger needs float fallback to explain a model with ops that have no int8 kernel
+DEBUG_RECIPE = "int8-fallback"
+# the float-layer search's default accuracy budget, in points
+TUNE_MAX_DROP = 0.5
+# tensor comparison: a few test samples are enough to rank tensors
+COMPARE_SAMPLES = 20
+# host and board timing: enough runs for a stable p50 of a small model
+BENCH_RUNS = 50
+BENCH_WARMUP = 5
+# QAT fine-tuning
+QAT_EPOCHS = 3
+QAT_BATCH = 32
+# fine-tuning a trained model: a tenth of Adam's usual 1e-3 keeps it from forgetting
+QAT_LEARNING_RATE = 1e-4

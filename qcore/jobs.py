@@ -1,0 +1,329 @@
+"""The job contract: a `JobKind` per job, one frozen params dataclass per kind, and one JSON serializer.
+
+The dashboard, the API and the CLI build the same params objects; `qcore.tasks` runs them on a worker
+and `qcore.job_runner` hands them to Dask. Defaults come from `qcore.defaults`, written once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qcore import defaults
+from qcore.qtyping import QlabError
+
+
+class JobKind(enum.StrEnum):
+    """Every kind of background job a lab runs."""
+
+    DEMO = "demo"
+    ADD_MODEL = "add_model"
+    CONVERT = "convert"
+    HOST_BENCH = "host_bench"
+    DEBUG = "debug"
+    SELECTIVE = "selective"
+    TUNE = "tune"
+    COMPARE_TENSORS = "compare_tensors"
+    QAT = "qat"
+    BOARD_BENCH = "board_bench"
+    BOARD_ACCURACY = "board_accuracy"
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    """First start: train the demo CNN on digits and convert it with these recipes."""
+
+    recipes: str = "all"
+
+
+@dataclass(frozen=True)
+class AddModelParams:
+    """Loads an uploaded model on a worker and records its summary (layers, shapes) in the store."""
+
+    model_id: int
+
+
+@dataclass(frozen=True)
+class ConvertParams:
+    """Converts a stored model with post-training recipes, evaluates each variant, times it on the host."""
+
+    model_id: int
+    dataset_id: int
+    recipes: tuple[str, ...] = ("all",)
+    calibration_samples: int = defaults.CALIBRATION_SAMPLES
+    bench: bool = True
+
+
+@dataclass(frozen=True)
+class HostBenchParams:
+    """Times stored variants on a worker's CPU with LiteRT."""
+
+    variant_ids: tuple[int, ...]
+    runs: int = defaults.BENCH_RUNS
+    warmup: int = defaults.BENCH_WARMUP
+    threads: int = 1
+    xnnpack: bool = True
+
+
+@dataclass(frozen=True)
+class DebugParams:
+    """TFLite's QuantizationDebugger per layer."""
+
+    model_id: int
+    dataset_id: int
+    recipe: str = defaults.DEBUG_RECIPE
+    calibration_samples: int = defaults.CALIBRATION_SAMPLES
+    debug_samples: int = defaults.DEBUG_SAMPLES
+    extra_metrics: tuple[str, ...] = ()
+    whole_model: bool = False
+
+
+@dataclass(frozen=True)
+class SelectiveParams:
+    """Keeps the named layers (or op types) in float; compares with the plain recipe."""
+
+    model_id: int
+    dataset_id: int
+    recipe: str = defaults.DEBUG_RECIPE
+    denylisted_nodes: tuple[str, ...] = ()
+    denylisted_ops: tuple[str, ...] = ()
+    calibration_samples: int = defaults.CALIBRATION_SAMPLES
+    debug_samples: int = defaults.DEBUG_SAMPLES
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    """Searches for the fewest float layers that keep accuracy within `max_drop` points."""
+
+    model_id: int
+    dataset_id: int
+    max_drop: float = defaults.TUNE_MAX_DROP
+    recipe: str = defaults.DEBUG_RECIPE
+    calibration_samples: int = defaults.CALIBRATION_SAMPLES
+    debug_samples: int = defaults.DEBUG_SAMPLES
+
+
+@dataclass(frozen=True)
+class CompareTensorsParams:
+    """Compares every matching tensor of two stored variants on a few test samples."""
+
+    float_variant_id: int
+    quant_variant_id: int
+    samples: int = defaults.COMPARE_SAMPLES
+
+
+@dataclass(frozen=True)
+class QatParams:
+    """Quantization-aware training; `gpu` sends it to a worker started with `--resources GPU=1`."""
+
+    model_id: int
+    dataset_id: int
+    layers: tuple[str, ...] = ("all",)
+    epochs: int = defaults.QAT_EPOCHS
+    batch_size: int = defaults.QAT_BATCH
+    learning_rate: float = defaults.QAT_LEARNING_RATE
+    train_samples: int = 0
+    int_io: bool = False
+    calibration_samples: int = defaults.CALIBRATION_SAMPLES
+    gpu: bool = False
+
+
+@dataclass(frozen=True)
+class BoardBenchParams:
+    """Times stored variants on a registered board, one target after the other."""
+
+    board: str
+    variant_ids: tuple[int, ...]
+    targets: tuple[str, ...] = ("cpu",)
+    runs: int = defaults.BENCH_RUNS
+    warmup: int = defaults.BENCH_WARMUP
+    threads: int = 1
+    profile: bool = False
+
+
+@dataclass(frozen=True)
+class BoardAccuracyParams:
+    """Runs each variant's test split on a registered board."""
+
+    board: str
+    variant_ids: tuple[int, ...]
+    target: str = "cpu"
+    threads: int = 1
+
+
+PARAMS: dict[JobKind, type] = {
+    JobKind.DEMO: DemoParams,
+    JobKind.ADD_MODEL: AddModelParams,
+    JobKind.CONVERT: ConvertParams,
+    JobKind.HOST_BENCH: HostBenchParams,
+    JobKind.DEBUG: DebugParams,
+    JobKind.SELECTIVE: SelectiveParams,
+    JobKind.TUNE: TuneParams,
+    JobKind.COMPARE_TENSORS: CompareTensorsParams,
+    JobKind.QAT: QatParams,
+    JobKind.BOARD_BENCH: BoardBenchParams,
+    JobKind.BOARD_ACCURACY: BoardAccuracyParams,
+}
+
+
+def job_kind(kind: str | JobKind) -> JobKind:
+    """The JobKind of a name.
+
+    Raises:
+        QlabError: for an unknown kind, listing the known ones.
+    """
+    try:
+        return JobKind(str(kind))
+    except ValueError:
+        raise QlabError(f"unknown job kind {kind!r}; known: {', '.join(k.value for k in JobKind)}") from None
+
+
+def _coerce(kind: JobKind, name: str, hint: Any, value: Any) -> Any:
+    """One field's JSON value as its declared type, or a QlabError naming the field."""
+    origin = typing.get_origin(hint)
+    bad = QlabError(f"job {kind.value}: field {name!r} must be {_type_name(hint)}, got {value!r}")
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        if isinstance(value, str):  # "int8,uint8" and a single name are both lists of one or more
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise bad
+        return tuple(_coerce(kind, name, item, v) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(kind, name, inner[0], value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
+            raise bad
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+            raise bad
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, str(hint))
+
+
+def parse_params(kind: str | JobKind, values: Mapping[str, Any] | None) -> Any:
+    """The params dataclass of a kind from JSON-like values (the page, the API and the CLI all use this).
+
+    Raises:
+        QlabError: for an unknown kind, an unknown or missing field, or a value of the wrong type,
+            each naming the kind and field.
+    """
+    k = job_kind(kind)
+    if dataclasses.is_dataclass(values) and not isinstance(values, type):
+        if isinstance(values, PARAMS[k]):
+            return values
+        values = dataclasses.asdict(values)
+    cls = PARAMS[k]
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    given = dict(values or {})
+    unknown = sorted(set(given) - set(fields))
+    if unknown:
+        raise QlabError(f"job {k.value}: unknown field {unknown[0]!r}; fields: {', '.join(fields)}")
+    out: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in given:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise QlabError(f"job {k.value}: field {name!r} is required")
+            continue
+        out[name] = _coerce(k, name, hints[name], given[name])
+    return cls(**out)
+
+
+def params_json(params: Any) -> dict[str, Any]:
+    """A params dataclass as the JSON object stored in the jobs table."""
+    return json.loads(to_json(dataclasses.asdict(params)))
+
+
+def json_default(obj: Any) -> Any:
+    """`json.dumps` fallback for what results hold: numpy values, dataclasses, enums, paths, bytes."""
+    import numpy as np
+
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, bytes):
+        return f"<{len(obj)} bytes>"
+    if isinstance(obj, set | frozenset):
+        return sorted(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, *, indent: int | None = None) -> str:
+    """The one serializer of results: the CLI's `--json`, job results and the API all print this.
+
+    NaN and infinities become null, so every document is strict JSON.
+    """
+    plain = json.loads(json.dumps(obj, default=json_default))
+    return json.dumps(_finite(plain), indent=indent, allow_nan=False)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the owner hands a worker: the kind, its params, and the bytes the job reads.
+
+    The bytes travel through Dask itself (never a path on the server's disk), so a worker
+    on another machine runs the job the same way.
+    """
+
+    job_id: int
+    kind: JobKind
+    params: Any
+    # role → file name → bytes: "model" (the Keras file or a zipped SavedModel), "data", "variant:<id>"
+    files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    # rows the job reads: "model", "dataset", "variant:<id>", "board:<name>" → dict
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    blob_dir: str = ""
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """The Dask worker resources this job needs (QAT marked for a GPU asks for GPU=1)."""
+        return {"GPU": 1} if getattr(self.params, "gpu", False) else {}
