@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,7 @@ def convert_and_evaluate(
     out_dir: str | Path | None = None,
     calibration_samples: int = DEFAULT_CALIBRATION,
     progress: Progress = no_progress,
+    on_variant: Callable[[ConvertedVariant], None] | None = None,
 ) -> ConvertReport:
     """Converts with every recipe, evaluates each variant, and stores each in one transaction.
 
@@ -227,6 +229,7 @@ def convert_and_evaluate(
         out_dir: also write `<out_dir>/<recipe>.tflite`.
         calibration_samples: the first N training samples calibrate integer recipes.
         progress: called after each step.
+        on_variant: called with each recipe's outcome as soon as it is stored (pages show rows as they land).
 
     Raises:
         QlabError: when the data does not fit the model, or calibration_samples < 1.
@@ -252,6 +255,8 @@ def convert_and_evaluate(
             _one_recipe(model, dataset, recipe, calibration, reference, store, model_id, dataset_id, out,
                         calibration_samples)
         )
+        if on_variant is not None:
+            on_variant(results[-1])
     progress(1.0, "done")
     return ConvertReport(model.name, float_acc, tuple(results), model_id, dataset_id)
 

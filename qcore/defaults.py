@@ -20,3 +20,6 @@ QAT_EPOCHS = 3
 QAT_BATCH = 32
 # fine-tuning a trained model: a tenth of Adam's usual 1e-3 keeps it from forgetting
 QAT_LEARNING_RATE = 1e-4
+# host timing right after a conversion: enough runs for a stable p50 of a small model
+HOST_BENCH_RUNS = 30
+HOST_BENCH_WARMUP = 3

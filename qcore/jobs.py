@@ -280,6 +280,8 @@ def json_default(obj: Any) -> Any:
         return obj.value
     if isinstance(obj, Path):
         return str(obj)
+    if hasattr(obj, "isoformat"):  # datetime, date, pandas Timestamp
+        return obj.isoformat()
     if isinstance(obj, bytes):
         return f"<{len(obj)} bytes>"
     if isinstance(obj, set | frozenset):

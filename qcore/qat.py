@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,7 @@ def run_qat(
     store: Store | None = None,
     out: str | Path | None = None,
     progress: Progress = no_progress,
+    on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> QatResult:
     """Quantization-aware training: fine-tune with fake quantization, convert, evaluate, store.
 
@@ -221,6 +222,7 @@ def run_qat(
         store: where to record the variant, its per-epoch history and evaluation; None for a dry run.
         out: also write the .tflite here.
         progress: called after every epoch and step.
+        on_epoch: called after every epoch with (epoch, epochs, its metrics), for live curves.
 
     Returns:
         Accuracies (float model, QAT Keras model, converted TFLite), the per-epoch history, the
@@ -253,7 +255,8 @@ def run_qat(
     if model.keras_major >= 3 or keras_bridge.is_keras3(base):
         base = keras_bridge.to_tf_keras(model, check_inputs=x_test[:8])
     qat_model, quantized = build_qat_model(base, spec)
-    history, drift = _fine_tune(qat_model, base, x_train, y_train, epochs, batch_size, learning_rate, progress)
+    history, drift = _fine_tune(qat_model, base, x_train, y_train, epochs, batch_size, learning_rate, progress,
+                                on_epoch)
 
     progress(0.8, "evaluating and converting the QAT model")
     reference = qconvert.keras_predict(model, x_test)
@@ -316,6 +319,7 @@ def _fine_tune(
     batch_size: int,
     learning_rate: float,
     progress: Progress,
+    on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> tuple[list[dict[str, float]], float]:
     """Trains the QAT model; returns the per-epoch history and the last epoch's range drift."""
     import tf_keras
@@ -342,6 +346,8 @@ def _fine_tune(
             history.append({"loss": float(logs.get("loss", float("nan"))),
                             "accuracy": float(logs.get("accuracy", float("nan"))),
                             "range_drift": drift[0]})
+            if on_epoch is not None:
+                on_epoch(epoch + 1, epochs, dict(history[-1]))
             progress(0.05 + 0.75 * (epoch + 1) / epochs,
                      f"QAT epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}, "
                      f"accuracy {history[-1]['accuracy']:.3f}")

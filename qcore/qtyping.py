@@ -22,6 +22,7 @@ class JobStatus(enum.StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class VariantStatus(enum.StrEnum):
@@ -271,6 +272,13 @@ class Job:
     error: str
     created_at: str
     updated_at: str
+    # the Dask worker that ran it (address and host name), and when it started and ended
+    worker: str = ""
+    worker_host: str = ""
+    started_at: str = ""
+    finished_at: str = ""
+    # structured progress the worker published while it ran (QAT's epochs, each recipe's row)
+    live: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------- QAT, debugger, tensor comparison, search

@@ -291,11 +291,41 @@ LEFT JOIN reference_runs r ON r.model_id = v.model_id AND r.dataset_id = v.datas
 LEFT JOIN v_eval_wide e ON e.variant_id = v.id AND e.device = 'host';
 """
 
+# jobs run on Dask workers: a cancelled state, which worker ran each job, when it started and ended,
+# and the structured progress a worker publishes (QAT's epochs, each recipe's row); models keep a
+# summary (layers, parameters) a worker recorded, so pages never load a model
+SCHEMA_0004 = """
+CREATE TABLE jobs_0004 (
+    id          BIGINT PRIMARY KEY DEFAULT nextval('seq_jobs'),
+    kind        VARCHAR NOT NULL,
+    status      VARCHAR NOT NULL CONSTRAINT job_status_known
+                CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+    progress    DOUBLE NOT NULL DEFAULT 0 CONSTRAINT job_progress_fraction CHECK (progress BETWEEN 0 AND 1),
+    message     VARCHAR NOT NULL DEFAULT '',
+    params      JSON,
+    result      JSON,
+    error       VARCHAR NOT NULL DEFAULT '',
+    created_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    updated_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    worker      VARCHAR NOT NULL DEFAULT '',
+    worker_host VARCHAR NOT NULL DEFAULT '',
+    started_at  TIMESTAMP,
+    finished_at TIMESTAMP,
+    live        JSON
+);
+INSERT INTO jobs_0004 (id, kind, status, progress, message, params, result, error, created_at, updated_at)
+    SELECT id, kind, status, progress, message, params, result, error, created_at, updated_at FROM jobs;
+DROP TABLE jobs;
+ALTER TABLE jobs_0004 RENAME TO jobs;
+ALTER TABLE models ADD COLUMN summary JSON;
+"""
+
 # Numbered migrations; tests assert this list. Append only, never edit an applied one.
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0001_initial", SCHEMA_0001),
     ("0002_qat_debugger_tune", SCHEMA_0002),
     ("0003_boards_reports", SCHEMA_0003),
+    ("0004_jobs_on_workers", SCHEMA_0004),
 )
 
 LOCK_MARKERS = ("lock", "Conflicting lock", "being used by another process")
@@ -369,6 +399,7 @@ class Store:
         except duckdb.Error as exc:
             raise QlabError(f"cannot open database {self.path}: {exc}") from None
         self._lock = threading.RLock()
+        self._tx = threading.local()
         self.migrate()
 
     # ------------------------------------------------------------------ plumbing
@@ -383,10 +414,19 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A cursor inside BEGIN/COMMIT; rolls back on any exception."""
+        """A cursor inside BEGIN/COMMIT; rolls back on any exception.
+
+        Nested calls on the same thread join the outer transaction, so a job's results
+        (`qcore.journal.replay`) are written all or nothing by the same methods that write one row.
+        """
         with self._lock:
+            outer = getattr(self._tx, "cursor", None)
+            if outer is not None:
+                yield outer
+                return
             cur = self._con.cursor()
             cur.execute("BEGIN TRANSACTION")
+            self._tx.cursor = cur
             try:
                 yield cur
                 cur.execute("COMMIT")
@@ -394,22 +434,30 @@ class Store:
                 cur.execute("ROLLBACK")
                 raise
             finally:
+                self._tx.cursor = None
                 cur.close()
+
+    @contextmanager
+    def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The open transaction's cursor on this thread (so reads see its rows), else a fresh one."""
+        outer = getattr(self._tx, "cursor", None)
+        if outer is not None:
+            yield outer
+            return
+        cur = self._con.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
         """A read as a DataFrame, on its own cursor (safe from any thread)."""
-        cur = self._con.cursor()
-        try:
+        with self._reader() as cur:
             return cur.execute(sql, params or []).df()
-        finally:
-            cur.close()
 
     def _one(self, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
-        cur = self._con.cursor()
-        try:
+        with self._reader() as cur:
             return cur.execute(sql, params or []).fetchone()
-        finally:
-            cur.close()
 
     def migrate(self) -> list[str]:
         """Applies the migrations not yet recorded; returns the names applied now."""
@@ -872,26 +920,52 @@ class Store:
         message: str | None = None,
         result: dict[str, Any] | None = None,
         error: str | None = None,
-    ) -> None:
+        worker: str | None = None,
+        worker_host: str | None = None,
+        live: dict[str, Any] | None = None,
+        only_active: bool = False,
+    ) -> bool:
+        """Updates a job row; returns False when nothing changed.
+
+        Args:
+            only_active: change the row only while it is queued or running, so a late progress
+                event never reopens a job that already ended (failed, cancelled, done).
+        """
         sets: list[str] = ["updated_at = current_timestamp"]
         params: list[Any] = []
         if status is not None:
             sets.append("status = ?")
             params.append(str(status))
+            if status == JobStatus.RUNNING:
+                sets.append("started_at = coalesce(started_at, current_timestamp)")
+            elif status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED):
+                sets.append("finished_at = current_timestamp")
         if progress is not None:
             sets.append("progress = ?")
             params.append(min(1.0, max(0.0, float(progress))))
-        if message is not None:
-            sets.append("message = ?")
-            params.append(message)
-        if result is not None:
-            sets.append("result = ?")
-            params.append(_json(result))
-        if error is not None:
-            sets.append("error = ?")
-            params.append(error)
+        for column, value in (("message", message), ("error", error), ("worker", worker),
+                              ("worker_host", worker_host)):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                params.append(value)
+        for column, obj in (("result", result), ("live", live)):
+            if obj is not None:
+                sets.append(f"{column} = ?")
+                params.append(_json(obj))
+        where = " WHERE id = ?" + (" AND status IN ('queued', 'running')" if only_active else "")
         with self.transaction() as cur:
-            cur.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", [*params, job_id])
+            got = cur.execute(f"UPDATE jobs SET {', '.join(sets)}{where} RETURNING id", [*params, job_id]).fetchall()
+        return bool(got)
+
+    def set_model_summary(self, model_id: int, summary: dict[str, Any]) -> None:
+        """Records what a worker read of a model (layers, parameters, shapes) for pages to show."""
+        with self.transaction() as cur:
+            cur.execute("UPDATE models SET summary = ? WHERE id = ?", [_json(summary), model_id])
+
+    def model_summary(self, model_id: int) -> dict[str, Any] | None:
+        """A model's recorded summary, or None when no worker has read it yet."""
+        row = self._one("SELECT summary FROM models WHERE id = ?", [model_id])
+        return None if row is None else _loads(row[0])
 
     def job(self, job_id: int) -> Job:
         df = self.query("SELECT * FROM jobs WHERE id = ?", [job_id])
@@ -899,11 +973,14 @@ class Store:
             raise QlabError(f"no job with id {job_id}")
         return _job_from_row(dict(df.iloc[0]))
 
-    def jobs(self, limit: int = 50, kind: str | None = None) -> list[Job]:
-        sql, params = "SELECT * FROM jobs", []
+    def jobs(self, limit: int = 50, kind: str | None = None, active: bool = False) -> list[Job]:
+        """The newest jobs first; `active` keeps only queued and running ones."""
+        sql, params = "SELECT * FROM jobs WHERE 1=1", []
         if kind:
-            sql += " WHERE kind = ?"
+            sql += " AND kind = ?"
             params.append(kind)
+        if active:
+            sql += " AND status IN ('queued', 'running')"
         df = self.query(sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
         return [_job_from_row(dict(r)) for _, r in df.iterrows()]
 
@@ -911,8 +988,8 @@ class Store:
         """Marks queued/running jobs failed; called once when the owner process starts."""
         with self.transaction() as cur:
             got = cur.execute(
-                "UPDATE jobs SET status = 'failed', error = ?, updated_at = current_timestamp"
-                " WHERE status IN ('queued', 'running') RETURNING id",
+                "UPDATE jobs SET status = 'failed', error = ?, updated_at = current_timestamp,"
+                " finished_at = current_timestamp WHERE status IN ('queued', 'running') RETURNING id",
                 [reason],
             ).fetchall()
         return len(got)
@@ -954,4 +1031,13 @@ def _job_from_row(r: dict[str, Any]) -> Job:
         error=str(r["error"] or ""),
         created_at=str(r["created_at"]),
         updated_at=str(r["updated_at"]),
+        worker=str(r.get("worker") or ""),
+        worker_host=str(r.get("worker_host") or ""),
+        started_at=_text(r.get("started_at")),
+        finished_at=_text(r.get("finished_at")),
+        live=_loads(r.get("live")),
     )
+
+
+def _text(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and value != value) or str(value) == "NaT" else str(value)
