@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard.services import reads
+from dashboard.services import reads, tables
 from dashboard.services.jobs import ACTIVE
 from dashboard.services.lab import Lab, lab
 from qcore.qtyping import Job, JobStatus, QlabError
@@ -67,8 +67,12 @@ def job_panel(
         def _poll() -> None:
             j = the_lab.store.job(job.id)
             if j.status in ACTIVE:
-                label = "waiting for a free worker" if j.status is JobStatus.QUEUED else j.message
+                label = (j.message or "waiting for a free worker") if j.status is JobStatus.QUEUED else j.message
                 st.progress(j.progress, text=f"job #{j.id} ({j.kind}): {label}")
+                cols = st.columns([4, 1])
+                where = f" on {j.worker_host} ({j.worker})" if j.worker else ""
+                cols[0].caption(f"{j.status}{where}" + (f", {tables.elapsed(j)}" if j.started_at else ""))
+                cancel_button(the_lab, j, cols[1], key=f"{key}_cancel_{j.id}")
                 if live is not None:
                     live(j)
             else:
@@ -79,10 +83,21 @@ def job_panel(
         return
     if job.status is JobStatus.FAILED:
         st.error(f"job #{job.id} ({job.kind}) failed: {job.error}", icon=":material/error:")
+    elif job.status is JobStatus.CANCELLED:
+        st.warning(f"job #{job.id} ({job.kind}) was cancelled", icon=":material/cancel:")
     else:
         st.success(f"job #{job.id} ({job.kind}) finished", icon=":material/check_circle:")
     if on_done is not None and job.status is JobStatus.DONE:
         on_done(job)
+
+
+def cancel_button(the_lab: Lab, job: Job, where: Any = None, *, key: str) -> None:
+    """A Cancel button for a queued or running job; the job ends `cancelled` within seconds."""
+    if job.status not in ACTIVE:
+        return
+    if (where or st).button("Cancel", key=key, icon=":material/cancel:", help=f"stop job #{job.id}"):
+        the_lab.runner.cancel(job.id)
+        st.toast(f"cancelling job #{job.id}")
 
 
 def pick_model(the_lab: Lab, key: str, label: str = "model") -> int | None:

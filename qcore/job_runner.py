@@ -159,12 +159,14 @@ class Cluster:
                 env["QLAB_WORKER_LOG"] = settings.worker_log
             dask.config.set({"distributed.nanny.pre-spawn-environ": {
                 **dask.config.get("distributed.nanny.pre-spawn-environ", {}), **env}})
+            # workers start in the background (each imports TensorFlow first); jobs queue until one is up
             self._local = LocalCluster(
-                n_workers=settings.workers, threads_per_worker=1, processes=True,
-                memory_limit=settings.memory_limit, dashboard_address=None, silence_logs=logging.ERROR,
+                n_workers=0, threads_per_worker=1, processes=True,
+                memory_limit=settings.memory_limit, dashboard_address=None, silence_logs=logging.CRITICAL,
                 preload=["qcore.worker"], preload_nanny=["qcore.worker"], env=env,
                 scheduler_kwargs={"allowed_failures": 0},
             )
+            self._local.scale(settings.workers)
             self.client = Client(self._local, set_as_default=False)
 
     @property
@@ -393,6 +395,9 @@ class JobRunner:
         k = job_kind(kind)
         p = parse_params(k, params)
         files, rows = gather_inputs(self.store, k, p, extra)
+        demo = self.data_dir / "demo" / "demo.h5"
+        if k == JobKind.DEMO and demo.exists():  # trained before: the worker converts it, no retraining
+            files["model"] = (demo.name, demo.read_bytes())
         job_id = self.store.create_job(k.value, params_json(p))
         spec = JobSpec(job_id=job_id, kind=k, params=p, files=files, rows=rows, blob_dir=str(self.store.blob_dir))
         from qcore.worker import execute
@@ -434,9 +439,7 @@ class JobRunner:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             status = self.store.job(int(job_id)).status
-            with self._lock:
-                watching = int(job_id) in self._watches
-            if status not in ACTIVE and not watching:
+            if status not in ACTIVE:
                 return status
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} is still {status} after {timeout} s")

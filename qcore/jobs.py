@@ -46,9 +46,10 @@ class DemoParams:
 
 @dataclass(frozen=True)
 class AddModelParams:
-    """Loads an uploaded model on a worker and records its summary (layers, shapes) in the store."""
+    """Loads an uploaded model on a worker and records it with its summary (layers, shapes)."""
 
-    model_id: int
+    filename: str
+    name: str = ""
 
 
 @dataclass(frozen=True)

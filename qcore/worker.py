@@ -84,9 +84,12 @@ def _setup_nanny(nanny: Any) -> None:
         return
 
     async def on_exit(exitcode: int) -> Any:
+        from distributed.core import Status
+
         try:
-            nanny.log_event(EXIT_TOPIC, {"worker": nanny.worker_address, "exitcode": exitcode,
-                                         "host": socket.gethostname(), "time": time.time()})
+            if exitcode != 0 and nanny.status == Status.running:  # not when the nanny itself is closing
+                nanny.log_event(EXIT_TOPIC, {"worker": nanny.worker_address, "exitcode": exitcode,
+                                             "host": socket.gethostname(), "time": time.time()})
         except Exception:  # reporting must never stop the nanny from restarting its worker
             log.exception("could not report a worker exit")
         return await original(exitcode)

@@ -37,7 +37,10 @@ def recent_jobs() -> None:
     current = lab.store.jobs(limit=15)
     for j in current:
         if j.status in ACTIVE:
-            st.progress(j.progress, text=f"job #{j.id} ({j.kind}): {j.message or str(j.status)}")
+            bar, button = st.columns([5, 1])
+            where = f" on {j.worker_host}" if j.worker_host else ""
+            bar.progress(j.progress, text=f"job #{j.id} ({j.kind}){where}: {j.message or str(j.status)}")
+            ui.cancel_button(lab, j, button, key=f"overview_cancel_{j.id}")
     if current:
         st.dataframe(tables.jobs_table(current), hide_index=True, width="stretch")
     else:

@@ -38,6 +38,9 @@ with st.form("qat_form"):
     lr = c.number_input("learning rate", 1e-7, 1.0, 1e-4, format="%.1e", key="qat_lr")
     samples = d.number_input("training samples (0 = all)", 0, 10_000_000, 0, key="qat_samples")
     int_io = st.checkbox("integer-only with int8 input and output (for the NPU)", key="qat_int_io")
+    gpu = st.checkbox("run on a GPU worker", key="qat_gpu",
+                      help="sends the job to a Dask worker started with --resources GPU=1; it waits until one "
+                           "is connected")
     if st.form_submit_button("Train", type="primary"):
         with ui.guard("could not start"):
             if whole == "chosen layers" and not chosen:
@@ -46,13 +49,13 @@ with st.form("qat_form"):
                 "model_id": model_id, "dataset_id": dataset_id,
                 "layers": "all" if whole == "the whole model" else chosen, "epochs": int(epochs),
                 "batch_size": int(batch), "learning_rate": float(lr), "train_samples": int(samples),
-                "int_io": int_io,
+                "int_io": int_io, "gpu": gpu,
             })
             st.rerun()
 
 
 def live_curves(job: Job) -> None:
-    history = pd.DataFrame((job.result or {}).get("history", []))
+    history = pd.DataFrame((job.live or {}).get("history", []))
     st.plotly_chart(qat_curves(history), key="qat_live_curves")
 
 

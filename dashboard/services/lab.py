@@ -1,4 +1,4 @@
-"""The owner process's lab: one Store, one job runner, and the first-start bootstrap."""
+"""The owner process's lab: one Store, one job runner (Dask workers), and the first-start bootstrap."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard.services import reads
-from dashboard.services.jobs import ACTIVE, JobRunner
+from dashboard.services.jobs import ACTIVE, make_runner
+from qcore.job_runner import JobRunner
 from qcore.store import Store, default_data_dir, default_db_path
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ def lab() -> Lab:
 
 @st.cache_resource(show_spinner=False)
 def _lab(db_path: str, data_dir: str) -> Lab:
-    from dashboard.services.tasks import make_tasks
-
     store = Store(db_path)
     reads.register(store)
     orphans = store.fail_orphaned_jobs()
@@ -54,9 +53,8 @@ def _lab(db_path: str, data_dir: str) -> Lab:
         log.warning("marked %d unfinished job(s) of a previous server failed", orphans)
     folder = Path(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    runner = JobRunner(store, {}, on_change=reads.clear)
+    runner = make_runner(store, folder, on_change=reads.clear)
     the_lab = Lab(store=store, data_dir=folder, runner=runner)
-    runner.tasks.update(make_tasks(the_lab))
     bootstrap(the_lab)
     return the_lab
 

@@ -155,9 +155,19 @@ def board_health(db: str) -> list[BoardHealth]:
 
 @st.cache_data(show_spinner=False)
 def model_layers(db: str, model_id: int) -> list[tuple[str, str]]:
-    """(layer name, layer class) of a stored Keras model, for choosing QAT layers."""
-    from dashboard.services.lab import lab
-    from dashboard.services.tasks import load_model_row
+    """(layer name, layer class) of a stored Keras model, as a worker recorded them when it was added.
 
-    model = load_model_row(lab(), model_id)
-    return [(la.name, type(la).__name__) for la in model.keras_model.layers if type(la).__name__ != "InputLayer"]
+    Raises:
+        QlabError: when no worker has read this model yet (a model stored by an older qlab).
+    """
+    summary = store_for(db).model_summary(int(model_id))
+    if not summary or not summary.get("layers"):
+        raise QlabError(f"model #{model_id}: its layers were not recorded when it was added; add its file "
+                        "again on the Models & data page")
+    return [(str(name), str(cls)) for name, cls in summary["layers"]]
+
+
+@st.cache_data(show_spinner=False)
+def model_summary(db: str, model_id: int) -> dict[str, Any] | None:
+    """What a worker recorded of a model (layers, parameters, shapes), or None."""
+    return store_for(db).model_summary(int(model_id))

@@ -69,13 +69,31 @@ def best_per_model(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def jobs_table(jobs: Sequence[Job]) -> pd.DataFrame:
-    """Recent jobs as rows: status, progress, message or error, times."""
+    """Recent jobs as rows: status, progress, message or error, which worker ran it, times."""
     return pd.DataFrame(
         [{"id": j.id, "kind": j.kind, "status": str(j.status), "progress": round(j.progress, 2),
-          "message": j.error if j.error else j.message, "created": j.created_at[:19],
-          "updated": j.updated_at[:19]} for j in jobs],
-        columns=["id", "kind", "status", "progress", "message", "created", "updated"],
+          "message": j.error if j.error else j.message,
+          "worker": f"{j.worker_host} ({j.worker})" if j.worker else "",
+          "created": j.created_at[:19], "elapsed": elapsed(j)} for j in jobs],
+        columns=["id", "kind", "status", "progress", "message", "worker", "created", "elapsed"],
     )
+
+
+def elapsed(job: Job) -> str:
+    """How long a job has run (or ran): "1 min 05 s", "12 s"; "" before it starts."""
+    import datetime as dt
+
+    if not job.started_at:
+        return ""
+    try:
+        start = dt.datetime.fromisoformat(job.started_at)
+        end = dt.datetime.fromisoformat(job.finished_at) if job.finished_at else None
+    except ValueError:
+        return ""
+    if end is None:
+        end = dt.datetime.now(start.tzinfo) if start.tzinfo else dt.datetime.now()
+    seconds = max(0, int((end - start).total_seconds()))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 def bench_for_plot(bench: pd.DataFrame, variants: pd.DataFrame) -> pd.DataFrame:

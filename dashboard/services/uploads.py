@@ -11,12 +11,14 @@ from pathlib import Path, PurePosixPath
 
 from dashboard.services import reads
 from dashboard.services.lab import Lab
-from qcore.qtyping import Dataset, QlabError
+from qcore.qtyping import Dataset, JobStatus, QlabError
 
 # the same cap as server.maxUploadSize in .streamlit/config.toml, checked again here
 MAX_UPLOAD_MB = 200
 MODEL_SUFFIXES = (".keras", ".h5", ".zip")
 DATA_SUFFIXES = (".npz", ".zip")
+# a worker loads an uploaded model; the page waits this long before leaving it to the job list
+ADD_MODEL_TIMEOUT_S = 300.0
 # a zipped SavedModel or image folder may not unpack to more than this
 MAX_UNZIPPED_MB = 1024
 
@@ -82,8 +84,12 @@ def _savedmodel_root(folder: Path, filename: str) -> Path:
     return found[0]
 
 
-def add_model(the_lab: Lab, filename: str, data: bytes, name: str = "") -> int:
-    """Stores an uploaded `.keras`, `.h5` or zipped SavedModel and registers it.
+def add_model(the_lab: Lab, filename: str, data: bytes, name: str = "",
+              timeout: float = ADD_MODEL_TIMEOUT_S) -> int:
+    """Stores an uploaded `.keras`, `.h5` or zipped SavedModel and registers it, loaded by a worker.
+
+    The web process never loads the model (an uploaded model is a program): a job reads it on
+    a worker and records its layers and shapes.
 
     Returns:
         The model id (the same bytes twice give the same id).
@@ -91,23 +97,23 @@ def add_model(the_lab: Lab, filename: str, data: bytes, name: str = "") -> int:
     Raises:
         QlabError: for a wrong type, an empty or over-size file, or a model Keras cannot read.
     """
-    from qcore.models import file_sha256, load_model
-
     suffix = _check(filename, data, MODEL_SUFFIXES, "model")
     path = store_upload(the_lab, data, suffix)
+    source = path
     if suffix == ".zip":
-        path = _savedmodel_root(safe_extract(path, path.with_suffix("")), filename)
+        source = _savedmodel_root(safe_extract(path, path.with_suffix("")), filename)
+    job_id = the_lab.runner.submit("add_model", {"filename": filename, "name": name},
+                                   extra={"upload_path": str(source), "source_path": str(source)})
     try:
-        model = load_model(path)
-    except QlabError as exc:  # the message names our file name; the user knows theirs
-        raise QlabError(str(exc).replace(str(path), filename)) from None
-    model_id = the_lab.store.add_model(
-        name=(name.strip() or Path(filename).stem), format=model.format, sha256=file_sha256(path),
-        source_path=str(path), input_shape=model.input_shape, output_shape=model.output_shape,
-        keras_major=model.keras_major,
-    )
+        status = the_lab.runner.wait(job_id, timeout=timeout)
+    except TimeoutError:
+        raise QlabError(f"{filename}: still loading after {timeout:.0f} s; it shows on the overview's job list "
+                        "when done") from None
+    job = the_lab.store.job(job_id)
+    if status != JobStatus.DONE or not job.result:
+        raise QlabError(job.error or f"{filename}: the model could not be added ({status})")
     reads.clear()
-    return model_id
+    return int(job.result["model_id"])
 
 
 def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float, input_offset: float,
