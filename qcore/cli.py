@@ -604,6 +604,33 @@ def _cmd_board_accuracy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- jobs of a store
+def _add_jobs_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("jobs", help="the jobs of a store: kind, status, which worker ran them, errors")
+    p.add_argument("--limit", type=int, default=20, help="newest N jobs (default 20)")
+    p.add_argument("--active", action="store_true", help="only queued and running jobs")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_jobs)
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise QlabError(f"--limit must be at least 1, got {args.limit}")
+    with _open_store(args) as store:
+        jobs = store.jobs(limit=args.limit, active=args.active)
+    lines = [f"{'id':>5}  {'kind':<16} {'status':<10} {'worker':<34} message"]
+    for j in jobs:
+        where = f"{j.worker_host} {j.worker}".strip() or "-"
+        lines.append(f"{j.id:>5}  {j.kind:<16} {str(j.status):<10} {where:<34} {j.error or j.message}")
+    if not jobs:
+        lines = ["no jobs" + (" running" if args.active else " yet")]
+    _emit(args, {"jobs": [{"id": j.id, "kind": j.kind, "status": str(j.status), "progress": j.progress,
+                           "message": j.message, "error": j.error, "worker": j.worker,
+                           "worker_host": j.worker_host, "created_at": j.created_at, "started_at": j.started_at,
+                           "finished_at": j.finished_at} for j in jobs]}, "\n".join(lines))
+    return EXIT_OK
+
+
 @contextlib.contextmanager
 def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
     """Silences TensorFlow's C++ chatter on fd 2 while keeping Python's sys.stderr for our messages."""
@@ -637,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_commands(sub)
     _add_explain_commands(sub)
     _add_board_commands(sub)
+    _add_jobs_command(sub)
     return parser
 
 

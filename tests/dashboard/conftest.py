@@ -19,6 +19,30 @@ PAGES = Path(__file__).resolve().parents[2] / "dashboard" / "app_pages"
 PAGE_TIMEOUT_S = 120
 
 
+@pytest.fixture(autouse=True, scope="session")
+def job_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Dask LocalCluster (a worker that imports TensorFlow once) for every lab of the session.
+
+    Labs reach it by QLAB_DASK_SCHEDULER, the way a team server reaches its cluster.
+    """
+    import os
+
+    from qcore.job_runner import Cluster, ClusterSettings
+
+    log = tmp_path_factory.mktemp("workers") / "workers.log"
+    cluster = Cluster(ClusterSettings(workers=1, memory_limit="4GB", worker_log=str(log)))
+    previous = os.environ.get("QLAB_DASK_SCHEDULER")
+    os.environ["QLAB_DASK_SCHEDULER"] = cluster.address
+    try:
+        yield cluster.address
+    finally:
+        if previous is None:
+            os.environ.pop("QLAB_DASK_SCHEDULER", None)
+        else:
+            os.environ["QLAB_DASK_SCHEDULER"] = previous
+        cluster.close()
+
+
 def point_env(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
     monkeypatch.setenv("QLAB_DB", str(folder / "qlab.duckdb"))
     monkeypatch.setenv("QLAB_DATA_DIR", str(folder))

@@ -62,7 +62,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo: LoadedModel) -> Itera
     (data / "demo").mkdir()
     shutil.copy(demo.path, data / "demo" / "demo.h5")
     port = free_port()
-    env = dict(os.environ, QLAB_PORT=str(port), QLAB_DATA_DIR=str(data), QLAB_DB=str(data / "qlab.duckdb"))
+    # the server starts its own embedded cluster, as `make dashboard` does; one worker on a small machine
+    env = dict(os.environ, QLAB_PORT=str(port), QLAB_DATA_DIR=str(data), QLAB_DB=str(data / "qlab.duckdb"),
+               QLAB_WORKERS="1")
+    env.pop("QLAB_DASK_SCHEDULER", None)
     env.pop("QLAB_BOOTSTRAP", None)
     log = data / "server.log"
     with log.open("wb") as out:

@@ -1,6 +1,7 @@
 """The `qlab` engine commands: the JSON contract, exit codes, and one test per bad input."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -161,3 +162,23 @@ def test_bad_database_locked_by_another_process(demo_h5, digits_npz, tmp_path):
     assert out.returncode == 2
     assert "in use by another process" in out.stderr and "--db" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_jobs_lists_a_store_s_jobs_with_their_worker(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qcore.qtyping import JobStatus
+    from qcore.store import Store
+
+    db = tmp_path / "q.duckdb"
+    with Store(db) as store:
+        done = store.create_job("convert", {"model_id": 1})
+        store.update_job(done, status=JobStatus.RUNNING, worker="tcp://10.0.0.5:4000", worker_host="gpu-box")
+        store.update_job(done, status=JobStatus.FAILED, error="the worker died: killed by SIGSEGV")
+        store.create_job("debug", {})
+    assert main(["jobs", "--db", str(db), "--json"]) == 0
+    jobs = json.loads(capsys.readouterr().out)["jobs"]
+    assert [(j["id"], j["status"]) for j in jobs] == [(2, "queued"), (1, "failed")]
+    assert jobs[1]["worker_host"] == "gpu-box" and jobs[1]["error"].endswith("SIGSEGV")
+    assert main(["jobs", "--db", str(db), "--active"]) == 0
+    out = capsys.readouterr().out
+    assert "debug" in out and "convert" not in out
+    assert main(["jobs", "--db", str(db), "--limit", "0"]) == 2
