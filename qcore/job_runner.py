@@ -159,14 +159,12 @@ class Cluster:
                 env["QLAB_WORKER_LOG"] = settings.worker_log
             dask.config.set({"distributed.nanny.pre-spawn-environ": {
                 **dask.config.get("distributed.nanny.pre-spawn-environ", {}), **env}})
-            # workers start in the background (each imports TensorFlow first); jobs queue until one is up
             self._local = LocalCluster(
-                n_workers=0, threads_per_worker=1, processes=True,
+                n_workers=settings.workers, threads_per_worker=1, processes=True,
                 memory_limit=settings.memory_limit, dashboard_address=None, silence_logs=logging.CRITICAL,
                 preload=["qcore.worker"], preload_nanny=["qcore.worker"], env=env,
                 scheduler_kwargs={"allowed_failures": 0},
             )
-            self._local.scale(settings.workers)
             self.client = Client(self._local, set_as_default=False)
 
     @property
@@ -186,11 +184,25 @@ class Cluster:
         self.client.wait_for_workers(n, timeout=timeout)
 
     def restart_worker(self, address: str) -> None:
-        """Kills a worker's process and lets its nanny start a fresh one (a hung or cancelled job)."""
+        """Kills a worker's process (SIGKILL, through its nanny) so the nanny starts a fresh one.
+
+        A job stuck in native code (a WHILE loop in LiteRT that never ends) holds the worker's
+        interpreter, so the worker cannot be asked to stop; its nanny, a separate process or
+        event loop, can kill it.
+        """
+        nanny = str((self.workers().get(address) or {}).get("nanny") or "")
         try:
-            self.client.restart_workers([address], timeout=START_TIMEOUT_S, raise_for_error=False)
+            if nanny:
+                self.client.run(_kill_worker_process, workers=[address], nanny=True, wait=True)
+            else:
+                self.client.restart_workers([address], timeout=START_TIMEOUT_S, raise_for_error=False)
         except Exception as exc:  # the worker may be gone already; nothing else to do
             log.warning("restarting worker %s: %s", address, exc)
+
+    def worker_pid(self, address: str) -> int:
+        """The process id of a worker, asked of its nanny (a worker busy in native code cannot answer)."""
+        got = self.client.run(_worker_pid, workers=[address], nanny=True)
+        return int(next(iter(got.values())))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -198,6 +210,20 @@ class Cluster:
         if self._local is not None:
             with contextlib.suppress(Exception):
                 self._local.close()
+
+
+def _worker_pid(dask_worker: Any) -> int:
+    """Runs on a nanny: its worker process's id."""
+    return int(getattr(getattr(getattr(dask_worker, "process", None), "process", None), "pid", 0) or 0)
+
+
+def _kill_worker_process(dask_worker: Any) -> int:
+    """Runs on a nanny: SIGKILLs its worker process; the nanny then starts a new one."""
+    process = getattr(getattr(dask_worker, "process", None), "process", None)
+    pid = getattr(process, "pid", None)
+    if pid:
+        os.kill(int(pid), signal.SIGKILL)
+    return int(pid or 0)
 
 
 def _no_retries(dask_scheduler: Any) -> None:
@@ -335,8 +361,9 @@ def _zip(folder: Path) -> bytes:
 @dataclass
 class _Watch:
     job_id: int
-    future: Any
+    spec: JobSpec
     deadline_s: float
+    future: Any = None
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
     started: float = 0.0
     worker: str = ""
@@ -361,23 +388,53 @@ class JobRunner:
         on_change: called after a job ends (e.g. to clear cached reads).
     """
 
-    def __init__(self, store: Store, data_dir: str | os.PathLike[str], cluster: Cluster, *,
+    def __init__(self, store: Store, data_dir: str | os.PathLike[str], cluster: Cluster | ClusterSettings, *,
                  on_change: Callable[[], None] | None = None) -> None:
         self.store = store
         self.data_dir = Path(data_dir)
-        self.cluster = cluster
         self.on_change = on_change or (lambda: None)
         self._watches: dict[int, _Watch] = {}
         self._lock = threading.Lock()
         self._events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self._deaths: dict[str, dict[str, Any]] = {}
         self._closed = threading.Event()
+        self._ready = threading.Event()
+        self._start_error = ""
+        self.settings = cluster.settings if isinstance(cluster, Cluster) else cluster
+        self._cluster: Cluster | None = None
+        if isinstance(cluster, Cluster):
+            self._connect(cluster)
+        else:  # workers import TensorFlow before they take jobs: start them without holding up the server
+            threading.Thread(target=self._start, name="qlab-cluster-start", daemon=True).start()
+        self._pump = threading.Thread(target=self._pump_events, name="qlab-job-events", daemon=True)
+        self._pump.start()
+
+    @property
+    def cluster(self) -> Cluster:
+        """The cluster, once started (waits for it).
+
+        Raises:
+            QlabError: when it could not start, with the reason.
+        """
+        if not self._ready.wait(timeout=START_TIMEOUT_S) or self._cluster is None:
+            raise QlabError(f"the job workers did not start: {self._start_error or 'still starting'}")
+        return self._cluster
+
+    def _start(self) -> None:
+        try:
+            self._connect(Cluster(self.settings))
+        except Exception as exc:  # every job then fails with this reason, in words
+            self._start_error = error_text(exc)
+            log.error("the job cluster could not start: %s", self._start_error)
+            self._ready.set()
+
+    def _connect(self, cluster: Cluster) -> None:
         client = cluster.client
         client.subscribe_topic(PROGRESS_TOPIC, lambda ev: self._events.put((PROGRESS_TOPIC, ev[1])))
         client.subscribe_topic(EXIT_TOPIC, lambda ev: self._on_death(ev[1]))
         client.subscribe_topic(MEMORY_TOPIC, lambda ev: self._on_death(dict(ev[1], memory=True)))
-        self._pump = threading.Thread(target=self._pump_events, name="qlab-job-events", daemon=True)
-        self._pump.start()
+        self._cluster = cluster
+        self._ready.set()
 
     # ------------------------------------------------------------ public
     def submit(self, kind: str | JobKind, params: Any, *, timeout_s: float | None = None,
@@ -400,18 +457,35 @@ class JobRunner:
             files["model"] = (demo.name, demo.read_bytes())
         job_id = self.store.create_job(k.value, params_json(p))
         spec = JobSpec(job_id=job_id, kind=k, params=p, files=files, rows=rows, blob_dir=str(self.store.blob_dir))
-        from qcore.worker import execute
-
-        future = self.cluster.client.submit(execute, spec, key=f"qlab-job-{job_id}", pure=False,
-                                            resources=spec.resources or None, retries=0)
-        limit = float(timeout_s or self.cluster.settings.job_timeout_s)
-        watch = _Watch(job_id=job_id, future=future, deadline_s=limit)
+        watch = _Watch(job_id=job_id, spec=spec, deadline_s=float(timeout_s or self.settings.job_timeout_s))
         with self._lock:
             self._watches[job_id] = watch
+        if not self._ready.is_set():
+            self.store.update_job(job_id, message="waiting for the job workers to start", only_active=True)
         threading.Thread(target=self._follow, args=(watch,), name=f"qlab-job-{job_id}", daemon=True).start()
-        if spec.resources:
-            self._note_missing_resources(job_id, spec.resources)
         return job_id
+
+    def _dispatch(self, watch: _Watch) -> bool:
+        """Hands a job to Dask once the cluster is up; False when it ended before that."""
+        from qcore.worker import execute
+
+        while not self._ready.wait(timeout=WATCH_INTERVAL_S):
+            if watch.cancel.is_set():
+                self.store.update_job(watch.job_id, status=JobStatus.CANCELLED, message="cancelled",
+                                      only_active=True)
+                return False
+        if self._cluster is None:
+            self.store.update_job(watch.job_id, status=JobStatus.FAILED, message="failed", only_active=True,
+                                  error=f"the job workers did not start: {self._start_error}")
+            return False
+        spec = watch.spec
+        watch.future = self._cluster.client.submit(execute, spec, key=f"qlab-job-{spec.job_id}", pure=False,
+                                                   resources=spec.resources or None, retries=0)
+        if spec.resources:
+            self._note_missing_resources(spec.job_id, spec.resources)
+        elif self.store.job(spec.job_id).message.startswith("waiting for the job workers"):
+            self.store.update_job(spec.job_id, message="", only_active=True)
+        return True
 
     def cancel(self, job_id: int) -> bool:
         """Asks a queued or running job to stop; it ends `cancelled` within seconds.
@@ -451,7 +525,9 @@ class JobRunner:
             watches = list(self._watches.values())
         for w in watches:
             w.cancel.set()
-        self.cluster.close()
+        self._ready.wait(timeout=START_TIMEOUT_S)
+        if self._cluster is not None:
+            self._cluster.close()
 
     # ------------------------------------------------------------ events from workers
     def _on_death(self, event: dict[str, Any]) -> None:
@@ -506,6 +582,8 @@ class JobRunner:
         from distributed import wait
 
         try:
+            if not self._dispatch(watch):
+                return
             while True:
                 if watch.cancel.is_set():
                     self._stop(watch, JobStatus.CANCELLED, "cancelled")
@@ -527,8 +605,9 @@ class JobRunner:
         finally:
             with self._lock:
                 self._watches.pop(watch.job_id, None)
-            with contextlib.suppress(Exception):
-                watch.future.release()
+            if watch.future is not None:
+                with contextlib.suppress(Exception):
+                    watch.future.release()
             self.on_change()
 
     def _drain_events(self) -> None:
@@ -633,7 +712,7 @@ def _worker_memory_limit(cluster: Cluster, worker: str) -> int:
 def local_runner(store: Store, data_dir: str | os.PathLike[str], settings: ClusterSettings
                  ) -> Iterator[JobRunner]:
     """A runner on a fresh cluster for a script or a test; closes both after."""
-    runner = JobRunner(store, data_dir, Cluster(settings))
+    runner = JobRunner(store, data_dir, settings)
     try:
         runner.cluster.wait_for_workers(settings.workers if not settings.scheduler else 1)
         yield runner

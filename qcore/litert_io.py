@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from qcore.qtyping import QlabError
+
+if TYPE_CHECKING:  # the runtime loads only where a model runs (a worker, the CLI), never for a page
+    from ai_edge_litert.interpreter import Interpreter
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ def make_interpreter(
     Raises:
         QlabError: when the runtime refuses the model.
     """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
     if not isinstance(model, bytes | bytearray):
         raise TypeError("make_interpreter needs the model as bytes")
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES

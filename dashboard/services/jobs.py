@@ -8,14 +8,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from qcore.job_runner import ACTIVE, Cluster, ClusterSettings, JobRunner
+from qcore.job_runner import ACTIVE, ClusterSettings, JobRunner
 from qcore.store import Store
 
 __all__ = ["ACTIVE", "make_runner"]
 
 
 def make_runner(store: Store, data_dir: Path, on_change: Callable[[], None] | None = None) -> JobRunner:
-    """A runner on the cluster QLAB_* settings describe; embedded workers log to `<data>/logs/workers.log`.
+    """A runner on the cluster QLAB_* settings describe, started in the background (jobs wait for it).
+
+    Embedded workers log to `<data>/logs/workers.log`.
 
     Raises:
         QlabError: for a bad QLAB_* value or an unreachable scheduler.
@@ -25,4 +27,4 @@ def make_runner(store: Store, data_dir: Path, on_change: Callable[[], None] | No
         from dataclasses import replace
 
         settings = replace(settings, worker_log=str(data_dir / "logs" / "workers.log"))
-    return JobRunner(store, data_dir, Cluster(settings), on_change=on_change)
+    return JobRunner(store, data_dir, settings, on_change=on_change)

@@ -123,7 +123,7 @@ def test_hang_times_out_and_frees_its_worker(runner: JobRunner, variants: dict[s
 def test_worker_crash_fails_only_its_job(runner: JobRunner, variants: dict[str, int]) -> None:
     doomed = runner.submit("host_bench", {"variant_ids": [variants["hang"]], "runs": 1, "warmup": 0})
     worker = _poll(lambda: _job(runner, doomed).worker, 120, "the job to start on a worker")
-    pid = runner.cluster.client.run(os.getpid, workers=[worker])[worker]
+    pid = runner.cluster.worker_pid(worker)
     os.kill(pid, signal.SIGSEGV)  # what a native crash in LiteRT or the converter does to the process
     assert runner.wait(doomed, timeout=60) is JobStatus.FAILED
     assert _job(runner, doomed).error == "the worker died: killed by SIGSEGV"
