@@ -30,6 +30,7 @@ from board_agent import __version__, protocol
 from board_agent.jobs import JobStore
 from board_agent.profile import find_benchmark_model, run_profile
 from board_agent.settings import Settings
+from board_agent.system import describe as describe_system
 from board_agent.uploads import UploadError, check_tflite, match_inputs, npz_arrays
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class Agent:
                              on_drop=self._drop_outputs)
         self.board = settings.board_name or socket.gethostname()
         self.profile_binary = find_benchmark_model(settings.benchmark_model)
+        self.system = describe_system()
         self._queue: queue.Queue[str | None] = queue.Queue(maxsize=settings.queue)
         self._submit_lock = threading.Lock()
         self._running: str | None = None
@@ -231,6 +233,7 @@ class Agent:
             "runtime": self.probe.get("runtime"),
             "python": self.probe.get("python", platform.python_version()),
             "machine": self.probe.get("machine", platform.machine()),
+            "system": self.system,
             "targets": self.probe["targets"],
             "queue_depth": self._queue.qsize(),
             "running": self._running is not None,
@@ -395,7 +398,8 @@ class Agent:
                 result["profile"] = run_profile(
                     self.settings.benchmark_model, model, target, threads=params["threads"], runs=params["runs"],
                     warmup=params["warmup"], delegate=self.settings.npu_delegate,
-                    timeout=self.settings.job_timeout, env=env)
+                    timeout=self.settings.job_timeout, env=env, npu_clock_mhz=self.settings.npu_clock_mhz,
+                    tflite_ops=list((result.get("ops") or {}).get("delegated") or []))
             else:
                 result["profile"] = {"available": False, "reason": "not requested (profile=1)"}
         self.jobs.update(job_id, status=protocol.DONE, result=result, finished_at=time.time())

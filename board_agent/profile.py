@@ -9,6 +9,12 @@ import subprocess
 from typing import Any
 
 from board_agent import protocol
+from board_agent.npu_profile import (
+    DEFAULT_NPU_CLOCK_MHZ,
+    PROFILE_ENV,
+    map_to_tflite,
+    parse_npu_profile,
+)
 
 # the header benchmark_model prints before the steady-state per-op tables (the init tables come first)
 RUN_SECTION = "Operator-wise Profiling Info for Regular Benchmark Runs:"
@@ -19,6 +25,8 @@ _NUMBER = r"-?\d+(?:\.\d+)?%?"
 _TIMINGS = re.compile(r"Timings \(microseconds\):\s*(.*)")
 _INFERENCE = re.compile(r"Inference timings in us:\s*(.*)")
 _MEMORY = re.compile(r"Memory footprint delta from the start of the tool \(MB\):\s*(.*)")
+# the older line of NXP's BSP builds (TF 2.4-2.9): the peak, not the delta
+_PEAK_MEMORY = re.compile(r"Peak memory footprint \(MB\):\s*(.*)")
 _KV = re.compile(r"([A-Za-z][A-Za-z ()]*?)\s*[=:]\s*(-?\d+(?:\.\d+)?(?:e[+-]?\d+)?)")
 
 # column names of benchmark_model's tables -> result keys
@@ -48,8 +56,16 @@ def command(binary: str, model: str, target: str, *, threads: int, runs: int, wa
 
 
 def run_profile(pattern: str, model: str, target: str, *, threads: int, runs: int, warmup: int, delegate: str,
-                timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Runs benchmark_model with op profiling; never raises, says why when there is no profile."""
+                timeout: float, env: dict[str, str] | None = None, npu_clock_mhz: float = DEFAULT_NPU_CLOCK_MHZ,
+                tflite_ops: list[str] | None = None) -> dict[str, Any]:
+    """Runs benchmark_model with op profiling; never raises, says why when there is no profile.
+
+    On the npu target the VeriSilicon driver's profiler is switched on too (`PROFILE_ENV`), and
+    its per-operation blocks are parsed into result["npu"] (see `npu_profile.parse_npu_profile`),
+    paired with `tflite_ops` (the delegated ops in order) where the counts allow.
+    """
+    if target == protocol.NPU:
+        env = {**(env if env is not None else os.environ), **PROFILE_ENV}
     binary = find_benchmark_model(pattern)
     if binary is None:
         return {"available": False, "reason": f"benchmark_model not found (looked for {pattern})"}
@@ -65,6 +81,8 @@ def run_profile(pattern: str, model: str, target: str, *, threads: int, runs: in
     text = proc.stdout.decode("utf-8", "replace")
     parsed = parse_op_profile(text)
     parsed["command"] = " ".join(cmd)
+    if target == protocol.NPU:
+        parsed["npu"] = map_to_tflite(parse_npu_profile(text, clock_mhz=npu_clock_mhz), tflite_ops)
     if proc.returncode != 0:
         parsed.update(available=False, reason=f"benchmark_model exited with {proc.returncode}: "
                       + (text.strip().splitlines() or [""])[-1][:300])
@@ -83,7 +101,9 @@ def parse_op_profile(text: str) -> dict[str, Any]:
 
     Returns:
         {"available": bool, "ops": [...], "by_type": [...], "timings_us": {...}, "inference_us": {...},
-        "memory_mb": {...}}; times in ms, percentages as numbers.
+        "memory_mb": {...}}; times in ms, percentages as numbers. `memory_mb` is the newer "Memory
+        footprint delta" line; the older "Peak memory footprint (MB): init=… overall=…" line goes
+        to "peak_memory_mb" (only when printed).
     """
     lines = [_strip_log_prefix(line) for line in text.splitlines()]
     start = next((i for i, line in enumerate(lines) if RUN_SECTION in line), None)
@@ -94,6 +114,8 @@ def parse_op_profile(text: str) -> dict[str, Any]:
             out["inference_us"] = _key_values(m.group(1))
         elif m := _MEMORY.search(line):
             out["memory_mb"] = _key_values(m.group(1))
+        elif m := _PEAK_MEMORY.search(line):
+            out["peak_memory_mb"] = _key_values(m.group(1))
     if start is None:
         return out
     section = lines[start + 1:]

@@ -61,6 +61,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("board_name", "", "name reported by /v1/health (default: the host name)"),
     Setting("benchmark_model", "/usr/bin/tensorflow-lite-*/examples/benchmark_model",
             "glob of NXP's benchmark_model binary, used for profile=1"),
+    Setting("npu_clock_mhz", 1000.0,
+            "NPU core clock for per-operation times from driver cycles (i.MX 8M Plus: 1000 overdrive, 800 nominal)"),
     Setting("log_level", "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )
 
@@ -82,6 +84,7 @@ class Settings:
     keep_jobs: int
     board_name: str
     benchmark_model: str
+    npu_clock_mhz: float
     log_level: str
 
     def replace(self, **changes: Any) -> Settings:
@@ -143,6 +146,7 @@ def _validated(s: Settings) -> Settings:
         (s.max_inputs_mb >= 1, f"max_inputs_mb {s.max_inputs_mb} must be at least 1"),
         (s.queue >= 1, f"queue {s.queue} must be at least 1"),
         (s.job_timeout > 0, f"job_timeout {s.job_timeout} must be positive"),
+        (s.npu_clock_mhz > 0, f"npu_clock_mhz {s.npu_clock_mhz} must be positive"),
         (s.keep_jobs >= 1, f"keep_jobs {s.keep_jobs} must be at least 1"),
     ]
     for ok, message in checks:
