@@ -6,6 +6,8 @@ import glob
 import os
 import re
 import subprocess
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from board_agent import protocol
@@ -28,6 +30,16 @@ _MEMORY = re.compile(r"Memory footprint delta from the start of the tool \(MB\):
 # the older line of NXP's BSP builds (TF 2.4-2.9): the peak, not the delta
 _PEAK_MEMORY = re.compile(r"Peak memory footprint \(MB\):\s*(.*)")
 _KV = re.compile(r"([A-Za-z][A-Za-z ()]*?)\s*[=:]\s*(-?\d+(?:\.\d+)?(?:e[+-]?\d+)?)")
+
+# run before exec'ing benchmark_model: Linux SIGKILLs it when the agent's worker thread dies (the
+# setting survives exec), and it exits at once if the agent is already gone
+_EXEC_GUARDED = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+    "except (OSError, AttributeError):\n pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n os._exit(3)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 # column names of benchmark_model's tables -> result keys
 _COLUMNS = {
@@ -57,12 +69,18 @@ def command(binary: str, model: str, target: str, *, threads: int, runs: int, wa
 
 def run_profile(pattern: str, model: str, target: str, *, threads: int, runs: int, warmup: int, delegate: str,
                 timeout: float, env: dict[str, str] | None = None, npu_clock_mhz: float = DEFAULT_NPU_CLOCK_MHZ,
-                tflite_ops: list[str] | None = None) -> dict[str, Any]:
+                tflite_ops: list[str] | None = None,
+                on_start: Callable[[subprocess.Popen[bytes]], None] | None = None) -> dict[str, Any]:
     """Runs benchmark_model with op profiling; never raises, says why when there is no profile.
 
     On the npu target the VeriSilicon driver's profiler is switched on too (`PROFILE_ENV`), and
     its per-operation blocks are parsed into result["npu"] (see `npu_profile.parse_npu_profile`),
-    paired with `tflite_ops` (the delegated ops in order) where the counts allow.
+    paired with `tflite_ops` (the delegated ops in order) where the counts allow. The binary runs
+    in its own process group (killed whole on timeout) and dies with the agent.
+
+    Args:
+        timeout: seconds left of the job's one timeout.
+        on_start: called with the child once it runs, so the agent can kill it when it stops.
     """
     if target == protocol.NPU:
         env = {**(env if env is not None else os.environ), **PROFILE_ENV}
@@ -70,15 +88,24 @@ def run_profile(pattern: str, model: str, target: str, *, threads: int, runs: in
     if binary is None:
         return {"available": False, "reason": f"benchmark_model not found (looked for {pattern})"}
     cmd = command(binary, model, target, threads=threads, runs=runs, warmup=warmup, delegate=delegate)
-    try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, env=env,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        return {"available": False, "reason": f"benchmark_model timed out after {timeout:.0f} s",
+    if timeout <= 0:
+        return {"available": False, "reason": "no time left of the job's job_timeout for benchmark_model",
                 "command": " ".join(cmd)}
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", _EXEC_GUARDED, str(os.getpid()), *cmd],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
     except OSError as exc:
         return {"available": False, "reason": f"benchmark_model did not start: {exc}", "command": " ".join(cmd)}
-    text = proc.stdout.decode("utf-8", "replace")
+    if on_start is not None:
+        on_start(proc)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        return {"available": False, "reason": f"benchmark_model timed out (the job's {timeout:.0f} s left)",
+                "command": " ".join(cmd)}
+    text = out.decode("utf-8", "replace")
     parsed = parse_op_profile(text)
     parsed["command"] = " ".join(cmd)
     if target == protocol.NPU:
@@ -89,6 +116,17 @@ def run_profile(pattern: str, model: str, target: str, *, threads: int, runs: in
     elif not parsed["ops"]:
         parsed.update(available=False, reason="benchmark_model printed no per-op table")
     return parsed
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILLs the child's whole process group (it leads its own session) and reaps it."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()
 
 
 def parse_op_profile(text: str) -> dict[str, Any]:

@@ -85,8 +85,9 @@ class RunningAgent:
 @contextmanager
 def running_agent(workdir: Path, token: str | None = TOKEN, **overrides: Any) -> Iterator[RunningAgent]:
     """Starts Agent + ThreadingHTTPServer on 127.0.0.1:<free port>; stops both afterwards."""
-    settings = defaults(env={}).replace(workdir=str(workdir), port=0, board_name="testboard",
-                                        benchmark_model=str(workdir / "no-benchmark-model"), **overrides)
+    values: dict[str, Any] = {"workdir": str(workdir), "port": 0, "board_name": "testboard",
+                              "benchmark_model": str(workdir / "no-benchmark-model")}
+    settings = defaults(env={}).replace(**{**values, **overrides})
     agent = Agent(settings, token)
     server = make_server(agent, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
