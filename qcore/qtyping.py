@@ -388,3 +388,34 @@ class TuneResult:
     chosen_variant_id: int | None = None
     tune_run_id: int | None = None
     debug_run_id: int | None = None
+
+
+class TimeSource(enum.StrEnum):
+    """Where a per-op time comes from; the UI shows this label beside every figure."""
+
+    BOARD_PROFILE = "board profile (benchmark_model)"
+    NPU_DRIVER = "NPU driver profile"
+    ESTIMATE = "estimate"
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """Per-op quantization error beside per-op time for one variant on one board and target.
+
+    `table` has one row per op of the .tflite's main subgraph (op_index, node_id, op_type, layer,
+    output_tensor, rmse_scale, range, time_ms, time_share, time_source, mapped_by, macs,
+    bytes_moved, float_on_cpu_ms, float_cost_source, float_extra_ms); `unmapped` holds profile rows
+    that no single op owns (a delegate's fused node), with their time.
+    """
+
+    variant_id: int
+    variant: str
+    board: str  # "host" for the estimate
+    target: str
+    time_source: str  # a TimeSource value
+    total_ms: float
+    graph_id: str  # the subgraph id Model Explorer's TFLite adapter gives the main graph
+    debug_run_id: int | None
+    table: Any  # pandas.DataFrame
+    unmapped: Any  # pandas.DataFrame
+    notes: tuple[str, ...] = ()

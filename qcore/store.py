@@ -725,6 +725,16 @@ class Store:
             params.append(board)
         return self.query(sql + " ORDER BY benchmark_id DESC", params)
 
+    def benchmark_details(self, variant_id: int) -> pd.DataFrame:
+        """Every timing of a variant with its `details` JSON parsed (per-op profiles live there), newest first."""
+        df = self.query(
+            "SELECT id AS benchmark_id, board, target, threads, details, created_at FROM benchmarks"
+            " WHERE variant_id = ? ORDER BY id DESC",
+            [variant_id],
+        )
+        df["details"] = [(_loads(d) or {}) for d in df["details"]]
+        return df
+
     def variant_id_for_sha(self, sha256: str) -> int | None:
         row = self._one("SELECT max(id) FROM variants WHERE sha256 = ?", [sha256])
         return None if row is None or row[0] is None else int(row[0])
