@@ -604,6 +604,90 @@ def _cmd_board_accuracy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- per-op cost vs error (issue 12)
+def _add_op_cost_commands(sub: argparse._SubParsersAction) -> None:
+    """`op-cost`, `export-node-data`."""
+    for name, help_text in (
+        ("op-cost", "per-op debugger error (rmse/scale) beside per-op time on a board, or a labelled estimate"),
+        ("export-node-data", "write Model Explorer node data (one JSON per metric) for a variant's .tflite graph"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("variant", metavar="VARIANT", help="a stored variant's id or name")
+        p.add_argument("--board", help="a board with a stored per-op profile ('host' = the estimate; default: the "
+                                       "first board profile, else the estimate)")
+        p.add_argument("--target", help="npu, cpu or cpu-plain (default: the first with a profile)")
+        p.add_argument("--debug-run", type=int, help="debugger run id (default: the newest of the variant's model)")
+        if name == "export-node-data":
+            p.add_argument("--out", required=True, help="directory for <variant>.<metric>.json")
+            p.set_defaults(handler=_cmd_export_node_data)
+        else:
+            p.set_defaults(handler=_cmd_op_cost)
+        _add_common(p)
+
+
+def _variant_id(store: Any, ref: str) -> int:
+    """A variant id from an id or a unique name."""
+    if ref.strip().isdigit():
+        return int(store.variant(int(ref))["variant_id"])
+    rows = store.variant_summary()
+    hits = rows[rows["variant"] == ref]
+    if hits.empty:
+        known = ", ".join(sorted(set(map(str, rows["variant"])))[:10]) or "none stored"
+        raise QlabError(f"no variant named {ref!r} (known: {known})")
+    if len(hits) > 1:
+        ids = ", ".join(f"{int(r.variant_id)} ({r.model})" for r in hits.itertuples())
+        raise QlabError(f"{len(hits)} variants are named {ref!r}: pass one id of {ids}")
+    return int(hits.iloc[0]["variant_id"])
+
+
+def _op_cost_for(args: argparse.Namespace, store: Any) -> Any:
+    from qcore.op_cost import op_cost
+
+    return op_cost(store, _variant_id(store, args.variant), board=args.board, target=args.target,
+                   debug_run_id=args.debug_run)
+
+
+def _cmd_op_cost(args: argparse.Namespace) -> int:
+    from qcore.op_cost import report_rows
+
+    with _open_store(args) as store:
+        cost = _op_cost_for(args, store)
+    table = cost.table.sort_values("time_share", ascending=False, na_position="last")
+    lines = [f"variant #{cost.variant_id} {cost.variant}: time from {cost.board}/{cost.target} "
+             f"[{cost.time_source}], total {cost.total_ms:.3f} ms; error from debugger run "
+             f"{cost.debug_run_id if cost.debug_run_id is not None else '(none)'}",
+             f"  {'op':>3}  {'layer':<28}{'rmse/scale':>11}{'time ms':>10}{'share':>8}{'float on CPU ms':>17}"]
+    for r in table.itertuples():
+        lines.append(f"  {r.op_index:>3}  {str(r.layer)[:27]:<28}{r.rmse_scale:>11.3f}{r.time_ms:>10.4f}"
+                     f"{r.time_share * 100:>7.1f}%{r.float_on_cpu_ms:>17.4f}")
+    lines += [f"  unmapped: {u.node_type} {u.time_ms:.4f} ms ({u.why})" for u in cost.unmapped.itertuples()]
+    lines += [f"  note: {n}" for n in cost.notes]
+    payload = {"variant_id": cost.variant_id, "variant": cost.variant, "board": cost.board, "target": cost.target,
+               "time_source": cost.time_source, "total_ms": cost.total_ms, "debug_run_id": cost.debug_run_id,
+               "rows": report_rows(cost), "unmapped": _finite(cost.unmapped.to_dict("records")),
+               "notes": list(cost.notes)}
+    _emit(args, _finite(payload), "\n".join(lines))
+    return EXIT_OK
+
+
+def _cmd_export_node_data(args: argparse.Namespace) -> int:
+    from qcore.op_cost import explorer_command, explorer_installed, write_node_data
+
+    with _open_store(args) as store:
+        cost = _op_cost_for(args, store)
+        row = store.variant(cost.variant_id)
+        tflite = str(row["path"]) if row.get("path") else str(store.blob_path(str(row["sha256"])))
+    paths = write_node_data(cost, args.out)
+    command = explorer_command(tflite, paths)
+    lines = [f"wrote {len(paths)} node-data file(s) for variant #{cost.variant_id} {cost.variant} "
+             f"(time: {cost.board}/{cost.target}, {cost.time_source}):", *[f"  {p}" for p in paths],
+             "open the graph with them:" if explorer_installed()
+             else "open the graph with them (pip install ai-edge-model-explorer):", f"  {command}"]
+    _emit(args, {"variant_id": cost.variant_id, "files": [str(p) for p in paths], "graph_id": cost.graph_id,
+                 "time_source": cost.time_source, "command": command}, "\n".join(lines))
+    return EXIT_OK
+
+
 @contextlib.contextmanager
 def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
     """Silences TensorFlow's C++ chatter on fd 2 while keeping Python's sys.stderr for our messages."""
@@ -637,6 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_commands(sub)
     _add_explain_commands(sub)
     _add_board_commands(sub)
+    _add_op_cost_commands(sub)
     return parser
 
 

@@ -266,28 +266,38 @@ def _map_in_order(ops: Sequence[GraphOp], rows: Sequence[Mapping[str, Any]]) -> 
 
 
 def npu_rows(details: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per-NPU-operation rows of the VeriSilicon driver's profiler, if the agent stored them.
+    """Per-NPU-operation rows of the VeriSilicon driver's profiler, as the agent stores them.
 
-    Looked for under `details["npu_profile"]["ops"]` or `details["profile"]["npu_ops"]`; each row
-    carries `time_ms` (or `cycles` and `clock_hz`) and optionally DDR MB. Absent: an empty list.
+    The agent's npu target with profile=1 puts them in `details["profile"]["npu"]["ops"]` (see
+    board_agent.npu_profile): one row per NPU operation with `time_ms` at the NPU clock, cycles and
+    DDR MB. Absent or unavailable: an empty list.
     """
-    for holder, key in ((details.get("npu_profile"), "ops"), (details.get("profile"), "npu_ops")):
-        if isinstance(holder, Mapping) and isinstance(holder.get(key), list):
-            return [dict(r) for r in holder[key] if isinstance(r, Mapping)]
+    npu = _profile(details).get("npu")
+    if isinstance(npu, Mapping) and npu.get("available") and isinstance(npu.get("ops"), list):
+        return [dict(r) for r in npu["ops"] if isinstance(r, Mapping)]
     return []
 
 
 def _npu_ms(row: Mapping[str, Any]) -> float:
-    if isinstance(row.get("time_ms"), int | float):
-        return float(row["time_ms"])
-    if isinstance(row.get("cycles"), int | float) and isinstance(row.get("clock_hz"), int | float) and row["clock_hz"]:
-        return float(row["cycles"]) / float(row["clock_hz"]) * 1e3
-    return float("nan")
+    value = row.get("time_ms")
+    return float(value) if isinstance(value, int | float) else float("nan")
+
+
+def _npu_ddr_mb(row: Mapping[str, Any]) -> float:
+    parts = [row.get("ddr_read_mb"), row.get("ddr_write_mb")]
+    return float(sum(p for p in parts if isinstance(p, int | float))) if any(
+        isinstance(p, int | float) for p in parts) else float("nan")
 
 
 def join_npu(ops: Sequence[GraphOp], rows: Sequence[Mapping[str, Any]], cpu_ms: Mapping[int, float]) -> tuple[
-        dict[int, float], dict[int, str], list[dict[str, Any]], list[str]]:
-    """NPU operations onto TFLite ops: by order only when the counts agree, else kept as fused rows."""
+        dict[int, float], dict[int, str], list[dict[str, Any]], list[str], dict[int, float]]:
+    """NPU operations onto TFLite ops: by order only when the counts agree, else kept as fused rows.
+
+    The delegated ops are those without a CPU row in benchmark_model's profile (`cpu_ms`).
+
+    Returns:
+        (op index -> ms, op index -> how mapped, unmapped NPU rows, notes, op index -> DDR MB).
+    """
     on_npu = [op for op in ops if op.index not in cpu_ms]
     times = [_npu_ms(r) for r in rows]
     if len(rows) == len(on_npu) and rows:
@@ -295,13 +305,14 @@ def join_npu(ops: Sequence[GraphOp], rows: Sequence[Mapping[str, Any]], cpu_ms: 
         how = {op.index: f"{MAPPED_BY_ORDER} (NPU operation {k})" for k, op in enumerate(on_npu)}
         note = (f"{len(rows)} NPU operations for {len(on_npu)} delegated ops: mapped one to one by order "
                 "(the driver reports fused graph nodes; equal counts are the only case order allows)")
-        return ms, how, [], [note]
+        ddr = {op.index: _npu_ddr_mb(r) for op, r in zip(on_npu, rows, strict=True)}
+        return ms, how, [], [note], ddr
     unmapped = [{"node_type": "NPU operation", "name": str(r.get("index", k)), "time_ms": t,
                  "why": "NPU operations are fused graph nodes; their count differs from the delegated ops"}
                 for k, (r, t) in enumerate(zip(rows, times, strict=True))]
     note = (f"{len(rows)} NPU operations for {len(on_npu)} delegated ops: not mapped to single ops "
             "(the driver fuses nodes); their time counts in the total")
-    return {}, {}, unmapped, [note]
+    return {}, {}, unmapped, [note], {}
 
 
 # ---------------------------------------------------------------- what is stored
@@ -408,6 +419,7 @@ def op_cost(
     scale = host_p50 / sum(est.values()) if host_p50 and sum(est.values()) > 0 else 1.0
 
     unmapped: list[dict[str, Any]] = []
+    ddr: dict[int, float] = {}
     if choice.source == TimeSource.ESTIMATE:
         ms = {i: v * scale for i, v in est.items()}
         how = {i: "estimate from MACs and bytes" for i in ms}
@@ -421,7 +433,7 @@ def op_cost(
         ms, how, unmapped, more = join_profile(ops, rows)
         notes += more
         if choice.source == TimeSource.NPU_DRIVER:
-            nms, nhow, nun, nnotes = join_npu(ops, npu_rows(details), ms)
+            nms, nhow, nun, nnotes, ddr = join_npu(ops, npu_rows(details), ms)
             # the driver's per-operation rows replace the delegate's single fused row
             unmapped = [u for u in unmapped if not str(u.get("why", "")).startswith("a delegate node")] + nun
             ms.update(nms)
@@ -454,7 +466,8 @@ def op_cost(
             "range": stat.get("range", float("nan")), "time_ms": t,
             "time_share": t / total if total > 0 and math.isfinite(t) else float("nan"),
             "time_source": sources.get(op.index, ""), "mapped_by": how.get(op.index, "no time of its own"),
-            "macs": op.macs, "bytes_moved": op.bytes_moved, "float_on_cpu_ms": float_ms,
+            "macs": op.macs, "bytes_moved": op.bytes_moved, "npu_ddr_mb": ddr.get(op.index, float("nan")),
+            "float_on_cpu_ms": float_ms,
             "float_cost_source": cpu_source if cpu_ms.get(op.index) is not None else str(TimeSource.ESTIMATE),
             "float_extra_ms": float_ms - t if math.isfinite(t) else float("nan"),
         })

@@ -204,9 +204,11 @@ def test_join_npu_maps_only_when_counts_agree(npu_setup: tuple[Store, int, bytes
     _, _, tflite = npu_setup
     ops = op_cost.graph_ops(tflite)
     cpu = {2: 0.011, 3: 0.136, 4: 0.013}
-    ms, how, unmapped, _ = op_cost.join_npu(ops, [{"cycles": 1_000_000, "clock_hz": 1e9}, {"time_ms": 0.5}], cpu)
-    assert ms == {0: pytest.approx(1.0), 1: 0.5} and how[1].startswith("order (NPU operation 1)") and not unmapped
-    ms, _, unmapped, notes = op_cost.join_npu(ops, [{"time_ms": 0.7}], cpu)
+    rows = [{"index": 0, "time_ms": 1.0, "ddr_read_mb": 0.5, "ddr_write_mb": 0.25}, {"index": 1, "time_ms": 0.5}]
+    ms, how, unmapped, _, ddr = op_cost.join_npu(ops, rows, cpu)
+    assert ms == {0: 1.0, 1: 0.5} and how[1].startswith("order (NPU operation 1)") and not unmapped
+    assert ddr[0] == pytest.approx(0.75) and np.isnan(ddr[1])
+    ms, _, unmapped, notes, _ = op_cost.join_npu(ops, [{"time_ms": 0.7}], cpu)
     assert ms == {} and len(unmapped) == 1 and "not mapped" in notes[0]
 
 
@@ -249,3 +251,60 @@ def test_node_data_loads_with_model_explorer_classes(cpu_setup: tuple[Store, int
                 op_type = cost.table.set_index("node_id").loc[node_id, "op_type"]
                 # the adapter's node with that id is the same op
                 assert adapter_nodes[gid][node_id] == op_type.lower()
+
+
+def test_op_cost_npu_driver_profile_from_the_evk_capture(npu_setup: tuple[Store, int, bytes]) -> None:
+    from board_agent.npu_profile import map_to_tflite, parse_npu_profile
+    from board_agent.profile import parse_op_profile
+    from qcore.qtyping import Latency
+
+    store, vid, tflite = npu_setup
+    # the real i.MX8M Plus capture (yolov3-tiny, VIV_VX_PROFILE=1), parsed by the agent's own parsers
+    text = (SAMPLES / "04-imx8mp-vx-yolov3tiny-vivprofile.txt").read_text()
+    profile = parse_op_profile(text)
+    profile["npu"] = map_to_tflite(parse_npu_profile(text), ["CONV_2D", "CONV_2D"])
+    assert profile["npu"]["available"]
+    lat = Latency(target="npu", threads=4, xnnpack=False, runs=1, warmup=1, init_ms=1, first_ms=1, min_ms=1,
+                  mean_ms=1, p50_ms=1, p90_ms=1, p99_ms=1, std_ms=0, extra={"profile": profile})
+    store.add_benchmark(lat, sha256="x" * 64, board="evk", variant_id=vid)
+    choice = next(c for c in op_cost.time_choices(store, vid) if c.board == "evk")
+    assert choice.source == TimeSource.NPU_DRIVER
+    cost = op_cost.op_cost(store, vid, board="evk", target="npu")
+    n_npu = len(profile["npu"]["ops"])
+    # that graph's NPU operations do not pair with this graph's ops: kept whole, counted in the total
+    assert (cost.unmapped["node_type"] == "NPU operation").sum() == n_npu
+    assert "Vx Delegate" not in set(cost.unmapped["node_type"])
+    assert cost.total_ms >= profile["npu"]["total_ms"] - 1e-9
+    assert any("not mapped to single ops" in n for n in cost.notes)
+
+
+def test_cli_op_cost_json_and_export_node_data(cpu_setup: tuple[Store, int, bytes], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from qcore.cli import main
+
+    store, vid, _ = cpu_setup
+    db = str(store.path)
+    assert main(["op-cost", str(vid), "--db", db, "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["time_source"] == str(TimeSource.BOARD_PROFILE) and payload["board"] == "imx"
+    conv = next(r for r in payload["rows"] if r["op_index"] == 1)
+    assert conv["time_ms"] == pytest.approx(0.058) and conv["rmse_scale"] > 0
+    # by name, with the estimate
+    assert main(["export-node-data", "int8-fallback", "--board", "host", "--out", str(tmp_path / "nd"),
+                 "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "estimate" in out and "model-explorer" in out and "--node_data_paths=" in out
+    doc = json.loads((tmp_path / "nd" / "int8-fallback.time_ms.json").read_text())
+    assert set(doc["main"]["results"]) == {"0", "1", "2", "3", "4"}  # the estimate times every op
+
+
+def test_cli_export_node_data_unknown_variant_exits_2(cpu_setup: tuple[Store, int, bytes], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from qcore.cli import main
+
+    store, _, _ = cpu_setup
+    assert main(["export-node-data", "nope", "--out", str(tmp_path), "--db", str(store.path)]) == 2
+    err = capsys.readouterr().err
+    assert "no variant named 'nope' (known: int8-fallback)" in err and "Traceback" not in err
+    assert main(["op-cost", "1", "--board", "elsewhere", "--db", str(store.path)]) == 2
+    assert "no per-op profile on elsewhere" in capsys.readouterr().err
