@@ -273,7 +273,7 @@ class Agent:
             return _error(413, f"inputs of {len(npz)} bytes are over max_inputs_mb={self.settings.max_inputs_mb}")
         try:
             summary = check_tflite(model)
-            arrays = npz_arrays(npz)
+            arrays = npz_arrays(npz, max_bytes=self.settings.max_inputs_mb * MB)
         except UploadError as exc:
             return _error(400, str(exc))
         try:
@@ -386,6 +386,7 @@ class Agent:
             spec.update(mode="benchmark", runs=params["runs"], warmup=params["warmup"])
         else:
             spec.update(mode="infer", inputs=self._path("uploads", f"{job_id}.npz"),
+                        max_input_bytes=self.settings.max_inputs_mb * MB,
                         outputs=self._path("outputs", f"{job_id}.npz"))
         # one deadline for the whole job: the runner and the optional profiler share job_timeout
         deadline = time.monotonic() + self.settings.job_timeout

@@ -214,3 +214,34 @@ def test_agent_profile_child_killed_on_close(tmp_path: Path, agent_models: dict[
         pid = _wait_file(pidfile, 60)
         agent.agent.close()
         assert _wait_dead(pid, 5)
+
+
+def _bomb_npz(tmp_path: Path) -> bytes:
+    """A ~100 KB .npz whose one array takes 100 MB once loaded (zeros compress ~1000:1)."""
+    import numpy as np
+
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, x=np.zeros((400_000, 8, 8, 1), np.float32))
+    return path.read_bytes()
+
+
+def test_agent_npz_bomb_refused_from_headers(tmp_path: Path, agent_models: dict[str, bytes]) -> None:
+    """Inference inputs whose headers declare more than max_inputs_mb are refused before any np.load."""
+    bomb = _bomb_npz(tmp_path)
+    assert len(bomb) < 1 * MB
+    with running_agent(tmp_path / "w", max_inputs_mb=8) as agent:
+        status, data = agent.json("POST", f"{protocol.INFERENCES}?target=cpu",
+                                  protocol.pack_inference(agent_models["float32"], bomb))
+    assert status == 400
+    assert "once loaded" in data["error"]
+
+
+def test_runner_npz_size_checked_before_load(tmp_path: Path) -> None:
+    """The runner child re-reads the headers with numpy's format reader before np.load."""
+    from board_agent.runner import RunnerError, check_npz_size
+
+    path = tmp_path / "inputs.npz"
+    path.write_bytes(_bomb_npz(tmp_path))
+    with pytest.raises(RunnerError, match="once loaded"):
+        check_npz_size(str(path), 8 * MB)
+    check_npz_size(str(path), 200 * MB)  # under the cap it passes
