@@ -16,6 +16,7 @@ PAGES = {
     ],
     "Explain": [
         st.Page("app_pages/debugger.py", title="Debugger", icon=":material/bug_report:", url_path="debugger"),
+        st.Page("app_pages/layers.py", title="Cost vs error", icon=":material/stacked_line_chart:", url_path="layers"),
         st.Page("app_pages/qat.py", title="QAT", icon=":material/model_training:", url_path="qat"),
         st.Page("app_pages/inspect.py", title="Inspect", icon=":material/search:", url_path="inspect"),
         st.Page("app_pages/math.py", title="Quantization math", icon=":material/calculate:", url_path="math"),

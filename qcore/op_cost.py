@@ -543,7 +543,8 @@ def node_data(cost: OpCost, metrics: Sequence[str] = NODE_DATA_METRICS) -> dict[
     return out
 
 
-def _safe(name: str) -> str:
+def file_stem(name: str) -> str:
+    """A variant name made safe for a file name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "variant"
 
 
@@ -556,7 +557,7 @@ def write_node_data(cost: OpCost, out_dir: str | Path) -> list[Path]:
         raise QlabError(f"cannot create {out}: {exc.strerror}") from None
     paths = []
     for metric, doc in node_data(cost).items():
-        path = out / f"{_safe(cost.variant)}.{metric}.json"
+        path = out / f"{file_stem(cost.variant)}.{metric}.json"
         path.write_text(json.dumps(doc, indent=2))
         paths.append(path)
     return paths
@@ -567,7 +568,7 @@ def node_data_zip(cost: OpCost) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for metric, doc in node_data(cost).items():
-            zf.writestr(f"{_safe(cost.variant)}.{metric}.json", json.dumps(doc, indent=2))
+            zf.writestr(f"{file_stem(cost.variant)}.{metric}.json", json.dumps(doc, indent=2))
     return buf.getvalue()
 
 

@@ -78,7 +78,43 @@ def build_content(store: Store, variant_ids: Sequence[int]) -> dict[str, Any]:
         "evaluations": _records(evaluations, list(evaluations.columns)),
         "confusion": {str(v): m for v in ids if (m := store.confusion(v)) is not None},
         "benchmarks": _records(store.benchmarks(variant_ids=ids), BENCH_COLUMNS),
+        "op_cost": op_cost_content(store, ids),
     }
+
+
+def op_cost_content(store: Store, variant_ids: Sequence[int]) -> dict[str, Any]:
+    """Per-op error beside per-op time for the variants that have a debugger run or a board profile."""
+    from qcore.op_cost import op_cost, report_rows
+    from qcore.qtyping import TimeSource
+
+    out: dict[str, Any] = {}
+    for vid in variant_ids:
+        try:
+            cost = op_cost(store, vid)
+        except QlabError as exc:  # a failed variant has no graph to cost
+            log.info("no op cost for variant %s: %s", vid, exc)
+            continue
+        if cost.debug_run_id is None and cost.time_source == TimeSource.ESTIMATE:
+            continue  # nothing measured about this variant's layers: an estimate alone is no finding
+        out[str(vid)] = {"variant": cost.variant, "board": cost.board, "target": cost.target,
+                         "time_source": cost.time_source, "total_ms": cost.total_ms,
+                         "debug_run_id": cost.debug_run_id, "notes": list(cost.notes), "rows": report_rows(cost)}
+    return out
+
+
+def op_cost_tables(content: dict[str, Any]) -> list[tuple[str, pd.DataFrame]]:
+    """(caption, table) per variant of the report's per-op error and time, as the HTML shows them."""
+    out = []
+    for entry in (content.get("op_cost") or {}).values():
+        df = pd.DataFrame(entry.get("rows") or [])
+        if df.empty:
+            continue
+        df = df.rename(columns={"time_share": "share of time", "float_on_cpu_ms": "kept float on CPU (ms)",
+                                "float_extra_ms": "extra if float (ms)"})
+        caption = (f"{entry.get('variant')}: time on {entry.get('board')} / {entry.get('target')} "
+                   f"[{entry.get('time_source')}], total {float(entry.get('total_ms') or 0):.3f} ms")
+        out.append((caption, df))
+    return out
 
 
 def make_report(store: Store, title: str, notes: str, variant_ids: Sequence[int]) -> str:
@@ -154,6 +190,11 @@ def render_html(report: dict[str, Any], figures: Sequence[tuple[str, Any]] = ())
     if not bench.empty:
         cols = ["variant_id", "board", "target", "threads", "runs", "first_ms", "p50_ms", "p90_ms", "mean_ms"]
         parts += ["<h2>Latency</h2>", _table_html(bench[cols])]
+    op_tables = op_cost_tables(content)
+    if op_tables:
+        parts.append("<h2>Per-layer error and time</h2>")
+        for caption, df in op_tables:
+            parts += [f"<h3>{html.escape(caption)}</h3>", _table_html(df)]
     first = True
     for caption, fig in figures:
         parts.append(f"<div class='fig'><h3>{html.escape(caption)}</h3>")

@@ -308,3 +308,17 @@ def test_cli_export_node_data_unknown_variant_exits_2(cpu_setup: tuple[Store, in
     assert "no variant named 'nope' (known: int8-fallback)" in err and "Traceback" not in err
     assert main(["op-cost", "1", "--board", "elsewhere", "--db", str(store.path)]) == 2
     assert "no per-op profile on elsewhere" in capsys.readouterr().err
+
+
+def test_report_carries_the_op_cost_table(cpu_setup: tuple[Store, int, bytes]) -> None:
+    from qcore.reports import make_report, op_cost_tables, render_html
+
+    store, vid, _ = cpu_setup
+    report = store.report(make_report(store, "layers", "", [vid]))
+    entry = report["content"]["op_cost"][str(vid)]
+    assert entry["time_source"] == str(TimeSource.BOARD_PROFILE) and len(entry["rows"]) == 5
+    (caption, table), = op_cost_tables(report["content"])
+    assert "imx / cpu" in caption and "board profile (benchmark_model)" in caption
+    page = render_html(report)
+    assert "Per-layer error and time" in page and "board profile (benchmark_model)" in page
+    assert "kept float on CPU (ms)" in page and "0.058" in page
