@@ -128,3 +128,37 @@ def pct(x: Any) -> str:
     except (TypeError, ValueError):
         return "–"
     return "–" if f != f else f"{100 * f:.2f}%"
+
+
+def npu_verdict(row: Any, what: str = "") -> None:
+    """The NPU verdict of one stored variant as a coloured line: ready, falls back to the CPU, or not linted."""
+    from dashboard.services import npu_view
+
+    row = dict(row)
+    text = (f"{what}: " if what else "") + npu_view.verdict_line(row)
+    state = npu_view.ready(row)
+    if state is True:
+        st.success(text, icon=":material/memory:")
+    elif state is False:
+        st.warning(text, icon=":material/memory:")
+    else:
+        st.caption(text)
+
+
+# session keys another page reads once: the variant chosen with "Use this variant"
+USE_VARIANT_KEY = "ui_use_variant"
+
+
+def use_variant_button(variant_id: int, model_id: int, key: str) -> None:
+    """"Use this variant": opens Compare with it selected (beside float32) and preselects it on Boards."""
+    if st.button("Use this variant", key=key, icon=":material/open_in_new:",
+                 help="open Compare with it selected; it is also preselected for a board benchmark"):
+        st.session_state[USE_VARIANT_KEY] = (int(variant_id), int(model_id))
+        st.session_state["boards_bench_variants"] = [int(variant_id)]
+        st.switch_page("app_pages/compare.py")
+
+
+def take_used_variant() -> tuple[int, int] | None:
+    """The (variant id, model id) a "Use this variant" button passed to this page, once."""
+    value = st.session_state.pop(USE_VARIANT_KEY, None)
+    return (int(value[0]), int(value[1])) if value else None

@@ -479,8 +479,7 @@ def _selective(
     if store is not None and model_id is not None and dataset_id is not None:
         settings = {"denylisted_nodes": list(nodes), "denylisted_ops": list(ops), "recipe": cal.recipe,
                     "calibration_samples": calibration_samples, "ignored_nodes": ignored}
-        key = json.dumps([sorted(nodes), sorted(ops), cal.recipe])
-        name = f"selective-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+        name = _free_name(store, model_id, dataset_id, selective_name(cal.recipe, nodes, ops), settings)
         variant_id = store.save_variant(
             model_id=model_id, dataset_id=dataset_id, name=name, kind=VariantKind.SELECTIVE, recipe=cal.recipe,
             settings=settings, tflite=tflite, input_dtype=ev.input_dtype, output_dtype=ev.output_dtype,
@@ -497,6 +496,34 @@ def _selective(
         variant_id=variant_id,
         ignored_nodes=tuple(ignored),
     )
+
+
+def selective_name(recipe: str, nodes: Sequence[str], ops: Sequence[str]) -> str:
+    """What a variant with layers kept in float is called: "int8 + 4 float layers (+ float ADD)"."""
+    parts = [recipe]
+    if nodes:
+        parts.append(f"{len(nodes)} float layer{'s' if len(nodes) != 1 else ''}")
+    if ops:
+        parts.append("float " + ", ".join(sorted(ops)))
+    return " + ".join(parts)
+
+
+def _free_name(store: Store, model_id: int, dataset_id: int, name: str, settings: dict[str, Any]) -> str:
+    """`name`, unless a variant of that name keeps other layers float: then `name` with a short tag."""
+    same = store.query(
+        "SELECT settings FROM variants WHERE model_id = ? AND dataset_id = ? AND name = ?",
+        [model_id, dataset_id, name],
+    )
+    if same.empty:
+        return name
+    def key(s: dict[str, Any]) -> str:
+        return json.dumps([sorted(s.get("denylisted_nodes") or []), sorted(s.get("denylisted_ops") or []),
+                           s.get("recipe")])
+
+    stored = same["settings"].iloc[0]
+    if isinstance(stored, str) and key(json.loads(stored)) == key(settings):
+        return name  # the same choice again: re-running updates that variant
+    return f"{name} #{hashlib.sha1(key(settings).encode()).hexdigest()[:4]}"
 
 
 def _first_line(exc: BaseException) -> str:

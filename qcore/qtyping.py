@@ -213,6 +213,63 @@ class Inspection:
 
 
 @dataclass(frozen=True)
+class NpuVerdict:
+    """Will a .tflite run on the i.MX8M Plus NPU: the compact answer shown beside every variant.
+
+    Computed from the flatbuffer (qcore.inspect_model.npu_verdict) when a variant is saved.
+    """
+
+    ready: bool  # no lint error: every op is 8-bit integer and has an NPU kernel
+    n_ops: int
+    float_ops: tuple[tuple[str, int], ...]  # (op, count) computing in float, QUANTIZE/DEQUANTIZE aside
+    quant_ops: int  # QUANTIZE/DEQUANTIZE inside the graph (round trips through float on the CPU)
+    custom_ops: tuple[str, ...]
+    problems: tuple[str, ...]  # codes of the lint errors, e.g. "float-op", "int16-activations"
+    input_dtype: str
+    output_dtype: str
+    weight_elements: int  # numbers held in constant tensors: 4 bytes each in float32
+
+    @property
+    def n_float_ops(self) -> int:
+        return sum(n for _, n in self.float_ops)
+
+    @property
+    def io(self) -> str:
+        return f"{self.input_dtype or '?'} → {self.output_dtype or '?'}"
+
+    @property
+    def summary(self) -> str:
+        """One line: "NPU-ready: integer-only" or what falls back to the CPU and why."""
+        if self.ready:
+            return "NPU-ready: integer-only"
+        parts: list[str] = []
+        if self.float_ops:
+            ops = ", ".join(f"{n}× {name}" for name, n in self.float_ops[:4])
+            more = f" and {len(self.float_ops) - 4} more kinds" if len(self.float_ops) > 4 else ""
+            parts.append(f"{self.n_float_ops} float ops fall back to the CPU ({ops}{more})")
+        if self.quant_ops:
+            parts.append(f"{self.quant_ops} QUANTIZE/DEQUANTIZE inside the graph")
+        if self.custom_ops:
+            parts.append("custom ops " + ", ".join(self.custom_ops) + " run on the CPU")
+        for code, words in (("int16-activations", "int16 activations (16x8) run on the CPU"),
+                            ("float16-weights", "float16 weights need float kernels")):
+            if code in self.problems:
+                parts.append(words)
+        return "not NPU-ready: " + "; ".join(parts or ["see the Inspect page"])
+
+    @property
+    def label(self) -> str:
+        """A table cell: a mark and a few words."""
+        if self.ready:
+            return "✅ integer-only"
+        if self.float_ops:
+            return f"❌ {self.n_float_ops} float ops → CPU"
+        if self.custom_ops:
+            return f"❌ {len(self.custom_ops)} custom ops → CPU"
+        return "❌ " + ", ".join(self.problems)
+
+
+@dataclass(frozen=True)
 class Latency:
     """Timing of one model on one target. Milliseconds throughout."""
 

@@ -33,7 +33,8 @@ TABLES = ("variants", "evaluations", "benchmarks")
 VARIANT_COLUMNS = [
     "variant_id", "model_id", "model", "dataset_id", "dataset", "variant", "kind", "recipe", "status", "error",
     "size_bytes", "sha256", "input_dtype", "output_dtype", "settings", "float_accuracy", "accuracy", "top5",
-    "agreement", "batched", "host_p50_ms", "board_p50_ms",
+    "agreement", "batched", "host_p50_ms", "board_p50_ms", "npu_ready", "npu_label", "npu_verdict", "npu_io",
+    "float_size_bytes",
 ]
 BENCH_COLUMNS = [
     "benchmark_id", "variant_id", "sha256", "board", "target", "threads", "xnnpack", "runs", "warmup",
@@ -154,12 +155,32 @@ def summary_table(content: dict[str, Any]) -> pd.DataFrame:
     if v.empty:
         return v
     out = pd.DataFrame({
-        "model": v["model"], "variant": v["variant"], "kind": v["kind"], "accuracy": v["accuracy"],
-        "top-5": v["top5"], "agreement": v["agreement"],
-        "drop (points)": (v["float_accuracy"] - v["accuracy"]) * 100,
-        "size (KiB)": v["size_bytes"].astype(float) / 1024, "host p50 (ms)": v["host_p50_ms"],
-        "board p50 (ms)": v["board_p50_ms"], "status": v["status"],
+        "model": v["model"], "variant": v["variant"], "kind": v["kind"],
+        "accuracy (%)": (v["accuracy"].astype(float) * 100).round(2),
+        "top-5 (%)": (v["top5"].astype(float) * 100).round(2),
+        "agreement (%)": (v["agreement"].astype(float) * 100).round(2),
+        "Δ vs float (points)": ((v["accuracy"].astype(float) - v["float_accuracy"].astype(float)) * 100).round(2),
+        "NPU": [x if isinstance(x, str) and x else "–" for x in v["npu_label"]],
+        "I/O": [x if isinstance(x, str) and x else f"{i or '?'} → {o or '?'}"
+                for x, i, o in zip(v["npu_io"], v["input_dtype"], v["output_dtype"], strict=True)],
+        "size (KiB)": (v["size_bytes"].astype(float) / 1024).round(1),
+        "size vs float (×)": (v["size_bytes"].astype(float) / v["float_size_bytes"].astype(float)).round(3),
+        "host p50 (ms)": v["host_p50_ms"], "board p50 (ms)": v["board_p50_ms"], "status": v["status"],
     })
+    return out
+
+
+def npu_lines(content: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
+    """(variant name, ready or None when not linted, verdict text) for each variant of a report."""
+    v = frames(content)["variants"]
+    out: list[tuple[str, bool | None, str]] = []
+    for r in v.itertuples():
+        name = f"{r.model} / {r.variant}"
+        if not isinstance(r.npu_verdict, str) or not r.npu_verdict:
+            out.append((name, None, "no NPU verdict stored"))
+            continue
+        io = f" · I/O {r.npu_io}" if isinstance(r.npu_io, str) else ""
+        out.append((name, bool(r.npu_ready), f"{r.npu_verdict}{io}"))
     return out
 
 
@@ -182,6 +203,11 @@ def render_html(report: dict[str, Any], figures: Sequence[tuple[str, Any]] = ())
     if report.get("notes"):
         parts.append(f"<div class='notes'>{html.escape(report['notes'])}</div>")
     parts += ["<h2>Variants</h2>", _table_html(summary_table(content))]
+    parts.append("<h2>Will it run on the NPU?</h2><ul class='npu'>")
+    for name, ready, text in npu_lines(content):
+        mark = "✅" if ready else ("❌" if ready is False else "–")
+        parts.append(f"<li>{mark} <b>{html.escape(name)}</b>: {html.escape(text)}</li>")
+    parts.append("</ul>")
     evals = frames(content)["evaluations"]
     boards = evals[evals["device"] != "host"]
     if not boards.empty:

@@ -24,6 +24,7 @@ from qcore.qtyping import (
     JobStatus,
     Latency,
     LayerStat,
+    NpuVerdict,
     QlabError,
     VariantStatus,
 )
@@ -240,6 +241,24 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 """
 
+SCHEMA_0011 = """
+-- the NPU lint of a variant's .tflite, computed from the flatbuffer when the variant is saved
+CREATE TABLE IF NOT EXISTS npu_verdicts (
+    variant_id      BIGINT PRIMARY KEY,
+    ready           BOOLEAN NOT NULL,
+    n_ops           INTEGER NOT NULL,
+    n_float_ops     INTEGER NOT NULL,
+    quant_ops       INTEGER NOT NULL,
+    float_ops       JSON NOT NULL,
+    custom_ops      JSON NOT NULL,
+    problems        JSON NOT NULL,
+    io              VARCHAR NOT NULL,
+    summary         VARCHAR NOT NULL,
+    label           VARCHAR NOT NULL,
+    weight_elements BIGINT NOT NULL
+);
+"""
+
 VIEWS = """
 CREATE OR REPLACE VIEW v_latest_eval AS
 SELECT * EXCLUDE (rn) FROM (
@@ -283,12 +302,18 @@ SELECT v.id AS variant_id, v.model_id, m.name AS model, v.dataset_id, d.name AS 
            AND h.benchmark_id = (SELECT max(h2.benchmark_id) FROM v_bench_wide h2
                                  WHERE h2.variant_id = v.id AND h2.board = 'host')) AS host_p50_ms,
        (SELECT min(bw.p50_ms) FROM v_bench_wide bw
-         WHERE bw.variant_id = v.id AND bw.board <> 'host') AS board_p50_ms
+         WHERE bw.variant_id = v.id AND bw.board <> 'host') AS board_p50_ms,
+       n.ready AS npu_ready, n.label AS npu_label, n.summary AS npu_verdict, n.n_float_ops AS npu_float_ops,
+       n.io AS npu_io,
+       -- the size a float32 .tflite of the same model has (measured when one exists, else 4 bytes a weight)
+       coalesce((SELECT min(f.size_bytes) FROM variants f WHERE f.model_id = v.model_id
+                  AND f.recipe = 'float32' AND f.status = 'ok'), 4 * n.weight_elements) AS float_size_bytes
 FROM variants v
 JOIN models m ON m.id = v.model_id
 JOIN datasets d ON d.id = v.dataset_id
 LEFT JOIN reference_runs r ON r.model_id = v.model_id AND r.dataset_id = v.dataset_id
-LEFT JOIN v_eval_wide e ON e.variant_id = v.id AND e.device = 'host';
+LEFT JOIN v_eval_wide e ON e.variant_id = v.id AND e.device = 'host'
+LEFT JOIN npu_verdicts n ON n.variant_id = v.id;
 """
 
 # Numbered migrations; tests assert this list. Append only, never edit an applied one.
@@ -296,6 +321,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0001_initial", SCHEMA_0001),
     ("0002_qat_debugger_tune", SCHEMA_0002),
     ("0003_boards_reports", SCHEMA_0003),
+    ("0011_npu_verdicts", SCHEMA_0011),
 )
 
 LOCK_MARKERS = ("lock", "Conflicting lock", "being used by another process")
@@ -555,11 +581,13 @@ class Store:
         evaluation: Evaluation | None = None,
         parent_variant_id: int | None = None,
         history: Sequence[dict[str, float]] | None = None,
+        npu: NpuVerdict | None = None,
     ) -> int:
-        """Writes a variant, its .tflite blob and its host evaluation in one transaction.
+        """Writes a variant, its .tflite blob, its NPU verdict and its host evaluation in one transaction.
 
         Re-running the same (model, dataset, name) updates that row; evaluations accumulate,
         and views read the latest. A failed variant keeps its error and no half-written metrics.
+        The NPU verdict is read from the .tflite here unless the caller passes one.
 
         Returns:
             The variant id.
@@ -569,6 +597,8 @@ class Store:
         if tflite is not None:
             sha, blob = self.put_blob(tflite)
             path, size = str(blob), len(tflite)
+            if npu is None:
+                npu = _lint_or_none(tflite, name)
         params = [kind, recipe, _json(settings), str(status), error or None, sha, size, path,
                   input_dtype or None, output_dtype or None, parent_variant_id]
         with self.transaction() as cur:
@@ -593,6 +623,9 @@ class Store:
                 ).fetchone()
                 assert got is not None
                 variant_id = int(got[0])
+            cur.execute("DELETE FROM npu_verdicts WHERE variant_id = ?", [variant_id])
+            if npu is not None and tflite is not None:
+                _insert_npu(cur, variant_id, npu)
             if evaluation is not None:
                 self._insert_evaluation(cur, variant_id, dataset_id, "host", evaluation, {})
             if history:
@@ -734,6 +767,34 @@ class Store:
         )
         df["details"] = [(_loads(d) or {}) for d in df["details"]]
         return df
+
+    def needs_npu_backfill(self) -> bool:
+        """Whether a stored .tflite has no NPU verdict yet (a store from before migration 0011)."""
+        row = self._one(
+            "SELECT count(*) FROM variants v LEFT JOIN npu_verdicts n ON n.variant_id = v.id"
+            " WHERE n.variant_id IS NULL AND v.status = 'ok' AND v.path IS NOT NULL"
+        )
+        return bool(row and row[0])
+
+    def backfill_npu(self) -> int:
+        """Reads the NPU verdict of stored variants saved before verdicts existed; returns how many.
+
+        Pure flatbuffer reading (no interpreter); a job runs it, never a page.
+        """
+        todo = self.query(
+            "SELECT v.id, v.name, v.path FROM variants v LEFT JOIN npu_verdicts n ON n.variant_id = v.id"
+            " WHERE n.variant_id IS NULL AND v.status = 'ok' AND v.path IS NOT NULL"
+        )
+        done = 0
+        for r in todo.itertuples():
+            p = Path(str(r.path))
+            npu = _lint_or_none(p.read_bytes(), str(r.name)) if p.exists() else None
+            if npu is not None:
+                with self.transaction() as cur:
+                    cur.execute("DELETE FROM npu_verdicts WHERE variant_id = ?", [int(r.id)])
+                    _insert_npu(cur, int(r.id), npu)
+                done += 1
+        return done
 
     def variant_id_for_sha(self, sha256: str) -> int | None:
         row = self._one("SELECT max(id) FROM variants WHERE sha256 = ?", [sha256])
@@ -950,6 +1011,26 @@ class Store:
 
     def reports(self) -> pd.DataFrame:
         return self.query("SELECT id, title, created_at FROM reports ORDER BY created_at DESC")
+
+
+def _lint_or_none(tflite: bytes, name: str) -> NpuVerdict | None:
+    """The NPU verdict of a .tflite about to be stored; None (and a log line) when it cannot be read."""
+    from qcore.inspect_model import npu_verdict
+
+    try:
+        return npu_verdict(tflite)
+    except QlabError as exc:
+        log.warning("variant %r: no NPU verdict: %s", name, exc)
+        return None
+
+
+def _insert_npu(cur: duckdb.DuckDBPyConnection, variant_id: int, npu: NpuVerdict) -> None:
+    cur.execute(
+        "INSERT INTO npu_verdicts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [variant_id, npu.ready, npu.n_ops, npu.n_float_ops, npu.quant_ops, json.dumps(dict(npu.float_ops)),
+         json.dumps(list(npu.custom_ops)), json.dumps(list(npu.problems)), npu.io, npu.summary, npu.label,
+         npu.weight_elements],
+    )
 
 
 def _job_from_row(r: dict[str, Any]) -> Job:

@@ -191,7 +191,7 @@ def tune(
             path = str(target_path)
         if store is not None and model_id is not None and dataset_id is not None:
             variant_id = store.save_variant(
-                model_id=model_id, dataset_id=dataset_id, name=f"tune-drop{max_drop:g}", kind=VariantKind.TUNE,
+                model_id=model_id, dataset_id=dataset_id, name=f"{cal.recipe} + {best} float layers (search, max drop {max_drop:g})", kind=VariantKind.TUNE,
                 recipe=cal.recipe,
                 settings={"denylisted_nodes": list(ranking[:best]), "max_drop": max_drop,
                           "target_accuracy": target, "recipe": cal.recipe,

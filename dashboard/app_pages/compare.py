@@ -20,6 +20,13 @@ if models.empty:
     st.info("No model stored yet.", icon=":material/info:")
     st.stop()
 names = {int(r.id): f"#{r.id} {r.name}" for r in models.itertuples()}
+used = ui.take_used_variant()
+if used is not None and used[1] in names:
+    # "Use this variant" on another page: its model, with it beside the float32 variant
+    st.session_state["compare_models"] = [used[1]]
+    pool = reads.variants(lab.db_key, model_ids=(used[1],))
+    floats = pool[(pool["variant"] == "float32") & (pool["status"] == "ok")]["variant_id"].astype(int).tolist()
+    st.session_state[f"compare_variants_{used[1]}"] = list(dict.fromkeys([*floats[:1], used[0]]))
 model_ids = st.multiselect("models", list(names), default=list(names)[:1], format_func=names.__getitem__,
                            key="compare_models")
 all_variants = reads.variants(lab.db_key, model_ids=tuple(model_ids))
@@ -33,15 +40,24 @@ if df.empty:
     st.stop()
 
 st.dataframe(tables.compare_table(df), hide_index=True, width="stretch")
+st.caption("Δ vs float: the variant's accuracy minus the float Keras model's, in percentage points "
+           "(negative = accuracy lost). NPU: ✅ every op is 8-bit integer and runs on the i.MX8M Plus NPU; "
+           "❌ some ops fall back to the CPU (the Inspect page lists them). Size vs float: 0.25 = four times smaller.")
 ok = df[df["status"] == "ok"]
 
 left, right = st.columns(2)
 left.plotly_chart(tradeoff_scatter(ok, "size_bytes", "accuracy"), key="compare_size_scatter")
-latency_axis = "board_p50_ms" if ok["board_p50_ms"].notna().any() and st.session_state.get(
-    "compare_board_latency") else "host_p50_ms"
-right.plotly_chart(tradeoff_scatter(ok, latency_axis, "accuracy"), key="compare_latency_scatter")
-right.toggle("board latency instead of host", key="compare_board_latency",
-             disabled=not ok["board_p50_ms"].notna().any())
+has_board = bool(ok["board_p50_ms"].notna().any())
+use_board = has_board and bool(st.session_state.get("compare_board_latency"))
+latency_axis = "board_p50_ms" if use_board else "host_p50_ms"
+right.plotly_chart(tradeoff_scatter(ok, latency_axis, "accuracy",
+                                    target="fastest board target" if use_board else "this host, 1 thread"),
+                   key="compare_latency_scatter")
+right.toggle("board latency instead of host", key="compare_board_latency", disabled=not has_board,
+             help=None if has_board else "no chosen variant has been benchmarked on a board yet: "
+             "run one on the Boards page")
+if not has_board:
+    right.caption("Board latency: none of these variants has been timed on a board yet (Boards page).")
 st.plotly_chart(size_bars(ok), key="compare_size_bars")
 
 st.subheader("Confusion matrices")

@@ -96,6 +96,12 @@ def show_selective(job: Job) -> None:
     if ids:
         st.dataframe(debug_view.selective_table(reads.variants(lab.db_key, variant_ids=ids)), hide_index=True,
                      width="stretch")
+    variants = reads.variants(lab.db_key, variant_ids=ids) if ids else None
+    sel_id = result.get("selective_variant_id")
+    if variants is not None and sel_id is not None and (variants["variant_id"] == sel_id).any():
+        row = variants[variants["variant_id"] == sel_id].iloc[0]
+        ui.npu_verdict(row, str(row["variant"]))
+        ui.use_variant_button(int(sel_id), int(row["model_id"]), key="debugger_use_selective")
     if result.get("ignored_nodes"):
         st.caption("the quantizer kept these quantized (they share their neighbours' scale): "
                    + ", ".join(result["ignored_nodes"]))
@@ -126,6 +132,12 @@ if not tune_runs.empty:
     st.plotly_chart(tune_trials_plot(trials, float(trun["float_accuracy"]), float(trun["target_accuracy"])),
                     key="debugger_trials")
     st.dataframe(debug_view.trials_table(trials), hide_index=True, width="stretch")
+    chosen_id = trun["chosen_variant_id"]
+    if pd.notna(chosen_id):
+        found = reads.variants(lab.db_key, variant_ids=(int(chosen_id),))
+        if not found.empty:
+            ui.npu_verdict(found.iloc[0], f"search result {found.iloc[0]['variant']}")
+            ui.use_variant_button(int(chosen_id), int(model_id), key="debugger_use_tune")
 
 st.subheader("Tensor comparison between two variants")
 st.caption("Runs both .tflite files on the same inputs and compares every tensor they share by name "

@@ -65,6 +65,10 @@ def show_result(job: Job) -> None:
              delta=f"{100 * (r['tflite_accuracy'] - r['keras_accuracy']):+.2f} points vs Keras"
              if r.get("tflite_accuracy") is not None and r.get("keras_accuracy") is not None else None)
     d.metric("range drift, last epoch", ui.pct(r.get("range_drift")))
+    found = reads.variants(lab.db_key, variant_ids=(int(r["variant_id"]),)) if r.get("variant_id") else None
+    if found is not None and not found.empty:
+        ui.npu_verdict(found.iloc[0], f"QAT variant {found.iloc[0]['variant']}")
+        ui.use_variant_button(int(r["variant_id"]), int(found.iloc[0]["model_id"]), key="qat_use_variant")
     for warning in r.get("warnings", []):
         st.warning(warning, icon=":material/warning:")
     if not r.get("warnings"):

@@ -37,6 +37,10 @@ def show(report_id: str) -> None:
     if report["notes"]:
         st.markdown(report["notes"])
     st.dataframe(reports.summary_table(content), hide_index=True, width="stretch")
+    st.subheader("Will it run on the NPU?")
+    for name, ready, text in reports.npu_lines(content):
+        mark = "✅" if ready else ("❌" if ready is False else "–")
+        st.markdown(f"{mark} **{name}**: {text}")
     drift = report_view.drift(content)
     if not drift.empty:
         st.subheader("On-board accuracy")

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dashboard.services import npu_view
+
 
 def run_labels(runs: pd.DataFrame) -> dict[int, str]:
     """debug run id → a label with its recipe, layers and whether denylists were applied."""
@@ -87,6 +89,8 @@ def selective_table(variants: pd.DataFrame) -> pd.DataFrame:
             "drop (points)": None if pd.isna(r.accuracy) else round((r.float_accuracy - r.accuracy) * 100, 2),
             "size (KiB)": round(r.size_bytes / 1024, 1) if pd.notna(r.size_bytes) else None,
             "kept float": len(s.get("denylisted_nodes", [])) + len(s.get("denylisted_ops", [])),
+            "NPU": npu_view.label(r._asdict()),
+            "I/O": r.npu_io if isinstance(getattr(r, "npu_io", None), str) else None,
         })
     return pd.DataFrame(rows).sort_values("kind", key=lambda k: k != "ptq").reset_index(drop=True)
 

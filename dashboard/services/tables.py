@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from dashboard.services import npu_view
 from qcore.qtyping import Job
 
 COMPARE_COLUMNS = {
@@ -13,15 +14,16 @@ COMPARE_COLUMNS = {
     "model": "model",
     "variant": "variant",
     "kind": "kind",
-    "accuracy": "accuracy",
-    "top5": "top-5",
-    "agreement": "agreement",
-    "drop_points": "drop vs float (points)",
+    "accuracy": "accuracy (%)",
+    "top5": "top-5 (%)",
+    "agreement": "agreement (%)",
+    "drop_points": "Δ vs float (points)",
     "size_kib": "size (KiB)",
     "host_p50_ms": "host p50 (ms)",
     "board_p50_ms": "board p50 (ms)",
-    "input_dtype": "input",
-    "output_dtype": "output",
+    "npu": "NPU",
+    "io": "I/O",
+    "size_vs_float": "size vs float (×)",
     "status": "status",
     "error": "error",
 }
@@ -33,7 +35,16 @@ def compare_table(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=list(COMPARE_COLUMNS.values()))
     out = df.copy()
     out["size_kib"] = (out["size_bytes"].astype(float) / 1024.0).round(1)
-    out["drop_points"] = ((out["float_accuracy"].astype(float) - out["accuracy"].astype(float)) * 100).round(2)
+    # negative: the variant lost accuracy against the float Keras model
+    out["drop_points"] = ((out["accuracy"].astype(float) - out["float_accuracy"].astype(float)) * 100).round(2)
+    # one accuracy format everywhere: percent with 2 decimals
+    for col in ("accuracy", "top5", "agreement"):
+        out[col] = (out[col].astype(float) * 100).round(2)
+    records = out.to_dict("records")
+    out["npu"] = [npu_view.label(r) for r in records]
+    out["io"] = [r.get("npu_io") if isinstance(r.get("npu_io"), str)
+                 else f"{r.get('input_dtype') or '?'} → {r.get('output_dtype') or '?'}" for r in records]
+    out["size_vs_float"] = [npu_view.size_ratio(r.get("size_bytes"), r.get("float_size_bytes")) for r in records]
     for col in ("host_p50_ms", "board_p50_ms"):
         out[col] = out[col].astype(float).round(4)
     return out[list(COMPARE_COLUMNS)].rename(columns=COMPARE_COLUMNS).reset_index(drop=True)

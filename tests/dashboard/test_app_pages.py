@@ -106,6 +106,8 @@ def test_quantize_run_as_job_then_result_table(converted: Lab, page) -> None:
     _no_traceback(at)
     assert any(f"job #{job.id} (convert) finished" in t for t in texts(at, "success"))
     assert at.dataframe[0].value["variant"].tolist() == ["dynamic"]
+    # dynamic range keeps float activations: the verdict says the ops fall back to the CPU
+    assert at.dataframe[0].value["NPU"].iloc[0].startswith("❌")
 
 
 def test_quantize_without_recipes(converted: Lab, page) -> None:
@@ -153,8 +155,22 @@ def test_compare_table_plots_and_confusions(converted: Lab, page) -> None:
     specs = plotly_specs(at)
     names = [{t.get("name") for t in s["data"]} for s in specs]
     assert "Pareto front" in names[0] and "Pareto front" in names[1]
+    npu = table.set_index("variant")["NPU"]
+    assert npu["int8"] == "✅ integer-only" and npu["uint8"] == "✅ integer-only"
+    assert npu["float32"].startswith("❌") and "float ops" in npu["float32"]
+    symbols = {t["name"]: t["marker"]["symbol"] for t in specs[0]["data"] if t["name"] != "Pareto front"}
+    assert symbols["int8 · NPU-ready"] == "circle" and symbols["float32 · not NPU-ready"] == "x"
     heatmaps = [s for s in specs if s["data"] and s["data"][0]["type"] == "heatmap"]
-    assert len(heatmaps) == len(table[table["status"] == "ok"])
+    assert len(heatmaps) <= len(table[table["status"] == "ok"])
+
+
+def test_compare_opens_with_the_variant_chosen_elsewhere(converted: Lab, page) -> None:
+    int8 = _variant_id(converted, "int8")
+    at = AppTest.from_file(str(APP.parent / "app_pages" / "compare.py"), default_timeout=PAGE_TIMEOUT_S)
+    at.session_state["ui_use_variant"] = (int8, 1)
+    at.run()
+    _no_traceback(at)
+    assert at.dataframe[0].value["variant"].tolist() == ["float32", "int8"]
 
 
 def test_compare_without_models(empty_lab: Lab, page) -> None:
@@ -210,6 +226,12 @@ def test_debugger_keep_float_runs_selective_and_compares_with_int8(debugged: Lab
     assert compared["kind"].tolist() == ["ptq", "selective"]
     assert compared["variant"].iloc[0] == "int8"
     assert compared["kept float"].iloc[1] >= 1
+    name = compared["variant"].iloc[1]
+    assert re.fullmatch(r"int8 \+ \d+ float layers?", name)  # named for what it is, not a hash
+    # the selective variant keeps a layer in float: its verdict says what falls back to the CPU
+    assert compared["NPU"].iloc[0] == "✅ integer-only" and compared["NPU"].iloc[1].startswith("❌")
+    assert any(t.startswith(f"{name}: not NPU-ready") for t in texts(at, "warning"))
+    assert any(b.label == "Use this variant" for b in at.button)
 
 
 def test_debugger_search_plots_trials(debugged: Lab, page) -> None:
@@ -224,6 +246,11 @@ def test_debugger_search_plots_trials(debugged: Lab, page) -> None:
     _no_traceback(at)
     trials = next(s for s in plotly_specs(at) if "conversions tried" in json.dumps(s["layout"].get("title", "")))
     assert trials["data"]
+    chosen = debugged.store.tune_runs()["chosen_variant_id"].iloc[0]
+    if chosen == chosen:  # the search found a variant: its verdict and the action are shown
+        verdicts = texts(at, "warning") + texts(at, "success")
+        assert any(t.startswith("search result int8 + ") and "NPU" in t for t in verdicts)
+        assert any(b.label == "Use this variant" for b in at.button)
 
 
 def test_debugger_tensor_comparison(debugged: Lab, page) -> None:
@@ -304,6 +331,8 @@ def test_qat_train_shows_check_and_curves(converted: Lab, page) -> None:
     curves = plotly_specs(at)[0]
     assert len(values(curves["data"][0]["x"])) == 2  # one point per epoch
     assert texts(at, "warning") or any("agree" in t for t in texts(at, "success"))
+    # float I/O QAT model: integer inside, so the verdict is shown either way
+    assert any(t.startswith("QAT variant ") and "NPU" in t for t in texts(at, "warning") + texts(at, "success"))
 
 
 def test_qat_chosen_layers_without_names(converted: Lab, page) -> None:
@@ -380,6 +409,8 @@ def test_reports_make_then_open_read_only(converted: Lab, page) -> None:
     assert view.title[0].value == "int8 is enough"
     assert view.dataframe[0].value["variant"].tolist() == ["float32", "int8"]
     assert len(plotly_specs(view)) >= 4
+    assert view.dataframe[0].value["NPU"].tolist()[1] == "✅ integer-only"
+    assert any("**demo-digits-cnn / int8**: NPU-ready: integer-only" in t for t in texts(view, "markdown"))
     assert {b.label for b in view.get("download_button")} == {"Download HTML", "Download bundle (.zip)"}
     assert not view.text_input  # read-only: no form to edit anything
 

@@ -53,17 +53,40 @@ def test_tradeoff_scatter_draws_front_through_its_points(variants: pd.DataFrame)
     fig = tradeoff_scatter(variants, "size_bytes", "accuracy")
     front = next(t for t in fig.data if t.name == "Pareto front")
     assert list(front.x) == [2.0, 4.0]  # KiB, sorted by size: c then a
-    assert list(front.y) == [0.80, 0.95]
-    m1 = next(t for t in fig.data if t.name == "m1")
-    assert list(m1.text) == ["a", "", "c"]  # only the front is labelled
-    assert "m2" not in {t.name for t in fig.data}  # d has no accuracy
+    assert list(front.y) == [80.0, 95.0]  # percent
+    # one model shown (d has no accuracy): one colour per recipe, every point labelled
+    points = [t for t in fig.data if t.name != "Pareto front"]
+    assert sorted(t.name for t in points) == ["a · no NPU verdict", "b · no NPU verdict", "c · no NPU verdict"]
+    assert len({t.marker.color for t in points}) == 3
+    assert sorted(str(t.text[0]) for t in points) == ["a", "b", "c"]
+    assert all(t.cliponaxis is False for t in points)
 
 
-def test_tradeoff_scatter_latency_axis_keeps_milliseconds(variants: pd.DataFrame) -> None:
+def test_tradeoff_scatter_symbol_per_npu_verdict_and_float_line(variants: pd.DataFrame) -> None:
+    df = variants.assign(npu_ready=[True, False, True, None], float_accuracy=0.97)
+    fig = tradeoff_scatter(df, "size_bytes", "accuracy")
+    symbols = {t.name: t.marker.symbol for t in fig.data if t.name != "Pareto front"}
+    assert symbols == {"a · NPU-ready": "circle", "b · not NPU-ready": "x", "c · NPU-ready": "circle"}
+    assert "float model 97.00%" in _annotation_text(fig)
+
+
+def test_tradeoff_scatter_several_models_colour_by_model(variants: pd.DataFrame) -> None:
+    df = variants.assign(accuracy=[0.95, 0.90, 0.80, 0.7])
+    fig = tradeoff_scatter(df, "size_bytes", "accuracy")
+    names = {t.name for t in fig.data}
+    assert {"m1 · no NPU verdict", "m2 · no NPU verdict"} <= names
+
+
+def test_tradeoff_scatter_latency_in_microseconds_under_1ms_and_log_over_10x(variants: pd.DataFrame) -> None:
     fig = tradeoff_scatter(variants, "host_p50_ms", "accuracy")
-    m1 = next(t for t in fig.data if t.name == "m1")
-    assert list(m1.x) == [1.0, 2.0, 0.5]
-    assert fig.layout.xaxis.title.text == "host latency p50 (ms)"
+    assert fig.layout.xaxis.title.text == "host latency p50 (ms)"  # 0.5 .. 2 ms: ms, linear
+    assert fig.layout.xaxis.type == "linear"
+    fast = variants.assign(host_p50_ms=[0.01, 0.2, 0.5, np.nan])
+    fig = tradeoff_scatter(fast, "host_p50_ms", "accuracy", target="this host / cpu")
+    xs = sorted(x for t in fig.data if t.name != "Pareto front" for x in t.x)
+    assert xs == [10.0, 200.0, 500.0]
+    assert fig.layout.xaxis.title.text == "host latency p50 (µs) · this host / cpu (log)"
+    assert fig.layout.xaxis.type == "log"
 
 
 def test_tradeoff_scatter_empty_says_why() -> None:

@@ -26,7 +26,22 @@ def test_compare_table_columns_and_drop() -> None:
     out = tables.compare_table(_summary())
     assert list(out.columns) == list(tables.COMPARE_COLUMNS.values())
     assert out["size (KiB)"].tolist()[:2] == [8.0, 4.0]
-    assert round(out["drop vs float (points)"].iloc[3], 2) == 1.0
+    # the sign says which way: one point lost reads -1
+    assert round(out["Δ vs float (points)"].iloc[3], 2) == -1.0
+    assert out["I/O"].tolist()[1] == "int8 → int8"  # no stored verdict: the variant's own dtypes
+    assert out["NPU"].tolist()[0] == "–"
+
+
+def test_compare_table_npu_verdict_and_size_vs_float() -> None:
+    df = _summary().assign(
+        npu_ready=[False, True, None, True], npu_label=["❌ 3 float ops → CPU", "✅ integer-only", None, "✅ integer-only"],
+        npu_io=["float32 → float32", "int8 → int8", None, "uint8 → uint8"],
+        float_size_bytes=[8192, 8192, 8192, np.nan],
+    )
+    out = tables.compare_table(df)
+    assert out["NPU"].tolist() == ["❌ 3 float ops → CPU", "✅ integer-only", "–", "✅ integer-only"]
+    assert out["size vs float (×)"].tolist()[:2] == [1.0, 0.5]
+    assert pd.isna(out["size vs float (×)"].iloc[3])
 
 
 def test_compare_table_empty_keeps_columns() -> None:

@@ -146,7 +146,7 @@ def test_debugger_selective_quantization(page, server: str) -> None:
     page.wait_for_function("b => !b.disabled", arg=run.element_handle(), timeout=30_000)
     run.click()
     wait_text(page, re.compile(r"job #\d+ \(selective\) finished"))
-    wait_text(page, re.compile(r"^selective-"))
+    wait_text(page, re.compile(r"float layer"))
     shot(page, "debugger", 2600)
 
 

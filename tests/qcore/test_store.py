@@ -22,7 +22,8 @@ EV = Evaluation(0.8, 1.0, 0.9, ((2, 0), (1, 2)), 5, True)
 
 
 def test_migrations_are_numbered_and_recorded(tmp_store):
-    assert [name for name, _ in MIGRATIONS] == ["0001_initial", "0002_qat_debugger_tune", "0003_boards_reports"]
+    assert [name for name, _ in MIGRATIONS] == ["0001_initial", "0002_qat_debugger_tune", "0003_boards_reports",
+                                                  "0011_npu_verdicts"]
     assert tmp_store.applied_migrations() == [name for name, _ in MIGRATIONS]
 
 
@@ -113,3 +114,35 @@ def test_store_locked_by_another_process_says_so_and_names_db(tmp_store):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "in use by another process" in out.stderr and "--db" in out.stderr
+
+
+def test_save_variant_stores_npu_verdict_from_the_flatbuffer(tmp_store, tiny_tflite):
+    m, d = _model_and_dataset(tmp_store)
+    f32 = tmp_store.save_variant(model_id=m, dataset_id=d, name="float32", kind="ptq", recipe="float32",
+                                 tflite=tiny_tflite["float32"])
+    i8 = tmp_store.save_variant(model_id=m, dataset_id=d, name="int8", kind="ptq", recipe="int8",
+                                tflite=tiny_tflite["int8"])
+    rows = tmp_store.variant_summary().set_index("variant_id")
+    assert bool(rows.at[i8, "npu_ready"]) and rows.at[i8, "npu_label"] == "✅ integer-only"
+    assert not bool(rows.at[f32, "npu_ready"]) and rows.at[f32, "npu_float_ops"] > 0
+    assert "float ops fall back to the CPU" in rows.at[f32, "npu_verdict"]
+    assert rows.at[i8, "npu_io"].startswith("float32") or "int8" in rows.at[i8, "npu_io"]
+    # the float baseline of the size change is the measured float32 file
+    assert rows.at[i8, "float_size_bytes"] == len(tiny_tflite["float32"])
+
+
+def test_save_variant_unreadable_tflite_stores_no_verdict(tmp_store):
+    m, d = _model_and_dataset(tmp_store)
+    v = tmp_store.save_variant(model_id=m, dataset_id=d, name="x", kind="ptq", tflite=b"TFL3-not-a-model")
+    row = tmp_store.variant(v)
+    assert row["npu_label"] is None or row["npu_label"] != row["npu_label"]  # NULL reads as None or NaN
+
+
+def test_backfill_npu_reads_variants_saved_without_verdict(tmp_store, tiny_tflite):
+    m, d = _model_and_dataset(tmp_store)
+    v = tmp_store.save_variant(model_id=m, dataset_id=d, name="int8", kind="ptq", tflite=tiny_tflite["int8"])
+    with tmp_store.transaction() as cur:
+        cur.execute("DELETE FROM npu_verdicts")
+    assert tmp_store.backfill_npu() == 1
+    assert bool(tmp_store.variant(v)["npu_ready"])
+    assert tmp_store.backfill_npu() == 0
