@@ -11,7 +11,6 @@ from typing import Any
 
 from ai_edge_litert import schema_py_generated as schema
 
-from qcore.litert_io import read_tflite
 from qcore.qtyping import Inspection, LintFinding, NpuVerdict, OpInfo, QlabError, TensorInfo
 
 log = logging.getLogger(__name__)
@@ -68,9 +67,17 @@ def inspect(model: bytes | bytearray | str | os.PathLike[str]) -> Inspection:
         data, path, label = bytes(model), "", "model"
     else:
         path = label = str(model)
-        # the parser explains a bad identifier in more detail than the reader would
-        data = read_tflite(model, check_identifier=False)
+        data = _read(model)
     return _parse(data, path, label)
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    # imported here: litert_io loads the LiteRT runtime, which reading a flatbuffer never needs
+    # (the store computes verdicts in the owner process)
+    from qcore.litert_io import read_tflite
+
+    # the parser explains a bad identifier in more detail than the reader would
+    return read_tflite(path, check_identifier=False)
 
 
 def _bad(label: str, reason: str) -> QlabError:
@@ -96,7 +103,7 @@ def npu_verdict(model: bytes | bytearray | str | os.PathLike[str]) -> NpuVerdict
         data, label = bytes(model), "model"
     else:
         label = str(model)
-        data = read_tflite(model, check_identifier=False)
+        data = _read(model)
     graphs = _read_graphs(data, label)
     lint = _lint(graphs)
     main = graphs[0]

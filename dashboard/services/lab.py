@@ -67,8 +67,6 @@ def bootstrap(the_lab: Lab) -> None:
     if os.environ.get(ENV_BOOTSTRAP, "1") == "0":
         return
     store = the_lab.store
-    if store.needs_npu_backfill():
-        the_lab.runner.submit("npu_lint", {})
     if store.models().empty and not any(j.status in ACTIVE for j in store.jobs(kind="demo")):
         job_id = the_lab.runner.submit("demo", {"recipes": "all"})
         log.info("empty store: queued job %d to build the demo model and convert all recipes", job_id)

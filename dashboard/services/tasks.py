@@ -353,12 +353,6 @@ def board_accuracy_task(the_lab: Lab, params: dict[str, Any], progress: Progress
     return {"board": params["board"], "results": out}
 
 
-def npu_lint_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """Reads the NPU verdict of variants stored before verdicts existed (flatbuffer only, no interpreter)."""
-    progress(0.0, "reading the NPU verdict of older variants")
-    return {"linted": the_lab.store.backfill_npu()}
-
-
 TaskFn = Callable[["Lab", dict[str, Any], Progress], dict[str, Any]]
 
 TASKS: dict[str, TaskFn] = {
@@ -372,7 +366,6 @@ TASKS: dict[str, TaskFn] = {
     "qat": qat_task,
     "board_bench": board_bench_task,
     "board_accuracy": board_accuracy_task,
-    "npu_lint": npu_lint_task,
 }
 
 
