@@ -587,6 +587,29 @@ def explorer_command(tflite: str | Path, paths: Sequence[str | Path]) -> str:
             + shlex.quote(",".join(str(p) for p in paths)))
 
 
+# Model Explorer's own defaults for its local server (model_explorer.consts)
+EXPLORER_HOST = "localhost"
+EXPLORER_PORT = 8080
+
+
+def explorer_link(tflite: str | Path, paths: Sequence[str | Path], *, host: str = EXPLORER_HOST,
+                  port: int = EXPLORER_PORT) -> str | None:
+    """A URL that opens the .tflite in a running Model Explorer server with the node data loaded.
+
+    Built with the package's own `ModelExplorerConfig` (the files are read by that server, so
+    they must be on its machine). None when `ai-edge-model-explorer` is not installed.
+    """
+    if not explorer_installed():
+        return None
+    from model_explorer.config import ModelExplorerConfig
+
+    config = ModelExplorerConfig()
+    config.add_model_from_path(str(tflite))
+    for path in paths:
+        config.add_node_data_from_path(str(path))
+    return f"http://{host}:{port}/?data={config.to_url_param_value()}"
+
+
 def report_rows(cost: OpCost) -> list[dict[str, Any]]:
     """The joined table as JSON-safe records for a report snapshot."""
     cols = ["op_index", "op_type", "layer", "rmse_scale", "range", "time_ms", "time_share", "time_source",

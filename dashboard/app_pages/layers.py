@@ -29,7 +29,7 @@ with ui.guard("cannot read this variant's timings"):
     threshold = c.number_input("suspect threshold", 0.0, 100.0, float(DEFAULT_THRESHOLD), 0.05,
                                key="layers_threshold")
     board, target = sources[label]
-    view = op_cost_view.load(lab.db_key, int(variant_id), board, target)
+    view = op_cost_view.load(lab.db_key, int(variant_id), board, target, str(lab.data_dir))
 
     st.markdown(op_cost_view.caption(view.cost))
     st.plotly_chart(cost_error_scatter(view.cost.table, threshold, view.cost.time_source), key="layers_scatter")
@@ -43,8 +43,12 @@ with ui.guard("cannot read this variant's timings"):
     st.subheader("Model Explorer")
     st.download_button("Download node data (zip)", view.zip_bytes, file_name=view.zip_name,
                        mime="application/zip", key="layers_node_data")
-    if view.explorer_installed:
-        st.caption("Unzip, then open the graph with every metric loaded as node data:")
+    if view.explorer_link:
+        st.link_button("Open in Model Explorer", view.explorer_link, key="layers_explorer_link",
+                       help=f"needs Model Explorer running on the dashboard's machine: {view.explorer_server}")
+        st.caption(f"The link needs Model Explorer running on this machine: `{view.explorer_server}`. "
+                   "Elsewhere, unzip the download and run:")
     else:
-        st.caption("Install `ai-edge-model-explorer`, unzip, then open the graph with every metric loaded:")
+        st.caption("Install `ai-edge-model-explorer`, unzip the download, then open the graph with every metric "
+                   "loaded:")
     st.code(view.explorer_command, language="bash")

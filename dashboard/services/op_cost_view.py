@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -32,6 +33,8 @@ class LayerCostView:
     zip_name: str
     explorer_installed: bool
     explorer_command: str
+    explorer_link: str | None  # opens a local Model Explorer server with the files loaded (package installed)
+    explorer_server: str  # the command that starts that server
 
 
 @st.cache_data(show_spinner=False)
@@ -41,13 +44,21 @@ def choices(db: str, variant_id: int) -> dict[str, tuple[str, str]]:
 
 
 @st.cache_data(show_spinner=False)
-def load(db: str, variant_id: int, board: str, target: str) -> LayerCostView:
-    """The joined table, ready to show, plus the Model Explorer files for the same rows."""
+def load(db: str, variant_id: int, board: str, target: str, data_dir: str) -> LayerCostView:
+    """The joined table, ready to show, plus the Model Explorer files for the same rows.
+
+    With `ai-edge-model-explorer` installed, the files are also written under
+    `<data_dir>/node_data/` so a Model Explorer server on this machine can open them by link.
+    """
     store = store_for(db)
     cost = op_cost.op_cost(store, int(variant_id), board=board, target=None if board == "host" else target)
     row = store.variant(int(variant_id))
     tflite = str(row["path"]) if row.get("path") else str(store.blob_path(str(row["sha256"])))
     names = [f"{op_cost.file_stem(cost.variant)}.{m}.json" for m in op_cost.node_data(cost)]
+    link = None
+    if op_cost.explorer_installed():
+        folder = Path(data_dir) / "node_data" / op_cost.file_stem(f"{variant_id}-{cost.board}-{cost.target}")
+        link = op_cost.explorer_link(tflite, op_cost.write_node_data(cost, folder))
     return LayerCostView(
         cost=cost,
         table=display_table(cost),
@@ -55,6 +66,8 @@ def load(db: str, variant_id: int, board: str, target: str) -> LayerCostView:
         zip_name=f"{op_cost.file_stem(cost.variant)}-node-data.zip",
         explorer_installed=op_cost.explorer_installed(),
         explorer_command=op_cost.explorer_command(tflite, names),
+        explorer_link=link,
+        explorer_server=f"model-explorer --no_open_in_browser --port {op_cost.EXPLORER_PORT}",
     )
 
 

@@ -62,6 +62,11 @@ def test_layers_page_table_scatter_and_node_data(debugged: Lab, page) -> None:
     scatter = plotly_specs(at)[0]["data"][0]
     assert len(values(scatter["y"])) == table["rmse/scale"].notna().sum()
     assert any(b.label == "Download node data (zip)" for b in at.get("download_button"))
+    if op_cost.explorer_installed():
+        # the link opens the files the page wrote under the lab's data dir in a local Model Explorer
+        (button,) = at.get("link_button")
+        assert "localhost:8080/?data=" in button.proto.url
+        assert list((debugged.data_dir / "node_data").glob("*/int8.rmse_scale.json"))
     code = [c.value for c in at.code]
     assert code and code[0].startswith("model-explorer ") and "--node_data_paths=int8.rmse_scale.json" in code[0]
 
@@ -70,7 +75,7 @@ def test_layers_service_zip_matches_cli_files(debugged: Lab, tmp_path) -> None:
     import io
     import zipfile
 
-    view = op_cost_view.load(debugged.db_key, _int8_id(debugged), "host", "estimate")
+    view = op_cost_view.load(debugged.db_key, _int8_id(debugged), "host", "estimate", str(tmp_path / "data"))
     files = op_cost.write_node_data(view.cost, tmp_path)
     with zipfile.ZipFile(io.BytesIO(view.zip_bytes)) as zf:
         assert sorted(zf.namelist()) == sorted(p.name for p in files)

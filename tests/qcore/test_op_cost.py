@@ -322,3 +322,18 @@ def test_report_carries_the_op_cost_table(cpu_setup: tuple[Store, int, bytes]) -
     page = render_html(report)
     assert "Per-layer error and time" in page and "board profile (benchmark_model)" in page
     assert "kept float on CPU (ms)" in page and "0.058" in page
+
+
+def test_explorer_link_carries_model_and_node_data(cpu_setup: tuple[Store, int, bytes], tmp_path: Path) -> None:
+    pytest.importorskip("model_explorer", reason="ai-edge-model-explorer (the test extra) is not installed")
+    from urllib.parse import parse_qs, urlparse
+
+    store, vid, tflite = cpu_setup
+    model = tmp_path / "m.tflite"
+    model.write_bytes(tflite)
+    paths = op_cost.write_node_data(op_cost.op_cost(store, vid), tmp_path / "nd")
+    link = op_cost.explorer_link(model, paths)
+    assert link is not None and link.startswith("http://localhost:8080/?data=")
+    data = json.loads(parse_qs(urlparse(link).query)["data"][0])
+    assert data["models"] == [{"url": str(model)}]
+    assert data["nodeData"] == [str(p) for p in paths]
