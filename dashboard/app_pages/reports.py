@@ -45,6 +45,10 @@ def show(report_id: str) -> None:
     if not drift.empty:
         st.subheader("On-board accuracy")
         st.dataframe(drift, hide_index=True, width="stretch")
+    for caption, table in reports.op_cost_tables(content):
+        st.subheader("Per-layer error and time")
+        st.caption(caption)
+        st.dataframe(table, hide_index=True, width="stretch")
     figures = report_view.figures(content)
     for i, (caption, fig) in enumerate(figures):
         if not caption.startswith("Confusion"):

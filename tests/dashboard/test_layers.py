@@ -81,3 +81,20 @@ def test_layers_service_zip_matches_cli_files(debugged: Lab, tmp_path) -> None:
         assert sorted(zf.namelist()) == sorted(p.name for p in files)
         for p in files:
             assert zf.read(p.name).decode() == p.read_text()
+
+
+def test_report_of_a_debugged_variant_shows_cost_vs_error(debugged: Lab, page) -> None:
+    from dashboard.services import report_view
+    from qcore.reports import make_report
+
+    report_id = make_report(debugged.store, "layers report", "", [_int8_id(debugged)])
+    report = debugged.store.report(report_id)
+    captions = [c for c, _ in report_view.figures(report["content"])]
+    assert "Cost vs error: int8 (host / estimate)" in captions
+    page_html = report_view.html(report)
+    assert "Per-layer error and time" in page_html and "[estimate]" in page_html
+    reads.clear()
+    at = page("reports", query={"report": report_id})
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Per-layer error and time" in [s.value for s in at.subheader]
+    assert any("rmse_scale" in d.value.columns for d in at.dataframe)
