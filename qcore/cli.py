@@ -56,6 +56,8 @@ def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write <OUT>/<recipe>.tflite (default: qlab-out/<model name>)")
     _add_preprocessing(p)
     p.add_argument("--calibration-samples", type=int, default=100, help="first N training samples (default 100)")
+    _add_engine(p, "tf", "tf: the TF converter, what users deploy with (default); aeq: AI Edge Quantizer, "
+                "calibrated once for all recipes")
     _add_common(p)
     p.set_defaults(handler=_cmd_convert)
 
@@ -85,6 +87,10 @@ def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="qlab-demo", help="folder (default: qlab-demo)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_cmd_demo)
+
+
+def _add_engine(p: argparse.ArgumentParser, default: str, text: str) -> None:
+    p.add_argument("--engine", default=default, choices=("tf", "aeq"), help=text)
 
 
 def _add_preprocessing(p: argparse.ArgumentParser) -> None:
@@ -117,7 +123,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from qcore.recipes import resolve_recipes
 
     try:
-        recipes = resolve_recipes(args.recipes)
+        recipes = resolve_recipes(args.recipes, args.engine)
     except ValueError as exc:
         raise QlabError(str(exc)) from None
     model = _load_model_arg(args.model)
@@ -126,24 +132,26 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         report = convert_and_evaluate(
             model, dataset, recipes, store=store, out_dir=out, calibration_samples=args.calibration_samples,
-            progress=_log_progress,
+            progress=_log_progress, engine=args.engine,
         )
     variants = []
-    lines = [f"{report.model}: float accuracy {report.float_accuracy:.4f} on {len(dataset.y_test)} test samples"]
+    lines = [f"{report.model}: float accuracy {report.float_accuracy:.4f} on {len(dataset.y_test)} test samples"
+             f" (engine {args.engine})"]
     for v in report.variants:
         ev = v.evaluation
         variants.append({
             "recipe": v.recipe, "status": str(v.status), "path": v.path, "size_bytes": v.size_bytes,
             "accuracy": ev.accuracy if ev else None, "top5": ev.top5 if ev else None,
             "agreement": ev.agreement if ev else None, "input_dtype": v.input_dtype or None,
-            "output_dtype": v.output_dtype or None, "error": v.error or None,
+            "output_dtype": v.output_dtype or None, "error": v.error or None, "engine": v.engine,
         })
         if ev:
             lines.append(f"  {v.recipe:<17} acc {ev.accuracy:.4f}  top5 {ev.top5:.4f}  agree {ev.agreement:.4f}  "
                          f"{v.size_bytes:>9} B  {v.input_dtype}->{v.output_dtype}  {v.path}")
         else:
             lines.append(f"  {v.recipe:<17} FAILED: {v.error}")
-    payload = {"model": report.model, "float_accuracy": report.float_accuracy, "variants": variants}
+    payload = {"model": report.model, "float_accuracy": report.float_accuracy, "engine": args.engine,
+               "variants": variants}
     _emit(args, payload, "\n".join(lines))
     failed = [v for v in report.variants if v.error]
     for v in failed:
@@ -262,6 +270,10 @@ def _add_explain_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--whole-model", action="store_true", help="whole-model verification: errors propagate")
     _add_preprocessing(p)
     p.add_argument("--out", help="write the statistics CSV here (the debugger's columns, then range, rmse_scale)")
+    _add_engine(p, "aeq", "aeq: AI Edge Quantizer's validation, MSE/SNR/cosine per layer (default); "
+                "tf: TFLite's QuantizationDebugger")
+    p.add_argument("--model-explorer-out", help="with --engine aeq: write AEQ's comparison JSON and Model "
+                   "Explorer node-data files (<model>_comparison_result_me_input_<metric>.json) to this folder")
     _add_common(p)
     p.set_defaults(handler=_cmd_debug)
 
@@ -283,6 +295,10 @@ def _add_explain_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--debug-samples", type=int, default=100, help="first M test samples ranking layers (default 100)")
     _add_preprocessing(p)
     p.add_argument("--out", help="write <OUT>/<model>-tune.tflite")
+    _add_engine(p, "aeq", "who ranks layers and runs the trials: aeq (default, calibrated once) or tf")
+    p.add_argument("--deploy-engine", default="tf", choices=("tf", "aeq"),
+                   help="who makes the chosen variant (default tf): the chosen denylist is converted once more "
+                   "with it when it differs from --engine")
     _add_common(p)
     p.set_defaults(handler=_cmd_tune)
 
@@ -348,7 +364,8 @@ def _cmd_debug(args: argparse.Namespace) -> int:
             model, dataset, recipe=args.recipe, calibration_samples=args.calibration_samples,
             debug_samples=args.debug_samples, extra_metrics=_names([args.metrics]), whole_model=args.whole_model,
             denylisted_nodes=nodes, denylisted_ops=ops, threshold=args.threshold, first_k=args.first_k,
-            store=store, selective_out=args.selective_out, progress=_log_progress,
+            store=store, selective_out=args.selective_out, progress=_log_progress, engine=args.engine,
+            model_explorer_out=args.model_explorer_out,
         )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -363,9 +380,11 @@ def _cmd_debug(args: argparse.Namespace) -> int:
             "agreement": sel.evaluation.agreement, "size_bytes": sel.size_bytes, "path": sel.path,
             "variant_id": sel.variant_id,
         },
-        "debug_run_id": r.debug_run_id, "out": args.out,
+        "debug_run_id": r.debug_run_id, "out": args.out, "engine": args.engine,
+        "model_explorer_out": args.model_explorer_out,
     }
-    lines = [f"{r.model}: {len(r.stats)} layers debugged ({'whole model' if args.whole_model else 'layer by layer'}"
+    mode = "whole model" if args.whole_model or args.engine == "aeq" else "layer by layer"
+    lines = [f"{r.model}: {len(r.stats)} layers debugged by {args.engine} ({mode}"
              f", {r.settings['debug_samples']} samples)"]
     lines += [f"  {s.op_name:<18} rmse/scale {s.rmse_scale:7.3f}  range {s.range:9.4g}  {s.tensor_name}"
               for s in r.stats]
@@ -411,7 +430,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         r = tune(model, dataset, max_drop=args.max_drop, recipe=args.recipe,
                  calibration_samples=args.calibration_samples, debug_samples=args.debug_samples, store=store,
-                 out_dir=args.out, progress=_log_progress)
+                 out_dir=args.out, progress=_log_progress, engine=args.engine, deploy_engine=args.deploy_engine)
     chosen = r.chosen
     payload = {
         "model": r.model, "max_drop": r.max_drop, "float_accuracy": r.float_accuracy,
@@ -419,8 +438,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         "tried": [{"denylist": list(t.denylist), "accuracy": t.accuracy, "size_bytes": t.size_bytes,
                    "passed": t.passed, **({"error": t.error} if t.error else {})} for t in r.tried],
         "chosen": None if chosen is None else {"denylist": list(chosen.denylist), "accuracy": chosen.accuracy,
-                                               "size_bytes": chosen.size_bytes, "path": chosen.path},
+                                               "size_bytes": chosen.size_bytes, "path": chosen.path,
+                                               "passed": chosen.passed},
         "tune_run_id": r.tune_run_id, "chosen_variant_id": r.chosen_variant_id,
+        "engine": r.engine, "deploy_engine": r.deploy_engine, "search_accuracy": r.search_accuracy,
     }
     lines = [f"{r.model}: float accuracy {r.float_accuracy:.4f}, target {r.target_accuracy:.4f} "
              f"(at most {r.max_drop:g} points lower); {len(r.ranking)} layers ranked, {len(r.tried)} conversions"]
@@ -429,7 +450,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if chosen is None:
         lines.append("  no denylist reaches the target, not even with every ranked layer in float")
     else:
-        lines.append(f"  chosen: {len(chosen.denylist)} layers in float, accuracy {chosen.accuracy:.4f}, "
+        lines.append(f"  chosen: {len(chosen.denylist)} layers in float, accuracy {chosen.accuracy:.4f} "
+                     f"({r.deploy_engine}; search on {r.engine}){'' if chosen.passed else ' MISSES the target'}, "
                      f"{chosen.size_bytes} B  {chosen.path}")
         lines += [f"    {n}" for n in chosen.denylist]
     _emit(args, _finite(payload), "\n".join(lines))

@@ -302,8 +302,14 @@ def run_debugger(
     selective_out: str | Path | None = None,
     calibrated: Calibrated | None = None,
     progress: Progress = no_progress,
+    engine: str = "tf",
+    model_explorer_out: str | Path | None = None,
 ) -> DebugResult:
     """Runs TFLite's QuantizationDebugger and, with a denylist, builds the selective model.
+
+    With `engine="aeq"` the per-layer error comes from AI Edge Quantizer's validation instead
+    (`qcore.aeq.run_debug`: MSE, SNR, cosine per op output, same table, labelled "aeq");
+    `extra_metrics`, `whole_model` and `calibrated` are TF-only, `model_explorer_out` AEQ-only.
 
     Calibration uses the first N training samples; the debug set is the first M test samples,
     one sample per step. Every per-layer row is kept (and stored), with `range = 255*scale` and
@@ -329,6 +335,22 @@ def run_debugger(
         QlabError: for 16x8 or non-int8 recipes, unknown metrics or denylist entries, layer names
             TensorFlow cannot scope, a model that has no layer the debugger can verify, no samples.
     """
+    if engine == "aeq":
+        from qcore import aeq
+
+        if extra_metrics or whole_model:
+            raise QlabError("--metrics and --whole-model are options of TF's debugger; AEQ's validation always "
+                            "compares whole models and reports MSE, SNR and cosine")
+        return aeq.run_debug(
+            model, dataset, recipe=recipe, calibration_samples=calibration_samples, debug_samples=debug_samples,
+            denylisted_nodes=denylisted_nodes, denylisted_ops=denylisted_ops, threshold=threshold,
+            first_k=first_k, store=store, selective_out=selective_out, model_explorer_out=model_explorer_out,
+            progress=progress,
+        )
+    if engine != "tf":
+        raise QlabError(f"unknown engine {engine!r}; known engines: tf, aeq")
+    if model_explorer_out is not None:
+        raise QlabError("Model Explorer export comes from AI Edge Quantizer's comparison; use --engine aeq")
     unknown = [m for m in extra_metrics if m not in LAYER_METRICS]
     if unknown:
         raise QlabError(f"unknown layer metric {unknown[0]!r}; known: {', '.join(LAYER_METRICS)}")
@@ -361,7 +383,7 @@ def run_debugger(
     settings: dict[str, Any] = {
         "recipe": cal.recipe, "calibration_samples": calibration_samples, "debug_samples": len(debug_x),
         "extra_metrics": list(extra_metrics), "whole_model": whole_model, "threshold": threshold,
-        "first_k": first_k, "denylisted_nodes": list(denylisted_nodes), "denylisted_ops": list(denylisted_ops),
+        "first_k": first_k, "engine": "tf", "denylisted_nodes": list(denylisted_nodes), "denylisted_ops": list(denylisted_ops),
     }
     model_id = dataset_id = None
     if store is not None:

@@ -37,6 +37,32 @@ class VariantKind(enum.StrEnum):
     IMPORTED = "imported"  # a .tflite made elsewhere
 
 
+class Engine(enum.StrEnum):
+    """Which quantizer made a variant or a per-layer error table."""
+
+    TF = "tf"  # TFLiteConverter (+ QuantizationDebugger): what users deploy with
+    AEQ = "aeq"  # AI Edge Quantizer on the float32 .tflite: fast calibration, per-tensor validation
+
+
+class AeqMode(enum.StrEnum):
+    """How AI Edge Quantizer expresses a recipe."""
+
+    NONE = "none"  # the float32 .tflite as it is
+    STATIC = "static"  # weights and activations quantized with calibration data
+    DYNAMIC = "dynamic"  # int8 weights, activations quantized at run time
+    WEIGHT_ONLY = "weight_only"  # int8 weights dequantized before float math
+    FLOAT16 = "float16"  # weights cast to float16
+
+
+@dataclass(frozen=True)
+class AeqSettings:
+    """AI Edge Quantizer's settings for one recipe (see `qcore.aeq`)."""
+
+    mode: AeqMode
+    activation_bits: int = 8  # STATIC only: 8 or 16
+    weight_bits: int = 8
+
+
 class Target(enum.StrEnum):
     HOST = "host"
     NPU = "npu"
@@ -68,6 +94,14 @@ class Recipe:
     inference_output_type: str | None = None
     per_channel: bool = True
     integer_only: bool = False
+    # False for a recipe only AI Edge Quantizer can express (weight-only)
+    tf: bool = True
+    # how AI Edge Quantizer expresses it; None when it cannot
+    aeq: AeqSettings | None = None
+
+    def supports(self, engine: str) -> bool:
+        """Whether `engine` ("tf" or "aeq") can make this recipe."""
+        return self.tf if engine == Engine.TF else self.aeq is not None
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,6 +184,7 @@ class ConvertedVariant:
     evaluation: Evaluation | None = None
     error: str = ""
     variant_id: int | None = None
+    engine: str = "tf"
 
 
 @dataclass(frozen=True)
@@ -445,6 +480,9 @@ class TuneResult:
     chosen_variant_id: int | None = None
     tune_run_id: int | None = None
     debug_run_id: int | None = None
+    engine: str = "tf"  # who ranked and tried
+    deploy_engine: str = "tf"  # who made the chosen variant
+    search_accuracy: float | None = None  # the chosen denylist's accuracy in the search, before confirmation
 
 
 class TimeSource(enum.StrEnum):

@@ -241,6 +241,12 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 """
 
+SCHEMA_0009 = """
+-- which quantizer made a variant or a per-layer table: 'tf' (TFLiteConverter) or 'aeq' (AI Edge Quantizer)
+ALTER TABLE variants ADD COLUMN IF NOT EXISTS engine VARCHAR DEFAULT 'tf';
+ALTER TABLE debug_runs ADD COLUMN IF NOT EXISTS engine VARCHAR DEFAULT 'tf';
+"""
+
 SCHEMA_0011 = """
 -- the NPU lint of a variant's .tflite, computed from the flatbuffer when the variant is saved
 CREATE TABLE IF NOT EXISTS npu_verdicts (
@@ -293,7 +299,7 @@ GROUP BY ALL;
 -- one row per variant: what /compare and the overview show
 CREATE OR REPLACE VIEW v_variant_summary AS
 SELECT v.id AS variant_id, v.model_id, m.name AS model, v.dataset_id, d.name AS dataset,
-       v.name AS variant, v.kind, v.recipe, v.status, v.error, v.size_bytes, v.path, v.sha256,
+       v.name AS variant, v.kind, v.recipe, v.engine, v.status, v.error, v.size_bytes, v.path, v.sha256,
        v.input_dtype, v.output_dtype, v.settings, v.updated_at,
        r.accuracy AS float_accuracy,
        e.accuracy, e.top5, e.agreement, e.batched,
@@ -321,6 +327,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0001_initial", SCHEMA_0001),
     ("0002_qat_debugger_tune", SCHEMA_0002),
     ("0003_boards_reports", SCHEMA_0003),
+    ("0009_engine", SCHEMA_0009),
     ("0011_npu_verdicts", SCHEMA_0011),
 )
 
@@ -582,6 +589,7 @@ class Store:
         parent_variant_id: int | None = None,
         history: Sequence[dict[str, float]] | None = None,
         npu: NpuVerdict | None = None,
+        engine: str = "tf",
     ) -> int:
         """Writes a variant, its .tflite blob, its NPU verdict and its host evaluation in one transaction.
 
@@ -600,7 +608,7 @@ class Store:
             if npu is None:
                 npu = _lint_or_none(tflite, name)
         params = [kind, recipe, _json(settings), str(status), error or None, sha, size, path,
-                  input_dtype or None, output_dtype or None, parent_variant_id]
+                  input_dtype or None, output_dtype or None, parent_variant_id, str(engine)]
         with self.transaction() as cur:
             row = cur.execute(
                 "SELECT id FROM variants WHERE model_id = ? AND dataset_id = ? AND name = ?",
@@ -611,14 +619,14 @@ class Store:
                 cur.execute(
                     "UPDATE variants SET kind = ?, recipe = ?, settings = ?, status = ?, error = ?, sha256 = ?,"
                     " size_bytes = ?, path = ?, input_dtype = ?, output_dtype = ?, parent_variant_id = ?,"
-                    " updated_at = current_timestamp WHERE id = ?",
+                    " engine = ?, updated_at = current_timestamp WHERE id = ?",
                     [*params, variant_id],
                 )
             else:
                 got = cur.execute(
                     "INSERT INTO variants (model_id, dataset_id, name, kind, recipe, settings, status, error,"
-                    " sha256, size_bytes, path, input_dtype, output_dtype, parent_variant_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    " sha256, size_bytes, path, input_dtype, output_dtype, parent_variant_id, engine)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     [model_id, dataset_id, name, *params],
                 ).fetchone()
                 assert got is not None
@@ -809,13 +817,14 @@ class Store:
         settings: dict[str, Any],
         model_metrics: dict[str, Any],
         stats: Sequence[LayerStat],
+        engine: str = "tf",
     ) -> int:
-        """Stores one debugger run and every one of its per-layer rows, in one transaction."""
+        """Stores one per-layer error run (TF's debugger or AEQ's validation) and its rows, in one transaction."""
         with self.transaction() as cur:
             got = cur.execute(
-                "INSERT INTO debug_runs (model_id, dataset_id, settings, model_metrics) VALUES (?, ?, ?, ?)"
-                " RETURNING id",
-                [model_id, dataset_id, _json(settings), _json(model_metrics)],
+                "INSERT INTO debug_runs (model_id, dataset_id, settings, model_metrics, engine)"
+                " VALUES (?, ?, ?, ?, ?) RETURNING id",
+                [model_id, dataset_id, _json(settings), _json(model_metrics), str(engine)],
             ).fetchone()
             assert got is not None
             run_id = int(got[0])
