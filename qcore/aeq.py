@@ -556,10 +556,7 @@ def _store_selective(
     nodes: Sequence[str], ops: Sequence[str], store: Store | None, model_id: int | None,
     dataset_id: int | None, out: str | Path | None, calibration_samples: int,
 ) -> SelectiveResult:
-    import hashlib
-    import json
-
-    from qcore.debugger import float_ops
+    from qcore.debugger import _free_name, float_ops, selective_name
     from qcore.evaluate import evaluate_tflite
     from qcore.store import sha256_bytes
 
@@ -573,12 +570,13 @@ def _store_selective(
         path = str(out)
     variant_id = None
     if store is not None and model_id is not None and dataset_id is not None:
-        key = json.dumps([sorted(nodes), sorted(ops), rec.name, Engine.AEQ.value])
+        settings = {"denylisted_nodes": list(nodes), "denylisted_ops": list(ops), "recipe": rec.name,
+                    "calibration_samples": calibration_samples, "ignored_nodes": ignored, "engine": "aeq"}
+        # named like the TF debugger's selective variants, with the engine beside it
+        name = _free_name(store, model_id, dataset_id, selective_name(rec.name, nodes, ops) + "@aeq", settings)
         variant_id = store.save_variant(
-            model_id=model_id, dataset_id=dataset_id, name=f"selective-{hashlib.sha1(key.encode()).hexdigest()[:8]}",
-            kind=VariantKind.SELECTIVE, recipe=rec.name,
-            settings={"denylisted_nodes": list(nodes), "denylisted_ops": list(ops), "recipe": rec.name,
-                      "calibration_samples": calibration_samples, "ignored_nodes": ignored, "engine": "aeq"},
+            model_id=model_id, dataset_id=dataset_id, name=name,
+            kind=VariantKind.SELECTIVE, recipe=rec.name, settings=settings,
             tflite=tflite, input_dtype=ev.input_dtype, output_dtype=ev.output_dtype, evaluation=ev,
             engine=Engine.AEQ,
         )
