@@ -452,18 +452,18 @@ def op_cost(
         notes.append("float-on-CPU cost is an estimate (no CPU profile of this variant on the board)")
 
     run_id = debug_run_id if debug_run_id is not None else debug_run_for(store, variant)
-    stats = _layer_rows(store, run_id)
+    stats = match_layer_stats(ops, store.layer_stats(int(run_id)) if run_id is not None else pd.DataFrame())
     if run_id is None:
         notes.append("no debugger run for this variant's model and data: run the debugger for rmse/scale")
     rows = []
     for op in ops:
-        stat = stats.get(op.output_tensor, {})
+        stat = stats.get(op.index, {})
         t = ms.get(op.index, float("nan"))
         float_ms = _float_on_cpu_ms(op, cpu_ms.get(op.index), est, est_float, scale)
         rows.append({
             "op_index": op.index, "node_id": str(op.index), "op_type": op.op_type, "layer": short_name(op),
             "output_tensor": op.output_tensor, "rmse_scale": stat.get("rmse_scale", float("nan")),
-            "range": stat.get("range", float("nan")), "time_ms": t,
+            "range": stat.get("range", float("nan")), "error_match": stat.get("error_match", ""), "time_ms": t,
             "time_share": t / total if total > 0 and math.isfinite(t) else float("nan"),
             "time_source": sources.get(op.index, ""), "mapped_by": how.get(op.index, "no time of its own"),
             "macs": op.macs, "bytes_moved": op.bytes_moved, "npu_ddr_mb": ddr.get(op.index, float("nan")),
@@ -508,14 +508,34 @@ def _float_on_cpu_ms(op: GraphOp, cpu_int8_ms: float | None, est: Mapping[int, f
     return base * ratio + boundary_ms
 
 
-def _layer_rows(store: Store, debug_run_id: int | None) -> dict[str, dict[str, float]]:
-    """tensor name -> {rmse_scale, range} of a debugger run (the first row per tensor)."""
-    if debug_run_id is None:
+ERROR_BY_NAME = "tensor name"
+ERROR_BY_ORDER = "op type and order"
+
+
+def match_layer_stats(ops: Sequence[GraphOp], stats: pd.DataFrame) -> dict[int, dict[str, Any]]:
+    """Debugger rows onto the .tflite's ops: op index -> {rmse_scale, range, error_match}.
+
+    The debugger runs its own debug model of the same recipe, so tensor names mostly agree: a row
+    goes to the op of the same type whose output has its name. The converter renames a clashing
+    tensor ("StatefulPartitionedCall:0" becomes "…:01" once a DEQUANTIZE takes the name), so the
+    rows left over go, type by type and in order, to the ops of that type still without a row.
+    """
+    if stats.empty:
         return {}
-    stats = store.layer_stats(int(debug_run_id))
-    out: dict[str, dict[str, float]] = {}
+    out: dict[int, dict[str, Any]] = {}
+    left: list[Any] = []
+    by_name = {(op.output_tensor, op.op_type): op for op in ops}
     for r in stats.itertuples():
-        out.setdefault(str(r.tensor_name), {"rmse_scale": float(r.rmse_scale), "range": float(r.range)})
+        op = by_name.get((str(r.tensor_name), str(r.op_name)))
+        if op is not None and op.index not in out:
+            out[op.index] = {"rmse_scale": float(r.rmse_scale), "range": float(r.range), "error_match": ERROR_BY_NAME}
+        else:
+            left.append(r)
+    for r in left:
+        op = next((o for o in ops if o.op_type == str(r.op_name) and o.index not in out), None)
+        if op is not None:
+            out[op.index] = {"rmse_scale": float(r.rmse_scale), "range": float(r.range),
+                             "error_match": ERROR_BY_ORDER}
     return out
 
 

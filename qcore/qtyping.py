@@ -498,7 +498,7 @@ class OpCost:
     """Per-op quantization error beside per-op time for one variant on one board and target.
 
     `table` has one row per op of the .tflite's main subgraph (op_index, node_id, op_type, layer,
-    output_tensor, rmse_scale, range, time_ms, time_share, time_source, mapped_by, macs,
+    output_tensor, rmse_scale, range, error_match, time_ms, time_share, time_source, mapped_by, macs,
     bytes_moved, npu_ddr_mb, float_on_cpu_ms, float_cost_source, float_extra_ms); `unmapped` holds profile rows
     that no single op owns (a delegate's fused node), with their time.
     """

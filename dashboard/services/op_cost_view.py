@@ -16,7 +16,8 @@ from qcore.qtyping import OpCost
 # columns of the on-screen table, in order, with the headers the user sees
 TABLE_COLUMNS = {
     "op_index": "op", "layer": "layer", "op_type": "op type", "rmse_scale": "rmse/scale", "range": "range",
-    "time_ms": "time (ms)", "time_share": "share of time", "time_source": "time from", "mapped_by": "matched by",
+    "error_match": "error matched by", "time_ms": "time (ms)", "time_share": "share of time",
+    "time_source": "time from", "mapped_by": "time matched by",
     "float_on_cpu_ms": "kept float on CPU (ms)", "float_extra_ms": "extra if float (ms)",
     "float_cost_source": "float cost from", "npu_ddr_mb": "NPU DDR (MB)", "macs": "MACs",
     "output_tensor": "output tensor",

@@ -150,6 +150,13 @@ def test_op_cost_joins_xnnpack_profile_and_debugger(cpu_setup: tuple[Store, int,
     conv_row = stats[stats["op_name"] == "CONV_2D"].iloc[0]
     assert t.loc[1, "rmse_scale"] == pytest.approx(conv_row["rmse_scale"])
     assert t.loc[1, "range"] == pytest.approx(conv_row["range"])
+    assert t.loc[1, "error_match"] == op_cost.ERROR_BY_NAME
+    # the variant renames the FC's output ("StatefulPartitionedCall:01": its DEQUANTIZE took ":0"), the debug
+    # model does not: the FC row still lands on the FC, by op type and order, never on the dequantize
+    fc_row = stats[stats["op_name"] == "FULLY_CONNECTED"].iloc[0]
+    assert t.loc[3, "rmse_scale"] == pytest.approx(fc_row["rmse_scale"])
+    assert t.loc[3, "error_match"] == op_cost.ERROR_BY_ORDER
+    assert np.isnan(t.loc[4, "rmse_scale"]) and np.isnan(t.loc[0, "rmse_scale"])
     # keeping the conv float on the CPU: its CPU time times float/int8, plus a boundary pair: dearer
     assert t.loc[1, "float_on_cpu_ms"] > t.loc[1, "time_ms"]
     assert t.loc[1, "float_cost_source"] == f"{TimeSource.BOARD_PROFILE} on imx / cpu"
