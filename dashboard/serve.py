@@ -11,10 +11,12 @@ import ctypes
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -48,6 +50,37 @@ def ensure_token(path: Path) -> Path:
     return path
 
 
+# the packages a child needs; only they are put on its import path (see import_root)
+PACKAGES = ("qcore", "dashboard", "board_agent")
+
+
+def python_command() -> list[str]:
+    """The interpreter for children: `-P` keeps the working directory (the repo, holding data/)
+    off sys.path, so nothing under the data directory can ever be imported by name."""
+    return [sys.executable, "-P"]
+
+
+def import_root() -> Path:
+    """A fresh private directory holding only links to qlab's packages: the children's PYTHONPATH.
+
+    Putting the repo itself there would make `data/` (the default data dir, with uploads) an
+    importable namespace package, and a model config may name any module.
+    """
+    root = Path(tempfile.mkdtemp(prefix="qlab-import-"))
+    for name in PACKAGES:
+        (root / name).symlink_to(REPO_ROOT / name, target_is_directory=True)
+    return root
+
+
+def child_env(data_dir: Path, db: Path, root: Path | None = None) -> dict[str, str]:
+    """The environment of the Streamlit and agent children (no repo or data dir on PYTHONPATH)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(QLAB_DATA_DIR=str(data_dir), QLAB_DB=str(db), PYTHONSAFEPATH="1")
+    if root is not None:
+        env["PYTHONPATH"] = str(root)
+    return env
+
+
 def _die_with_parent() -> None:
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -56,17 +89,18 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_agent(data_dir: Path, token_file: Path) -> tuple[subprocess.Popen[bytes] | None, str]:
+def start_agent(data_dir: Path, token_file: Path,
+                env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes] | None, str]:
     """Starts `python -m board_agent` on a free loopback port; returns (process, url), or (None, '')."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     workdir = data_dir / "agent"
     workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "board_agent", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [*python_command(), "-m", "board_agent", "--host", "127.0.0.1", "--port", str(port),
            "--token-file", str(token_file), "--workdir", str(workdir)]
     logfile = (workdir / "agent.log").open("ab")
     try:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=logfile, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=logfile, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=_die_with_parent)
     except OSError as exc:
         log.warning("could not start the local board agent: %s", exc)
@@ -113,18 +147,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         print(f"qlab dashboard: error: QLAB_PORT={port_text!r} is not a TCP port (1-65535)", file=sys.stderr)
         return 2
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # everything the server writes (database, uploads, tokens) is readable by this user only
+    os.umask(0o077)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
 
-    env = dict(os.environ, QLAB_DATA_DIR=str(data_dir), QLAB_DB=str(db), PYTHONPATH=str(REPO_ROOT))
+    root = import_root()
+    env = child_env(data_dir, db, root)
     agent: subprocess.Popen[bytes] | None = None
     if not args.no_agent:
         token_file = ensure_token(data_dir / "agent" / "token")
-        agent, url = start_agent(data_dir, token_file)
+        agent, url = start_agent(data_dir, token_file, env)
         if agent is not None:
             env.update(QLAB_AGENT_URL=url, QLAB_AGENT_TOKEN_FILE=str(token_file))
             log.info("local board agent at %s", url)
 
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", port_text,
+    cmd = [*python_command(), "-m", "streamlit", "run", str(APP), "--server.port", port_text,
            "--server.headless", "true"]
     log.info("qlab dashboard on http://localhost:%s (database %s)", port_text, db)
     app = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, preexec_fn=_die_with_parent)
@@ -139,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         stop(app)
         stop(agent)
+        shutil.rmtree(root, ignore_errors=True)
     return 0 if code in (0, -signal.SIGTERM) else code
 
 

@@ -6,7 +6,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -322,11 +324,21 @@ LEFT JOIN v_eval_wide e ON e.variant_id = v.id AND e.device = 'host'
 LEFT JOIN npu_verdicts n ON n.variant_id = v.id;
 """
 
+# secrets and provenance: who vouched for a model, the image size a zip of class folders was read at,
+# and board tokens moved out of the database into one 0600 file each (see Store._move_board_tokens)
+SCHEMA_0008 = """
+ALTER TABLE models ADD COLUMN IF NOT EXISTS trusted BOOLEAN DEFAULT false;
+ALTER TABLE datasets ADD COLUMN IF NOT EXISTS image_shape VARCHAR;
+UPDATE boards SET token = NULL;
+"""
+MIGRATION_0008 = "0008_secrets_trusted_image_shape"
+
 # Numbered migrations; tests assert this list. Append only, never edit an applied one.
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0001_initial", SCHEMA_0001),
     ("0002_qat_debugger_tune", SCHEMA_0002),
     ("0003_boards_reports", SCHEMA_0003),
+    (MIGRATION_0008, SCHEMA_0008),
     ("0009_engine", SCHEMA_0009),
     ("0011_npu_verdicts", SCHEMA_0011),
 )
@@ -345,6 +357,23 @@ def default_db_path() -> Path:
 def default_data_dir() -> Path:
     env = os.environ.get("QLAB_DATA_DIR")
     return Path(env) if env else REPO_ROOT / "data"
+
+
+def private_dir(path: Path) -> Path:
+    """Creates `path` if needed and makes it readable by its owner only (0700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_sha256(value: object, what: str = "sha256") -> str:
+    """`value` if it is 64 lowercase hex digits, else QlabError naming it (it becomes a file name)."""
+    if not isinstance(value, str) or not SHA256_RE.match(value):
+        raise QlabError(f"{what} {str(value)[:80]!r} is not a sha256 (64 lowercase hex digits)")
+    return value
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -384,11 +413,15 @@ class Store:
         QlabError: when another process holds the file.
     """
 
-    def __init__(self, path: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None):
+    def __init__(self, path: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None,
+                 token_dir: str | os.PathLike[str] | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.path.parent.resolve() == default_data_dir().resolve():
+            private_dir(self.path.parent)
         self.blob_dir = Path(blob_dir) if blob_dir else self.path.parent / "blobs"
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.token_dir = Path(token_dir) if token_dir else self.path.parent / "board_tokens"
         try:
             self._con = duckdb.connect(str(self.path))
         except duckdb.IOException as exc:
@@ -401,6 +434,9 @@ class Store:
             raise QlabError(f"cannot open database {self.path}: {text}") from None
         except duckdb.Error as exc:
             raise QlabError(f"cannot open database {self.path}: {exc}") from None
+        for f in (self.path, self.path.with_name(self.path.name + ".wal")):
+            if f.exists():
+                os.chmod(f, 0o600)  # the database holds every user's results: readable by its owner only
         self._lock = threading.RLock()
         self.migrate()
 
@@ -456,6 +492,8 @@ class Store:
             for version, sql in MIGRATIONS:
                 if version in done:
                     continue
+                if version == MIGRATION_0008:
+                    self._move_board_tokens(cur)
                 cur.execute(sql)
                 cur.execute("INSERT INTO schema_migrations (version) VALUES (?)", [version])
                 applied_now.append(version)
@@ -473,13 +511,23 @@ class Store:
         digest = sha256_bytes(data)
         path = self.blob_dir / f"{digest}{suffix}"
         if not path.exists():
-            tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}.{threading.get_ident()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.blob_dir)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         return digest, path
 
     def blob_path(self, sha256: str, suffix: str = ".tflite") -> Path:
-        return self.blob_dir / f"{sha256}{suffix}"
+        """Where the blob of this sha256 lives.
+
+        Raises:
+            QlabError: when `sha256` is not 64 hex digits (a value like `../../x` must never become a path).
+        """
+        return self.blob_dir / f"{check_sha256(sha256)}{suffix}"
 
     # ------------------------------------------------------------------ models & datasets
     def add_model(
@@ -492,17 +540,24 @@ class Store:
         input_shape: Sequence[int | None],
         output_shape: Sequence[int | None],
         keras_major: int | None,
+        trusted: bool = False,
     ) -> int:
-        """Registers a model; the same bytes twice give the same id."""
+        """Registers a model; the same bytes twice give the same id.
+
+        Args:
+            trusted: an admin vouched for it, so jobs load it without the safety checks.
+        """
         with self.transaction() as cur:
             row = cur.execute("SELECT id FROM models WHERE sha256 = ?", [sha256]).fetchone()
             if row:
+                if trusted:
+                    cur.execute("UPDATE models SET trusted = true WHERE id = ?", [row[0]])
                 return int(row[0])
             row = cur.execute(
-                "INSERT INTO models (name, format, sha256, source_path, input_shape, output_shape, keras_major)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "INSERT INTO models (name, format, sha256, source_path, input_shape, output_shape, keras_major,"
+                " trusted) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 [name, format, sha256, source_path, json.dumps(list(input_shape)),
-                 json.dumps(list(output_shape)), keras_major],
+                 json.dumps(list(output_shape)), keras_major, bool(trusted)],
             ).fetchone()
             assert row is not None
             return int(row[0])
@@ -519,8 +574,14 @@ class Store:
         n_test: int,
         num_classes: int,
         stored_path: str | None = None,
+        image_shape: Sequence[int | None] | None = None,
     ) -> int:
-        """Registers a dataset with its preprocessing; the same data and preprocessing give the same id."""
+        """Registers a dataset with its preprocessing; the same data and preprocessing give the same id.
+
+        Args:
+            image_shape: for a folder or zip of images, the model input shape they were read at,
+                so jobs read them the same way again.
+        """
         with self.transaction() as cur:
             row = cur.execute(
                 "SELECT id FROM datasets WHERE sha256 = ? AND input_scale = ? AND input_offset = ?",
@@ -530,8 +591,9 @@ class Store:
                 return int(row[0])
             row = cur.execute(
                 "INSERT INTO datasets (name, source, sha256, input_scale, input_offset, n_train, n_test,"
-                " num_classes, stored_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                [name, source, sha256, input_scale, input_offset, n_train, n_test, num_classes, stored_path],
+                " num_classes, stored_path, image_shape) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                [name, source, sha256, input_scale, input_offset, n_train, n_test, num_classes, stored_path,
+                 None if image_shape is None else json.dumps(list(image_shape))],
             ).fetchone()
             assert row is not None
             return int(row[0])
@@ -905,33 +967,67 @@ class Store:
 
     # ------------------------------------------------------------------ boards
     def add_board(self, name: str, url: str, token: str | None) -> None:
-        """Registers (or re-points) a board. The token is stored, never returned by `boards()`."""
+        """Registers (or re-points) a board. The token goes to its own 0600 file, never into the database."""
         if not name.strip():
             raise QlabError("board name must not be empty")
         if not url.startswith(("http://", "https://")):
             raise QlabError(f"board URL {url!r} must start with http:// or https://")
         with self.transaction() as cur:
             cur.execute(
-                "INSERT INTO boards (name, url, token) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
-                " url = excluded.url, token = excluded.token",
-                [name, url.rstrip("/"), token],
+                "INSERT INTO boards (name, url, token) VALUES (?, ?, NULL) ON CONFLICT (name) DO UPDATE SET"
+                " url = excluded.url, token = NULL",
+                [name, url.rstrip("/")],
             )
+            self._write_token(name, token)
 
     def boards(self) -> list[Board]:
-        df = self.query("SELECT name, url, token IS NOT NULL AS has_token, created_at FROM boards ORDER BY name")
-        return [Board(r["name"], r["url"], bool(r["has_token"]), str(r["created_at"])) for _, r in df.iterrows()]
+        df = self.query("SELECT name, url, created_at FROM boards ORDER BY name")
+        return [Board(r["name"], r["url"], self._token_path(r["name"]).exists(), str(r["created_at"]))
+                for _, r in df.iterrows()]
 
     def board_token(self, name: str) -> tuple[str, str | None]:
         """(url, token) of a registered board, for the client only."""
-        row = self._one("SELECT url, token FROM boards WHERE name = ?", [name])
+        row = self._one("SELECT url FROM boards WHERE name = ?", [name])
         if row is None:
             known = ", ".join(b.name for b in self.boards()) or "none"
             raise QlabError(f"no board named {name!r} (known: {known}); add it with `qlab board add`")
-        return str(row[0]), row[1]
+        try:
+            token = self._token_path(name).read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            token = None
+        return str(row[0]), token
 
     def remove_board(self, name: str) -> None:
         with self.transaction() as cur:
             cur.execute("DELETE FROM boards WHERE name = ?", [name])
+            self._token_path(name).unlink(missing_ok=True)
+
+    def _token_path(self, name: str) -> Path:
+        # board names are free text: the file is named by their digest
+        return self.token_dir / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.token"
+
+    def _write_token(self, name: str, token: str | None) -> None:
+        path = self._token_path(name)
+        if not token:
+            path.unlink(missing_ok=True)
+            return
+        private_dir(self.token_dir)
+        fd, tmp = tempfile.mkstemp(prefix=".token.", dir=self.token_dir)  # mkstemp files are 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(token + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _move_board_tokens(self, cur: duckdb.DuckDBPyConnection) -> None:
+        """Migration 0008: each token stored in the boards table moves to its own file."""
+        exists = cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'boards'").fetchone()
+        if not exists or not exists[0]:
+            return
+        for name, token in cur.execute("SELECT name, token FROM boards WHERE token IS NOT NULL").fetchall():
+            self._write_token(str(name), str(token))
 
     # ------------------------------------------------------------------ jobs
     def create_job(self, kind: str, params: dict[str, Any] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -53,30 +54,50 @@ def load_model_row(the_lab: Lab, model_id: int) -> LoadedModel:
             f"model #{model_id} ({row['name']}) came from an imported report: only its .tflite files are "
             "here, so it cannot be converted again; upload its Keras file on the Models & data page"
         )
-    model = load_model(row["source_path"])
+    model = load_model(row["source_path"], trusted=bool(row.get("trusted") is True))
     return LoadedModel(
         name=str(row["name"]), path=model.path, format=model.format, keras_model=model.keras_model,
         input_shape=model.input_shape, output_shape=model.output_shape, keras_major=model.keras_major,
     )
 
 
-def load_dataset_row(the_lab: Lab, dataset_id: int) -> Dataset:
-    """The data of a stored dataset row, with its stored preprocessing."""
+def load_dataset_row(the_lab: Lab, dataset_id: int,
+                     model_shape: tuple[int | None, ...] | None = None) -> Dataset:
+    """The data of a stored dataset row, with its stored preprocessing.
+
+    Args:
+        model_shape: the job's model input shape: images of a folder/zip dataset stored before their
+            size was recorded are read at it.
+
+    Raises:
+        QlabError: when the stored file is gone (a row never reads a path other than its own upload).
+    """
     from qcore.data import digits_dataset, load_dataset
 
     row = the_lab.store.dataset(int(dataset_id))
     scale, offset = float(row["input_scale"]), float(row["input_offset"])
     stored = row.get("stored_path")
-    if isinstance(stored, str) and stored and Path(stored).exists():
-        ds = load_dataset(stored, input_scale=scale, input_offset=offset)
+    image_shape = row.get("image_shape")
+    shape = tuple(json.loads(image_shape)) if isinstance(image_shape, str) and image_shape else model_shape
+    if isinstance(stored, str) and stored:
+        if not Path(stored).exists():
+            raise QlabError(f"dataset #{dataset_id} ({row['name']}): its file is missing from the data directory")
+        ds = load_dataset(stored, input_scale=scale, input_offset=offset, input_shape=shape)
     elif row["source"] == "digits":
         ds = digits_dataset(input_scale=scale, input_offset=offset)
     else:
-        ds = load_dataset(row["source"], input_scale=scale, input_offset=offset)
+        raise QlabError(f"dataset #{dataset_id} ({row['name']}) has no stored data here (imported from a "
+                        "report?); upload its file on the Models & data page")
     return Dataset(
         name=str(row["name"]), x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test,
         input_scale=ds.input_scale, input_offset=ds.input_offset, source=ds.source, class_names=ds.class_names,
     )
+
+
+def _model_shape(the_lab: Lab, variant_row: dict[str, Any]) -> tuple[int | None, ...] | None:
+    """The input shape recorded for a variant's model (images of older folder datasets are read at it)."""
+    shape = the_lab.store.model(int(variant_row["model_id"])).get("input_shape")
+    return tuple(json.loads(shape)) if isinstance(shape, str) and shape else None
 
 
 def variant_bytes(the_lab: Lab, variant_id: int) -> tuple[dict[str, Any], bytes]:
@@ -125,7 +146,7 @@ def _convert(the_lab: Lab, model: LoadedModel, dataset: Dataset, recipe_names: l
 def convert_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """params: model_id, dataset_id, recipes (names), calibration_samples, bench (host timing after)."""
     model = load_model_row(the_lab, params["model_id"])
-    dataset = load_dataset_row(the_lab, params["dataset_id"])
+    dataset = load_dataset_row(the_lab, params["dataset_id"], model.input_shape)
     return _convert(the_lab, model, dataset, list(params["recipes"]), int(params.get("calibration_samples", 100)),
                     bool(params.get("bench", True)), progress)
 
@@ -171,7 +192,7 @@ def debug_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict
     from qcore.debugger import run_debugger
 
     model = load_model_row(the_lab, params["model_id"])
-    dataset = load_dataset_row(the_lab, params["dataset_id"])
+    dataset = load_dataset_row(the_lab, params["dataset_id"], model.input_shape)
     result = run_debugger(
         model, dataset, recipe=str(params.get("recipe", "int8")),
         calibration_samples=int(params.get("calibration_samples", 100)),
@@ -210,7 +231,7 @@ def selective_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> 
         raise QlabError("choose at least one layer (or op type) to keep in float")
     model_id, dataset_id = int(params["model_id"]), int(params["dataset_id"])
     model = load_model_row(the_lab, model_id)
-    dataset = load_dataset_row(the_lab, dataset_id)
+    dataset = load_dataset_row(the_lab, dataset_id, model.input_shape)
     recipe = str(params.get("recipe", "int8"))
     samples = int(params.get("calibration_samples", 100))
     result = run_debugger(
@@ -233,7 +254,7 @@ def tune_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[
     from qcore.tune import tune
 
     model = load_model_row(the_lab, params["model_id"])
-    dataset = load_dataset_row(the_lab, params["dataset_id"])
+    dataset = load_dataset_row(the_lab, params["dataset_id"], model.input_shape)
     result = tune(model, dataset, max_drop=float(params["max_drop"]), recipe=str(params.get("recipe", "int8")),
                   calibration_samples=int(params.get("calibration_samples", 100)),
                   debug_samples=int(params.get("debug_samples", 100)), store=the_lab.store, progress=progress)
@@ -248,7 +269,7 @@ def compare_tensors_task(the_lab: Lab, params: dict[str, Any], progress: Progres
 
     frow, fbytes = variant_bytes(the_lab, params["float_variant_id"])
     qrow, qbytes = variant_bytes(the_lab, params["quant_variant_id"])
-    dataset = load_dataset_row(the_lab, int(frow["dataset_id"]))
+    dataset = load_dataset_row(the_lab, int(frow["dataset_id"]), _model_shape(the_lab, frow))
     x = dataset.preprocess(dataset.x_test[: int(params.get("samples", 20))])
     cmp = compare_tensors(fbytes, qbytes, x, progress=progress)
     return {
@@ -278,7 +299,7 @@ def qat_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[s
     from qcore.qat import run_qat
 
     model = load_model_row(the_lab, params["model_id"])
-    dataset = load_dataset_row(the_lab, params["dataset_id"])
+    dataset = load_dataset_row(the_lab, params["dataset_id"], model.input_shape)
     history: list[dict[str, float]] = []
 
     def watch(fraction: float, message: str) -> None:
@@ -343,7 +364,7 @@ def board_accuracy_task(the_lab: Lab, params: dict[str, Any], progress: Progress
     out = []
     for i, vid in enumerate(ids):
         row, data = variant_bytes(the_lab, vid)
-        dataset = load_dataset_row(the_lab, int(row["dataset_id"]))
+        dataset = load_dataset_row(the_lab, int(row["dataset_id"]), _model_shape(the_lab, row))
         ev, agreement = accuracy_on_board(
             the_lab.store, str(params["board"]), data, dataset, str(params.get("target", "cpu")),
             variant_id=vid, dataset_id=int(row["dataset_id"]), threads=int(params.get("threads", 1)),

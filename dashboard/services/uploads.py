@@ -6,8 +6,8 @@ import hashlib
 import json
 import os
 import shutil
-import zipfile
-from pathlib import Path, PurePosixPath
+import tempfile
+from pathlib import Path
 
 from dashboard.services import reads
 from dashboard.services.lab import Lab
@@ -32,45 +32,51 @@ def _check(filename: str, data: bytes, suffixes: tuple[str, ...], what: str) -> 
     return suffix
 
 
-def store_upload(the_lab: Lab, data: bytes, suffix: str) -> Path:
-    """Writes the bytes as `<data>/uploads/<sha256><suffix>` (idempotent); returns the path."""
+def store_upload(the_lab: Lab, data: bytes, suffix: str) -> tuple[Path, bool]:
+    """Writes the bytes as `<data>/uploads/<sha256><suffix>` (idempotent).
+
+    Returns:
+        (the path, whether this call created it), so a refused upload can be removed again.
+    """
     folder = the_lab.data_dir / "uploads"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / f"{hashlib.sha256(data).hexdigest()}{suffix}"
-    if not path.exists():
-        tmp = path.with_name(path.name + f".part{os.getpid()}")
-        tmp.write_bytes(data)
+    if path.exists():
+        return path, False
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
-    return path
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path, True
 
 
-def safe_extract(archive: Path, dest: Path) -> Path:
-    """Unpacks a zip inside `dest`, refusing absolute paths, `..`, links and zip bombs.
+def unpacked_dir(archive: Path) -> Path:
+    """Where a zipped upload is unpacked: `<sha256>.unzipped`, a name with a dot, so nothing in it can
+    ever be imported as a Python package even if the data directory were on sys.path."""
+    return archive.with_name(archive.stem + ".unzipped")
+
+
+def safe_extract(archive: Path, dest: Path, name: str | None = None) -> Path:
+    """Unpacks a zip inside `dest`, refusing absolute paths, `..`, links, zip bombs and lying sizes.
 
     Raises:
-        QlabError: naming the archive and the offending entry.
+        QlabError: naming the archive and the offending entry; nothing is left behind.
     """
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile:
-        raise QlabError(f"{archive.name}: not a zip file") from None
-    with zf:
-        total = 0
-        for info in zf.infolist():
-            name = PurePosixPath(info.filename)
-            if name.is_absolute() or ".." in name.parts or info.filename.startswith(("/", "\\")):
-                raise QlabError(f"{archive.name}: entry {info.filename!r} points outside the archive")
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise QlabError(f"{archive.name}: entry {info.filename!r} is a symbolic link")
-            total += info.file_size
-        if total > MAX_UNZIPPED_MB * 1024 * 1024:
-            raise QlabError(f"{archive.name}: unpacks to {total / 2**20:.0f} MB, over {MAX_UNZIPPED_MB} MB")
-        if not dest.exists():
-            tmp = dest.with_name(dest.name + f".part{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            zf.extractall(tmp)
-            os.replace(tmp, dest)
-    return dest
+    from qcore.archives import extract_zip
+
+    return extract_zip(archive, dest, max_bytes=MAX_UNZIPPED_MB * 1024 * 1024, name=name)
+
+
+def _discard(path: Path, created: bool) -> None:
+    """Removes a refused upload (and what was unpacked from it) if this request stored it."""
+    if not created:
+        return
+    path.unlink(missing_ok=True)
+    shutil.rmtree(unpacked_dir(path), ignore_errors=True)
 
 
 def _savedmodel_root(folder: Path, filename: str) -> Path:
@@ -82,29 +88,39 @@ def _savedmodel_root(folder: Path, filename: str) -> Path:
     return found[0]
 
 
-def add_model(the_lab: Lab, filename: str, data: bytes, name: str = "") -> int:
+def add_model(the_lab: Lab, filename: str, data: bytes, name: str = "", *, trusted: bool = False) -> int:
     """Stores an uploaded `.keras`, `.h5` or zipped SavedModel and registers it.
+
+    Args:
+        trusted: an admin vouched for this file: skip the checks that refuse Lambda layers,
+            custom objects and file/process graph ops (they then run when the model loads).
 
     Returns:
         The model id (the same bytes twice give the same id).
 
     Raises:
-        QlabError: for a wrong type, an empty or over-size file, or a model Keras cannot read.
+        QlabError: for a wrong type, an empty or over-size file, a model Keras cannot read, or one
+            refused by the loading policy (`qcore.model_safety`). A refused upload is deleted.
     """
     from qcore.models import file_sha256, load_model
 
     suffix = _check(filename, data, MODEL_SUFFIXES, "model")
-    path = store_upload(the_lab, data, suffix)
-    if suffix == ".zip":
-        path = _savedmodel_root(safe_extract(path, path.with_suffix("")), filename)
+    stored, created = store_upload(the_lab, data, suffix)
     try:
-        model = load_model(path)
-    except QlabError as exc:  # the message names our file name; the user knows theirs
-        raise QlabError(str(exc).replace(str(path), filename)) from None
+        path = stored
+        if suffix == ".zip":
+            path = _savedmodel_root(safe_extract(stored, unpacked_dir(stored), filename), filename)
+        try:
+            model = load_model(path, trusted=trusted)
+        except QlabError as exc:  # the message names our file name; the user knows theirs
+            raise QlabError(str(exc).replace(str(path), filename)) from None
+    except QlabError:
+        _discard(stored, created)
+        raise
     model_id = the_lab.store.add_model(
         name=(name.strip() or Path(filename).stem), format=model.format, sha256=file_sha256(path),
         source_path=str(path), input_shape=model.input_shape, output_shape=model.output_shape,
-        keras_major=model.keras_major,
+        keras_major=model.keras_major, trusted=trusted,
     )
     reads.clear()
     return model_id
@@ -123,19 +139,20 @@ def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float,
     from qcore.data import load_dataset
 
     suffix = _check(filename, data, DATA_SUFFIXES, "dataset")
-    path = store_upload(the_lab, data, suffix)
     shape = None
     if for_model is not None:
         shape = tuple(json.loads(the_lab.store.model(int(for_model))["input_shape"]))
     elif suffix == ".zip":
         raise QlabError(f"{filename}: images in a zip of class folders are resized to a model's input; "
                         "choose the model they are for")
+    path, created = store_upload(the_lab, data, suffix)
     try:
         ds = load_dataset(path, input_scale=float(input_scale), input_offset=float(input_offset), input_shape=shape)
     except QlabError as exc:
+        _discard(path, created)
         raise QlabError(str(exc).replace(str(path), filename)) from None
     return register_dataset(the_lab, ds, name=name.strip() or Path(filename).stem, source=filename,
-                            stored_path=str(path))
+                            stored_path=str(path), input_shape=shape)
 
 
 def add_digits(the_lab: Lab, *, input_scale: float, input_offset: float) -> int:
@@ -146,14 +163,20 @@ def add_digits(the_lab: Lab, *, input_scale: float, input_offset: float) -> int:
     return register_dataset(the_lab, ds, name="digits", source="digits", stored_path=None)
 
 
-def register_dataset(the_lab: Lab, ds: Dataset, *, name: str, source: str, stored_path: str | None) -> int:
-    """Registers loaded data; the same data and preprocessing give the same id."""
+def register_dataset(the_lab: Lab, ds: Dataset, *, name: str, source: str, stored_path: str | None,
+                     input_shape: tuple[int | None, ...] | None = None) -> int:
+    """Registers loaded data; the same data and preprocessing give the same id.
+
+    Args:
+        input_shape: the model input shape images were resized to (kept, so every job reads a zip of
+            class folders at the same size).
+    """
     from qcore.data import dataset_sha256
 
     dataset_id = the_lab.store.add_dataset(
         name=name, source=source, sha256=dataset_sha256(ds), input_scale=float(ds.input_scale),
         input_offset=float(ds.input_offset), n_train=len(ds.y_train), n_test=len(ds.y_test),
-        num_classes=int(ds.num_classes), stored_path=stored_path,
+        num_classes=int(ds.num_classes), stored_path=stored_path, image_shape=input_shape,
     )
     reads.clear()
     return dataset_id
