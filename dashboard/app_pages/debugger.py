@@ -8,9 +8,14 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import ui
-from dashboard.components.debugger import layer_bars, tensor_snr_bars, tune_trials_plot
-from dashboard.services import debug_view, reads
-from qcore.debugger import DEFAULT_THRESHOLD, LAYER_METRICS
+from dashboard.components.debugger import (
+    METRIC_TITLES,
+    layer_bars,
+    tensor_snr_bars,
+    tune_trials_plot,
+)
+from dashboard.services import debug_view, layers, reads
+from qcore.debugger import LAYER_METRICS
 from qcore.qtyping import Job
 
 # recipes the debugger accepts (int8 activations with calibration data)
@@ -64,17 +69,43 @@ def debug_result() -> dict[str, Any]:
         for col, (name, value) in zip(st.columns(len(metrics)), metrics.items(), strict=True):
             col.metric(name, f"{value:.4g}")
 
+    suggested, stands_out = layers.suggested_threshold(stats["rmse_scale"]) if not stats.empty else (0.7, False)
     a, b = st.columns([3, 1])
     threshold = a.slider("suspect threshold (rmse/scale)", 0.0, max(2.0, debug_view.max_rmse_scale(stats)),
-                         float(DEFAULT_THRESHOLD), 0.01, key="debugger_threshold")
+                         float(suggested), 0.01, key=f"debugger_threshold_{run_id}",
+                         help="derived from this model's own spread: the median rmse/scale plus three robust "
+                              "standard deviations (log scale), never below 1.5 × 0.289")
     first_k = b.number_input("also the first K layers", 0, max(0, len(stats)), 0, key="debugger_first_k")
     suspects = debug_view.suspects(stats, threshold, int(first_k))
-    st.plotly_chart(layer_bars(stats, threshold, suspects), key="debugger_bars")
-    st.dataframe(debug_view.stats_table(stats, suspects), hide_index=True, width="stretch", key="debugger_table")
+    if not stands_out and not stats.empty:
+        st.info(f"No layer stands out: every layer's rmse/scale lies within this model's own spread "
+                f"(at most {debug_view.max_rmse_scale(stats):.3g}). Quantization error is spread evenly; "
+                "keeping single layers in float will gain little.", icon=":material/info:")
+
+    c1, c2, c3, c4, c5 = st.columns([2, 2, 1, 2, 2])
+    metric_options = debug_view.metrics(stats) or ["rmse_scale"]
+    metric = c1.selectbox("rank by", metric_options, format_func=lambda m: METRIC_TITLES.get(m, m),
+                          key="debugger_rank_by")
+    order = c2.radio("order", ["worst first", "layer order"], horizontal=True, key="debugger_order")
+    top_n = c3.number_input("show N", 0, 10_000, 30, key="debugger_top_n", help="0 = every layer")
+    text = c4.text_input("filter by layer name", key="debugger_filter", placeholder="e.g. block_3")
+    op_filter = c5.multiselect("op types", debug_view.op_types(stats), key="debugger_filter_ops")
+    shown = debug_view.ranked_stats(stats, metric, order == "worst first", text, op_filter)
+    st.plotly_chart(layer_bars(shown, threshold, suspects, metric=metric, top_n=int(top_n),
+                               worst_first=order == "worst first"), key="debugger_bars")
+    table = debug_view.stats_table(shown, suspects)
+    picked = st.dataframe(table, hide_index=True, width="stretch", key=f"debugger_table_{run_id}",
+                          on_select="rerun", selection_mode="multi-row",
+                          column_config={"tensor_name": st.column_config.TextColumn("full tensor name")})
+    st.caption(f"{len(shown)} of {len(stats)} layer rows. Tick rows to keep those layers in float.")
 
     st.subheader("Keep these float")
-    chosen = st.multiselect("layers to keep in float (suspects preselected)", debug_view.tensor_names(stats),
-                            default=suspects, key=f"debugger_keep_{run_id}_{threshold}_{first_k}")
+    include = st.checkbox(f"the {len(suspects)} suspects", value=True, key="debugger_keep_suspects")
+    chosen = debug_view.keep_float(table, list(picked.selection.rows) if picked else [], suspects, include)
+    if chosen:
+        st.markdown(f"**{len(chosen)} layers kept in float:** " + ", ".join(layers.unique_labels(chosen)))
+    else:
+        st.caption("No layer chosen: tick rows in the table, or lower the threshold.")
     ops = st.multiselect("and every op of these types", debug_view.op_types(stats), key="debugger_keep_ops")
     if st.button("Run selective quantization", type="primary", key="debugger_selective",
                  disabled=not chosen and not ops):
@@ -159,11 +190,24 @@ if len(options) >= 2:
 
 
 def show_comparison(job: Job) -> None:
+    """Activations and weights/biases apart, each ranked worst (lowest SNR) first."""
     result = job.result or {}
     st.caption(f"{result.get('float')} vs {result.get('quant')} on {result.get('n_samples')} samples")
     matched = pd.DataFrame(result.get("matched", []))
-    st.plotly_chart(tensor_snr_bars(matched), key="debugger_snr")
-    st.dataframe(debug_view.matched_table(matched), hide_index=True, width="stretch")
+    a, b = st.columns([1, 3])
+    top_n = a.number_input("show N", 0, 10_000, 30, key="debugger_cmp_top_n", help="0 = every tensor")
+    text = b.text_input("filter by tensor name", key="debugger_cmp_filter")
+    activations, constants = debug_view.split_tensors(matched)
+    fmt = {"mse": st.column_config.NumberColumn("mse", format="%.3e"),
+           "max_abs_error": st.column_config.NumberColumn("max abs error", format="%.3e"),
+           "snr_db": st.column_config.NumberColumn("SNR (dB)", format="%.1f"),
+           "cosine": st.column_config.NumberColumn("cosine", format="%.6f")}
+    for title, part, key in (("activations", activations, "act"), ("weights and biases", constants, "const")):
+        st.markdown(f"**{title.capitalize()}** ({len(part)} tensors)")
+        st.plotly_chart(tensor_snr_bars(layers.filter_rows(part, text, name_col="name"), top_n=int(top_n),
+                                        title=title), key=f"debugger_snr_{key}")
+        st.dataframe(debug_view.matched_table(part, text), hide_index=True, width="stretch", column_config=fmt,
+                     key=f"debugger_cmp_table_{key}")
     unmatched = pd.DataFrame(result.get("unmatched", []))
     if not unmatched.empty:
         st.markdown(f"**{len(unmatched)} tensors without a partner**")

@@ -189,26 +189,60 @@ def debugged(converted: Lab) -> Lab:
     return converted
 
 
+def _kept(at: AppTest) -> str:
+    return next((t for t in texts(at, "markdown") if "layers kept in float:**" in t), "")
+
+
 def test_debugger_bars_table_and_preselected_suspects(debugged: Lab, page) -> None:
     at = page("debugger")
     _no_traceback(at)
     bars = plotly_specs(at)[0]
-    assert [t["name"] for t in bars["data"]] == ["range", "rmse/scale"]
-    assert 0.7 in [s.get("y0") for s in bars["layout"]["shapes"]]
+    assert [t["name"] for t in bars["data"]] == ["rmse / scale", "range = 255 · scale"]
+    threshold = next(s for s in at.slider if s.label.startswith("suspect threshold")).value
+    assert threshold in [s.get("x0") for s in bars["layout"]["shapes"]]
     table = at.dataframe[0].value
-    expected = table[table["rmse_scale"] > 0.7]["tensor_name"].tolist()
-    assert table[table["suspect"]]["tensor_name"].tolist() == expected
-    keep = next(m for m in at.multiselect if m.label.startswith("layers to keep in float"))
-    assert keep.value == expected
+    # worst first by rmse/scale, short Keras layer names beside the full tensor name
+    assert table["rmse_scale"].tolist() == sorted(table["rmse_scale"].tolist(), reverse=True)
+    assert (table["layer"].str.len() <= table["tensor_name"].str.len()).all()
+    expected = table[table["rmse_scale"] > threshold]["tensor_name"].tolist()
+    assert sorted(table[table["suspect"]]["tensor_name"]) == sorted(expected)
+    if expected:
+        assert _kept(at).startswith(f"**{len(expected)} layers kept in float:**")
+    else:
+        assert any(t.startswith("No layer stands out") for t in texts(at, "info"))
 
 
 def test_debugger_threshold_slider_changes_suspects(debugged: Lab, page) -> None:
     at = page("debugger")
-    at.slider(key="debugger_threshold").set_value(0.0).run()
+    next(s for s in at.slider if s.label.startswith("suspect threshold")).set_value(0.0).run()
     table = at.dataframe[0].value
     assert table["suspect"].tolist() == (table["rmse_scale"] > 0.0).tolist()
-    keep = next(m for m in at.multiselect if m.label.startswith("layers to keep in float"))
-    assert keep.value == table[table["suspect"]]["tensor_name"].tolist()
+    assert _kept(at).startswith(f"**{int(table['suspect'].sum())} layers kept in float:**")
+
+
+def test_debugger_table_selection_feeds_keep_float(debugged: Lab, page) -> None:
+    at = page("debugger")
+    at.checkbox(key="debugger_keep_suspects").uncheck().run()
+    assert _kept(at) == ""
+    run_id = int(debugged.store.debug_runs()["id"].iloc[0])
+    table = at.dataframe[0].value
+    at.session_state[f"debugger_table_{run_id}"] = {"selection": {"rows": [len(table) - 1], "columns": []}}
+    at.run()
+    _no_traceback(at)
+    assert _kept(at) == f"**1 layers kept in float:** {table['layer'].iloc[-1]}"
+    run = _by_label(at.button, "Run selective quantization")
+    assert not run.disabled
+
+
+def test_debugger_filter_and_top_n(debugged: Lab, page) -> None:
+    at = page("debugger")
+    table = at.dataframe[0].value
+    op = table["op_name"].iloc[0]
+    at.multiselect(key="debugger_filter_ops").set_value([op])
+    at.number_input(key="debugger_top_n").set_value(1).run()
+    _no_traceback(at)
+    assert set(at.dataframe[0].value["op_name"]) == {op}
+    assert len(values(plotly_specs(at)[0]["data"][0]["y"])) == 1
 
 
 def test_debugger_keep_float_runs_selective_and_compares_with_int8(debugged: Lab, page) -> None:
@@ -263,8 +297,14 @@ def test_debugger_tensor_comparison(debugged: Lab, page) -> None:
     reads.clear()
     at.run()
     _no_traceback(at)
-    snr = next(s for s in plotly_specs(at) if "signal-to-noise" in json.dumps(s["layout"].get("title", "")))
-    assert len(values(snr["data"][0]["y"])) >= 2
+    titles = {json.dumps(s["layout"].get("title", "")): s for s in plotly_specs(at)}
+    act = next(s for t, s in titles.items() if "activations: worst" in t)
+    const = next(s for t, s in titles.items() if "weights and biases: worst" in t)
+    assert len(act["data"][0]["y"]) >= 2 and len(const["data"][0]["y"]) >= 2
+    # worst first: the lowest SNR on top
+    for df in (d.value for d in at.dataframe if "snr_db" in d.value.columns):
+        snr = df["snr_db"].astype(float).tolist()
+        assert snr == sorted(snr)
 
 
 # ---------------------------------------------------------------- inspect
@@ -283,6 +323,15 @@ def test_inspect_float32_lints_float_ops(converted: Lab, page) -> None:
     at.selectbox(key="inspect_variant").set_value(_variant_id(converted, "float32")).run()
     _no_traceback(at)
     assert any("float-op" in t for t in texts(at, "error"))
+    counts = plotly_specs(at)[0]
+    assert [t["name"] for t in counts["data"]] == ["computes in float", "computes in integer"] or \
+        [t["name"] for t in counts["data"]] == ["computes in float"]
+    ops = at.dataframe[0].value
+    assert "layer" in ops.columns
+    first_op = ops["op"].iloc[0]
+    at.multiselect(key="inspect_ops").set_value([first_op]).run()
+    _no_traceback(at)
+    assert set(at.dataframe[0].value["op"]) == {first_op}
 
 
 # ---------------------------------------------------------------- math

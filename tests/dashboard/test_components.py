@@ -129,15 +129,38 @@ def stats() -> pd.DataFrame:
     })
 
 
-def test_layer_bars_threshold_line_and_suspects_in_red(stats: pd.DataFrame) -> None:
+def test_layer_bars_ranked_worst_first_with_short_names(stats: pd.DataFrame) -> None:
     fig = layer_bars(stats, threshold=0.7, suspects=["logits"])
-    range_bars, rmse_bars = fig.data
-    assert list(range_bars.y) == [2.0, 2.0, 40.0]
-    assert list(rmse_bars.y) == [0.29, 0.0, 2.2]
-    assert list(rmse_bars.marker.color)[2] == SUSPECT_COLOR
-    assert list(rmse_bars.marker.color)[0] != SUSPECT_COLOR
-    lines = [s.y0 for s in fig.layout.shapes]
+    rmse_bars, range_bars = fig.data
+    assert list(rmse_bars.y) == ["logits", "conv", "pool"]  # worst first
+    assert list(rmse_bars.x) == [2.2, 0.29, 0.0]
+    assert list(range_bars.x) == [40.0, 2.0, 2.0]
+    assert list(rmse_bars.marker.color)[0] == SUSPECT_COLOR
+    assert list(rmse_bars.marker.color)[1] != SUSPECT_COLOR
+    lines = [s.x0 for s in fig.layout.shapes]
     assert 0.7 in lines and WELL_QUANTIZED_RMSE_SCALE in lines
+    assert "0.289 = well quantized" in _annotation_text(fig)
+
+
+def test_layer_bars_top_n_of_150_layers_fused_names_log_ticks() -> None:
+    n = 150
+    names = [f"model/block_{i}_expand_relu/Relu6;model/block_{i}_expand_BN/FusedBatchNormV3;model/block_{i}_x/Conv2D"
+             for i in range(n)]
+    stats = pd.DataFrame({"row_idx": range(n), "op_name": ["CONV_2D"] * n, "tensor_name": names,
+                          "range": np.linspace(1.0, 300.0, n), "rmse_scale": np.linspace(0.25, 30.0, n)})
+    fig = layer_bars(stats, threshold=1.0, top_n=20)
+    bars = fig.data[0]
+    assert len(bars.y) == 20 and bars.y[0] == "block_149_expand_relu"
+    assert max(len(label) for label in bars.y) < 30  # short Keras names, not the fused TF name
+    assert "model/block_149_expand_relu/Relu6" in bars.customdata[0][1]  # the full name is in the hover
+    assert "worst 20 of 150" in fig.layout.title.text
+    every = layer_bars(stats, threshold=1.0, top_n=0)
+    assert len(every.data[0].y) == 150
+    assert every.layout.xaxis.type == "log"  # 0.25 .. 30: spans over 10x
+    assert "20" in every.layout.xaxis.ticktext and "2" in every.layout.xaxis.ticktext
+    assert every.layout.height >= 150 * 20  # a bar per layer stays readable
+    in_order = layer_bars(stats, threshold=1.0, top_n=5, worst_first=False)
+    assert list(in_order.data[0].y) == [f"block_{i}_expand_relu" for i in range(5)]
 
 
 def test_layer_bars_empty_run_says_why() -> None:
@@ -155,9 +178,12 @@ def test_tune_trials_plot_splits_passed_and_failed() -> None:
     assert {round(s.y0, 3) for s in fig.layout.shapes} == {0.96, 0.945}
 
 
-def test_tensor_snr_bars_clip_identical_tensors() -> None:
-    fig = tensor_snr_bars(pd.DataFrame({"name": ["in", "conv"], "snr_db": [math.inf, 31.5]}))
-    assert list(fig.data[0].y) == [120.0, 31.5]
+def test_tensor_snr_bars_clip_identical_tensors_worst_first() -> None:
+    fig = tensor_snr_bars(pd.DataFrame({"name": ["in", "m/conv/Conv2D"], "snr_db": [math.inf, 31.5],
+                                        "mse": [0.0, 1.5e-7]}))
+    assert list(fig.data[0].x) == [31.5, 120.0]
+    assert list(fig.data[0].y) == ["conv", "in"]
+    assert fig.data[0].customdata[0][1] == "1.500e-07"  # tiny MSE in scientific notation
 
 
 def test_qat_curves_loss_and_accuracy_panels() -> None:
