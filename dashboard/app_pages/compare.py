@@ -5,12 +5,18 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import ui
-from dashboard.components.confusion import confusion_heatmap
+from dashboard.components.confusion import (
+    confusion_diff_heatmap,
+    confusion_heatmap,
+    recall_change_heatmap,
+)
 from dashboard.components.tradeoff import size_bars, tradeoff_scatter
 from dashboard.services import reads, tables
 
 # heatmaps are the slow part of this page; more than this many are unreadable anyway
 MAX_CONFUSIONS = 12
+# rows of the per-class change view (one per variant)
+MAX_DIFF_ROWS = 40
 
 st.title("Compare")
 lab = ui.current()
@@ -60,13 +66,32 @@ if not has_board:
     right.caption("Board latency: none of these variants has been timed on a board yet (Boards page).")
 st.plotly_chart(size_bars(ok), key="compare_size_bars")
 
-st.subheader("Confusion matrices")
-shown = ok.head(MAX_CONFUSIONS)
-if len(ok) > len(shown):
-    st.caption(f"the first {len(shown)} of {len(ok)} variants; choose fewer variants to see the others")
-matrices = reads.confusions(lab.db_key, tuple(int(v) for v in shown["variant_id"]))
-cols = st.columns(3)
-for i, row in enumerate(shown.itertuples()):
-    with cols[i % 3]:
-        st.plotly_chart(confusion_heatmap(matrices.get(int(row.variant_id)), f"{row.model} / {row.variant}"),
-                        key=f"compare_confusion_{row.variant_id}")
+st.subheader("Where the variants' predictions differ from float")
+# one model: each variant against its float32; several models have no common baseline
+one_model = ok["model_id"].nunique() == 1
+matrices = reads.confusions(lab.db_key, tuple(int(v) for v in ok["variant_id"].head(MAX_DIFF_ROWS)))
+labels = {int(r.variant_id): f"{r.model} / {r.variant}" for r in ok.itertuples()}
+floats = ok[ok["variant"] == "float32"]
+base_id = int(floats["variant_id"].iloc[0]) if one_model and len(floats) else None
+base_id = base_id if base_id in matrices else None
+if base_id is not None and len(matrices) > 1:
+    others = {labels[v]: m for v, m in matrices.items() if v != base_id}
+    st.plotly_chart(recall_change_heatmap(others, matrices[base_id]), key="compare_recall_change")
+    pick = {v: labels[v] for v in matrices if v != base_id}
+    chosen = st.selectbox("confusion difference of", list(pick), format_func=pick.__getitem__, key="compare_diff_of")
+    left, right = st.columns(2)
+    left.plotly_chart(confusion_diff_heatmap(matrices[chosen], matrices[base_id], pick[chosen]),
+                      key="compare_confusion_diff")
+    right.plotly_chart(confusion_heatmap(matrices[chosen], pick[chosen]), key=f"compare_confusion_{chosen}")
+else:
+    # no float32 variant to compare with: the matrices themselves, a few to a row
+    if base_id is None and one_model and len(ok):
+        st.caption("Convert the float32 recipe too to see the differences from float.")
+    shown = ok.head(MAX_CONFUSIONS)
+    if len(ok) > len(shown):
+        st.caption(f"the first {len(shown)} of {len(ok)} variants; choose fewer variants to see the others")
+    cols = st.columns(3)
+    for i, row in enumerate(shown.itertuples()):
+        with cols[i % 3]:
+            st.plotly_chart(confusion_heatmap(matrices.get(int(row.variant_id)), f"{row.model} / {row.variant}"),
+                            key=f"compare_confusion_{row.variant_id}")

@@ -160,8 +160,13 @@ def test_compare_table_plots_and_confusions(converted: Lab, page) -> None:
     assert npu["float32"].startswith("❌") and "float ops" in npu["float32"]
     symbols = {t["name"]: t["marker"]["symbol"] for t in specs[0]["data"] if t["name"] != "Pareto front"}
     assert symbols["int8 · NPU-ready"] == "circle" and symbols["float32 · not NPU-ready"] == "x"
+    # one model with float32: the per-class change and one difference matrix, not a matrix per variant
     heatmaps = [s for s in specs if s["data"] and s["data"][0]["type"] == "heatmap"]
-    assert len(heatmaps) <= len(table[table["status"] == "ok"])
+    titles = [json.dumps(h["layout"]["title"]) for h in heatmaps]
+    assert len(heatmaps) == 3
+    assert "per-class accuracy change vs float32" in titles[0]
+    assert len(heatmaps[0]["data"][0]["y"]) == len(table) - 1  # every variant but float32
+    assert "minus float32" in titles[1]
 
 
 def test_compare_opens_with_the_variant_chosen_elsewhere(converted: Lab, page) -> None:

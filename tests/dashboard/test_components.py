@@ -242,3 +242,23 @@ def test_latency_bars_names_boards_but_not_the_host() -> None:
     fig = latency_bars(bench)
     assert [t.name for t in fig.data][::2] == ["imx · npu", "host"]
     assert list(fig.data[0].text) == ["0.0007"]  # tiny timings keep their digits
+
+
+def test_recall_change_heatmap_points_against_float() -> None:
+    from dashboard.components.confusion import recall_change_heatmap
+
+    base = [[10, 0], [0, 10]]
+    fig = recall_change_heatmap({"int8": [[9, 1], [0, 10]], "odd": [[1]]}, base)
+    heat = fig.data[0]
+    assert list(heat.y) == ["int8"]  # a matrix with other classes is left out
+    assert np.allclose(np.asarray(heat.z)[0], [-10.0, 0.0])
+    assert heat.zmid == 0
+
+
+def test_confusion_diff_heatmap_counts_moved_predictions() -> None:
+    from dashboard.components.confusion import confusion_diff_heatmap
+
+    fig = confusion_diff_heatmap([[9, 1], [2, 8]], [[10, 0], [0, 10]], "int8")
+    assert np.asarray(fig.data[0].z).tolist() == [[-1, 1], [2, -2]]
+    assert "3 predictions moved" in fig.layout.title.text
+    assert "differ" in _annotation_text(confusion_diff_heatmap([[1]], [[1, 0], [0, 1]], "x"))
