@@ -220,6 +220,7 @@ def convert_and_evaluate(
     calibration_samples: int = DEFAULT_CALIBRATION,
     progress: Progress = no_progress,
     engine: str = Engine.TF,
+    on_variant: Callable[[ConvertedVariant], None] | None = None,
 ) -> ConvertReport:
     """Converts with every recipe, evaluates each variant, and stores each in one transaction.
 
@@ -234,6 +235,8 @@ def convert_and_evaluate(
         progress: called after each step.
         engine: "tf" (TFLiteConverter, one conversion per recipe) or "aeq" (AI Edge Quantizer from
             one float32 .tflite, calibrated once); a recipe the engine cannot express fails by name.
+        on_variant: called with each recipe's result as soon as it is stored, so a page can show
+            the rows that have landed while the others still convert.
 
     Raises:
         QlabError: when the data does not fit the model, calibration_samples < 1, or an unknown engine.
@@ -272,6 +275,8 @@ def convert_and_evaluate(
             _one_recipe(model, dataset, recipe, make, reference, store, model_id, dataset_id, out,
                         calibration_samples, engine)
         )
+        if on_variant is not None:
+            on_variant(results[-1])
     progress(1.0, "done")
     return ConvertReport(model.name, float_acc, tuple(results), model_id, dataset_id)
 

@@ -11,11 +11,12 @@ import functools
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qcore.qtyping import Dataset, LoadedModel, Progress, QlabError
+from qcore.qtyping import ConvertedVariant, Dataset, LoadedModel, Progress, QlabError
 
 if TYPE_CHECKING:
     from dashboard.services.jobs import JobFn
@@ -114,6 +115,7 @@ def variant_bytes(the_lab: Lab, variant_id: int) -> tuple[dict[str, Any], bytes]
 # ---------------------------------------------------------------- conversion and host timing
 def _convert(the_lab: Lab, model: LoadedModel, dataset: Dataset, recipe_names: list[str] | str,
              calibration_samples: int, bench: bool, progress: Progress) -> dict[str, Any]:
+    from dashboard.services.jobs import publish
     from qcore.convert import convert_and_evaluate
     from qcore.data import check_fits
     from qcore.recipes import get_recipe, resolve_recipes
@@ -123,9 +125,18 @@ def _convert(the_lab: Lab, model: LoadedModel, dataset: Dataset, recipe_names: l
     if not recipes:
         raise QlabError("choose at least one recipe")
     check_fits(model, dataset)
+    started = time.monotonic()
+    landed: list[dict[str, Any]] = []
+
+    def publish_landed(v: ConvertedVariant) -> None:
+        # each recipe's row appears on the page as soon as it is stored, with the pace so far
+        landed.append(_variant_result(v))
+        publish({"variants": list(landed), "recipes_total": len(recipes),
+                 "elapsed_s": round(time.monotonic() - started, 2)})
+
     report = convert_and_evaluate(
         model, dataset, recipes, store=the_lab.store, calibration_samples=int(calibration_samples),
-        progress=scaled(progress, 0.0, 0.85 if bench else 1.0),
+        progress=scaled(progress, 0.0, 0.85 if bench else 1.0), on_variant=publish_landed,
     )
     ok = [v for v in report.variants if v.variant_id is not None and v.status == "ok"]
     if bench and ok:
@@ -135,12 +146,13 @@ def _convert(the_lab: Lab, model: LoadedModel, dataset: Dataset, recipe_names: l
     return {
         "model": report.model, "model_id": report.model_id, "dataset_id": report.dataset_id,
         "float_accuracy": report.float_accuracy,
-        "variants": [
-            {"recipe": v.recipe, "status": str(v.status), "variant_id": v.variant_id, "size_bytes": v.size_bytes,
-             "accuracy": v.evaluation.accuracy if v.evaluation else None, "error": v.error}
-            for v in report.variants
-        ],
+        "variants": [_variant_result(v) for v in report.variants],
     }
+
+
+def _variant_result(v: ConvertedVariant) -> dict[str, Any]:
+    return {"recipe": v.recipe, "status": str(v.status), "variant_id": v.variant_id, "size_bytes": v.size_bytes,
+            "accuracy": v.evaluation.accuracy if v.evaluation else None, "error": v.error}
 
 
 def convert_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:

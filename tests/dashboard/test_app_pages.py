@@ -110,6 +110,43 @@ def test_quantize_run_as_job_then_result_table(converted: Lab, page) -> None:
     assert at.dataframe[0].value["NPU"].iloc[0].startswith("❌")
 
 
+def test_quantize_rows_appear_as_each_recipe_finishes(converted: Lab, page) -> None:
+    import time
+
+    recipes = ["float16", "dynamic", "int8-per-tensor"]
+    job_id = converted.runner.submit("convert", {"model_id": 1, "dataset_id": 1, "recipes": recipes, "bench": False})
+    seen = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        job = converted.store.job(job_id)
+        landed = (job.result or {}).get("variants", [])
+        if job.status is JobStatus.RUNNING and 0 < len(landed) < len(recipes):
+            at = page("quantize")  # the page while the other recipes still convert
+            _no_traceback(at)
+            seen = (len(landed), at)
+            break
+        if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+            break
+        time.sleep(0.05)
+    converted.runner.wait(job_id, timeout=300)
+    assert seen is not None, "the job never published a recipe's row before it ended"
+    n, at = seen
+    rows = next(df.value for df in at.dataframe if "NPU" in df.value.columns)
+    assert len(rows) >= n and set(rows["variant"]) <= set(recipes)
+    assert any(re.match(rf"\d of {len(recipes)} recipes done · .* elapsed", t) for t in texts(at, "caption"))
+    reads.clear()
+
+
+def test_quantize_select_all_and_clear(empty_lab: Lab, page) -> None:
+    from qcore.recipes import RECIPES
+
+    at = page("quantize")
+    _by_label(at.button, "Select all").click().run()
+    assert all(at.checkbox(key=f"quantize_recipe_{n}").value for n in RECIPES)
+    _by_label(at.button, "Clear").click().run()
+    assert not any(at.checkbox(key=f"quantize_recipe_{n}").value for n in RECIPES)
+
+
 def test_quantize_without_recipes(converted: Lab, page) -> None:
     at = page("quantize")
     for name in ("float32", "int8"):

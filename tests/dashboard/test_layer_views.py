@@ -85,3 +85,17 @@ def test_op_count_bars_most_frequent_first_split_by_compute() -> None:
     fig = op_count_bars(counts)
     assert {t.name for t in fig.data} == {"computes in float", "computes in integer"}
     assert list(fig.layout.yaxis.categoryarray) == ["CONV_2D", "ADD", "MEAN"]
+
+
+def test_pace_clock_eta_and_status() -> None:
+    from datetime import datetime
+
+    from dashboard.services import pace
+
+    assert pace.clock(42.4) == "42 s" and pace.clock(187) == "3:07" and pace.clock(3725) == "1:02:05"
+    assert pace.clock(None) == "–"
+    assert pace.eta(0, 9, 10.0) is None and pace.eta(3, 9, 30.0) == 60.0 and pace.eta(9, 9, 90.0) == 0.0
+    status = pace.convert_status({"variants": [{}, {}, {}], "recipes_total": 9, "elapsed_s": 30.0}, 40.0)
+    assert status == "3 of 9 recipes done · 40 s elapsed · about 50 s left"
+    assert pace.since("2026-12-01 10:00:00", datetime(2026, 12, 1, 10, 1, 30)) == 90.0
+    assert pace.since("not a time", datetime(2026, 12, 1)) is None
