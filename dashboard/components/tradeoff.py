@@ -46,7 +46,8 @@ LOG_SPAN = 10.0
 
 
 def _npu_state(value: object) -> bool | None:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    # DuckDB hands a nullable boolean column over as pd.NA, which bool() refuses
+    if value is None or bool(pd.isna(value)):
         return None
     return bool(value)
 

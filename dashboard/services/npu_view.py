@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import pandas as pd
+
 NOT_LINTED = "no NPU verdict yet (this variant was stored before verdicts existed)"
 
 
@@ -39,7 +41,8 @@ def size_ratio(size_bytes: Any, float_size_bytes: Any) -> float | None:
 def ready(row: Mapping[str, Any]) -> bool | None:
     """True / False from the stored verdict, None when the variant has none."""
     value = row.get("npu_ready")
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    # DuckDB hands a nullable boolean column over as pd.NA, which bool() refuses
+    if value is None or bool(pd.isna(value)):
         return None
     return bool(value)
 

@@ -87,3 +87,15 @@ def test_drift_table_points_against_host() -> None:
     assert row["variant"] == "m1 / int8" and row["device"] == "imx/npu"
     assert row["drift (points)"] == -1.0
     assert row["agreement with host"] == 0.98
+
+
+def test_npu_state_reads_duckdb_null_booleans() -> None:
+    from dashboard.components.tradeoff import tradeoff_scatter
+    from dashboard.services import npu_view
+
+    # a store whose variants have no verdict hands over a nullable boolean column of pd.NA
+    df = _summary().assign(npu_ready=pd.array([None, True, None, None], dtype="boolean"))
+    assert npu_view.ready({"npu_ready": pd.NA}) is None
+    assert npu_view.verdict_line({"npu_ready": pd.NA}) == npu_view.NOT_LINTED
+    fig = tradeoff_scatter(df[df["status"] == "ok"], "size_bytes", "accuracy")
+    assert {t.marker.symbol for t in fig.data if t.name != "Pareto front"} == {"diamond-open", "circle"}
