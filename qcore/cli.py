@@ -113,9 +113,12 @@ def _load_data_arg(args: argparse.Namespace, input_shape: Any = None) -> Any:
 
 
 def _read_tflite(path: str) -> bytes:
-    from qcore.litert_io import read_tflite
+    """A .tflite to run: refused up front, naming the file and its ops, when LiteRT cannot run its custom ops."""
+    from qcore.litert_io import check_runnable, read_tflite
 
-    return read_tflite(path)
+    data = read_tflite(path)
+    check_runnable(data, path)
+    return data
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -710,6 +713,53 @@ def _cmd_export_node_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- bring your own .tflite (issue 11)
+def _add_import_commands(sub: argparse._SubParsersAction) -> None:
+    """`import-tflite`."""
+    p = sub.add_parser("import-tflite", help="take in a .tflite made elsewhere as a variant of a tflite-only model")
+    p.add_argument("tflite", metavar="FILE", help="the .tflite (eIQ model zoo, Ultralytics, onnx2tf, MediaPipe, ...)")
+    p.add_argument("--reference", metavar="FLOAT.tflite",
+                   help="a float .tflite of the same network: its accuracy and outputs are the float reference")
+    p.add_argument("--name", default="", help="the model's name (default: the reference's or the file's stem)")
+    p.add_argument("--data", help="evaluate on this .npz, image folder/.zip, or 'digits' (its test split)")
+    _add_preprocessing(p)
+    _add_common(p)
+    p.set_defaults(handler=_cmd_import_tflite)
+
+
+def _cmd_import_tflite(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from qcore.import_tflite import import_tflite, input_shape
+    from qcore.litert_io import read_tflite
+
+    # custom ops are welcome here: the file is stored and inspected, only running it is refused
+    model = read_tflite(args.tflite)
+    reference = read_tflite(args.reference) if args.reference else None
+    dataset = _load_data_arg(args, input_shape(model, args.tflite)) if args.data else None
+    with _open_store(args) as store:
+        r = import_tflite(store, model, label=args.tflite, name=args.name, reference=reference,
+                          reference_label=args.reference or "", dataset=dataset, progress=_log_progress)
+    payload = asdict(r)
+    lines = [f"{args.tflite}: model #{r.model_id} {r.model!r} (tflite-only), variant #{r.variant_id} {r.variant!r}; "
+             f"{r.size_bytes} B, {r.input_dtype} -> {r.output_dtype}, {r.verdict}"]
+    if r.reference_variant_id is not None:
+        lines.append(f"  float reference: variant #{r.reference_variant_id} ({args.reference})")
+    lines.append(f"  scored by: {'top-1 against labels' if r.scoring == 'classes' else 'MSE / cosine against the reference'}")
+    ev, ref = r.evaluation, r.reference_evaluation
+    if ev is not None and r.scoring == "classes":
+        lines.append(f"  accuracy {ev.accuracy:.4f}  top-5 {ev.top5:.4f}"
+                     + (f"  agreement {ev.agreement:.4f}" if ev.agreement is not None else "")
+                     + (f"  (reference accuracy {ref.accuracy:.4f})" if ref is not None else "")
+                     + f" on {ev.n_samples} samples")
+    elif ev is not None:
+        lines.append("  " + "  ".join(f"{k} {v:.4g}" for k, v in ev.output_metrics.items())
+                     + f" on {ev.n_samples} samples")
+    lines += [f"  note: {n}" for n in r.notes]
+    _emit(args, _finite(payload), "\n".join(lines))
+    return EXIT_OK
+
+
 @contextlib.contextmanager
 def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
     """Silences TensorFlow's C++ chatter on fd 2 while keeping Python's sys.stderr for our messages."""
@@ -744,6 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain_commands(sub)
     _add_board_commands(sub)
     _add_op_cost_commands(sub)
+    _add_import_commands(sub)
     return parser
 
 

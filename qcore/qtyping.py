@@ -63,6 +63,17 @@ class AeqSettings:
     weight_bits: int = 8
 
 
+class Scoring(enum.StrEnum):
+    """How a model's outputs are scored."""
+
+    CLASSES = "classes"  # one [N, classes] output: top-1 / top-5 against labels, argmax agreement
+    OUTPUTS = "outputs"  # detectors, landmarks, regressions: MSE / cosine against the reference's outputs
+
+
+# what each Scoring means, in the words reports and pages show
+SCORING_LABELS: dict[str, str] = {Scoring.CLASSES.value: "top-1 vs labels", Scoring.OUTPUTS.value: "MSE vs reference"}
+
+
 class Target(enum.StrEnum):
     HOST = "host"
     NPU = "npu"
@@ -168,6 +179,9 @@ class Evaluation:
     size_bytes: int = 0
     input_dtype: str = ""
     output_dtype: str = ""
+    scoring: str = Scoring.CLASSES.value
+    # with Scoring.OUTPUTS: output_mse, output_max_abs_error, output_cosine against the reference
+    output_metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -514,3 +528,30 @@ class OpCost:
     table: Any  # pandas.DataFrame
     unmapped: Any  # pandas.DataFrame
     notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TfliteImport:
+    """A .tflite made elsewhere, taken in as a variant of a tflite-only model (no Keras source)."""
+
+    model: str  # the model's name
+    variant: str  # the variant's name (the file's stem)
+    sha256: str
+    size_bytes: int
+    input_shape: tuple[int | None, ...]
+    output_shapes: tuple[tuple[int | None, ...], ...]
+    input_dtype: str
+    output_dtype: str
+    verdict: str  # the inspection's: "integer-only" or the float ops left
+    custom_ops: tuple[str, ...]  # custom / Flex ops in the file
+    runnable: bool  # False when LiteRT here cannot run it (custom ops it has no kernel for)
+    refusal: str  # why it cannot run, naming the ops; "" when runnable
+    scoring: str  # Scoring: how its outputs are scored
+    evaluation: Evaluation | None  # on the dataset's test split, when data was given and it could run
+    reference_sha256: str = ""
+    reference_evaluation: Evaluation | None = None  # the float reference on the same data
+    notes: tuple[str, ...] = ()  # what was not measured, and why
+    model_id: int | None = None
+    dataset_id: int | None = None
+    variant_id: int | None = None
+    reference_variant_id: int | None = None

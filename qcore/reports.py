@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from qcore import __version__
-from qcore.qtyping import Evaluation, Latency, QlabError, VariantStatus
+from qcore.qtyping import SCORING_LABELS, Evaluation, Latency, QlabError, Scoring, VariantStatus
 from qcore.store import Store, sha256_bytes
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ VARIANT_COLUMNS = [
     "variant_id", "model_id", "model", "dataset_id", "dataset", "variant", "kind", "recipe", "status", "error",
     "size_bytes", "sha256", "input_dtype", "output_dtype", "settings", "float_accuracy", "accuracy", "top5",
     "agreement", "batched", "host_p50_ms", "board_p50_ms", "npu_ready", "npu_label", "npu_verdict", "npu_io",
-    "float_size_bytes",
+    "float_size_bytes", "scoring", "output_mse",
 ]
 BENCH_COLUMNS = [
     "benchmark_id", "variant_id", "sha256", "board", "target", "threads", "xnnpack", "runs", "warmup",
@@ -167,6 +167,9 @@ def summary_table(content: dict[str, Any]) -> pd.DataFrame:
         "size vs float (×)": (v["size_bytes"].astype(float) / v["float_size_bytes"].astype(float)).round(3),
         "host p50 (ms)": v["host_p50_ms"], "board p50 (ms)": v["board_p50_ms"], "status": v["status"],
     })
+    if (v["scoring"] == "outputs").any():  # detectors, landmarks: scored against the reference, not top-1
+        out.insert(3, "scored by", v["scoring"].map(SCORING_LABELS).fillna(SCORING_LABELS["classes"]))
+        out.insert(7, "output MSE", v["output_mse"])
     return out
 
 
@@ -312,7 +315,9 @@ def import_bundle(store: Store, data: bytes) -> str:
     # check everything before the first write, so a broken bundle leaves no rows behind
     model_keys, dataset_keys = set(f["models"]["id"]), set(f["datasets"]["id"])
     for v in content["variants"]:
-        if v.get("model_id") not in model_keys or v.get("dataset_id") not in dataset_keys:
+        # an imported .tflite stored before any data was chosen has no dataset
+        no_dataset = v.get("dataset_id") is None
+        if v.get("model_id") not in model_keys or not (no_dataset or v.get("dataset_id") in dataset_keys):
             raise QlabError(f"bundle variant #{v.get('variant_id')} names a model or dataset the bundle does not hold")
         sha = v.get("sha256")
         if v.get("status") == "ok" and sha and sha not in blobs and store.variant_id_for_sha(sha) is None:
@@ -337,7 +342,8 @@ def import_bundle(store: Store, data: bytes) -> str:
     variant_ids: dict[int, int] = {}
     for v in content["variants"]:
         old = int(v["variant_id"])
-        model_id, dataset_id = model_ids[v["model_id"]], dataset_ids[v["dataset_id"]]
+        model_id = model_ids[v["model_id"]]
+        dataset_id = None if v.get("dataset_id") is None else dataset_ids[v["dataset_id"]]
         sha = v.get("sha256")
         existing = store.variant_id_for_sha(sha) if sha else None
         if existing is not None and int(store.variant(existing)["model_id"]) == model_id:
@@ -350,12 +356,16 @@ def import_bundle(store: Store, data: bytes) -> str:
         variant_ids[old] = store.save_variant(
             model_id=model_id, dataset_id=dataset_id, name=_free_name(store, model_id, dataset_id, v["variant"]),
             kind="imported", recipe=v.get("recipe"),
-            settings={"imported_from": meta["title"], "original": v.get("settings"), "original_kind": v["kind"]},
+            settings={"imported_from": meta["title"], "original": v.get("settings"), "original_kind": v["kind"],
+                      "scoring": v.get("scoring") or Scoring.CLASSES.value},
             status=VariantStatus(v["status"]), error=v.get("error") or "", tflite=body,
             input_dtype=v.get("input_dtype") or "", output_dtype=v.get("output_dtype") or "",
-            evaluation=_evaluation(host.iloc[0] if len(host) else None, v, confusion.get(str(old))),
+            evaluation=None if dataset_id is None else _evaluation(host.iloc[0] if len(host) else None, v,
+                                                                   confusion.get(str(old))),
         )
         for e in evals[(evals["variant_id"] == old) & (evals["device"] != "host")].itertuples():
+            if dataset_id is None:
+                break
             board_ev = _evaluation(pd.Series(e._asdict()), v, None)
             if board_ev is not None:
                 store.add_evaluation(
@@ -367,7 +377,8 @@ def import_bundle(store: Store, data: bytes) -> str:
     new_content = dict(content)
     new_content["imported_from"] = {"id": meta.get("id"), "created_at": meta.get("created_at")}
     new_content["variants"] = [dict(v, variant_id=variant_ids[int(v["variant_id"])],
-                                    model_id=model_ids[v["model_id"]], dataset_id=dataset_ids[v["dataset_id"]])
+                                    model_id=model_ids[v["model_id"]],
+                                    dataset_id=None if v.get("dataset_id") is None else dataset_ids[v["dataset_id"]])
                                for v in content["variants"]]
     new_content["models"] = [dict(m, id=model_ids[int(m["id"])]) for m in content.get("models", [])]
     new_content["datasets"] = [dict(d, id=dataset_ids[int(d["id"])]) for d in content.get("datasets", [])]
@@ -380,8 +391,10 @@ def import_bundle(store: Store, data: bytes) -> str:
     return store.save_report(str(meta["title"]), str(meta.get("notes") or ""), new_content)
 
 
-def _free_name(store: Store, model_id: int, dataset_id: int, name: str) -> str:
-    taken = set(store.variant_summary(model_ids=[model_id]).query("dataset_id == @dataset_id")["variant"])
+def _free_name(store: Store, model_id: int, dataset_id: int | None, name: str) -> str:
+    rows = store.variant_summary(model_ids=[model_id])
+    same = rows["dataset_id"].isna() if dataset_id is None else rows["dataset_id"] == dataset_id
+    taken = set(rows[same]["variant"])
     if name not in taken:
         return name
     candidate, n = f"{name} (imported)", 2
@@ -395,6 +408,12 @@ def _num(value: Any, default: float = float("nan")) -> float:
 
 
 def _evaluation(row: pd.Series | None, variant: dict[str, Any], matrix: Any) -> Evaluation | None:
+    if variant.get("scoring") == Scoring.OUTPUTS and row is not None and variant.get("output_mse") is not None:
+        return Evaluation(  # a detector or landmark model: scored against its reference, no accuracy
+            accuracy=float("nan"), top5=float("nan"), agreement=None, confusion=(),
+            n_samples=int(_num(row.get("n_samples"), 0)), batched=bool(variant.get("batched") or False),
+            note="imported", scoring=Scoring.OUTPUTS.value, output_metrics={"output_mse": _num(variant["output_mse"])},
+        )
     if row is None or pd.isna(row.get("accuracy")):
         return None
     agreement = row.get("agreement")

@@ -28,6 +28,7 @@ from qcore.qtyping import (
     LayerStat,
     NpuVerdict,
     QlabError,
+    Scoring,
     VariantStatus,
 )
 
@@ -267,6 +268,11 @@ CREATE TABLE IF NOT EXISTS npu_verdicts (
 );
 """
 
+SCHEMA_0005 = """
+-- a .tflite made elsewhere can be stored before any data is chosen for it: no dataset yet
+ALTER TABLE variants ALTER COLUMN dataset_id DROP NOT NULL;
+"""
+
 VIEWS = """
 CREATE OR REPLACE VIEW v_latest_eval AS
 SELECT * EXCLUDE (rn) FROM (
@@ -279,7 +285,8 @@ SELECT e.id AS evaluation_id, e.variant_id, e.device, e.n_samples, e.batched, e.
        max(m.value) FILTER (WHERE m.metric = 'accuracy')  AS accuracy,
        max(m.value) FILTER (WHERE m.metric = 'top5')      AS top5,
        max(m.value) FILTER (WHERE m.metric = 'agreement') AS agreement,
-       max(m.value) FILTER (WHERE m.metric = 'host_agreement') AS host_agreement
+       max(m.value) FILTER (WHERE m.metric = 'host_agreement') AS host_agreement,
+       max(m.value) FILTER (WHERE m.metric = 'output_mse') AS output_mse
 FROM v_latest_eval e LEFT JOIN eval_metrics m ON m.evaluation_id = e.id
 GROUP BY ALL;
 
@@ -304,7 +311,8 @@ SELECT v.id AS variant_id, v.model_id, m.name AS model, v.dataset_id, d.name AS 
        v.name AS variant, v.kind, v.recipe, v.engine, v.status, v.error, v.size_bytes, v.path, v.sha256,
        v.input_dtype, v.output_dtype, v.settings, v.updated_at,
        r.accuracy AS float_accuracy,
-       e.accuracy, e.top5, e.agreement, e.batched,
+       e.accuracy, e.top5, e.agreement, e.batched, e.output_mse,
+       coalesce(json_extract_string(v.settings, '$.scoring'), 'classes') AS scoring,
        (SELECT median(h.p50_ms) FROM v_bench_wide h
          WHERE h.variant_id = v.id AND h.board = 'host'
            AND h.benchmark_id = (SELECT max(h2.benchmark_id) FROM v_bench_wide h2
@@ -318,7 +326,7 @@ SELECT v.id AS variant_id, v.model_id, m.name AS model, v.dataset_id, d.name AS 
                   AND f.recipe = 'float32' AND f.status = 'ok'), 4 * n.weight_elements) AS float_size_bytes
 FROM variants v
 JOIN models m ON m.id = v.model_id
-JOIN datasets d ON d.id = v.dataset_id
+LEFT JOIN datasets d ON d.id = v.dataset_id
 LEFT JOIN reference_runs r ON r.model_id = v.model_id AND r.dataset_id = v.dataset_id
 LEFT JOIN v_eval_wide e ON e.variant_id = v.id AND e.device = 'host'
 LEFT JOIN npu_verdicts n ON n.variant_id = v.id;
@@ -338,6 +346,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0001_initial", SCHEMA_0001),
     ("0002_qat_debugger_tune", SCHEMA_0002),
     ("0003_boards_reports", SCHEMA_0003),
+    ("0005_tflite_only", SCHEMA_0005),
     (MIGRATION_0008, SCHEMA_0008),
     ("0009_engine", SCHEMA_0009),
     ("0011_npu_verdicts", SCHEMA_0011),
@@ -637,7 +646,7 @@ class Store:
         self,
         *,
         model_id: int,
-        dataset_id: int,
+        dataset_id: int | None,
         name: str,
         kind: str,
         recipe: str | None = None,
@@ -658,6 +667,8 @@ class Store:
         Re-running the same (model, dataset, name) updates that row; evaluations accumulate,
         and views read the latest. A failed variant keeps its error and no half-written metrics.
         The NPU verdict is read from the .tflite here unless the caller passes one.
+        `dataset_id` is None only for an imported .tflite stored before any data was chosen;
+        such a variant has no evaluation.
 
         Returns:
             The variant id.
@@ -673,7 +684,7 @@ class Store:
                   input_dtype or None, output_dtype or None, parent_variant_id, str(engine)]
         with self.transaction() as cur:
             row = cur.execute(
-                "SELECT id FROM variants WHERE model_id = ? AND dataset_id = ? AND name = ?",
+                "SELECT id FROM variants WHERE model_id = ? AND dataset_id IS NOT DISTINCT FROM ? AND name = ?",
                 [model_id, dataset_id, name],
             ).fetchone()
             if row:
@@ -697,6 +708,8 @@ class Store:
             if npu is not None and tflite is not None:
                 _insert_npu(cur, variant_id, npu)
             if evaluation is not None:
+                if dataset_id is None:
+                    raise QlabError(f"variant {name!r}: an evaluation needs the dataset it was made on")
                 self._insert_evaluation(cur, variant_id, dataset_id, "host", evaluation, {})
             if history:
                 cur.execute("DELETE FROM training_history WHERE variant_id = ?", [variant_id])
@@ -726,6 +739,9 @@ class Store:
         assert got is not None
         eval_id = int(got[0])
         metrics: dict[str, float | None] = {"accuracy": ev.accuracy, "top5": ev.top5, "agreement": ev.agreement}
+        if ev.scoring == Scoring.OUTPUTS:  # top-1 does not apply: no accuracy rows at all, not NaN ones
+            metrics = {"agreement": ev.agreement}
+        metrics.update(ev.output_metrics)
         metrics.update(extra_metrics)
         for metric, value in metrics.items():
             if value is not None:
