@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from dashboard.services import npu_view
-from qcore.qtyping import Job
+from qcore.qtyping import SCORING_LABELS, Job
 
 COMPARE_COLUMNS = {
     "variant_id": "id",
@@ -17,6 +17,8 @@ COMPARE_COLUMNS = {
     "accuracy": "accuracy (%)",
     "top5": "top-5 (%)",
     "agreement": "agreement (%)",
+    "scored_by": "scored by",
+    "output_mse": "output MSE",
     "drop_points": "Δ vs float (points)",
     "size_kib": "size (KiB)",
     "host_p50_ms": "host p50 (ms)",
@@ -30,10 +32,15 @@ COMPARE_COLUMNS = {
 
 
 def compare_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The /compare table: accuracy, top-5, agreement, size, host and board latency per variant."""
+    """The /compare table: accuracy, top-5, agreement (or output MSE), size, host and board latency per variant."""
     if df.empty:
         return pd.DataFrame(columns=list(COMPARE_COLUMNS.values()))
     out = df.copy()
+    # imported detectors and landmark models are scored against their reference, not by top-1
+    scoring = out["scoring"] if "scoring" in out else pd.Series("classes", index=out.index)
+    out["scored_by"] = scoring.map(SCORING_LABELS).fillna(SCORING_LABELS["classes"])
+    if "output_mse" not in out:
+        out["output_mse"] = float("nan")
     out["size_kib"] = (out["size_bytes"].astype(float) / 1024.0).round(1)
     # negative: the variant lost accuracy against the float Keras model
     out["drop_points"] = ((out["accuracy"].astype(float) - out["float_accuracy"].astype(float)) * 100).round(2)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 from qcore.qtyping import ConvertedVariant, Dataset, LoadedModel, Progress, QlabError
 
 if TYPE_CHECKING:
@@ -52,8 +54,8 @@ def load_model_row(the_lab: Lab, model_id: int) -> LoadedModel:
         return demo_model(the_lab.data_dir / "demo")
     if row["format"] == "tflite":
         raise QlabError(
-            f"model #{model_id} ({row['name']}) came from an imported report: only its .tflite files are "
-            "here, so it cannot be converted again; upload its Keras file on the Models & data page"
+            f"model #{model_id} ({row['name']}) is tflite-only (an imported .tflite or report): there is no Keras "
+            "source to convert, debug or train again; upload its Keras file on the Models & data page"
         )
     model = load_model(row["source_path"], trusted=bool(row.get("trusted") is True))
     return LoadedModel(
@@ -110,6 +112,21 @@ def variant_bytes(the_lab: Lab, variant_id: int) -> tuple[dict[str, Any], bytes]
     if not path.exists():
         raise QlabError(f"variant #{variant_id}: its file {path} is missing from the data directory")
     return row, path.read_bytes()
+
+
+def _dataset_of(*rows: dict[str, Any]) -> int:
+    """The dataset of the first variant row that has one.
+
+    Raises:
+        QlabError: when none has (an imported .tflite stored without data).
+    """
+    for row in rows:
+        value = row.get("dataset_id")
+        if not pd.isna(value):  # NA when the view's row has no dataset
+            return int(value)
+    names = ", ".join(f"#{r['variant_id']} {r['variant']}" for r in rows)
+    raise QlabError(f"variant {names} has no dataset: import the .tflite again on the Models & data page "
+                    "with a dataset (and its input preprocessing) chosen")
 
 
 # ---------------------------------------------------------------- conversion and host timing
@@ -281,7 +298,7 @@ def compare_tensors_task(the_lab: Lab, params: dict[str, Any], progress: Progres
 
     frow, fbytes = variant_bytes(the_lab, params["float_variant_id"])
     qrow, qbytes = variant_bytes(the_lab, params["quant_variant_id"])
-    dataset = load_dataset_row(the_lab, int(frow["dataset_id"]), _model_shape(the_lab, frow))
+    dataset = load_dataset_row(the_lab, _dataset_of(frow, qrow), _model_shape(the_lab, frow))
     x = dataset.preprocess(dataset.x_test[: int(params.get("samples", 20))])
     cmp = compare_tensors(fbytes, qbytes, x, progress=progress)
     return {
@@ -376,14 +393,49 @@ def board_accuracy_task(the_lab: Lab, params: dict[str, Any], progress: Progress
     out = []
     for i, vid in enumerate(ids):
         row, data = variant_bytes(the_lab, vid)
-        dataset = load_dataset_row(the_lab, int(row["dataset_id"]), _model_shape(the_lab, row))
+        dataset_id = _dataset_of(row)
+        dataset = load_dataset_row(the_lab, dataset_id, _model_shape(the_lab, row))
         ev, agreement = accuracy_on_board(
             the_lab.store, str(params["board"]), data, dataset, str(params.get("target", "cpu")),
-            variant_id=vid, dataset_id=int(row["dataset_id"]), threads=int(params.get("threads", 1)),
+            variant_id=vid, dataset_id=dataset_id, threads=int(params.get("threads", 1)),
             progress=scaled(progress, i / len(ids), (i + 1) / len(ids)),
         )
         out.append({"variant_id": vid, "accuracy": ev.accuracy, "host_agreement": agreement})
     return {"board": params["board"], "results": out}
+
+
+# ---------------------------------------------------------------- bring your own .tflite
+def import_tflite_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """params: path, filename, reference_path, reference_filename (optional), name, dataset_id (optional).
+
+    Reads the uploaded files, lets qcore inspect, run and score them, and stores the result.
+    """
+    from qcore.import_tflite import analyze, save
+
+    model = Path(str(params["path"])).read_bytes()
+    ref_path = params.get("reference_path")
+    reference = Path(str(ref_path)).read_bytes() if ref_path else None
+    ref_label = str(params.get("reference_filename") or "")
+    dataset_id = params.get("dataset_id")
+    dataset = load_dataset_row(the_lab, int(dataset_id)) if dataset_id is not None else None
+    result = analyze(model, label=str(params["filename"]), name=str(params.get("name") or ""), reference=reference,
+                     reference_label=ref_label, dataset=dataset, progress=progress)
+    saved = save(the_lab.store, result, model, reference=reference, reference_label=ref_label, dataset=dataset,
+                 dataset_id=None if dataset_id is None else int(dataset_id))
+    ev = saved.evaluation
+    return {
+        "model_id": saved.model_id, "variant_id": saved.variant_id, "reference_variant_id": saved.reference_variant_id,
+        "model": saved.model, "variant": saved.variant, "scoring": saved.scoring, "verdict": saved.verdict,
+        "runnable": saved.runnable, "custom_ops": list(saved.custom_ops), "notes": list(saved.notes),
+        "accuracy": _finite(ev.accuracy) if ev is not None and ev.scoring == "classes" else None,
+        "agreement": _finite(ev.agreement) if ev is not None else None,
+        "output_metrics": {k: _finite(v) for k, v in ev.output_metrics.items()} if ev is not None else {},
+    }
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN: a metric that could not be computed is null."""
+    return None if value is None or value != value or value in (float("inf"), float("-inf")) else float(value)
 
 
 TaskFn = Callable[["Lab", dict[str, Any], Progress], dict[str, Any]]
@@ -399,6 +451,7 @@ TASKS: dict[str, TaskFn] = {
     "qat": qat_task,
     "board_bench": board_bench_task,
     "board_accuracy": board_accuracy_task,
+    "import_tflite": import_tflite_task,
 }
 
 

@@ -17,6 +17,7 @@ from qcore.qtyping import Dataset, QlabError
 MAX_UPLOAD_MB = 200
 MODEL_SUFFIXES = (".keras", ".h5", ".zip")
 DATA_SUFFIXES = (".npz", ".zip")
+TFLITE_SUFFIXES = (".tflite",)
 # a zipped SavedModel or image folder may not unpack to more than this
 MAX_UNZIPPED_MB = 1024
 
@@ -124,6 +125,37 @@ def add_model(the_lab: Lab, filename: str, data: bytes, name: str = "", *, trust
     )
     reads.clear()
     return model_id
+
+
+def add_tflite(the_lab: Lab, filename: str, data: bytes, *, reference: tuple[str, bytes] | None = None,
+               name: str = "", dataset_id: int | None = None) -> int:
+    """Stores an uploaded `.tflite` (and its float reference) and queues the job that imports them.
+
+    Only the cheap checks run here (suffix, size, TFL3 identifier), so the web process never
+    loads LiteRT for an upload; parsing, running and scoring happen in the job.
+
+    Args:
+        reference: (file name, bytes) of a float `.tflite` of the same network, or None.
+        dataset_id: a stored dataset (it carries the input preprocessing) to evaluate on, or None.
+
+    Returns:
+        The id of the `import_tflite` job.
+
+    Raises:
+        QlabError: naming the file for a wrong type, an empty or over-size file, or no TFL3 identifier.
+    """
+    from qcore.import_tflite import check_tflite_bytes
+
+    files = [(filename, data), *([reference] if reference is not None else [])]
+    for fname, body in files:
+        _check(fname, body, TFLITE_SUFFIXES, ".tflite model")
+        check_tflite_bytes(body, fname)
+    params: dict[str, object] = {"filename": filename, "path": str(store_upload(the_lab, data, ".tflite")),
+                                 "name": name.strip(), "dataset_id": None if dataset_id is None else int(dataset_id)}
+    if reference is not None:
+        params |= {"reference_filename": reference[0],
+                   "reference_path": str(store_upload(the_lab, reference[1], ".tflite"))}
+    return the_lab.runner.submit("import_tflite", params)
 
 
 def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float, input_offset: float,

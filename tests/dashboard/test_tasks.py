@@ -95,7 +95,7 @@ def test_board_bench_task_unreachable_board(converted: Lab) -> None:
 def test_load_model_row_imported_has_no_source(empty_lab: Lab) -> None:
     model_id = empty_lab.store.add_model(name="shared", format="tflite", sha256="t" * 64, source_path="imported",
                                          input_shape=[None, 8, 8], output_shape=[None, 10], keras_major=None)
-    with pytest.raises(QlabError, match="came from an imported report"):
+    with pytest.raises(QlabError, match="is tflite-only"):
         load_model_row(empty_lab, model_id)
 
 
