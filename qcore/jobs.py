@@ -35,6 +35,7 @@ class JobKind(enum.StrEnum):
     QAT = "qat"
     BOARD_BENCH = "board_bench"
     BOARD_ACCURACY = "board_accuracy"
+    IMPORT_TFLITE = "import_tflite"
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,22 @@ class BoardAccuracyParams:
     threads: int = 1
 
 
+@dataclass(frozen=True)
+class ImportTfliteParams:
+    """Takes in a .tflite made elsewhere (and its float reference) as a variant of a tflite-only model.
+
+    The files are uploads the owner stored (role "tflite" and "reference" in a JobSpec); the
+    dataset, when given, carries the input preprocessing the model expects.
+    """
+
+    filename: str  # the user's file name: errors name it, its stem names the variant
+    path: str
+    name: str = ""
+    dataset_id: int | None = None
+    reference_filename: str = ""
+    reference_path: str = ""
+
+
 PARAMS: dict[JobKind, type] = {
     JobKind.DEMO: DemoParams,
     JobKind.ADD_MODEL: AddModelParams,
@@ -171,6 +188,7 @@ PARAMS: dict[JobKind, type] = {
     JobKind.QAT: QatParams,
     JobKind.BOARD_BENCH: BoardBenchParams,
     JobKind.BOARD_ACCURACY: BoardAccuracyParams,
+    JobKind.IMPORT_TFLITE: ImportTfliteParams,
 }
 
 

@@ -406,22 +406,18 @@ def board_accuracy_task(the_lab: Lab, params: dict[str, Any], progress: Progress
 
 # ---------------------------------------------------------------- bring your own .tflite
 def import_tflite_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """params: path, filename, reference_path, reference_filename (optional), name, dataset_id (optional).
-
-    Reads the uploaded files, lets qcore inspect, run and score them, and stores the result.
-    """
+    """params: qcore.jobs.ImportTfliteParams. Reads the uploads, lets qcore inspect, run and score them, stores."""
     from qcore.import_tflite import analyze, save
+    from qcore.jobs import JobKind, parse_params
 
-    model = Path(str(params["path"])).read_bytes()
-    ref_path = params.get("reference_path")
-    reference = Path(str(ref_path)).read_bytes() if ref_path else None
-    ref_label = str(params.get("reference_filename") or "")
-    dataset_id = params.get("dataset_id")
-    dataset = load_dataset_row(the_lab, int(dataset_id)) if dataset_id is not None else None
-    result = analyze(model, label=str(params["filename"]), name=str(params.get("name") or ""), reference=reference,
-                     reference_label=ref_label, dataset=dataset, progress=progress)
-    saved = save(the_lab.store, result, model, reference=reference, reference_label=ref_label, dataset=dataset,
-                 dataset_id=None if dataset_id is None else int(dataset_id))
+    p = parse_params(JobKind.IMPORT_TFLITE, params)
+    model = Path(p.path).read_bytes()
+    reference = Path(p.reference_path).read_bytes() if p.reference_path else None
+    dataset = load_dataset_row(the_lab, p.dataset_id) if p.dataset_id is not None else None
+    result = analyze(model, label=p.filename, name=p.name, reference=reference, reference_label=p.reference_filename,
+                     dataset=dataset, progress=progress)
+    saved = save(the_lab.store, result, model, reference=reference, reference_label=p.reference_filename,
+                 dataset=dataset, dataset_id=p.dataset_id)
     ev = saved.evaluation
     return {
         "model_id": saved.model_id, "variant_id": saved.variant_id, "reference_variant_id": saved.reference_variant_id,

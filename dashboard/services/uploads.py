@@ -150,12 +150,15 @@ def add_tflite(the_lab: Lab, filename: str, data: bytes, *, reference: tuple[str
     for fname, body in files:
         _check(fname, body, TFLITE_SUFFIXES, ".tflite model")
         check_tflite_bytes(body, fname)
-    params: dict[str, object] = {"filename": filename, "path": str(store_upload(the_lab, data, ".tflite")),
-                                 "name": name.strip(), "dataset_id": None if dataset_id is None else int(dataset_id)}
-    if reference is not None:
-        params |= {"reference_filename": reference[0],
-                   "reference_path": str(store_upload(the_lab, reference[1], ".tflite"))}
-    return the_lab.runner.submit("import_tflite", params)
+    from qcore.jobs import ImportTfliteParams, JobKind, params_json
+
+    params = ImportTfliteParams(
+        filename=filename, path=str(store_upload(the_lab, data, ".tflite")), name=name.strip(),
+        dataset_id=None if dataset_id is None else int(dataset_id),
+        reference_filename=reference[0] if reference is not None else "",
+        reference_path=str(store_upload(the_lab, reference[1], ".tflite")) if reference is not None else "",
+    )
+    return the_lab.runner.submit(JobKind.IMPORT_TFLITE.value, params_json(params))
 
 
 def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float, input_offset: float,

@@ -122,7 +122,7 @@ def test_imported_variant_in_compare_and_inspect(imported: Lab, page) -> None:
     assert set(table["variant"]) == {"cnn_int8", "cnn_float32 (reference)"}
     assert set(table["scored by"]) == {"top-1 vs labels"}
     row = table[table["variant"] == "cnn_int8"].iloc[0]
-    assert row["agreement"] > 0.9 and abs(row["drop vs float (points)"]) < 5
+    assert row["agreement (%)"] > 90 and abs(row["Δ vs float (points)"]) < 5
     at = page("inspect")
     int8 = int(imported.store.variant_summary().query("variant == 'cnn_int8'")["variant_id"].iloc[0])
     at.selectbox(key="inspect_variant").set_value(int8).run()
@@ -160,7 +160,7 @@ def test_non_classifier_scored_by_mse_in_compare(empty_lab: Lab, page, foreign_t
     table = at.dataframe[0].value.set_index("variant")
     assert table.loc["landmarks_int8", "scored by"] == "MSE vs reference"
     assert 0 < table.loc["landmarks_int8", "output MSE"] < 0.05
-    assert pd.isna(table.loc["landmarks_int8", "accuracy"])
+    assert pd.isna(table.loc["landmarks_int8", "accuracy (%)"])
 
 
 def test_imported_variant_on_the_board_agent(imported: Lab, local_agent, monkeypatch) -> None:  # noqa: F811
