@@ -122,7 +122,7 @@ def _dataset_of(*rows: dict[str, Any]) -> int:
     """
     for row in rows:
         value = row.get("dataset_id")
-        if not pd.isna(value):  # NA when the view's row has no dataset
+        if value is not None and not pd.isna(value):  # NA when the view's row has no dataset
             return int(value)
     names = ", ".join(f"#{r['variant_id']} {r['variant']}" for r in rows)
     raise QlabError(f"variant {names} has no dataset: import the .tflite again on the Models & data page "
@@ -407,13 +407,14 @@ def board_accuracy_task(the_lab: Lab, params: dict[str, Any], progress: Progress
 # ---------------------------------------------------------------- bring your own .tflite
 def import_tflite_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """params: qcore.jobs.ImportTfliteParams. Reads the uploads, lets qcore inspect, run and score them, stores."""
-    from qcore.import_tflite import analyze, save
+    from qcore.import_tflite import analyze, input_shape, save
     from qcore.jobs import JobKind, parse_params
 
     p = parse_params(JobKind.IMPORT_TFLITE, params)
     model = Path(p.path).read_bytes()
     reference = Path(p.reference_path).read_bytes() if p.reference_path else None
-    dataset = load_dataset_row(the_lab, p.dataset_id) if p.dataset_id is not None else None
+    dataset = (load_dataset_row(the_lab, p.dataset_id, input_shape(model, p.filename))
+               if p.dataset_id is not None else None)
     result = analyze(model, label=p.filename, name=p.name, reference=reference, reference_label=p.reference_filename,
                      dataset=dataset, progress=progress)
     saved = save(the_lab.store, result, model, reference=reference, reference_label=p.reference_filename,

@@ -153,10 +153,10 @@ def add_tflite(the_lab: Lab, filename: str, data: bytes, *, reference: tuple[str
     from qcore.jobs import ImportTfliteParams, JobKind, params_json
 
     params = ImportTfliteParams(
-        filename=filename, path=str(store_upload(the_lab, data, ".tflite")), name=name.strip(),
+        filename=filename, path=str(store_upload(the_lab, data, ".tflite")[0]), name=name.strip(),
         dataset_id=None if dataset_id is None else int(dataset_id),
         reference_filename=reference[0] if reference is not None else "",
-        reference_path=str(store_upload(the_lab, reference[1], ".tflite")) if reference is not None else "",
+        reference_path=str(store_upload(the_lab, reference[1], ".tflite")[0]) if reference is not None else "",
     )
     return the_lab.runner.submit(JobKind.IMPORT_TFLITE.value, params_json(params))
 
