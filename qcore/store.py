@@ -447,6 +447,7 @@ class Store:
             if f.exists():
                 os.chmod(f, 0o600)  # the database holds every user's results: readable by its owner only
         self._lock = threading.RLock()
+        self._tx = threading.local()
         self.migrate()
 
     # ------------------------------------------------------------------ plumbing
@@ -461,10 +462,19 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A cursor inside BEGIN/COMMIT; rolls back on any exception."""
+        """A cursor inside BEGIN/COMMIT; rolls back on any exception.
+
+        Nested calls on the same thread join the outer transaction, so a caller can make several
+        store writes (e.g. a bundle import) all-or-nothing with `with store.transaction():`.
+        """
         with self._lock:
+            outer = getattr(self._tx, "cur", None)
+            if outer is not None:
+                yield outer
+                return
             cur = self._con.cursor()
             cur.execute("BEGIN TRANSACTION")
+            self._tx.cur = cur
             try:
                 yield cur
                 cur.execute("COMMIT")
@@ -472,6 +482,7 @@ class Store:
                 cur.execute("ROLLBACK")
                 raise
             finally:
+                self._tx.cur = None
                 cur.close()
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:

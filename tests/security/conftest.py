@@ -76,3 +76,19 @@ class start_agent_process:  # noqa: N801 - used like a function
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+
+
+def lie_about_size(data: bytes, entry: str, size: int) -> bytes:
+    """The zip `data` with the central directory declaring `size` uncompressed bytes for `entry`."""
+    import struct
+
+    out = bytearray(data)
+    pos = 0
+    while (pos := out.find(b"PK\x01\x02", pos)) >= 0:
+        name_len = struct.unpack_from("<H", out, pos + 28)[0]
+        name = bytes(out[pos + 46:pos + 46 + name_len]).decode()
+        if name == entry:
+            struct.pack_into("<I", out, pos + 24, size)
+            return bytes(out)
+        pos += 4
+    raise AssertionError(f"no entry {entry} in the zip")
