@@ -368,6 +368,16 @@ def debug_run_for(store: Store, variant: Mapping[str, Any]) -> int | None:
     return None if best is None else best[1]
 
 
+def _run_recipe(store: Store, model_id: int, run_id: int) -> str | None:
+    runs = store.debug_runs(model_id)
+    hit = runs[runs["id"] == run_id]
+    if hit.empty:
+        return None
+    raw = hit.iloc[0]["settings"]
+    settings = raw if isinstance(raw, dict) else json.loads(raw or "{}")
+    return settings.get("recipe")
+
+
 def _host_p50(store: Store, variant_id: int) -> float | None:
     bench = store.benchmarks(variant_ids=[variant_id], board="host")
     vals = bench["p50_ms"].dropna() if not bench.empty else pd.Series(dtype=float)
@@ -429,8 +439,7 @@ def op_cost(
     else:
         assert choice.benchmark_id is not None
         details = details_by_id[choice.benchmark_id]
-        rows = list(_profile(details).get("ops") or [])
-        ms, how, unmapped, more = join_profile(ops, rows)
+        ms, how, unmapped, more = join_profile(ops, list(_profile(details).get("ops") or []))
         notes += more
         if choice.source == TimeSource.NPU_DRIVER:
             nms, nhow, nun, nnotes, ddr = join_npu(ops, npu_rows(details), ms)
@@ -451,10 +460,21 @@ def op_cost(
     else:
         notes.append("float-on-CPU cost is an estimate (no CPU profile of this variant on the board)")
 
+    if debug_run_id is not None:
+        known_runs = store.debug_runs(int(variant["model_id"]))
+        if int(debug_run_id) not in set(int(i) for i in known_runs["id"]):
+            ids = ", ".join(str(int(i)) for i in known_runs["id"]) or "none"
+            raise QlabError(f"no debugger run #{debug_run_id} of variant #{variant_id}'s model (its runs: {ids})")
     run_id = debug_run_id if debug_run_id is not None else debug_run_for(store, variant)
     stats = match_layer_stats(ops, store.layer_stats(int(run_id)) if run_id is not None else pd.DataFrame())
     if run_id is None:
         notes.append("no debugger run for this variant's model and data: run the debugger for rmse/scale")
+    else:
+        recipe = _run_recipe(store, int(variant["model_id"]), run_id)
+        if recipe != variant.get("recipe"):
+            notes.append(f"the debugger run #{run_id} quantized with {recipe!r}, this variant with "
+                         f"{variant.get('recipe')!r}: its errors are those of the debugger's model, matched by "
+                         "tensor name and op type")
     rows = []
     for op in ops:
         stat = stats.get(op.index, {})

@@ -315,6 +315,8 @@ def test_cli_export_node_data_unknown_variant_exits_2(cpu_setup: tuple[Store, in
     assert "no variant named 'nope' (known: int8-fallback)" in err and "Traceback" not in err
     assert main(["op-cost", "1", "--board", "elsewhere", "--db", str(store.path)]) == 2
     assert "no per-op profile on elsewhere" in capsys.readouterr().err
+    assert main(["op-cost", "1", "--debug-run", "99", "--db", str(store.path)]) == 2
+    assert "no debugger run #99 of variant #1's model (its runs: 1)" in capsys.readouterr().err
 
 
 def test_report_carries_the_op_cost_table(cpu_setup: tuple[Store, int, bytes]) -> None:
