@@ -162,3 +162,39 @@ def take_used_variant() -> tuple[int, int] | None:
     """The (variant id, model id) a "Use this variant" button passed to this page, once."""
     value = st.session_state.pop(USE_VARIANT_KEY, None)
     return (int(value[0]), int(value[1])) if value else None
+
+
+def data_fit(the_lab: Lab, model_id: int | None, dataset_id: int | None) -> bool:
+    """Warns before a job fails: the dataset against the model (shape, value range, labels). True when it fits."""
+    from dashboard.services import data_check
+
+    if model_id is None or dataset_id is None:
+        return True
+    models = reads.models(the_lab.db_key)
+    found = models[models["id"] == int(model_id)]
+    if found.empty:
+        return True
+    try:
+        prof = reads.dataset_profile(the_lab.db_key, int(dataset_id))
+    except QlabError as exc:
+        st.warning(f"cannot check the dataset against the model: {exc}", icon=":material/warning:")
+        return True
+    fits = True
+    for severity, message in data_check.warnings(dict(found.iloc[0]), prof, f"dataset #{dataset_id}"):
+        if severity == "error":
+            fits = False
+            st.error(message, icon=":material/error:")
+        else:
+            st.warning(message, icon=":material/warning:")
+    return fits
+
+
+# hex digits of a sha256 a table shows: enough to tell files apart
+SHA_SHOWN = 12
+
+
+def short_sha(df: pd.DataFrame) -> pd.DataFrame:
+    """The table with its sha256 column cut to its first 12 hex digits."""
+    if "sha256" not in df:
+        return df
+    return df.assign(sha256=df["sha256"].astype(str).str.slice(0, SHA_SHOWN))

@@ -104,7 +104,7 @@ models = reads.models(lab.db_key)
 if models.empty:
     st.caption("none yet")
 else:
-    st.dataframe(models.drop(columns=["source_path"]), hide_index=True, width="stretch")
+    st.dataframe(ui.short_sha(models.drop(columns=["source_path"])), hide_index=True, width="stretch")
     st.caption("format tflite: a tflite-only model (imported .tflite files or a report); there is no Keras source "
                "to convert or train again")
 
@@ -113,4 +113,16 @@ data = reads.datasets(lab.db_key)
 if data.empty:
     st.caption("none yet")
 else:
-    st.dataframe(data.drop(columns=["stored_path"]), hide_index=True, width="stretch")
+    st.dataframe(ui.short_sha(data.drop(columns=["stored_path"])), hide_index=True, width="stretch")
+
+if not models.empty and not data.empty:
+    st.subheader("Does a dataset fit a model?")
+    st.caption("Shape, value range after the input scale and offset, and labels against the model's outputs: "
+               "checked here, before a job fails on them.")
+    a, b = st.columns(2)
+    with a:
+        check_model = ui.pick_model(lab, key="models_check_model")
+    with b:
+        check_data = ui.pick_dataset(lab, key="models_check_dataset")
+    if ui.data_fit(lab, check_model, check_data):
+        st.success("the dataset fits the model", icon=":material/check_circle:")

@@ -19,6 +19,7 @@ with c1:
     model_id = ui.pick_model(lab, key="quantize_model")
 with c2:
     dataset_id = ui.pick_dataset(lab, key="quantize_dataset")
+ui.data_fit(lab, model_id, dataset_id)
 
 # how many recipes a row of the grid holds
 RECIPES_PER_ROW = 3

@@ -161,3 +161,13 @@ def model_layers(db: str, model_id: int) -> list[tuple[str, str]]:
 
     model = load_model_row(lab(), model_id)
     return [(la.name, type(la).__name__) for la in model.keras_model.layers if type(la).__name__ != "InputLayer"]
+
+
+@st.cache_data(show_spinner=False)
+def dataset_profile(db: str, dataset_id: int) -> dict[str, Any]:
+    """Sample shape, value range after preprocessing and label count of a stored dataset (no model loaded)."""
+    from dashboard.services import data_check
+    from dashboard.services.lab import lab
+    from dashboard.services.tasks import load_dataset_row
+
+    return data_check.profile(load_dataset_row(lab(), dataset_id))

@@ -63,7 +63,7 @@ def best_per_model(df: pd.DataFrame) -> pd.DataFrame:
     Ties on accuracy go to the smaller file; failed variants never win. Vectorised: the
     overview runs this over every variant of the store.
     """
-    cols = ["model_id", "model", "variants", "most accurate", "accuracy", "smallest", "size (KiB)",
+    cols = ["model_id", "model", "variants", "most accurate", "accuracy (%)", "smallest", "size (KiB)",
             "fastest (host)", "host p50 (ms)"]
     ok = df[df["status"] == "ok"] if not df.empty else df
     if ok.empty:
@@ -79,7 +79,7 @@ def best_per_model(df: pd.DataFrame) -> pd.DataFrame:
                  first(["size_bytes"], [True], "size_bytes", "smallest", "size (KiB)"),
                  first(["host_p50_ms"], [True], "host_p50_ms", "fastest (host)", "host p50 (ms)")):
         out = out.merge(part, on="model_id", how="left")
-    out["accuracy"] = out["accuracy"].astype(float).round(4)
+    out["accuracy (%)"] = (out["accuracy"].astype(float) * 100).round(2)
     out["size (KiB)"] = (out["size (KiB)"].astype(float) / 1024).round(1)
     out["host p50 (ms)"] = out["host p50 (ms)"].astype(float).round(4)
     out["fastest (host)"] = out["fastest (host)"].astype(object).where(out["fastest (host)"].notna(), None)

@@ -67,6 +67,24 @@ def test_models_upload_model_and_dataset(empty_lab: Lab, page, demo_h5: Path, di
     assert at.dataframe[0].value["name"].tolist() == ["my cnn"]
 
 
+def test_models_and_quantize_warn_when_the_dataset_does_not_fit(empty_lab: Lab, page) -> None:
+    from dashboard.services import uploads
+
+    empty_lab.store.add_model(name="tiny", format="h5", sha256="t" * 64, source_path="/nowhere.h5",
+                              input_shape=[None, 4, 4], output_shape=[None, 3], keras_major=2)
+    uploads.add_digits(empty_lab, input_scale=255.0, input_offset=0.0)  # digits are stored in [0, 1]
+    reads.clear()
+    at = page("models")
+    _no_traceback(at)
+    errors = texts(at, "error")
+    assert any("samples of shape (8, 8) but model 'tiny' expects (4, 4)" in t for t in errors)
+    assert any("labels 0..9 but model 'tiny' has only 3 outputs" in t for t in errors)
+    assert any("inputs reach [0, 255] after x · 255 + 0" in t for t in texts(at, "warning")), texts(at, "warning")
+    assert at.dataframe[0].value["sha256"].str.len().max() == 12
+    quantize = page("quantize")  # warned before a job is started, not after it fails
+    assert any("samples of shape (8, 8)" in t for t in texts(quantize, "error"))
+
+
 def test_models_garbage_model_shows_error_in_words(empty_lab: Lab, page) -> None:
     at = page("models")
     at.file_uploader(key="models_model_file").set_value(("broken.h5", b"not hdf5 at all", "application/x-hdf5"))
