@@ -259,10 +259,11 @@ def save(
     """
     from qcore.data import dataset_sha256
 
-    anchor = reference if reference is not None else model
-    anchor_sha, anchor_path = store.put_blob(anchor)
+    # only the store's write methods and blob_path are used, so a worker's journal can stand in for it;
+    # the anchor's blob is written by save_variant below
+    anchor_sha = result.reference_sha256 or result.sha256
     model_id = store.add_model(
-        name=result.model, format=TFLITE_ONLY_FORMAT, sha256=anchor_sha, source_path=str(anchor_path),
+        name=result.model, format=TFLITE_ONLY_FORMAT, sha256=anchor_sha, source_path=str(store.blob_path(anchor_sha)),
         input_shape=result.input_shape, output_shape=result.output_shapes[0] if result.output_shapes else (),
         keras_major=None,
     )

@@ -49,6 +49,7 @@ def test_import_tflite_classifier_with_reference_json(capfd, files, digits_npz, 
     with Store(db) as store:
         model = store.model(r["model_id"])
         assert (model["format"], model["name"]) == ("tflite", "digits cnn") and model["keras_major"] is pd.NA
+        assert Path(model["source_path"]).read_bytes() == files["float32"].read_bytes()  # the reference
         rows = store.variant_summary(model_ids=[r["model_id"]]).set_index("variant_id")
         assert set(rows.index) == {r["variant_id"], r["reference_variant_id"]}
         mine = rows.loc[r["variant_id"]]
