@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard.services import reads
+from dashboard.services import reads, words
 from dashboard.services.jobs import ACTIVE
 from dashboard.services.lab import Lab, lab
 from qcore.qtyping import Job, JobStatus, QlabError
@@ -24,7 +24,8 @@ def guard(what: str = "") -> Iterator[None]:
     try:
         yield
     except (QlabError, ValueError) as exc:
-        st.error(f"{what}: {exc}" if what else str(exc), icon=":material/error:")
+        text = words.for_ui(str(exc))
+        st.error(f"{what}: {text}" if what else text, icon=":material/error:")
 
 
 def current() -> Lab:
@@ -78,7 +79,7 @@ def job_panel(
         _poll()
         return
     if job.status is JobStatus.FAILED:
-        st.error(f"job #{job.id} ({job.kind}) failed: {job.error}", icon=":material/error:")
+        st.error(f"job #{job.id} ({job.kind}) failed: {words.for_ui(job.error)}", icon=":material/error:")
     else:
         st.success(f"job #{job.id} ({job.kind}) finished", icon=":material/check_circle:")
     if on_done is not None and job.status is JobStatus.DONE:

@@ -50,3 +50,13 @@ def test_warnings_constant_input_and_fewer_classes() -> None:
     texts = " ".join(m for _, m in found)
     assert "uses 2 of the 10 classes" in texts and "every input value is 0" in texts
     assert {s for s, _ in found} == {"warning"}
+
+
+def test_for_ui_names_controls_not_cli_flags() -> None:
+    from dashboard.services.words import for_ui
+
+    text = "tfmot cannot quantize layer 'x'; annotate only supported layers with --layers, e.g. --layers Dense"
+    assert for_ui(text) == ("tfmot cannot quantize layer 'x'; annotate only supported layers with the 'layer "
+                            "classes or names' box, e.g. Dense in the 'layer classes or names' box")
+    assert for_ui("--epochs must be at least 1, got 0") == "'epochs' must be at least 1, got 0"
+    assert for_ui("use --unknown-flag and x--y") == "use --unknown-flag and x--y"
