@@ -61,6 +61,7 @@ class ConvertParams:
     recipes: tuple[str, ...] = ("all",)
     calibration_samples: int = defaults.CALIBRATION_SAMPLES
     bench: bool = True
+    engine: str = defaults.CONVERT_ENGINE  # "tf" or "aeq"
 
 
 @dataclass(frozen=True)
@@ -76,15 +77,16 @@ class HostBenchParams:
 
 @dataclass(frozen=True)
 class DebugParams:
-    """TFLite's QuantizationDebugger per layer."""
+    """Per-layer error: AI Edge Quantizer's validation ("aeq") or TFLite's QuantizationDebugger ("tf")."""
 
     model_id: int
     dataset_id: int
     recipe: str = defaults.DEBUG_RECIPE
     calibration_samples: int = defaults.CALIBRATION_SAMPLES
     debug_samples: int = defaults.DEBUG_SAMPLES
-    extra_metrics: tuple[str, ...] = ()
-    whole_model: bool = False
+    extra_metrics: tuple[str, ...] = ()  # tf only
+    whole_model: bool = False  # tf only
+    engine: str = defaults.EXPLAIN_ENGINE
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class SelectiveParams:
     denylisted_ops: tuple[str, ...] = ()
     calibration_samples: int = defaults.CALIBRATION_SAMPLES
     debug_samples: int = defaults.DEBUG_SAMPLES
+    engine: str = defaults.EXPLAIN_ENGINE
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ class TuneParams:
     recipe: str = defaults.DEBUG_RECIPE
     calibration_samples: int = defaults.CALIBRATION_SAMPLES
     debug_samples: int = defaults.DEBUG_SAMPLES
+    engine: str = defaults.EXPLAIN_ENGINE  # who ranks and tries
+    deploy_engine: str = defaults.DEPLOY_ENGINE  # who makes the chosen variant
 
 
 @dataclass(frozen=True)

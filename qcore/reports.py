@@ -43,7 +43,8 @@ MAX_TEXT = 10_000
 TABLES = ("variants", "evaluations", "benchmarks")
 
 VARIANT_COLUMNS = [
-    "variant_id", "model_id", "model", "dataset_id", "dataset", "variant", "kind", "recipe", "status", "error",
+    "variant_id", "model_id", "model", "dataset_id", "dataset", "variant", "kind", "recipe", "engine", "status",
+    "error",
     "size_bytes", "sha256", "input_dtype", "output_dtype", "settings", "float_accuracy", "accuracy", "top5",
     "agreement", "batched", "host_p50_ms", "board_p50_ms", "npu_ready", "npu_label", "npu_verdict", "npu_io",
     "float_size_bytes", "scoring", "output_mse",
@@ -168,6 +169,8 @@ def summary_table(content: dict[str, Any]) -> pd.DataFrame:
         return v
     out = pd.DataFrame({
         "model": v["model"], "variant": v["variant"], "kind": v["kind"],
+        # reports made before migration 0009 have no engine: the TF converter made every variant then
+        "engine": v["engine"].fillna("tf"),
         "accuracy (%)": (v["accuracy"].astype(float) * 100).round(2),
         "top-5 (%)": (v["top5"].astype(float) * 100).round(2),
         "agreement (%)": (v["agreement"].astype(float) * 100).round(2),
@@ -497,6 +500,7 @@ def _write_import(store: Store, meta: dict[str, Any], content: dict[str, Any], f
             output_dtype=_text(v.get("output_dtype"), "output_dtype"),
             evaluation=None if dataset_id is None else _evaluation(host.iloc[0] if len(host) else None, v,
                                                                    confusion.get(str(old))),
+            engine="aeq" if _text(v.get("engine"), "engine") == "aeq" else "tf",  # a bundle is untrusted
         )
         for e in evals[(evals["variant_id"] == old) & (evals["device"] != "host")].itertuples():
             if dataset_id is None:

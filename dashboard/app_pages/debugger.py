@@ -15,14 +15,17 @@ from dashboard.components.debugger import (
     tune_trials_plot,
 )
 from dashboard.services import debug_view, layers, reads
+from qcore import defaults
 from qcore.debugger import LAYER_METRICS
 from qcore.qtyping import Job
 
-# recipes the debugger accepts (int8 activations with calibration data)
-DEBUG_RECIPES = ("int8", "uint8", "int8-fallback", "int8-per-tensor", "uint8-per-tensor")
+# recipes the debugger accepts (int8 activations with calibration data); AEQ also compares 16x8
+DEBUG_RECIPES = ("int8-fallback", "int8", "uint8", "int8-per-tensor", "uint8-per-tensor", "int16x8")
+ENGINES = {"aeq": "AI Edge Quantizer (fast: calibrates once)", "tf": "TF QuantizationDebugger"}
 
 st.title("Quantization debugger")
-st.caption("Per-layer error of the int8 model against float (TFLite's QuantizationDebugger). "
+st.caption("Per-layer error of the int8 model against float, from AI Edge Quantizer's validation (MSE, SNR, "
+           "cosine; errors propagate through the model) or TFLite's QuantizationDebugger (layer by layer). "
            "rmse/scale ≈ 0.289 is a well-quantized tensor; far above it, a layer is a suspect.")
 lab = ui.current()
 
@@ -36,6 +39,9 @@ if model_id is None or dataset_id is None:
 
 with st.expander("Run the debugger", expanded=reads.debug_runs(lab.db_key, model_id).empty):
     with st.form("debugger_run_form"):
+        engine = st.radio("engine", list(ENGINES), format_func=ENGINES.__getitem__, horizontal=True,
+                          index=list(ENGINES).index(defaults.EXPLAIN_ENGINE), key="debugger_engine",
+                          help="the TF debugger refuses int16x8; extra metrics and whole-model are TF options")
         a, b, c = st.columns(3)
         recipe = a.selectbox("recipe", DEBUG_RECIPES, key="debugger_recipe")
         calibration = b.number_input("calibration samples", 1, 10_000, 100, key="debugger_calibration")
@@ -47,8 +53,9 @@ with st.expander("Run the debugger", expanded=reads.debug_runs(lab.db_key, model
             with ui.guard("could not start"):
                 lab.runner.submit("debug", {"model_id": model_id, "dataset_id": dataset_id, "recipe": recipe,
                                             "calibration_samples": int(calibration),
-                                            "debug_samples": int(debug_samples), "extra_metrics": extra,
-                                            "whole_model": whole})
+                                            "debug_samples": int(debug_samples),
+                                            "extra_metrics": extra if engine == "tf" else [],
+                                            "whole_model": whole and engine == "tf", "engine": engine})
                 st.rerun()
 
 ui.job_panel(ui.latest_job(lab, ("debug",)), key="debugger_debug_job")
@@ -115,6 +122,7 @@ def debug_result() -> dict[str, Any]:
                 "denylisted_nodes": chosen, "denylisted_ops": ops,
                 "calibration_samples": int(settings.get("calibration_samples", 100)),
                 "debug_samples": int(settings.get("debug_samples", 100)),
+                "engine": settings.get("engine", "tf"),
             })
             st.rerun()
     return settings
@@ -142,16 +150,22 @@ settings = debug_result()
 ui.job_panel(ui.latest_job(lab, ("selective",)), key="debugger_selective_job", on_done=show_selective)
 
 st.subheader("Automatic search for the fewest float layers")
-a, b = st.columns([1, 3])
+a, b, c = st.columns([1, 1, 2])
 max_drop = a.number_input("max accuracy drop (points)", 0.0, 100.0, 0.5, 0.1, key="debugger_max_drop")
-b.caption("Ranks layers by rmse/scale and bisects over how many of the worst to keep in float: "
+search_engine = b.selectbox("search with", list(ENGINES), format_func=ENGINES.__getitem__,
+                            index=list(ENGINES).index(defaults.EXPLAIN_ENGINE), key="debugger_tune_engine")
+deploy_engine = b.selectbox("deploy with", ["tf", "aeq"], key="debugger_deploy_engine",
+                            format_func={"tf": "TF converter", "aeq": "AI Edge Quantizer"}.__getitem__,
+                            help="the chosen layers are converted once more with this engine when it differs")
+c.caption("Ranks layers by rmse/scale and bisects over how many of the worst to keep in float: "
           "about log2(layers) conversions.")
 if st.button("Search", key="debugger_tune"):
     with ui.guard("could not start"):
         lab.runner.submit("tune", {"model_id": model_id, "dataset_id": dataset_id, "max_drop": float(max_drop),
                                    "recipe": settings.get("recipe", "int8"),
                                    "calibration_samples": int(settings.get("calibration_samples", 100)),
-                                   "debug_samples": int(settings.get("debug_samples", 100))})
+                                   "debug_samples": int(settings.get("debug_samples", 100)),
+                                   "engine": search_engine, "deploy_engine": deploy_engine})
         st.rerun()
 ui.job_panel(ui.latest_job(lab, ("tune",)), key="debugger_tune_job")
 tune_runs = reads.tune_runs(lab.db_key, model_id)

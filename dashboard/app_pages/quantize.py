@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import ui
 from dashboard.services import pace, reads, tables
+from qcore import defaults
 from qcore.qtyping import Job
 from qcore.recipes import RECIPES
 
@@ -21,6 +22,10 @@ with c2:
     dataset_id = ui.pick_dataset(lab, key="quantize_dataset")
 ui.data_fit(lab, model_id, dataset_id)
 
+engine = st.radio("engine", ["tf", "aeq"], horizontal=True, key="quantize_engine",
+                  index=["tf", "aeq"].index(defaults.CONVERT_ENGINE),
+                  format_func={"tf": "TF converter (what you deploy)",
+                               "aeq": "AI Edge Quantizer (calibrates once for every recipe)"}.__getitem__)
 # how many recipes a row of the grid holds
 RECIPES_PER_ROW = 3
 
@@ -35,7 +40,7 @@ head.markdown("**Recipes**")
 all_button.button("Select all", key="quantize_all", on_click=set_all_recipes, args=(True,))
 none_button.button("Clear", key="quantize_none", on_click=set_all_recipes, args=(False,))
 chosen = []
-recipes = list(RECIPES.values())
+recipes = [r for r in RECIPES.values() if r.supports(engine)]
 for start in range(0, len(recipes), RECIPES_PER_ROW):
     # one st.columns per row, so the grid reads left to right and its rows line up
     for col, recipe in zip(st.columns(RECIPES_PER_ROW), recipes[start:start + RECIPES_PER_ROW], strict=False):
@@ -56,7 +61,7 @@ if st.button("Run", type="primary", key="quantize_run", disabled=model_id is Non
     else:
         with ui.guard("could not start"):
             lab.runner.submit("convert", {"model_id": model_id, "dataset_id": dataset_id, "recipes": chosen,
-                                          "calibration_samples": int(samples), "bench": bench})
+                                          "calibration_samples": int(samples), "bench": bench, "engine": engine})
             st.rerun()
 
 

@@ -19,7 +19,11 @@ def run_labels(runs: pd.DataFrame) -> dict[int, str]:
         deny = len(s.get("denylisted_nodes", [])) + len(s.get("denylisted_ops", []))
         mode = "whole-model" if s.get("whole_model") else "layer by layer"
         extra = f", {deny} kept float" if deny else ""
-        out[int(r.id)] = f"#{r.id} · {s.get('recipe', '?')} · {r.n_layers} layers · {mode}{extra} · {str(r.created_at)[:16]}"
+        engine = str(getattr(r, "engine", None) or s.get("engine") or "tf")
+        if engine == "aeq":
+            mode = "AI Edge Quantizer"
+        out[int(r.id)] = (f"#{r.id} · {s.get('recipe', '?')} · {r.n_layers} layers · {mode}{extra} · "
+                          f"{str(r.created_at)[:16]}")
     return out
 
 

@@ -14,6 +14,7 @@ COMPARE_COLUMNS = {
     "model": "model",
     "variant": "variant",
     "kind": "kind",
+    "engine": "engine",
     "accuracy": "accuracy (%)",
     "top5": "top-5 (%)",
     "agreement": "agreement (%)",
@@ -41,6 +42,9 @@ def compare_table(df: pd.DataFrame) -> pd.DataFrame:
     out["scored_by"] = scoring.map(SCORING_LABELS).fillna(SCORING_LABELS["classes"])
     if "output_mse" not in out:
         out["output_mse"] = float("nan")
+    if "engine" not in out:  # rows from a store before migration 0009 or an imported report
+        out["engine"] = "tf"
+    out["engine"] = out["engine"].fillna("tf")
     out["size_kib"] = (out["size_bytes"].astype(float) / 1024.0).round(1)
     # negative: the variant lost accuracy against the float Keras model
     out["drop_points"] = ((out["accuracy"].astype(float) - out["float_accuracy"].astype(float)) * 100).round(2)

@@ -131,13 +131,13 @@ def _dataset_of(*rows: dict[str, Any]) -> int:
 
 # ---------------------------------------------------------------- conversion and host timing
 def _convert(the_lab: Lab, model: LoadedModel, dataset: Dataset, recipe_names: list[str] | str,
-             calibration_samples: int, bench: bool, progress: Progress) -> dict[str, Any]:
+             calibration_samples: int, bench: bool, progress: Progress, engine: str = "tf") -> dict[str, Any]:
     from dashboard.services.jobs import publish
     from qcore.convert import convert_and_evaluate
     from qcore.data import check_fits
     from qcore.recipes import get_recipe, resolve_recipes
 
-    recipes = (resolve_recipes(recipe_names) if isinstance(recipe_names, str)
+    recipes = (resolve_recipes(recipe_names, engine) if isinstance(recipe_names, str)
                else [get_recipe(n) for n in recipe_names])
     if not recipes:
         raise QlabError("choose at least one recipe")
@@ -153,7 +153,7 @@ def _convert(the_lab: Lab, model: LoadedModel, dataset: Dataset, recipe_names: l
 
     report = convert_and_evaluate(
         model, dataset, recipes, store=the_lab.store, calibration_samples=int(calibration_samples),
-        progress=scaled(progress, 0.0, 0.85 if bench else 1.0), on_variant=publish_landed,
+        progress=scaled(progress, 0.0, 0.85 if bench else 1.0), on_variant=publish_landed, engine=engine,
     )
     ok = [v for v in report.variants if v.variant_id is not None and v.status == "ok"]
     if bench and ok:
@@ -169,15 +169,15 @@ def _convert(the_lab: Lab, model: LoadedModel, dataset: Dataset, recipe_names: l
 
 def _variant_result(v: ConvertedVariant) -> dict[str, Any]:
     return {"recipe": v.recipe, "status": str(v.status), "variant_id": v.variant_id, "size_bytes": v.size_bytes,
-            "accuracy": v.evaluation.accuracy if v.evaluation else None, "error": v.error}
+            "accuracy": v.evaluation.accuracy if v.evaluation else None, "error": v.error, "engine": v.engine}
 
 
 def convert_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """params: model_id, dataset_id, recipes (names), calibration_samples, bench (host timing after)."""
+    """params: model_id, dataset_id, recipes (names), calibration_samples, bench (host timing after), engine."""
     model = load_model_row(the_lab, params["model_id"])
     dataset = load_dataset_row(the_lab, params["dataset_id"], model.input_shape)
     return _convert(the_lab, model, dataset, list(params["recipes"]), int(params.get("calibration_samples", 100)),
-                    bool(params.get("bench", True)), progress)
+                    bool(params.get("bench", True)), progress, str(params.get("engine", "tf")))
 
 
 def demo_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -217,7 +217,7 @@ def host_bench_task(the_lab: Lab, params: dict[str, Any], progress: Progress) ->
 
 # ---------------------------------------------------------------- debugger, selective, search, tensors
 def debug_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """params: model_id, dataset_id, recipe, calibration_samples, debug_samples, extra_metrics, whole_model."""
+    """params: model_id, dataset_id, recipe, calibration_samples, debug_samples, extra_metrics, whole_model, engine."""
     from qcore.debugger import run_debugger
 
     model = load_model_row(the_lab, params["model_id"])
@@ -227,23 +227,25 @@ def debug_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict
         calibration_samples=int(params.get("calibration_samples", 100)),
         debug_samples=int(params.get("debug_samples", 100)), extra_metrics=list(params.get("extra_metrics", [])),
         whole_model=bool(params.get("whole_model", False)), store=the_lab.store, progress=progress,
+        engine=str(params.get("engine", "tf")),
     )
     return {"debug_run_id": result.debug_run_id, "layers": len(result.stats), "suspects": list(result.suspects),
             "model_metrics": result.model_metrics}
 
 
 def _full_int8_variant(the_lab: Lab, model: LoadedModel, dataset: Dataset, model_id: int, dataset_id: int,
-                       recipe: str, calibration_samples: int, progress: Progress) -> int | None:
-    """The plain-recipe variant the selective one is compared with; converted now if missing."""
+                       recipe: str, calibration_samples: int, progress: Progress, engine: str = "tf") -> int | None:
+    """The plain-recipe variant (same engine) the selective one is compared with; converted now if missing."""
     from qcore.convert import convert_and_evaluate
     from qcore.recipes import get_recipe
 
     rows = the_lab.store.variant_summary(model_ids=[model_id])
-    same = rows[(rows["dataset_id"] == dataset_id) & (rows["variant"] == recipe) & (rows["status"] == "ok")]
+    name = recipe if engine == "tf" else f"{recipe}@{engine}"
+    same = rows[(rows["dataset_id"] == dataset_id) & (rows["variant"] == name) & (rows["status"] == "ok")]
     if len(same):
         return int(same["variant_id"].iloc[0])
     report = convert_and_evaluate(model, dataset, [get_recipe(recipe)], store=the_lab.store,
-                                  calibration_samples=calibration_samples, progress=progress)
+                                  calibration_samples=calibration_samples, progress=progress, engine=engine)
     return report.variants[0].variant_id
 
 
@@ -263,13 +265,14 @@ def selective_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> 
     dataset = load_dataset_row(the_lab, dataset_id, model.input_shape)
     recipe = str(params.get("recipe", "int8"))
     samples = int(params.get("calibration_samples", 100))
+    engine = str(params.get("engine", "tf"))
     result = run_debugger(
         model, dataset, recipe=recipe, calibration_samples=samples,
         debug_samples=int(params.get("debug_samples", 100)), denylisted_nodes=nodes, denylisted_ops=ops,
-        store=the_lab.store, progress=scaled(progress, 0.0, 0.8),
+        store=the_lab.store, progress=scaled(progress, 0.0, 0.8), engine=engine,
     )
     baseline = _full_int8_variant(the_lab, model, dataset, model_id, dataset_id, recipe, samples,
-                                  scaled(progress, 0.8, 1.0))
+                                  scaled(progress, 0.8, 1.0), engine)
     sel = result.selective
     return {
         "debug_run_id": result.debug_run_id, "selective_variant_id": sel.variant_id if sel else None,
@@ -279,14 +282,16 @@ def selective_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> 
 
 
 def tune_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """params: model_id, dataset_id, max_drop (points), recipe, calibration_samples, debug_samples."""
+    """params: model_id, dataset_id, max_drop (points), recipe, calibration_samples, debug_samples, engine,
+    deploy_engine."""
     from qcore.tune import tune
 
     model = load_model_row(the_lab, params["model_id"])
     dataset = load_dataset_row(the_lab, params["dataset_id"], model.input_shape)
     result = tune(model, dataset, max_drop=float(params["max_drop"]), recipe=str(params.get("recipe", "int8")),
                   calibration_samples=int(params.get("calibration_samples", 100)),
-                  debug_samples=int(params.get("debug_samples", 100)), store=the_lab.store, progress=progress)
+                  debug_samples=int(params.get("debug_samples", 100)), store=the_lab.store, progress=progress,
+                  engine=str(params.get("engine", "tf")), deploy_engine=str(params.get("deploy_engine", "tf")))
     return {"tune_run_id": result.tune_run_id, "chosen_variant_id": result.chosen_variant_id,
             "conversions": len(result.tried), "layers": len(result.ranking),
             "chosen": list(result.chosen.denylist) if result.chosen else None}

@@ -156,13 +156,33 @@ def test_quantize_rows_appear_as_each_recipe_finishes(converted: Lab, page) -> N
 
 
 def test_quantize_select_all_and_clear(empty_lab: Lab, page) -> None:
-    from qcore.recipes import RECIPES
+    from qcore.recipes import resolve_recipes
 
     at = page("quantize")
     _by_label(at.button, "Select all").click().run()
-    assert all(at.checkbox(key=f"quantize_recipe_{n}").value for n in RECIPES)
+    assert all(at.checkbox(key=f"quantize_recipe_{n}").value for n in (r.name for r in resolve_recipes("all")))
     _by_label(at.button, "Clear").click().run()
-    assert not any(at.checkbox(key=f"quantize_recipe_{n}").value for n in RECIPES)
+    assert not any(at.checkbox(key=f"quantize_recipe_{n}").value for n in (r.name for r in resolve_recipes("all")))
+
+
+def test_quantize_engine_aeq_runs_as_job_and_compare_shows_engine(converted: Lab, page) -> None:
+    at = page("quantize")
+    at.radio(key="quantize_engine").set_value("aeq").run()
+    assert "quantize_recipe_weight-only" in [c.key for c in at.checkbox]  # AEQ-only recipe offered
+    for name in ("float32", "int8"):
+        at.checkbox(key=f"quantize_recipe_{name}").uncheck()
+    at.checkbox(key="quantize_recipe_weight-only").check()
+    at.checkbox(key="quantize_bench").uncheck()
+    _by_label(at.button, "Run").click().run()
+    _no_traceback(at)
+    job = converted.store.jobs(limit=1)[0]
+    assert job.kind == "convert" and job.params["engine"] == "aeq" and job.params["recipes"] == ["weight-only"]
+    converted.runner.wait(job.id, timeout=300)
+    reads.clear()
+    at.run()
+    _no_traceback(at)
+    table = at.dataframe[0].value
+    assert table["variant"].tolist() == ["weight-only@aeq"] and table["engine"].tolist() == ["aeq"]
 
 
 def test_quantize_without_recipes(converted: Lab, page) -> None:
