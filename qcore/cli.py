@@ -463,7 +463,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- boards (issue 4)
 def _add_board_commands(sub: argparse._SubParsersAction) -> None:
-    """`board add|list|bench|accuracy`."""
+    """`board add|list|bench|accuracy|label|history|matrix`."""
     board = sub.add_parser("board", help="i.MX8M Plus boards running the qlab agent: register, time, evaluate")
     bsub = board.add_subparsers(dest="board_command", required=True, metavar="ACTION")
     targets = "npu, cpu, cpu-plain or all (all skips unavailable targets with a note)"
@@ -501,6 +501,35 @@ def _add_board_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_board_accuracy)
 
 
+    p = bsub.add_parser("label", help="add (or --remove) labels of a board: soc=imx8mp, bsp=..., runtime=..., tag=lab")
+    p.add_argument("name")
+    p.add_argument("labels", nargs="*", metavar="KEY=VALUE", help="keys: soc, bsp, runtime, tag")
+    p.add_argument("--remove", action="store_true", help="drop these labels instead")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_board_label)
+
+    p = bsub.add_parser("history", help="the last health checks of a board (or of every board)")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-n", type=int, default=10, help="checks per board (default 10)")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_board_history)
+
+    p = bsub.add_parser("matrix", help="benchmark variants x targets across a board or a pool of boards")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--pool", help="a label query: 'imx8mp', 'soc=imx8mp tag=lab', or '*'")
+    where.add_argument("--board", help="one registered board")
+    p.add_argument("--any", action="store_true",
+                   help="run each cell once on any free board of the pool (default: on every board)")
+    p.add_argument("--variants", required=True, help="comma-separated variant ids (see `qlab list`)")
+    p.add_argument("--targets", default="cpu", help="comma-separated: npu, cpu, cpu-plain (default cpu)")
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--profile", action="store_true", help="per-op (and on npu per-NPU-operation) profile")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_board_matrix)
+
+
 def _board_targets(value: str) -> str | list[str]:
     return value if value == "all" else [t.strip() for t in value.split(",") if t.strip()]
 
@@ -523,7 +552,7 @@ def _cmd_board_add(args: argparse.Namespace) -> int:
 
 
 def _cmd_board_list(args: argparse.Namespace) -> int:
-    from qcore.board_client import board_health
+    from qcore.board_runs import board_health
 
     with _open_store(args) as store:
         rows = board_health(store)
@@ -551,7 +580,7 @@ def _cmd_board_list(args: argparse.Namespace) -> int:
 def _cmd_board_bench(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from qcore.board_client import bench_on_board
+    from qcore.board_runs import bench_on_board
     from qcore.store import sha256_bytes
 
     model = _read_tflite(args.tflite)
@@ -583,6 +612,14 @@ def _cmd_board_bench(args: argparse.Namespace) -> int:
                 lines += [f"      {o.get('avg_ms', 0):8.3f} ms  {o.get('node_type')}  {o.get('name', '')}" for o in top]
             else:
                 lines.append(f"      profile not available: {prof.get('reason', '?')}")
+            npu = prof.get("npu") or {}
+            if npu.get("available"):
+                lines.append(f"      NPU driver profile: {npu['ops_per_invoke']} NPU operations, {npu['total_ms']:.3f} ms "
+                             f"at {npu['clock_mhz']:g} MHz ({npu['busy_ms']:.3f} ms busy), DDR read "
+                             f"{npu['ddr_read_mb']:.2f} MB / write {npu['ddr_write_mb']:.2f} MB per invoke; "
+                             f"mapping to TFLite ops: {npu.get('mapping_reason', '?')}")
+            elif npu:
+                lines.append(f"      NPU driver profile not available: {npu.get('reason', '?')}")
     lines += [f"  skipped {t}: {why}" for t, why in skipped.items()]
     lines += [f"  failed {t}: {why}" for t, why in failed.items()]
     lines.append(f"  stored {len(results)} timing(s)" + (f" for variant {variant_id}" if variant_id else ""))
@@ -594,7 +631,8 @@ def _cmd_board_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_board_accuracy(args: argparse.Namespace) -> int:
-    from qcore.board_client import accuracy_on_board, client_for, resolve_targets
+    from qcore.board_client import resolve_targets
+    from qcore.board_runs import accuracy_on_board, client_for
     from qcore.litert_io import make_interpreter
     from qcore.store import sha256_bytes
 
@@ -758,6 +796,74 @@ def _cmd_import_tflite(args: argparse.Namespace) -> int:
     lines += [f"  note: {n}" for n in r.notes]
     _emit(args, _finite(payload), "\n".join(lines))
     return EXIT_OK
+
+
+def _cmd_board_label(args: argparse.Namespace) -> int:
+    pairs = []
+    for item in args.labels:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise QlabError(f"label {item!r} is not KEY=VALUE (keys: soc, bsp, runtime, tag)")
+        pairs.append((key.strip(), value.strip()))
+    with _open_store(args) as store:
+        if pairs:
+            store.set_board_labels(args.name, pairs, remove=args.remove)
+        labels = store.board_labels(args.name)
+    rows = labels.to_dict("records")
+    text = "\n".join(f"{args.name}  {r['key']}={r['value']}  ({r['source']})" for r in rows) or f"{args.name}: no labels"
+    _emit(args, {"board": args.name, "labels": rows}, text)
+    return EXIT_OK
+
+
+def _cmd_board_history(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        if args.name:
+            store.board_token(args.name)
+        hist = store.health_history(args.name, limit=max(1, args.n))
+    rows = hist.to_dict("records")
+    lines = [f"{r['board']:<12} {str(r['checked_at'])[:19]}  "
+             + ("up    " + str(r['runtime'] or '') + f"  queue {r['queue_depth']}" if r["reachable"]
+                else "DOWN  " + str(r["error"]))
+             for r in rows]
+    _emit(args, {"history": rows}, "\n".join(lines) or "no health checks yet (`qlab board list` makes one)")
+    return EXIT_OK
+
+
+def _cmd_board_matrix(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from qcore.board_runs import matrix, matrix_spread
+    from qcore.qtyping import Placement
+
+    try:
+        variant_ids = [int(v) for v in args.variants.split(",") if v.strip()]
+    except ValueError:
+        raise QlabError(f"--variants {args.variants!r}: give comma-separated variant ids, e.g. 3,4,7") from None
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    placement = Placement.BOARD if args.board else (Placement.ANY if args.any else Placement.EACH)
+    with _open_store(args) as store:
+        result = matrix(store, variant_ids, targets, pool=args.board or args.pool, placement=placement,
+                        runs=args.runs, warmup=args.warmup, threads=args.threads, profile=args.profile,
+                        progress=_log_progress)
+        spread = matrix_spread(store, result.run_id)
+    done = len(result.cells) - len(result.failed)
+    lines = [f"board run {result.run_id}: {len(result.cells)} cell(s) on {', '.join(result.boards)} "
+             f"({placement.value}), {done} done, {len(result.failed)} failed, {result.wall_s:.1f} s"]
+    for c in result.cells:
+        what = f"p50 {c.p50_ms:.3f} ms" if c.p50_ms is not None else f"FAILED: {c.reason}"
+        moved = f"  (moved from {', '.join(a['board'] for a in c.attempts)})" if c.attempts else ""
+        lines.append(f"  #{c.variant_id} {c.target:<9} {c.board or '-':<12} {what}{moved}")
+    if not spread.empty and spread["boards"].max() > 1:
+        lines.append("  spread across boards (p50 ms): variant target board p50 [pool min / median / max]")
+        lines += [f"    #{r.variant_id} {r.target:<9} {r.board:<12} {r.p50_ms:.3f} "
+                  f"[{r.pool_min_ms:.3f} / {r.pool_median_ms:.3f} / {r.pool_max_ms:.3f}]"
+                  for r in spread.itertuples(index=False)]
+    payload = {"run_id": result.run_id, "placement": placement.value, "pool": result.pool,
+               "boards": list(result.boards), "wall_s": result.wall_s, "retries_429": result.retries_429,
+               "cells": [asdict(c) for c in result.cells], "spread": spread.to_dict("records")}
+    _emit(args, payload, "\n".join(lines))
+    # 1 = some cells failed (their reasons are stored; the others are stored too)
+    return 1 if result.failed else EXIT_OK
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ class JobKind(enum.StrEnum):
     BOARD_BENCH = "board_bench"
     BOARD_ACCURACY = "board_accuracy"
     IMPORT_TFLITE = "import_tflite"
+    BOARD_MATRIX = "board_matrix"
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,20 @@ class ImportTfliteParams:
     reference_path: str = ""
 
 
+@dataclass(frozen=True)
+class BoardMatrixParams:
+    """Benchmarks variants x targets on a board, every board of a pool, or any free board of a pool."""
+
+    pool: str
+    variant_ids: tuple[int, ...]
+    targets: tuple[str, ...] = ("cpu",)
+    placement: str = "each"
+    runs: int = defaults.BENCH_RUNS
+    warmup: int = defaults.BENCH_WARMUP
+    threads: int = 1
+    profile: bool = False
+
+
 PARAMS: dict[JobKind, type] = {
     JobKind.DEMO: DemoParams,
     JobKind.ADD_MODEL: AddModelParams,
@@ -194,6 +209,7 @@ PARAMS: dict[JobKind, type] = {
     JobKind.BOARD_BENCH: BoardBenchParams,
     JobKind.BOARD_ACCURACY: BoardAccuracyParams,
     JobKind.IMPORT_TFLITE: ImportTfliteParams,
+    JobKind.BOARD_MATRIX: BoardMatrixParams,
 }
 
 

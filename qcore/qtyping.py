@@ -365,6 +365,60 @@ class Board:
     created_at: str = ""
 
 
+class Placement(enum.StrEnum):
+    """Where the cells of a board run go."""
+
+    BOARD = "board"  # one named board
+    EACH = "each"  # every board of a pool: one cell per board
+    ANY = "any"  # any free board of a pool: each cell once, retried elsewhere when its board goes away
+
+
+class CellStatus(enum.StrEnum):
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class MatrixCell:
+    """One (variant, target, board) cell of a board run and its outcome.
+
+    `board` is where it ran or was last tried ("" when no board took it); `attempts` lists the
+    boards that went away under it, as {"board", "error"}.
+    """
+
+    cell: int
+    variant_id: int | None
+    sha256: str
+    target: str
+    board: str
+    status: CellStatus
+    reason: str = ""
+    attempts: tuple[dict[str, str], ...] = ()
+    benchmark_id: int | None = None
+    evaluation_id: int | None = None
+    p50_ms: float | None = None
+    accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class MatrixResult:
+    """A finished board run: every cell ends done or failed with its reason."""
+
+    run_id: int
+    kind: str
+    placement: Placement
+    pool: str
+    boards: tuple[str, ...]
+    cells: tuple[MatrixCell, ...]
+    wall_s: float
+    retries_429: int = 0
+    max_inflight: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> tuple[MatrixCell, ...]:
+        return tuple(c for c in self.cells if c.status == CellStatus.FAILED)
+
+
 @dataclass(frozen=True)
 class Job:
     id: int

@@ -26,6 +26,7 @@ from qcore.qtyping import (
     JobStatus,
     Latency,
     LayerStat,
+    MatrixCell,
     NpuVerdict,
     QlabError,
     Scoring,
@@ -273,6 +274,84 @@ SCHEMA_0005 = """
 ALTER TABLE variants ALTER COLUMN dataset_id DROP NOT NULL;
 """
 
+SCHEMA_0006 = """
+CREATE SEQUENCE IF NOT EXISTS seq_board_runs;
+CREATE SEQUENCE IF NOT EXISTS seq_board_health;
+
+-- labels of a board: soc, bsp and runtime come from its agent's health (source 'health') unless the
+-- user set them; tags are the user's. A pool is a query over these labels.
+CREATE TABLE IF NOT EXISTS board_labels (
+    board  VARCHAR NOT NULL,
+    key    VARCHAR NOT NULL CONSTRAINT board_label_key_known CHECK (key IN ('soc', 'bsp', 'runtime', 'tag')),
+    value  VARCHAR NOT NULL CONSTRAINT board_label_value_nonempty CHECK (length(trim(value)) > 0),
+    source VARCHAR NOT NULL DEFAULT 'user' CONSTRAINT board_label_source_known CHECK (source IN ('user', 'health')),
+    PRIMARY KEY (board, key, value)
+);
+
+-- every health check of a board, so "the board was down" stays visible afterwards
+CREATE TABLE IF NOT EXISTS board_health_log (
+    id          BIGINT PRIMARY KEY DEFAULT nextval('seq_board_health'),
+    board       VARCHAR NOT NULL,
+    checked_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    reachable   BOOLEAN NOT NULL,
+    runtime     VARCHAR,
+    targets     JSON,
+    queue_depth INTEGER,
+    error       VARCHAR NOT NULL DEFAULT ''
+);
+
+-- one benchmark or accuracy run over variants x targets x boards; placement 'board' (one named
+-- board), 'each' (every board of a pool) or 'any' (any free board of a pool)
+CREATE TABLE IF NOT EXISTS board_runs (
+    id         BIGINT PRIMARY KEY DEFAULT nextval('seq_board_runs'),
+    kind       VARCHAR NOT NULL CONSTRAINT board_run_kind_known CHECK (kind IN ('benchmark', 'accuracy')),
+    placement  VARCHAR NOT NULL CONSTRAINT board_run_placement_known CHECK (placement IN ('board', 'each', 'any')),
+    pool       VARCHAR NOT NULL,
+    params     JSON,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+-- one (variant, target, board) cell of a run: a result, or the reason it has none
+CREATE TABLE IF NOT EXISTS board_cells (
+    run_id        BIGINT NOT NULL,
+    cell          INTEGER NOT NULL,
+    variant_id    BIGINT,
+    sha256        VARCHAR NOT NULL,
+    target        VARCHAR NOT NULL,
+    board         VARCHAR,
+    status        VARCHAR NOT NULL CONSTRAINT board_cell_status_known CHECK (status IN ('done', 'failed')),
+    reason        VARCHAR NOT NULL DEFAULT '',
+    attempts      JSON,
+    benchmark_id  BIGINT,
+    evaluation_id BIGINT,
+    PRIMARY KEY (run_id, cell)
+);
+
+-- per-NPU-operation figures of a board benchmark, from the VeriSilicon driver's profiler. An NPU
+-- operation is a fused graph node; tflite_index/tflite_op are set only when mapping = 'by_order'.
+CREATE TABLE IF NOT EXISTS npu_op_profile (
+    benchmark_id   BIGINT NOT NULL,
+    op_index       INTEGER NOT NULL,
+    name           VARCHAR,
+    op_type        VARCHAR,
+    clock_mhz      DOUBLE NOT NULL,
+    cycles_total   DOUBLE,
+    cycles_idle    DOUBLE,
+    cycles_busy    DOUBLE,
+    time_ms        DOUBLE,
+    busy_ms        DOUBLE,
+    share          DOUBLE,
+    ddr_read_mb    DOUBLE,
+    ddr_write_mb   DOUBLE,
+    total_read_mb  DOUBLE,
+    total_write_mb DOUBLE,
+    tflite_index   INTEGER,
+    tflite_op      VARCHAR,
+    mapping        VARCHAR NOT NULL CONSTRAINT npu_op_mapping_known CHECK (mapping IN ('by_order', 'none')),
+    PRIMARY KEY (benchmark_id, op_index)
+);
+"""
+
 VIEWS = """
 CREATE OR REPLACE VIEW v_latest_eval AS
 SELECT * EXCLUDE (rn) FROM (
@@ -347,10 +426,16 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0002_qat_debugger_tune", SCHEMA_0002),
     ("0003_boards_reports", SCHEMA_0003),
     ("0005_tflite_only", SCHEMA_0005),
+    ("0006_board_farm", SCHEMA_0006),
     (MIGRATION_0008, SCHEMA_0008),
     ("0009_engine", SCHEMA_0009),
     ("0011_npu_verdicts", SCHEMA_0011),
 )
+
+# label keys of a board; soc, bsp and runtime are also derived from its agent's health
+BOARD_LABEL_KEYS: tuple[str, ...] = ("soc", "bsp", "runtime", "tag")
+# health checks kept per board
+HEALTH_HISTORY_KEEP = 200
 
 LOCK_MARKERS = ("lock", "Conflicting lock", "being used by another process")
 
@@ -842,7 +927,28 @@ class Store:
             for metric, value in metrics.items():
                 if value is not None:
                     cur.execute("INSERT INTO bench_metrics VALUES (?, ?, ?)", [bench_id, metric, float(value)])
+            self._insert_npu_ops(cur, bench_id, details)
         return bench_id
+
+    @staticmethod
+    def _insert_npu_ops(cur: duckdb.DuckDBPyConnection, bench_id: int, details: dict[str, Any]) -> None:
+        """The driver's per-NPU-operation rows of a profiled npu benchmark, one row each."""
+        prof = details.get("profile")
+        npu = prof.get("npu") if isinstance(prof, dict) else None
+        if not isinstance(npu, dict) or not npu.get("available"):
+            return
+        clock = float(npu.get("clock_mhz") or 0.0)
+        for r in npu.get("ops", []):
+            cur.execute(
+                "INSERT INTO npu_op_profile (benchmark_id, op_index, name, op_type, clock_mhz, cycles_total,"
+                " cycles_idle, cycles_busy, time_ms, busy_ms, share, ddr_read_mb, ddr_write_mb, total_read_mb,"
+                " total_write_mb, tflite_index, tflite_op, mapping) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?, ?, ?, ?)",
+                [bench_id, int(r["index"]), r.get("name"), r.get("type"), clock, r.get("cycles_total"),
+                 r.get("cycles_idle"), r.get("cycles_busy"), r.get("time_ms"), r.get("busy_ms"), r.get("share"),
+                 r.get("ddr_read_mb"), r.get("ddr_write_mb"), r.get("total_read_mb"), r.get("total_write_mb"),
+                 r.get("tflite_index"), r.get("tflite_op"), r.get("mapping") or "none"],
+            )
 
     def benchmarks(self, variant_ids: Sequence[int] | None = None, board: str | None = None) -> pd.DataFrame:
         sql = "SELECT * FROM v_bench_wide WHERE 1=1"
@@ -1027,6 +1133,7 @@ class Store:
     def remove_board(self, name: str) -> None:
         with self.transaction() as cur:
             cur.execute("DELETE FROM boards WHERE name = ?", [name])
+            cur.execute("DELETE FROM board_labels WHERE board = ?", [name])
             self._token_path(name).unlink(missing_ok=True)
 
     def _token_path(self, name: str) -> Path:
@@ -1055,6 +1162,158 @@ class Store:
             return
         for name, token in cur.execute("SELECT name, token FROM boards WHERE token IS NOT NULL").fetchall():
             self._write_token(str(name), str(token))
+
+    # ------------------------------------------------------------------ board farm
+    def set_board_labels(self, board: str, labels: Sequence[tuple[str, str]], *, remove: bool = False) -> None:
+        """Adds (or with remove=True drops) the user's labels of a board, e.g. [("tag", "lab-2")].
+
+        Raises:
+            QlabError: unknown board, unknown key or an empty value (naming it).
+        """
+        self.board_token(board)  # raises for an unknown board
+        for key, value in labels:
+            if key not in BOARD_LABEL_KEYS:
+                raise QlabError(f"label key {key!r} is not one of {', '.join(BOARD_LABEL_KEYS)}")
+            if not value.strip():
+                raise QlabError(f"label {key}= needs a value")
+        with self.transaction() as cur:
+            for key, value in labels:
+                cur.execute("DELETE FROM board_labels WHERE board = ? AND key = ? AND value = ?",
+                            [board, key, value.strip()])
+                if not remove:
+                    cur.execute("INSERT INTO board_labels (board, key, value, source) VALUES (?, ?, ?, 'user')",
+                                [board, key, value.strip()])
+
+    def sync_health_labels(self, board: str, derived: dict[str, str]) -> None:
+        """Replaces the labels taken from a board's health (soc, bsp, runtime); the user's stay and win."""
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM board_labels WHERE board = ? AND source = 'health'", [board])
+            user_keys = {r[0] for r in cur.execute(
+                "SELECT DISTINCT key FROM board_labels WHERE board = ? AND source = 'user'", [board]).fetchall()}
+            for key, value in derived.items():
+                if key in BOARD_LABEL_KEYS and key not in user_keys and value.strip():
+                    cur.execute("INSERT INTO board_labels (board, key, value, source) VALUES (?, ?, ?, 'health')"
+                                " ON CONFLICT DO NOTHING", [board, key, value.strip()])
+
+    def board_labels(self, board: str | None = None) -> pd.DataFrame:
+        """Labels as rows (board, key, value, source)."""
+        sql = "SELECT board, key, value, source FROM board_labels"
+        params: list[Any] = []
+        if board is not None:
+            sql += " WHERE board = ?"
+            params.append(board)
+        return self.query(sql + " ORDER BY board, key, value", params)
+
+    def boards_matching(self, pool: str) -> list[str]:
+        """Registered boards whose labels satisfy a pool query, by name.
+
+        A query is terms joined by commas or spaces, all of which must hold: `key=value` (e.g.
+        `soc=imx8mp`, `tag=lab`), a bare value matching any label or the board's name, or `*`.
+
+        Raises:
+            QlabError: an empty query, or a term with an unknown key.
+        """
+        terms = [t for t in pool.replace(",", " ").split() if t]
+        if not terms:
+            raise QlabError("empty pool query; e.g. 'imx8mp', 'soc=imx8mp tag=lab' or '*'")
+        labels = self.board_labels()
+        names = [b.name for b in self.boards()]
+        by_board: dict[str, set[tuple[str, str]]] = {n: set() for n in names}
+        for r in labels.itertuples(index=False):
+            by_board.setdefault(str(r.board), set()).add((str(r.key), str(r.value)))
+        out = []
+        for name in names:
+            have = by_board.get(name, set())
+            ok = True
+            for term in terms:
+                if term == "*":
+                    continue
+                key, sep, value = term.partition("=")
+                if sep:
+                    if key not in BOARD_LABEL_KEYS:
+                        raise QlabError(f"pool term {term!r}: key {key!r} is not one of {', '.join(BOARD_LABEL_KEYS)}")
+                    ok = ok and (key, value) in have
+                else:
+                    ok = ok and (term == name or any(v == term for _, v in have))
+            if ok:
+                out.append(name)
+        return out
+
+    def log_health(self, board: str, *, reachable: bool, health: dict[str, Any] | None, error: str = "",
+                   keep: int = HEALTH_HISTORY_KEEP) -> None:
+        """Appends one health check of a board and keeps its last `keep` checks."""
+        info = health or {}
+        rt = info.get("runtime")
+        runtime = f"{rt.get('name') or ''} {rt.get('version') or ''}".strip() if isinstance(rt, dict) else None
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT INTO board_health_log (board, reachable, runtime, targets, queue_depth, error)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [board, reachable, runtime or None, _json(info.get("targets")), info.get("queue_depth"), error],
+            )
+            cur.execute(
+                "DELETE FROM board_health_log WHERE board = ? AND id NOT IN"
+                " (SELECT id FROM board_health_log WHERE board = ? ORDER BY id DESC LIMIT ?)",
+                [board, board, keep],
+            )
+
+    def health_history(self, board: str | None = None, limit: int = 20) -> pd.DataFrame:
+        """The last `limit` health checks per board, newest first."""
+        sql = ("SELECT board, checked_at, reachable, runtime, targets, queue_depth, error FROM ("
+               " SELECT *, row_number() OVER (PARTITION BY board ORDER BY id DESC) AS rn FROM board_health_log"
+               + (" WHERE board = ?" if board is not None else "") + ") WHERE rn <= ? ORDER BY board, rn")
+        return self.query(sql, ([board] if board is not None else []) + [limit])
+
+    def create_board_run(self, kind: str, placement: str, pool: str, params: dict[str, Any]) -> int:
+        with self.transaction() as cur:
+            got = cur.execute("INSERT INTO board_runs (kind, placement, pool, params) VALUES (?, ?, ?, ?)"
+                              " RETURNING id", [kind, placement, pool, _json(params)]).fetchone()
+        assert got is not None
+        return int(got[0])
+
+    def save_cell(self, run_id: int, cell: MatrixCell) -> None:
+        """Stores one finished cell of a run (replacing an earlier record of the same cell)."""
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM board_cells WHERE run_id = ? AND cell = ?", [run_id, cell.cell])
+            cur.execute(
+                "INSERT INTO board_cells (run_id, cell, variant_id, sha256, target, board, status, reason, attempts,"
+                " benchmark_id, evaluation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, cell.cell, cell.variant_id, cell.sha256, cell.target, cell.board or None, str(cell.status),
+                 cell.reason, _json(list(cell.attempts)), cell.benchmark_id, cell.evaluation_id],
+            )
+
+    def board_runs(self, limit: int = 20) -> pd.DataFrame:
+        """Board runs, newest first, with their cell counts."""
+        return self.query(
+            "SELECT r.id AS run_id, r.kind, r.placement, r.pool, r.created_at,"
+            " count(c.cell) AS cells, count(c.cell) FILTER (WHERE c.status = 'failed') AS failed"
+            " FROM board_runs r LEFT JOIN board_cells c ON c.run_id = r.id GROUP BY ALL ORDER BY r.id DESC LIMIT ?",
+            [limit])
+
+    def board_cells(self, run_id: int) -> pd.DataFrame:
+        """The cells of a run with their p50 (benchmarks) or accuracy (evaluations), in cell order."""
+        return self.query(
+            "SELECT c.*, b.p50_ms, b.min_ms, b.mean_ms, e.accuracy FROM board_cells c"
+            " LEFT JOIN v_bench_wide b ON b.benchmark_id = c.benchmark_id"
+            " LEFT JOIN (SELECT evaluation_id, value AS accuracy FROM eval_metrics WHERE metric = 'accuracy') e"
+            "   ON e.evaluation_id = c.evaluation_id"
+            " WHERE c.run_id = ? ORDER BY c.cell", [run_id])
+
+    def latest_evaluation_id(self, variant_id: int, device: str) -> int | None:
+        row = self._one("SELECT max(id) FROM evaluations WHERE variant_id = ? AND device = ?", [variant_id, device])
+        return None if row is None or row[0] is None else int(row[0])
+
+    def npu_ops(self, benchmark_id: int) -> pd.DataFrame:
+        """Per-NPU-operation rows of one board benchmark (empty when it had no driver profile)."""
+        return self.query("SELECT * FROM npu_op_profile WHERE benchmark_id = ? ORDER BY op_index", [benchmark_id])
+
+    def latest_npu_profile(self, variant_id: int, board: str | None = None) -> pd.DataFrame:
+        """The per-NPU-operation rows of the newest profiled npu benchmark of a variant (on `board`)."""
+        sql = ("SELECT p.*, b.board FROM npu_op_profile p JOIN benchmarks b ON b.id = p.benchmark_id"
+               " WHERE p.benchmark_id = (SELECT max(p2.benchmark_id) FROM npu_op_profile p2"
+               " JOIN benchmarks b2 ON b2.id = p2.benchmark_id WHERE b2.variant_id = ?"
+               + (" AND b2.board = ?" if board is not None else "") + ") ORDER BY p.op_index")
+        return self.query(sql, [variant_id] + ([board] if board is not None else []))
 
     # ------------------------------------------------------------------ jobs
     def create_job(self, kind: str, params: dict[str, Any] | None = None) -> int:

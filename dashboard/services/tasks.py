@@ -362,51 +362,56 @@ def qat_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[s
 
 # ---------------------------------------------------------------- boards
 def board_bench_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """params: board, variant_ids, targets (list or "all"), runs, warmup, threads.
+    """params: board, variant_ids, targets, runs, warmup, threads, profile.
 
-    A target that fails on one variant (the NPU refusing a float model) is reported and the
-    others still run; timings already stored stay stored.
+    A matrix on one board: every (variant, target) cell succeeds or fails on its own, and a
+    failed cell keeps its reason in the store (picking npu on a board without the NPU still
+    stores the CPU timings).
     """
-    from qcore.board_client import bench_on_board
+    return board_matrix_task(the_lab, {**params, "pool": params["board"], "placement": "board"}, progress)
 
-    ids = [int(v) for v in params["variant_ids"]]
-    if not ids:
-        raise QlabError("choose at least one variant to benchmark")
-    out: list[dict[str, Any]] = []
-    for i, vid in enumerate(ids):
-        row, data = variant_bytes(the_lab, vid)
-        failed: dict[str, str] = {}
-        skipped: dict[str, str] = {}
-        lats = bench_on_board(
-            the_lab.store, str(params["board"]), data, params.get("targets", "cpu"),
-            runs=int(params.get("runs", 50)), warmup=int(params.get("warmup", 5)),
-            threads=int(params.get("threads", 1)), variant_id=vid, failed=failed, skipped=skipped,
-            progress=scaled(progress, i / len(ids), (i + 1) / len(ids)),
-        )
-        out.append({"variant_id": vid, "variant": f"{row['model']} / {row['variant']}",
-                    "timings": {lat.target: lat.p50_ms for lat in lats}, "failed": failed, "skipped": skipped})
-    return {"board": params["board"], "results": out}
+
+def board_matrix_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """params: pool (a board for placement "board", else a label query), placement, variant_ids, targets, ...."""
+    from qcore.board_runs import matrix
+
+    targets = params.get("targets", ["cpu"])
+    result = matrix(
+        the_lab.store, [int(v) for v in params["variant_ids"]],
+        [targets] if isinstance(targets, str) else list(targets), pool=str(params["pool"]),
+        placement=str(params.get("placement", "each")), runs=int(params.get("runs", 50)),
+        warmup=int(params.get("warmup", 5)), threads=int(params.get("threads", 1)),
+        profile=bool(params.get("profile", False)), progress=progress,
+    )
+    if result.cells and len(result.failed) == len(result.cells):
+        reasons = list(dict.fromkeys(c.reason for c in result.failed))
+        raise QlabError(f"every cell of board run {result.run_id} failed: " + "; ".join(reasons))
+    return {"run_id": result.run_id, "pool": result.pool, "placement": str(result.placement),
+            "boards": list(result.boards), "cells": len(result.cells), "failed": len(result.failed),
+            "wall_s": result.wall_s,
+            "reasons": [{"variant_id": c.variant_id, "target": c.target, "board": c.board, "reason": c.reason}
+                        for c in result.failed]}
 
 
 def board_accuracy_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """params: board, variant_ids, target, threads. Runs each variant's test split on the board."""
-    from qcore.board_client import accuracy_on_board
+    """params: board, variant_ids, target (or targets), threads. Each (variant, target) cell on its own."""
+    from qcore.board_runs import AccuracyItem, accuracy_run
 
     ids = [int(v) for v in params["variant_ids"]]
     if not ids:
         raise QlabError("choose at least one variant")
-    out = []
-    for i, vid in enumerate(ids):
+    items = []
+    for vid in ids:
         row, data = variant_bytes(the_lab, vid)
         dataset_id = _dataset_of(row)
         dataset = load_dataset_row(the_lab, dataset_id, _model_shape(the_lab, row))
-        ev, agreement = accuracy_on_board(
-            the_lab.store, str(params["board"]), data, dataset, str(params.get("target", "cpu")),
-            variant_id=vid, dataset_id=dataset_id, threads=int(params.get("threads", 1)),
-            progress=scaled(progress, i / len(ids), (i + 1) / len(ids)),
-        )
-        out.append({"variant_id": vid, "accuracy": ev.accuracy, "host_agreement": agreement})
-    return {"board": params["board"], "results": out}
+        items.append(AccuracyItem(vid, f"{row['model']} / {row['variant']}", data, dataset, dataset_id))
+    targets = params.get("targets") or [params.get("target", "cpu")]
+    cells = accuracy_run(the_lab.store, str(params["board"]), items, [str(t) for t in targets],
+                         threads=int(params.get("threads", 1)), progress=progress)
+    return {"board": params["board"],
+            "results": [{"variant_id": c.variant_id, "target": c.target, "accuracy": c.accuracy,
+                         "status": str(c.status), "reason": c.reason} for c in cells]}
 
 
 # ---------------------------------------------------------------- bring your own .tflite
@@ -454,6 +459,7 @@ TASKS: dict[str, TaskFn] = {
     "board_bench": board_bench_task,
     "board_accuracy": board_accuracy_task,
     "import_tflite": import_tflite_task,
+    "board_matrix": board_matrix_task,
 }
 
 

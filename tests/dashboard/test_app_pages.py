@@ -523,6 +523,22 @@ def test_boards_bench_without_variants(empty_lab: Lab, page) -> None:
     assert empty_lab.store.jobs() == []
 
 
+def test_boards_greys_out_targets_the_board_cannot_run(empty_lab: Lab, page, tmp_path: Path) -> None:
+    from tests.board_agent.harness import TOKEN, running_agent
+
+    with running_agent(tmp_path / "agent", board_name="imx-live") as agent:
+        empty_lab.store.add_board("imx-live", agent.url, TOKEN)
+        empty_lab.store.set_board_labels("imx-live", [("tag", "lab")])
+        reads.clear()
+        at = page("boards")
+        _no_traceback(at)
+        boxes = {cb.label: cb for cb in at.checkbox if cb.key and cb.key.startswith("boards_bench_target_")}
+        assert boxes["npu"].disabled and not boxes["cpu"].disabled and not boxes["cpu-plain"].disabled
+        assert any(t.startswith("npu is unavailable on imx-live: VX delegate") for t in texts(at, "caption"))
+        # the pool query sees the board by its tag
+        assert any(t == "matches imx-live" for t in texts(at, "caption"))
+
+
 # ---------------------------------------------------------------- reports
 def test_reports_make_then_open_read_only(converted: Lab, page) -> None:
     at = page("reports")

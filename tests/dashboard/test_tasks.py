@@ -51,12 +51,17 @@ def test_register_local_agent_stores_url_and_token(with_agent: Lab, local_agent:
     assert with_agent.store.board_token(LOCAL_BOARD) == (url, token_file.read_text().strip())
 
 
-def test_board_bench_task_stores_cpu_timings(with_agent: Lab) -> None:
+def test_board_bench_task_stores_cpu_timings_beside_a_failed_npu_cell(with_agent: Lab) -> None:
+    # picking npu, cpu and cpu-plain on a board without the NPU: the CPU timings are stored, the npu cell says why
     vid = _vid(with_agent, "int8")
     job = run_job(with_agent, "board_bench", {"board": LOCAL_BOARD, "variant_ids": [vid],
-                                              "targets": ["cpu", "cpu-plain"], "runs": 10, "warmup": 1})
+                                              "targets": ["npu", "cpu", "cpu-plain"], "runs": 10, "warmup": 1})
     assert job.status is JobStatus.DONE, job.error
-    assert set(job.result["results"][0]["timings"]) == {"cpu", "cpu-plain"}
+    assert (job.result["cells"], job.result["failed"]) == (3, 1)
+    assert job.result["reasons"][0]["target"] == "npu" and "libvx_delegate" in job.result["reasons"][0]["reason"]
+    cells = with_agent.store.board_cells(job.result["run_id"])
+    assert dict(zip(cells["target"], cells["status"], strict=True)) == {"npu": "failed", "cpu": "done",
+                                                                         "cpu-plain": "done"}
     rows = with_agent.store.benchmarks(variant_ids=[vid], board=LOCAL_BOARD)
     assert {"cpu", "cpu-plain"} <= set(rows["target"])
     assert (rows["p50_ms"] > 0).all() and rows["first_ms"].notna().all()
