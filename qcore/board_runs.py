@@ -501,6 +501,9 @@ def matrix(
         if spec.board is not None and spec.board in down:
             store_cell(MatrixCell(spec.cell, spec.variant_id, spec.sha256, spec.target, spec.board,
                                   CellStatus.FAILED, down[spec.board]))
+        elif spec.board is None and not farm_boards:
+            store_cell(MatrixCell(spec.cell, spec.variant_id, spec.sha256, spec.target, "", CellStatus.FAILED,
+                                  f"no board of pool {pool!r} answered: " + "; ".join(down.values())))
         else:
             runnable.append(spec)
     outcomes: queue.Queue[board_farm.CellOutcome | None] = queue.Queue()
