@@ -187,7 +187,10 @@ if not tune_runs.empty:
 st.subheader("Tensor comparison between two variants")
 st.caption("Runs both .tflite files on the same inputs and compares every tensor they share by name "
            "(works for QAT and 16x8 models, which the debugger cannot take).")
-options = ui.variant_options(reads.variants(lab.db_key, model_ids=(model_id,)))
+any_model = st.toggle("any two variants (all models)", key="debugger_cmp_any",
+                      help="e.g. an imported .tflite against another model's float32; inputs come from the float "
+                           "variant's dataset")
+options = ui.variant_options(reads.variants(lab.db_key, model_ids=None if any_model else (model_id,)))
 if len(options) >= 2:
     a, b, c = st.columns([2, 2, 1])
     ids = list(options)

@@ -190,3 +190,23 @@ def test_board_accuracy_of_a_variant_without_data_says_so(empty_lab: Lab, tiny_t
     empty_lab.store.add_board("b", "http://127.0.0.1:9", None)
     job = run_job(empty_lab, "board_accuracy", {"board": "b", "variant_ids": [vid], "target": "cpu"})
     assert job.status is JobStatus.FAILED and "has no dataset" in job.error and "bare" in job.error
+
+
+def test_tensor_comparison_across_models(empty_lab: Lab, page, tiny_tflite: dict[str, bytes]) -> None:
+    dataset_id = uploads.add_digits(empty_lab, input_scale=1.0, input_offset=0.0)
+    for name in ("float32", "int8"):  # two separate tflite-only models, no reference between them
+        uploads.add_tflite(empty_lab, f"other_{name}.tflite", tiny_tflite[name], dataset_id=dataset_id)
+        _wait_for_import(empty_lab)
+    rows = empty_lab.store.variant_summary().set_index("variant")
+    assert rows.loc["other_float32", "model_id"] != rows.loc["other_int8", "model_id"]
+    at = page("debugger")
+    at.toggle(key="debugger_cmp_any").set_value(True).run()
+    at.selectbox(key="debugger_cmp_float").set_value(int(rows.loc["other_float32", "variant_id"])).run()
+    at.selectbox(key="debugger_cmp_quant").set_value(int(rows.loc["other_int8", "variant_id"])).run()
+    _by_label(at.button, "Compare tensors").click().run()
+    job = empty_lab.store.jobs(limit=1, kind="compare_tensors")[0]
+    empty_lab.runner.wait(job.id, timeout=300)
+    job = empty_lab.store.job(job.id)
+    assert job.status is JobStatus.DONE, job.error
+    assert "other_float32" in job.result["float"] and "other_int8" in job.result["quant"]
+    assert len(job.result["matched"]) >= 2
