@@ -88,6 +88,8 @@ def foreign_tflite(digits: Dataset) -> dict[str, bytes]:
       and heatmap [N, 2, 2] (random weights; int8 calibrated on digits), so not class scores.
     - "custom": a graph with BesselI1e, which has no TFLite builtin; `allow_custom_ops` turns it
       into a custom op that LiteRT has no kernel for.
+    - "flex": a determinant converted with SELECT_TF_OPS: a Flex op (FlexMatrixDeterminant) that
+      needs TensorFlow's Flex delegate.
     """
     import tensorflow as tf
     import tf_keras
@@ -113,4 +115,12 @@ def foreign_tflite(digits: Dataset) -> dict[str, bytes]:
 
     c = tf.lite.TFLiteConverter.from_concrete_functions([bessel.get_concrete_function()], bessel)
     c.allow_custom_ops = True
-    return {"two_float": convert(False), "two_int8": convert(True), "custom": bytes(c.convert())}
+    custom = bytes(c.convert())
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 3, 3], tf.float32)])
+    def det(x: tf.Tensor) -> tf.Tensor:
+        return tf.linalg.det(x)
+
+    c = tf.lite.TFLiteConverter.from_concrete_functions([det.get_concrete_function()], det)
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    return {"two_float": convert(False), "two_int8": convert(True), "custom": custom, "flex": bytes(c.convert())}

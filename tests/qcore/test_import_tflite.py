@@ -140,6 +140,15 @@ def test_custom_op_model_inspects_but_running_is_refused_naming_the_op(capfd, fi
         assert store.variant(r["variant_id"])["status"] == "ok"  # stored, inspectable
 
 
+def test_flex_op_model_refused_naming_the_op_and_the_delegate(capfd, files, tmp_path) -> None:
+    path = files["flex"]
+    code, out, err = run(capfd, "bench", str(path), "--runs", "2")
+    assert code == 2 and out == ""
+    assert f"{path} uses custom op FlexMatrixDeterminant" in err and "Flex delegate" in err
+    code, out, err = run(capfd, "import-tflite", str(path), "--db", str(tmp_path / "q.duckdb"), "--json")
+    assert code == 0 and json.loads(out)["custom_ops"] == ["FlexMatrixDeterminant"]
+
+
 def test_check_runnable_allows_the_runtimes_own_custom_ops(tiny_tflite) -> None:
     check_runnable(tiny_tflite["int8"])  # builtins only: nothing to refuse
     with pytest.raises(QlabError, match="int8.tflite"):
