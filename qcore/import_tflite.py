@@ -11,9 +11,10 @@ for outputs that are not class scores, MSE and cosine) is measured against.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from qcore.qtyping import (
 )
 
 if TYPE_CHECKING:
+    from qcore.jobs import ImportTfliteParams
     from qcore.store import Store
 
 log = logging.getLogger(__name__)
@@ -328,3 +330,39 @@ def import_tflite(
         log.info("%s: %s", label, note)
     return save(store, result, model, reference=reference, reference_label=reference_label, dataset=dataset,
                 dataset_id=dataset_id)
+
+
+def run_import(
+    store: Store,
+    params: ImportTfliteParams,
+    model: bytes,
+    *,
+    reference: bytes | None = None,
+    dataset: Dataset | None = None,
+    progress: Progress = no_progress,
+) -> dict[str, Any]:
+    """The `import_tflite` job: analyze, save, and the job's JSON result (NaN as null).
+
+    Args:
+        store: the Store, or a worker's journal that records the writes for the owner.
+        params: the job's params; `model` and `reference` are the bytes of its files.
+        dataset: the data of `params.dataset_id`, loaded by the caller, or None.
+    """
+    result = analyze(model, label=params.filename, name=params.name, reference=reference,
+                     reference_label=params.reference_filename, dataset=dataset, progress=progress)
+    saved = save(store, result, model, reference=reference, reference_label=params.reference_filename,
+                 dataset=dataset, dataset_id=params.dataset_id)
+    ev = saved.evaluation
+    return {
+        "model_id": saved.model_id, "variant_id": saved.variant_id, "reference_variant_id": saved.reference_variant_id,
+        "model": saved.model, "variant": saved.variant, "scoring": saved.scoring, "verdict": saved.verdict,
+        "runnable": saved.runnable, "custom_ops": list(saved.custom_ops), "notes": list(saved.notes),
+        "accuracy": _finite(ev.accuracy) if ev is not None and ev.scoring == Scoring.CLASSES else None,
+        "agreement": _finite(ev.agreement) if ev is not None else None,
+        "output_metrics": {k: _finite(v) for k, v in ev.output_metrics.items()} if ev is not None else {},
+    }
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN: a metric that could not be computed is null."""
+    return None if value is None or not math.isfinite(value) else float(value)

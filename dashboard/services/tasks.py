@@ -416,8 +416,8 @@ def board_accuracy_task(the_lab: Lab, params: dict[str, Any], progress: Progress
 
 # ---------------------------------------------------------------- bring your own .tflite
 def import_tflite_task(the_lab: Lab, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """params: qcore.jobs.ImportTfliteParams. Reads the uploads, lets qcore inspect, run and score them, stores."""
-    from qcore.import_tflite import analyze, input_shape, save
+    """params: qcore.jobs.ImportTfliteParams. Reads the uploads and the dataset, then one call into qcore."""
+    from qcore.import_tflite import input_shape, run_import
     from qcore.jobs import JobKind, parse_params
 
     p = parse_params(JobKind.IMPORT_TFLITE, params)
@@ -425,24 +425,7 @@ def import_tflite_task(the_lab: Lab, params: dict[str, Any], progress: Progress)
     reference = Path(p.reference_path).read_bytes() if p.reference_path else None
     dataset = (load_dataset_row(the_lab, p.dataset_id, input_shape(model, p.filename))
                if p.dataset_id is not None else None)
-    result = analyze(model, label=p.filename, name=p.name, reference=reference, reference_label=p.reference_filename,
-                     dataset=dataset, progress=progress)
-    saved = save(the_lab.store, result, model, reference=reference, reference_label=p.reference_filename,
-                 dataset=dataset, dataset_id=p.dataset_id)
-    ev = saved.evaluation
-    return {
-        "model_id": saved.model_id, "variant_id": saved.variant_id, "reference_variant_id": saved.reference_variant_id,
-        "model": saved.model, "variant": saved.variant, "scoring": saved.scoring, "verdict": saved.verdict,
-        "runnable": saved.runnable, "custom_ops": list(saved.custom_ops), "notes": list(saved.notes),
-        "accuracy": _finite(ev.accuracy) if ev is not None and ev.scoring == "classes" else None,
-        "agreement": _finite(ev.agreement) if ev is not None else None,
-        "output_metrics": {k: _finite(v) for k, v in ev.output_metrics.items()} if ev is not None else {},
-    }
-
-
-def _finite(value: float | None) -> float | None:
-    """JSON has no NaN: a metric that could not be computed is null."""
-    return None if value is None or value != value or value in (float("inf"), float("-inf")) else float(value)
+    return run_import(the_lab.store, p, model, reference=reference, dataset=dataset, progress=progress)
 
 
 TaskFn = Callable[["Lab", dict[str, Any], Progress], dict[str, Any]]
