@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,13 +19,24 @@ from qcore.qtyping import Job, JobStatus, QlabError
 POLL_SECONDS = 1.0
 
 
+# the characters that let text in Streamlit's markdown make links ([..](..)), emphasis, code, HTML,
+# LaTeX ($) or :colour[..] directives; the rest of CommonMark's punctuation only matters at a line start
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>$~|])")
+
+
+def md(text: Any) -> str:
+    """User text (titles, names, file names in errors) made literal inside Streamlit markdown:
+    no links, emphasis, LaTeX or :directives: of its own."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+
+
 @contextmanager
 def guard(what: str = "") -> Iterator[None]:
     """Shows a user error (QlabError, ValueError) as `st.error` in words instead of a traceback."""
     try:
         yield
     except (QlabError, ValueError) as exc:
-        text = words.for_ui(str(exc))
+        text = md(words.for_ui(str(exc)))
         st.error(f"{what}: {text}" if what else text, icon=":material/error:")
 
 
@@ -79,7 +91,7 @@ def job_panel(
         _poll()
         return
     if job.status is JobStatus.FAILED:
-        st.error(f"job #{job.id} ({job.kind}) failed: {words.for_ui(job.error)}", icon=":material/error:")
+        st.error(f"job #{job.id} ({job.kind}) failed: {md(words.for_ui(job.error))}", icon=":material/error:")
     else:
         st.success(f"job #{job.id} ({job.kind}) finished", icon=":material/check_circle:")
     if on_done is not None and job.status is JobStatus.DONE:

@@ -36,7 +36,7 @@ with st.expander("Register a board", expanded=not boards), st.form("boards_add",
         with ui.guard("cannot register the board"):
             lab.store.add_board(name.strip(), url.strip(), token.strip() or None)
             reads.clear()
-            st.success(f"board {name.strip()!r} registered")
+            st.success(f"board {ui.md(repr(name.strip()))} registered")
 
 if not boards:
     st.stop()
@@ -109,11 +109,11 @@ if st.button("Run the matrix", key="boards_matrix_go", disabled=not members):
 def show_bench(job: Job) -> None:
     result = job.result or {}
     for r in result.get("reasons", []):
-        st.warning(f"variant #{r['variant_id']} on {r['target']} @ {r['board'] or '-'}: {r['reason']}",
+        st.warning(f"variant #{r['variant_id']} on {r['target']} @ {ui.md(r['board'] or '-')}: {ui.md(r['reason'])}",
                    icon=":material/warning:")
     for r in result.get("results", []):
         if r.get("status") == "failed":
-            st.warning(f"variant #{r['variant_id']} on {r['target']}: {r['reason']}", icon=":material/warning:")
+            st.warning(f"variant #{r['variant_id']} on {r['target']}: {ui.md(r['reason'])}", icon=":material/warning:")
     reads.clear()
 
 

@@ -110,7 +110,7 @@ def debug_result() -> dict[str, Any]:
     include = st.checkbox(f"the {len(suspects)} suspects", value=True, key="debugger_keep_suspects")
     chosen = debug_view.keep_float(table, list(picked.selection.rows) if picked else [], suspects, include)
     if chosen:
-        st.markdown(f"**{len(chosen)} layers kept in float:** " + ", ".join(layers.unique_labels(chosen)))
+        st.markdown(f"**{len(chosen)} layers kept in float:** " + ", ".join(ui.md(x) for x in layers.unique_labels(chosen)))
     else:
         st.caption("No layer chosen: tick rows in the table, or lower the threshold.")
     ops = st.multiselect("and every op of these types", debug_view.op_types(stats), key="debugger_keep_ops")

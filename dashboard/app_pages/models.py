@@ -83,8 +83,8 @@ with st.form("models_tflite_form", clear_on_submit=True):
 
 def show_import(job: Job) -> None:
     r = job.result or {}
-    st.markdown(f"model #{r.get('model_id')} **{r.get('model')}** (tflite-only), variant #{r.get('variant_id')} "
-                f"**{r.get('variant')}**: {r.get('verdict')}; scored by **{SCORING_LABELS.get(r.get('scoring', ''))}**")
+    st.markdown(f"model #{r.get('model_id')} **{ui.md(r.get('model'))}** (tflite-only), variant #{r.get('variant_id')} "
+                f"**{ui.md(r.get('variant'))}**: {ui.md(r.get('verdict'))}; scored by **{SCORING_LABELS.get(r.get('scoring', ''))}**")
     if r.get("accuracy") is not None:
         st.markdown(f"accuracy {ui.pct(r['accuracy'])}, agreement with the reference {ui.pct(r.get('agreement'))}")
     out = r.get("output_metrics") or {}

@@ -84,7 +84,7 @@ def show_result(job: Job) -> None:
                      width="stretch")
     for v in result.get("variants", []):
         if v.get("status") == "failed":
-            st.warning(f"{v['recipe']}: {v.get('error')}", icon=":material/warning:")
+            st.warning(f"{v['recipe']}: {ui.md(v.get('error'))}", icon=":material/warning:")
 
 
 st.subheader("Latest conversion")
