@@ -19,9 +19,9 @@ from qcore.qtyping import Job, JobStatus, QlabError
 POLL_SECONDS = 1.0
 
 
-# the characters that let text in Streamlit's markdown make links ([..](..)), emphasis, code, HTML,
-# LaTeX ($) or :colour[..] directives; the rest of CommonMark's punctuation only matters at a line start
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>$~|])")
+# the characters that let text in Streamlit's markdown make links ([..](..), <..>), :colour[..]
+# directives, code or LaTeX ($); emphasis marks are left alone (at worst they restyle a word)
+_MD_SPECIAL = re.compile(r"([\\`\[\]<>$])")
 
 
 def md(text: Any) -> str:
