@@ -1,7 +1,11 @@
-"""`make dashboard`: start the local board agent on loopback, then Streamlit headless; stop both on exit.
+"""`make dashboard`: the pages and the REST API on one port (dashboard/asgi.py), bound to 127.0.0.1.
 
+The server's lifespan starts the local board agent on loopback and stops it on exit.
 Environment: QLAB_DB (default <data>/qlab.duckdb), QLAB_PORT (default 8501), QLAB_DATA_DIR
-(default data/). The dashboard's server process is the only one that opens the database.
+(default data/), QLAB_HOST (default 127.0.0.1; any other address needs sign-in configured),
+QLAB_ADMIN_TOKEN (>= 32 characters: an admin API token for CI), QLAB_ADMINS (a@x,b@y: the admins),
+QLAB_SECRETS_FILE (a secrets.toml with [auth], instead of .streamlit/secrets.toml).
+The dashboard's server process is the only one that opens the database.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-APP = REPO_ROOT / "dashboard" / "streamlit_app.py"
+APP = REPO_ROOT / "dashboard" / "asgi.py"
 DEFAULT_PORT = 8501
 # the agent imports a TFLite runtime before it listens; give it this long to answer /v1/health
 AGENT_START_TIMEOUT_S = 30.0
@@ -152,19 +156,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
 
+    from dashboard.services.lifecycle import DEFAULT_HOST, ENV_AGENT, ENV_SECRETS, check_bind
+    from qcore.qtyping import QlabError
+
+    host = os.environ.get("QLAB_HOST") or DEFAULT_HOST
+    try:
+        check_bind(host)
+    except QlabError as exc:
+        print(f"qlab dashboard: error: {exc}", file=sys.stderr)
+        return 2
     root = import_root()
     env = child_env(data_dir, db, root)
-    agent: subprocess.Popen[bytes] | None = None
-    if not args.no_agent:
-        token_file = ensure_token(data_dir / "agent" / "token")
-        agent, url = start_agent(data_dir, token_file, env)
-        if agent is not None:
-            env.update(QLAB_AGENT_URL=url, QLAB_AGENT_TOKEN_FILE=str(token_file))
-            log.info("local board agent at %s", url)
-
+    if args.no_agent:
+        env[ENV_AGENT] = "0"
     cmd = [*python_command(), "-m", "streamlit", "run", str(APP), "--server.port", port_text,
-           "--server.headless", "true"]
-    log.info("qlab dashboard on http://localhost:%s (database %s)", port_text, db)
+           "--server.address", host, "--server.headless", "true"]
+    if os.environ.get(ENV_SECRETS):
+        cmd += ["--secrets.files", os.environ[ENV_SECRETS]]
+    shown = "localhost" if host == DEFAULT_HOST else host
+    log.info("qlab dashboard and API on http://%s:%s (database %s)", shown, port_text, db)
     app = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, preexec_fn=_die_with_parent)
 
     def _forward(signum: int, _frame: object) -> None:
@@ -176,7 +186,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = app.wait()
     finally:
         stop(app)
-        stop(agent)
         shutil.rmtree(root, ignore_errors=True)
     return 0 if code in (0, -signal.SIGTERM) else code
 

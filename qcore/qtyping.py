@@ -24,6 +24,22 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+class Role(enum.StrEnum):
+    """What a signed-in user (or their API token) may do; each role includes the ones before it."""
+
+    VIEWER = "viewer"  # report links and read-only pages
+    MEMBER = "member"  # upload, run jobs, make reports, benchmark
+    ADMIN = "admin"  # boards, roles, trusted uploads
+
+    @property
+    def rank(self) -> int:
+        return ("viewer", "member", "admin").index(self.value)
+
+    def allows(self, needed: Role) -> bool:
+        """True when this role may do what `needed` may."""
+        return self.rank >= needed.rank
+
+
 class VariantStatus(enum.StrEnum):
     OK = "ok"
     FAILED = "failed"

@@ -352,6 +352,35 @@ CREATE TABLE IF NOT EXISTS npu_op_profile (
 );
 """
 
+# who may do what, personal API tokens (only their sha256), and who made each row
+SCHEMA_0010 = """
+CREATE TABLE IF NOT EXISTS users (
+    email      VARCHAR PRIMARY KEY,
+    name       VARCHAR NOT NULL DEFAULT '',
+    role       VARCHAR NOT NULL CONSTRAINT user_role_known CHECK (role IN ('viewer', 'member', 'admin')),
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    last_seen  TIMESTAMP
+);
+
+CREATE SEQUENCE IF NOT EXISTS seq_api_tokens;
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id         BIGINT PRIMARY KEY DEFAULT nextval('seq_api_tokens'),
+    sha256     VARCHAR NOT NULL UNIQUE CONSTRAINT api_token_sha256_hex CHECK (regexp_full_match(sha256, '[0-9a-f]{64}')),
+    owner      VARCHAR NOT NULL,
+    name       VARCHAR NOT NULL DEFAULT '',
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    last_used  TIMESTAMP,
+    revoked_at TIMESTAMP
+);
+
+ALTER TABLE models ADD COLUMN IF NOT EXISTS created_by VARCHAR;
+ALTER TABLE datasets ADD COLUMN IF NOT EXISTS created_by VARCHAR;
+ALTER TABLE variants ADD COLUMN IF NOT EXISTS created_by VARCHAR;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS created_by VARCHAR;
+ALTER TABLE reports ADD COLUMN IF NOT EXISTS created_by VARCHAR;
+ALTER TABLE boards ADD COLUMN IF NOT EXISTS created_by VARCHAR;
+"""
+
 VIEWS = """
 CREATE OR REPLACE VIEW v_latest_eval AS
 SELECT * EXCLUDE (rn) FROM (
@@ -429,6 +458,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("0006_board_farm", SCHEMA_0006),
     (MIGRATION_0008, SCHEMA_0008),
     ("0009_engine", SCHEMA_0009),
+    ("0010_users_tokens", SCHEMA_0010),
     ("0011_npu_verdicts", SCHEMA_0011),
 )
 
