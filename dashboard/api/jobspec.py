@@ -1,227 +1,81 @@
-"""The job kinds the API accepts and one frozen params dataclass per kind, checked in one place.
-
-`parse_params` is the single gate between a request's JSON and the job runner; when
-`qcore.jobs` (the engine's typed job contract) lands, this module re-exports it instead.
-"""
+"""The job kinds the API accepts, over the engine's job contract (`qcore.jobs`), checked in one place."""
 
 from __future__ import annotations
 
 import dataclasses
-import enum
-import types
-import typing
-from dataclasses import dataclass, field
 from typing import Any
 
+from qcore.jobs import PARAMS, JobKind, job_kind, parse_params
 from qcore.qtyping import QlabError
 
-# the bounds a request may ask for; the engine's own checks stay the last word
-MAX_SAMPLES = 100_000
-MAX_RUNS = 10_000
-MAX_EPOCHS = 1_000
-MAX_THREADS = 64
+# what a client may queue; `demo` and `add_model` are the server's own jobs
+API_KINDS: tuple[JobKind, ...] = tuple(k for k in JobKind if k not in (JobKind.DEMO, JobKind.ADD_MODEL))
+
+# the smallest value a count may take (the OpenAPI document says the same); others are >= 1
+MINIMUM: dict[str, float] = {"warmup": 0, "train_samples": 0, "max_drop": 0}
+COUNT_FIELDS = ("model_id", "dataset_id", "float_variant_id", "quant_variant_id", "calibration_samples",
+                "debug_samples", "samples", "runs", "warmup", "threads", "epochs", "batch_size", "train_samples",
+                "max_drop", "variant_ids")
+# the largest count a request may ask for (ids are unbounded in practice but must fit BIGINT)
+MAXIMUM: dict[str, float] = {"threads": 64, "epochs": 1000, "runs": 100_000, "warmup": 100_000,
+                             "max_drop": 100, "batch_size": 65_536}
+MAX_ID = 2**62
+MAX_COUNT = 10**7
 
 
-def _n(lo: float, hi: float, doc: str) -> dict[str, Any]:
-    return {"minimum": lo, "maximum": hi, "description": doc}
+def bounds(name: str) -> tuple[float, float] | None:
+    """(minimum, maximum) of a numeric params field, or None."""
+    if name not in COUNT_FIELDS:
+        return None
+    high = MAX_ID if name.endswith(("_id", "_ids")) else MAXIMUM.get(name, MAX_COUNT)
+    return MINIMUM.get(name, 1), high
 
 
-class JobKind(enum.StrEnum):
-    CONVERT = "convert"
-    DEBUG = "debug"
-    SELECTIVE = "selective"
-    TUNE = "tune"
-    QAT = "qat"
-    COMPARE_TENSORS = "compare_tensors"
-    HOST_BENCH = "host_bench"
-    BOARD_BENCH = "board_bench"
-    BOARD_ACCURACY = "board_accuracy"
-
-
-@dataclass(frozen=True)
-class ConvertParams:
-    model_id: int = field(metadata=_n(1, 2**62, "a stored model"))
-    dataset_id: int = field(metadata=_n(1, 2**62, "a stored dataset (calibration and test data)"))
-    recipes: list[str] = field(default_factory=lambda: ["int8"],
-                               metadata={"description": "recipe names, or ['all']", "minItems": 1})
-    calibration_samples: int = field(default=100, metadata=_n(1, MAX_SAMPLES, "first N training samples"))
-    bench: bool = field(default=True, metadata={"description": "time each variant on the server's CPU after"})
-
-
-@dataclass(frozen=True)
-class DebugParams:
-    model_id: int = field(metadata=_n(1, 2**62, "a stored model"))
-    dataset_id: int = field(metadata=_n(1, 2**62, "a stored dataset"))
-    recipe: str = field(default="int8", metadata={"description": "an int8 recipe"})
-    calibration_samples: int = field(default=100, metadata=_n(1, MAX_SAMPLES, "first N training samples"))
-    debug_samples: int = field(default=100, metadata=_n(1, MAX_SAMPLES, "first M test samples"))
-    extra_metrics: list[str] = field(default_factory=list, metadata={"description": "mean_abs_error, correlation"})
-    whole_model: bool = field(default=False, metadata={"description": "whole-model verification"})
-
-
-@dataclass(frozen=True)
-class SelectiveParams:
-    model_id: int = field(metadata=_n(1, 2**62, "a stored model"))
-    dataset_id: int = field(metadata=_n(1, 2**62, "a stored dataset"))
-    recipe: str = field(default="int8", metadata={"description": "an int8 recipe"})
-    denylisted_nodes: list[str] = field(default_factory=list, metadata={"description": "tensor names kept in float"})
-    denylisted_ops: list[str] = field(default_factory=list, metadata={"description": "op types kept in float"})
-    calibration_samples: int = field(default=100, metadata=_n(1, MAX_SAMPLES, "first N training samples"))
-    debug_samples: int = field(default=100, metadata=_n(1, MAX_SAMPLES, "first M test samples"))
-
-
-@dataclass(frozen=True)
-class TuneParams:
-    model_id: int = field(metadata=_n(1, 2**62, "a stored model"))
-    dataset_id: int = field(metadata=_n(1, 2**62, "a stored dataset"))
-    max_drop: float = field(metadata=_n(0, 100, "accuracy points the result may lose against float"))
-    recipe: str = field(default="int8", metadata={"description": "an int8 recipe"})
-    calibration_samples: int = field(default=100, metadata=_n(1, MAX_SAMPLES, "first N training samples"))
-    debug_samples: int = field(default=100, metadata=_n(1, MAX_SAMPLES, "first M test samples"))
-
-
-@dataclass(frozen=True)
-class QatParams:
-    model_id: int = field(metadata=_n(1, 2**62, "a stored model"))
-    dataset_id: int = field(metadata=_n(1, 2**62, "a stored dataset"))
-    layers: list[str] = field(default_factory=lambda: ["all"],
-                              metadata={"description": "['all'] or layer classes / names to quantize"})
-    epochs: int = field(default=3, metadata=_n(1, MAX_EPOCHS, "fine-tuning epochs"))
-    batch_size: int = field(default=32, metadata=_n(1, 65536, "batch size"))
-    learning_rate: float = field(default=1e-4, metadata=_n(1e-9, 10, "Adam's learning rate"))
-    train_samples: int = field(default=0, metadata=_n(0, 10**9, "first N training samples (0 = all)"))
-    int_io: bool = field(default=False, metadata={"description": "int8 input and output"})
-
-
-@dataclass(frozen=True)
-class CompareTensorsParams:
-    float_variant_id: int = field(metadata=_n(1, 2**62, "the float variant"))
-    quant_variant_id: int = field(metadata=_n(1, 2**62, "the quantized variant"))
-    samples: int = field(default=20, metadata=_n(1, 10_000, "first N test samples"))
-
-
-@dataclass(frozen=True)
-class HostBenchParams:
-    variant_ids: list[int] = field(metadata={"description": "variants to time on the server", "minItems": 1})
-    runs: int = field(default=50, metadata=_n(1, MAX_RUNS, "timed runs"))
-    warmup: int = field(default=5, metadata=_n(0, MAX_RUNS, "untimed runs first"))
-    threads: int = field(default=1, metadata=_n(1, MAX_THREADS, "interpreter threads"))
-    xnnpack: bool = field(default=True, metadata={"description": "XNNPACK delegate on"})
-
-
-@dataclass(frozen=True)
-class BoardBenchParams:
-    board: str = field(metadata={"description": "a registered board", "minLength": 1})
-    variant_ids: list[int] = field(metadata={"description": "variants to time on the board", "minItems": 1})
-    targets: list[str] = field(default_factory=lambda: ["cpu"],
-                               metadata={"description": "npu, cpu, cpu-plain, or ['all']", "minItems": 1})
-    runs: int = field(default=50, metadata=_n(1, MAX_RUNS, "timed runs"))
-    warmup: int = field(default=5, metadata=_n(0, MAX_RUNS, "untimed runs first"))
-    threads: int = field(default=1, metadata=_n(1, MAX_THREADS, "CPU threads"))
-
-
-@dataclass(frozen=True)
-class BoardAccuracyParams:
-    board: str = field(metadata={"description": "a registered board", "minLength": 1})
-    variant_ids: list[int] = field(metadata={"description": "variants to evaluate on the board", "minItems": 1})
-    target: str = field(default="cpu", metadata={"description": "npu, cpu or cpu-plain"})
-    threads: int = field(default=1, metadata=_n(1, MAX_THREADS, "CPU threads"))
-
-
-PARAMS: dict[JobKind, type[Any]] = {
-    JobKind.CONVERT: ConvertParams,
-    JobKind.DEBUG: DebugParams,
-    JobKind.SELECTIVE: SelectiveParams,
-    JobKind.TUNE: TuneParams,
-    JobKind.QAT: QatParams,
-    JobKind.COMPARE_TENSORS: CompareTensorsParams,
-    JobKind.HOST_BENCH: HostBenchParams,
-    JobKind.BOARD_BENCH: BoardBenchParams,
-    JobKind.BOARD_ACCURACY: BoardAccuracyParams,
-}
-
-
-def _check(kind: str, name: str, hint: Any, meta: Any, value: Any) -> Any:
-    where = f"{kind}.{name}"
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(hint):
-            try:
-                return _check(kind, name, arm, meta, value)
-            except QlabError:
-                continue
-        raise QlabError(f"params.{name}: {value!r} is not a valid value for {where}")
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise QlabError(f"params.{name}: expected a list, got {type(value).__name__}")
-        if len(value) < int(meta.get("minItems", 0)):
-            raise QlabError(f"params.{name}: needs at least {meta['minItems']} item(s)")
-        return [_check(kind, f"{name}[{i}]", item, {}, v) for i, v in enumerate(value)]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise QlabError(f"params.{name}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise QlabError(f"params.{name}: expected an integer, got {value!r}")
-    elif hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-            raise QlabError(f"params.{name}: expected a number, got {value!r}")
-        value = float(value)
-    elif hint is str:
-        if not isinstance(value, str):
-            raise QlabError(f"params.{name}: expected a string, got {value!r}")
-        if len(value) < int(meta.get("minLength", 0)):
-            raise QlabError(f"params.{name}: must not be empty")
-        return value
-    if "minimum" in meta and value < meta["minimum"]:
-        raise QlabError(f"params.{name}: {value!r} is below the minimum {meta['minimum']}")
-    if "maximum" in meta and value > meta["maximum"]:
-        raise QlabError(f"params.{name}: {value!r} is above the maximum {meta['maximum']}")
-    return value
-
-
-def parse_params(kind: str, params: Any) -> Any:
-    """A job kind's params dataclass from a request's JSON.
+def parse(kind: Any, params: Any) -> Any:
+    """A request's `kind` and `params` as the kind's params dataclass.
 
     Raises:
         QlabError: naming an unknown kind, an unknown or missing field, or a bad value.
     """
-    try:
-        job_kind = JobKind(kind)
-    except ValueError:
-        raise QlabError(f"kind: unknown job kind {kind!r}; known: {', '.join(k.value for k in JobKind)}") from None
+    if not isinstance(kind, str):
+        raise QlabError("kind: required, a string")
+    k = job_kind(kind)
+    if k not in API_KINDS:
+        raise QlabError(f"kind: {kind!r} is the server's own job; queue one of {', '.join(API_KINDS)}")
+    if params is None:
+        params = {}
     if not isinstance(params, dict):
         raise QlabError(f"params: expected an object, got {type(params).__name__}")
-    cls = PARAMS[job_kind]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(params) - set(fields))
-    if unknown:
-        raise QlabError(f"params.{unknown[0]}: unknown field of {kind}; known: {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name not in params:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise QlabError(f"params.{name}: required for {kind}")
+    parsed = parse_params(k, params)
+    for f in dataclasses.fields(parsed):
+        span = bounds(f.name)
+        value = getattr(parsed, f.name)
+        if span is None:
             continue
-        values[name] = _check(kind, name, hints[name], f.metadata, params[name])
-    return cls(**values)
+        for v in value if isinstance(value, tuple) else (value,):
+            if not span[0] <= v <= span[1]:
+                raise QlabError(f"params.{f.name}: {v!r} is outside [{span[0]:g}, {span[1]:g}]")
+    return parsed
 
 
 def to_task_params(kind: str, params: Any) -> dict[str, Any]:
-    """The JSON dict today's job runner takes for a parsed params object."""
+    """The JSON dict today's job runner takes for a parsed params object.
+
+    Raises:
+        QlabError: for an unknown recipe name.
+    """
     from qcore.recipes import resolve_recipes
 
-    out = dataclasses.asdict(params)
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()}
     if kind == JobKind.CONVERT:
         try:
             out["recipes"] = [r.name for r in resolve_recipes(",".join(out["recipes"]))]
         except ValueError as exc:
             raise QlabError(f"params.recipes: {exc}") from None
-    if kind == JobKind.QAT and out["layers"] == ["all"]:
-        out["layers"] = "all"
-    if kind == JobKind.BOARD_BENCH and out["targets"] == ["all"]:
-        out["targets"] = "all"
+    for name in ("layers", "targets"):
+        if out.get(name) == ["all"]:
+            out[name] = "all"
     return out
+
+
+__all__ = ["API_KINDS", "PARAMS", "JobKind", "bounds", "parse", "to_task_params"]

@@ -8,7 +8,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from dashboard.api.jobspec import PARAMS, JobKind
+from dashboard.api.jobspec import API_KINDS, PARAMS, bounds
 
 _SCALARS: dict[Any, dict[str, Any]] = {
     int: {"type": "integer"}, float: {"type": "number"}, bool: {"type": "boolean"}, str: {"type": "string"},
@@ -45,15 +45,19 @@ def dataclass_schema(cls: type[Any]) -> dict[str, Any]:
         for key in _BOUNDS:
             if key in f.metadata:
                 prop[key] = f.metadata[key]
+        span = bounds(f.name)
+        if span is not None:
+            target = prop["items"] if prop.get("type") == "array" else prop
+            target["minimum"], target["maximum"] = span
         if f.default is not dataclasses.MISSING:
-            prop["default"] = f.default
+            prop["default"] = list(f.default) if isinstance(f.default, tuple) else f.default
         elif f.default_factory is not dataclasses.MISSING:
             prop["default"] = f.default_factory()
         else:
             required.append(f.name)
         props[f.name] = prop
     schema: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
-    if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):
+    if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):  # not the dataclass's generated one
         schema["description"] = cls.__doc__.strip().splitlines()[0]
     if required:
         schema["required"] = required
@@ -67,7 +71,7 @@ def _name(cls: type[Any]) -> str:
 def job_request_schema() -> dict[str, Any]:
     """`{"kind", "params"}`: one arm per job kind, its params the kind's dataclass."""
     arms = []
-    for kind in JobKind:
+    for kind in API_KINDS:
         arms.append({
             "type": "object", "additionalProperties": False, "required": ["kind", "params"],
             "properties": {"kind": {"type": "string", "enum": [kind.value]},
@@ -78,7 +82,7 @@ def job_request_schema() -> dict[str, Any]:
 
 def document(routes: Sequence[Any], *, version: str, response_types: Sequence[type[Any]]) -> dict[str, Any]:
     """The whole document: every ApiRoute's operation, and the schemas of the dataclasses they use."""
-    schemas: dict[str, Any] = {_name(c): dataclass_schema(c) for c in PARAMS.values()}
+    schemas: dict[str, Any] = {_name(PARAMS[k]): dataclass_schema(PARAMS[k]) for k in API_KINDS}
     schemas.update({_name(c): dataclass_schema(c) for c in response_types})
     schemas["JobRequest"] = job_request_schema()
     paths: dict[str, dict[str, Any]] = {}
