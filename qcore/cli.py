@@ -895,13 +895,60 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantize Keras models to TFLite, measure, explain and time them.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument("--server", default=os.environ.get("QLAB_SERVER") or None, metavar="URL",
+                        help="run convert, debug, tune, qat, compare-tensors, bench, board bench|accuracy and "
+                             "report make|push on this qlab server (default: $QLAB_SERVER)")
+    parser.add_argument("--token-file", dest="server_token_file", metavar="FILE",
+                        help="the server's API token (default: $QLAB_TOKEN)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_engine_commands(sub)
     _add_explain_commands(sub)
     _add_board_commands(sub)
     _add_op_cost_commands(sub)
     _add_import_commands(sub)
+    _add_report_commands(sub)
     return parser
+
+
+# ---------------------------------------------------------------- reports, local or on a server
+def _add_report_commands(sub: argparse._SubParsersAction) -> None:
+    """`report make|push`."""
+    report = sub.add_parser("report", help="make a report of variants; push a local report to a team server")
+    rsub = report.add_subparsers(dest="report_command", required=True, metavar="ACTION")
+    p = rsub.add_parser("make", help="a report of these variants (here, or on --server)")
+    p.add_argument("--title", required=True)
+    p.add_argument("--variants", required=True, help="comma-separated variant ids")
+    p.add_argument("--notes", default="", help="markdown")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_report_make)
+    p = rsub.add_parser("push", help="send a local report's bundle to the --server so it joins the team's lab")
+    p.add_argument("report_id")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_report_push)
+
+
+def _cmd_report_make(args: argparse.Namespace) -> int:
+    from qcore.reports import make_report
+
+    try:
+        ids = [int(v) for v in args.variants.split(",") if v.strip()]
+    except ValueError:
+        raise QlabError(f"--variants {args.variants!r}: expected comma-separated variant ids") from None
+    with _open_store(args) as store:
+        report_id = make_report(store, args.title, args.notes, ids)
+    _emit(args, {"id": report_id}, f"report {report_id} (open it on the dashboard with ?report={report_id})")
+    return EXIT_OK
+
+
+def _cmd_report_push(args: argparse.Namespace) -> int:
+    raise QlabError("report push needs --server URL (or QLAB_SERVER)")
+
+
+def _remote(args: argparse.Namespace) -> bool:
+    """True when this command runs on the --server instead of here."""
+    from qcore.cli_remote import JOBS, command_name
+
+    return bool(args.server) and (command_name(args) in JOBS or args.command == "report")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -920,6 +967,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         warnings.filterwarnings("ignore")
     try:
+        if _remote(args):
+            from qcore.cli_remote import run
+
+            return run(args, args.server)
         with _quiet_native_stderr(enabled=not args.verbose):
             return handler(args)
     except QlabError as exc:
