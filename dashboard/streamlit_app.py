@@ -6,11 +6,13 @@ import streamlit as st
 
 from dashboard import auth
 from qcore.qtyping import Role
+from qcore.store import ACTOR
 
 st.set_page_config(page_title="qlab", page_icon=":material/tune:", layout="wide")
 
 who = auth.current()
 st.session_state["auth_principal"] = who
+ACTOR.set(who.email)  # rows this run writes (and the jobs it queues) record who made them
 
 # (section, file, title, icon, url_path, the role it needs)
 PAGES = [

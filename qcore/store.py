@@ -12,6 +12,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ from qcore.qtyping import (
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# who is acting (a signed-in e-mail, a token's owner, "local"); new rows record it as created_by.
+# The dashboard sets it per script run and per API request; a job's thread inherits its submitter's.
+ACTOR: ContextVar[str | None] = ContextVar("qlab_actor", default=None)
 
 SCHEMA_0001 = """
 CREATE SEQUENCE IF NOT EXISTS seq_models;
@@ -417,7 +421,7 @@ GROUP BY ALL;
 CREATE OR REPLACE VIEW v_variant_summary AS
 SELECT v.id AS variant_id, v.model_id, m.name AS model, v.dataset_id, d.name AS dataset,
        v.name AS variant, v.kind, v.recipe, v.engine, v.status, v.error, v.size_bytes, v.path, v.sha256,
-       v.input_dtype, v.output_dtype, v.settings, v.updated_at,
+       v.input_dtype, v.output_dtype, v.settings, v.updated_at, v.created_by,
        r.accuracy AS float_accuracy,
        e.accuracy, e.top5, e.agreement, e.batched, e.output_mse,
        coalesce(json_extract_string(v.settings, '$.scoring'), 'classes') AS scoring,
@@ -690,9 +694,9 @@ class Store:
                 return int(row[0])
             row = cur.execute(
                 "INSERT INTO models (name, format, sha256, source_path, input_shape, output_shape, keras_major,"
-                " trusted) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                " trusted, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 [name, format, sha256, source_path, json.dumps(list(input_shape)),
-                 json.dumps(list(output_shape)), keras_major, bool(trusted)],
+                 json.dumps(list(output_shape)), keras_major, bool(trusted), ACTOR.get()],
             ).fetchone()
             assert row is not None
             return int(row[0])
@@ -726,9 +730,10 @@ class Store:
                 return int(row[0])
             row = cur.execute(
                 "INSERT INTO datasets (name, source, sha256, input_scale, input_offset, n_train, n_test,"
-                " num_classes, stored_path, image_shape) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                " num_classes, stored_path, image_shape, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " RETURNING id",
                 [name, source, sha256, input_scale, input_offset, n_train, n_test, num_classes, stored_path,
-                 None if image_shape is None else json.dumps(list(image_shape))],
+                 None if image_shape is None else json.dumps(list(image_shape)), ACTOR.get()],
             ).fetchone()
             assert row is not None
             return int(row[0])
@@ -824,9 +829,9 @@ class Store:
             else:
                 got = cur.execute(
                     "INSERT INTO variants (model_id, dataset_id, name, kind, recipe, settings, status, error,"
-                    " sha256, size_bytes, path, input_dtype, output_dtype, parent_variant_id, engine)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    [model_id, dataset_id, name, *params],
+                    " sha256, size_bytes, path, input_dtype, output_dtype, parent_variant_id, engine, created_by)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    [model_id, dataset_id, name, *params, ACTOR.get()],
                 ).fetchone()
                 assert got is not None
                 variant_id = int(got[0])
@@ -1349,8 +1354,8 @@ class Store:
     def create_job(self, kind: str, params: dict[str, Any] | None = None) -> int:
         with self.transaction() as cur:
             got = cur.execute(
-                "INSERT INTO jobs (kind, status, params) VALUES (?, 'queued', ?) RETURNING id",
-                [kind, _json(params or {})],
+                "INSERT INTO jobs (kind, status, params, created_by) VALUES (?, 'queued', ?, ?) RETURNING id",
+                [kind, _json(params or {}), ACTOR.get()],
             ).fetchone()
             assert got is not None
             return int(got[0])
@@ -1417,8 +1422,8 @@ class Store:
         report_id = secrets.token_urlsafe(8)
         with self.transaction() as cur:
             cur.execute(
-                "INSERT INTO reports (id, title, notes, content) VALUES (?, ?, ?, ?)",
-                [report_id, title.strip(), notes, _json(content)],
+                "INSERT INTO reports (id, title, notes, content, created_by) VALUES (?, ?, ?, ?, ?)",
+                [report_id, title.strip(), notes, _json(content), ACTOR.get()],
             )
         return report_id
 
@@ -1431,7 +1436,7 @@ class Store:
         return row
 
     def reports(self) -> pd.DataFrame:
-        return self.query("SELECT id, title, created_at FROM reports ORDER BY created_at DESC")
+        return self.query("SELECT id, title, created_by, created_at FROM reports ORDER BY created_at DESC")
 
 
 def _lint_or_none(tflite: bytes, name: str) -> NpuVerdict | None:

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qcore.accounts import Principal, authenticate
 from qcore.qtyping import QlabError, Role
+from qcore.store import ACTOR
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,11 @@ class ApiRoute:
     async def endpoint(self, request: Request) -> Response:
         """The handler behind the role check, with every failure as a JSON error."""
         try:
-            if self.role is not None and not principal(request).role.allows(self.role):
+            if self.role is not None:
                 who = principal(request)
-                raise ApiError(403, f"{who.email} has the {who.role} role; this needs {self.role}")
+                if not who.role.allows(self.role):
+                    raise ApiError(403, f"{who.email} has the {who.role} role; this needs {self.role}")
+                ACTOR.set(who.email)  # rows this request writes record who made them
             return await self.handler(request)
         except ApiError as exc:
             return error(exc.status, str(exc))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import ui
+from dashboard import auth, ui
 from dashboard.components.latency import latency_bars
 from dashboard.services import boards_view, reads, tables
-from qcore.qtyping import Job
+from qcore.qtyping import Job, Role
 
 st.title("Boards")
 st.caption("Each board runs `python3 -m board_agent`. The NPU (VX delegate) compiles the graph on the first "
@@ -27,16 +27,17 @@ if boards:
 else:
     st.info("No board registered yet.", icon=":material/info:")
 
-with st.expander("Register a board", expanded=not boards), st.form("boards_add", clear_on_submit=True):
-    a, b = st.columns(2)
-    name = a.text_input("name", key="boards_add_name", placeholder="imx8mp-lab-1")
-    url = b.text_input("agent URL", key="boards_add_url", placeholder="http://imx8mp.local:8765")
-    token = st.text_input("token (stored once, never shown again)", type="password", key="boards_add_token")
-    if st.form_submit_button("Register"):
-        with ui.guard("cannot register the board"):
-            lab.store.add_board(name.strip(), url.strip(), token.strip() or None)
-            reads.clear()
-            st.success(f"board {ui.md(repr(name.strip()))} registered")
+if auth.can(Role.ADMIN):  # a board's URL decides where teammates' models are sent: admins only
+    with st.expander("Register a board", expanded=not boards), st.form("boards_add", clear_on_submit=True):
+        a, b = st.columns(2)
+        name = a.text_input("name", key="boards_add_name", placeholder="imx8mp-lab-1")
+        url = b.text_input("agent URL", key="boards_add_url", placeholder="http://imx8mp.local:8765")
+        token = st.text_input("token (stored once, never shown again)", type="password", key="boards_add_token")
+        if st.form_submit_button("Register"):
+            with ui.guard("cannot register the board"):
+                lab.store.add_board(name.strip(), url.strip(), token.strip() or None)
+                reads.clear()
+                st.success(f"board {ui.md(repr(name.strip()))} registered")
 
 if not boards:
     st.stop()

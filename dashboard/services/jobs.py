@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -82,7 +83,8 @@ class JobRunner:
         if kind not in self.tasks:
             raise QlabError(f"unknown job kind {kind!r}; known: {', '.join(sorted(self.tasks))}")
         job_id = self.store.create_job(kind, params)
-        future = self._pool.submit(self._run, job_id, kind, params)
+        # the job's thread acts for whoever submitted it (qcore.store.ACTOR → created_by)
+        future = self._pool.submit(contextvars.copy_context().run, self._run, job_id, kind, params)
         with self._lock:
             self._futures[job_id] = future
         return job_id

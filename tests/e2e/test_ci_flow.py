@@ -64,6 +64,7 @@ def test_ci_flow_with_qlab_server_only(tmp_path: Path, demo: LoadedModel) -> Non
                 page.goto(report["url"])
                 page.get_by_text("CI nightly").first.wait_for()
                 page.get_by_text("made by test_ci_flow").first.wait_for()
-                assert page.get_by_text("int8").count() > 0
+                page.get_by_text(f"report {report['id']}").first.wait_for()
+                page.locator('[data-testid="stDataFrame"]').first.wait_for()
             finally:
                 browser.close()
