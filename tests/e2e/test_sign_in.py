@@ -134,7 +134,10 @@ def test_viewer_cannot_reach_models(browser, server: str) -> None:
     tab.wait_for_timeout(3000)
     assert tab.locator('[data-testid="stFileUploader"]').count() == 0
     assert tab.get_by_role("button", name="Add model").count() == 0
-    assert tab.get_by_text("Models & data").count() == 0
+    nav = tab.locator('[data-testid="stSidebarNav"]')
+    nav.get_by_text("Compare").wait_for()
+    assert nav.get_by_text("Models & data").count() == 0 and nav.get_by_text("Quantize").count() == 0
+    assert not tab.url.rstrip("/").endswith("/models")
     tab.context.close()
 
 
