@@ -447,6 +447,7 @@ class Job:
     error: str
     created_at: str
     updated_at: str
+    created_by: str | None = None  # who queued it (a signed-in e-mail, a token's owner, "local")
 
 
 # ---------------------------------------------------------------- QAT, debugger, tensor comparison, search

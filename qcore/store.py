@@ -1471,4 +1471,5 @@ def _job_from_row(r: dict[str, Any]) -> Job:
         error=str(r["error"] or ""),
         created_at=str(r["created_at"]),
         updated_at=str(r["updated_at"]),
+        created_by=None if pd.isna(r.get("created_by")) else str(r.get("created_by")),
     )

@@ -328,10 +328,9 @@ def _job_state(the_lab: Any, job_id: int) -> dict[str, Any]:
         job = the_lab.store.job(job_id)
     except QlabError:
         raise ApiError(404, f"no job with id {job_id}") from None
-    row = the_lab.store._one("SELECT created_by FROM jobs WHERE id = ?", [job_id])
     return {"id": job.id, "kind": job.kind, "status": str(job.status), "progress": job.progress,
             "message": job.message, "worker": getattr(job, "worker", None) or None,
-            "created_by": row[0] if row else None, "result": job.result, "error": job.error}
+            "created_by": job.created_by, "result": job.result, "error": job.error}
 
 
 async def get_job(request: Request) -> Response:

@@ -94,9 +94,9 @@ def jobs_table(jobs: Sequence[Job]) -> pd.DataFrame:
     """Recent jobs as rows: status, progress, message or error, times."""
     return pd.DataFrame(
         [{"id": j.id, "kind": j.kind, "status": str(j.status), "progress": round(j.progress, 2),
-          "message": j.error if j.error else j.message, "created": j.created_at[:19],
+          "message": j.error if j.error else j.message, "by": j.created_by or "", "created": j.created_at[:19],
           "updated": j.updated_at[:19]} for j in jobs],
-        columns=["id", "kind", "status", "progress", "message", "created", "updated"],
+        columns=["id", "kind", "status", "progress", "message", "by", "created", "updated"],
     )
 
 

@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from qcore.qtyping import LoadedModel
+from qcore.reports import import_bundle
+from qcore.store import Store
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.e2e.serving import ADMIN_TOKEN, REPO, running_server
 
@@ -48,6 +51,15 @@ def test_ci_flow_with_qlab_server_only(tmp_path: Path, demo: LoadedModel) -> Non
                                  str(int8["variant_id"]), "--notes", "made by test_ci_flow")
         assert code == 0, err
         assert report["url"].startswith(base)
+
+        # a laptop's report joins the team's lab: here the laptop's store got it from a bundle
+        bundle = requests.get(f"{base}/api/v1/reports/{report['id']}/bundle",
+                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60).content
+        with Store(tmp_path / "laptop.duckdb") as laptop:
+            local_id = import_bundle(laptop, bundle)
+        code, pushed, err = qlab(base, "report", "push", local_id, "--db", str(tmp_path / "laptop.duckdb"))
+        assert code == 0, err
+        assert pushed["id"] not in (local_id, report["id"]) and pushed["url"].startswith(base)
 
         code, _, err = qlab(base, "convert", str(demo.path), "--data", "digits", "--recipes", "nope")
         assert code == 2 and "nope" in err and "Traceback" not in err

@@ -144,7 +144,7 @@ def test_viewer_cannot_reach_models(browser, server: str) -> None:
 def test_member_can_convert(browser, server: str) -> None:
     tab = sign_in(browser, server, "member")
     tab.goto(f"{server}/quantize")
-    tab.get_by_role("heading", name="Quantize").wait_for()
+    tab.get_by_role("heading", name="Quantize", exact=True).wait_for()
     run = tab.get_by_role("button", name="Run", exact=True)
     tab.wait_for_function("b => !b.disabled", arg=run.element_handle(), timeout=TIMEOUT_MS)
     run.click()
@@ -152,7 +152,7 @@ def test_member_can_convert(browser, server: str) -> None:
                                                                                 timeout=JOB_TIMEOUT_MS)
     # the boards page shows a member the boards but not the admin's registration form
     tab.goto(f"{server}/boards")
-    tab.get_by_role("heading", name="Boards").wait_for()
+    tab.get_by_role("heading", name="Boards", exact=True).wait_for()
     tab.wait_for_timeout(2000)
     assert tab.get_by_text("Register a board").count() == 0
     tab.context.close()
@@ -164,7 +164,7 @@ def test_member_can_convert(browser, server: str) -> None:
 def test_admin_can_edit_boards(browser, server: str) -> None:
     tab = sign_in(browser, server, "admin")
     tab.goto(f"{server}/boards")
-    tab.get_by_role("heading", name="Boards").wait_for()
+    tab.get_by_role("heading", name="Boards", exact=True).wait_for()
     tab.get_by_text("Register a board").first.click()
     tab.get_by_label("name").first.fill("imx8mp-lab-2")
     tab.get_by_label("agent URL").first.fill("http://127.0.0.1:9")
