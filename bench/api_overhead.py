@@ -60,8 +60,8 @@ def main() -> int:
                 assert all(v["status"] == "ok" for v in result["variants"])
     local, remote = statistics.median(local_times), statistics.median(remote_times)
     print(f"demo conversion ({RECIPES}, {CALIBRATION} calibration samples), median of {REPEATS}, end to end:")
-    print(f"  local  qlab convert:            {local:6.2f} s  {['%.2f' % t for t in local_times]}")
-    print(f"  remote qlab --server convert:   {remote:6.2f} s  {['%.2f' % t for t in remote_times]}")
+    print(f"  local  qlab convert:            {local:6.2f} s  {' '.join(f'{t:.2f}' for t in local_times)}")
+    print(f"  remote qlab --server convert:   {remote:6.2f} s  {' '.join(f'{t:.2f}' for t in remote_times)}")
     print(f"  remote / local: {remote / local:.2f}x (target <= 1.15x)")
     return 0
 
