@@ -166,13 +166,20 @@ def revoke_token(store: Store, token_id: int, owner: str | None = None) -> None:
         cur.execute("UPDATE api_tokens SET revoked_at = current_timestamp WHERE id = ?", [int(token_id)])
 
 
-def authenticate(store: Store, token: str) -> Principal | None:
-    """The principal a bearer token stands for, or None (unknown, revoked, or its owner lost access)."""
+def authenticate(store: Store, token: str, *, local_tokens: bool = True) -> Principal | None:
+    """The principal a bearer token stands for, or None (unknown, revoked, or its owner lost access).
+
+    Args:
+        local_tokens: accept tokens the local admin made before sign-in was configured; a server
+            with sign-in passes False, so they stop working once the lab is shared.
+    """
     if not token or len(token) > 512:
         return None
     row = store._one("SELECT id, owner FROM api_tokens WHERE sha256 = ? AND revoked_at IS NULL",
                      [token_sha256(token)])
     if row is None:
+        return None
+    if row[1] == LOCAL_USER and not local_tokens:
         return None
     role = role_of(store, str(row[1]))
     if role is None:

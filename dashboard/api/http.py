@@ -144,8 +144,12 @@ class BearerAuth:
     """
 
     def __init__(self, app: ASGIApp, store: Callable[[], Any]) -> None:
+        from dashboard.services.lifecycle import sign_in_configured
+
         self.app = app
         self.store = store
+        # tokens the local admin made work only while there is no sign-in (a lab on one machine)
+        self.local_tokens = not sign_in_configured()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -155,7 +159,8 @@ class BearerAuth:
         scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
         who = None
         if scheme.lower() == "bearer" and token.strip():
-            who = await run_in_threadpool(authenticate, self.store(), token.strip())
+            who = await run_in_threadpool(lambda: authenticate(self.store(), token.strip(),
+                                                               local_tokens=self.local_tokens))
         if who is None:
             reason = "missing bearer token" if not token.strip() else "invalid or revoked token"
             await error(401, f"{reason}: send 'Authorization: Bearer <token>' (make one on the settings page)",

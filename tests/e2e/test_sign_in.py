@@ -173,6 +173,22 @@ def test_admin_can_edit_boards(browser, server: str) -> None:
     tab.context.close()
 
 
+def test_viewer_with_a_report_link_sees_only_that_report(browser, server: str) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    variants = requests.get(f"{server}/api/v1/variants", headers=headers, timeout=30).json()
+    r = requests.post(f"{server}/api/v1/reports", headers=headers, timeout=60,
+                      json={"title": "for viewers", "variant_ids": [variants[0]["variant_id"]]})
+    assert r.status_code == 201, r.text
+    tab = sign_in(browser, server, "viewer")
+    tab.goto(r.json()["url"])
+    tab.get_by_text("for viewers").first.wait_for()
+    assert tab.locator('[data-testid="stSidebarNav"]').count() == 0
+    tab.goto(f"{server}/compare?report={r.json()['id']}")
+    tab.get_by_text("for viewers").first.wait_for()
+    assert tab.locator('[data-testid="stSidebarNav"]').count() == 0
+    tab.context.close()
+
+
 def test_first_sign_in_on_a_fresh_store_is_admin(tmp_path: Path) -> None:
     with Store(tmp_path / "qlab.duckdb") as store:
         assert accounts.sign_in(store, "first@lab.example").role is Role.ADMIN
