@@ -102,7 +102,9 @@ async def start() -> Running:
     if os.environ.get(ENV_AGENT, "1") != "0" and not os.environ.get(ENV_AGENT_URL):
         data_dir = default_data_dir().resolve()
         token_file = serve.ensure_token(data_dir / "agent" / "token")
-        agent, url = await run_in_threadpool(serve.start_agent, data_dir, token_file)
+        # started from this (the event loop's) thread, not a pool thread: the agent gets PR_SET_PDEATHSIG,
+        # which fires when the *thread* that forked it exits, and pool threads come and go
+        agent, url = serve.start_agent(data_dir, token_file)
         if agent is not None:
             os.environ[ENV_AGENT_URL], os.environ[ENV_AGENT_TOKEN_FILE] = url, str(token_file)
             log.info("local board agent at %s", url)
