@@ -28,8 +28,9 @@ from urllib.parse import parse_qs
 
 from board_agent import __version__, protocol
 from board_agent.jobs import JobStore
-from board_agent.profile import find_benchmark_model, run_profile
+from board_agent.profile import find_benchmark_model, kill_group, run_profile
 from board_agent.settings import Settings
+from board_agent.system import describe as describe_system
 from board_agent.uploads import UploadError, check_tflite, match_inputs, npz_arrays
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class Agent:
                              on_drop=self._drop_outputs)
         self.board = settings.board_name or socket.gethostname()
         self.profile_binary = find_benchmark_model(settings.benchmark_model)
+        self.system = describe_system()
         self._queue: queue.Queue[str | None] = queue.Queue(maxsize=settings.queue)
         self._submit_lock = threading.Lock()
         self._running: str | None = None
@@ -120,6 +122,8 @@ class Agent:
         if method not in route.methods:
             allow = ", ".join(sorted(route.methods))
             return _error(405, f"{method} is not allowed on {path}; allowed: {allow}", {"Allow": allow})
+        if method != "POST" and length:
+            return _error(413, f"{method} takes no body; this one declares {length} bytes")
         if route.auth and not self._authorized(headers):
             return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": protocol.AUTH_SCHEME})
         if method == "POST":
@@ -231,6 +235,7 @@ class Agent:
             "runtime": self.probe.get("runtime"),
             "python": self.probe.get("python", platform.python_version()),
             "machine": self.probe.get("machine", platform.machine()),
+            "system": self.system,
             "targets": self.probe["targets"],
             "queue_depth": self._queue.qsize(),
             "running": self._running is not None,
@@ -268,7 +273,7 @@ class Agent:
             return _error(413, f"inputs of {len(npz)} bytes are over max_inputs_mb={self.settings.max_inputs_mb}")
         try:
             summary = check_tflite(model)
-            arrays = npz_arrays(npz)
+            arrays = npz_arrays(npz, max_bytes=self.settings.max_inputs_mb * MB)
         except UploadError as exc:
             return _error(400, str(exc))
         try:
@@ -381,7 +386,10 @@ class Agent:
             spec.update(mode="benchmark", runs=params["runs"], warmup=params["warmup"])
         else:
             spec.update(mode="infer", inputs=self._path("uploads", f"{job_id}.npz"),
+                        max_input_bytes=self.settings.max_inputs_mb * MB,
                         outputs=self._path("outputs", f"{job_id}.npz"))
+        # one deadline for the whole job: the runner and the optional profiler share job_timeout
+        deadline = time.monotonic() + self.settings.job_timeout
         result, error = self._spawn(job_id, spec, env, self.settings.job_timeout)
         if error is not None:
             self.jobs.update(job_id, status=protocol.FAILED, error=error, finished_at=time.time())
@@ -395,7 +403,10 @@ class Agent:
                 result["profile"] = run_profile(
                     self.settings.benchmark_model, model, target, threads=params["threads"], runs=params["runs"],
                     warmup=params["warmup"], delegate=self.settings.npu_delegate,
-                    timeout=self.settings.job_timeout, env=env)
+                    timeout=deadline - time.monotonic(), env=env, on_start=self._adopt,
+                    npu_clock_mhz=self.settings.npu_clock_mhz,
+                    tflite_ops=list((result.get("ops") or {}).get("delegated") or []))
+                self._child = None
             else:
                 result["profile"] = {"available": False, "reason": "not requested (profile=1)"}
         self.jobs.update(job_id, status=protocol.DONE, result=result, finished_at=time.time())
@@ -440,13 +451,15 @@ class Agent:
         result: dict[str, Any] = payload["result"]
         return result, None
 
+    def _adopt(self, proc: subprocess.Popen[bytes]) -> None:
+        """Remembers a running child so `close()` kills it; a child started after close dies at once."""
+        self._child = proc
+        if self._stop.is_set():
+            self._kill(proc)
+
     @staticmethod
     def _kill(proc: subprocess.Popen[bytes]) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            proc.kill()
-        proc.wait()
+        kill_group(proc)
 
     def _probe(self) -> dict[str, Any]:
         """Which runtime and targets this host has, found once in a child at start."""

@@ -6,9 +6,17 @@ import glob
 import os
 import re
 import subprocess
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from board_agent import protocol
+from board_agent.npu_profile import (
+    DEFAULT_NPU_CLOCK_MHZ,
+    PROFILE_ENV,
+    map_to_tflite,
+    parse_npu_profile,
+)
 
 # the header benchmark_model prints before the steady-state per-op tables (the init tables come first)
 RUN_SECTION = "Operator-wise Profiling Info for Regular Benchmark Runs:"
@@ -19,7 +27,19 @@ _NUMBER = r"-?\d+(?:\.\d+)?%?"
 _TIMINGS = re.compile(r"Timings \(microseconds\):\s*(.*)")
 _INFERENCE = re.compile(r"Inference timings in us:\s*(.*)")
 _MEMORY = re.compile(r"Memory footprint delta from the start of the tool \(MB\):\s*(.*)")
+# the older line of NXP's BSP builds (TF 2.4-2.9): the peak, not the delta
+_PEAK_MEMORY = re.compile(r"Peak memory footprint \(MB\):\s*(.*)")
 _KV = re.compile(r"([A-Za-z][A-Za-z ()]*?)\s*[=:]\s*(-?\d+(?:\.\d+)?(?:e[+-]?\d+)?)")
+
+# run before exec'ing benchmark_model: Linux SIGKILLs it when the agent's worker thread dies (the
+# setting survives exec), and it exits at once if the agent is already gone
+_EXEC_GUARDED = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+    "except (OSError, AttributeError):\n pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n os._exit(3)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 # column names of benchmark_model's tables -> result keys
 _COLUMNS = {
@@ -48,29 +68,65 @@ def command(binary: str, model: str, target: str, *, threads: int, runs: int, wa
 
 
 def run_profile(pattern: str, model: str, target: str, *, threads: int, runs: int, warmup: int, delegate: str,
-                timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Runs benchmark_model with op profiling; never raises, says why when there is no profile."""
+                timeout: float, env: dict[str, str] | None = None, npu_clock_mhz: float = DEFAULT_NPU_CLOCK_MHZ,
+                tflite_ops: list[str] | None = None,
+                on_start: Callable[[subprocess.Popen[bytes]], None] | None = None) -> dict[str, Any]:
+    """Runs benchmark_model with op profiling; never raises, says why when there is no profile.
+
+    On the npu target the VeriSilicon driver's profiler is switched on too (`PROFILE_ENV`), and
+    its per-operation blocks are parsed into result["npu"] (see `npu_profile.parse_npu_profile`),
+    paired with `tflite_ops` (the delegated ops in order) where the counts allow. The binary runs
+    in its own process group (killed whole on timeout) and dies with the agent.
+
+    Args:
+        timeout: seconds left of the job's one timeout.
+        on_start: called with the child once it runs, so the agent can kill it when it stops.
+    """
+    if target == protocol.NPU:
+        env = {**(env if env is not None else os.environ), **PROFILE_ENV}
     binary = find_benchmark_model(pattern)
     if binary is None:
         return {"available": False, "reason": f"benchmark_model not found (looked for {pattern})"}
     cmd = command(binary, model, target, threads=threads, runs=runs, warmup=warmup, delegate=delegate)
-    try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, env=env,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        return {"available": False, "reason": f"benchmark_model timed out after {timeout:.0f} s",
+    if timeout <= 0:
+        return {"available": False, "reason": "no time left of the job's job_timeout for benchmark_model",
                 "command": " ".join(cmd)}
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", _EXEC_GUARDED, str(os.getpid()), *cmd],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
     except OSError as exc:
         return {"available": False, "reason": f"benchmark_model did not start: {exc}", "command": " ".join(cmd)}
-    text = proc.stdout.decode("utf-8", "replace")
+    if on_start is not None:
+        on_start(proc)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        return {"available": False, "reason": f"benchmark_model timed out (the job's {timeout:.0f} s left)",
+                "command": " ".join(cmd)}
+    text = out.decode("utf-8", "replace")
     parsed = parse_op_profile(text)
     parsed["command"] = " ".join(cmd)
+    if target == protocol.NPU:
+        parsed["npu"] = map_to_tflite(parse_npu_profile(text, clock_mhz=npu_clock_mhz), tflite_ops)
     if proc.returncode != 0:
         parsed.update(available=False, reason=f"benchmark_model exited with {proc.returncode}: "
                       + (text.strip().splitlines() or [""])[-1][:300])
     elif not parsed["ops"]:
         parsed.update(available=False, reason="benchmark_model printed no per-op table")
     return parsed
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILLs the child's whole process group (it leads its own session) and reaps it."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()
 
 
 def parse_op_profile(text: str) -> dict[str, Any]:
@@ -83,7 +139,9 @@ def parse_op_profile(text: str) -> dict[str, Any]:
 
     Returns:
         {"available": bool, "ops": [...], "by_type": [...], "timings_us": {...}, "inference_us": {...},
-        "memory_mb": {...}}; times in ms, percentages as numbers.
+        "memory_mb": {...}}; times in ms, percentages as numbers. `memory_mb` is the newer "Memory
+        footprint delta" line; the older "Peak memory footprint (MB): init=… overall=…" line goes
+        to "peak_memory_mb" (only when printed).
     """
     lines = [_strip_log_prefix(line) for line in text.splitlines()]
     start = next((i for i, line in enumerate(lines) if RUN_SECTION in line), None)
@@ -94,6 +152,8 @@ def parse_op_profile(text: str) -> dict[str, Any]:
             out["inference_us"] = _key_values(m.group(1))
         elif m := _MEMORY.search(line):
             out["memory_mb"] = _key_values(m.group(1))
+        elif m := _PEAK_MEMORY.search(line):
+            out["peak_memory_mb"] = _key_values(m.group(1))
     if start is None:
         return out
     section = lines[start + 1:]

@@ -68,7 +68,7 @@ RESULT_FIELDS: tuple[str, ...] = (
     "delegate",  # {"name", "path", "version"} or null
     "ops",  # {"known": bool, "delegated": [...], "cpu": [...], "delegate_nodes": n, "source": ...}
     "cache",  # npu only: {"dir", "warm": bool}
-    "profile",  # {"available": bool, "reason"?, "ops"?: [...], "by_type"?: [...]}
+    "profile",  # {"available": bool, "reason"?, "ops"?: [...], "by_type"?: [...], "npu"?: per-NPU-operation rows}
 )
 
 # ------------------------------------------------------------------ query parameters

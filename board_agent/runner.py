@@ -288,6 +288,7 @@ def infer(spec: dict[str, Any]) -> dict[str, Any]:
     target, threads = str(spec["target"]), int(spec["threads"])
     it, delegate, init_ms = _open(rt, spec)
     ins, outs = it.get_input_details(), it.get_output_details()
+    check_npz_size(spec["inputs"], int(spec.get("max_input_bytes") or 0))
     with np.load(spec["inputs"], allow_pickle=False) as z:
         keys = ([protocol.SINGLE_INPUT_KEY] if len(ins) == 1 and protocol.SINGLE_INPUT_KEY in z.files
                 else [protocol.input_key(i) for i in range(len(ins))])
@@ -350,6 +351,30 @@ def infer(spec: dict[str, Any]) -> dict[str, Any]:
                "inputs": io_inputs, "outputs": io_outputs},
         "ops": ops,
     }
+
+
+def check_npz_size(path: str, max_bytes: int) -> None:
+    """Reads every member's .npy header (numpy's own reader, no data) and refuses arrays that
+    would take more than `max_bytes` once loaded, before np.load allocates them."""
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    if max_bytes <= 0:
+        return
+    total = 0
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            with zf.open(info) as f:
+                version = npy.read_magic(f)
+                read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                shape, _, dtype = read(f)
+            count = 1
+            for d in shape:
+                count *= int(d)
+            total += count * dtype.itemsize
+            if total > max_bytes:
+                raise RunnerError(f"inputs take more than {max_bytes} bytes once loaded ({info.filename})")
 
 
 MODES = {"probe": probe, "benchmark": benchmark, "infer": infer}

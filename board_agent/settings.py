@@ -56,11 +56,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_model_mb", 64, "largest accepted .tflite, in MB (413 beyond)"),
     Setting("max_inputs_mb", 64, "largest accepted .npz of inference inputs, in MB (413 beyond)"),
     Setting("queue", 4, "jobs that may wait behind the running one (429 beyond)"),
-    Setting("job_timeout", 600.0, "seconds a child may spend on one model before it is killed"),
+    Setting("job_timeout", 600.0,
+            "seconds one job's children (the runner and the profiler together) may take before they are killed"),
     Setting("keep_jobs", 200, "finished job records (and inference outputs) kept; older ones are dropped"),
     Setting("board_name", "", "name reported by /v1/health (default: the host name)"),
     Setting("benchmark_model", "/usr/bin/tensorflow-lite-*/examples/benchmark_model",
             "glob of NXP's benchmark_model binary, used for profile=1"),
+    Setting("npu_clock_mhz", 1000.0,
+            "NPU core clock for per-operation times from driver cycles (i.MX 8M Plus: 1000 overdrive, 800 nominal)"),
+    Setting("max_connections", 32,
+            "connections served at once; beyond it idle keep-alive ones are closed first, else 503"),
+    Setting("request_timeout", 60.0, "seconds a client has to send one request's headers and body"),
+    Setting("idle_timeout", 15.0, "seconds a keep-alive connection may wait for its next request"),
     Setting("log_level", "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )
 
@@ -82,6 +89,10 @@ class Settings:
     keep_jobs: int
     board_name: str
     benchmark_model: str
+    npu_clock_mhz: float
+    max_connections: int
+    request_timeout: float
+    idle_timeout: float
     log_level: str
 
     def replace(self, **changes: Any) -> Settings:
@@ -143,7 +154,11 @@ def _validated(s: Settings) -> Settings:
         (s.max_inputs_mb >= 1, f"max_inputs_mb {s.max_inputs_mb} must be at least 1"),
         (s.queue >= 1, f"queue {s.queue} must be at least 1"),
         (s.job_timeout > 0, f"job_timeout {s.job_timeout} must be positive"),
+        (s.npu_clock_mhz > 0, f"npu_clock_mhz {s.npu_clock_mhz} must be positive"),
         (s.keep_jobs >= 1, f"keep_jobs {s.keep_jobs} must be at least 1"),
+        (s.max_connections >= 1, f"max_connections {s.max_connections} must be at least 1"),
+        (s.request_timeout > 0, f"request_timeout {s.request_timeout} must be positive"),
+        (s.idle_timeout > 0, f"idle_timeout {s.idle_timeout} must be positive"),
     ]
     for ok, message in checks:
         if not ok:

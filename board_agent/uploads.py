@@ -209,11 +209,24 @@ class ArraySpec:
     shape: tuple[int, ...]
 
 
-def npz_arrays(data: bytes) -> dict[str, ArraySpec]:
+def array_nbytes(spec: ArraySpec) -> int:
+    """Bytes the array takes once loaded, from its header alone."""
+    count = 1
+    for d in spec.shape:
+        count *= d
+    return count * int(next(k for k, v in NPY_DESCRS.items() if v == spec.dtype)[2:])
+
+
+def npz_arrays(data: bytes, max_bytes: int | None = None) -> dict[str, ArraySpec]:
     """Reads the .npy headers of an .npz (no numpy, nothing extracted).
 
+    Args:
+        max_bytes: the most the arrays may take once loaded, summed over the members; a small
+            compressed .npz can declare gigabytes of zeros.
+
     Raises:
-        UploadError: not a zip, a member that is not a plain .npy, or an object/pickled dtype.
+        UploadError: not a zip, a member that is not a plain .npy, an object/pickled dtype, or
+            arrays over `max_bytes`.
     """
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
@@ -250,6 +263,11 @@ def npz_arrays(data: bytes) -> dict[str, ArraySpec]:
             if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
                 raise UploadError(f"inputs: {key!r} has a malformed shape {shape!r}")
             out[key] = ArraySpec(key, NPY_DESCRS[descr], shape)
+    if max_bytes is not None:
+        total = sum(array_nbytes(a) for a in out.values())
+        if total > max_bytes:
+            raise UploadError(f"inputs: the arrays take {total} bytes once loaded, over the limit of {max_bytes} "
+                              "bytes (max_inputs_mb)")
     return out
 
 

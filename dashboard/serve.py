@@ -1,7 +1,11 @@
-"""`make dashboard`: start the local board agent on loopback, then Streamlit headless; stop both on exit.
+"""`make dashboard`: the pages and the REST API on one port (dashboard/asgi.py), bound to 127.0.0.1.
 
+The server's lifespan starts the local board agent on loopback and stops it on exit.
 Environment: QLAB_DB (default <data>/qlab.duckdb), QLAB_PORT (default 8501), QLAB_DATA_DIR
-(default data/). The dashboard's server process is the only one that opens the database.
+(default data/), QLAB_HOST (default 127.0.0.1; any other address needs sign-in configured),
+QLAB_ADMIN_TOKEN (>= 32 characters: an admin API token for CI), QLAB_ADMINS (a@x,b@y: the admins),
+QLAB_SECRETS_FILE (a secrets.toml with [auth], instead of .streamlit/secrets.toml).
+The dashboard's server process is the only one that opens the database.
 """
 
 from __future__ import annotations
@@ -11,17 +15,19 @@ import ctypes
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-APP = REPO_ROOT / "dashboard" / "streamlit_app.py"
+APP = REPO_ROOT / "dashboard" / "asgi.py"
 DEFAULT_PORT = 8501
 # the agent imports a TFLite runtime before it listens; give it this long to answer /v1/health
 AGENT_START_TIMEOUT_S = 30.0
@@ -48,6 +54,37 @@ def ensure_token(path: Path) -> Path:
     return path
 
 
+# the packages a child needs; only they are put on its import path (see import_root)
+PACKAGES = ("qcore", "dashboard", "board_agent")
+
+
+def python_command() -> list[str]:
+    """The interpreter for children: `-P` keeps the working directory (the repo, holding data/)
+    off sys.path, so nothing under the data directory can ever be imported by name."""
+    return [sys.executable, "-P"]
+
+
+def import_root() -> Path:
+    """A fresh private directory holding only links to qlab's packages: the children's PYTHONPATH.
+
+    Putting the repo itself there would make `data/` (the default data dir, with uploads) an
+    importable namespace package, and a model config may name any module.
+    """
+    root = Path(tempfile.mkdtemp(prefix="qlab-import-"))
+    for name in PACKAGES:
+        (root / name).symlink_to(REPO_ROOT / name, target_is_directory=True)
+    return root
+
+
+def child_env(data_dir: Path, db: Path, root: Path | None = None) -> dict[str, str]:
+    """The environment of the Streamlit and agent children (no repo or data dir on PYTHONPATH)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(QLAB_DATA_DIR=str(data_dir), QLAB_DB=str(db), PYTHONSAFEPATH="1")
+    if root is not None:
+        env["PYTHONPATH"] = str(root)
+    return env
+
+
 def _die_with_parent() -> None:
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -56,17 +93,18 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_agent(data_dir: Path, token_file: Path) -> tuple[subprocess.Popen[bytes] | None, str]:
+def start_agent(data_dir: Path, token_file: Path,
+                env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes] | None, str]:
     """Starts `python -m board_agent` on a free loopback port; returns (process, url), or (None, '')."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     workdir = data_dir / "agent"
     workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "board_agent", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [*python_command(), "-m", "board_agent", "--host", "127.0.0.1", "--port", str(port),
            "--token-file", str(token_file), "--workdir", str(workdir)]
     logfile = (workdir / "agent.log").open("ab")
     try:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=logfile, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=logfile, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=_die_with_parent)
     except OSError as exc:
         log.warning("could not start the local board agent: %s", exc)
@@ -113,20 +151,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         print(f"qlab dashboard: error: QLAB_PORT={port_text!r} is not a TCP port (1-65535)", file=sys.stderr)
         return 2
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # everything the server writes (database, uploads, tokens) is readable by this user only
+    os.umask(0o077)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
 
-    env = dict(os.environ, QLAB_DATA_DIR=str(data_dir), QLAB_DB=str(db), PYTHONPATH=str(REPO_ROOT))
-    agent: subprocess.Popen[bytes] | None = None
-    if not args.no_agent:
-        token_file = ensure_token(data_dir / "agent" / "token")
-        agent, url = start_agent(data_dir, token_file)
-        if agent is not None:
-            env.update(QLAB_AGENT_URL=url, QLAB_AGENT_TOKEN_FILE=str(token_file))
-            log.info("local board agent at %s", url)
+    from dashboard.services.lifecycle import DEFAULT_HOST, ENV_AGENT, ENV_SECRETS, check_bind
+    from qcore.qtyping import QlabError
 
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", port_text,
-           "--server.headless", "true"]
-    log.info("qlab dashboard on http://localhost:%s (database %s)", port_text, db)
+    host = os.environ.get("QLAB_HOST") or DEFAULT_HOST
+    try:
+        check_bind(host)
+    except QlabError as exc:
+        print(f"qlab dashboard: error: {exc}", file=sys.stderr)
+        return 2
+    root = import_root()
+    env = child_env(data_dir, db, root)
+    if args.no_agent:
+        env[ENV_AGENT] = "0"
+    cmd = [*python_command(), "-m", "streamlit", "run", str(APP), "--server.port", port_text,
+           "--server.address", host, "--server.headless", "true"]
+    if os.environ.get(ENV_SECRETS):
+        cmd += ["--secrets.files", os.environ[ENV_SECRETS]]
+    shown = "localhost" if host == DEFAULT_HOST else host
+    log.info("qlab dashboard and API on http://%s:%s (database %s)", shown, port_text, db)
     app = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, preexec_fn=_die_with_parent)
 
     def _forward(signum: int, _frame: object) -> None:
@@ -138,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = app.wait()
     finally:
         stop(app)
-        stop(agent)
+        shutil.rmtree(root, ignore_errors=True)
     return 0 if code in (0, -signal.SIGTERM) else code
 
 

@@ -1,33 +1,59 @@
-"""qlab's dashboard: wires the pages, each at a stable url_path, and routes `?report=<id>` links."""
+"""qlab's dashboard: signs the user in, wires the pages their role may see, and routes `?report=<id>` links."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from dashboard import auth
+from qcore.qtyping import Role
+from qcore.store import ACTOR
+
 st.set_page_config(page_title="qlab", page_icon=":material/tune:", layout="wide")
 
-PAGES = {
-    "Lab": [
-        st.Page("app_pages/overview.py", title="Overview", icon=":material/dashboard:", url_path="overview",
-                default=True),
-        st.Page("app_pages/models.py", title="Models & data", icon=":material/upload_file:", url_path="models"),
-        st.Page("app_pages/quantize.py", title="Quantize", icon=":material/compress:", url_path="quantize"),
-        st.Page("app_pages/compare.py", title="Compare", icon=":material/scatter_plot:", url_path="compare"),
-    ],
-    "Explain": [
-        st.Page("app_pages/debugger.py", title="Debugger", icon=":material/bug_report:", url_path="debugger"),
-        st.Page("app_pages/qat.py", title="QAT", icon=":material/model_training:", url_path="qat"),
-        st.Page("app_pages/inspect.py", title="Inspect", icon=":material/search:", url_path="inspect"),
-        st.Page("app_pages/math.py", title="Quantization math", icon=":material/calculate:", url_path="math"),
-    ],
-    "Share": [
-        st.Page("app_pages/boards.py", title="Boards", icon=":material/memory:", url_path="boards"),
-        st.Page("app_pages/reports.py", title="Reports", icon=":material/share:", url_path="reports"),
-    ],
-}
+who = auth.current()
+st.session_state["auth_principal"] = who
+ACTOR.set(who.email)  # rows this run writes (and the jobs it queues) record who made them
 
-page = st.navigation(PAGES)
+# (section, file, title, icon, url_path, the role it needs)
+PAGES = [
+    ("Lab", "app_pages/overview.py", "Overview", ":material/dashboard:", "overview", Role.VIEWER),
+    ("Lab", "app_pages/models.py", "Models & data", ":material/upload_file:", "models", Role.MEMBER),
+    ("Lab", "app_pages/quantize.py", "Quantize", ":material/compress:", "quantize", Role.MEMBER),
+    ("Lab", "app_pages/compare.py", "Compare", ":material/scatter_plot:", "compare", Role.VIEWER),
+    ("Explain", "app_pages/debugger.py", "Debugger", ":material/bug_report:", "debugger", Role.MEMBER),
+    ("Explain", "app_pages/layers.py", "Cost vs error", ":material/stacked_line_chart:", "layers", Role.VIEWER),
+    ("Explain", "app_pages/qat.py", "QAT", ":material/model_training:", "qat", Role.MEMBER),
+    ("Explain", "app_pages/inspect.py", "Inspect", ":material/search:", "inspect", Role.VIEWER),
+    ("Explain", "app_pages/math.py", "Quantization math", ":material/calculate:", "math", Role.VIEWER),
+    ("Share", "app_pages/boards.py", "Boards", ":material/memory:", "boards", Role.MEMBER),
+    ("Share", "app_pages/reports.py", "Reports", ":material/share:", "reports", Role.VIEWER),
+    ("Share", "app_pages/settings.py", "Settings", ":material/settings:", "settings", Role.VIEWER),
+]
+
+report_link = st.query_params.get("report")
+nav: dict[str, list[st.Page]] = {}
+reports_page = None
+for section, path, title, icon, url_path, needs in PAGES:
+    if not who.role.allows(needs):
+        continue
+    page_obj = st.Page(path, title=title, icon=icon, url_path=url_path, default=url_path == "overview")
+    if url_path == "reports":
+        reports_page = page_obj
+    nav.setdefault(section, []).append(page_obj)
+
+if report_link and who.role is Role.VIEWER and reports_page is not None:
+    # a viewer who follows a report link sees that report and nothing else
+    st.navigation([st.Page("app_pages/reports.py", title="Report", icon=":material/share:", url_path="reports",
+                           default=True)], position="hidden").run()
+    st.stop()
+
+if auth.enabled():
+    with st.sidebar:
+        st.caption(f"{who.email} · {who.role}")
+        st.button("Sign out", on_click=st.logout, key="auth_sign_out", icon=":material/logout:")
+
+page = st.navigation(nav)
 # a shared link `/?report=<id>` (on any page) opens that report read-only
-if "report" in st.query_params and page.url_path != "reports":
-    st.switch_page(PAGES["Share"][1], query_params={"report": st.query_params["report"]})
+if report_link and page.url_path != "reports" and reports_page is not None:
+    st.switch_page(reports_page, query_params={"report": report_link})
 page.run()

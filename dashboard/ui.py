@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard.services import reads, tables
+from dashboard.services import reads, tables, words
 from dashboard.services.jobs import ACTIVE
 from dashboard.services.lab import Lab, lab
 from qcore.qtyping import Job, JobStatus, QlabError
@@ -18,13 +19,25 @@ from qcore.qtyping import Job, JobStatus, QlabError
 POLL_SECONDS = 1.0
 
 
+# the characters that let text in Streamlit's markdown make links ([..](..), <..>), :colour[..]
+# directives, code or LaTeX ($); emphasis marks are left alone (at worst they restyle a word)
+_MD_SPECIAL = re.compile(r"([\\`\[\]<>$])")
+
+
+def md(text: Any) -> str:
+    """User text (titles, names, file names in errors) made literal inside Streamlit markdown:
+    no links, emphasis, LaTeX or :directives: of its own."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+
+
 @contextmanager
 def guard(what: str = "") -> Iterator[None]:
     """Shows a user error (QlabError, ValueError) as `st.error` in words instead of a traceback."""
     try:
         yield
     except (QlabError, ValueError) as exc:
-        st.error(f"{what}: {exc}" if what else str(exc), icon=":material/error:")
+        text = md(words.for_ui(str(exc)))
+        st.error(f"{what}: {text}" if what else text, icon=":material/error:")
 
 
 def current() -> Lab:
@@ -82,7 +95,7 @@ def job_panel(
         _poll()
         return
     if job.status is JobStatus.FAILED:
-        st.error(f"job #{job.id} ({job.kind}) failed: {job.error}", icon=":material/error:")
+        st.error(f"job #{job.id} ({job.kind}) failed: {md(words.for_ui(job.error))}", icon=":material/error:")
     elif job.status is JobStatus.CANCELLED:
         st.warning(f"job #{job.id} ({job.kind}) was cancelled", icon=":material/cancel:")
     else:
@@ -143,3 +156,73 @@ def pct(x: Any) -> str:
     except (TypeError, ValueError):
         return "–"
     return "–" if f != f else f"{100 * f:.2f}%"
+
+
+def npu_verdict(row: Any, what: str = "") -> None:
+    """The NPU verdict of one stored variant as a coloured line: ready, falls back to the CPU, or not linted."""
+    from dashboard.services import npu_view
+
+    row = dict(row)
+    text = (f"{what}: " if what else "") + npu_view.verdict_line(row)
+    state = npu_view.ready(row)
+    if state is True:
+        st.success(text, icon=":material/memory:")
+    elif state is False:
+        st.warning(text, icon=":material/memory:")
+    else:
+        st.caption(text)
+
+
+# session keys another page reads once: the variant chosen with "Use this variant"
+USE_VARIANT_KEY = "ui_use_variant"
+
+
+def use_variant_button(variant_id: int, model_id: int, key: str) -> None:
+    """"Use this variant": opens Compare with it selected (beside float32) and preselects it on Boards."""
+    if st.button("Use this variant", key=key, icon=":material/open_in_new:",
+                 help="open Compare with it selected; it is also preselected for a board benchmark"):
+        st.session_state[USE_VARIANT_KEY] = (int(variant_id), int(model_id))
+        st.session_state["boards_bench_variants"] = [int(variant_id)]
+        st.switch_page("app_pages/compare.py")
+
+
+def take_used_variant() -> tuple[int, int] | None:
+    """The (variant id, model id) a "Use this variant" button passed to this page, once."""
+    value = st.session_state.pop(USE_VARIANT_KEY, None)
+    return (int(value[0]), int(value[1])) if value else None
+
+
+def data_fit(the_lab: Lab, model_id: int | None, dataset_id: int | None) -> bool:
+    """Warns before a job fails: the dataset against the model (shape, value range, labels). True when it fits."""
+    from dashboard.services import data_check
+
+    if model_id is None or dataset_id is None:
+        return True
+    models = reads.models(the_lab.db_key)
+    found = models[models["id"] == int(model_id)]
+    if found.empty:
+        return True
+    try:
+        prof = reads.dataset_profile(the_lab.db_key, int(dataset_id))
+    except QlabError as exc:
+        st.warning(f"cannot check the dataset against the model: {exc}", icon=":material/warning:")
+        return True
+    fits = True
+    for severity, message in data_check.warnings(dict(found.iloc[0]), prof, f"dataset #{dataset_id}"):
+        if severity == "error":
+            fits = False
+            st.error(message, icon=":material/error:")
+        else:
+            st.warning(message, icon=":material/warning:")
+    return fits
+
+
+# hex digits of a sha256 a table shows: enough to tell files apart
+SHA_SHOWN = 12
+
+
+def short_sha(df: pd.DataFrame) -> pd.DataFrame:
+    """The table with its sha256 column cut to its first 12 hex digits."""
+    if "sha256" not in df:
+        return df
+    return df.assign(sha256=df["sha256"].astype(str).str.slice(0, SHA_SHOWN))

@@ -1,4 +1,8 @@
-"""Client of the board agent: health, remote benchmarks and on-board accuracy, stored beside host results."""
+"""HTTP client of one board agent (protocol v1): health, benchmark and inference jobs, their results.
+
+Nothing here touches the store; `qcore.board_runs` orchestrates runs over registered boards and
+stores their results, `qcore.board_farm` fans a matrix out across a pool.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,7 @@ import io
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import requests
@@ -15,10 +18,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from board_agent import protocol
-from qcore.qtyping import Board, Dataset, Evaluation, Latency, Progress, QlabError, no_progress
-
-if TYPE_CHECKING:
-    from qcore.store import Store
+from qcore.qtyping import Latency, QlabError
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +40,24 @@ class BoardUnreachableError(QlabError):
     """The agent did not answer (connection refused, timeout, DNS): nothing was done or stored."""
 
 
-@dataclass(frozen=True)
-class BoardHealth:
-    """A registered board and what its agent says now (or why it did not answer)."""
+class BoardBusyError(QlabError):
+    """The agent's queue is full (429): nothing was queued; retry after `retry_after` seconds."""
 
-    board: Board
-    reachable: bool
-    health: dict[str, Any] | None
-    error: str = ""
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
-    def available_targets(self) -> list[str]:
-        """Targets the agent reports as available, in protocol order."""
-        targets = (self.health or {}).get("targets", {})
-        return [t for t in protocol.TARGETS if targets.get(t, {}).get("available")]
+
+# names that moved to qcore.board_runs when the orchestration left this module; old imports keep working
+_MOVED = ("BoardHealth", "client_for", "board_health", "bench_on_board", "accuracy_on_board")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module("qcore.board_runs"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class BoardClient:
@@ -110,6 +115,13 @@ class BoardClient:
                 f"board {self.name} at {self.url} did not answer {method} {path} in time") from None
         except requests.exceptions.RequestException as exc:
             raise BoardUnreachableError(f"board {self.name} at {self.url} is unreachable: {_reason(exc)}") from None
+        if resp.status_code == 429:
+            try:
+                retry_after = float(resp.headers.get("Retry-After", "1"))
+            except ValueError:
+                retry_after = 1.0
+            raise BoardBusyError(f"board {self.name} at {self.url}: {method} {path} -> 429: {_error_text(resp)}",
+                                 retry_after)
         if resp.status_code >= 400:
             raise QlabError(f"board {self.name} at {self.url}: {method} {path} -> {resp.status_code}: "
                             f"{_error_text(resp)}")
@@ -247,28 +259,6 @@ class BoardClient:
         return self.outputs(job_id), result
 
 
-# ---------------------------------------------------------------------- store-aware helpers
-def client_for(store: Store, board: str) -> BoardClient:
-    """A client for a registered board (QlabError when the name is unknown)."""
-    url, token = store.board_token(board)
-    return BoardClient(url, token, name=board)
-
-
-def board_health(store: Store, *, connect_timeout: float = 2.0) -> list[BoardHealth]:
-    """Live health of every registered board; an unreachable one is reported, not raised."""
-    out: list[BoardHealth] = []
-    for b in store.boards():
-        url, token = store.board_token(b.name)
-        client = BoardClient(url, token, name=b.name, connect_timeout=connect_timeout, read_timeout=5.0, retries=0)
-        try:
-            out.append(BoardHealth(b, True, client.health()))
-        except QlabError as exc:
-            out.append(BoardHealth(b, False, None, str(exc)))
-        finally:
-            client.close()
-    return out
-
-
 def resolve_targets(health: Mapping[str, Any], spec: str | Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """Which targets to run: (chosen, skipped {target: reason}).
 
@@ -314,162 +304,6 @@ def latency_from_result(result: Mapping[str, Any], *, board: str = "", job_id: s
     if job_id:
         extra["job_id"] = job_id
     return Latency(**head, **times, extra=extra)  # type: ignore[arg-type]
-
-
-def bench_on_board(
-    store: Store,
-    board: str,
-    model_bytes: bytes,
-    targets: str | Sequence[str] = protocol.CPU,
-    *,
-    runs: int = protocol.RUNS.default,
-    warmup: int = protocol.WARMUP.default,
-    threads: int = protocol.THREADS.default,
-    profile: bool = False,
-    variant_id: int | None = None,
-    progress: Progress = no_progress,
-    failed: dict[str, str] | None = None,
-    skipped: dict[str, str] | None = None,
-    timeout: float = DEFAULT_JOB_TIMEOUT_S,
-) -> list[Latency]:
-    """Times a .tflite on a registered board, one target after the other, and stores the timings.
-
-    Rows go into `benchmarks` with board=<name> and the target, linked to `variant_id` (or the
-    variant with the same sha256, when there is one). Nothing is stored until every target ran.
-
-    Args:
-        targets: "all", one target, or a list; "all" skips unavailable targets (reasons in `skipped`).
-        failed: when given, a target whose job fails (e.g. the NPU refuses the model) is recorded
-            here as {target: reason} and the others still run; when None, the failure raises.
-        skipped: when given, receives {target: reason} for targets that "all" left out.
-
-    Returns:
-        One `Latency` per target that ran, in order.
-
-    Raises:
-        QlabError: unknown board or target, unreachable agent (naming the URL), or a failed job.
-    """
-    from qcore.store import sha256_bytes
-
-    client = client_for(store, board)
-    try:
-        progress(0.0, f"asking {board} for its targets")
-        chosen, left_out = resolve_targets(client.health(), targets)
-        if skipped is not None:
-            skipped.update(left_out)
-        results: list[Latency] = []
-        for i, target in enumerate(chosen):
-            progress(i / len(chosen), f"{board}: timing on {target}")
-            try:
-                job_id = client.submit_benchmark(model_bytes, target=target, runs=runs, warmup=warmup,
-                                                 threads=threads, profile=profile)
-                result = client.wait(job_id, timeout=timeout)
-            except QlabError as exc:
-                if failed is None or isinstance(exc, BoardUnreachableError):
-                    raise
-                failed[target] = str(exc)
-                log.warning("%s", exc)
-                continue
-            results.append(latency_from_result(result, board=board, job_id=job_id))
-        if not results and failed:
-            raise QlabError(f"board {board}: every target failed: " + "; ".join(failed.values()))
-    finally:
-        client.close()
-    sha = sha256_bytes(model_bytes)
-    vid = variant_id if variant_id is not None else store.variant_id_for_sha(sha)
-    for lat in results:
-        store.add_benchmark(lat, sha256=sha, board=board, variant_id=vid)
-    progress(1.0, f"{board}: {len(results)} timing(s) stored")
-    return results
-
-
-def accuracy_on_board(
-    store: Store,
-    board: str,
-    model_bytes: bytes,
-    dataset: Dataset,
-    target: str = protocol.CPU,
-    *,
-    variant_id: int | None = None,
-    dataset_id: int | None = None,
-    threads: int = protocol.THREADS.default,
-    progress: Progress = no_progress,
-    timeout: float = DEFAULT_JOB_TIMEOUT_S,
-) -> tuple[Evaluation, float]:
-    """Runs the test split on the board, scores it, and compares it with the host's outputs.
-
-    The board gets the preprocessed float inputs (`dataset.test_inputs()`); the agent quantizes
-    them with the model's input scale and zero point and returns dequantized outputs. The host
-    runs the same model with LiteRT on this machine. The evaluation is stored with
-    device="board:<name>/<target>" and the metrics host_agreement, output_max_abs_diff and
-    output_mean_abs_diff when the model is a known variant (by `variant_id` or sha256); the dataset
-    is registered (idempotent) unless `dataset_id` is given.
-
-    Returns:
-        (the board's evaluation, agreement of its argmax with the host's, in [0, 1]).
-
-    Raises:
-        QlabError: unknown board, unavailable target, unreachable agent, a failed job, or data that
-            does not fit the model.
-    """
-    from qcore import litert_io, metrics
-    from qcore.data import dataset_sha256
-    from qcore.store import sha256_bytes
-
-    x, y = dataset.test_inputs(), np.asarray(dataset.y_test)
-    if len(x) == 0:
-        raise QlabError(f"data {dataset.name!r} has no test samples to evaluate on")
-    progress(0.05, f"running {len(x)} samples on this host")
-    host_out, _ = litert_io.run_model(model_bytes, x)
-    client = client_for(store, board)
-    try:
-        progress(0.3, f"asking {board} for its targets")
-        resolve_targets(client.health(), target)
-        progress(0.4, f"{board}: running {len(x)} samples on {target}")
-        outputs, result = client.infer(model_bytes, x, target=target, threads=threads, timeout=timeout)
-    finally:
-        client.close()
-    if not outputs or len(outputs[0]) != len(x):
-        got = len(outputs[0]) if outputs else 0
-        raise QlabError(f"board {board} returned {got} outputs for {len(x)} samples")
-    board_out = outputs[0].astype(np.float32)
-    pred = metrics.predictions(board_out)
-    n_classes = max(dataset.num_classes, board_out.reshape(len(board_out), -1).shape[1])
-    host_agreement = metrics.agreement(board_out, host_out)
-    diff = np.abs(board_out.reshape(len(x), -1) - host_out.reshape(len(x), -1).astype(np.float32))
-    max_diff, mean_diff = float(np.nanmax(diff)) if diff.size else 0.0, float(np.nanmean(diff)) if diff.size else 0.0
-    sha = sha256_bytes(model_bytes)
-    vid = variant_id if variant_id is not None else store.variant_id_for_sha(sha)
-    io_types = result.get("io", {})
-    runtime = result.get("runtime") or {}
-    note = (f"{board}/{target} on {runtime.get('name', '?')} {runtime.get('version', '')}".rstrip()
-            + f"; max |board - host| output {max_diff:.4g}")
-    ev = Evaluation(
-        accuracy=metrics.accuracy(board_out, y),
-        top5=metrics.top_k(board_out, y, 5),
-        agreement=None,
-        confusion=tuple(tuple(int(v) for v in row) for row in metrics.confusion(pred, y, n_classes)),
-        n_samples=len(x),
-        batched=False,
-        note=note,
-        size_bytes=len(model_bytes),
-        input_dtype=str(io_types.get("input_dtype", "")),
-        output_dtype=str(io_types.get("output_dtype", "")),
-    )
-    if vid is not None:
-        if dataset_id is None:
-            dataset_id = store.add_dataset(
-                name=dataset.name, source=dataset.source or dataset.name, sha256=dataset_sha256(dataset),
-                input_scale=dataset.input_scale, input_offset=dataset.input_offset,
-                n_train=len(dataset.x_train), n_test=len(dataset.x_test), num_classes=dataset.num_classes,
-            )
-        store.add_evaluation(
-            vid, dataset_id, ev, device=f"board:{board}/{target}",
-            extra_metrics={"host_agreement": host_agreement, "output_max_abs_diff": max_diff,
-                           "output_mean_abs_diff": mean_diff},
-        )
-    progress(1.0, f"{board}/{target}: accuracy {ev.accuracy:.4f}, agreement with host {host_agreement:.4f}")
-    return ev, host_agreement
 
 
 # ---------------------------------------------------------------------- helpers

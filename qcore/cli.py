@@ -56,6 +56,8 @@ def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write <OUT>/<recipe>.tflite (default: qlab-out/<model name>)")
     _add_preprocessing(p)
     p.add_argument("--calibration-samples", type=int, default=100, help="first N training samples (default 100)")
+    _add_engine(p, "tf", "tf: the TF converter, what users deploy with (default); aeq: AI Edge Quantizer, "
+                "calibrated once for all recipes")
     _add_common(p)
     p.set_defaults(handler=_cmd_convert)
 
@@ -87,6 +89,10 @@ def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_demo)
 
 
+def _add_engine(p: argparse.ArgumentParser, default: str, text: str) -> None:
+    p.add_argument("--engine", default=default, choices=("tf", "aeq"), help=text)
+
+
 def _add_preprocessing(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-scale", type=float, default=1.0, help="float_input = x * scale + offset (default 1)")
     p.add_argument("--input-offset", type=float, default=0.0, help="(default 0)")
@@ -107,9 +113,12 @@ def _load_data_arg(args: argparse.Namespace, input_shape: Any = None) -> Any:
 
 
 def _read_tflite(path: str) -> bytes:
-    from qcore.litert_io import read_tflite
+    """A .tflite to run: refused up front, naming the file and its ops, when LiteRT cannot run its custom ops."""
+    from qcore.litert_io import check_runnable, read_tflite
 
-    return read_tflite(path)
+    data = read_tflite(path)
+    check_runnable(data, path)
+    return data
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -117,7 +126,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from qcore.recipes import resolve_recipes
 
     try:
-        recipes = resolve_recipes(args.recipes)
+        recipes = resolve_recipes(args.recipes, args.engine)
     except ValueError as exc:
         raise QlabError(str(exc)) from None
     model = _load_model_arg(args.model)
@@ -126,24 +135,26 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         report = convert_and_evaluate(
             model, dataset, recipes, store=store, out_dir=out, calibration_samples=args.calibration_samples,
-            progress=_log_progress,
+            progress=_log_progress, engine=args.engine,
         )
     variants = []
-    lines = [f"{report.model}: float accuracy {report.float_accuracy:.4f} on {len(dataset.y_test)} test samples"]
+    lines = [f"{report.model}: float accuracy {report.float_accuracy:.4f} on {len(dataset.y_test)} test samples"
+             f" (engine {args.engine})"]
     for v in report.variants:
         ev = v.evaluation
         variants.append({
             "recipe": v.recipe, "status": str(v.status), "path": v.path, "size_bytes": v.size_bytes,
             "accuracy": ev.accuracy if ev else None, "top5": ev.top5 if ev else None,
             "agreement": ev.agreement if ev else None, "input_dtype": v.input_dtype or None,
-            "output_dtype": v.output_dtype or None, "error": v.error or None,
+            "output_dtype": v.output_dtype or None, "error": v.error or None, "engine": v.engine,
         })
         if ev:
             lines.append(f"  {v.recipe:<17} acc {ev.accuracy:.4f}  top5 {ev.top5:.4f}  agree {ev.agreement:.4f}  "
                          f"{v.size_bytes:>9} B  {v.input_dtype}->{v.output_dtype}  {v.path}")
         else:
             lines.append(f"  {v.recipe:<17} FAILED: {v.error}")
-    payload = {"model": report.model, "float_accuracy": report.float_accuracy, "variants": variants}
+    payload = {"model": report.model, "float_accuracy": report.float_accuracy, "engine": args.engine,
+               "variants": variants}
     _emit(args, payload, "\n".join(lines))
     failed = [v for v in report.variants if v.error]
     for v in failed:
@@ -262,6 +273,10 @@ def _add_explain_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--whole-model", action="store_true", help="whole-model verification: errors propagate")
     _add_preprocessing(p)
     p.add_argument("--out", help="write the statistics CSV here (the debugger's columns, then range, rmse_scale)")
+    _add_engine(p, "aeq", "aeq: AI Edge Quantizer's validation, MSE/SNR/cosine per layer (default); "
+                "tf: TFLite's QuantizationDebugger")
+    p.add_argument("--model-explorer-out", help="with --engine aeq: write AEQ's comparison JSON and Model "
+                   "Explorer node-data files (<model>_comparison_result_me_input_<metric>.json) to this folder")
     _add_common(p)
     p.set_defaults(handler=_cmd_debug)
 
@@ -283,6 +298,10 @@ def _add_explain_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--debug-samples", type=int, default=100, help="first M test samples ranking layers (default 100)")
     _add_preprocessing(p)
     p.add_argument("--out", help="write <OUT>/<model>-tune.tflite")
+    _add_engine(p, "aeq", "who ranks layers and runs the trials: aeq (default, calibrated once) or tf")
+    p.add_argument("--deploy-engine", default="tf", choices=("tf", "aeq"),
+                   help="who makes the chosen variant (default tf): the chosen denylist is converted once more "
+                   "with it when it differs from --engine")
     _add_common(p)
     p.set_defaults(handler=_cmd_tune)
 
@@ -348,7 +367,8 @@ def _cmd_debug(args: argparse.Namespace) -> int:
             model, dataset, recipe=args.recipe, calibration_samples=args.calibration_samples,
             debug_samples=args.debug_samples, extra_metrics=_names([args.metrics]), whole_model=args.whole_model,
             denylisted_nodes=nodes, denylisted_ops=ops, threshold=args.threshold, first_k=args.first_k,
-            store=store, selective_out=args.selective_out, progress=_log_progress,
+            store=store, selective_out=args.selective_out, progress=_log_progress, engine=args.engine,
+            model_explorer_out=args.model_explorer_out,
         )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -363,9 +383,11 @@ def _cmd_debug(args: argparse.Namespace) -> int:
             "agreement": sel.evaluation.agreement, "size_bytes": sel.size_bytes, "path": sel.path,
             "variant_id": sel.variant_id,
         },
-        "debug_run_id": r.debug_run_id, "out": args.out,
+        "debug_run_id": r.debug_run_id, "out": args.out, "engine": args.engine,
+        "model_explorer_out": args.model_explorer_out,
     }
-    lines = [f"{r.model}: {len(r.stats)} layers debugged ({'whole model' if args.whole_model else 'layer by layer'}"
+    mode = "whole model" if args.whole_model or args.engine == "aeq" else "layer by layer"
+    lines = [f"{r.model}: {len(r.stats)} layers debugged by {args.engine} ({mode}"
              f", {r.settings['debug_samples']} samples)"]
     lines += [f"  {s.op_name:<18} rmse/scale {s.rmse_scale:7.3f}  range {s.range:9.4g}  {s.tensor_name}"
               for s in r.stats]
@@ -411,7 +433,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         r = tune(model, dataset, max_drop=args.max_drop, recipe=args.recipe,
                  calibration_samples=args.calibration_samples, debug_samples=args.debug_samples, store=store,
-                 out_dir=args.out, progress=_log_progress)
+                 out_dir=args.out, progress=_log_progress, engine=args.engine, deploy_engine=args.deploy_engine)
     chosen = r.chosen
     payload = {
         "model": r.model, "max_drop": r.max_drop, "float_accuracy": r.float_accuracy,
@@ -419,8 +441,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         "tried": [{"denylist": list(t.denylist), "accuracy": t.accuracy, "size_bytes": t.size_bytes,
                    "passed": t.passed, **({"error": t.error} if t.error else {})} for t in r.tried],
         "chosen": None if chosen is None else {"denylist": list(chosen.denylist), "accuracy": chosen.accuracy,
-                                               "size_bytes": chosen.size_bytes, "path": chosen.path},
+                                               "size_bytes": chosen.size_bytes, "path": chosen.path,
+                                               "passed": chosen.passed},
         "tune_run_id": r.tune_run_id, "chosen_variant_id": r.chosen_variant_id,
+        "engine": r.engine, "deploy_engine": r.deploy_engine, "search_accuracy": r.search_accuracy,
     }
     lines = [f"{r.model}: float accuracy {r.float_accuracy:.4f}, target {r.target_accuracy:.4f} "
              f"(at most {r.max_drop:g} points lower); {len(r.ranking)} layers ranked, {len(r.tried)} conversions"]
@@ -429,7 +453,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if chosen is None:
         lines.append("  no denylist reaches the target, not even with every ranked layer in float")
     else:
-        lines.append(f"  chosen: {len(chosen.denylist)} layers in float, accuracy {chosen.accuracy:.4f}, "
+        lines.append(f"  chosen: {len(chosen.denylist)} layers in float, accuracy {chosen.accuracy:.4f} "
+                     f"({r.deploy_engine}; search on {r.engine}){'' if chosen.passed else ' MISSES the target'}, "
                      f"{chosen.size_bytes} B  {chosen.path}")
         lines += [f"    {n}" for n in chosen.denylist]
     _emit(args, _finite(payload), "\n".join(lines))
@@ -438,7 +463,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- boards (issue 4)
 def _add_board_commands(sub: argparse._SubParsersAction) -> None:
-    """`board add|list|bench|accuracy`."""
+    """`board add|list|bench|accuracy|label|history|matrix`."""
     board = sub.add_parser("board", help="i.MX8M Plus boards running the qlab agent: register, time, evaluate")
     bsub = board.add_subparsers(dest="board_command", required=True, metavar="ACTION")
     targets = "npu, cpu, cpu-plain or all (all skips unavailable targets with a note)"
@@ -476,6 +501,35 @@ def _add_board_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_board_accuracy)
 
 
+    p = bsub.add_parser("label", help="add (or --remove) labels of a board: soc=imx8mp, bsp=..., runtime=..., tag=lab")
+    p.add_argument("name")
+    p.add_argument("labels", nargs="*", metavar="KEY=VALUE", help="keys: soc, bsp, runtime, tag")
+    p.add_argument("--remove", action="store_true", help="drop these labels instead")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_board_label)
+
+    p = bsub.add_parser("history", help="the last health checks of a board (or of every board)")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-n", type=int, default=10, help="checks per board (default 10)")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_board_history)
+
+    p = bsub.add_parser("matrix", help="benchmark variants x targets across a board or a pool of boards")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--pool", help="a label query: 'imx8mp', 'soc=imx8mp tag=lab', or '*'")
+    where.add_argument("--board", help="one registered board")
+    p.add_argument("--any", action="store_true",
+                   help="run each cell once on any free board of the pool (default: on every board)")
+    p.add_argument("--variants", required=True, help="comma-separated variant ids (see `qlab list`)")
+    p.add_argument("--targets", default="cpu", help="comma-separated: npu, cpu, cpu-plain (default cpu)")
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--profile", action="store_true", help="per-op (and on npu per-NPU-operation) profile")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_board_matrix)
+
+
 def _board_targets(value: str) -> str | list[str]:
     return value if value == "all" else [t.strip() for t in value.split(",") if t.strip()]
 
@@ -498,7 +552,7 @@ def _cmd_board_add(args: argparse.Namespace) -> int:
 
 
 def _cmd_board_list(args: argparse.Namespace) -> int:
-    from qcore.board_client import board_health
+    from qcore.board_runs import board_health
 
     with _open_store(args) as store:
         rows = board_health(store)
@@ -526,7 +580,7 @@ def _cmd_board_list(args: argparse.Namespace) -> int:
 def _cmd_board_bench(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from qcore.board_client import bench_on_board
+    from qcore.board_runs import bench_on_board
     from qcore.store import sha256_bytes
 
     model = _read_tflite(args.tflite)
@@ -558,6 +612,14 @@ def _cmd_board_bench(args: argparse.Namespace) -> int:
                 lines += [f"      {o.get('avg_ms', 0):8.3f} ms  {o.get('node_type')}  {o.get('name', '')}" for o in top]
             else:
                 lines.append(f"      profile not available: {prof.get('reason', '?')}")
+            npu = prof.get("npu") or {}
+            if npu.get("available"):
+                lines.append(f"      NPU driver profile: {npu['ops_per_invoke']} NPU operations, {npu['total_ms']:.3f} ms "
+                             f"at {npu['clock_mhz']:g} MHz ({npu['busy_ms']:.3f} ms busy), DDR read "
+                             f"{npu['ddr_read_mb']:.2f} MB / write {npu['ddr_write_mb']:.2f} MB per invoke; "
+                             f"mapping to TFLite ops: {npu.get('mapping_reason', '?')}")
+            elif npu:
+                lines.append(f"      NPU driver profile not available: {npu.get('reason', '?')}")
     lines += [f"  skipped {t}: {why}" for t, why in skipped.items()]
     lines += [f"  failed {t}: {why}" for t, why in failed.items()]
     lines.append(f"  stored {len(results)} timing(s)" + (f" for variant {variant_id}" if variant_id else ""))
@@ -569,7 +631,8 @@ def _cmd_board_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_board_accuracy(args: argparse.Namespace) -> int:
-    from qcore.board_client import accuracy_on_board, client_for, resolve_targets
+    from qcore.board_client import resolve_targets
+    from qcore.board_runs import accuracy_on_board, client_for
     from qcore.litert_io import make_interpreter
     from qcore.store import sha256_bytes
 
@@ -631,6 +694,205 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- per-op cost vs error (issue 12)
+def _add_op_cost_commands(sub: argparse._SubParsersAction) -> None:
+    """`op-cost`, `export-node-data`."""
+    for name, help_text in (
+        ("op-cost", "per-op debugger error (rmse/scale) beside per-op time on a board, or a labelled estimate"),
+        ("export-node-data", "write Model Explorer node data (one JSON per metric) for a variant's .tflite graph"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("variant", metavar="VARIANT", help="a stored variant's id or name")
+        p.add_argument("--board", help="a board with a stored per-op profile ('host' = the estimate; default: the "
+                                       "first board profile, else the estimate)")
+        p.add_argument("--target", help="npu, cpu or cpu-plain (default: the first with a profile)")
+        p.add_argument("--debug-run", type=int, help="debugger run id (default: the newest of the variant's model)")
+        if name == "export-node-data":
+            p.add_argument("--out", required=True, help="directory for <variant>.<metric>.json")
+            p.set_defaults(handler=_cmd_export_node_data)
+        else:
+            p.set_defaults(handler=_cmd_op_cost)
+        _add_common(p)
+
+
+def _variant_id(store: Any, ref: str) -> int:
+    """A variant id from an id or a unique name."""
+    if ref.strip().isdigit():
+        return int(store.variant(int(ref))["variant_id"])
+    rows = store.variant_summary()
+    hits = rows[rows["variant"] == ref]
+    if hits.empty:
+        known = ", ".join(sorted(set(map(str, rows["variant"])))[:10]) or "none stored"
+        raise QlabError(f"no variant named {ref!r} (known: {known})")
+    if len(hits) > 1:
+        ids = ", ".join(f"{int(r.variant_id)} ({r.model})" for r in hits.itertuples())
+        raise QlabError(f"{len(hits)} variants are named {ref!r}: pass one id of {ids}")
+    return int(hits.iloc[0]["variant_id"])
+
+
+def _op_cost_for(args: argparse.Namespace, store: Any) -> Any:
+    from qcore.op_cost import op_cost
+
+    return op_cost(store, _variant_id(store, args.variant), board=args.board, target=args.target,
+                   debug_run_id=args.debug_run)
+
+
+def _cmd_op_cost(args: argparse.Namespace) -> int:
+    from qcore.op_cost import report_rows
+
+    with _open_store(args) as store:
+        cost = _op_cost_for(args, store)
+    table = cost.table.sort_values("time_share", ascending=False, na_position="last")
+    lines = [f"variant #{cost.variant_id} {cost.variant}: time from {cost.board}/{cost.target} "
+             f"[{cost.time_source}], total {cost.total_ms:.3f} ms; error from debugger run "
+             f"{cost.debug_run_id if cost.debug_run_id is not None else '(none)'}",
+             f"  {'op':>3}  {'layer':<28}{'rmse/scale':>11}{'time ms':>10}{'share':>8}{'float on CPU ms':>17}"]
+    for r in table.itertuples():
+        lines.append(f"  {r.op_index:>3}  {str(r.layer)[:27]:<28}{r.rmse_scale:>11.3f}{r.time_ms:>10.4f}"
+                     f"{r.time_share * 100:>7.1f}%{r.float_on_cpu_ms:>17.4f}")
+    lines += [f"  unmapped: {u.node_type} {u.time_ms:.4f} ms ({u.why})" for u in cost.unmapped.itertuples()]
+    lines += [f"  note: {n}" for n in cost.notes]
+    payload = {"variant_id": cost.variant_id, "variant": cost.variant, "board": cost.board, "target": cost.target,
+               "time_source": cost.time_source, "total_ms": cost.total_ms, "debug_run_id": cost.debug_run_id,
+               "rows": report_rows(cost), "unmapped": _finite(cost.unmapped.to_dict("records")),
+               "notes": list(cost.notes)}
+    _emit(args, _finite(payload), "\n".join(lines))
+    return EXIT_OK
+
+
+def _cmd_export_node_data(args: argparse.Namespace) -> int:
+    from qcore.op_cost import explorer_command, explorer_installed, write_node_data
+
+    with _open_store(args) as store:
+        cost = _op_cost_for(args, store)
+        row = store.variant(cost.variant_id)
+        tflite = str(row["path"]) if row.get("path") else str(store.blob_path(str(row["sha256"])))
+    paths = write_node_data(cost, args.out)
+    command = explorer_command(tflite, paths)
+    lines = [f"wrote {len(paths)} node-data file(s) for variant #{cost.variant_id} {cost.variant} "
+             f"(time: {cost.board}/{cost.target}, {cost.time_source}):", *[f"  {p}" for p in paths],
+             "open the graph with them:" if explorer_installed()
+             else "open the graph with them (pip install ai-edge-model-explorer):", f"  {command}"]
+    _emit(args, {"variant_id": cost.variant_id, "files": [str(p) for p in paths], "graph_id": cost.graph_id,
+                 "time_source": cost.time_source, "command": command}, "\n".join(lines))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- bring your own .tflite (issue 11)
+def _add_import_commands(sub: argparse._SubParsersAction) -> None:
+    """`import-tflite`."""
+    p = sub.add_parser("import-tflite", help="take in a .tflite made elsewhere as a variant of a tflite-only model")
+    p.add_argument("tflite", metavar="FILE", help="the .tflite (eIQ model zoo, Ultralytics, onnx2tf, MediaPipe, ...)")
+    p.add_argument("--reference", metavar="FLOAT.tflite",
+                   help="a float .tflite of the same network: its accuracy and outputs are the float reference")
+    p.add_argument("--name", default="", help="the model's name (default: the reference's or the file's stem)")
+    p.add_argument("--data", help="evaluate on this .npz, image folder/.zip, or 'digits' (its test split)")
+    _add_preprocessing(p)
+    _add_common(p)
+    p.set_defaults(handler=_cmd_import_tflite)
+
+
+def _cmd_import_tflite(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from qcore.import_tflite import import_tflite, input_shape
+    from qcore.litert_io import read_tflite
+
+    # custom ops are welcome here: the file is stored and inspected, only running it is refused
+    model = read_tflite(args.tflite)
+    reference = read_tflite(args.reference) if args.reference else None
+    dataset = _load_data_arg(args, input_shape(model, args.tflite)) if args.data else None
+    with _open_store(args) as store:
+        r = import_tflite(store, model, label=args.tflite, name=args.name, reference=reference,
+                          reference_label=args.reference or "", dataset=dataset, progress=_log_progress)
+    payload = asdict(r)
+    lines = [f"{args.tflite}: model #{r.model_id} {r.model!r} (tflite-only), variant #{r.variant_id} {r.variant!r}; "
+             f"{r.size_bytes} B, {r.input_dtype} -> {r.output_dtype}, {r.verdict}"]
+    if r.reference_variant_id is not None:
+        lines.append(f"  float reference: variant #{r.reference_variant_id} ({args.reference})")
+    lines.append(f"  scored by: {'top-1 against labels' if r.scoring == 'classes' else 'MSE / cosine against the reference'}")
+    ev, ref = r.evaluation, r.reference_evaluation
+    if ev is not None and r.scoring == "classes":
+        lines.append(f"  accuracy {ev.accuracy:.4f}  top-5 {ev.top5:.4f}"
+                     + (f"  agreement {ev.agreement:.4f}" if ev.agreement is not None else "")
+                     + (f"  (reference accuracy {ref.accuracy:.4f})" if ref is not None else "")
+                     + f" on {ev.n_samples} samples")
+    elif ev is not None:
+        lines.append("  " + "  ".join(f"{k} {v:.4g}" for k, v in ev.output_metrics.items())
+                     + f" on {ev.n_samples} samples")
+    lines += [f"  note: {n}" for n in r.notes]
+    _emit(args, _finite(payload), "\n".join(lines))
+    return EXIT_OK
+
+
+def _cmd_board_label(args: argparse.Namespace) -> int:
+    pairs = []
+    for item in args.labels:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise QlabError(f"label {item!r} is not KEY=VALUE (keys: soc, bsp, runtime, tag)")
+        pairs.append((key.strip(), value.strip()))
+    with _open_store(args) as store:
+        if pairs:
+            store.set_board_labels(args.name, pairs, remove=args.remove)
+        labels = store.board_labels(args.name)
+    rows = labels.to_dict("records")
+    text = "\n".join(f"{args.name}  {r['key']}={r['value']}  ({r['source']})" for r in rows) or f"{args.name}: no labels"
+    _emit(args, {"board": args.name, "labels": rows}, text)
+    return EXIT_OK
+
+
+def _cmd_board_history(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        if args.name:
+            store.board_token(args.name)
+        hist = store.health_history(args.name, limit=max(1, args.n))
+    rows = hist.to_dict("records")
+    lines = [f"{r['board']:<12} {str(r['checked_at'])[:19]}  "
+             + ("up    " + str(r['runtime'] or '') + f"  queue {r['queue_depth']}" if r["reachable"]
+                else "DOWN  " + str(r["error"]))
+             for r in rows]
+    _emit(args, {"history": rows}, "\n".join(lines) or "no health checks yet (`qlab board list` makes one)")
+    return EXIT_OK
+
+
+def _cmd_board_matrix(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from qcore.board_runs import matrix, matrix_spread
+    from qcore.qtyping import Placement
+
+    try:
+        variant_ids = [int(v) for v in args.variants.split(",") if v.strip()]
+    except ValueError:
+        raise QlabError(f"--variants {args.variants!r}: give comma-separated variant ids, e.g. 3,4,7") from None
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    placement = Placement.BOARD if args.board else (Placement.ANY if args.any else Placement.EACH)
+    with _open_store(args) as store:
+        result = matrix(store, variant_ids, targets, pool=args.board or args.pool, placement=placement,
+                        runs=args.runs, warmup=args.warmup, threads=args.threads, profile=args.profile,
+                        progress=_log_progress)
+        spread = matrix_spread(store, result.run_id)
+    done = len(result.cells) - len(result.failed)
+    lines = [f"board run {result.run_id}: {len(result.cells)} cell(s) on {', '.join(result.boards)} "
+             f"({placement.value}), {done} done, {len(result.failed)} failed, {result.wall_s:.1f} s"]
+    for c in result.cells:
+        what = f"p50 {c.p50_ms:.3f} ms" if c.p50_ms is not None else f"FAILED: {c.reason}"
+        moved = f"  (moved from {', '.join(a['board'] for a in c.attempts)})" if c.attempts else ""
+        lines.append(f"  #{c.variant_id} {c.target:<9} {c.board or '-':<12} {what}{moved}")
+    if not spread.empty and spread["boards"].max() > 1:
+        lines.append("  spread across boards (p50 ms): variant target board p50 [pool min / median / max]")
+        lines += [f"    #{r.variant_id} {r.target:<9} {r.board:<12} {r.p50_ms:.3f} "
+                  f"[{r.pool_min_ms:.3f} / {r.pool_median_ms:.3f} / {r.pool_max_ms:.3f}]"
+                  for r in spread.itertuples(index=False)]
+    payload = {"run_id": result.run_id, "placement": placement.value, "pool": result.pool,
+               "boards": list(result.boards), "wall_s": result.wall_s, "retries_429": result.retries_429,
+               "cells": [asdict(c) for c in result.cells], "spread": spread.to_dict("records")}
+    _emit(args, payload, "\n".join(lines))
+    # 1 = some cells failed (their reasons are stored; the others are stored too)
+    return 1 if result.failed else EXIT_OK
+
+
 @contextlib.contextmanager
 def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
     """Silences TensorFlow's C++ chatter on fd 2 while keeping Python's sys.stderr for our messages."""
@@ -660,12 +922,61 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantize Keras models to TFLite, measure, explain and time them.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument("--server", default=os.environ.get("QLAB_SERVER") or None, metavar="URL",
+                        help="run convert, debug, tune, qat, compare-tensors, bench, board bench|accuracy and "
+                             "report make|push on this qlab server (default: $QLAB_SERVER)")
+    parser.add_argument("--token-file", dest="server_token_file", metavar="FILE",
+                        help="the server's API token (default: $QLAB_TOKEN)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_engine_commands(sub)
     _add_explain_commands(sub)
     _add_board_commands(sub)
     _add_jobs_command(sub)
+    _add_op_cost_commands(sub)
+    _add_import_commands(sub)
+    _add_report_commands(sub)
     return parser
+
+
+# ---------------------------------------------------------------- reports, local or on a server
+def _add_report_commands(sub: argparse._SubParsersAction) -> None:
+    """`report make|push`."""
+    report = sub.add_parser("report", help="make a report of variants; push a local report to a team server")
+    rsub = report.add_subparsers(dest="report_command", required=True, metavar="ACTION")
+    p = rsub.add_parser("make", help="a report of these variants (here, or on --server)")
+    p.add_argument("--title", required=True)
+    p.add_argument("--variants", required=True, help="comma-separated variant ids")
+    p.add_argument("--notes", default="", help="markdown")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_report_make)
+    p = rsub.add_parser("push", help="send a local report's bundle to the --server so it joins the team's lab")
+    p.add_argument("report_id")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_report_push)
+
+
+def _cmd_report_make(args: argparse.Namespace) -> int:
+    from qcore.reports import make_report
+
+    try:
+        ids = [int(v) for v in args.variants.split(",") if v.strip()]
+    except ValueError:
+        raise QlabError(f"--variants {args.variants!r}: expected comma-separated variant ids") from None
+    with _open_store(args) as store:
+        report_id = make_report(store, args.title, args.notes, ids)
+    _emit(args, {"id": report_id}, f"report {report_id} (open it on the dashboard with ?report={report_id})")
+    return EXIT_OK
+
+
+def _cmd_report_push(args: argparse.Namespace) -> int:
+    raise QlabError("report push needs --server URL (or QLAB_SERVER)")
+
+
+def _remote(args: argparse.Namespace) -> bool:
+    """True when this command runs on the --server instead of here."""
+    from qcore.cli_remote import JOBS, command_name
+
+    return bool(args.server) and (command_name(args) in JOBS or args.command == "report")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -684,6 +995,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         warnings.filterwarnings("ignore")
     try:
+        if _remote(args):
+            from qcore.cli_remote import run
+
+            return run(args, args.server)
         with _quiet_native_stderr(enabled=not args.verbose):
             return handler(args)
     except QlabError as exc:

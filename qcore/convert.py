@@ -19,6 +19,7 @@ from qcore.qtyping import (
     ConvertedVariant,
     ConvertReport,
     Dataset,
+    Engine,
     LoadedModel,
     Progress,
     QlabError,
@@ -110,6 +111,8 @@ def convert(model: LoadedModel, recipe: Recipe | str, calibration: np.ndarray) -
             suggests int8-fallback.
     """
     rec = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    if not rec.tf:
+        raise QlabError(f"recipe {rec.name}: the TF converter cannot express it; use --engine aeq")
     converter = make_converter(model)
     apply_recipe(converter, rec, calibration)
     try:
@@ -216,6 +219,7 @@ def convert_and_evaluate(
     out_dir: str | Path | None = None,
     calibration_samples: int = DEFAULT_CALIBRATION,
     progress: Progress = no_progress,
+    engine: str = Engine.TF,
     on_variant: Callable[[ConvertedVariant], None] | None = None,
 ) -> ConvertReport:
     """Converts with every recipe, evaluates each variant, and stores each in one transaction.
@@ -229,11 +233,15 @@ def convert_and_evaluate(
         out_dir: also write `<out_dir>/<recipe>.tflite`.
         calibration_samples: the first N training samples calibrate integer recipes.
         progress: called after each step.
-        on_variant: called with each recipe's outcome as soon as it is stored (pages show rows as they land).
+        engine: "tf" (TFLiteConverter, one conversion per recipe) or "aeq" (AI Edge Quantizer from
+            one float32 .tflite, calibrated once); a recipe the engine cannot express fails by name.
+        on_variant: called with each recipe's result as soon as it is stored, so a page can show
+            the rows that have landed while the others still convert.
 
     Raises:
-        QlabError: when the data does not fit the model, or calibration_samples < 1.
+        QlabError: when the data does not fit the model, calibration_samples < 1, or an unknown engine.
     """
+    engine = check_engine(engine)
     if calibration_samples < 1:
         raise QlabError(f"calibration samples must be at least 1, got {calibration_samples}")
     check_fits(model, dataset)
@@ -248,12 +256,24 @@ def convert_and_evaluate(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     calibration = dataset.calibration(calibration_samples)
+    if engine == Engine.AEQ:
+        from qcore import aeq
+
+        session = aeq.Session(model, calibration)
+
+        def make(rec: Recipe) -> bytes:
+            return session.convert(rec)
+    else:
+
+        def make(rec: Recipe) -> bytes:
+            return convert(model, rec, calibration)
+
     results: list[ConvertedVariant] = []
     for i, recipe in enumerate(recipes, start=1):
-        progress(i / steps, f"converting with {recipe.name} ({i}/{len(recipes)})")
+        progress(i / steps, f"converting with {recipe.name} on {engine} ({i}/{len(recipes)})")
         results.append(
-            _one_recipe(model, dataset, recipe, calibration, reference, store, model_id, dataset_id, out,
-                        calibration_samples)
+            _one_recipe(model, dataset, recipe, make, reference, store, model_id, dataset_id, out,
+                        calibration_samples, engine)
         )
         if on_variant is not None:
             on_variant(results[-1])
@@ -265,30 +285,34 @@ def _one_recipe(
     model: LoadedModel,
     dataset: Dataset,
     recipe: Recipe,
-    calibration: np.ndarray,
+    make: Callable[[Recipe], bytes],
     reference: np.ndarray,
     store: Store | None,
     model_id: int | None,
     dataset_id: int | None,
     out: Path | None,
     calibration_samples: int,
+    engine: str,
 ) -> ConvertedVariant:
-    settings = {"recipe": recipe.name, "calibration_samples": calibration_samples}
+    settings = {"recipe": recipe.name, "calibration_samples": calibration_samples, "engine": engine}
+    # one variant per (recipe, engine): the TF name stays the plain recipe name, as before
+    name = recipe.name if engine == Engine.TF else f"{recipe.name}@{engine}"
     try:
-        tflite = convert(model, recipe, calibration)
+        tflite = make(recipe)
         ev = evaluate_tflite(tflite, dataset, reference)
     except QlabError as exc:
         log.warning("%s", exc)
         variant_id = None
         if store is not None and model_id is not None and dataset_id is not None:
             variant_id = store.save_variant(
-                model_id=model_id, dataset_id=dataset_id, name=recipe.name, kind=VariantKind.PTQ,
-                recipe=recipe.name, settings=settings, status=VariantStatus.FAILED, error=str(exc),
+                model_id=model_id, dataset_id=dataset_id, name=name, kind=VariantKind.PTQ,
+                recipe=recipe.name, settings=settings, status=VariantStatus.FAILED, error=str(exc), engine=engine,
             )
-        return ConvertedVariant(recipe.name, VariantStatus.FAILED, error=str(exc), variant_id=variant_id)
+        return ConvertedVariant(recipe.name, VariantStatus.FAILED, error=str(exc), variant_id=variant_id,
+                                engine=engine)
     path = ""
     if out is not None:
-        target = out / f"{recipe.name}.tflite"
+        target = out / f"{name.replace('@', '-')}.tflite"
         target.write_bytes(tflite)
         path = str(target)
     from qcore.store import sha256_bytes
@@ -296,9 +320,9 @@ def _one_recipe(
     variant_id = None
     if store is not None and model_id is not None and dataset_id is not None:
         variant_id = store.save_variant(
-            model_id=model_id, dataset_id=dataset_id, name=recipe.name, kind=VariantKind.PTQ, recipe=recipe.name,
+            model_id=model_id, dataset_id=dataset_id, name=name, kind=VariantKind.PTQ, recipe=recipe.name,
             settings=settings, tflite=tflite, input_dtype=ev.input_dtype, output_dtype=ev.output_dtype,
-            evaluation=ev,
+            evaluation=ev, engine=engine,
         )
         if not path:
             path = str(store.blob_path(sha256_bytes(tflite)))
@@ -312,4 +336,17 @@ def _one_recipe(
         output_dtype=ev.output_dtype,
         evaluation=ev,
         variant_id=variant_id,
+        engine=engine,
     )
+
+
+def check_engine(engine: str) -> str:
+    """The engine name if known.
+
+    Raises:
+        QlabError: listing the known engines.
+    """
+    try:
+        return Engine(engine)
+    except ValueError:
+        raise QlabError(f"unknown engine {engine!r}; known engines: {', '.join(e.value for e in Engine)}") from None

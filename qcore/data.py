@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,15 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 HOLDOUT_EVERY = 5
 # a zip bigger than this once unpacked is refused (zip bombs)
 MAX_UNZIPPED_BYTES = 2 << 30
+# the arrays of one dataset may take at most this much memory once loaded (QLAB_MAX_DATASET_MB overrides)
+MAX_DATASET_BYTES = 1 << 30
+# an .npz member expanding more than this many times its compressed size, beyond 16 MB, is a bomb
+# (real pixel data compresses 2-10x; 400 KB of zeros that declare 410 MB is 1000x)
+MAX_NPZ_RATIO = 200
+# image folders: at most this many images, this many source pixels each and in total
+MAX_IMAGES = 200_000
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_TOTAL_PIXELS = 4_000_000_000
 
 
 def digits_dataset(input_scale: float = 1.0, input_offset: float = 0.0) -> Dataset:
@@ -95,7 +106,59 @@ def load_dataset(
     )
 
 
+def max_dataset_bytes() -> int:
+    """The memory cap for one dataset's arrays: QLAB_MAX_DATASET_MB, else MAX_DATASET_BYTES."""
+    raw = os.environ.get("QLAB_MAX_DATASET_MB", "")
+    return int(raw) * 1024 * 1024 if raw.isdigit() and int(raw) > 0 else MAX_DATASET_BYTES
+
+
+def check_npz_headers(p: Path, max_bytes: int | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+    """Reads each member's .npy header with numpy's own reader (no array data) and checks sizes.
+
+    Returns:
+        {array name: (shape, dtype)}.
+
+    Raises:
+        QlabError: naming the member that is not a plain .npy array, that would take more than
+            `max_bytes` (summed), or that expands suspiciously far beyond its compressed size.
+    """
+    from numpy.lib import format as npy
+
+    limit = max_dataset_bytes() if max_bytes is None else max_bytes
+    out: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
+    total = 0
+    try:
+        with zipfile.ZipFile(p) as zf:
+            for info in zf.infolist():
+                key = info.filename.removesuffix(".npy")
+                with zf.open(info) as f:
+                    try:
+                        version = npy.read_magic(f)
+                        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                        shape, _, dtype = read(f)
+                    except ValueError as exc:
+                        raise QlabError(f"{p}: member {info.filename!r} is not a plain .npy array ({exc})") from None
+                if dtype.hasobject:
+                    raise QlabError(f"{p}: {key} holds Python objects (dtype {dtype}); qlab reads numbers only")
+                nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
+                total += nbytes
+                if total > limit:
+                    raise QlabError(f"{p}: {key} of shape {shape} ({dtype}) takes {nbytes / 2**20:.0f} MB; the "
+                                    f"dataset's arrays would exceed the {limit / 2**20:.0f} MB limit "
+                                    "(QLAB_MAX_DATASET_MB)")
+                if nbytes > 16 * 2**20 and nbytes > MAX_NPZ_RATIO * max(info.compress_size, 1):
+                    raise QlabError(f"{p}: {key} expands from {info.compress_size} bytes to {nbytes} bytes "
+                                    f"(over {MAX_NPZ_RATIO}x): refused as a decompression bomb")
+                out[key] = (tuple(int(d) for d in shape), dtype)
+    except QlabError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise QlabError(f"{p}: not a readable .npz file ({exc})") from None
+    return out
+
+
 def _load_npz(p: Path) -> Dataset:
+    check_npz_headers(p)
     try:
         with np.load(p, allow_pickle=False) as z:
             missing = [k for k in NPZ_KEYS if k not in z.files]
@@ -168,29 +231,49 @@ def _image_mode_size(input_shape: tuple[int | None, ...] | None) -> tuple[str, t
     return mode, (int(w), int(h)), c
 
 
-def _read_images(root: Path, classes: list[str], mode: str, size: tuple[int, int], channels: int | None):
-    from PIL import Image, UnidentifiedImageError
-
-    xs: list[np.ndarray] = []
-    ys: list[int] = []
-    names: list[str] = []
+def _image_files(root: Path, classes: list[str]) -> list[tuple[int, Path]]:
+    files: list[tuple[int, Path]] = []
     for label, cls in enumerate(classes):
         folder = root / cls
         if not folder.is_dir():
             continue
         for f in sorted(folder.rglob("*")):
-            if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file():
-                continue
-            try:
-                with Image.open(f) as im:
-                    arr = np.asarray(im.convert(mode).resize(size), dtype=np.float32)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise QlabError(f"{f}: not a readable image ({exc})") from None
-            if mode == "L" and channels == 1:
-                arr = arr[..., None]
-            xs.append(arr)
-            ys.append(label)
-            names.append(f.name)
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and not f.is_symlink():
+                files.append((label, f))
+                if len(files) > MAX_IMAGES:
+                    raise QlabError(f"{root}: more than {MAX_IMAGES} images; qlab reads at most that many")
+    return files
+
+
+def _read_images(root: Path, classes: list[str], mode: str, size: tuple[int, int], channels: int | None):
+    from PIL import Image, UnidentifiedImageError
+
+    files = _image_files(root, classes)
+    per_image = size[0] * size[1] * (channels or 1) * 4
+    if len(files) * per_image > max_dataset_bytes():
+        raise QlabError(f"{root}: {len(files)} images at {size[0]}x{size[1]} take {len(files) * per_image / 2**20:.0f} "
+                        f"MB, over the {max_dataset_bytes() / 2**20:.0f} MB limit (QLAB_MAX_DATASET_MB)")
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    names: list[str] = []
+    pixels = 0
+    for label, f in files:
+        try:
+            with Image.open(f) as im:  # reads the header only; the pixels are decoded below
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise QlabError(f"{f}: {w}x{h} pixels is over the {MAX_IMAGE_PIXELS} pixel limit per image")
+                pixels += w * h
+                if pixels > MAX_TOTAL_PIXELS:
+                    raise QlabError(f"{root}: the images hold more than {MAX_TOTAL_PIXELS} pixels in total")
+                arr = np.asarray(im.convert(mode).resize(size), dtype=np.float32)
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            raise QlabError(f"{f}: not a readable image ({exc})") from None
+        if mode == "L" and channels == 1:
+            arr = arr[..., None]
+        xs.append(arr)
+        ys.append(label)
+        names.append(f.name)
     return xs, ys, names
 
 
@@ -226,27 +309,19 @@ def _load_folder(root: Path, input_shape: tuple[int | None, ...] | None, name: s
 
 
 def _load_zip(p: Path, input_shape: tuple[int | None, ...] | None) -> Dataset:
-    try:
-        with zipfile.ZipFile(p) as zf:
-            total = sum(i.file_size for i in zf.infolist())
-            if total > MAX_UNZIPPED_BYTES:
-                raise QlabError(f"{p}: unpacks to {total} bytes, over the {MAX_UNZIPPED_BYTES} byte limit")
-            with tempfile.TemporaryDirectory(prefix="qlab-zip-") as tmp:
-                root = Path(tmp).resolve()
-                for info in zf.infolist():
-                    target = (root / info.filename).resolve()
-                    if not target.is_relative_to(root):
-                        raise QlabError(f"{p}: entry {info.filename!r} points outside the archive")
-                zf.extractall(root)
-                entries = [d for d in root.iterdir() if not d.name.startswith(("__MACOSX", "."))]
-                # a zip of one top folder holding the class folders
-                if len(entries) == 1 and entries[0].is_dir():
-                    sub = [d for d in entries[0].iterdir() if d.is_dir()]
-                    if sub:
-                        root = entries[0]
-                return _load_folder(root, input_shape, name=p.stem)
-    except zipfile.BadZipFile as exc:
-        raise QlabError(f"{p}: not a readable .zip ({exc})") from None
+    from qcore.archives import extract_zip
+
+    _image_mode_size(input_shape)  # refuse before unpacking anything
+    with tempfile.TemporaryDirectory(prefix="qlab-zip-") as tmp:
+        root = extract_zip(p, Path(tmp) / "images", max_bytes=MAX_UNZIPPED_BYTES, max_files=MAX_IMAGES + 1000,
+                           name=str(p))
+        entries = [d for d in root.iterdir() if not d.name.startswith(("__MACOSX", "."))]
+        # a zip of one top folder holding the class folders
+        if len(entries) == 1 and entries[0].is_dir():
+            sub = [d for d in entries[0].iterdir() if d.is_dir()]
+            if sub:
+                root = entries[0]
+        return _load_folder(root, input_shape, name=p.stem)
 
 
 def check_fits(model: LoadedModel, dataset: Dataset) -> None:
@@ -293,3 +368,35 @@ def save_npz(dataset: Dataset, path: str | os.PathLike[str]) -> None:
         arrays["class_names"] = np.asarray(dataset.class_names)
     np.savez_compressed(buf, **arrays)
     Path(path).write_bytes(buf.getvalue())
+
+
+def load_stored_dataset(row: Mapping[str, Any], path: str | os.PathLike[str] | None = None,
+                        model_shape: tuple[int | None, ...] | None = None) -> Dataset:
+    """The data of a stored dataset row with its stored preprocessing.
+
+    Args:
+        row: the `datasets` row (name, source, stored_path, input_scale, input_offset, image_shape).
+        path: where its file is now (a worker's copy); default the row's stored_path.
+        model_shape: a model's input shape, for a zip of class folders stored before its image
+            size was recorded.
+
+    Raises:
+        QlabError: when the file is gone, or the row has no data here (imported from a report).
+    """
+    import json
+
+    scale, offset = float(row["input_scale"]), float(row["input_offset"])
+    image_shape = row.get("image_shape")
+    shape = (tuple(json.loads(image_shape)) if isinstance(image_shape, str) and image_shape
+             else model_shape)
+    stored = path or row.get("stored_path")
+    if isinstance(stored, str | os.PathLike) and str(stored):
+        if not Path(stored).exists():
+            raise QlabError(f"dataset #{row.get('id')} ({row['name']}): its file is missing from the data directory")
+        ds = load_dataset(stored, input_scale=scale, input_offset=offset, input_shape=shape)
+    elif row.get("source") == "digits":
+        ds = digits_dataset(input_scale=scale, input_offset=offset)
+    else:
+        raise QlabError(f"dataset #{row.get('id')} ({row['name']}) has no stored data here (imported from a "
+                        "report?); upload its file on the Models & data page")
+    return dataclasses.replace(ds, name=str(row["name"]))

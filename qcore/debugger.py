@@ -302,8 +302,14 @@ def run_debugger(
     selective_out: str | Path | None = None,
     calibrated: Calibrated | None = None,
     progress: Progress = no_progress,
+    engine: str = "tf",
+    model_explorer_out: str | Path | None = None,
 ) -> DebugResult:
     """Runs TFLite's QuantizationDebugger and, with a denylist, builds the selective model.
+
+    With `engine="aeq"` the per-layer error comes from AI Edge Quantizer's validation instead
+    (`qcore.aeq.run_debug`: MSE, SNR, cosine per op output, same table, labelled "aeq");
+    `extra_metrics`, `whole_model` and `calibrated` are TF-only, `model_explorer_out` AEQ-only.
 
     Calibration uses the first N training samples; the debug set is the first M test samples,
     one sample per step. Every per-layer row is kept (and stored), with `range = 255*scale` and
@@ -329,6 +335,22 @@ def run_debugger(
         QlabError: for 16x8 or non-int8 recipes, unknown metrics or denylist entries, layer names
             TensorFlow cannot scope, a model that has no layer the debugger can verify, no samples.
     """
+    if engine == "aeq":
+        from qcore import aeq
+
+        if extra_metrics or whole_model:
+            raise QlabError("--metrics and --whole-model are options of TF's debugger; AEQ's validation always "
+                            "compares whole models and reports MSE, SNR and cosine")
+        return aeq.run_debug(
+            model, dataset, recipe=recipe, calibration_samples=calibration_samples, debug_samples=debug_samples,
+            denylisted_nodes=denylisted_nodes, denylisted_ops=denylisted_ops, threshold=threshold,
+            first_k=first_k, store=store, selective_out=selective_out, model_explorer_out=model_explorer_out,
+            progress=progress,
+        )
+    if engine != "tf":
+        raise QlabError(f"unknown engine {engine!r}; known engines: tf, aeq")
+    if model_explorer_out is not None:
+        raise QlabError("Model Explorer export comes from AI Edge Quantizer's comparison; use --engine aeq")
     unknown = [m for m in extra_metrics if m not in LAYER_METRICS]
     if unknown:
         raise QlabError(f"unknown layer metric {unknown[0]!r}; known: {', '.join(LAYER_METRICS)}")
@@ -361,7 +383,7 @@ def run_debugger(
     settings: dict[str, Any] = {
         "recipe": cal.recipe, "calibration_samples": calibration_samples, "debug_samples": len(debug_x),
         "extra_metrics": list(extra_metrics), "whole_model": whole_model, "threshold": threshold,
-        "first_k": first_k, "denylisted_nodes": list(denylisted_nodes), "denylisted_ops": list(denylisted_ops),
+        "first_k": first_k, "engine": "tf", "denylisted_nodes": list(denylisted_nodes), "denylisted_ops": list(denylisted_ops),
     }
     model_id = dataset_id = None
     if store is not None:
@@ -479,8 +501,7 @@ def _selective(
     if store is not None and model_id is not None and dataset_id is not None:
         settings = {"denylisted_nodes": list(nodes), "denylisted_ops": list(ops), "recipe": cal.recipe,
                     "calibration_samples": calibration_samples, "ignored_nodes": ignored}
-        key = json.dumps([sorted(nodes), sorted(ops), cal.recipe])
-        name = f"selective-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+        name = _free_name(store, model_id, dataset_id, selective_name(cal.recipe, nodes, ops), settings)
         variant_id = store.save_variant(
             model_id=model_id, dataset_id=dataset_id, name=name, kind=VariantKind.SELECTIVE, recipe=cal.recipe,
             settings=settings, tflite=tflite, input_dtype=ev.input_dtype, output_dtype=ev.output_dtype,
@@ -497,6 +518,34 @@ def _selective(
         variant_id=variant_id,
         ignored_nodes=tuple(ignored),
     )
+
+
+def selective_name(recipe: str, nodes: Sequence[str], ops: Sequence[str]) -> str:
+    """What a variant with layers kept in float is called: "int8 + 4 float layers (+ float ADD)"."""
+    parts = [recipe]
+    if nodes:
+        parts.append(f"{len(nodes)} float layer{'s' if len(nodes) != 1 else ''}")
+    if ops:
+        parts.append("float " + ", ".join(sorted(ops)))
+    return " + ".join(parts)
+
+
+def _free_name(store: Store, model_id: int, dataset_id: int, name: str, settings: dict[str, Any]) -> str:
+    """`name`, unless a variant of that name keeps other layers float: then `name` with a short tag."""
+    same = store.query(
+        "SELECT settings FROM variants WHERE model_id = ? AND dataset_id = ? AND name = ?",
+        [model_id, dataset_id, name],
+    )
+    if same.empty:
+        return name
+    def key(s: dict[str, Any]) -> str:
+        return json.dumps([sorted(s.get("denylisted_nodes") or []), sorted(s.get("denylisted_ops") or []),
+                           s.get("recipe")])
+
+    stored = same["settings"].iloc[0]
+    if isinstance(stored, str) and key(json.loads(stored)) == key(settings):
+        return name  # the same choice again: re-running updates that variant
+    return f"{name} #{hashlib.sha1(key(settings).encode()).hexdigest()[:4]}"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -8,6 +8,11 @@ CALIBRATION_SAMPLES = 100
 DEBUG_SAMPLES = 100
 # the debugger needs float fallback to explain a model with ops that have no int8 kernel
 DEBUG_RECIPE = "int8-fallback"
+# engines: the TF converter makes what users deploy; AI Edge Quantizer (calibrated once) runs the explain
+# loop (per-layer error, keep-these-float, the search), whose chosen variant the deploy engine confirms
+CONVERT_ENGINE = "tf"
+EXPLAIN_ENGINE = "aeq"
+DEPLOY_ENGINE = "tf"
 # the float-layer search's default accuracy budget, in points
 TUNE_MAX_DROP = 0.5
 # tensor comparison: a few test samples are enough to rank tensors

@@ -1,12 +1,18 @@
-"""Evaluation of a .tflite on a labelled test split: accuracy, top-5, agreement, confusion."""
+"""Evaluation of a .tflite on a labelled test split: accuracy, top-5, agreement, confusion.
+
+Outputs that are not class scores (detectors, landmarks) are scored against a reference model's
+outputs instead: MSE, largest error and cosine similarity.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 from qcore import metrics
 from qcore.litert_io import DEFAULT_BATCH, io_dtypes, run_model
-from qcore.qtyping import Dataset, Evaluation
+from qcore.qtyping import Dataset, Evaluation, QlabError, Scoring
 
 
 def evaluate_outputs(
@@ -70,4 +76,75 @@ def evaluate_tflite(
         size_bytes=len(model),
         input_dtype=in_dtype,
         output_dtype=out_dtype,
+    )
+
+
+def scoring_for(output_shapes: Sequence[Sequence[int | None]], num_classes: int | None = None) -> Scoring:
+    """Whether a model's outputs are class scores (top-1 applies) or must be compared with a reference.
+
+    Class scores are one output of shape [N, classes] with at least two classes, and at least as
+    many classes as the labels name. Anything else (several outputs, boxes, heatmaps, one
+    regression value, labels beyond the output's width) is scored against the reference.
+    """
+    if len(output_shapes) != 1:
+        return Scoring.OUTPUTS
+    shape = tuple(output_shapes[0])
+    if len(shape) != 2 or shape[-1] is None or int(shape[-1]) < 2:
+        return Scoring.OUTPUTS
+    if num_classes is not None and num_classes > int(shape[-1]):
+        return Scoring.OUTPUTS
+    return Scoring.CLASSES
+
+
+def evaluate_against_reference(
+    outputs: Sequence[np.ndarray],
+    reference: Sequence[np.ndarray],
+    *,
+    batched: bool = True,
+    note: str = "",
+    size_bytes: int = 0,
+    input_dtype: str = "",
+    output_dtype: str = "",
+) -> Evaluation:
+    """Scores outputs that are not class scores against the reference model's (pure numpy).
+
+    Every output is compared with the reference's output of the same position; the model's
+    figures are the mean MSE and mean cosine over outputs and the largest error of any output.
+    Accuracy and top-5 do not apply and are NaN.
+
+    Raises:
+        QlabError: when the two models' outputs differ in number or shape.
+    """
+    if len(outputs) != len(reference):
+        raise QlabError(f"the model has {len(outputs)} outputs but the reference has {len(reference)}")
+    per: dict[str, float] = {}
+    mses, coss, maxes = [], [], []
+    for k, (out, ref) in enumerate(zip(outputs, reference, strict=True)):
+        if out.shape != ref.shape:
+            raise QlabError(f"output {k} has shape {tuple(out.shape[1:])} but the reference's has "
+                            f"{tuple(ref.shape[1:])} (batch dimension left out)")
+        mses.append(metrics.mse(out, ref))
+        coss.append(metrics.cosine(out, ref))
+        maxes.append(metrics.max_abs_error(out, ref))
+        if len(outputs) > 1:
+            per.update({f"output{k}_mse": mses[-1], f"output{k}_cosine": coss[-1]})
+    finite_max = [m for m in maxes if m == m]
+    summary = {
+        "output_mse": float(np.mean(mses)) if mses else float("nan"),
+        "output_cosine": float(np.mean(coss)) if coss else float("nan"),
+        "output_max_abs_error": max(finite_max) if finite_max else float("nan"),
+    }
+    return Evaluation(
+        accuracy=float("nan"),
+        top5=float("nan"),
+        agreement=None,
+        confusion=(),
+        n_samples=int(len(outputs[0])) if outputs else 0,
+        batched=batched,
+        note=note,
+        size_bytes=size_bytes,
+        input_dtype=input_dtype,
+        output_dtype=output_dtype,
+        scoring=Scoring.OUTPUTS.value,
+        output_metrics=summary | per,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -10,8 +11,7 @@ from typing import Any
 
 from ai_edge_litert import schema_py_generated as schema
 
-from qcore.litert_io import read_tflite
-from qcore.qtyping import Inspection, LintFinding, OpInfo, QlabError, TensorInfo
+from qcore.qtyping import Inspection, LintFinding, NpuVerdict, OpInfo, QlabError, TensorInfo
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +67,79 @@ def inspect(model: bytes | bytearray | str | os.PathLike[str]) -> Inspection:
         data, path, label = bytes(model), "", "model"
     else:
         path = label = str(model)
-        # the parser explains a bad identifier in more detail than the reader would
-        data = read_tflite(model, check_identifier=False)
+        data = _read(model)
     return _parse(data, path, label)
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    # imported here: litert_io loads the LiteRT runtime, which reading a flatbuffer never needs
+    # (the store computes verdicts in the owner process)
+    from qcore.litert_io import read_tflite
+
+    # the parser explains a bad identifier in more detail than the reader would
+    return read_tflite(path, check_identifier=False)
 
 
 def _bad(label: str, reason: str) -> QlabError:
     return QlabError(f"{label}: not a TFLite model: {reason}")
 
 
+def npu_verdict(model: bytes | bytearray | str | os.PathLike[str]) -> NpuVerdict:
+    """The compact NPU answer for a .tflite: integer-only, or which ops fall back to the CPU.
+
+    Pure flatbuffer reading (no interpreter), cheap enough to run whenever a variant is saved.
+
+    Args:
+        model: the flatbuffer's bytes, or the path of a .tflite file.
+
+    Returns:
+        An NpuVerdict: ready when the lint has no error, float ops counted per op type over
+        every subgraph, inner QUANTIZE/DEQUANTIZE, custom ops, I/O dtypes, weight elements.
+
+    Raises:
+        QlabError: as `inspect` for files that are not TFLite models.
+    """
+    if isinstance(model, bytes | bytearray | memoryview):
+        data, label = bytes(model), "model"
+    else:
+        label = str(model)
+        data = _read(model)
+    graphs = _read_graphs(data, label)
+    lint = _lint(graphs)
+    main = graphs[0]
+    all_ops = [(g, op) for g in graphs for op in g.ops]
+    float_counts: Counter[str] = Counter(
+        op.name for _, op in all_ops if op.is_float and op.name not in _QUANT_OPS
+    )
+    inner_quant = sum(
+        1
+        for g, op in all_ops
+        if op.name in _QUANT_OPS
+        and not _is_boundary(op.name, op.inputs, op.outputs, g.tensors, g.inputs, g.outputs)
+        and _converts_float(op, g.tensors)
+    )
+    custom = sorted({op.name for g, op in all_ops if op.index in g.custom})
+    weights = sum(
+        math.prod(max(d, 1) for d in t.shape) for g in graphs for t in g.tensors if t.is_constant
+    )
+    return NpuVerdict(
+        ready=not any(f.severity == "error" for f in lint),
+        n_ops=len(all_ops),
+        float_ops=tuple(float_counts.most_common()),
+        quant_ops=inner_quant,
+        custom_ops=tuple(custom),
+        problems=tuple(dict.fromkeys(f.code for f in lint if f.severity == "error")),
+        input_dtype="/".join(sorted({main.tensors[i].dtype for i in main.inputs})),
+        output_dtype="/".join(sorted({main.tensors[i].dtype for i in main.outputs})),
+        weight_elements=int(weights),
+    )
+
+
 def _parse(data: bytes, path: str, label: str) -> Inspection:
+    return _summarize(_read_graphs(data, label), path, len(data))
+
+
+def _read_graphs(data: bytes, label: str) -> list[_Graph]:
     if not data:
         raise _bad(label, "the file is empty")
     if len(data) < _IDENTIFIER_AT.stop:
@@ -94,7 +157,7 @@ def _parse(data: bytes, path: str, label: str) -> Inspection:
         # arbitrary bytes behind a valid identifier can make the generated reader raise almost
         # anything (struct.error, IndexError, ValueError, UnicodeDecodeError...): all mean corrupt
         raise _bad(label, f"corrupt flatbuffer ({type(exc).__name__}: {exc})") from None
-    return _summarize(graphs, path, len(data))
+    return graphs
 
 
 class _Reader:

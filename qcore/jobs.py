@@ -35,6 +35,8 @@ class JobKind(enum.StrEnum):
     QAT = "qat"
     BOARD_BENCH = "board_bench"
     BOARD_ACCURACY = "board_accuracy"
+    IMPORT_TFLITE = "import_tflite"
+    BOARD_MATRIX = "board_matrix"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class AddModelParams:
 
     filename: str
     name: str = ""
+    # an admin vouched for the file: Lambda layers and custom objects are loaded (they run code)
+    trusted: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class ConvertParams:
     recipes: tuple[str, ...] = ("all",)
     calibration_samples: int = defaults.CALIBRATION_SAMPLES
     bench: bool = True
+    engine: str = defaults.CONVERT_ENGINE  # "tf" or "aeq"
 
 
 @dataclass(frozen=True)
@@ -76,15 +81,16 @@ class HostBenchParams:
 
 @dataclass(frozen=True)
 class DebugParams:
-    """TFLite's QuantizationDebugger per layer."""
+    """Per-layer error: AI Edge Quantizer's validation ("aeq") or TFLite's QuantizationDebugger ("tf")."""
 
     model_id: int
     dataset_id: int
     recipe: str = defaults.DEBUG_RECIPE
     calibration_samples: int = defaults.CALIBRATION_SAMPLES
     debug_samples: int = defaults.DEBUG_SAMPLES
-    extra_metrics: tuple[str, ...] = ()
-    whole_model: bool = False
+    extra_metrics: tuple[str, ...] = ()  # tf only
+    whole_model: bool = False  # tf only
+    engine: str = defaults.EXPLAIN_ENGINE
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,7 @@ class SelectiveParams:
     denylisted_ops: tuple[str, ...] = ()
     calibration_samples: int = defaults.CALIBRATION_SAMPLES
     debug_samples: int = defaults.DEBUG_SAMPLES
+    engine: str = defaults.EXPLAIN_ENGINE
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,8 @@ class TuneParams:
     recipe: str = defaults.DEBUG_RECIPE
     calibration_samples: int = defaults.CALIBRATION_SAMPLES
     debug_samples: int = defaults.DEBUG_SAMPLES
+    engine: str = defaults.EXPLAIN_ENGINE  # who ranks and tries
+    deploy_engine: str = defaults.DEPLOY_ENGINE  # who makes the chosen variant
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,36 @@ class BoardAccuracyParams:
     threads: int = 1
 
 
+@dataclass(frozen=True)
+class ImportTfliteParams:
+    """Takes in a .tflite made elsewhere (and its float reference) as a variant of a tflite-only model.
+
+    The files are uploads the owner stored (role "tflite" and "reference" in a JobSpec); the
+    dataset, when given, carries the input preprocessing the model expects.
+    """
+
+    filename: str  # the user's file name: errors name it, its stem names the variant
+    path: str
+    name: str = ""
+    dataset_id: int | None = None
+    reference_filename: str = ""
+    reference_path: str = ""
+
+
+@dataclass(frozen=True)
+class BoardMatrixParams:
+    """Benchmarks variants x targets on a board, every board of a pool, or any free board of a pool."""
+
+    pool: str
+    variant_ids: tuple[int, ...]
+    targets: tuple[str, ...] = ("cpu",)
+    placement: str = "each"
+    runs: int = defaults.BENCH_RUNS
+    warmup: int = defaults.BENCH_WARMUP
+    threads: int = 1
+    profile: bool = False
+
+
 PARAMS: dict[JobKind, type] = {
     JobKind.DEMO: DemoParams,
     JobKind.ADD_MODEL: AddModelParams,
@@ -172,6 +211,8 @@ PARAMS: dict[JobKind, type] = {
     JobKind.QAT: QatParams,
     JobKind.BOARD_BENCH: BoardBenchParams,
     JobKind.BOARD_ACCURACY: BoardAccuracyParams,
+    JobKind.IMPORT_TFLITE: ImportTfliteParams,
+    JobKind.BOARD_MATRIX: BoardMatrixParams,
 }
 
 

@@ -22,6 +22,9 @@ TFLITE_IDENTIFIER = b"TFL3"
 # big enough to amortize invoke overhead, small enough to keep activations in cache-sized chunks
 DEFAULT_BATCH = 256
 
+# custom ops LiteRT's builtin resolver registers itself (register.cc): models using them run here
+RUNTIME_CUSTOM_OPS = frozenset({"TFLite_Detection_PostProcess", "Mfcc", "AudioSpectrogram", "NumericVerify"})
+
 
 def read_tflite(path: str | os.PathLike[str], *, check_identifier: bool = True) -> bytes:
     """Reads a .tflite file.
@@ -44,6 +47,49 @@ def read_tflite(path: str | os.PathLike[str], *, check_identifier: bool = True) 
     return data
 
 
+def custom_ops(model: bytes) -> tuple[str, ...]:
+    """The custom codes of a .tflite's custom ops (Flex ops included), read from its operator codes.
+
+    Cheap: only the operator-code table is read, not the tensors. A buffer that does not parse
+    gives (), and the runtime then explains what is wrong with it.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    try:
+        root = schema.Model.GetRootAs(bytes(model), 0)
+        names = []
+        for i in range(root.OperatorCodesLength()):
+            oc = root.OperatorCodes(i)
+            code = max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
+            if code == schema.BuiltinOperator.CUSTOM:
+                raw = oc.CustomCode()
+                names.append(raw.decode("utf-8", "replace") if raw else "CUSTOM")
+    except Exception:  # a corrupt buffer: leave the verdict to the runtime and the inspector
+        return ()
+    return tuple(sorted(set(names)))
+
+
+def check_runnable(model: bytes, label: str = "this model") -> None:
+    """Refuses a model whose custom ops LiteRT here cannot resolve, naming them.
+
+    Flex (Select TF) ops need the Flex delegate, and other custom ops need a kernel registered
+    by the program that made them; ai-edge-litert has neither, and would fail at allocation.
+
+    Raises:
+        QlabError: naming the ops that cannot run.
+    """
+    missing = [name for name in custom_ops(model) if name not in RUNTIME_CUSTOM_OPS]
+    if not missing:
+        return
+    flex = [n for n in missing if n.startswith("Flex")]
+    why = ("Select TensorFlow (Flex) ops need the Flex delegate, which qlab's runtime does not have"
+           if flex else "no kernel for them is registered in qlab's runtime")
+    raise QlabError(
+        f"{label} uses custom op{'s' if len(missing) > 1 else ''} {', '.join(missing)} that LiteRT cannot run "
+        f"here ({why}); it can be inspected, but not run, timed or evaluated"
+    )
+
+
 def make_interpreter(
     model: bytes,
     *,
@@ -54,12 +100,13 @@ def make_interpreter(
     """Creates an interpreter over a .tflite flatbuffer (not yet allocated).
 
     Raises:
-        QlabError: when the runtime refuses the model.
+        QlabError: when the model has custom ops this runtime cannot run, or the runtime refuses it.
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     if not isinstance(model, bytes | bytearray):
         raise TypeError("make_interpreter needs the model as bytes")
+    check_runnable(bytes(model))
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
         return Interpreter(
@@ -98,11 +145,11 @@ def io_dtypes(model: bytes) -> tuple[str, str]:
     return (np.dtype(it.get_input_details()[0]["dtype"]).name, np.dtype(it.get_output_details()[0]["dtype"]).name)
 
 
-def _single_io(it: Interpreter) -> tuple[dict[str, Any], dict[str, Any]]:
-    ins, outs = it.get_input_details(), it.get_output_details()
+def _single_input(it: Interpreter) -> dict[str, Any]:
+    ins = it.get_input_details()
     if len(ins) != 1:
         raise QlabError(f"qlab evaluates single-input models; this model has {len(ins)} inputs")
-    return ins[0], outs[0]
+    return ins[0]
 
 
 def _check_shape(x: np.ndarray, detail: dict[str, Any]) -> None:
@@ -122,7 +169,7 @@ def run_model(
     threads: int = 1,
     xnnpack: bool = True,
 ) -> tuple[np.ndarray, bool]:
-    """Runs float inputs through a .tflite model and returns dequantized float outputs.
+    """Runs float inputs through a .tflite model and returns its first output, dequantized.
 
     Inputs are quantized with the input tensor's scale and zero point when the model has
     integer I/O. The model is resized to `batch_size` (the last batch is zero-padded); when it
@@ -134,9 +181,29 @@ def run_model(
     Raises:
         QlabError: when the data does not fit the model or the runtime fails.
     """
+    outputs, batched = run_outputs(model, x, batch_size=batch_size, threads=threads, xnnpack=xnnpack)
+    return outputs[0], batched
+
+
+def run_outputs(
+    model: bytes,
+    x: np.ndarray,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    threads: int = 1,
+    xnnpack: bool = True,
+) -> tuple[list[np.ndarray], bool]:
+    """Like `run_model`, but returns every output of the model (detectors have several), dequantized.
+
+    Returns:
+        (one array of shape [len(x), ...] per output in the model's output order, whether batching was used).
+
+    Raises:
+        QlabError: when the data does not fit the model or the runtime fails.
+    """
     x = np.asarray(x)
     it = make_interpreter(model, threads=threads, xnnpack=xnnpack)
-    inp, _ = _single_io(it)
+    inp = _single_input(it)
     _check_shape(x, inp)
     n = len(x)
     batch = max(1, min(batch_size, n)) if n else 1
@@ -153,17 +220,16 @@ def run_model(
         raise QlabError(f"the TFLite runtime failed: {exc}") from None
 
 
-def _run_batched(it: Interpreter, x: np.ndarray, batch: int, resize: bool = True) -> np.ndarray:
-    inp, out = _single_io(it)
+def _run_batched(it: Interpreter, x: np.ndarray, batch: int, resize: bool = True) -> list[np.ndarray]:
+    inp = _single_input(it)
     if resize:
         it.resize_tensor_input(inp["index"], [batch, *inp["shape"][1:]], strict=False)
     it.allocate_tensors()
-    inp, out = _single_io(it)
+    inp, outs = _single_input(it), it.get_output_details()
     in_scale, in_zp = inp["quantization"]
-    out_scale, out_zp = out["quantization"]
     q = quantize(x, inp["dtype"], in_scale, in_zp)
     n = len(x)
-    results: list[np.ndarray] = []
+    results: list[list[np.ndarray]] = [[] for _ in outs]
     for start in range(0, n, batch):
         chunk = q[start : start + batch]
         if len(chunk) < batch:
@@ -171,8 +237,14 @@ def _run_batched(it: Interpreter, x: np.ndarray, batch: int, resize: bool = True
             chunk = np.concatenate([chunk, pad])
         it.set_tensor(inp["index"], chunk)
         it.invoke()
-        results.append(it.get_tensor(out["index"])[: min(batch, n - start)].copy())
-    if not results:
-        shape = tuple(int(d) for d in out["shape"][1:])
-        return np.zeros((0, *shape), dtype=np.float32)
-    return dequantize(np.concatenate(results), out_scale, out_zp)
+        for k, out in enumerate(outs):
+            results[k].append(it.get_tensor(out["index"])[: min(batch, n - start)].copy())
+    dequantized = []
+    for out, parts in zip(outs, results, strict=True):
+        scale, zp = out["quantization"]
+        if not parts:
+            shape = tuple(int(d) for d in out["shape"][1:])
+            dequantized.append(np.zeros((0, *shape), dtype=np.float32))
+        else:
+            dequantized.append(dequantize(np.concatenate(parts), scale, zp))
+    return dequantized

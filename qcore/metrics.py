@@ -58,3 +58,56 @@ def confusion(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndar
     ok = (pred >= 0) & (pred < num_classes) & (labels >= 0) & (labels < num_classes)
     np.add.at(out, (labels[ok], pred[ok]), 1)
     return out
+
+
+# ---------------------------------------------------------------- outputs that are not class scores
+# Detectors and landmark models are scored against a reference model's outputs, sample by sample.
+
+
+def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a64.shape != b64.shape:
+        raise ValueError(f"outputs of shape {a64.shape} cannot be compared with reference outputs of shape {b64.shape}")
+    if a64.ndim == 0:  # one scalar output: one sample
+        return a64.reshape(1, 1), b64.reshape(1, 1)
+    width = int(np.prod(a64.shape[1:]))
+    return a64.reshape(len(a64), width), b64.reshape(len(b64), width)
+
+
+def mse(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean squared difference over every value; NaN for an empty set, NaN values ignored."""
+    x, y = _pair(a, b)
+    if x.size == 0:
+        return float("nan")
+    err = (x - y) ** 2
+    return float(np.nanmean(err)) if np.isfinite(err).any() else float("nan")
+
+
+def max_abs_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest absolute difference; NaN for an empty set, NaN values ignored."""
+    x, y = _pair(a, b)
+    err = np.abs(x - y)
+    if err.size == 0 or not np.isfinite(err).any():
+        return float("nan")
+    return float(np.nanmax(err))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over samples of the cosine similarity of the two outputs, in [-1, 1].
+
+    Two all-zero samples count as identical (1), one all-zero sample against a non-zero one as
+    unrelated (0); samples with NaN are left out. NaN for an empty set.
+    """
+    x, y = _pair(a, b)
+    if len(x) == 0:
+        return float("nan")
+    ok = ~(np.isnan(x).any(axis=1) | np.isnan(y).any(axis=1))
+    x, y = x[ok], y[ok]
+    if len(x) == 0:
+        return float("nan")
+    nx, ny = np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1)
+    both_zero, one_zero = (nx == 0) & (ny == 0), (nx == 0) ^ (ny == 0)
+    denom = np.where(nx * ny == 0, 1.0, nx * ny)
+    sim = np.clip(np.einsum("ij,ij->i", x, y) / denom, -1.0, 1.0)
+    sim = np.where(both_zero, 1.0, np.where(one_zero, 0.0, sim))
+    return float(np.mean(sim))

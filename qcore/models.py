@@ -57,53 +57,64 @@ def _wrap(keras_model: Any, path: Path, fmt: str, major: int, name: str | None =
     )
 
 
-def load_model(path: str | os.PathLike[str]) -> LoadedModel:
+def load_model(path: str | os.PathLike[str], *, trusted: bool = False) -> LoadedModel:
     """Loads a Keras model.
+
+    An untrusted model is first inspected without loading (see `qcore.model_safety`): Lambda
+    layers, custom objects, foreign modules and file/process graph ops are refused, and `.keras`
+    files load with Keras 3's safe_mode.
 
     Args:
         path: a `.keras` file (Keras 3, or tf_keras's own .keras), an `.h5` file (Keras 2 /
             tf_keras), or a SavedModel directory.
+        trusted: skip those checks (an admin vouched for this upload); Lambda layers then run.
 
     Returns:
         The model with its shapes and Keras major version.
 
     Raises:
-        QlabError: naming the path and the reason when it cannot be read.
+        QlabError: naming the path and the reason when it cannot be read or is refused.
     """
+    from qcore.model_safety import check_model_file
+
     p = Path(path)
     if not p.exists():
         raise QlabError(f"{p}: no such file or directory")
+    suffix = "" if p.is_dir() else p.suffix.lower()
+    if p.is_dir() and not (p / "saved_model.pb").exists():
+        raise QlabError(f"{p}: a directory but not a SavedModel (no saved_model.pb inside)")
+    if not p.is_dir() and suffix not in (".h5", ".hdf5", ".keras"):
+        raise QlabError(f"{p}: unsupported model file {suffix!r}; give a .keras, .h5 or SavedModel directory")
+    if not trusted:
+        check_model_file(p)
     try:
         if p.is_dir():
-            if not (p / "saved_model.pb").exists():
-                raise QlabError(f"{p}: a directory but not a SavedModel (no saved_model.pb inside)")
             import tf_keras
 
             return _wrap(tf_keras.models.load_model(str(p), compile=False), p, "savedmodel", 2)
-        suffix = p.suffix.lower()
         if suffix in (".h5", ".hdf5"):
             import tf_keras
 
             return _wrap(tf_keras.models.load_model(str(p), compile=False), p, "h5", 2)
-        if suffix == ".keras":
-            return _load_dot_keras(p)
+        return _load_dot_keras(p, trusted)
     except QlabError:
         raise
     except Exception as exc:  # Keras raises many types for unreadable files
         raise QlabError(f"{p}: cannot read this model: {_first_line(exc)}") from None
-    raise QlabError(f"{p}: unsupported model file {suffix!r}; give a .keras, .h5 or SavedModel directory")
 
 
-def _load_dot_keras(p: Path) -> LoadedModel:
+def _load_dot_keras(p: Path, trusted: bool) -> LoadedModel:
     import keras  # Keras 3, installed beside tf_keras
 
     try:
-        return _wrap(keras.saving.load_model(str(p), compile=False), p, "keras", 3)
+        return _wrap(keras.saving.load_model(str(p), compile=False, safe_mode=not trusted), p, "keras", 3)
     except Exception as keras3_error:
-        try:  # tf_keras also writes .keras zips; try it before giving up
+        # tf_keras also writes .keras zips; try it only when the config names nothing but Keras's own
+        # modules and built-in classes (checked above), so it cannot import anything the file names
+        try:
             import tf_keras
 
-            return _wrap(tf_keras.models.load_model(str(p), compile=False), p, "keras", 2)
+            return _wrap(tf_keras.models.load_model(str(p), compile=False, safe_mode=not trusted), p, "keras", 2)
         except Exception:
             raise QlabError(f"{p}: cannot read this model: {_first_line(keras3_error)}") from None
 

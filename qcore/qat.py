@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,15 +38,17 @@ ACCURACY_GAP = 0.01
 # a moving-average range that still moves by more than 2% of its width per epoch has not settled
 # (tfmot's EMA decay is 0.999, so ranges that start at ±6 take thousands of steps)
 RANGE_SETTLED = 0.02
+# a model of 150 layers would make an error line of thousands of characters
+MAX_NAMES_SHOWN = 20
 
 
 def parse_layers(spec: str | Sequence[str]) -> tuple[str, ...]:
     """`all` or a comma-separated list of layer classes / layer names, as a tuple."""
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not items:
-        raise QlabError("--layers is empty; give `all` or layer classes / names, e.g. Dense,Conv2D")
+        raise QlabError("the layer choice is empty; give `all` or layer classes / names, e.g. Dense,Conv2D")
     if "all" in items and len(items) > 1:
-        raise QlabError("--layers all cannot be combined with other names")
+        raise QlabError("the layer choice `all` cannot be combined with other names")
     return tuple(items)
 
 
@@ -57,48 +60,174 @@ def _registry() -> Any:
     return default_8bit_quantize_registry.Default8BitQuantizeRegistry()
 
 
+# tfmot's Default8Bit transforms quantize these chains as one layer (default_8bit_transforms.py):
+# a Conv2D, DepthwiseConv2D or Dense without activation, the BatchNormalization right after it
+# (folded into it by the converter), and a ReLU after that; and a ReLU right after Add/Conv2D/
+# DepthwiseConv2D/Dense. Every layer of a chain must be annotated, or the transform does not match.
+_FOLDS_BN = ("Conv2D", "DepthwiseConv2D", "Dense")
+_BATCH_NORMS = ("BatchNormalization", "SyncBatchNormalization")
+_FUSES_RELU = ("Add", "Conv2D", "DepthwiseConv2D", "Dense")
+
+
+class FusedChain(NamedTuple):
+    """Layers tfmot's transforms quantize as one: `head` (a conv/Dense and its BatchNormalization, or
+    an Add/conv/Dense alone) and the ReLU after it, if any."""
+
+    head: tuple[str, ...]
+    relu: str | None
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.head + ((self.relu,) if self.relu else ())
+
+
+def fused_chains(keras_model: Any) -> list[FusedChain]:
+    """The layer chains tfmot quantizes as one unit, as layer names.
+
+    Read from the model config the way tfmot's ModelTransformer reads it: a layer inside a chain
+    (not its last) must have exactly one consumer, and a layer called more than once never matches.
+
+    Returns:
+        Conv/Dense → BatchNormalization [→ ReLU] chains, then Add/conv/Dense → ReLU pairs.
+    """
+    config = keras_model.get_config()
+    specs = config.get("layers", [])
+    by_name = {str(s.get("name") or s["config"]["name"]): s for s in specs}
+    order = list(by_name)
+    consumers: dict[str, list[str]] = {name: [] for name in by_name}
+    single_call: set[str] = set()
+    functional = all("inbound_nodes" in s for s in specs)
+    for i, (name, spec) in enumerate(by_name.items()):
+        if functional:
+            nodes = spec.get("inbound_nodes") or []
+            sources = [str(c[0]) for c in nodes[0]] if nodes else []
+            if len(nodes) <= 1:
+                single_call.add(name)
+        else:  # Sequential: a chain
+            sources = [order[i - 1]] if i else []
+            single_call.add(name)
+        for src in sources:
+            consumers.setdefault(src, []).append(name)
+    outputs = config.get("output_layers") or ([[order[-1]]] if order and not functional else [])
+    if outputs and isinstance(outputs[0], str):
+        outputs = [outputs]
+    for out in outputs:
+        consumers.setdefault(str(out[0]), []).append("<output>")
+
+    def only_consumer(name: str) -> str | None:
+        found = consumers.get(name, [])
+        return found[0] if len(found) == 1 and found[0] in single_call else None
+
+    def is_relu(name: str | None) -> bool:
+        if name is None:
+            return False
+        spec = by_name[name]
+        return bool(spec["class_name"] == "ReLU"
+                    or (spec["class_name"] == "Activation" and spec["config"].get("activation") == "relu"))
+
+    chains: list[FusedChain] = []
+    taken: set[str] = set()
+    for name, spec in by_name.items():
+        if (spec["class_name"] not in _FOLDS_BN or name not in single_call
+                or spec["config"].get("activation", "linear") != "linear"):
+            continue
+        bn = only_consumer(name)
+        if bn is None or by_name[bn]["class_name"] not in _BATCH_NORMS:
+            continue
+        relu = only_consumer(bn)
+        chains.append(FusedChain((name, bn), relu if is_relu(relu) else None))
+        taken.update(chains[-1].layers)
+    for name, spec in by_name.items():
+        if spec["class_name"] not in _FUSES_RELU or name in taken or name not in single_call:
+            continue
+        relu = only_consumer(name)
+        if is_relu(relu) and relu not in taken:
+            chains.append(FusedChain((name,), relu))
+    return chains
+
+
+def _complete_chains(chosen: set[str], chains: Sequence[FusedChain]) -> set[str]:
+    """The chosen layers plus the whole chain of every chosen conv, Dense, Add or BatchNormalization.
+
+    A ReLU chosen alone stays alone: tfmot quantizes it without its producer.
+    """
+    done = set(chosen)
+    for chain in chains:
+        if done.intersection(chain.head):
+            done.update(chain.layers)
+    return done
+
+
 def select_layers(keras_model: Any, layers: Sequence[str]) -> list[Any]:
     """The layers to quantize: every layer but inputs for `all`, else those matching a class or name.
 
+    A chosen layer brings the rest of its fused chain (see `fused_chains`): "every Conv2D" of a
+    Conv-BN-ReLU network also annotates the BatchNormalization and ReLU after each Conv2D, since
+    tfmot only folds a BatchNormalization whose whole chain is annotated.
+
+    Returns:
+        The layers to annotate, in model order.
+
     Raises:
         QlabError: for a name that matches no layer (listing the classes and names there are), or
-            layers tfmot cannot quantize (naming them).
+            layers tfmot cannot quantize even after its transforms (naming them).
     """
     candidates = [la for la in keras_model.layers if type(la).__name__ != "InputLayer"]
     if tuple(layers) == ("all",):
-        chosen = candidates
+        names = {la.name for la in candidates}
     else:
-        chosen = []
+        picked: set[str] = set()
         for item in layers:
             hits = [la for la in candidates if la.name == item or type(la).__name__ == item]
             if not hits:
                 classes = sorted({type(la).__name__ for la in candidates})
-                names = [la.name for la in candidates]
+                shown = [la.name for la in candidates][:MAX_NAMES_SHOWN]
+                more = len(candidates) - len(shown)
                 raise QlabError(
-                    f"--layers {item!r} matches no layer; classes: {', '.join(classes)}; names: {', '.join(names)}"
+                    f"layer choice {item!r} matches no layer; classes: {', '.join(classes)}; names: "
+                    f"{', '.join(shown)}" + (f" and {more} more" if more > 0 else "")
                 )
-            chosen.extend(la for la in hits if la not in chosen)
+            picked.update(la.name for la in hits)
+        names = picked
+    chains = fused_chains(keras_model)
+    names = _complete_chains(names, chains)
+    chosen = [la for la in candidates if la.name in names]
+    folded = {chain.head[1] for chain in chains if len(chain.head) == 2}
     registry = _registry()
-    unsupported = [la for la in chosen if not registry.supports(la)]
+    unsupported = [la for la in chosen if la.name not in folded and not registry.supports(la)]
     if unsupported:
-        named = ", ".join(f"{la.name!r} ({type(la).__name__})" for la in unsupported[:6])
-        ok = sorted({type(la).__name__ for la in candidates if registry.supports(la)})
-        raise QlabError(
-            f"tfmot cannot quantize layer {named}; annotate only supported layers with --layers"
-            + (f", e.g. --layers {','.join(ok)}" if ok else "")
-        )
+        raise QlabError(_unsupported_message(unsupported, candidates, registry))
     return chosen
+
+
+def _unsupported_message(unsupported: Sequence[Any], candidates: Sequence[Any], registry: Any) -> str:
+    named = ", ".join(f"{la.name!r} ({type(la).__name__})" for la in unsupported[:6])
+    if len(unsupported) > 6:
+        named += f" and {len(unsupported) - 6} more"
+    hint = ""
+    if any(type(la).__name__ in _BATCH_NORMS for la in unsupported):
+        hint = ("; tfmot quantizes a BatchNormalization only right after a Conv2D, DepthwiseConv2D or Dense "
+                "without activation whose only consumer it is (it folds into that layer)")
+    ok = sorted({type(la).__name__ for la in candidates if registry.supports(la)})
+    return (f"tfmot cannot quantize layer {named}{hint}; choose only supported layers"
+            + (f", e.g. {', '.join(ok)}" if ok else ""))
+
+
+# tfmot's RuntimeError for a layer without a quantize config: "Layer norm:<class '...LayerNormalization'> is not supported"
+_TFMOT_UNSUPPORTED = re.compile(r"Layer (?P<name>[^:\s]+):<class '(?:[\w.]+\.)?(?P<cls>\w+)'> is not supported")
 
 
 def build_qat_model(keras_model: Any, layers: Sequence[str]) -> tuple[Any, list[str]]:
     """A tf_keras model with fake-quantization, leaving the given model untouched.
 
     Returns:
-        (the QAT model, names of the layers that got quantizers: the chosen ones and the
-        neighbours tfmot wraps so their outputs reach a quantized layer quantized).
+        (the QAT model, names of the layers that got quantizers: the chosen ones, the rest of
+        their fused chains, and the neighbours tfmot wraps so their outputs reach a quantized
+        layer quantized).
 
     Raises:
-        QlabError: see `select_layers`; or when tfmot refuses the model (e.g. a nested model).
+        QlabError: see `select_layers`; or when tfmot refuses the model (e.g. a nested model),
+            naming the layer when tfmot names one.
     """
     import tensorflow_model_optimization as tfmot
     import tf_keras
@@ -117,6 +246,12 @@ def build_qat_model(keras_model: Any, layers: Sequence[str]) -> tuple[Any, list[
                 )
                 qat = qk.quantize_apply(annotated)
     except (RuntimeError, ValueError, TypeError) as exc:
+        found = _TFMOT_UNSUPPORTED.search(str(exc))
+        if found:
+            raise QlabError(
+                f"tfmot cannot quantize layer {found['name']!r} ({found['cls']}) of model {keras_model.name!r}; "
+                "choose only supported layers"
+            ) from None
         raise QlabError(f"tfmot cannot quantize model {keras_model.name!r}: {_first_line(exc)}") from None
     # tfmot also wraps neighbours whose outputs feed a quantized layer; report what really got quantizers
     wrapped = [la.layer.name for la in qat.layers if isinstance(getattr(la, "layer", None), tf_keras.layers.Layer)]

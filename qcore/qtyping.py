@@ -25,6 +25,22 @@ class JobStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class Role(enum.StrEnum):
+    """What a signed-in user (or their API token) may do; each role includes the ones before it."""
+
+    VIEWER = "viewer"  # report links and read-only pages
+    MEMBER = "member"  # upload, run jobs, make reports, benchmark
+    ADMIN = "admin"  # boards, roles, trusted uploads
+
+    @property
+    def rank(self) -> int:
+        return ("viewer", "member", "admin").index(self.value)
+
+    def allows(self, needed: Role) -> bool:
+        """True when this role may do what `needed` may."""
+        return self.rank >= needed.rank
+
+
 class VariantStatus(enum.StrEnum):
     OK = "ok"
     FAILED = "failed"
@@ -36,6 +52,43 @@ class VariantKind(enum.StrEnum):
     SELECTIVE = "selective"  # debugger's denylisted build
     TUNE = "tune"  # chosen by the float-layer search
     IMPORTED = "imported"  # a .tflite made elsewhere
+
+
+class Engine(enum.StrEnum):
+    """Which quantizer made a variant or a per-layer error table."""
+
+    TF = "tf"  # TFLiteConverter (+ QuantizationDebugger): what users deploy with
+    AEQ = "aeq"  # AI Edge Quantizer on the float32 .tflite: fast calibration, per-tensor validation
+
+
+class AeqMode(enum.StrEnum):
+    """How AI Edge Quantizer expresses a recipe."""
+
+    NONE = "none"  # the float32 .tflite as it is
+    STATIC = "static"  # weights and activations quantized with calibration data
+    DYNAMIC = "dynamic"  # int8 weights, activations quantized at run time
+    WEIGHT_ONLY = "weight_only"  # int8 weights dequantized before float math
+    FLOAT16 = "float16"  # weights cast to float16
+
+
+@dataclass(frozen=True)
+class AeqSettings:
+    """AI Edge Quantizer's settings for one recipe (see `qcore.aeq`)."""
+
+    mode: AeqMode
+    activation_bits: int = 8  # STATIC only: 8 or 16
+    weight_bits: int = 8
+
+
+class Scoring(enum.StrEnum):
+    """How a model's outputs are scored."""
+
+    CLASSES = "classes"  # one [N, classes] output: top-1 / top-5 against labels, argmax agreement
+    OUTPUTS = "outputs"  # detectors, landmarks, regressions: MSE / cosine against the reference's outputs
+
+
+# what each Scoring means, in the words reports and pages show
+SCORING_LABELS: dict[str, str] = {Scoring.CLASSES.value: "top-1 vs labels", Scoring.OUTPUTS.value: "MSE vs reference"}
 
 
 class Target(enum.StrEnum):
@@ -69,6 +122,14 @@ class Recipe:
     inference_output_type: str | None = None
     per_channel: bool = True
     integer_only: bool = False
+    # False for a recipe only AI Edge Quantizer can express (weight-only)
+    tf: bool = True
+    # how AI Edge Quantizer expresses it; None when it cannot
+    aeq: AeqSettings | None = None
+
+    def supports(self, engine: str) -> bool:
+        """Whether `engine` ("tf" or "aeq") can make this recipe."""
+        return self.tf if engine == Engine.TF else self.aeq is not None
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,6 +196,9 @@ class Evaluation:
     size_bytes: int = 0
     input_dtype: str = ""
     output_dtype: str = ""
+    scoring: str = Scoring.CLASSES.value
+    # with Scoring.OUTPUTS: output_mse, output_max_abs_error, output_cosine against the reference
+    output_metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -151,6 +215,7 @@ class ConvertedVariant:
     evaluation: Evaluation | None = None
     error: str = ""
     variant_id: int | None = None
+    engine: str = "tf"
 
 
 @dataclass(frozen=True)
@@ -214,6 +279,63 @@ class Inspection:
 
 
 @dataclass(frozen=True)
+class NpuVerdict:
+    """Will a .tflite run on the i.MX8M Plus NPU: the compact answer shown beside every variant.
+
+    Computed from the flatbuffer (qcore.inspect_model.npu_verdict) when a variant is saved.
+    """
+
+    ready: bool  # no lint error: every op is 8-bit integer and has an NPU kernel
+    n_ops: int
+    float_ops: tuple[tuple[str, int], ...]  # (op, count) computing in float, QUANTIZE/DEQUANTIZE aside
+    quant_ops: int  # QUANTIZE/DEQUANTIZE inside the graph (round trips through float on the CPU)
+    custom_ops: tuple[str, ...]
+    problems: tuple[str, ...]  # codes of the lint errors, e.g. "float-op", "int16-activations"
+    input_dtype: str
+    output_dtype: str
+    weight_elements: int  # numbers held in constant tensors: 4 bytes each in float32
+
+    @property
+    def n_float_ops(self) -> int:
+        return sum(n for _, n in self.float_ops)
+
+    @property
+    def io(self) -> str:
+        return f"{self.input_dtype or '?'} → {self.output_dtype or '?'}"
+
+    @property
+    def summary(self) -> str:
+        """One line: "NPU-ready: integer-only" or what falls back to the CPU and why."""
+        if self.ready:
+            return "NPU-ready: integer-only"
+        parts: list[str] = []
+        if self.float_ops:
+            ops = ", ".join(f"{n}× {name}" for name, n in self.float_ops[:4])
+            more = f" and {len(self.float_ops) - 4} more kinds" if len(self.float_ops) > 4 else ""
+            parts.append(f"{self.n_float_ops} float ops fall back to the CPU ({ops}{more})")
+        if self.quant_ops:
+            parts.append(f"{self.quant_ops} QUANTIZE/DEQUANTIZE inside the graph")
+        if self.custom_ops:
+            parts.append("custom ops " + ", ".join(self.custom_ops) + " run on the CPU")
+        for code, words in (("int16-activations", "int16 activations (16x8) run on the CPU"),
+                            ("float16-weights", "float16 weights need float kernels")):
+            if code in self.problems:
+                parts.append(words)
+        return "not NPU-ready: " + "; ".join(parts or ["see the Inspect page"])
+
+    @property
+    def label(self) -> str:
+        """A table cell: a mark and a few words."""
+        if self.ready:
+            return "✅ integer-only"
+        if self.float_ops:
+            return f"❌ {self.n_float_ops} float ops → CPU"
+        if self.custom_ops:
+            return f"❌ {len(self.custom_ops)} custom ops → CPU"
+        return "❌ " + ", ".join(self.problems)
+
+
+@dataclass(frozen=True)
 class Latency:
     """Timing of one model on one target. Milliseconds throughout."""
 
@@ -260,6 +382,60 @@ class Board:
     created_at: str = ""
 
 
+class Placement(enum.StrEnum):
+    """Where the cells of a board run go."""
+
+    BOARD = "board"  # one named board
+    EACH = "each"  # every board of a pool: one cell per board
+    ANY = "any"  # any free board of a pool: each cell once, retried elsewhere when its board goes away
+
+
+class CellStatus(enum.StrEnum):
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class MatrixCell:
+    """One (variant, target, board) cell of a board run and its outcome.
+
+    `board` is where it ran or was last tried ("" when no board took it); `attempts` lists the
+    boards that went away under it, as {"board", "error"}.
+    """
+
+    cell: int
+    variant_id: int | None
+    sha256: str
+    target: str
+    board: str
+    status: CellStatus
+    reason: str = ""
+    attempts: tuple[dict[str, str], ...] = ()
+    benchmark_id: int | None = None
+    evaluation_id: int | None = None
+    p50_ms: float | None = None
+    accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class MatrixResult:
+    """A finished board run: every cell ends done or failed with its reason."""
+
+    run_id: int
+    kind: str
+    placement: Placement
+    pool: str
+    boards: tuple[str, ...]
+    cells: tuple[MatrixCell, ...]
+    wall_s: float
+    retries_429: int = 0
+    max_inflight: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> tuple[MatrixCell, ...]:
+        return tuple(c for c in self.cells if c.status == CellStatus.FAILED)
+
+
 @dataclass(frozen=True)
 class Job:
     id: int
@@ -279,6 +455,7 @@ class Job:
     finished_at: str = ""
     # structured progress the worker published while it ran (QAT's epochs, each recipe's row)
     live: dict[str, Any] | None = None
+    created_by: str | None = None  # who queued it (a signed-in e-mail, a token's owner, "local")
 
 
 # ---------------------------------------------------------------- QAT, debugger, tensor comparison, search
@@ -396,3 +573,64 @@ class TuneResult:
     chosen_variant_id: int | None = None
     tune_run_id: int | None = None
     debug_run_id: int | None = None
+    engine: str = "tf"  # who ranked and tried
+    deploy_engine: str = "tf"  # who made the chosen variant
+    search_accuracy: float | None = None  # the chosen denylist's accuracy in the search, before confirmation
+
+
+class TimeSource(enum.StrEnum):
+    """Where a per-op time comes from; the UI shows this label beside every figure."""
+
+    BOARD_PROFILE = "board profile (benchmark_model)"
+    NPU_DRIVER = "NPU driver profile"
+    ESTIMATE = "estimate"
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """Per-op quantization error beside per-op time for one variant on one board and target.
+
+    `table` has one row per op of the .tflite's main subgraph (op_index, node_id, op_type, layer,
+    output_tensor, rmse_scale, range, error_match, time_ms, time_share, time_source, mapped_by, macs,
+    bytes_moved, npu_ddr_mb, float_on_cpu_ms, float_cost_source, float_extra_ms); `unmapped` holds profile rows
+    that no single op owns (a delegate's fused node), with their time.
+    """
+
+    variant_id: int
+    variant: str
+    board: str  # "host" for the estimate
+    target: str
+    time_source: str  # a TimeSource value
+    total_ms: float
+    graph_id: str  # the subgraph id Model Explorer's TFLite adapter gives the main graph
+    debug_run_id: int | None
+    table: Any  # pandas.DataFrame
+    unmapped: Any  # pandas.DataFrame
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TfliteImport:
+    """A .tflite made elsewhere, taken in as a variant of a tflite-only model (no Keras source)."""
+
+    model: str  # the model's name
+    variant: str  # the variant's name (the file's stem)
+    sha256: str
+    size_bytes: int
+    input_shape: tuple[int | None, ...]
+    output_shapes: tuple[tuple[int | None, ...], ...]
+    input_dtype: str
+    output_dtype: str
+    verdict: str  # the inspection's: "integer-only" or the float ops left
+    custom_ops: tuple[str, ...]  # custom / Flex ops in the file
+    runnable: bool  # False when LiteRT here cannot run it (custom ops it has no kernel for)
+    refusal: str  # why it cannot run, naming the ops; "" when runnable
+    scoring: str  # Scoring: how its outputs are scored
+    evaluation: Evaluation | None  # on the dataset's test split, when data was given and it could run
+    reference_sha256: str = ""
+    reference_evaluation: Evaluation | None = None  # the float reference on the same data
+    notes: tuple[str, ...] = ()  # what was not measured, and why
+    model_id: int | None = None
+    dataset_id: int | None = None
+    variant_id: int | None = None
+    reference_variant_id: int | None = None

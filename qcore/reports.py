@@ -11,29 +11,43 @@ import html
 import io
 import json
 import logging
+import math
+import secrets
 import zipfile
+import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import Any
 
+import duckdb
 import pandas as pd
 
 from qcore import __version__
-from qcore.qtyping import Evaluation, Latency, QlabError, VariantStatus
-from qcore.store import Store, sha256_bytes
+from qcore.inspect_model import inspect
+from qcore.qtyping import SCORING_LABELS, Evaluation, Latency, QlabError, Scoring, VariantStatus
+from qcore.store import Store, check_sha256, sha256_bytes
 
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "qlab-report-bundle"
 BUNDLE_VERSION = 1
-# a bundle is untrusted input: cap what it may unpack to
-MAX_BUNDLE_UNPACKED_BYTES = 1 << 30
+# a bundle is untrusted input: cap what it may unpack to (counted as it unpacks, so lying headers
+# do not help), its entries, its report.json, and any single .tflite
+MAX_BUNDLE_UNPACKED_BYTES = 256 << 20
+MAX_BUNDLE_ENTRIES = 2000
+MAX_REPORT_JSON_BYTES = 16 << 20
+MAX_BUNDLE_TFLITE_BYTES = 128 << 20
+# free text from a bundle (names, titles, notes) is cut to this length
+MAX_TEXT = 10_000
 TABLES = ("variants", "evaluations", "benchmarks")
 
 VARIANT_COLUMNS = [
-    "variant_id", "model_id", "model", "dataset_id", "dataset", "variant", "kind", "recipe", "status", "error",
+    "variant_id", "model_id", "model", "dataset_id", "dataset", "variant", "kind", "recipe", "engine", "status",
+    "error",
     "size_bytes", "sha256", "input_dtype", "output_dtype", "settings", "float_accuracy", "accuracy", "top5",
-    "agreement", "batched", "host_p50_ms", "board_p50_ms",
+    "agreement", "batched", "host_p50_ms", "board_p50_ms", "npu_ready", "npu_label", "npu_verdict", "npu_io",
+    "float_size_bytes", "scoring", "output_mse",
 ]
 BENCH_COLUMNS = [
     "benchmark_id", "variant_id", "sha256", "board", "target", "threads", "xnnpack", "runs", "warmup",
@@ -78,7 +92,43 @@ def build_content(store: Store, variant_ids: Sequence[int]) -> dict[str, Any]:
         "evaluations": _records(evaluations, list(evaluations.columns)),
         "confusion": {str(v): m for v in ids if (m := store.confusion(v)) is not None},
         "benchmarks": _records(store.benchmarks(variant_ids=ids), BENCH_COLUMNS),
+        "op_cost": op_cost_content(store, ids),
     }
+
+
+def op_cost_content(store: Store, variant_ids: Sequence[int]) -> dict[str, Any]:
+    """Per-op error beside per-op time for the variants that have a debugger run or a board profile."""
+    from qcore.op_cost import op_cost, report_rows
+    from qcore.qtyping import TimeSource
+
+    out: dict[str, Any] = {}
+    for vid in variant_ids:
+        try:
+            cost = op_cost(store, vid)
+        except QlabError as exc:  # a failed variant has no graph to cost
+            log.info("no op cost for variant %s: %s", vid, exc)
+            continue
+        if cost.debug_run_id is None and cost.time_source == TimeSource.ESTIMATE:
+            continue  # nothing measured about this variant's layers: an estimate alone is no finding
+        out[str(vid)] = {"variant": cost.variant, "board": cost.board, "target": cost.target,
+                         "time_source": cost.time_source, "total_ms": cost.total_ms,
+                         "debug_run_id": cost.debug_run_id, "notes": list(cost.notes), "rows": report_rows(cost)}
+    return out
+
+
+def op_cost_tables(content: dict[str, Any]) -> list[tuple[str, pd.DataFrame]]:
+    """(caption, table) per variant of the report's per-op error and time, as the HTML shows them."""
+    out = []
+    for entry in (content.get("op_cost") or {}).values():
+        df = pd.DataFrame(entry.get("rows") or [])
+        if df.empty:
+            continue
+        df = df.rename(columns={"time_share": "share of time", "float_on_cpu_ms": "kept float on CPU (ms)",
+                                "float_extra_ms": "extra if float (ms)"})
+        caption = (f"{entry.get('variant')}: time on {entry.get('board')} / {entry.get('target')} "
+                   f"[{entry.get('time_source')}], total {float(entry.get('total_ms') or 0):.3f} ms")
+        out.append((caption, df))
+    return out
 
 
 def make_report(store: Store, title: str, notes: str, variant_ids: Sequence[int]) -> str:
@@ -118,12 +168,37 @@ def summary_table(content: dict[str, Any]) -> pd.DataFrame:
     if v.empty:
         return v
     out = pd.DataFrame({
-        "model": v["model"], "variant": v["variant"], "kind": v["kind"], "accuracy": v["accuracy"],
-        "top-5": v["top5"], "agreement": v["agreement"],
-        "drop (points)": (v["float_accuracy"] - v["accuracy"]) * 100,
-        "size (KiB)": v["size_bytes"].astype(float) / 1024, "host p50 (ms)": v["host_p50_ms"],
-        "board p50 (ms)": v["board_p50_ms"], "status": v["status"],
+        "model": v["model"], "variant": v["variant"], "kind": v["kind"],
+        # reports made before migration 0009 have no engine: the TF converter made every variant then
+        "engine": v["engine"].fillna("tf"),
+        "accuracy (%)": (v["accuracy"].astype(float) * 100).round(2),
+        "top-5 (%)": (v["top5"].astype(float) * 100).round(2),
+        "agreement (%)": (v["agreement"].astype(float) * 100).round(2),
+        "Δ vs float (points)": ((v["accuracy"].astype(float) - v["float_accuracy"].astype(float)) * 100).round(2),
+        "NPU": [x if isinstance(x, str) and x else "–" for x in v["npu_label"]],
+        "I/O": [x if isinstance(x, str) and x else f"{i or '?'} → {o or '?'}"
+                for x, i, o in zip(v["npu_io"], v["input_dtype"], v["output_dtype"], strict=True)],
+        "size (KiB)": (v["size_bytes"].astype(float) / 1024).round(1),
+        "size vs float (×)": (v["size_bytes"].astype(float) / v["float_size_bytes"].astype(float)).round(3),
+        "host p50 (ms)": v["host_p50_ms"], "board p50 (ms)": v["board_p50_ms"], "status": v["status"],
     })
+    if (v["scoring"] == "outputs").any():  # detectors, landmarks: scored against the reference, not top-1
+        out.insert(3, "scored by", v["scoring"].map(SCORING_LABELS).fillna(SCORING_LABELS["classes"]))
+        out.insert(7, "output MSE", v["output_mse"])
+    return out
+
+
+def npu_lines(content: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
+    """(variant name, ready or None when not linted, verdict text) for each variant of a report."""
+    v = frames(content)["variants"]
+    out: list[tuple[str, bool | None, str]] = []
+    for r in v.itertuples():
+        name = f"{r.model} / {r.variant}"
+        if not isinstance(r.npu_verdict, str) or not r.npu_verdict:
+            out.append((name, None, "no NPU verdict stored"))
+            continue
+        io = f" · I/O {r.npu_io}" if isinstance(r.npu_io, str) else ""
+        out.append((name, bool(r.npu_ready), f"{r.npu_verdict}{io}"))
     return out
 
 
@@ -146,6 +221,11 @@ def render_html(report: dict[str, Any], figures: Sequence[tuple[str, Any]] = ())
     if report.get("notes"):
         parts.append(f"<div class='notes'>{html.escape(report['notes'])}</div>")
     parts += ["<h2>Variants</h2>", _table_html(summary_table(content))]
+    parts.append("<h2>Will it run on the NPU?</h2><ul class='npu'>")
+    for name, ready, text in npu_lines(content):
+        mark = "✅" if ready else ("❌" if ready is False else "–")
+        parts.append(f"<li>{mark} <b>{html.escape(name)}</b>: {html.escape(text)}</li>")
+    parts.append("</ul>")
     evals = frames(content)["evaluations"]
     boards = evals[evals["device"] != "host"]
     if not boards.empty:
@@ -154,6 +234,11 @@ def render_html(report: dict[str, Any], figures: Sequence[tuple[str, Any]] = ())
     if not bench.empty:
         cols = ["variant_id", "board", "target", "threads", "runs", "first_ms", "p50_ms", "p90_ms", "mean_ms"]
         parts += ["<h2>Latency</h2>", _table_html(bench[cols])]
+    op_tables = op_cost_tables(content)
+    if op_tables:
+        parts.append("<h2>Per-layer error and time</h2>")
+        for caption, df in op_tables:
+            parts += [f"<h3>{html.escape(caption)}</h3>", _table_html(df)]
     first = True
     for caption, fig in figures:
         parts.append(f"<div class='fig'><h3>{html.escape(caption)}</h3>")
@@ -191,20 +276,42 @@ def export_bundle(store: Store, report_id: str) -> bytes:
     return buf.getvalue()
 
 
+def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, budget: list[int]) -> bytes:
+    """An entry's bytes, counted as they are decompressed against its own limit and the bundle's."""
+    if info.file_size > limit:
+        raise QlabError(f"bundle entry {info.filename} unpacks to {info.file_size} bytes, over the limit of {limit}")
+    out = bytearray()
+    try:
+        with zf.open(info) as f:
+            while block := f.read(1 << 20):
+                out += block
+                budget[0] -= len(block)
+                if len(out) > min(limit, info.file_size) or budget[0] < 0:
+                    raise QlabError(f"bundle entry {info.filename} unpacks to more than it declares or the "
+                                    f"bundle's {MAX_BUNDLE_UNPACKED_BYTES >> 20} MB limit; refused")
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as exc:
+        raise QlabError(f"bundle entry {info.filename} cannot be unpacked ({exc})") from None
+    return bytes(out)
+
+
 def _read_bundle(data: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
         raise QlabError("not a qlab report bundle: the file is not a zip") from None
     with zf:
-        if sum(i.file_size for i in zf.infolist()) > MAX_BUNDLE_UNPACKED_BYTES:
-            raise QlabError("the bundle unpacks to more than 1 GiB; refusing it")
-        names = set(zf.namelist())
-        if "report.json" not in names:
+        infos = zf.infolist()
+        if len(infos) > MAX_BUNDLE_ENTRIES:
+            raise QlabError(f"the bundle holds {len(infos)} entries, over the limit of {MAX_BUNDLE_ENTRIES}")
+        if sum(i.file_size for i in infos) > MAX_BUNDLE_UNPACKED_BYTES:
+            raise QlabError(f"the bundle unpacks to more than {MAX_BUNDLE_UNPACKED_BYTES >> 20} MB; refusing it")
+        budget = [MAX_BUNDLE_UNPACKED_BYTES]
+        by_name = {i.filename: i for i in infos}
+        if "report.json" not in by_name:
             raise QlabError("not a qlab report bundle: report.json is missing")
         try:
-            meta = json.loads(zf.read("report.json"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            meta = json.loads(_read_entry(zf, by_name["report.json"], MAX_REPORT_JSON_BYTES, budget))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise QlabError(f"report.json in the bundle is not valid JSON: {exc}") from None
         if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
             raise QlabError("not a qlab report bundle: report.json has no format 'qlab-report-bundle'")
@@ -212,26 +319,106 @@ def _read_bundle(data: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
             raise QlabError(f"report bundle version {meta.get('version')!r} is not supported (this qlab reads "
                             f"{BUNDLE_VERSION})")
         blobs: dict[str, bytes] = {}
-        for name in names:
+        for name, info in by_name.items():
             if name.startswith("tflite/") and name.endswith(".tflite"):
-                body = zf.read(name)
                 sha = name.removeprefix("tflite/").removesuffix(".tflite")
+                check_sha256(sha, f"bundle entry {name}: name")
+                body = _read_entry(zf, info, MAX_BUNDLE_TFLITE_BYTES, budget)
                 if sha256_bytes(body) != sha:
                     raise QlabError(f"bundle entry {name}: its content does not match its sha256 name")
+                try:
+                    inspect(body)  # magic and a full flatbuffer parse, in Python
+                except QlabError as exc:
+                    raise QlabError(f"bundle entry {name}: {exc}") from None
                 blobs[sha] = body
     for key in ("title", "content"):
         if key not in meta:
             raise QlabError(f"report.json in the bundle has no {key!r}")
+    if not isinstance(meta["title"], str) or not meta["title"].strip():
+        raise QlabError("report.json in the bundle has no title text")
     if not isinstance(meta["content"], dict) or not isinstance(meta["content"].get("variants"), list):
         raise QlabError("report.json in the bundle has no list of variants")
     return meta, blobs
 
 
+def _text(value: Any, what: str) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    if not isinstance(value, str | int | float):
+        raise QlabError(f"bundle {what} is not text: {str(value)[:60]!r}")
+    return str(value)[:MAX_TEXT]
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or pd.isna(value) or int(value) != value:
+        raise QlabError(f"bundle {what} is not a whole number: {str(value)[:60]!r}")
+    return int(value)
+
+
+def _shape(value: Any, what: str) -> list[int | None]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise QlabError(f"bundle {what} is not a shape: {value[:60]!r}") from None
+    if not isinstance(value, list | tuple) or len(value) > 8 or not all(
+            d is None or (isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31) for d in value):
+        raise QlabError(f"bundle {what} is not a shape: {str(value)[:60]!r}")
+    return list(value)
+
+
+def _check_content(content: dict[str, Any], blobs: dict[str, bytes]) -> None:
+    """Every field import_bundle will write, checked before the first write."""
+    models = content.get("models") or []
+    datasets = content.get("datasets") or []
+    for key, rows in (("models", models), ("datasets", datasets), ("evaluations", content.get("evaluations") or []),
+                      ("benchmarks", content.get("benchmarks") or [])):
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise QlabError(f"report.json in the bundle: {key} is not a list of records")
+    model_keys = {_int(m.get("id"), "model id") for m in models}
+    dataset_keys = {_int(d.get("id"), "dataset id") for d in datasets}
+    for m in models:
+        check_sha256(m.get("sha256"), f"model {_text(m.get('name'), 'model name')!r}: sha256")
+        _shape(m.get("input_shape"), "model input_shape")
+        _shape(m.get("output_shape"), "model output_shape")
+    for d in datasets:
+        check_sha256(d.get("sha256"), f"dataset {_text(d.get('name'), 'dataset name')!r}: sha256")
+        for k in ("input_scale", "input_offset"):
+            if not isinstance(d.get(k), int | float) or not math.isfinite(float(d[k])):
+                raise QlabError(f"bundle dataset {d.get('name')!r}: {k} is not a finite number")
+        for k in ("n_train", "n_test", "num_classes"):
+            _int(d.get(k), f"dataset {k}")
+    known = {str(s) for s in VariantStatus}
+    for v in content["variants"]:
+        if not isinstance(v, dict):
+            raise QlabError("report.json in the bundle: a variant is not a record")
+        label = f"bundle variant {_text(v.get('variant'), 'variant name')!r}"
+        _int(v.get("variant_id"), "variant id")
+        # an imported .tflite stored before any data was chosen has no dataset
+        no_dataset = v.get("dataset_id") is None
+        if v.get("model_id") not in model_keys or not (no_dataset or v.get("dataset_id") in dataset_keys):
+            raise QlabError(f"{label} names a model or dataset the bundle does not hold")
+        if v.get("status") not in known:
+            raise QlabError(f"{label}: status {v.get('status')!r} is not one of {', '.join(sorted(known))}")
+        sha = v.get("sha256")
+        if sha is not None and not (isinstance(sha, float) and pd.isna(sha)):
+            check_sha256(sha, f"{label}: sha256")
+            if v["status"] == "ok" and sha not in blobs:
+                raise QlabError(f"{label}: its .tflite ({sha[:12]}…) is not in the bundle")
+        elif v["status"] == "ok":
+            raise QlabError(f"{label}: an ok variant without a sha256")
+    for b in content.get("benchmarks") or []:
+        check_sha256(b.get("sha256"), "bundle benchmark sha256")
+
+
 def import_bundle(store: Store, data: bytes) -> str:
     """Imports a bundle exported by any qlab: models, datasets, variants, results and the report.
 
-    Variants already here (same model and .tflite sha256) are reused; the others become new
-    `imported` variants. Every imported row points at the new local ids.
+    A bundle is untrusted: every field is checked before the first write, every .tflite must be
+    inside it (a sha256 never borrows a file already on this server), and the whole import is one
+    transaction, so a bad bundle leaves no rows and no new files behind. Each bundled model
+    becomes a new `tflite` model row of its own, even when a model with the same sha256 exists
+    here: an import never attaches variants to a teammate's model.
 
     Returns:
         The id of the imported report in this store.
@@ -241,66 +428,98 @@ def import_bundle(store: Store, data: bytes) -> str:
     """
     meta, blobs = _read_bundle(data)
     content = meta["content"]
+    _check_content(content, blobs)
     f = frames(content)
-    # check everything before the first write, so a broken bundle leaves no rows behind
-    model_keys, dataset_keys = set(f["models"]["id"]), set(f["datasets"]["id"])
-    for v in content["variants"]:
-        if v.get("model_id") not in model_keys or v.get("dataset_id") not in dataset_keys:
-            raise QlabError(f"bundle variant #{v.get('variant_id')} names a model or dataset the bundle does not hold")
-        sha = v.get("sha256")
-        if v.get("status") == "ok" and sha and sha not in blobs and store.variant_id_for_sha(sha) is None:
-            raise QlabError(f"bundle variant {v.get('variant')!r}: its .tflite ({sha[:12]}…) is not in the bundle")
+    title = _text(meta["title"], "title").strip()
+    new_blobs = [sha for sha in blobs if not store.blob_dir.joinpath(f"{sha}.tflite").exists()]
+    nonce = secrets.token_hex(8)
+    try:
+        with store.transaction():
+            return _write_import(store, meta, content, f, title, nonce, blobs)
+    except (ValueError, TypeError, KeyError, AttributeError, duckdb.Error) as exc:
+        _drop_blobs(store, new_blobs)
+        raise QlabError(f"report.json in the bundle is malformed: {type(exc).__name__}: {str(exc)[:200]}") from None
+    except BaseException:
+        _drop_blobs(store, new_blobs)
+        raise
+
+
+def _drop_blobs(store: Store, shas: list[str]) -> None:
+    """Removes the blobs an import wrote for rows that were rolled back."""
+    for sha in shas:
+        store.blob_path(sha).unlink(missing_ok=True)
+
+
+def _write_import(store: Store, meta: dict[str, Any], content: dict[str, Any], f: dict[str, pd.DataFrame],
+                  title: str, nonce: str, blobs: dict[str, bytes]) -> str:
     model_ids: dict[int, int] = {}
     for m in f["models"].itertuples():
+        # the bundle's own copy: a fresh identity derived from the sha it claims, never the existing row
+        own_sha = sha256_bytes(f"imported:{nonce}:{m.sha256}".encode())
         model_ids[int(m.id)] = store.add_model(
-            name=str(m.name), format="tflite", sha256=str(m.sha256), source_path=f"imported: {meta['title']}",
-            input_shape=json.loads(m.input_shape) if isinstance(m.input_shape, str) else list(m.input_shape),
-            output_shape=json.loads(m.output_shape) if isinstance(m.output_shape, str) else list(m.output_shape),
+            name=_text(m.name, "model name") or "imported", format="tflite", sha256=own_sha,
+            source_path=f"imported: {title}"[:MAX_TEXT], input_shape=_shape(m.input_shape, "input_shape"),
+            output_shape=_shape(m.output_shape, "output_shape"),
             keras_major=None if pd.isna(m.keras_major) else int(m.keras_major),
         )
     dataset_ids: dict[int, int] = {}
     for d in f["datasets"].itertuples():
+        # the source is a label here, never a path this server would read
+        source = "digits" if d.source == "digits" else f"imported: {PurePosixPath(_text(d.source, 'source')).name}"
         dataset_ids[int(d.id)] = store.add_dataset(
-            name=str(d.name), source=str(d.source), sha256=str(d.sha256), input_scale=float(d.input_scale),
-            input_offset=float(d.input_offset), n_train=int(d.n_train), n_test=int(d.n_test),
-            num_classes=int(d.num_classes), stored_path=None,
+            name=_text(d.name, "dataset name") or "imported", source=source, sha256=str(d.sha256),
+            input_scale=float(d.input_scale), input_offset=float(d.input_offset), n_train=int(d.n_train),
+            n_test=int(d.n_test), num_classes=int(d.num_classes), stored_path=None,
         )
     confusion = content.get("confusion") or {}
+    if not isinstance(confusion, dict):
+        raise QlabError("report.json in the bundle: confusion is not a mapping")
     evals = f["evaluations"]
     variant_ids: dict[int, int] = {}
+    taken: set[tuple[int, int | None, str]] = set()
     for v in content["variants"]:
         old = int(v["variant_id"])
-        model_id, dataset_id = model_ids[v["model_id"]], dataset_ids[v["dataset_id"]]
-        sha = v.get("sha256")
-        existing = store.variant_id_for_sha(sha) if sha else None
-        if existing is not None and int(store.variant(existing)["model_id"]) == model_id:
-            variant_ids[old] = existing
-            continue
-        body = blobs.get(sha) if sha else None
-        if body is None and sha and v.get("status") == "ok":  # here under another model: copy its blob
-            body = store.blob_path(sha).read_bytes()
+        model_id = model_ids[v["model_id"]]
+        dataset_id = None if v.get("dataset_id") is None else dataset_ids[v["dataset_id"]]
+        sha = v.get("sha256") if isinstance(v.get("sha256"), str) else None
+        name = _text(v.get("variant"), "variant name") or f"variant {old}"
+        candidate, n = name, 2
+        while (model_id, dataset_id, candidate) in taken:
+            candidate, n = f"{name} ({n})", n + 1
+        taken.add((model_id, dataset_id, candidate))
         host = evals[(evals["variant_id"] == old) & (evals["device"] == "host")]
         variant_ids[old] = store.save_variant(
-            model_id=model_id, dataset_id=dataset_id, name=_free_name(store, model_id, dataset_id, v["variant"]),
-            kind="imported", recipe=v.get("recipe"),
-            settings={"imported_from": meta["title"], "original": v.get("settings"), "original_kind": v["kind"]},
-            status=VariantStatus(v["status"]), error=v.get("error") or "", tflite=body,
-            input_dtype=v.get("input_dtype") or "", output_dtype=v.get("output_dtype") or "",
-            evaluation=_evaluation(host.iloc[0] if len(host) else None, v, confusion.get(str(old))),
+            model_id=model_id, dataset_id=dataset_id, name=candidate,
+            kind="imported", recipe=_text(v.get("recipe"), "recipe") or None,
+            settings={"imported_from": title, "original": v.get("settings"),
+                      "original_kind": _text(v.get("kind"), "kind"),
+                      "scoring": _text(v.get("scoring"), "scoring") or Scoring.CLASSES.value},
+            status=VariantStatus(v["status"]), error=_text(v.get("error"), "error"),
+            tflite=blobs.get(sha) if sha and v["status"] == "ok" else None,
+            input_dtype=_text(v.get("input_dtype"), "input_dtype"),
+            output_dtype=_text(v.get("output_dtype"), "output_dtype"),
+            evaluation=None if dataset_id is None else _evaluation(host.iloc[0] if len(host) else None, v,
+                                                                   confusion.get(str(old))),
+            engine="aeq" if _text(v.get("engine"), "engine") == "aeq" else "tf",  # a bundle is untrusted
         )
         for e in evals[(evals["variant_id"] == old) & (evals["device"] != "host")].itertuples():
+            if dataset_id is None:
+                break
             board_ev = _evaluation(pd.Series(e._asdict()), v, None)
             if board_ev is not None:
                 store.add_evaluation(
-                    variant_ids[old], dataset_id, board_ev, device=str(e.device),
+                    variant_ids[old], dataset_id, board_ev, device=_text(e.device, "device"),
                     extra_metrics={"host_agreement": None if pd.isna(e.host_agreement) else float(e.host_agreement)},
                 )
         for b in f["benchmarks"][f["benchmarks"]["variant_id"] == old].itertuples():
-            store.add_benchmark(_latency(b), sha256=str(b.sha256), board=str(b.board), variant_id=variant_ids[old])
+            store.add_benchmark(_latency(b), sha256=str(b.sha256), board=_text(b.board, "board"),
+                                variant_id=variant_ids[old])
     new_content = dict(content)
-    new_content["imported_from"] = {"id": meta.get("id"), "created_at": meta.get("created_at")}
+    new_content["imported_from"] = {"id": _text(meta.get("id"), "id"), "created_at": _text(meta.get("created_at"),
+                                                                                          "created_at")}
     new_content["variants"] = [dict(v, variant_id=variant_ids[int(v["variant_id"])],
-                                    model_id=model_ids[v["model_id"]], dataset_id=dataset_ids[v["dataset_id"]])
+                                    model_id=model_ids[v["model_id"]],
+                                    dataset_id=None if v.get("dataset_id") is None else dataset_ids[v["dataset_id"]])
                                for v in content["variants"]]
     new_content["models"] = [dict(m, id=model_ids[int(m["id"])]) for m in content.get("models", [])]
     new_content["datasets"] = [dict(d, id=dataset_ids[int(d["id"])]) for d in content.get("datasets", [])]
@@ -309,18 +528,8 @@ def import_bundle(store: Store, data: bytes) -> str:
     new_content["benchmarks"] = [dict(b, variant_id=variant_ids.get(int(b["variant_id"]), b["variant_id"]))
                                  for b in content.get("benchmarks", []) if b.get("variant_id") is not None]
     new_content["confusion"] = {str(variant_ids[int(k)]): m for k, m in confusion.items()
-                                if int(k) in variant_ids}
-    return store.save_report(str(meta["title"]), str(meta.get("notes") or ""), new_content)
-
-
-def _free_name(store: Store, model_id: int, dataset_id: int, name: str) -> str:
-    taken = set(store.variant_summary(model_ids=[model_id]).query("dataset_id == @dataset_id")["variant"])
-    if name not in taken:
-        return name
-    candidate, n = f"{name} (imported)", 2
-    while candidate in taken:
-        candidate, n = f"{name} (imported {n})", n + 1
-    return candidate
+                                if str(k).isdigit() and int(k) in variant_ids}
+    return store.save_report(title, _text(meta.get("notes"), "notes"), new_content)
 
 
 def _num(value: Any, default: float = float("nan")) -> float:
@@ -328,6 +537,12 @@ def _num(value: Any, default: float = float("nan")) -> float:
 
 
 def _evaluation(row: pd.Series | None, variant: dict[str, Any], matrix: Any) -> Evaluation | None:
+    if variant.get("scoring") == Scoring.OUTPUTS and row is not None and variant.get("output_mse") is not None:
+        return Evaluation(  # a detector or landmark model: scored against its reference, no accuracy
+            accuracy=float("nan"), top5=float("nan"), agreement=None, confusion=(),
+            n_samples=int(_num(row.get("n_samples"), 0)), batched=bool(variant.get("batched") or False),
+            note="imported", scoring=Scoring.OUTPUTS.value, output_metrics={"output_mse": _num(variant["output_mse"])},
+        )
     if row is None or pd.isna(row.get("accuracy")):
         return None
     agreement = row.get("agreement")

@@ -98,25 +98,18 @@ def load_model_input(ctx: Context) -> LoadedModel:
             f"model #{row.get('id')} ({row.get('name')}) has no Keras file here (only .tflite files), so it "
             "cannot be converted again; upload its Keras file on the Models & data page"
         )
-    model = load_model(_materialize(ctx, "model"))
+    model = load_model(_materialize(ctx, "model"), trusted=row.get("trusted") is True)
     return dataclasses.replace(model, name=str(row.get("name") or model.name))
 
 
 def load_dataset_input(ctx: Context, role: str = "dataset") -> Dataset:
     """The job's data with its stored preprocessing, loaded from the bytes the owner sent (or digits)."""
-    from qcore.data import digits_dataset, load_dataset
+    from qcore.data import load_stored_dataset
 
     row = ctx.spec.rows[role]
-    scale, offset = float(row["input_scale"]), float(row["input_offset"])
-    if role not in ctx.spec.files:
-        if row.get("source") != "digits":
-            raise QlabError(f"dataset #{row.get('id')} ({row.get('name')}): its file was not sent to the worker")
-        ds = digits_dataset(input_scale=scale, input_offset=offset)
-    else:
-        shape = row.get("input_shape")
-        ds = load_dataset(_materialize(ctx, role), input_scale=scale, input_offset=offset,
-                          input_shape=tuple(shape) if shape else None)
-    return dataclasses.replace(ds, name=str(row["name"]))
+    path = _materialize(ctx, role) if role in ctx.spec.files else None
+    shape = row.get("input_shape")
+    return load_stored_dataset(row, path, tuple(shape) if shape else None)
 
 
 def variant_input(ctx: Context, variant_id: int) -> tuple[dict[str, Any], bytes]:
@@ -157,7 +150,7 @@ def add_model_task(ctx: Context, params: AddModelParams) -> dict[str, Any]:
     from qcore.models import load_model
 
     try:
-        model = load_model(path)
+        model = load_model(path, trusted=params.trusted)
     except QlabError as exc:  # the message names the worker's scratch path; the user knows their file name
         raise QlabError(str(exc).replace(str(path), params.filename)) from None
     summary = model_summary(model)
@@ -166,6 +159,7 @@ def add_model_task(ctx: Context, params: AddModelParams) -> dict[str, Any]:
     model_id = ctx.journal.add_model(
         name=name, format=model.format, sha256=file_sha256(path), source_path=str(upload.get("path", "")),
         input_shape=model.input_shape, output_shape=model.output_shape, keras_major=model.keras_major,
+        trusted=params.trusted,
     )
     ctx.journal.set_model_summary(model_id, summary)
     ctx.progress(1.0, f"added {name}: {len(summary['layers'])} layers, {summary['params']:,} parameters")

@@ -17,6 +17,7 @@ from qcore.data import check_fits
 from qcore.evaluate import evaluate_tflite
 from qcore.qtyping import (
     Dataset,
+    Engine,
     Evaluation,
     LayerStat,
     LoadedModel,
@@ -119,6 +120,8 @@ def tune(
     store: Store | None = None,
     out_dir: str | Path | None = None,
     progress: Progress = no_progress,
+    engine: str = "tf",
+    deploy_engine: str | None = None,
 ) -> TuneResult:
     """Searches for a small set of layers to keep in float so accuracy stays within `max_drop` points.
 
@@ -133,6 +136,11 @@ def tune(
         store: where to record the debug run, the search, its trials and the chosen variant.
         out_dir: also write the chosen model to `<out_dir>/<model>-tune.tflite`.
         progress: called after each step.
+        engine: who ranks layers and makes the trials: "tf" (QuantizationDebugger + mlir_quantize) or
+            "aeq" (AI Edge Quantizer's validation and keep-float recipes, calibrated once).
+        deploy_engine: who makes the chosen variant; when it differs from `engine`, the chosen
+            denylist is converted once more with it, and that model is evaluated, stored and returned
+            (its accuracy may miss the target; `chosen.passed` says). Default: `engine`.
 
     Returns:
         Every conversion tried and the smallest passing denylist, or `chosen=None` when even
@@ -154,18 +162,34 @@ def tune(
     def sub(lo: float, hi: float) -> Progress:
         return lambda f, msg: progress(lo + (hi - lo) * f, msg)
 
-    cal = qdebugger.calibrate(model, dataset, recipe=recipe, calibration_samples=calibration_samples)
-    debug = qdebugger.run_debugger(
-        model, dataset, recipe=recipe, calibration_samples=calibration_samples, debug_samples=debug_samples,
-        store=store, calibrated=cal, progress=sub(0.05, 0.4),
-    )
+    engine = qconvert.check_engine(engine)
+    deploy = qconvert.check_engine(deploy_engine or engine)
+    recipe_name = recipe if isinstance(recipe, str) else recipe.name
+    if engine == Engine.AEQ:
+        from qcore import aeq
+
+        session = aeq.Session(model, dataset.calibration(calibration_samples))
+        debug = aeq.run_debug(model, dataset, recipe=recipe, calibration_samples=calibration_samples,
+                              debug_samples=debug_samples, store=store, session=session, progress=sub(0.05, 0.4))
+
+        def trial(names: list[str]) -> bytes:
+            return session.convert(recipe_name, keep_float=names)
+    else:
+        cal = qdebugger.calibrate(model, dataset, recipe=recipe, calibration_samples=calibration_samples)
+        debug = qdebugger.run_debugger(
+            model, dataset, recipe=recipe, calibration_samples=calibration_samples, debug_samples=debug_samples,
+            store=store, calibrated=cal, progress=sub(0.05, 0.4),
+        )
+
+        def trial(names: list[str]) -> bytes:
+            return qdebugger.quantize_calibrated(cal, denylisted_nodes=names)
     ranking = rank_layers(debug.stats)
     models: dict[int, tuple[bytes, Evaluation]] = {}
     budget = math.ceil(math.log2(max(len(ranking), 1))) + 2
 
     def try_denylist(k: int) -> tuple[float, int]:
         progress(0.4 + 0.55 * min(1.0, len(models) / budget), f"trying {k} of {len(ranking)} layers in float")
-        tflite = qdebugger.quantize_calibrated(cal, denylisted_nodes=ranking[:k])
+        tflite = trial(ranking[:k])
         ev = evaluate_tflite(tflite, dataset, reference)
         models[k] = (tflite, ev)
         log.info("tune: %d layers in float → accuracy %.4f (target %.4f)", k, ev.accuracy, target)
@@ -179,9 +203,15 @@ def tune(
     model_id = dataset_id = None
     if store is not None:
         model_id, dataset_id = qconvert.register(store, model, dataset, reference)
+    search_accuracy = None
     if best is not None:
         tflite, ev = models[best]
         step = next(s for s in steps if s.k == best)
+        search_accuracy = step.accuracy
+        if deploy != engine:
+            progress(0.96, f"confirming {best} layers in float with the {deploy} engine")
+            tflite, ev = _confirm(model, dataset, recipe, calibration_samples, ranking[:best], reference)
+            step = Step(best, ev.accuracy, len(tflite), bool(ev.accuracy + _EPS >= target))
         path = ""
         if out_dir is not None:
             out = Path(out_dir)
@@ -191,15 +221,19 @@ def tune(
             path = str(target_path)
         if store is not None and model_id is not None and dataset_id is not None:
             variant_id = store.save_variant(
-                model_id=model_id, dataset_id=dataset_id, name=f"tune-drop{max_drop:g}", kind=VariantKind.TUNE,
-                recipe=cal.recipe,
+                model_id=model_id, dataset_id=dataset_id,
+                name=f"{recipe_name} + {best} float layers (search, max drop {max_drop:g})"
+                + ("" if deploy == Engine.TF else f"@{deploy}"),
+                kind=VariantKind.TUNE, recipe=recipe_name,
                 settings={"denylisted_nodes": list(ranking[:best]), "max_drop": max_drop,
-                          "target_accuracy": target, "recipe": cal.recipe,
-                          "calibration_samples": calibration_samples, "conversions": len(steps)},
+                          "target_accuracy": target, "recipe": recipe_name,
+                          "calibration_samples": calibration_samples, "conversions": len(steps),
+                          "engine": deploy, "search_engine": engine, "search_accuracy": search_accuracy},
                 tflite=tflite, input_dtype=ev.input_dtype, output_dtype=ev.output_dtype, evaluation=ev,
+                engine=deploy,
             )
             path = path or str(store.blob_path(sha256_bytes(tflite)))
-        chosen = TuneTrial(tuple(ranking[:best]), step.accuracy, step.size_bytes, True, path=path)
+        chosen = TuneTrial(tuple(ranking[:best]), step.accuracy, step.size_bytes, step.passed, path=path)
     if store is not None and model_id is not None and dataset_id is not None:
         run_id = store.save_tune_run(
             model_id=model_id, dataset_id=dataset_id, max_drop=max_drop, float_accuracy=float_acc,
@@ -221,7 +255,22 @@ def tune(
         chosen_variant_id=variant_id,
         tune_run_id=run_id,
         debug_run_id=debug.debug_run_id,
+        engine=engine,
+        deploy_engine=deploy,
+        search_accuracy=search_accuracy,
     )
+
+
+def _confirm(model: LoadedModel, dataset: Dataset, recipe: Recipe | str, calibration_samples: int,
+             names: Sequence[str], reference: np.ndarray) -> tuple[bytes, Evaluation]:
+    """The chosen denylist converted once with the TF converter (the deployment engine)."""
+    cal = qdebugger.calibrate(model, dataset, recipe=recipe, calibration_samples=calibration_samples)
+    known = [n for n in names if n in cal.op_outputs]
+    if len(known) < len(names):
+        log.warning("tune: the TF converter has no op output named %s; kept quantized",
+                    [n for n in names if n not in cal.op_outputs])
+    tflite = qdebugger.quantize_calibrated(cal, denylisted_nodes=known)
+    return tflite, evaluate_tflite(tflite, dataset, reference)
 
 
 def _finite(value: float) -> float | None:

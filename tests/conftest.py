@@ -78,3 +78,49 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("QLAB_DB", str(tmp_path / "data" / "qlab.duckdb"))
     os.makedirs(tmp_path / "data", exist_ok=True)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def foreign_tflite(digits: Dataset) -> dict[str, bytes]:
+    """.tflite files as other tools make them, converted here by TF on tiny graphs (name → bytes).
+
+    - "two_float" / "two_int8": a landmark-style net on 8×8 digits with two outputs, box [N, 4]
+      and heatmap [N, 2, 2] (random weights; int8 calibrated on digits), so not class scores.
+    - "custom": a graph with BesselI1e, which has no TFLite builtin; `allow_custom_ops` turns it
+      into a custom op that LiteRT has no kernel for.
+    - "flex": a determinant converted with SELECT_TF_OPS: a Flex op (FlexMatrixDeterminant) that
+      needs TensorFlow's Flex delegate.
+    """
+    import tensorflow as tf
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((8, 8), name="image")
+    h = tf_keras.layers.Dense(16, activation="relu")(tf_keras.layers.Flatten()(inp))
+    box = tf_keras.layers.Dense(4, name="box")(h)
+    heat = tf_keras.layers.Reshape((2, 2), name="heat")(tf_keras.layers.Dense(4, activation="sigmoid")(h))
+    net = tf_keras.Model(inp, [box, heat])
+    calibration = digits.calibration(50)
+
+    def convert(int8: bool) -> bytes:
+        c = tf.lite.TFLiteConverter.from_keras_model(net)
+        if int8:
+            c.optimizations = [tf.lite.Optimize.DEFAULT]
+            c.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
+        return bytes(c.convert())
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8], tf.float32)])
+    def bessel(x: tf.Tensor) -> tf.Tensor:
+        return tf.math.bessel_i1e(x) + 1.0
+
+    c = tf.lite.TFLiteConverter.from_concrete_functions([bessel.get_concrete_function()], bessel)
+    c.allow_custom_ops = True
+    custom = bytes(c.convert())
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 3, 3], tf.float32)])
+    def det(x: tf.Tensor) -> tf.Tensor:
+        return tf.linalg.det(x)
+
+    c = tf.lite.TFLiteConverter.from_concrete_functions([det.get_concrete_function()], det)
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    return {"two_float": convert(False), "two_int8": convert(True), "custom": custom, "flex": bytes(c.convert())}

@@ -5,12 +5,18 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import ui
-from dashboard.components.confusion import confusion_heatmap
+from dashboard.components.confusion import (
+    confusion_diff_heatmap,
+    confusion_heatmap,
+    recall_change_heatmap,
+)
 from dashboard.components.tradeoff import size_bars, tradeoff_scatter
 from dashboard.services import reads, tables
 
 # heatmaps are the slow part of this page; more than this many are unreadable anyway
 MAX_CONFUSIONS = 12
+# rows of the per-class change view (one per variant)
+MAX_DIFF_ROWS = 40
 
 st.title("Compare")
 lab = ui.current()
@@ -20,6 +26,13 @@ if models.empty:
     st.info("No model stored yet.", icon=":material/info:")
     st.stop()
 names = {int(r.id): f"#{r.id} {r.name}" for r in models.itertuples()}
+used = ui.take_used_variant()
+if used is not None and used[1] in names:
+    # "Use this variant" on another page: its model, with it beside the float32 variant
+    st.session_state["compare_models"] = [used[1]]
+    pool = reads.variants(lab.db_key, model_ids=(used[1],))
+    floats = pool[(pool["variant"] == "float32") & (pool["status"] == "ok")]["variant_id"].astype(int).tolist()
+    st.session_state[f"compare_variants_{used[1]}"] = list(dict.fromkeys([*floats[:1], used[0]]))
 model_ids = st.multiselect("models", list(names), default=list(names)[:1], format_func=names.__getitem__,
                            key="compare_models")
 all_variants = reads.variants(lab.db_key, model_ids=tuple(model_ids))
@@ -33,24 +46,52 @@ if df.empty:
     st.stop()
 
 st.dataframe(tables.compare_table(df), hide_index=True, width="stretch")
+st.caption("Δ vs float: the variant's accuracy minus the float Keras model's, in percentage points "
+           "(negative = accuracy lost). NPU: ✅ every op is 8-bit integer and runs on the i.MX8M Plus NPU; "
+           "❌ some ops fall back to the CPU (the Inspect page lists them). Size vs float: 0.25 = four times smaller.")
 ok = df[df["status"] == "ok"]
 
 left, right = st.columns(2)
 left.plotly_chart(tradeoff_scatter(ok, "size_bytes", "accuracy"), key="compare_size_scatter")
-latency_axis = "board_p50_ms" if ok["board_p50_ms"].notna().any() and st.session_state.get(
-    "compare_board_latency") else "host_p50_ms"
-right.plotly_chart(tradeoff_scatter(ok, latency_axis, "accuracy"), key="compare_latency_scatter")
-right.toggle("board latency instead of host", key="compare_board_latency",
-             disabled=not ok["board_p50_ms"].notna().any())
+has_board = bool(ok["board_p50_ms"].notna().any())
+use_board = has_board and bool(st.session_state.get("compare_board_latency"))
+latency_axis = "board_p50_ms" if use_board else "host_p50_ms"
+right.plotly_chart(tradeoff_scatter(ok, latency_axis, "accuracy",
+                                    target="fastest board target" if use_board else "this host, 1 thread"),
+                   key="compare_latency_scatter")
+right.toggle("board latency instead of host", key="compare_board_latency", disabled=not has_board,
+             help=None if has_board else "no chosen variant has been benchmarked on a board yet: "
+             "run one on the Boards page")
+if not has_board:
+    right.caption("Board latency: none of these variants has been timed on a board yet (Boards page).")
 st.plotly_chart(size_bars(ok), key="compare_size_bars")
 
-st.subheader("Confusion matrices")
-shown = ok.head(MAX_CONFUSIONS)
-if len(ok) > len(shown):
-    st.caption(f"the first {len(shown)} of {len(ok)} variants; choose fewer variants to see the others")
-matrices = reads.confusions(lab.db_key, tuple(int(v) for v in shown["variant_id"]))
-cols = st.columns(3)
-for i, row in enumerate(shown.itertuples()):
-    with cols[i % 3]:
-        st.plotly_chart(confusion_heatmap(matrices.get(int(row.variant_id)), f"{row.model} / {row.variant}"),
-                        key=f"compare_confusion_{row.variant_id}")
+st.subheader("Where the variants' predictions differ from float")
+# one model: each variant against its float32; several models have no common baseline
+one_model = ok["model_id"].nunique() == 1
+matrices = reads.confusions(lab.db_key, tuple(int(v) for v in ok["variant_id"].head(MAX_DIFF_ROWS)))
+labels = {int(r.variant_id): f"{r.model} / {r.variant}" for r in ok.itertuples()}
+floats = ok[ok["variant"] == "float32"]
+base_id = int(floats["variant_id"].iloc[0]) if one_model and len(floats) else None
+base_id = base_id if base_id in matrices else None
+if base_id is not None and len(matrices) > 1:
+    others = {labels[v]: m for v, m in matrices.items() if v != base_id}
+    st.plotly_chart(recall_change_heatmap(others, matrices[base_id]), key="compare_recall_change")
+    pick = {v: labels[v] for v in matrices if v != base_id}
+    chosen = st.selectbox("confusion difference of", list(pick), format_func=pick.__getitem__, key="compare_diff_of")
+    left, right = st.columns(2)
+    left.plotly_chart(confusion_diff_heatmap(matrices[chosen], matrices[base_id], pick[chosen]),
+                      key="compare_confusion_diff")
+    right.plotly_chart(confusion_heatmap(matrices[chosen], pick[chosen]), key=f"compare_confusion_{chosen}")
+else:
+    # no float32 variant to compare with: the matrices themselves, a few to a row
+    if base_id is None and one_model and len(ok):
+        st.caption("Convert the float32 recipe too to see the differences from float.")
+    shown = ok.head(MAX_CONFUSIONS)
+    if len(ok) > len(shown):
+        st.caption(f"the first {len(shown)} of {len(ok)} variants; choose fewer variants to see the others")
+    cols = st.columns(3)
+    for i, row in enumerate(shown.itertuples()):
+        with cols[i % 3]:
+            st.plotly_chart(confusion_heatmap(matrices.get(int(row.variant_id)), f"{row.model} / {row.variant}"),
+                            key=f"compare_confusion_{row.variant_id}")

@@ -8,16 +8,24 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import ui
-from dashboard.components.debugger import layer_bars, tensor_snr_bars, tune_trials_plot
-from dashboard.services import debug_view, reads
-from qcore.debugger import DEFAULT_THRESHOLD, LAYER_METRICS
+from dashboard.components.debugger import (
+    METRIC_TITLES,
+    layer_bars,
+    tensor_snr_bars,
+    tune_trials_plot,
+)
+from dashboard.services import debug_view, layers, reads
+from qcore import defaults
+from qcore.debugger import LAYER_METRICS
 from qcore.qtyping import Job
 
-# recipes the debugger accepts (int8 activations with calibration data)
-DEBUG_RECIPES = ("int8", "uint8", "int8-fallback", "int8-per-tensor", "uint8-per-tensor")
+# recipes the debugger accepts (int8 activations with calibration data); AEQ also compares 16x8
+DEBUG_RECIPES = ("int8-fallback", "int8", "uint8", "int8-per-tensor", "uint8-per-tensor", "int16x8")
+ENGINES = {"aeq": "AI Edge Quantizer (fast: calibrates once)", "tf": "TF QuantizationDebugger"}
 
 st.title("Quantization debugger")
-st.caption("Per-layer error of the int8 model against float (TFLite's QuantizationDebugger). "
+st.caption("Per-layer error of the int8 model against float, from AI Edge Quantizer's validation (MSE, SNR, "
+           "cosine; errors propagate through the model) or TFLite's QuantizationDebugger (layer by layer). "
            "rmse/scale ≈ 0.289 is a well-quantized tensor; far above it, a layer is a suspect.")
 lab = ui.current()
 
@@ -31,6 +39,9 @@ if model_id is None or dataset_id is None:
 
 with st.expander("Run the debugger", expanded=reads.debug_runs(lab.db_key, model_id).empty):
     with st.form("debugger_run_form"):
+        engine = st.radio("engine", list(ENGINES), format_func=ENGINES.__getitem__, horizontal=True,
+                          index=list(ENGINES).index(defaults.EXPLAIN_ENGINE), key="debugger_engine",
+                          help="the TF debugger refuses int16x8; extra metrics and whole-model are TF options")
         a, b, c = st.columns(3)
         recipe = a.selectbox("recipe", DEBUG_RECIPES, key="debugger_recipe")
         calibration = b.number_input("calibration samples", 1, 10_000, 100, key="debugger_calibration")
@@ -42,8 +53,9 @@ with st.expander("Run the debugger", expanded=reads.debug_runs(lab.db_key, model
             with ui.guard("could not start"):
                 lab.runner.submit("debug", {"model_id": model_id, "dataset_id": dataset_id, "recipe": recipe,
                                             "calibration_samples": int(calibration),
-                                            "debug_samples": int(debug_samples), "extra_metrics": extra,
-                                            "whole_model": whole})
+                                            "debug_samples": int(debug_samples),
+                                            "extra_metrics": extra if engine == "tf" else [],
+                                            "whole_model": whole and engine == "tf", "engine": engine})
                 st.rerun()
 
 ui.job_panel(ui.latest_job(lab, ("debug",)), key="debugger_debug_job")
@@ -64,17 +76,43 @@ def debug_result() -> dict[str, Any]:
         for col, (name, value) in zip(st.columns(len(metrics)), metrics.items(), strict=True):
             col.metric(name, f"{value:.4g}")
 
+    suggested, stands_out = layers.suggested_threshold(stats["rmse_scale"]) if not stats.empty else (0.7, False)
     a, b = st.columns([3, 1])
     threshold = a.slider("suspect threshold (rmse/scale)", 0.0, max(2.0, debug_view.max_rmse_scale(stats)),
-                         float(DEFAULT_THRESHOLD), 0.01, key="debugger_threshold")
+                         float(suggested), 0.01, key=f"debugger_threshold_{run_id}",
+                         help="derived from this model's own spread: the median rmse/scale plus three robust "
+                              "standard deviations (log scale), never below 1.5 × 0.289")
     first_k = b.number_input("also the first K layers", 0, max(0, len(stats)), 0, key="debugger_first_k")
     suspects = debug_view.suspects(stats, threshold, int(first_k))
-    st.plotly_chart(layer_bars(stats, threshold, suspects), key="debugger_bars")
-    st.dataframe(debug_view.stats_table(stats, suspects), hide_index=True, width="stretch", key="debugger_table")
+    if not stands_out and not stats.empty:
+        st.info(f"No layer stands out: every layer's rmse/scale lies within this model's own spread "
+                f"(at most {debug_view.max_rmse_scale(stats):.3g}). Quantization error is spread evenly; "
+                "keeping single layers in float will gain little.", icon=":material/info:")
+
+    c1, c2, c3, c4, c5 = st.columns([2, 2, 1, 2, 2])
+    metric_options = debug_view.metrics(stats) or ["rmse_scale"]
+    metric = c1.selectbox("rank by", metric_options, format_func=lambda m: METRIC_TITLES.get(m, m),
+                          key="debugger_rank_by")
+    order = c2.radio("order", ["worst first", "layer order"], horizontal=True, key="debugger_order")
+    top_n = c3.number_input("show N", 0, 10_000, 30, key="debugger_top_n", help="0 = every layer")
+    text = c4.text_input("filter by layer name", key="debugger_filter", placeholder="e.g. block_3")
+    op_filter = c5.multiselect("op types", debug_view.op_types(stats), key="debugger_filter_ops")
+    shown = debug_view.ranked_stats(stats, metric, order == "worst first", text, op_filter)
+    st.plotly_chart(layer_bars(shown, threshold, suspects, metric=metric, top_n=int(top_n),
+                               worst_first=order == "worst first"), key="debugger_bars")
+    table = debug_view.stats_table(shown, suspects)
+    picked = st.dataframe(table, hide_index=True, width="stretch", key=f"debugger_table_{run_id}",
+                          on_select="rerun", selection_mode="multi-row",
+                          column_config={"tensor_name": st.column_config.TextColumn("full tensor name")})
+    st.caption(f"{len(shown)} of {len(stats)} layer rows. Tick rows to keep those layers in float.")
 
     st.subheader("Keep these float")
-    chosen = st.multiselect("layers to keep in float (suspects preselected)", debug_view.tensor_names(stats),
-                            default=suspects, key=f"debugger_keep_{run_id}_{threshold}_{first_k}")
+    include = st.checkbox(f"the {len(suspects)} suspects", value=True, key="debugger_keep_suspects")
+    chosen = debug_view.keep_float(table, list(picked.selection.rows) if picked else [], suspects, include)
+    if chosen:
+        st.markdown(f"**{len(chosen)} layers kept in float:** " + ", ".join(ui.md(x) for x in layers.unique_labels(chosen)))
+    else:
+        st.caption("No layer chosen: tick rows in the table, or lower the threshold.")
     ops = st.multiselect("and every op of these types", debug_view.op_types(stats), key="debugger_keep_ops")
     if st.button("Run selective quantization", type="primary", key="debugger_selective",
                  disabled=not chosen and not ops):
@@ -84,6 +122,7 @@ def debug_result() -> dict[str, Any]:
                 "denylisted_nodes": chosen, "denylisted_ops": ops,
                 "calibration_samples": int(settings.get("calibration_samples", 100)),
                 "debug_samples": int(settings.get("debug_samples", 100)),
+                "engine": settings.get("engine", "tf"),
             })
             st.rerun()
     return settings
@@ -96,6 +135,12 @@ def show_selective(job: Job) -> None:
     if ids:
         st.dataframe(debug_view.selective_table(reads.variants(lab.db_key, variant_ids=ids)), hide_index=True,
                      width="stretch")
+    variants = reads.variants(lab.db_key, variant_ids=ids) if ids else None
+    sel_id = result.get("selective_variant_id")
+    if variants is not None and sel_id is not None and (variants["variant_id"] == sel_id).any():
+        row = variants[variants["variant_id"] == sel_id].iloc[0]
+        ui.npu_verdict(row, str(row["variant"]))
+        ui.use_variant_button(int(sel_id), int(row["model_id"]), key="debugger_use_selective")
     if result.get("ignored_nodes"):
         st.caption("the quantizer kept these quantized (they share their neighbours' scale): "
                    + ", ".join(result["ignored_nodes"]))
@@ -105,16 +150,22 @@ settings = debug_result()
 ui.job_panel(ui.latest_job(lab, ("selective",)), key="debugger_selective_job", on_done=show_selective)
 
 st.subheader("Automatic search for the fewest float layers")
-a, b = st.columns([1, 3])
+a, b, c = st.columns([1, 1, 2])
 max_drop = a.number_input("max accuracy drop (points)", 0.0, 100.0, 0.5, 0.1, key="debugger_max_drop")
-b.caption("Ranks layers by rmse/scale and bisects over how many of the worst to keep in float: "
+search_engine = b.selectbox("search with", list(ENGINES), format_func=ENGINES.__getitem__,
+                            index=list(ENGINES).index(defaults.EXPLAIN_ENGINE), key="debugger_tune_engine")
+deploy_engine = b.selectbox("deploy with", ["tf", "aeq"], key="debugger_deploy_engine",
+                            format_func={"tf": "TF converter", "aeq": "AI Edge Quantizer"}.__getitem__,
+                            help="the chosen layers are converted once more with this engine when it differs")
+c.caption("Ranks layers by rmse/scale and bisects over how many of the worst to keep in float: "
           "about log2(layers) conversions.")
 if st.button("Search", key="debugger_tune"):
     with ui.guard("could not start"):
         lab.runner.submit("tune", {"model_id": model_id, "dataset_id": dataset_id, "max_drop": float(max_drop),
                                    "recipe": settings.get("recipe", "int8"),
                                    "calibration_samples": int(settings.get("calibration_samples", 100)),
-                                   "debug_samples": int(settings.get("debug_samples", 100))})
+                                   "debug_samples": int(settings.get("debug_samples", 100)),
+                                   "engine": search_engine, "deploy_engine": deploy_engine})
         st.rerun()
 ui.job_panel(ui.latest_job(lab, ("tune",)), key="debugger_tune_job")
 tune_runs = reads.tune_runs(lab.db_key, model_id)
@@ -126,11 +177,20 @@ if not tune_runs.empty:
     st.plotly_chart(tune_trials_plot(trials, float(trun["float_accuracy"]), float(trun["target_accuracy"])),
                     key="debugger_trials")
     st.dataframe(debug_view.trials_table(trials), hide_index=True, width="stretch")
+    chosen_id = trun["chosen_variant_id"]
+    if pd.notna(chosen_id):
+        found = reads.variants(lab.db_key, variant_ids=(int(chosen_id),))
+        if not found.empty:
+            ui.npu_verdict(found.iloc[0], f"search result {found.iloc[0]['variant']}")
+            ui.use_variant_button(int(chosen_id), int(model_id), key="debugger_use_tune")
 
 st.subheader("Tensor comparison between two variants")
 st.caption("Runs both .tflite files on the same inputs and compares every tensor they share by name "
            "(works for QAT and 16x8 models, which the debugger cannot take).")
-options = ui.variant_options(reads.variants(lab.db_key, model_ids=(model_id,)))
+any_model = st.toggle("any two variants (all models)", key="debugger_cmp_any",
+                      help="e.g. an imported .tflite against another model's float32; inputs come from the float "
+                           "variant's dataset")
+options = ui.variant_options(reads.variants(lab.db_key, model_ids=None if any_model else (model_id,)))
 if len(options) >= 2:
     a, b, c = st.columns([2, 2, 1])
     ids = list(options)
@@ -147,11 +207,24 @@ if len(options) >= 2:
 
 
 def show_comparison(job: Job) -> None:
+    """Activations and weights/biases apart, each ranked worst (lowest SNR) first."""
     result = job.result or {}
     st.caption(f"{result.get('float')} vs {result.get('quant')} on {result.get('n_samples')} samples")
     matched = pd.DataFrame(result.get("matched", []))
-    st.plotly_chart(tensor_snr_bars(matched), key="debugger_snr")
-    st.dataframe(debug_view.matched_table(matched), hide_index=True, width="stretch")
+    a, b = st.columns([1, 3])
+    top_n = a.number_input("show N", 0, 10_000, 30, key="debugger_cmp_top_n", help="0 = every tensor")
+    text = b.text_input("filter by tensor name", key="debugger_cmp_filter")
+    activations, constants = debug_view.split_tensors(matched)
+    fmt = {"mse": st.column_config.NumberColumn("mse", format="%.3e"),
+           "max_abs_error": st.column_config.NumberColumn("max abs error", format="%.3e"),
+           "snr_db": st.column_config.NumberColumn("SNR (dB)", format="%.1f"),
+           "cosine": st.column_config.NumberColumn("cosine", format="%.6f")}
+    for title, part, key in (("activations", activations, "act"), ("weights and biases", constants, "const")):
+        st.markdown(f"**{title.capitalize()}** ({len(part)} tensors)")
+        st.plotly_chart(tensor_snr_bars(layers.filter_rows(part, text, name_col="name"), top_n=int(top_n),
+                                        title=title), key=f"debugger_snr_{key}")
+        st.dataframe(debug_view.matched_table(part, text), hide_index=True, width="stretch", column_config=fmt,
+                     key=f"debugger_cmp_table_{key}")
     unmatched = pd.DataFrame(result.get("unmatched", []))
     if not unmatched.empty:
         st.markdown(f"**{len(unmatched)} tensors without a partner**")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import ui
-from dashboard.services import reads
-from dashboard.services.inspection import ops_table, tensors_table
+from dashboard.components.inspection import op_count_bars
+from dashboard.services import layers, reads
+from dashboard.services.inspection import op_counts, ops_table, tensors_table
 
 SEVERITY_ICON = {"error": ":material/error:", "warning": ":material/warning:", "info": ":material/info:"}
 
@@ -35,7 +36,20 @@ with ui.guard("cannot inspect this variant"):
         show = {"error": st.error, "warning": st.warning}.get(finding.severity, st.info)
         show(f"**{finding.code}**: {finding.message}", icon=SEVERITY_ICON.get(finding.severity))
 
+    ops = ops_table(info)
     st.subheader("Ops")
-    st.dataframe(ops_table(info), hide_index=True, width="stretch")
+    st.plotly_chart(op_count_bars(op_counts(ops)), key="inspect_op_counts")
+    a, b, c = st.columns([2, 2, 1])
+    text = a.text_input("filter by layer or tensor name", key="inspect_filter")
+    kinds = b.multiselect("op types", sorted(set(ops["op"])), key="inspect_ops")
+    float_only = c.checkbox("float ops only", key="inspect_float_only")
+    shown = layers.filter_rows(ops, text, kinds, name_col="outputs", op_col="op")
+    if float_only:
+        shown = shown[shown["computes in"] == "float"]
+    st.caption(f"{len(shown)} of {len(ops)} ops")
+    st.dataframe(shown, hide_index=True, width="stretch", key="inspect_ops_table")
     st.subheader("Tensors")
-    st.dataframe(tensors_table(info), hide_index=True, width="stretch")
+    tensors = tensors_table(info)
+    shown_t = layers.filter_rows(tensors, text, name_col="name")
+    st.caption(f"{len(shown_t)} of {len(tensors)} tensors")
+    st.dataframe(shown_t, hide_index=True, width="stretch", key="inspect_tensors_table")

@@ -1,4 +1,4 @@
-"""/models: upload a Keras model or a dataset (with its preprocessing), browse what is stored."""
+"""/models: upload a Keras model, a .tflite made elsewhere, or a dataset (with its preprocessing); browse them."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import streamlit as st
 
 from dashboard import ui
 from dashboard.services import reads, uploads
+from qcore.qtyping import SCORING_LABELS, Job
 
 st.title("Models & data")
 lab = ui.current()
@@ -53,16 +54,75 @@ with right, st.form("models_data_form", clear_on_submit=True):
             dataset_id = uploads.add_digits(lab, input_scale=scale, input_offset=offset)
             st.success(f"dataset #{dataset_id} stored")
 
+st.subheader("Bring your own .tflite")
+st.caption("A .tflite from the eIQ model zoo, Ultralytics, onnx2tf or MediaPipe becomes a variant of a tflite-only "
+           "model: inspect, lint, time it here and on boards, compare it. With a float .tflite of the same network "
+           "as reference and a dataset (its input preprocessing is the dataset's), it is scored too: top-1 for "
+           "class scores, MSE against the reference for detectors and landmarks.")
+with st.form("models_tflite_form", clear_on_submit=True):
+    a, b = st.columns(2)
+    tfile = a.file_uploader(".tflite model", type=["tflite"], key="models_tflite_file")
+    rfile = b.file_uploader("float reference .tflite (optional)", type=["tflite"], key="models_tflite_reference")
+    a, b = st.columns(2)
+    tname = a.text_input("model name (optional)", key="models_tflite_name")
+    data_rows = reads.datasets(lab.db_key)
+    data_names = {int(r.id): f"#{r.id} {r.name} (scale {r.input_scale:g}, offset {r.input_offset:g})"
+                  for r in data_rows.itertuples()}
+    tdata = b.selectbox("evaluate on dataset (optional)", [None, *data_names], key="models_tflite_dataset",
+                        format_func=lambda i: "– not now" if i is None else data_names[i],
+                        help="add the data above first, with the input scale and offset this model expects")
+    if st.form_submit_button("Import .tflite", type="primary"):
+        if tfile is None:
+            st.error("choose a .tflite file first")
+        else:
+            with ui.guard(f"could not import {tfile.name}"):
+                ref = (rfile.name, rfile.getvalue()) if rfile is not None else None
+                uploads.add_tflite(lab, tfile.name, tfile.getvalue(), reference=ref, name=tname, dataset_id=tdata)
+                st.rerun()
+
+
+def show_import(job: Job) -> None:
+    r = job.result or {}
+    st.markdown(f"model #{r.get('model_id')} **{ui.md(r.get('model'))}** (tflite-only), variant #{r.get('variant_id')} "
+                f"**{ui.md(r.get('variant'))}**: {ui.md(r.get('verdict'))}; scored by **{SCORING_LABELS.get(r.get('scoring', ''))}**")
+    if r.get("accuracy") is not None:
+        st.markdown(f"accuracy {ui.pct(r['accuracy'])}, agreement with the reference {ui.pct(r.get('agreement'))}")
+    out = r.get("output_metrics") or {}
+    shown = [f"{label} {out[k]:.4g}" for k, label in (("output_mse", "MSE"), ("output_cosine", "cosine"),
+                                                      ("output_max_abs_error", "largest error"))
+             if out.get(k) is not None]
+    if shown:
+        st.markdown("against the reference's outputs: " + ", ".join(shown))
+    for note in r.get("notes", []):
+        st.warning(note, icon=":material/warning:")
+
+
+ui.job_panel(ui.latest_job(lab, ("import_tflite",)), key="models_tflite_job", on_done=show_import)
+
 st.subheader("Stored models")
 models = reads.models(lab.db_key)
 if models.empty:
     st.caption("none yet")
 else:
-    st.dataframe(models.drop(columns=["source_path"]), hide_index=True, width="stretch")
+    st.dataframe(ui.short_sha(models.drop(columns=["source_path"])), hide_index=True, width="stretch")
+    st.caption("format tflite: a tflite-only model (imported .tflite files or a report); there is no Keras source "
+               "to convert or train again")
 
 st.subheader("Stored datasets")
 data = reads.datasets(lab.db_key)
 if data.empty:
     st.caption("none yet")
 else:
-    st.dataframe(data.drop(columns=["stored_path"]), hide_index=True, width="stretch")
+    st.dataframe(ui.short_sha(data.drop(columns=["stored_path"])), hide_index=True, width="stretch")
+
+if not models.empty and not data.empty:
+    st.subheader("Does a dataset fit a model?")
+    st.caption("Shape, value range after the input scale and offset, and labels against the model's outputs: "
+               "checked here, before a job fails on them.")
+    a, b = st.columns(2)
+    with a:
+        check_model = ui.pick_model(lab, key="models_check_model")
+    with b:
+        check_data = ui.pick_dataset(lab, key="models_check_dataset")
+    if ui.data_fit(lab, check_model, check_data):
+        st.success("the dataset fits the model", icon=":material/check_circle:")

@@ -63,5 +63,5 @@ with right:
         st.caption("none yet")
     else:
         recent = variants.sort_values("updated_at", ascending=False).head(10)
-        st.dataframe(tables.compare_table(recent)[["id", "model", "variant", "accuracy", "size (KiB)", "status"]],
+        st.dataframe(tables.compare_table(recent)[["id", "model", "variant", "accuracy (%)", "NPU", "size (KiB)", "status"]],
                      hide_index=True, width="stretch")

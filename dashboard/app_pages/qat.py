@@ -11,7 +11,7 @@ from dashboard.services import reads
 from qcore.qtyping import Job
 
 st.title("Quantization-aware training")
-st.caption("Fine-tunes the model with fake quantization (tfmot), converts it, and checks seed 003's pitfall: "
+st.caption("Fine-tunes the model with fake quantization (tfmot), converts it, and checks the known pitfall: "
            "the quantizers' ranges converge slowly, so a short run can look fine in Keras and lose accuracy "
            "as a .tflite.")
 lab = ui.current()
@@ -31,7 +31,7 @@ with st.form("qat_form"):
         layers = reads.model_layers(lab.db_key, int(model_id))
         layer_choices = sorted({cls for _, cls in layers}) + [name for name, _ in layers]
     chosen = st.multiselect("layer classes or names (for chosen layers)", layer_choices, key="qat_layers",
-                            help="e.g. only Dense, as in seed 000's advanced use")
+                            help="e.g. only Dense: quantize the dense layers and leave the rest float")
     a, b, c, d = st.columns(4)
     epochs = a.number_input("epochs", 1, 500, 3, key="qat_epochs")
     batch = b.number_input("batch size", 1, 4096, 32, key="qat_batch")
@@ -68,6 +68,10 @@ def show_result(job: Job) -> None:
              delta=f"{100 * (r['tflite_accuracy'] - r['keras_accuracy']):+.2f} points vs Keras"
              if r.get("tflite_accuracy") is not None and r.get("keras_accuracy") is not None else None)
     d.metric("range drift, last epoch", ui.pct(r.get("range_drift")))
+    found = reads.variants(lab.db_key, variant_ids=(int(r["variant_id"]),)) if r.get("variant_id") else None
+    if found is not None and not found.empty:
+        ui.npu_verdict(found.iloc[0], f"QAT variant {found.iloc[0]['variant']}")
+        ui.use_variant_button(int(r["variant_id"]), int(found.iloc[0]["model_id"]), key="qat_use_variant")
     for warning in r.get("warnings", []):
         st.warning(warning, icon=":material/warning:")
     if not r.get("warnings"):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import streamlit as st
 
 from dashboard import ui
-from dashboard.services import reads, tables
+from dashboard.services import pace, reads, tables
+from qcore import defaults
 from qcore.qtyping import Job
 from qcore.recipes import RECIPES
 
@@ -17,15 +20,35 @@ with c1:
     model_id = ui.pick_model(lab, key="quantize_model")
 with c2:
     dataset_id = ui.pick_dataset(lab, key="quantize_dataset")
+ui.data_fit(lab, model_id, dataset_id)
 
-st.markdown("**Recipes**")
-cols = st.columns(3)
+engine = st.radio("engine", ["tf", "aeq"], horizontal=True, key="quantize_engine",
+                  index=["tf", "aeq"].index(defaults.CONVERT_ENGINE),
+                  format_func={"tf": "TF converter (what you deploy)",
+                               "aeq": "AI Edge Quantizer (calibrates once for every recipe)"}.__getitem__)
+# how many recipes a row of the grid holds
+RECIPES_PER_ROW = 3
+
+
+def set_all_recipes(value: bool) -> None:
+    for name in RECIPES:
+        st.session_state[f"quantize_recipe_{name}"] = value
+
+
+head, all_button, none_button = st.columns([6, 1, 1])
+head.markdown("**Recipes**")
+all_button.button("Select all", key="quantize_all", on_click=set_all_recipes, args=(True,))
+none_button.button("Clear", key="quantize_none", on_click=set_all_recipes, args=(False,))
 chosen = []
-for i, recipe in enumerate(RECIPES.values()):
-    with cols[i % 3]:
-        if st.checkbox(recipe.name, value=recipe.name in ("float32", "int8"), key=f"quantize_recipe_{recipe.name}"):
-            chosen.append(recipe.name)
-        st.caption(recipe.summary)
+recipes = [r for r in RECIPES.values() if r.supports(engine)]
+for start in range(0, len(recipes), RECIPES_PER_ROW):
+    # one st.columns per row, so the grid reads left to right and its rows line up
+    for col, recipe in zip(st.columns(RECIPES_PER_ROW), recipes[start:start + RECIPES_PER_ROW], strict=False):
+        with col:
+            if st.checkbox(recipe.name, value=recipe.name in ("float32", "int8"),
+                           key=f"quantize_recipe_{recipe.name}"):
+                chosen.append(recipe.name)
+            st.caption(recipe.summary)
 
 c1, c2 = st.columns(2)
 samples = c1.number_input("calibration samples", min_value=1, max_value=10_000, value=100, step=10,
@@ -38,8 +61,18 @@ if st.button("Run", type="primary", key="quantize_run", disabled=model_id is Non
     else:
         with ui.guard("could not start"):
             lab.runner.submit("convert", {"model_id": model_id, "dataset_id": dataset_id, "recipes": chosen,
-                                          "calibration_samples": int(samples), "bench": bench})
+                                          "calibration_samples": int(samples), "bench": bench, "engine": engine})
             st.rerun()
+
+
+def show_landed(job: Job) -> None:
+    """While the job runs: the rows of the recipes done so far, elapsed time and an ETA (cached reads only)."""
+    partial = job.result or {}
+    st.caption(pace.convert_status(partial, pace.since(job.created_at, datetime.now())))
+    ids = tuple(int(v["variant_id"]) for v in partial.get("variants", []) if v.get("variant_id") is not None)
+    if ids:
+        st.dataframe(tables.compare_table(reads.variants(lab.db_key, variant_ids=ids)), hide_index=True,
+                     width="stretch", key="quantize_landed")
 
 
 def show_result(job: Job) -> None:
@@ -51,11 +84,11 @@ def show_result(job: Job) -> None:
                      width="stretch")
     for v in result.get("variants", []):
         if v.get("status") == "failed":
-            st.warning(f"{v['recipe']}: {v.get('error')}", icon=":material/warning:")
+            st.warning(f"{v['recipe']}: {ui.md(v.get('error'))}", icon=":material/warning:")
 
 
 st.subheader("Latest conversion")
 job = ui.latest_job(lab, ("convert", "demo"))
 if job is None:
     st.caption("No conversion has run yet.")
-ui.job_panel(job, key="quantize_job", on_done=show_result)
+ui.job_panel(job, key="quantize_job", on_done=show_result, live=show_landed)

@@ -28,19 +28,27 @@ def show(report_id: str) -> None:
     try:
         report = reads.report(lab.db_key, report_id)
     except QlabError as exc:
-        st.error(f"{exc}: the link may be mistyped, or the report was made on another qlab server",
+        st.error(f"{ui.md(exc)}: the link may be mistyped, or the report was made on another qlab server",
                  icon=":material/error:")
         return
     content = report["content"]
-    st.title(report["title"])
+    st.title(ui.md(report["title"]))
     st.caption(f"report {report['id']} · made {str(report['created_at'])[:19]} · read-only")
     if report["notes"]:
         st.markdown(report["notes"])
     st.dataframe(reports.summary_table(content), hide_index=True, width="stretch")
+    st.subheader("Will it run on the NPU?")
+    for name, ready, text in reports.npu_lines(content):
+        mark = "✅" if ready else ("❌" if ready is False else "–")
+        st.markdown(f"{mark} **{ui.md(name)}**: {ui.md(text)}")
     drift = report_view.drift(content)
     if not drift.empty:
         st.subheader("On-board accuracy")
         st.dataframe(drift, hide_index=True, width="stretch")
+    for caption, table in reports.op_cost_tables(content):
+        st.subheader("Per-layer error and time")
+        st.caption(caption)
+        st.dataframe(table, hide_index=True, width="stretch")
     figures = report_view.figures(content)
     for i, (caption, fig) in enumerate(figures):
         if not caption.startswith("Confusion"):
@@ -82,7 +90,7 @@ listing = reads.reports(lab.db_key)
 if listing.empty:
     st.caption("none yet")
 for r in listing.itertuples():
-    st.markdown(f"- [{r.title}]({link(r.id)}) · {str(r.created_at)[:16]}")
+    st.markdown(f"- [{ui.md(r.title)}]({link(r.id)}) · {str(r.created_at)[:16]}")
 
 st.subheader("Import a bundle")
 with st.form("reports_import", clear_on_submit=True):

@@ -1,51 +1,95 @@
-"""The debugger's per-layer `range` and `rmse_scale` bars (as in seed 004), the search's trials, tensor SNR."""
+"""The debugger's per-layer `rmse_scale` and `range` bars, the search's trials, tensor SNR: ranked views for 150+ layers."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.components.style import NORMAL_COLOR, SUSPECT_COLOR, empty_figure
+from dashboard.services import layers
 
-# sqrt(1/12): the rmse/scale of a uniform rounding error, i.e. a well-quantized tensor (seed 004)
-WELL_QUANTIZED_RMSE_SCALE = 0.289
+# sqrt(1/12): the rmse/scale of a uniform rounding error, i.e. a well-quantized tensor
+WELL_QUANTIZED_RMSE_SCALE = layers.WELL_QUANTIZED
 
 
-def layer_bars(stats: pd.DataFrame, threshold: float, suspects: Collection[str] = ()) -> go.Figure:
-    """Two bar charts side by side: `range` (255 * scale) and `rmse_scale` per layer row.
+# metric column → axis title
+METRIC_TITLES = {
+    "rmse_scale": "rmse / scale",
+    "range": "range = 255 · scale",
+    "mean_squared_error": "mean squared error",
+    "max_abs_error": "max abs error",
+    "mean_error": "mean error",
+    "stddev": "stddev of the error",
+}
+# pixels per bar in the ranked views: labels stay readable at any layer count
+BAR_PX = 22
+# a metric spanning more than this factor gets a log axis
+LOG_SPAN = 10.0
+
+
+def _axis(fig: go.Figure, values: pd.Series, col: int) -> None:
+    """A log x axis with real tick values (20, 50, 100) when the values span more than 10×."""
+    v = pd.to_numeric(values, errors="coerce").replace([np.inf, -np.inf], np.nan).dropna()
+    v = v[v > 0]
+    if len(v) > 1 and float(v.max()) > LOG_SPAN * float(v.min()):
+        ticks = layers.log_ticks(float(v.min()), float(v.max()))
+        fig.update_xaxes(type="log", tickvals=ticks, ticktext=layers.tick_text(ticks), row=1, col=col)
+
+
+def layer_bars(stats: pd.DataFrame, threshold: float, suspects: Collection[str] = (), *,
+               metric: str = "rmse_scale", top_n: int = 30, worst_first: bool = True) -> go.Figure:
+    """Per-layer error as ranked horizontal bars: short Keras layer names, worst at the top.
+
+    Two panels share the layer axis: the chosen metric (rmse/scale by default, with the suspect
+    threshold and the 0.289 well-quantized line) and `range` (255 · scale), or rmse/scale when
+    `range` is the metric. Log axes show their real tick values.
 
     Args:
-        stats: rows of layer_stats (row_idx, op_name, tensor_name, range, rmse_scale).
-        threshold: the suspect threshold, drawn as a red line on the rmse_scale panel.
+        stats: rows of layer_stats (op_name, tensor_name, range, rmse_scale, other metrics).
+        threshold: the suspect threshold on rmse/scale.
         suspects: tensor names drawn in red.
+        metric: the column to rank by.
+        top_n: how many layers to draw (0 = all).
+        worst_first: rank by the metric; False keeps the layer order.
     """
-    if stats.empty:
+    if stats.empty or metric not in stats:
         return empty_figure("no layer statistics in this run")
-    x = stats["row_idx"] if "row_idx" in stats else pd.Series(range(len(stats)))
-    colors = [SUSPECT_COLOR if t in suspects else NORMAL_COLOR for t in stats["tensor_name"]]
-    hover = (stats["op_name"].astype(str) + " · " + stats["tensor_name"].astype(str)).tolist()
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("range = 255 · scale", "rmse / scale"))
-    fig.add_trace(
-        go.Bar(x=x, y=stats["range"], marker_color=colors, customdata=hover, name="range",
-               hovertemplate="#%{x} %{customdata}<br>range %{y:.4g}<extra></extra>"),
-        row=1, col=1,
-    )
-    fig.add_trace(
-        go.Bar(x=x, y=stats["rmse_scale"], marker_color=colors, customdata=hover, name="rmse/scale",
-               hovertemplate="#%{x} %{customdata}<br>rmse/scale %{y:.3f}<extra></extra>"),
-        row=1, col=2,
-    )
-    fig.add_hline(y=threshold, line_color=SUSPECT_COLOR, line_width=2, row=1, col=2,
-                  annotation_text=f"threshold {threshold:g}", annotation_position="top left")
-    fig.add_hline(y=WELL_QUANTIZED_RMSE_SCALE, line_color="#5F6368", line_dash="dot", row=1, col=2,
-                  annotation_text="0.289 well quantized", annotation_position="bottom right")
-    fig.update_xaxes(title_text="layer row", row=1, col=1)
-    fig.update_xaxes(title_text="layer row", row=1, col=2)
-    fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_layout(showlegend=False, height=380, margin={"t": 50, "l": 50, "r": 20, "b": 50})
+    data = layers.rank(stats, metric, worst_first)
+    if top_n > 0:
+        data = data.head(top_n)
+    labels = layers.unique_labels(data["tensor_name"].tolist())
+    colors = [SUSPECT_COLOR if t in suspects else NORMAL_COLOR for t in data["tensor_name"]]
+    full = data["tensor_name"].astype(str).str.slice(0, 120)
+    hover = np.stack([data["op_name"].astype(str), full], axis=-1)
+    other = "rmse_scale" if metric == "range" else "range"
+    panels = [metric] + ([other] if other in data else [])
+    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, horizontal_spacing=0.03,
+                        subplot_titles=[METRIC_TITLES.get(m, m) for m in panels])
+    for col, m in enumerate(panels, start=1):
+        fig.add_trace(
+            go.Bar(y=labels, x=data[m], orientation="h", marker_color=colors, customdata=hover,
+                   name=METRIC_TITLES.get(m, m),
+                   hovertemplate="<b>%{y}</b> (%{customdata[0]})<br>" + METRIC_TITLES.get(m, m)
+                   + " %{x:.4g}<br><span style='font-size:10px'>%{customdata[1]}</span><extra></extra>"),
+            row=1, col=col,
+        )
+        _axis(fig, data[m], col)
+        if m == "rmse_scale":
+            fig.add_vline(x=threshold, line_color=SUSPECT_COLOR, line_width=2, row=1, col=col,
+                          annotation_text=f"suspect above {threshold:g}", annotation_position="bottom right",
+                          annotation_font={"color": SUSPECT_COLOR, "size": 12}, annotation_bgcolor="white")
+            fig.add_vline(x=WELL_QUANTIZED_RMSE_SCALE, line_color="#5F6368", line_dash="dot", row=1, col=col,
+                          annotation_text="0.289 = well quantized", annotation_position="top right",
+                          annotation_font={"size": 12, "color": "#3C4043"}, annotation_bgcolor="white")
+    shown = f"worst {len(data)} of {len(stats)} by {METRIC_TITLES.get(metric, metric)}" if worst_first else (
+        f"first {len(data)} of {len(stats)} in layer order")
+    fig.update_yaxes(autorange="reversed", automargin=True, tickfont={"size": 11})
+    fig.update_layout(title=shown, showlegend=False, height=max(260, BAR_PX * len(data) + 120),
+                      margin={"t": 70, "l": 10, "r": 20, "b": 40}, bargap=0.25)
     return fig
 
 
@@ -86,17 +130,33 @@ def tune_trials_plot(trials: pd.DataFrame, float_accuracy: float, target_accurac
     return fig
 
 
-def tensor_snr_bars(diffs: pd.DataFrame) -> go.Figure:
-    """SNR (dB) of every matched tensor, float vs quantized, in graph order."""
+def tensor_snr_bars(diffs: pd.DataFrame, top_n: int = 30, title: str = "signal-to-noise per tensor") -> go.Figure:
+    """SNR (dB) of matched tensors, float vs quantized, as ranked horizontal bars: the worst (lowest) first.
+
+    Args:
+        diffs: rows of TensorDiff (name, snr_db, mse, cosine, quant_dtype).
+        top_n: how many tensors to draw (0 = all).
+        title: what these tensors are (activations, or weights and biases).
+    """
     if diffs.empty:
-        return empty_figure("no tensor matched by name")
-    snr = diffs["snr_db"].astype(float).clip(upper=120.0)  # identical tensors give inf
+        return empty_figure(f"{title}: no tensor matched by name")
+    data = diffs.assign(_snr=diffs["snr_db"].astype(float).clip(upper=120.0))  # identical tensors give inf
+    data = data.sort_values("_snr", kind="stable", na_position="last")
+    if top_n > 0:
+        data = data.head(top_n)
+    labels = layers.unique_labels(data["name"].tolist())
+    hover = np.stack([data["name"].astype(str).str.slice(0, 120),
+                      data["mse"].map(lambda v: f"{float(v):.3e}"),
+                      data.get("quant_dtype", pd.Series([""] * len(data), index=data.index)).astype(str)], axis=-1)
     fig = go.Figure(
-        go.Bar(x=list(range(len(diffs))), y=snr, customdata=diffs["name"], marker_color=NORMAL_COLOR,
-               hovertemplate="%{customdata}<br>SNR %{y:.1f} dB<extra></extra>")
+        go.Bar(y=labels, x=data["_snr"], orientation="h", customdata=hover, marker_color=NORMAL_COLOR,
+               hovertemplate="<b>%{y}</b> (%{customdata[2]})<br>SNR %{x:.1f} dB · MSE %{customdata[1]}"
+               "<br><span style='font-size:10px'>%{customdata[0]}</span><extra></extra>")
     )
-    fig.update_layout(title="signal-to-noise per tensor (higher is better)", xaxis_title="tensor",
-                      yaxis_title="SNR (dB)", height=320, margin={"t": 50, "l": 50, "r": 20, "b": 50})
+    fig.update_yaxes(autorange="reversed", automargin=True, tickfont={"size": 11})
+    fig.update_layout(title=f"{title}: worst {len(data)} of {len(diffs)} (higher SNR is better)",
+                      xaxis_title="SNR (dB)", height=max(240, BAR_PX * len(data) + 110),
+                      margin={"t": 50, "l": 10, "r": 20, "b": 40})
     return fig
 
 

@@ -16,7 +16,7 @@ import streamlit as st
 from qcore.qtyping import Board, Inspection, QlabError
 
 if TYPE_CHECKING:
-    from qcore.board_client import BoardHealth
+    from qcore.board_runs import BoardHealth
 from qcore.store import Store
 
 _stores: dict[str, Store] = {}
@@ -148,7 +148,7 @@ HEALTH_TTL_S = 10
 @st.cache_data(show_spinner=False, ttl=HEALTH_TTL_S)
 def board_health(db: str) -> list[BoardHealth]:
     """Every registered board and what its agent answers now (unreachable ones say why)."""
-    from qcore.board_client import board_health as ask
+    from qcore.board_runs import board_health as ask
 
     return ask(store_for(db), connect_timeout=2.0)
 
@@ -171,3 +171,50 @@ def model_layers(db: str, model_id: int) -> list[tuple[str, str]]:
 def model_summary(db: str, model_id: int) -> dict[str, Any] | None:
     """What a worker recorded of a model (layers, parameters, shapes), or None."""
     return store_for(db).model_summary(int(model_id))
+
+
+@st.cache_data(show_spinner=False)
+def dataset_profile(db: str, dataset_id: int) -> dict[str, Any]:
+    """Sample shape, value range after preprocessing and label count of a stored dataset (no model loaded)."""
+    from dashboard.services import data_check
+    from qcore.data import load_stored_dataset
+
+    return data_check.profile(load_stored_dataset(store_for(db).dataset(int(dataset_id))))
+
+
+@st.cache_data(show_spinner=False, ttl=HEALTH_TTL_S)
+def board_labels(db: str) -> pd.DataFrame:
+    """Every board's labels (board, key, value, source)."""
+    return store_for(db).board_labels()
+
+
+@st.cache_data(show_spinner=False, ttl=HEALTH_TTL_S)
+def health_history(db: str, limit: int) -> pd.DataFrame:
+    """The last `limit` health checks per board."""
+    return store_for(db).health_history(None, limit=limit)
+
+
+@st.cache_data(show_spinner=False)
+def pool_members(db: str, pool: str) -> list[str]:
+    """Boards a pool query matches (QlabError for a bad query)."""
+    return store_for(db).boards_matching(pool)
+
+
+@st.cache_data(show_spinner=False)
+def board_runs(db: str) -> pd.DataFrame:
+    """Board runs, newest first, with their cell counts."""
+    return store_for(db).board_runs(limit=30)
+
+
+@st.cache_data(show_spinner=False)
+def board_cells(db: str, run_id: int) -> pd.DataFrame:
+    """The cells of one board run with their p50 or accuracy, and the reasons of failed ones."""
+    return store_for(db).board_cells(run_id)
+
+
+@st.cache_data(show_spinner=False)
+def matrix_spread(db: str, run_id: int) -> pd.DataFrame:
+    """p50 per board and min / median / max across the pool, per (variant, target) of a run."""
+    from qcore.board_runs import matrix_spread as spread
+
+    return spread(store_for(db), run_id)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 import plotly.graph_objects as go
 
 from dashboard.components.confusion import confusion_heatmap
 from dashboard.components.latency import latency_bars
+from dashboard.components.op_cost import cost_error_scatter
 from dashboard.components.tradeoff import size_bars, tradeoff_scatter
 from dashboard.services import tables
 from qcore import reports
+from qcore.debugger import DEFAULT_THRESHOLD
 
 
 def figures(content: dict[str, Any]) -> list[tuple[str, go.Figure]]:
@@ -27,6 +30,11 @@ def figures(content: dict[str, Any]) -> list[tuple[str, go.Figure]]:
     out.append(("Size per variant", size_bars(ok)))
     if not f["benchmarks"].empty:
         out.append(("Latency per target", latency_bars(tables.bench_for_plot(f["benchmarks"], variants))))
+    for entry in (content.get("op_cost") or {}).values():
+        rows = pd.DataFrame(entry.get("rows") or [])
+        if not rows.empty:
+            out.append((f"Cost vs error: {entry.get('variant')} ({entry.get('board')} / {entry.get('target')})",
+                        cost_error_scatter(rows, DEFAULT_THRESHOLD, str(entry.get("time_source", "")))))
     confusion = content.get("confusion") or {}
     for row in ok.itertuples():
         matrix = confusion.get(str(row.variant_id))

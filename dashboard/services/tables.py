@@ -6,34 +6,56 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from qcore.qtyping import Job
+from dashboard.services import npu_view
+from qcore.qtyping import SCORING_LABELS, Job
 
 COMPARE_COLUMNS = {
     "variant_id": "id",
     "model": "model",
     "variant": "variant",
     "kind": "kind",
-    "accuracy": "accuracy",
-    "top5": "top-5",
-    "agreement": "agreement",
-    "drop_points": "drop vs float (points)",
+    "engine": "engine",
+    "accuracy": "accuracy (%)",
+    "top5": "top-5 (%)",
+    "agreement": "agreement (%)",
+    "scored_by": "scored by",
+    "output_mse": "output MSE",
+    "drop_points": "Δ vs float (points)",
     "size_kib": "size (KiB)",
     "host_p50_ms": "host p50 (ms)",
     "board_p50_ms": "board p50 (ms)",
-    "input_dtype": "input",
-    "output_dtype": "output",
+    "npu": "NPU",
+    "io": "I/O",
+    "size_vs_float": "size vs float (×)",
     "status": "status",
     "error": "error",
 }
 
 
 def compare_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The /compare table: accuracy, top-5, agreement, size, host and board latency per variant."""
+    """The /compare table: accuracy, top-5, agreement (or output MSE), size, host and board latency per variant."""
     if df.empty:
         return pd.DataFrame(columns=list(COMPARE_COLUMNS.values()))
     out = df.copy()
+    # imported detectors and landmark models are scored against their reference, not by top-1
+    scoring = out["scoring"] if "scoring" in out else pd.Series("classes", index=out.index)
+    out["scored_by"] = scoring.map(SCORING_LABELS).fillna(SCORING_LABELS["classes"])
+    if "output_mse" not in out:
+        out["output_mse"] = float("nan")
+    if "engine" not in out:  # rows from a store before migration 0009 or an imported report
+        out["engine"] = "tf"
+    out["engine"] = out["engine"].fillna("tf")
     out["size_kib"] = (out["size_bytes"].astype(float) / 1024.0).round(1)
-    out["drop_points"] = ((out["float_accuracy"].astype(float) - out["accuracy"].astype(float)) * 100).round(2)
+    # negative: the variant lost accuracy against the float Keras model
+    out["drop_points"] = ((out["accuracy"].astype(float) - out["float_accuracy"].astype(float)) * 100).round(2)
+    # one accuracy format everywhere: percent with 2 decimals
+    for col in ("accuracy", "top5", "agreement"):
+        out[col] = (out[col].astype(float) * 100).round(2)
+    records = out.to_dict("records")
+    out["npu"] = [npu_view.label(r) for r in records]
+    out["io"] = [r.get("npu_io") if isinstance(r.get("npu_io"), str)
+                 else f"{r.get('input_dtype') or '?'} → {r.get('output_dtype') or '?'}" for r in records]
+    out["size_vs_float"] = [npu_view.size_ratio(r.get("size_bytes"), r.get("float_size_bytes")) for r in records]
     for col in ("host_p50_ms", "board_p50_ms"):
         out[col] = out[col].astype(float).round(4)
     return out[list(COMPARE_COLUMNS)].rename(columns=COMPARE_COLUMNS).reset_index(drop=True)
@@ -45,7 +67,7 @@ def best_per_model(df: pd.DataFrame) -> pd.DataFrame:
     Ties on accuracy go to the smaller file; failed variants never win. Vectorised: the
     overview runs this over every variant of the store.
     """
-    cols = ["model_id", "model", "variants", "most accurate", "accuracy", "smallest", "size (KiB)",
+    cols = ["model_id", "model", "variants", "most accurate", "accuracy (%)", "smallest", "size (KiB)",
             "fastest (host)", "host p50 (ms)"]
     ok = df[df["status"] == "ok"] if not df.empty else df
     if ok.empty:
@@ -61,7 +83,7 @@ def best_per_model(df: pd.DataFrame) -> pd.DataFrame:
                  first(["size_bytes"], [True], "size_bytes", "smallest", "size (KiB)"),
                  first(["host_p50_ms"], [True], "host_p50_ms", "fastest (host)", "host p50 (ms)")):
         out = out.merge(part, on="model_id", how="left")
-    out["accuracy"] = out["accuracy"].astype(float).round(4)
+    out["accuracy (%)"] = (out["accuracy"].astype(float) * 100).round(2)
     out["size (KiB)"] = (out["size (KiB)"].astype(float) / 1024).round(1)
     out["host p50 (ms)"] = out["host p50 (ms)"].astype(float).round(4)
     out["fastest (host)"] = out["fastest (host)"].astype(object).where(out["fastest (host)"].notna(), None)
@@ -73,9 +95,9 @@ def jobs_table(jobs: Sequence[Job]) -> pd.DataFrame:
     return pd.DataFrame(
         [{"id": j.id, "kind": j.kind, "status": str(j.status), "progress": round(j.progress, 2),
           "message": j.error if j.error else j.message,
-          "worker": f"{j.worker_host} ({j.worker})" if j.worker else "",
+          "worker": f"{j.worker_host} ({j.worker})" if j.worker else "", "by": j.created_by or "",
           "created": j.created_at[:19], "elapsed": elapsed(j)} for j in jobs],
-        columns=["id", "kind", "status", "progress", "message", "worker", "created", "elapsed"],
+        columns=["id", "kind", "status", "progress", "message", "worker", "by", "created", "elapsed"],
     )
 
 

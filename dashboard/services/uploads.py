@@ -6,8 +6,8 @@ import hashlib
 import json
 import os
 import shutil
-import zipfile
-from pathlib import Path, PurePosixPath
+import tempfile
+from pathlib import Path
 
 from dashboard.services import reads
 from dashboard.services.lab import Lab
@@ -19,6 +19,7 @@ MODEL_SUFFIXES = (".keras", ".h5", ".zip")
 DATA_SUFFIXES = (".npz", ".zip")
 # a worker loads an uploaded model; the page waits this long before leaving it to the job list
 ADD_MODEL_TIMEOUT_S = 300.0
+TFLITE_SUFFIXES = (".tflite",)
 # a zipped SavedModel or image folder may not unpack to more than this
 MAX_UNZIPPED_MB = 1024
 
@@ -34,45 +35,51 @@ def _check(filename: str, data: bytes, suffixes: tuple[str, ...], what: str) -> 
     return suffix
 
 
-def store_upload(the_lab: Lab, data: bytes, suffix: str) -> Path:
-    """Writes the bytes as `<data>/uploads/<sha256><suffix>` (idempotent); returns the path."""
+def store_upload(the_lab: Lab, data: bytes, suffix: str) -> tuple[Path, bool]:
+    """Writes the bytes as `<data>/uploads/<sha256><suffix>` (idempotent).
+
+    Returns:
+        (the path, whether this call created it), so a refused upload can be removed again.
+    """
     folder = the_lab.data_dir / "uploads"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / f"{hashlib.sha256(data).hexdigest()}{suffix}"
-    if not path.exists():
-        tmp = path.with_name(path.name + f".part{os.getpid()}")
-        tmp.write_bytes(data)
+    if path.exists():
+        return path, False
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
-    return path
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path, True
 
 
-def safe_extract(archive: Path, dest: Path) -> Path:
-    """Unpacks a zip inside `dest`, refusing absolute paths, `..`, links and zip bombs.
+def unpacked_dir(archive: Path) -> Path:
+    """Where a zipped upload is unpacked: `<sha256>.unzipped`, a name with a dot, so nothing in it can
+    ever be imported as a Python package even if the data directory were on sys.path."""
+    return archive.with_name(archive.stem + ".unzipped")
+
+
+def safe_extract(archive: Path, dest: Path, name: str | None = None) -> Path:
+    """Unpacks a zip inside `dest`, refusing absolute paths, `..`, links, zip bombs and lying sizes.
 
     Raises:
-        QlabError: naming the archive and the offending entry.
+        QlabError: naming the archive and the offending entry; nothing is left behind.
     """
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile:
-        raise QlabError(f"{archive.name}: not a zip file") from None
-    with zf:
-        total = 0
-        for info in zf.infolist():
-            name = PurePosixPath(info.filename)
-            if name.is_absolute() or ".." in name.parts or info.filename.startswith(("/", "\\")):
-                raise QlabError(f"{archive.name}: entry {info.filename!r} points outside the archive")
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise QlabError(f"{archive.name}: entry {info.filename!r} is a symbolic link")
-            total += info.file_size
-        if total > MAX_UNZIPPED_MB * 1024 * 1024:
-            raise QlabError(f"{archive.name}: unpacks to {total / 2**20:.0f} MB, over {MAX_UNZIPPED_MB} MB")
-        if not dest.exists():
-            tmp = dest.with_name(dest.name + f".part{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            zf.extractall(tmp)
-            os.replace(tmp, dest)
-    return dest
+    from qcore.archives import extract_zip
+
+    return extract_zip(archive, dest, max_bytes=MAX_UNZIPPED_MB * 1024 * 1024, name=name)
+
+
+def _discard(path: Path, created: bool) -> None:
+    """Removes a refused upload (and what was unpacked from it) if this request stored it."""
+    if not created:
+        return
+    path.unlink(missing_ok=True)
+    shutil.rmtree(unpacked_dir(path), ignore_errors=True)
 
 
 def _savedmodel_root(folder: Path, filename: str) -> Path:
@@ -84,36 +91,79 @@ def _savedmodel_root(folder: Path, filename: str) -> Path:
     return found[0]
 
 
-def add_model(the_lab: Lab, filename: str, data: bytes, name: str = "",
+def add_model(the_lab: Lab, filename: str, data: bytes, name: str = "", *, trusted: bool = False,
               timeout: float = ADD_MODEL_TIMEOUT_S) -> int:
     """Stores an uploaded `.keras`, `.h5` or zipped SavedModel and registers it, loaded by a worker.
 
-    The web process never loads the model (an uploaded model is a program): a job reads it on
-    a worker and records its layers and shapes.
+    The web process never loads the model (an uploaded model is a program): a job inspects and
+    loads it on a worker and records its layers and shapes.
+
+    Args:
+        trusted: an admin vouched for this file: skip the checks that refuse Lambda layers,
+            custom objects and file/process graph ops (they then run when the model loads).
 
     Returns:
         The model id (the same bytes twice give the same id).
 
     Raises:
-        QlabError: for a wrong type, an empty or over-size file, or a model Keras cannot read.
+        QlabError: for a wrong type, an empty or over-size file, a model Keras cannot read, or one
+            refused by the loading policy (`qcore.model_safety`). A refused upload is deleted.
     """
     suffix = _check(filename, data, MODEL_SUFFIXES, "model")
-    path = store_upload(the_lab, data, suffix)
-    source = path
-    if suffix == ".zip":
-        source = _savedmodel_root(safe_extract(path, path.with_suffix("")), filename)
-    job_id = the_lab.runner.submit("add_model", {"filename": filename, "name": name},
-                                   extra={"upload_path": str(source), "source_path": str(source)})
+    stored, created = store_upload(the_lab, data, suffix)
     try:
-        status = the_lab.runner.wait(job_id, timeout=timeout)
-    except TimeoutError:
-        raise QlabError(f"{filename}: still loading after {timeout:.0f} s; it shows on the overview's job list "
-                        "when done") from None
-    job = the_lab.store.job(job_id)
-    if status != JobStatus.DONE or not job.result:
-        raise QlabError(job.error or f"{filename}: the model could not be added ({status})")
+        path = stored
+        if suffix == ".zip":
+            path = _savedmodel_root(safe_extract(stored, unpacked_dir(stored), filename), filename)
+        job_id = the_lab.runner.submit("add_model", {"filename": filename, "name": name, "trusted": trusted},
+                                       extra={"upload_path": str(path), "source_path": str(path)})
+        try:
+            status = the_lab.runner.wait(job_id, timeout=timeout)
+        except TimeoutError:
+            raise QlabError(f"{filename}: still loading after {timeout:.0f} s; it shows on the overview's job "
+                            "list when done") from None
+        job = the_lab.store.job(job_id)
+        if status != JobStatus.DONE or not job.result:
+            raise QlabError(job.error or f"{filename}: the model could not be added ({status})")
+    except QlabError:
+        _discard(stored, created)
+        raise
     reads.clear()
     return int(job.result["model_id"])
+
+
+def add_tflite(the_lab: Lab, filename: str, data: bytes, *, reference: tuple[str, bytes] | None = None,
+               name: str = "", dataset_id: int | None = None) -> int:
+    """Stores an uploaded `.tflite` (and its float reference) and queues the job that imports them.
+
+    Only the cheap checks run here (suffix, size, TFL3 identifier), so the web process never
+    loads LiteRT for an upload; parsing, running and scoring happen in the job.
+
+    Args:
+        reference: (file name, bytes) of a float `.tflite` of the same network, or None.
+        dataset_id: a stored dataset (it carries the input preprocessing) to evaluate on, or None.
+
+    Returns:
+        The id of the `import_tflite` job.
+
+    Raises:
+        QlabError: naming the file for a wrong type, an empty or over-size file, or no TFL3 identifier.
+    """
+    from qcore.import_tflite import check_tflite_bytes
+
+    files = [(filename, data), *([reference] if reference is not None else [])]
+    for fname, body in files:
+        _check(fname, body, TFLITE_SUFFIXES, ".tflite model")
+        check_tflite_bytes(body, fname)
+    from qcore.jobs import ImportTfliteParams, JobKind, params_json
+
+    params = ImportTfliteParams(
+        filename=filename, path=str(store_upload(the_lab, data, ".tflite")[0]), name=name.strip(),
+        dataset_id=None if dataset_id is None else int(dataset_id),
+        reference_filename=reference[0] if reference is not None else "",
+        reference_path=str(store_upload(the_lab, reference[1], ".tflite")[0]) if reference is not None else "",
+    )
+    return the_lab.runner.submit(JobKind.IMPORT_TFLITE.value, params_json(params))
 
 
 def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float, input_offset: float,
@@ -129,19 +179,20 @@ def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float,
     from qcore.data import load_dataset
 
     suffix = _check(filename, data, DATA_SUFFIXES, "dataset")
-    path = store_upload(the_lab, data, suffix)
     shape = None
     if for_model is not None:
         shape = tuple(json.loads(the_lab.store.model(int(for_model))["input_shape"]))
     elif suffix == ".zip":
         raise QlabError(f"{filename}: images in a zip of class folders are resized to a model's input; "
                         "choose the model they are for")
+    path, created = store_upload(the_lab, data, suffix)
     try:
         ds = load_dataset(path, input_scale=float(input_scale), input_offset=float(input_offset), input_shape=shape)
     except QlabError as exc:
+        _discard(path, created)
         raise QlabError(str(exc).replace(str(path), filename)) from None
     return register_dataset(the_lab, ds, name=name.strip() or Path(filename).stem, source=filename,
-                            stored_path=str(path))
+                            stored_path=str(path), input_shape=shape)
 
 
 def add_digits(the_lab: Lab, *, input_scale: float, input_offset: float) -> int:
@@ -152,14 +203,20 @@ def add_digits(the_lab: Lab, *, input_scale: float, input_offset: float) -> int:
     return register_dataset(the_lab, ds, name="digits", source="digits", stored_path=None)
 
 
-def register_dataset(the_lab: Lab, ds: Dataset, *, name: str, source: str, stored_path: str | None) -> int:
-    """Registers loaded data; the same data and preprocessing give the same id."""
+def register_dataset(the_lab: Lab, ds: Dataset, *, name: str, source: str, stored_path: str | None,
+                     input_shape: tuple[int | None, ...] | None = None) -> int:
+    """Registers loaded data; the same data and preprocessing give the same id.
+
+    Args:
+        input_shape: the model input shape images were resized to (kept, so every job reads a zip of
+            class folders at the same size).
+    """
     from qcore.data import dataset_sha256
 
     dataset_id = the_lab.store.add_dataset(
         name=name, source=source, sha256=dataset_sha256(ds), input_scale=float(ds.input_scale),
         input_offset=float(ds.input_offset), n_train=len(ds.y_train), n_test=len(ds.y_test),
-        num_classes=int(ds.num_classes), stored_path=stored_path,
+        num_classes=int(ds.num_classes), stored_path=stored_path, image_shape=input_shape,
     )
     reads.clear()
     return dataset_id

@@ -85,8 +85,9 @@ class RunningAgent:
 @contextmanager
 def running_agent(workdir: Path, token: str | None = TOKEN, **overrides: Any) -> Iterator[RunningAgent]:
     """Starts Agent + ThreadingHTTPServer on 127.0.0.1:<free port>; stops both afterwards."""
-    settings = defaults(env={}).replace(workdir=str(workdir), port=0, board_name="testboard",
-                                        benchmark_model=str(workdir / "no-benchmark-model"), **overrides)
+    values: dict[str, Any] = {"workdir": str(workdir), "port": 0, "board_name": "testboard",
+                              "benchmark_model": str(workdir / "no-benchmark-model")}
+    settings = defaults(env={}).replace(**{**values, **overrides})
     agent = Agent(settings, token)
     server = make_server(agent, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -150,3 +151,57 @@ def build_tiny_models() -> dict[str, bytes]:
     out["hang"] = tf.lite.TFLiteConverter.from_concrete_functions(
         [forever.get_concrete_function()], forever).convert()
     return out
+
+
+@dataclass
+class AgentProcess:
+    """`python -m board_agent` in its own process on a free loopback port: killing it is a board going away."""
+
+    proc: Any
+    url: str
+    token: str
+    name: str
+
+    def kill(self) -> None:
+        """SIGKILL, as when a board loses power: open connections reset, no goodbye."""
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the agent and its reaped runner children, from /proc."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def agent_process(workdir: Path, name: str, token: str = TOKEN, timeout: float = 120.0,
+                  **settings: Any) -> Iterator[AgentProcess]:
+    """Starts a real agent process (its own session, so kill() takes its runner children too)."""
+    import subprocess
+    import sys
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = ["--port", "0", "--workdir", str(workdir), "--board-name", name,
+            "--benchmark-model", str(workdir / "no-benchmark-model"), "--log-level", "WARNING"]
+    for key, value in settings.items():
+        args += ["--" + key.replace("_", "-"), str(value)]
+    env = dict(os.environ, QLAB_AGENT_TOKEN=token, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen([sys.executable, "-m", "board_agent", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    running = AgentProcess(proc, "", token, name)
+    try:
+        deadline = time.monotonic() + timeout
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        while "listening on " not in line:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"agent {name} did not start (exit {proc.poll()})")
+            line = proc.stdout.readline()
+        running.url = line.split("listening on ", 1)[1].strip()
+        yield running
+    finally:
+        running.kill()

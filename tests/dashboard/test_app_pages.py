@@ -67,6 +67,24 @@ def test_models_upload_model_and_dataset(empty_lab: Lab, page, demo_h5: Path, di
     assert at.dataframe[0].value["name"].tolist() == ["my cnn"]
 
 
+def test_models_and_quantize_warn_when_the_dataset_does_not_fit(empty_lab: Lab, page) -> None:
+    from dashboard.services import uploads
+
+    empty_lab.store.add_model(name="tiny", format="h5", sha256="t" * 64, source_path="/nowhere.h5",
+                              input_shape=[None, 4, 4], output_shape=[None, 3], keras_major=2)
+    uploads.add_digits(empty_lab, input_scale=255.0, input_offset=0.0)  # digits are stored in [0, 1]
+    reads.clear()
+    at = page("models")
+    _no_traceback(at)
+    errors = texts(at, "error")
+    assert any("samples of shape (8, 8) but model 'tiny' expects (4, 4)" in t for t in errors)
+    assert any("labels 0..9 but model 'tiny' has only 3 outputs" in t for t in errors)
+    assert any("inputs reach [0, 255] after x · 255 + 0" in t for t in texts(at, "warning")), texts(at, "warning")
+    assert at.dataframe[0].value["sha256"].str.len().max() == 12
+    quantize = page("quantize")  # warned before a job is started, not after it fails
+    assert any("samples of shape (8, 8)" in t for t in texts(quantize, "error"))
+
+
 def test_models_garbage_model_shows_error_in_words(empty_lab: Lab, page) -> None:
     at = page("models")
     at.file_uploader(key="models_model_file").set_value(("broken.h5", b"not hdf5 at all", "application/x-hdf5"))
@@ -106,6 +124,65 @@ def test_quantize_run_as_job_then_result_table(converted: Lab, page) -> None:
     _no_traceback(at)
     assert any(f"job #{job.id} (convert) finished" in t for t in texts(at, "success"))
     assert at.dataframe[0].value["variant"].tolist() == ["dynamic"]
+    # dynamic range keeps float activations: the verdict says the ops fall back to the CPU
+    assert at.dataframe[0].value["NPU"].iloc[0].startswith("❌")
+
+
+def test_quantize_rows_appear_as_each_recipe_finishes(converted: Lab, page) -> None:
+    import time
+
+    recipes = ["float16", "dynamic", "int8-per-tensor"]
+    job_id = converted.runner.submit("convert", {"model_id": 1, "dataset_id": 1, "recipes": recipes, "bench": False})
+    seen = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        job = converted.store.job(job_id)
+        landed = (job.result or {}).get("variants", [])
+        if job.status is JobStatus.RUNNING and 0 < len(landed) < len(recipes):
+            at = page("quantize")  # the page while the other recipes still convert
+            _no_traceback(at)
+            seen = (len(landed), at)
+            break
+        if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+            break
+        time.sleep(0.05)
+    converted.runner.wait(job_id, timeout=300)
+    assert seen is not None, "the job never published a recipe's row before it ended"
+    n, at = seen
+    rows = next(df.value for df in at.dataframe if "NPU" in df.value.columns)
+    assert len(rows) >= n and set(rows["variant"]) <= set(recipes)
+    assert any(re.match(rf"\d of {len(recipes)} recipes done · .* elapsed", t) for t in texts(at, "caption"))
+    reads.clear()
+
+
+def test_quantize_select_all_and_clear(empty_lab: Lab, page) -> None:
+    from qcore.recipes import resolve_recipes
+
+    at = page("quantize")
+    _by_label(at.button, "Select all").click().run()
+    assert all(at.checkbox(key=f"quantize_recipe_{n}").value for n in (r.name for r in resolve_recipes("all")))
+    _by_label(at.button, "Clear").click().run()
+    assert not any(at.checkbox(key=f"quantize_recipe_{n}").value for n in (r.name for r in resolve_recipes("all")))
+
+
+def test_quantize_engine_aeq_runs_as_job_and_compare_shows_engine(converted: Lab, page) -> None:
+    at = page("quantize")
+    at.radio(key="quantize_engine").set_value("aeq").run()
+    assert "quantize_recipe_weight-only" in [c.key for c in at.checkbox]  # AEQ-only recipe offered
+    for name in ("float32", "int8"):
+        at.checkbox(key=f"quantize_recipe_{name}").uncheck()
+    at.checkbox(key="quantize_recipe_weight-only").check()
+    at.checkbox(key="quantize_bench").uncheck()
+    _by_label(at.button, "Run").click().run()
+    _no_traceback(at)
+    job = converted.store.jobs(limit=1)[0]
+    assert job.kind == "convert" and job.params["engine"] == "aeq" and job.params["recipes"] == ["weight-only"]
+    converted.runner.wait(job.id, timeout=300)
+    reads.clear()
+    at.run()
+    _no_traceback(at)
+    table = at.dataframe[0].value
+    assert table["variant"].tolist() == ["weight-only@aeq"] and table["engine"].tolist() == ["aeq"]
 
 
 def test_quantize_without_recipes(converted: Lab, page) -> None:
@@ -153,8 +230,27 @@ def test_compare_table_plots_and_confusions(converted: Lab, page) -> None:
     specs = plotly_specs(at)
     names = [{t.get("name") for t in s["data"]} for s in specs]
     assert "Pareto front" in names[0] and "Pareto front" in names[1]
+    npu = table.set_index("variant")["NPU"]
+    assert npu["int8"] == "✅ integer-only" and npu["uint8"] == "✅ integer-only"
+    assert npu["float32"].startswith("❌") and "float ops" in npu["float32"]
+    symbols = {t["name"]: t["marker"]["symbol"] for t in specs[0]["data"] if t["name"] != "Pareto front"}
+    assert symbols["int8 · NPU-ready"] == "circle" and symbols["float32 · not NPU-ready"] == "x"
+    # one model with float32: the per-class change and one difference matrix, not a matrix per variant
     heatmaps = [s for s in specs if s["data"] and s["data"][0]["type"] == "heatmap"]
-    assert len(heatmaps) == len(table[table["status"] == "ok"])
+    titles = [json.dumps(h["layout"]["title"]) for h in heatmaps]
+    assert len(heatmaps) == 3
+    assert "per-class accuracy change vs float32" in titles[0]
+    assert len(heatmaps[0]["data"][0]["y"]) == len(table) - 1  # every variant but float32
+    assert "minus float32" in titles[1]
+
+
+def test_compare_opens_with_the_variant_chosen_elsewhere(converted: Lab, page) -> None:
+    int8 = _variant_id(converted, "int8")
+    at = AppTest.from_file(str(APP.parent / "app_pages" / "compare.py"), default_timeout=PAGE_TIMEOUT_S)
+    at.session_state["ui_use_variant"] = (int8, 1)
+    at.run()
+    _no_traceback(at)
+    assert at.dataframe[0].value["variant"].tolist() == ["float32", "int8"]
 
 
 def test_compare_without_models(empty_lab: Lab, page) -> None:
@@ -173,26 +269,60 @@ def debugged(converted: Lab) -> Lab:
     return converted
 
 
+def _kept(at: AppTest) -> str:
+    return next((t for t in texts(at, "markdown") if "layers kept in float:**" in t), "")
+
+
 def test_debugger_bars_table_and_preselected_suspects(debugged: Lab, page) -> None:
     at = page("debugger")
     _no_traceback(at)
     bars = plotly_specs(at)[0]
-    assert [t["name"] for t in bars["data"]] == ["range", "rmse/scale"]
-    assert 0.7 in [s.get("y0") for s in bars["layout"]["shapes"]]
+    assert [t["name"] for t in bars["data"]] == ["rmse / scale", "range = 255 · scale"]
+    threshold = next(s for s in at.slider if s.label.startswith("suspect threshold")).value
+    assert threshold in [s.get("x0") for s in bars["layout"]["shapes"]]
     table = at.dataframe[0].value
-    expected = table[table["rmse_scale"] > 0.7]["tensor_name"].tolist()
-    assert table[table["suspect"]]["tensor_name"].tolist() == expected
-    keep = next(m for m in at.multiselect if m.label.startswith("layers to keep in float"))
-    assert keep.value == expected
+    # worst first by rmse/scale, short Keras layer names beside the full tensor name
+    assert table["rmse_scale"].tolist() == sorted(table["rmse_scale"].tolist(), reverse=True)
+    assert (table["layer"].str.len() <= table["tensor_name"].str.len()).all()
+    expected = table[table["rmse_scale"] > threshold]["tensor_name"].tolist()
+    assert sorted(table[table["suspect"]]["tensor_name"]) == sorted(expected)
+    if expected:
+        assert _kept(at).startswith(f"**{len(expected)} layers kept in float:**")
+    else:
+        assert any(t.startswith("No layer stands out") for t in texts(at, "info"))
 
 
 def test_debugger_threshold_slider_changes_suspects(debugged: Lab, page) -> None:
     at = page("debugger")
-    at.slider(key="debugger_threshold").set_value(0.0).run()
+    next(s for s in at.slider if s.label.startswith("suspect threshold")).set_value(0.0).run()
     table = at.dataframe[0].value
     assert table["suspect"].tolist() == (table["rmse_scale"] > 0.0).tolist()
-    keep = next(m for m in at.multiselect if m.label.startswith("layers to keep in float"))
-    assert keep.value == table[table["suspect"]]["tensor_name"].tolist()
+    assert _kept(at).startswith(f"**{int(table['suspect'].sum())} layers kept in float:**")
+
+
+def test_debugger_table_selection_feeds_keep_float(debugged: Lab, page) -> None:
+    at = page("debugger")
+    at.checkbox(key="debugger_keep_suspects").uncheck().run()
+    assert _kept(at) == ""
+    run_id = int(debugged.store.debug_runs()["id"].iloc[0])
+    table = at.dataframe[0].value
+    at.session_state[f"debugger_table_{run_id}"] = {"selection": {"rows": [len(table) - 1], "columns": []}}
+    at.run()
+    _no_traceback(at)
+    assert _kept(at) == f"**1 layers kept in float:** {table['layer'].iloc[-1]}"
+    run = _by_label(at.button, "Run selective quantization")
+    assert not run.disabled
+
+
+def test_debugger_filter_and_top_n(debugged: Lab, page) -> None:
+    at = page("debugger")
+    table = at.dataframe[0].value
+    op = table["op_name"].iloc[0]
+    at.multiselect(key="debugger_filter_ops").set_value([op])
+    at.number_input(key="debugger_top_n").set_value(1).run()
+    _no_traceback(at)
+    assert set(at.dataframe[0].value["op_name"]) == {op}
+    assert len(values(plotly_specs(at)[0]["data"][0]["y"])) == 1
 
 
 def test_debugger_keep_float_runs_selective_and_compares_with_int8(debugged: Lab, page) -> None:
@@ -210,6 +340,12 @@ def test_debugger_keep_float_runs_selective_and_compares_with_int8(debugged: Lab
     assert compared["kind"].tolist() == ["ptq", "selective"]
     assert compared["variant"].iloc[0] == "int8"
     assert compared["kept float"].iloc[1] >= 1
+    name = compared["variant"].iloc[1]
+    assert re.fullmatch(r"int8 \+ \d+ float layers?", name)  # named for what it is, not a hash
+    # the selective variant keeps a layer in float: its verdict says what falls back to the CPU
+    assert compared["NPU"].iloc[0] == "✅ integer-only" and compared["NPU"].iloc[1].startswith("❌")
+    assert any(t.startswith(f"{name}: not NPU-ready") for t in texts(at, "warning"))
+    assert any(b.label == "Use this variant" for b in at.button)
 
 
 def test_debugger_search_plots_trials(debugged: Lab, page) -> None:
@@ -224,6 +360,11 @@ def test_debugger_search_plots_trials(debugged: Lab, page) -> None:
     _no_traceback(at)
     trials = next(s for s in plotly_specs(at) if "conversions tried" in json.dumps(s["layout"].get("title", "")))
     assert trials["data"]
+    chosen = debugged.store.tune_runs()["chosen_variant_id"].iloc[0]
+    if chosen == chosen:  # the search found a variant: its verdict and the action are shown
+        verdicts = texts(at, "warning") + texts(at, "success")
+        assert any(t.startswith("search result int8 + ") and "NPU" in t for t in verdicts)
+        assert any(b.label == "Use this variant" for b in at.button)
 
 
 def test_debugger_tensor_comparison(debugged: Lab, page) -> None:
@@ -236,8 +377,14 @@ def test_debugger_tensor_comparison(debugged: Lab, page) -> None:
     reads.clear()
     at.run()
     _no_traceback(at)
-    snr = next(s for s in plotly_specs(at) if "signal-to-noise" in json.dumps(s["layout"].get("title", "")))
-    assert len(values(snr["data"][0]["y"])) >= 2
+    titles = {json.dumps(s["layout"].get("title", "")): s for s in plotly_specs(at)}
+    act = next(s for t, s in titles.items() if "activations: worst" in t)
+    const = next(s for t, s in titles.items() if "weights and biases: worst" in t)
+    assert len(act["data"][0]["y"]) >= 2 and len(const["data"][0]["y"]) >= 2
+    # worst first: the lowest SNR on top
+    for df in (d.value for d in at.dataframe if "snr_db" in d.value.columns):
+        snr = df["snr_db"].astype(float).tolist()
+        assert snr == sorted(snr)
 
 
 # ---------------------------------------------------------------- inspect
@@ -256,6 +403,15 @@ def test_inspect_float32_lints_float_ops(converted: Lab, page) -> None:
     at.selectbox(key="inspect_variant").set_value(_variant_id(converted, "float32")).run()
     _no_traceback(at)
     assert any("float-op" in t for t in texts(at, "error"))
+    counts = plotly_specs(at)[0]
+    assert [t["name"] for t in counts["data"]] == ["computes in float", "computes in integer"] or \
+        [t["name"] for t in counts["data"]] == ["computes in float"]
+    ops = at.dataframe[0].value
+    assert "layer" in ops.columns
+    first_op = ops["op"].iloc[0]
+    at.multiselect(key="inspect_ops").set_value([first_op]).run()
+    _no_traceback(at)
+    assert set(at.dataframe[0].value["op"]) == {first_op}
 
 
 # ---------------------------------------------------------------- math
@@ -304,6 +460,8 @@ def test_qat_train_shows_check_and_curves(converted: Lab, page) -> None:
     curves = plotly_specs(at)[0]
     assert len(values(curves["data"][0]["x"])) == 2  # one point per epoch
     assert texts(at, "warning") or any("agree" in t for t in texts(at, "success"))
+    # float I/O QAT model: integer inside, so the verdict is shown either way
+    assert any(t.startswith("QAT variant ") and "NPU" in t for t in texts(at, "warning") + texts(at, "success"))
 
 
 def test_qat_chosen_layers_without_names(converted: Lab, page) -> None:
@@ -365,6 +523,22 @@ def test_boards_bench_without_variants(empty_lab: Lab, page) -> None:
     assert empty_lab.store.jobs() == []
 
 
+def test_boards_greys_out_targets_the_board_cannot_run(empty_lab: Lab, page, tmp_path: Path) -> None:
+    from tests.board_agent.harness import TOKEN, running_agent
+
+    with running_agent(tmp_path / "agent", board_name="imx-live") as agent:
+        empty_lab.store.add_board("imx-live", agent.url, TOKEN)
+        empty_lab.store.set_board_labels("imx-live", [("tag", "lab")])
+        reads.clear()
+        at = page("boards")
+        _no_traceback(at)
+        boxes = {cb.label: cb for cb in at.checkbox if cb.key and cb.key.startswith("boards_bench_target_")}
+        assert boxes["npu"].disabled and not boxes["cpu"].disabled and not boxes["cpu-plain"].disabled
+        assert any(t.startswith("npu is unavailable on imx-live: VX delegate") for t in texts(at, "caption"))
+        # the pool query sees the board by its tag
+        assert any(t == "matches imx-live" for t in texts(at, "caption"))
+
+
 # ---------------------------------------------------------------- reports
 def test_reports_make_then_open_read_only(converted: Lab, page) -> None:
     at = page("reports")
@@ -380,6 +554,8 @@ def test_reports_make_then_open_read_only(converted: Lab, page) -> None:
     assert view.title[0].value == "int8 is enough"
     assert view.dataframe[0].value["variant"].tolist() == ["float32", "int8"]
     assert len(plotly_specs(view)) >= 4
+    assert view.dataframe[0].value["NPU"].tolist()[1] == "✅ integer-only"
+    assert any("**demo-digits-cnn / int8**: NPU-ready: integer-only" in t for t in texts(view, "markdown"))
     assert {b.label for b in view.get("download_button")} == {"Download HTML", "Download bundle (.zip)"}
     assert not view.text_input  # read-only: no form to edit anything
 

@@ -53,17 +53,40 @@ def test_tradeoff_scatter_draws_front_through_its_points(variants: pd.DataFrame)
     fig = tradeoff_scatter(variants, "size_bytes", "accuracy")
     front = next(t for t in fig.data if t.name == "Pareto front")
     assert list(front.x) == [2.0, 4.0]  # KiB, sorted by size: c then a
-    assert list(front.y) == [0.80, 0.95]
-    m1 = next(t for t in fig.data if t.name == "m1")
-    assert list(m1.text) == ["a", "", "c"]  # only the front is labelled
-    assert "m2" not in {t.name for t in fig.data}  # d has no accuracy
+    assert list(front.y) == [80.0, 95.0]  # percent
+    # one model shown (d has no accuracy): one colour per recipe, every point labelled
+    points = [t for t in fig.data if t.name != "Pareto front"]
+    assert sorted(t.name for t in points) == ["a · no NPU verdict", "b · no NPU verdict", "c · no NPU verdict"]
+    assert len({t.marker.color for t in points}) == 3
+    assert sorted(str(t.text[0]) for t in points) == ["a", "b", "c"]
+    assert all(t.cliponaxis is False for t in points)
 
 
-def test_tradeoff_scatter_latency_axis_keeps_milliseconds(variants: pd.DataFrame) -> None:
+def test_tradeoff_scatter_symbol_per_npu_verdict_and_float_line(variants: pd.DataFrame) -> None:
+    df = variants.assign(npu_ready=[True, False, True, None], float_accuracy=0.97)
+    fig = tradeoff_scatter(df, "size_bytes", "accuracy")
+    symbols = {t.name: t.marker.symbol for t in fig.data if t.name != "Pareto front"}
+    assert symbols == {"a · NPU-ready": "circle", "b · not NPU-ready": "x", "c · NPU-ready": "circle"}
+    assert "float model 97.00%" in _annotation_text(fig)
+
+
+def test_tradeoff_scatter_several_models_colour_by_model(variants: pd.DataFrame) -> None:
+    df = variants.assign(accuracy=[0.95, 0.90, 0.80, 0.7])
+    fig = tradeoff_scatter(df, "size_bytes", "accuracy")
+    names = {t.name for t in fig.data}
+    assert {"m1 · no NPU verdict", "m2 · no NPU verdict"} <= names
+
+
+def test_tradeoff_scatter_latency_in_microseconds_under_1ms_and_log_over_10x(variants: pd.DataFrame) -> None:
     fig = tradeoff_scatter(variants, "host_p50_ms", "accuracy")
-    m1 = next(t for t in fig.data if t.name == "m1")
-    assert list(m1.x) == [1.0, 2.0, 0.5]
-    assert fig.layout.xaxis.title.text == "host latency p50 (ms)"
+    assert fig.layout.xaxis.title.text == "host latency p50 (ms)"  # 0.5 .. 2 ms: ms, linear
+    assert fig.layout.xaxis.type == "linear"
+    fast = variants.assign(host_p50_ms=[0.01, 0.2, 0.5, np.nan])
+    fig = tradeoff_scatter(fast, "host_p50_ms", "accuracy", target="this host / cpu")
+    xs = sorted(x for t in fig.data if t.name != "Pareto front" for x in t.x)
+    assert xs == [10.0, 200.0, 500.0]
+    assert fig.layout.xaxis.title.text == "host latency p50 (µs) · this host / cpu (log)"
+    assert fig.layout.xaxis.type == "log"
 
 
 def test_tradeoff_scatter_empty_says_why() -> None:
@@ -106,15 +129,38 @@ def stats() -> pd.DataFrame:
     })
 
 
-def test_layer_bars_threshold_line_and_suspects_in_red(stats: pd.DataFrame) -> None:
+def test_layer_bars_ranked_worst_first_with_short_names(stats: pd.DataFrame) -> None:
     fig = layer_bars(stats, threshold=0.7, suspects=["logits"])
-    range_bars, rmse_bars = fig.data
-    assert list(range_bars.y) == [2.0, 2.0, 40.0]
-    assert list(rmse_bars.y) == [0.29, 0.0, 2.2]
-    assert list(rmse_bars.marker.color)[2] == SUSPECT_COLOR
-    assert list(rmse_bars.marker.color)[0] != SUSPECT_COLOR
-    lines = [s.y0 for s in fig.layout.shapes]
+    rmse_bars, range_bars = fig.data
+    assert list(rmse_bars.y) == ["logits", "conv", "pool"]  # worst first
+    assert list(rmse_bars.x) == [2.2, 0.29, 0.0]
+    assert list(range_bars.x) == [40.0, 2.0, 2.0]
+    assert list(rmse_bars.marker.color)[0] == SUSPECT_COLOR
+    assert list(rmse_bars.marker.color)[1] != SUSPECT_COLOR
+    lines = [s.x0 for s in fig.layout.shapes]
     assert 0.7 in lines and WELL_QUANTIZED_RMSE_SCALE in lines
+    assert "0.289 = well quantized" in _annotation_text(fig)
+
+
+def test_layer_bars_top_n_of_150_layers_fused_names_log_ticks() -> None:
+    n = 150
+    names = [f"model/block_{i}_expand_relu/Relu6;model/block_{i}_expand_BN/FusedBatchNormV3;model/block_{i}_x/Conv2D"
+             for i in range(n)]
+    stats = pd.DataFrame({"row_idx": range(n), "op_name": ["CONV_2D"] * n, "tensor_name": names,
+                          "range": np.linspace(1.0, 300.0, n), "rmse_scale": np.linspace(0.25, 30.0, n)})
+    fig = layer_bars(stats, threshold=1.0, top_n=20)
+    bars = fig.data[0]
+    assert len(bars.y) == 20 and bars.y[0] == "block_149_expand_relu"
+    assert max(len(label) for label in bars.y) < 30  # short Keras names, not the fused TF name
+    assert "model/block_149_expand_relu/Relu6" in bars.customdata[0][1]  # the full name is in the hover
+    assert "worst 20 of 150" in fig.layout.title.text
+    every = layer_bars(stats, threshold=1.0, top_n=0)
+    assert len(every.data[0].y) == 150
+    assert every.layout.xaxis.type == "log"  # 0.25 .. 30: spans over 10x
+    assert "20" in every.layout.xaxis.ticktext and "2" in every.layout.xaxis.ticktext
+    assert every.layout.height >= 150 * 20  # a bar per layer stays readable
+    in_order = layer_bars(stats, threshold=1.0, top_n=5, worst_first=False)
+    assert list(in_order.data[0].y) == [f"block_{i}_expand_relu" for i in range(5)]
 
 
 def test_layer_bars_empty_run_says_why() -> None:
@@ -132,9 +178,12 @@ def test_tune_trials_plot_splits_passed_and_failed() -> None:
     assert {round(s.y0, 3) for s in fig.layout.shapes} == {0.96, 0.945}
 
 
-def test_tensor_snr_bars_clip_identical_tensors() -> None:
-    fig = tensor_snr_bars(pd.DataFrame({"name": ["in", "conv"], "snr_db": [math.inf, 31.5]}))
-    assert list(fig.data[0].y) == [120.0, 31.5]
+def test_tensor_snr_bars_clip_identical_tensors_worst_first() -> None:
+    fig = tensor_snr_bars(pd.DataFrame({"name": ["in", "m/conv/Conv2D"], "snr_db": [math.inf, 31.5],
+                                        "mse": [0.0, 1.5e-7]}))
+    assert list(fig.data[0].x) == [31.5, 120.0]
+    assert list(fig.data[0].y) == ["conv", "in"]
+    assert fig.data[0].customdata[0][1] == "1.500e-07"  # tiny MSE in scientific notation
 
 
 def test_qat_curves_loss_and_accuracy_panels() -> None:
@@ -193,3 +242,23 @@ def test_latency_bars_names_boards_but_not_the_host() -> None:
     fig = latency_bars(bench)
     assert [t.name for t in fig.data][::2] == ["imx · npu", "host"]
     assert list(fig.data[0].text) == ["0.0007"]  # tiny timings keep their digits
+
+
+def test_recall_change_heatmap_points_against_float() -> None:
+    from dashboard.components.confusion import recall_change_heatmap
+
+    base = [[10, 0], [0, 10]]
+    fig = recall_change_heatmap({"int8": [[9, 1], [0, 10]], "odd": [[1]]}, base)
+    heat = fig.data[0]
+    assert list(heat.y) == ["int8"]  # a matrix with other classes is left out
+    assert np.allclose(np.asarray(heat.z)[0], [-10.0, 0.0])
+    assert heat.zmid == 0
+
+
+def test_confusion_diff_heatmap_counts_moved_predictions() -> None:
+    from dashboard.components.confusion import confusion_diff_heatmap
+
+    fig = confusion_diff_heatmap([[9, 1], [2, 8]], [[10, 0], [0, 10]], "int8")
+    assert np.asarray(fig.data[0].z).tolist() == [[-1, 1], [2, -2]]
+    assert "3 predictions moved" in fig.layout.title.text
+    assert "differ" in _annotation_text(confusion_diff_heatmap([[1]], [[1, 0], [0, 1]], "x"))

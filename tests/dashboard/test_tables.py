@@ -26,7 +26,22 @@ def test_compare_table_columns_and_drop() -> None:
     out = tables.compare_table(_summary())
     assert list(out.columns) == list(tables.COMPARE_COLUMNS.values())
     assert out["size (KiB)"].tolist()[:2] == [8.0, 4.0]
-    assert round(out["drop vs float (points)"].iloc[3], 2) == 1.0
+    # the sign says which way: one point lost reads -1
+    assert round(out["Δ vs float (points)"].iloc[3], 2) == -1.0
+    assert out["I/O"].tolist()[1] == "int8 → int8"  # no stored verdict: the variant's own dtypes
+    assert out["NPU"].tolist()[0] == "–"
+
+
+def test_compare_table_npu_verdict_and_size_vs_float() -> None:
+    df = _summary().assign(
+        npu_ready=[False, True, None, True], npu_label=["❌ 3 float ops → CPU", "✅ integer-only", None, "✅ integer-only"],
+        npu_io=["float32 → float32", "int8 → int8", None, "uint8 → uint8"],
+        float_size_bytes=[8192, 8192, 8192, np.nan],
+    )
+    out = tables.compare_table(df)
+    assert out["NPU"].tolist() == ["❌ 3 float ops → CPU", "✅ integer-only", "–", "✅ integer-only"]
+    assert out["size vs float (×)"].tolist()[:2] == [1.0, 0.5]
+    assert pd.isna(out["size vs float (×)"].iloc[3])
 
 
 def test_compare_table_empty_keeps_columns() -> None:
@@ -72,3 +87,15 @@ def test_drift_table_points_against_host() -> None:
     assert row["variant"] == "m1 / int8" and row["device"] == "imx/npu"
     assert row["drift (points)"] == -1.0
     assert row["agreement with host"] == 0.98
+
+
+def test_npu_state_reads_duckdb_null_booleans() -> None:
+    from dashboard.components.tradeoff import tradeoff_scatter
+    from dashboard.services import npu_view
+
+    # a store whose variants have no verdict hands over a nullable boolean column of pd.NA
+    df = _summary().assign(npu_ready=pd.array([None, True, None, None], dtype="boolean"))
+    assert npu_view.ready({"npu_ready": pd.NA}) is None
+    assert npu_view.verdict_line({"npu_ready": pd.NA}) == npu_view.NOT_LINTED
+    fig = tradeoff_scatter(df[df["status"] == "ok"], "size_bytes", "accuracy")
+    assert {t.marker.symbol for t in fig.data if t.name != "Pareto front"} == {"diamond-open", "circle"}

@@ -146,8 +146,22 @@ def test_debugger_selective_quantization(page, server: str) -> None:
     page.wait_for_function("b => !b.disabled", arg=run.element_handle(), timeout=30_000)
     run.click()
     wait_text(page, re.compile(r"job #\d+ \(selective\) finished"))
-    wait_text(page, re.compile(r"^selective-"))
+    wait_text(page, re.compile(r"float layer"))
     shot(page, "debugger", 2600)
+
+
+def test_layers_cost_vs_error(page, server: str) -> None:
+    goto(page, server, "layers")
+    box = page.get_by_role("combobox", name="variant", exact=True).first
+    box.click()
+    box.fill("uploaded-mlp")
+    # Playwright sends a regex as /source/: the "/" in "model / variant" must be escaped
+    page.get_by_role("option", name=re.compile(r"uploaded-mlp \/ int8$")).first.click()
+    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    wait_text(page, "Cost vs error: high and left")
+    wait_text(page, re.compile(r"total [0-9.]+ ms · error from debugger run #\d+"))
+    assert button(page, "Download node data (zip)").count() == 1
+    shot(page, "layers", 2000)
 
 
 def test_cpu_benchmark_on_the_local_agent(page, server: str) -> None:

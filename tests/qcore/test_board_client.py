@@ -10,15 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qcore import board_client
-from qcore.board_client import (
-    BoardClient,
-    accuracy_on_board,
-    bench_on_board,
-    board_health,
-    latency_from_result,
-    resolve_targets,
-)
+from qcore import board_client, board_runs
+from qcore.board_client import BoardClient, latency_from_result, resolve_targets
+from qcore.board_runs import accuracy_on_board, bench_on_board, board_health
 from qcore.cli import main
 from qcore.qtyping import Dataset, LoadedModel, QlabError
 from qcore.store import Store, sha256_bytes
@@ -304,5 +298,11 @@ def test_cli_board_accuracy_json(cli_db: Path, tmp_path: Path, tiny_tflite: dict
 
 
 def test_board_client_module_never_imports_streamlit() -> None:
-    source = Path(board_client.__file__).read_text()
-    assert "streamlit" not in source
+    for module in (board_client, board_runs):
+        assert "streamlit" not in Path(module.__file__).read_text()
+
+
+def test_board_client_is_http_only_and_old_imports_still_work() -> None:
+    # the HTTP client never touches the store; the orchestration moved to board_runs
+    assert "qcore.store" not in Path(board_client.__file__).read_text()
+    assert board_client.bench_on_board is board_runs.bench_on_board

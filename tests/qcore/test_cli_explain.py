@@ -67,7 +67,7 @@ def test_debug_out_csv_columns(capsys: pytest.CaptureFixture[str], demo_h5: Path
     out = tmp_path / "stats.csv"
     got = _json(capsys, ["debug", str(demo_h5), "--data", str(digits_npz), "--calibration-samples", "40",
                          "--debug-samples", "30", "--metrics", "mean_abs_error", "--out", str(out), "--db", db,
-                         "--json"])
+                         "--engine", "tf", "--json"])
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["op_name", "tensor_idx", "num_elements", "stddev", "mean_error", "max_abs_error",
                        "mean_squared_error", "mean_abs_error", "scale", "zero_point", "tensor_name", "range",
@@ -82,7 +82,7 @@ def test_debug_selective_out(capsys: pytest.CaptureFixture[str], demo_h5: Path, 
     sel = tmp_path / "sel.tflite"
     got = _json(capsys, ["debug", str(demo_h5), "--data", str(digits_npz), "--calibration-samples", "40",
                          "--debug-samples", "30", "--denylist-ops", "FULLY_CONNECTED", "--selective-out", str(sel),
-                         "--whole-model", "--db", db, "--json"])
+                         "--whole-model", "--engine", "tf", "--db", db, "--json"])
     assert got["selective"]["path"] == str(sel) and sel.stat().st_size == got["selective"]["size_bytes"]
     assert got["selective"]["denylisted_ops"] == ["FULLY_CONNECTED"]
     assert got["settings"]["whole_model"] is True
@@ -110,8 +110,40 @@ def test_tune_json_contract(capsys: pytest.CaptureFixture[str], demo_h5: Path, d
 
 # ---------------------------------------------------------------- exit 2, one clear line
 def test_debug_16x8_exits_2(capsys: pytest.CaptureFixture[str], demo_h5: Path, digits_npz: Path, db: str) -> None:
-    _bad(capsys, ["debug", str(demo_h5), "--data", str(digits_npz), "--recipe", "int16x8", "--db", db],
-         "int16x8", "compare-tensors")
+    _bad(capsys, ["debug", str(demo_h5), "--data", str(digits_npz), "--recipe", "int16x8", "--engine", "tf",
+                  "--db", db], "int16x8", "compare-tensors")
+
+
+def test_debug_aeq_is_the_default_and_exports_model_explorer(capsys: pytest.CaptureFixture[str], demo_h5: Path,
+                                                             digits_npz: Path, db: str, tmp_path: Path) -> None:
+    out, me = tmp_path / "stats.csv", tmp_path / "me"
+    got = _json(capsys, ["debug", str(demo_h5), "--data", str(digits_npz), "--calibration-samples", "40",
+                         "--debug-samples", "20", "--out", str(out), "--model-explorer-out", str(me), "--db", db,
+                         "--json"])
+    assert got["engine"] == "aeq" and got["settings"]["engine"] == "aeq"
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["op_name", "tensor_idx", "num_elements", "mean_squared_error", "scale", "zero_point",
+                       "tensor_name", "snr", "cosine_similarity", "range", "rmse_scale"]
+    assert len(rows) - 1 == len(got["layers"]) > 0
+    assert sorted(p.name for p in me.glob("*_me_input_*.json")) == [
+        f"{got['model']}_comparison_result_me_input_{m}.json" for m in ("cosine_similarity", "mse", "snr")]
+
+
+def test_debug_tf_refuses_model_explorer_export(capsys: pytest.CaptureFixture[str], demo_h5: Path,
+                                                digits_npz: Path, db: str, tmp_path: Path) -> None:
+    _bad(capsys, ["debug", str(demo_h5), "--data", str(digits_npz), "--engine", "tf", "--model-explorer-out",
+                  str(tmp_path / "me"), "--db", db], "Model Explorer", "--engine aeq")
+
+
+def test_convert_engine_aeq_json(capsys: pytest.CaptureFixture[str], demo_h5: Path, digits_npz: Path, db: str,
+                                 tmp_path: Path) -> None:
+    got = _json(capsys, ["convert", str(demo_h5), "--data", str(digits_npz), "--recipes", "int8,weight-only",
+                         "--engine", "aeq", "--out", str(tmp_path / "out"), "--calibration-samples", "30",
+                         "--db", db, "--json"])
+    assert got["engine"] == "aeq"
+    assert [(v["recipe"], v["engine"], v["status"]) for v in got["variants"]] == [
+        ("int8", "aeq", "ok"), ("weight-only", "aeq", "ok")]
+    assert got["variants"][0]["input_dtype"] == "int8"
 
 
 def test_debug_unknown_node_exits_2(capsys: pytest.CaptureFixture[str], demo_h5: Path, digits_npz: Path,

@@ -24,3 +24,31 @@ def test_evaluate_tflite_int8_reports_dtypes(tiny_tflite, digits):
 def test_evaluate_outputs_confusion_grows_to_output_width():
     ev = evaluate_outputs(np.eye(4), np.array([0, 1, 2, 3]), num_classes=2)
     assert len(ev.confusion) == 4 and ev.accuracy == 1.0
+
+
+def test_scoring_for_class_scores_and_everything_else():
+    from qcore.evaluate import scoring_for
+    from qcore.qtyping import Scoring
+
+    assert scoring_for([(None, 10)]) == Scoring.CLASSES
+    assert scoring_for([(None, 10)], num_classes=10) == Scoring.CLASSES
+    assert scoring_for([(None, 10)], num_classes=12) == Scoring.OUTPUTS  # labels beyond the output
+    assert scoring_for([(None, 1)]) == Scoring.OUTPUTS  # one regression value
+    assert scoring_for([(None, 4), (None, 2, 2)]) == Scoring.OUTPUTS  # boxes and a heatmap
+    assert scoring_for([(None, 8, 8, 17)]) == Scoring.OUTPUTS  # landmark heatmaps
+    assert scoring_for([]) == Scoring.OUTPUTS
+
+
+def test_evaluate_against_reference_mismatched_outputs():
+    import pytest
+
+    from qcore.evaluate import evaluate_against_reference
+    from qcore.qtyping import QlabError
+
+    x = np.zeros((3, 4), np.float32)
+    with pytest.raises(QlabError, match="2 outputs but the reference has 1"):
+        evaluate_against_reference([x, x], [x])
+    with pytest.raises(QlabError, match="output 0 has shape"):
+        evaluate_against_reference([x], [np.zeros((3, 5), np.float32)])
+    ev = evaluate_against_reference([x + 1], [x])
+    assert ev.output_metrics["output_mse"] == 1.0 and ev.n_samples == 3 and ev.scoring == "outputs"

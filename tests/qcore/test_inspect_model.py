@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import qcore  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from qcore.inspect_model import inspect
+from qcore.inspect_model import inspect, npu_verdict
 from qcore.qtyping import Inspection, LoadedModel, QlabError
 
 RECIPES = (
@@ -387,3 +387,38 @@ def test_inspect_buffer_running_past_the_end(converted: dict[str, bytes]) -> Non
     struct.pack_into("<I", model, start - 4, len(model) - start + 1)
     with pytest.raises(QlabError, match=f"buffer {j} runs past the end of the file"):
         inspect(bytes(model))
+
+
+# ------------------------------------------------------------------ the compact NPU verdict
+def test_npu_verdict_int8_ready_and_uint8_io(converted: dict[str, bytes]) -> None:
+    v = npu_verdict(converted["int8"])
+    assert v.ready and v.n_float_ops == 0 and v.summary == "NPU-ready: integer-only"
+    assert v.label == "✅ integer-only" and v.weight_elements > 0
+    u = npu_verdict(converted["uint8"])
+    assert u.io == "uint8 → uint8"
+
+
+def test_npu_verdict_float32_counts_float_ops(converted: dict[str, bytes]) -> None:
+    v = npu_verdict(converted["float32"])
+    ins = inspect(converted["float32"])
+    assert not v.ready and "float-op" in v.problems
+    assert v.n_float_ops == sum(1 for op in ins.ops if op.is_float)
+    assert v.summary.startswith(f"not NPU-ready: {v.n_float_ops} float ops fall back to the CPU (")
+    assert v.io == "float32 → float32"
+
+
+def test_npu_verdict_fallback_names_the_float_op_and_the_quant_pair(with_sin: dict[str, bytes]) -> None:
+    v = npu_verdict(with_sin["int8-fallback"])
+    assert not v.ready and dict(v.float_ops) == {"SIN": 1}
+    assert v.quant_ops == 2
+    assert "1 float ops fall back to the CPU (1× SIN)" in v.summary and "2 QUANTIZE/DEQUANTIZE" in v.summary
+
+
+def test_npu_verdict_int16x8_is_not_ready(converted: dict[str, bytes]) -> None:
+    v = npu_verdict(converted["int16x8"])
+    assert not v.ready and "int16-activations" in v.problems and "int16" in v.summary
+
+
+def test_npu_verdict_garbage_raises_in_words() -> None:
+    with pytest.raises(QlabError, match="not a TFLite model"):
+        npu_verdict(b"garbage!")

@@ -9,11 +9,13 @@ import pytest
 
 from qcore.qat import (
     build_qat_model,
+    fused_chains,
     moving_average_ranges,
     parse_layers,
     pitfall_warnings,
     range_drift,
     run_qat,
+    select_layers,
 )
 from qcore.qtyping import Dataset, LoadedModel, QatResult, QlabError
 from qcore.store import Store
@@ -178,8 +180,10 @@ def test_run_qat_unsupported_layer(digits: Dataset) -> None:
     net = tf_keras.Sequential([tf_keras.layers.InputLayer(input_shape=(8, 8)), tf_keras.layers.Flatten(),
                                tf_keras.layers.LayerNormalization(name="norm"), tf_keras.layers.Dense(10)])
     model = LoadedModel("normed", "normed.h5", "h5", net, (None, 8, 8), (None, 10), 2)
-    with pytest.raises(QlabError, match="cannot quantize layer 'norm' \\(LayerNormalization\\).*--layers.*Dense"):
+    with pytest.raises(QlabError, match="cannot quantize layer 'norm' \\(LayerNormalization\\).*choose only supported layers.*Dense") as err:
         run_qat(model, digits, epochs=1)
+    # the same text reaches the QAT page, so it names no command-line flag
+    assert "--" not in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -191,9 +195,223 @@ def test_run_qat_unsupported_layer(digits: Dataset) -> None:
         ({"learning_rate": float("nan")}, "--learning-rate must be a positive number"),
         ({"train_samples": 0}, "--train-samples must be at least 1"),
         ({"layers": "all,Dense"}, "cannot be combined"),
-        ({"layers": " , "}, "--layers is empty"),
+        ({"layers": " , "}, "layer choice is empty"),
     ],
 )
 def test_run_qat_bad_settings(demo: LoadedModel, digits: Dataset, kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(QlabError, match=message):
         run_qat(demo, digits, **kwargs)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- Conv-BN-ReLU6 networks (MobileNetV2's blocks)
+def _conv_bn_net(keras_module: object, digits: Dataset) -> object:
+    """MobileNetV2's block in small: Conv-BN-ReLU6, depthwise-BN-ReLU6, a 1×1 projection with BN, a residual Add."""
+    k = keras_module
+    L = k.layers  # type: ignore[attr-defined]
+    k.utils.set_random_seed(0)  # type: ignore[attr-defined]
+    x_in = k.Input((8, 8), name="pixels")  # type: ignore[attr-defined]
+    x = L.Reshape((8, 8, 1), name="image")(x_in)
+    # MobileNetV2's BN momentum (0.999) needs thousands of steps; 0.9 settles in this short fit
+    x = L.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(x)
+    x = L.BatchNormalization(momentum=0.9, name="stem_bn")(x)
+    stem = L.ReLU(6.0, name="stem_relu")(x)
+    x = L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(stem)
+    x = L.BatchNormalization(momentum=0.9, name="dw_bn")(x)
+    x = L.ReLU(6.0, name="dw_relu")(x)
+    x = L.Conv2D(8, 1, use_bias=False, name="project")(x)
+    x = L.BatchNormalization(momentum=0.9, name="project_bn")(x)
+    x = L.Add(name="add")([stem, x])
+    x = L.GlobalAveragePooling2D(name="pool")(x)
+    out = L.Dense(10, name="logits")(x)
+    net = k.Model(x_in, out, name="conv_bn")  # type: ignore[attr-defined]
+    net.compile(k.optimizers.Adam(1e-2),  # type: ignore[attr-defined]
+                k.losses.SparseCategoricalCrossentropy(from_logits=True))  # type: ignore[attr-defined]
+    net.fit(digits.x_train, digits.y_train, epochs=8, batch_size=32, verbose=0)
+    return net
+
+
+@pytest.fixture(scope="module")
+def conv_bn(digits: Dataset, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """The Conv-BN-ReLU6 + depthwise + residual net in tf_keras, trained a few seconds, loaded back from .h5."""
+    import tf_keras
+
+    from qcore.models import load_model
+
+    path = tmp_path_factory.mktemp("conv_bn") / "conv_bn.h5"
+    _conv_bn_net(tf_keras, digits).save(path)  # type: ignore[attr-defined]
+    return load_model(path)
+
+
+def _ops(tflite: bytes) -> list[str]:
+    from qcore.litert_io import make_interpreter
+
+    return [op["op_name"] for op in make_interpreter(tflite)._get_ops_details()]
+
+
+def test_fused_chains_conv_bn_relu(conv_bn: LoadedModel) -> None:
+    chains = {c.head: c.relu for c in fused_chains(conv_bn.keras_model)}
+    assert chains == {("stem", "stem_bn"): "stem_relu", ("dw", "dw_bn"): "dw_relu", ("project", "project_bn"): None}
+
+
+def test_fused_chains_skip_a_conv_with_two_consumers() -> None:
+    import tf_keras
+
+    L = tf_keras.layers
+    x_in = tf_keras.Input((8, 8, 1))
+    conv = L.Conv2D(4, 3, name="conv")(x_in)
+    bn = L.BatchNormalization(name="bn")(conv)
+    net = tf_keras.Model(x_in, L.Add(name="add")([conv, bn]))
+    # tfmot does not fold a BN whose conv output is also used elsewhere, so neither does qlab
+    assert fused_chains(net) == []
+    with pytest.raises(QlabError, match="cannot quantize layer 'bn' \\(BatchNormalization\\).*only right after"):
+        select_layers(net, ("all",))
+
+
+def test_select_layers_every_conv2d_brings_its_bn_and_relu(conv_bn: LoadedModel) -> None:
+    names = [la.name for la in select_layers(conv_bn.keras_model, ("Conv2D",))]
+    assert names == ["stem", "stem_bn", "stem_relu", "project", "project_bn"]
+
+
+def test_select_layers_bn_by_name_brings_its_conv(conv_bn: LoadedModel) -> None:
+    names = [la.name for la in select_layers(conv_bn.keras_model, ("dw_bn",))]
+    assert names == ["dw", "dw_bn", "dw_relu"]
+    # a ReLU chosen alone is quantized alone
+    assert [la.name for la in select_layers(conv_bn.keras_model, ("ReLU",))] == ["stem_relu", "dw_relu"]
+
+
+def test_run_qat_conv_bn_whole_model(conv_bn: LoadedModel, digits: Dataset) -> None:
+    r = run_qat(conv_bn, digits, epochs=2, train_samples=TRAIN)
+    assert r.layers == ("all",)
+    assert {"stem_bn", "dw_bn", "project_bn", "add", "stem_relu"} <= set(r.quantized_layers)
+    assert r.tflite_accuracy > 0.5 and r.tflite_accuracy > r.float_accuracy - 0.1
+    # the Keras-vs-TFLite check ran on it: the converted model follows the QAT model
+    assert abs(r.keras_accuracy - r.tflite_accuracy) < 0.05
+    # the moving-average range check ran on it: BN layers' outputs got activation ranges that were watched
+    assert len(r.history) == 2 and r.range_drift > 0
+
+
+def test_run_qat_conv_bn_whole_model_is_integer_with_bn_folded(conv_bn: LoadedModel, digits: Dataset,
+                                                               tmp_path: Path) -> None:
+    from qcore.litert_io import make_interpreter
+
+    out = tmp_path / "all.tflite"
+    run_qat(conv_bn, digits, epochs=1, train_samples=TRAIN, out=out)
+    it = make_interpreter(out.read_bytes())
+    dtypes = {t["index"]: np.dtype(t["dtype"]) for t in it.get_tensor_details()}
+    ops = {op["op_name"]: op for op in it._get_ops_details()}
+    # every BatchNormalization folded into its convolution: no multiply, and the convolutions run in int8
+    assert "MUL" not in ops
+    for name in ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "FULLY_CONNECTED"):
+        assert dtypes[ops[name]["outputs"][0]] == np.int8, name
+
+
+def test_run_qat_conv_bn_every_conv2d_folds_bn(conv_bn: LoadedModel, digits: Dataset, tmp_path: Path) -> None:
+    out = tmp_path / "conv2d.tflite"
+    r = run_qat(conv_bn, digits, layers="Conv2D", epochs=1, train_samples=TRAIN, out=out)
+    assert {"stem", "stem_bn", "stem_relu", "project", "project_bn"} <= set(r.quantized_layers)
+    assert "dw" not in r.quantized_layers
+    assert abs(r.keras_accuracy - r.tflite_accuracy) < 0.05
+    # both BatchNormalizations after a Conv2D are folded into it: two convolutions, no multiply left
+    ops = _ops(out.read_bytes())
+    assert ops.count("CONV_2D") == 2 and "MUL" not in ops
+
+
+def test_run_qat_conv_bn_keras3(digits: Dataset, tmp_path: Path) -> None:
+    import keras
+
+    from qcore.models import load_model
+
+    _conv_bn_net(keras, digits).save(tmp_path / "conv_bn.keras")  # type: ignore[attr-defined]
+    model = load_model(tmp_path / "conv_bn.keras")
+    assert model.keras_major == 3
+    r = run_qat(model, digits, layers="Conv2D,dw_bn", epochs=1, train_samples=TRAIN)
+    assert {"stem_bn", "dw", "dw_bn", "dw_relu", "project_bn"} <= set(r.quantized_layers)
+    assert abs(r.keras_accuracy - r.tflite_accuracy) < 0.05
+
+
+def test_run_qat_bn_after_activation_refused(digits: Dataset) -> None:
+    import tf_keras
+
+    L = tf_keras.layers
+    net = tf_keras.Sequential([L.InputLayer(input_shape=(8, 8)), L.Flatten(name="flat"),
+                               L.Dense(16, activation="relu", name="hidden"),
+                               L.BatchNormalization(name="after_relu"), L.Dense(10, name="logits")])
+    model = LoadedModel("bn_after_relu", "bn.h5", "h5", net, (None, 8, 8), (None, 10), 2)
+    with pytest.raises(QlabError, match="'after_relu' \\(BatchNormalization\\).*without activation") as err:
+        run_qat(model, digits, epochs=1)
+    assert "--" not in str(err.value)
+    # the other layers can still be chosen
+    assert [la.name for la in select_layers(net, ("Dense",))] == ["hidden", "logits"]
+
+
+def test_tfmot_unsupported_message_is_translated() -> None:
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    from qcore.qat import _TFMOT_UNSUPPORTED
+
+    net = tf_keras.Sequential([tf_keras.layers.InputLayer(input_shape=(4,)),
+                               tf_keras.layers.LayerNormalization(name="norm")])
+    # tfmot's own wording, which build_qat_model turns into a message naming the layer
+    with pytest.raises(RuntimeError) as err:
+        tfmot.quantization.keras.quantize_model(net)
+    found = _TFMOT_UNSUPPORTED.search(str(err.value))
+    assert found and found["name"] == "norm" and found["cls"] == "LayerNormalization"
+
+
+def _digits32(digits: Dataset) -> Dataset:
+    """The 8×8 digits upsampled 4× to 32×32 and repeated over 3 channels (MobileNetV2's input)."""
+    def up(x: np.ndarray) -> np.ndarray:
+        return np.repeat(np.kron(x, np.ones((4, 4), np.float32))[..., None], 3, axis=-1)
+
+    return Dataset("digits32", up(digits.x_train), digits.y_train, up(digits.x_test), digits.y_test,
+                   source="digits", class_names=digits.class_names)
+
+
+@pytest.mark.slow
+def test_qat_mobilenet_v2_cli(digits: Dataset, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """MobileNetV2 (alpha 0.35, 32×32) trained a few epochs on digits, then `qlab qat --json` on its .h5."""
+    import json
+
+    import keras
+    import tf_keras
+
+    from qcore.cli import main
+    from qcore.data import save_npz
+    from qcore.qat import ACCURACY_GAP, RANGE_SETTLED
+
+    data = _digits32(digits)
+    save_npz(data, tmp_path / "digits32.npz")
+    tf_keras.utils.set_random_seed(0)
+    net = tf_keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10)
+    for layer in net.layers:
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            layer.momentum = 0.9  # 0.999 would not settle in these few hundred steps
+    net.compile(tf_keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    net.fit(data.x_train, data.y_train, epochs=3, batch_size=32, verbose=0)
+    net.save(tmp_path / "mnv2.h5")
+
+    code = main(["qat", str(tmp_path / "mnv2.h5"), "--data", str(tmp_path / "digits32.npz"), "--epochs", "2",
+                 "--train-samples", "512", "--db", str(tmp_path / "q.duckdb"), "--out", str(tmp_path / "q.tflite"),
+                 "--json"])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    r = json.loads(out)
+    assert {"bn_Conv1", "Conv1_relu", "block_1_depthwise_BN", "block_2_add", "predictions"} <= set(r["quantized_layers"])
+    assert r["float_accuracy"] > 0.5 and r["tflite_accuracy"] > 0.5
+    # both pitfall checks ran, and warned exactly when their figures say so
+    assert len(r["history"]) == 2 and r["range_drift"] > 0
+    gap = abs(r["keras_accuracy"] - r["tflite_accuracy"])
+    assert (gap > ACCURACY_GAP) == any("differ by" in w for w in r["warnings"])
+    assert (r["range_drift"] > RANGE_SETTLED) == any("still moved" in w for w in r["warnings"])
+    assert gap < 0.1
+    ops = _ops((tmp_path / "q.tflite").read_bytes())
+    assert "MUL" not in ops and ops.count("DEPTHWISE_CONV_2D") == 17
+
+    # the same network from Keras 3 goes through the rebuild, and "every Conv2D" annotates its BN and ReLU6
+    from qcore import keras_bridge
+
+    k3 = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10)
+    qat_model, names = build_qat_model(keras_bridge.to_tf_keras(k3, check_inputs=data.x_test[:4]), ("Conv2D",))
+    assert {"Conv1", "bn_Conv1", "Conv1_relu", "block_16_project_BN", "out_relu"} <= set(names)
+    assert "block_1_depthwise" not in names

@@ -4,7 +4,7 @@ import pytest
 
 from qcore.recipes import RECIPES, get_recipe, resolve_recipes
 
-EXPECTED = ["float32", "float16", "dynamic", "int8-fallback", "int8", "uint8", "int16x8",
+EXPECTED = ["float32", "float16", "dynamic", "int8-fallback", "int8", "uint8", "int16x8", "weight-only",
             "int8-per-tensor", "uint8-per-tensor"]
 
 
@@ -13,8 +13,10 @@ def test_registry_lists_every_recipe_of_the_issue():
     assert all(r.summary and r.summary.endswith(".") for r in RECIPES.values())
 
 
-def test_resolve_recipes_all_selects_every_recipe():
-    assert [r.name for r in resolve_recipes("all")] == EXPECTED
+def test_resolve_recipes_all_selects_every_recipe_the_engine_expresses():
+    assert [r.name for r in resolve_recipes("all")] == [n for n in EXPECTED if n != "weight-only"]
+    assert [r.name for r in resolve_recipes("all", "aeq")] == EXPECTED
+    assert not get_recipe("weight-only").supports("tf")
 
 
 def test_resolve_recipes_keeps_order_and_drops_repeats():
@@ -22,7 +24,7 @@ def test_resolve_recipes_keeps_order_and_drops_repeats():
 
 
 def test_get_recipe_unknown_lists_known_names():
-    with pytest.raises(ValueError, match="unknown recipe 'int4'.*float32.*uint8-per-tensor"):
+    with pytest.raises(ValueError, match="unknown recipe 'int4'.*float32.*weight-only"):
         get_recipe("int4")
 
 

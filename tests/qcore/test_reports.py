@@ -29,7 +29,7 @@ def _lat(target: str, p50: float) -> Latency:
 
 def _fill(store: Store, tiny_tflite: dict[str, bytes]) -> list[int]:
     """Two converted variants and one failed, with host and board results."""
-    model_id = store.add_model(name="demo", format="h5", sha256="m" * 64, source_path="/x/demo.h5",
+    model_id = store.add_model(name="demo", format="h5", sha256="e" * 64, source_path="/x/demo.h5",
                                input_shape=[None, 8, 8], output_shape=[None, 10], keras_major=2)
     dataset_id = store.add_dataset(name="digits", source="digits", sha256="d" * 64, input_scale=1.0,
                                    input_offset=0.0, n_train=1437, n_test=20, num_classes=2)
@@ -136,14 +136,15 @@ def test_export_import_bundle_into_another_store(tmp_store: Store, tiny_tflite, 
         other.close()
 
 
-def test_import_bundle_twice_reuses_variants(tmp_store: Store, tiny_tflite, tmp_path: Path) -> None:
+def test_import_bundle_twice_gives_each_import_its_own_copy(tmp_store: Store, tiny_tflite, tmp_path: Path) -> None:
     ids = _fill(tmp_store, tiny_tflite)
     bundle = reports.export_bundle(tmp_store, reports.make_report(tmp_store, "t", "", ids[:2]))
     other = Store(tmp_path / "o.duckdb")
     try:
         reports.import_bundle(other, bundle)
         reports.import_bundle(other, bundle)
-        assert len(other.variant_summary()) == 2
+        assert len(other.variant_summary()) == 4
+        assert len(other.models()) == 2
         assert len(other.reports()) == 2
     finally:
         other.close()
@@ -215,3 +216,17 @@ def test_import_bundle_missing_tflite(tmp_store: Store, tiny_tflite, tmp_path: P
         assert other.models().empty and other.datasets().empty  # nothing half-imported
     finally:
         other.close()
+
+
+def test_report_carries_npu_verdicts_into_table_and_html(tmp_store: Store, tiny_tflite) -> None:
+    ids = _fill(tmp_store, tiny_tflite)
+    report = tmp_store.report(reports.make_report(tmp_store, "npu", "", ids))
+    summary = reports.summary_table(report["content"]).set_index("variant")
+    assert summary.at["int8", "NPU"] == "✅ integer-only"
+    assert summary.at["float32", "NPU"].startswith("❌") and "float ops" in summary.at["float32", "NPU"]
+    assert summary.at["int16x8", "NPU"] == "–"  # failed: no file, no verdict
+    assert summary.at["int8", "accuracy (%)"] == pytest.approx(90.0)
+    assert summary.at["int8", "Δ vs float (points)"] == pytest.approx(-5.0)
+    page = reports.render_html(report)
+    assert "Will it run on the NPU?" in page and "NPU-ready: integer-only" in page
+    assert "float ops fall back to the CPU" in page

@@ -22,7 +22,10 @@ EV = Evaluation(0.8, 1.0, 0.9, ((2, 0), (1, 2)), 5, True)
 
 
 def test_migrations_are_numbered_and_recorded(tmp_store):
-    assert [name for name, _ in MIGRATIONS] == ["0001_initial", "0002_qat_debugger_tune", "0003_boards_reports"]
+    assert [name for name, _ in MIGRATIONS] == [
+        "0001_initial", "0002_qat_debugger_tune", "0003_boards_reports", "0005_tflite_only", "0006_board_farm",
+        "0008_secrets_trusted_image_shape", "0009_engine", "0010_users_tokens", "0011_npu_verdicts",
+    ]
     assert tmp_store.applied_migrations() == [name for name, _ in MIGRATIONS]
 
 
@@ -113,3 +116,73 @@ def test_store_locked_by_another_process_says_so_and_names_db(tmp_store):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "in use by another process" in out.stderr and "--db" in out.stderr
+
+
+def test_save_variant_stores_npu_verdict_from_the_flatbuffer(tmp_store, tiny_tflite):
+    m, d = _model_and_dataset(tmp_store)
+    f32 = tmp_store.save_variant(model_id=m, dataset_id=d, name="float32", kind="ptq", recipe="float32",
+                                 tflite=tiny_tflite["float32"])
+    i8 = tmp_store.save_variant(model_id=m, dataset_id=d, name="int8", kind="ptq", recipe="int8",
+                                tflite=tiny_tflite["int8"])
+    rows = tmp_store.variant_summary().set_index("variant_id")
+    assert bool(rows.at[i8, "npu_ready"]) and rows.at[i8, "npu_label"] == "✅ integer-only"
+    assert not bool(rows.at[f32, "npu_ready"]) and rows.at[f32, "npu_float_ops"] > 0
+    assert "float ops fall back to the CPU" in rows.at[f32, "npu_verdict"]
+    assert rows.at[i8, "npu_io"].startswith("float32") or "int8" in rows.at[i8, "npu_io"]
+    # the float baseline of the size change is the measured float32 file
+    assert rows.at[i8, "float_size_bytes"] == len(tiny_tflite["float32"])
+
+
+def test_save_variant_unreadable_tflite_stores_no_verdict(tmp_store):
+    m, d = _model_and_dataset(tmp_store)
+    v = tmp_store.save_variant(model_id=m, dataset_id=d, name="x", kind="ptq", tflite=b"TFL3-not-a-model")
+    row = tmp_store.variant(v)
+    assert row["npu_label"] is None or row["npu_label"] != row["npu_label"]  # NULL reads as None or NaN
+
+
+def test_backfill_npu_reads_variants_saved_without_verdict(tmp_store, tiny_tflite):
+    m, d = _model_and_dataset(tmp_store)
+    v = tmp_store.save_variant(model_id=m, dataset_id=d, name="int8", kind="ptq", tflite=tiny_tflite["int8"])
+    with tmp_store.transaction() as cur:
+        cur.execute("DELETE FROM npu_verdicts")
+    assert tmp_store.backfill_npu() == 1
+    assert bool(tmp_store.variant(v)["npu_ready"])
+    assert tmp_store.backfill_npu() == 0
+
+
+def test_add_benchmark_stores_npu_operations_from_the_evk_capture(tmp_store):
+    from pathlib import Path
+
+    from board_agent.npu_profile import map_to_tflite, parse_npu_profile
+
+    text = (Path(__file__).parents[1] / "board_agent" / "samples" / "04-imx8mp-vx-yolov3tiny-vivprofile.txt").read_text()
+    npu = map_to_tflite(parse_npu_profile(text), ["CONV_2D"] * 24)
+    lat = Latency("npu", 1, False, 50, 1, 33.1, 13049.0, 36.8, 38.9, 38.5, 40.0, 46.4, 2.0,
+                  extra={"profile": {"available": True, "npu": npu}})
+    bench_id = tmp_store.add_benchmark(lat, sha256="y" * 64, board="imx8mp-evk")
+    rows = tmp_store.npu_ops(bench_id)
+    assert len(rows) == 75 and list(rows["op_index"]) == list(range(75))
+    assert set(rows["mapping"]) == {"none"} and rows["tflite_op"].isna().all()
+    assert rows["time_ms"].sum() == pytest.approx(npu["total_ms"])
+    assert (rows["clock_mhz"] == 1000.0).all() and rows["ddr_read_mb"].sum() == pytest.approx(npu["ddr_read_mb"])
+
+
+def test_board_labels_pools_and_health_history(tmp_store):
+    tmp_store.add_board("evk-1", "http://10.0.0.5:8765", None)
+    tmp_store.add_board("evk-2", "http://10.0.0.6:8765", None)
+    tmp_store.set_board_labels("evk-1", [("soc", "imx8mp"), ("tag", "lab")])
+    tmp_store.sync_health_labels("evk-2", {"soc": "imx8mp", "bsp": "6.1-mickledore"})
+    tmp_store.sync_health_labels("evk-1", {"soc": "imx93", "runtime": "tflite_runtime-2.11.1"})
+    assert tmp_store.boards_matching("soc=imx8mp") == ["evk-1", "evk-2"]  # the user's soc wins on evk-1
+    assert tmp_store.boards_matching("imx8mp tag=lab") == ["evk-1"]
+    assert tmp_store.boards_matching("tflite_runtime-2.11.1") == ["evk-1"]
+    with pytest.raises(QlabError, match="label key 'color' is not one of"):
+        tmp_store.set_board_labels("evk-1", [("color", "red")])
+    with pytest.raises(QlabError, match="empty pool query"):
+        tmp_store.boards_matching(" , ")
+    for i in range(5):
+        tmp_store.log_health("evk-1", reachable=i % 2 == 0, health=None, error=f"check {i}", keep=3)
+    hist = tmp_store.health_history("evk-1", limit=10)
+    assert list(hist["error"]) == ["check 4", "check 3", "check 2"]
+    tmp_store.remove_board("evk-1")
+    assert tmp_store.board_labels("evk-1").empty

@@ -1,0 +1,170 @@
+"""The API's plumbing: the route record its OpenAPI entry comes from, bearer auth, JSON errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from qcore.accounts import Principal, authenticate
+from qcore.qtyping import QlabError, Role
+from qcore.store import ACTOR
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1"
+# reachable without a token: the load balancer's probe and the schema itself
+PUBLIC_PATHS = (f"{PREFIX}/health", f"{PREFIX}/openapi.json")
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class ApiError(Exception):
+    """An error answer: its status and the words the client sees."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Error:
+    """Every error answer: one message that names the field, file or value."""
+
+    error: str
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    """JSON whose NaN and infinities are null (JSON has neither)."""
+    from qcore.store import json_default
+
+    text = json.dumps(_finite(payload), default=json_default, allow_nan=False)
+    return Response(text, status_code=status, media_type="application/json")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def principal(request: Request) -> Principal:
+    """Who makes this request (set by BearerAuth)."""
+    who = request.scope.get("state", {}).get("principal")
+    if not isinstance(who, Principal):
+        raise ApiError(401, "missing bearer token")
+    return who
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    """One operation: its handler, the role it needs, and what its OpenAPI entry says."""
+
+    method: str
+    path: str
+    handler: Endpoint
+    summary: str
+    role: Role | None = Role.VIEWER
+    body: dict[str, Any] | None = None  # an OpenAPI requestBody
+    parameters: tuple[dict[str, Any], ...] = ()
+    responses: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def operation(self) -> dict[str, Any]:
+        responses: dict[str, Any] = {}
+        for status, content in sorted(self.responses.items()):
+            responses[str(status)] = {"description": _REASONS.get(status, "answer"), "content": content}
+        codes = [422, 404] + ([401, 403] if self.role is not None else [])
+        if self.body and "multipart/form-data" in self.body.get("content", {}):
+            codes.append(413)
+        for status in codes:
+            responses.setdefault(str(status), {"description": _REASONS[status],
+                                               "content": {"application/json": {"schema": ERROR_REF}}})
+        op: dict[str, Any] = {"summary": self.summary, "operationId": f"{self.method.lower()}_{_slug(self.path)}",
+                              "responses": responses}
+        if self.role is None:
+            op["security"] = []
+        else:
+            op["description"] = f"Needs the {self.role} role or higher."
+        if self.parameters:
+            op["parameters"] = list(self.parameters)
+        if self.body:
+            op["requestBody"] = self.body
+        return op
+
+    async def endpoint(self, request: Request) -> Response:
+        """The handler behind the role check, with every failure as a JSON error."""
+        try:
+            if self.role is not None:
+                who = principal(request)
+                if not who.role.allows(self.role):
+                    raise ApiError(403, f"{who.email} has the {who.role} role; this needs {self.role}")
+                ACTOR.set(who.email)  # rows this request writes record who made them
+            return await self.handler(request)
+        except ApiError as exc:
+            return error(exc.status, str(exc))
+        except (QlabError, ValueError) as exc:
+            return error(422, str(exc) or type(exc).__name__)
+        except Exception:  # never a traceback to the client; the server log has it
+            log.exception("%s %s failed", self.method, request.url.path)
+            return error(500, "internal error; the server log has the details")
+
+
+_REASONS = {200: "OK", 201: "created", 202: "accepted", 204: "no content", 401: "no valid bearer token",
+            403: "the token's role forbids this", 404: "not found", 409: "conflict",
+            413: "upload over the size limit", 422: "bad input, named in the message"}
+
+
+def _slug(path: str) -> str:
+    return path.removeprefix(PREFIX + "/").replace("/", "_").replace("{", "").replace("}", "") or "root"
+
+
+class BearerAuth:
+    """ASGI middleware: every /api/ request but the public ones needs a valid bearer token.
+
+    Args:
+        app: the wrapped application.
+        store: returns the owner process's store (called per request, after the lifespan opened it).
+    """
+
+    def __init__(self, app: ASGIApp, store: Callable[[], Any]) -> None:
+        from dashboard.services.lifecycle import sign_in_configured
+
+        self.app = app
+        self.store = store
+        # tokens the local admin made work only while there is no sign-in (a lab on one machine)
+        self.local_tokens = not sign_in_configured()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/api" or path.startswith("/api/")) or path in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+        who = None
+        if scheme.lower() == "bearer" and token.strip():
+            who = await run_in_threadpool(lambda: authenticate(self.store(), token.strip(),
+                                                               local_tokens=self.local_tokens))
+        if who is None:
+            reason = "missing bearer token" if not token.strip() else "invalid or revoked token"
+            await error(401, f"{reason}: send 'Authorization: Bearer <token>' (make one on the settings page)",
+                        {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = who
+        await self.app(scope, receive, send)

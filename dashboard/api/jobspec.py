@@ -1,0 +1,81 @@
+"""The job kinds the API accepts, over the engine's job contract (`qcore.jobs`), checked in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from qcore.jobs import PARAMS, JobKind, job_kind, parse_params
+from qcore.qtyping import QlabError
+
+# what a client may queue; `demo` and `add_model` are the server's own jobs
+API_KINDS: tuple[JobKind, ...] = tuple(k for k in JobKind if k not in (JobKind.DEMO, JobKind.ADD_MODEL))
+
+# the smallest value a count may take (the OpenAPI document says the same); others are >= 1
+MINIMUM: dict[str, float] = {"warmup": 0, "train_samples": 0, "max_drop": 0}
+COUNT_FIELDS = ("model_id", "dataset_id", "float_variant_id", "quant_variant_id", "calibration_samples",
+                "debug_samples", "samples", "runs", "warmup", "threads", "epochs", "batch_size", "train_samples",
+                "max_drop", "variant_ids")
+# the largest count a request may ask for (ids are unbounded in practice but must fit BIGINT)
+MAXIMUM: dict[str, float] = {"threads": 64, "epochs": 1000, "runs": 100_000, "warmup": 100_000,
+                             "max_drop": 100, "batch_size": 65_536}
+MAX_ID = 2**62
+MAX_COUNT = 10**7
+
+
+def bounds(name: str) -> tuple[float, float] | None:
+    """(minimum, maximum) of a numeric params field, or None."""
+    if name not in COUNT_FIELDS:
+        return None
+    high = MAX_ID if name.endswith(("_id", "_ids")) else MAXIMUM.get(name, MAX_COUNT)
+    return MINIMUM.get(name, 1), high
+
+
+def parse(kind: Any, params: Any) -> Any:
+    """A request's `kind` and `params` as the kind's params dataclass.
+
+    Raises:
+        QlabError: naming an unknown kind, an unknown or missing field, or a bad value.
+    """
+    if not isinstance(kind, str):
+        raise QlabError("kind: required, a string")
+    k = job_kind(kind)
+    if k not in API_KINDS:
+        raise QlabError(f"kind: {kind!r} is the server's own job; queue one of {', '.join(API_KINDS)}")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise QlabError(f"params: expected an object, got {type(params).__name__}")
+    parsed = parse_params(k, params)
+    for f in dataclasses.fields(parsed):
+        span = bounds(f.name)
+        value = getattr(parsed, f.name)
+        if span is None:
+            continue
+        for v in value if isinstance(value, tuple) else (value,):
+            if not span[0] <= v <= span[1]:
+                raise QlabError(f"params.{f.name}: {v!r} is outside [{span[0]:g}, {span[1]:g}]")
+    return parsed
+
+
+def to_task_params(kind: str, params: Any) -> dict[str, Any]:
+    """The JSON dict today's job runner takes for a parsed params object.
+
+    Raises:
+        QlabError: for an unknown recipe name.
+    """
+    from qcore.recipes import resolve_recipes
+
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()}
+    if kind == JobKind.CONVERT:
+        try:
+            out["recipes"] = [r.name for r in resolve_recipes(",".join(out["recipes"]))]
+        except ValueError as exc:
+            raise QlabError(f"params.recipes: {exc}") from None
+    for name in ("layers", "targets"):
+        if out.get(name) == ["all"]:
+            out[name] = "all"
+    return out
+
+
+__all__ = ["API_KINDS", "PARAMS", "JobKind", "bounds", "parse", "to_task_params"]

@@ -1,0 +1,112 @@
+"""Views that hold up at 150+ layers: short Keras layer names, filtering, ranking and the worst N."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+# rmse/scale of a uniform rounding error, sqrt(1/12): what a well-quantized tensor shows
+WELL_QUANTIZED = 0.289
+# a layer "stands out" when it lies this many robust standard deviations above the median (log scale)
+OUTLIER_SIGMAS = 3.0
+# 1.4826 * MAD estimates the standard deviation of normally distributed values
+MAD_TO_SIGMA = 1.4826
+# never call a layer a suspect below this multiple of the well-quantized value
+MIN_SUSPECT_FACTOR = 1.5
+
+
+def short_name(tensor_name: str) -> str:
+    """The Keras layer a TFLite tensor belongs to, from the converter's fused name.
+
+    "model/block_7_depthwise_relu/Relu6;model/block_7_depthwise_BN/FusedBatchNormV3;…" gives
+    "block_7_depthwise_relu"; a name without a scope ("serving_default_input_1:0") stays as is,
+    without its ":0" output suffix.
+    """
+    first = str(tensor_name).split(";", 1)[0]
+    parts = [p for p in first.split("/") if p]
+    if len(parts) >= 2:
+        # the first scope is the model's name; the second the layer's
+        name = parts[1]
+    else:
+        name = parts[0] if parts else str(tensor_name)
+    head, sep, tail = name.rpartition(":")
+    return head if sep and tail.isdigit() else name
+
+
+def unique_labels(names: Sequence[str]) -> list[str]:
+    """Short names made unique for a chart axis: a repeated layer gets " (2)", " (3)"."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        short = short_name(name)
+        seen[short] = seen.get(short, 0) + 1
+        out.append(short if seen[short] == 1 else f"{short} ({seen[short]})")
+    return out
+
+
+def filter_rows(df: pd.DataFrame, text: str = "", ops: Sequence[str] = (), name_col: str = "tensor_name",
+                op_col: str = "op_name") -> pd.DataFrame:
+    """Rows whose layer or tensor name contains `text` (case-insensitive) and whose op is one of `ops`."""
+    out = df
+    if text.strip() and name_col in out:
+        needle = text.strip().lower()
+        out = out[out[name_col].astype(str).str.lower().str.contains(needle, regex=False)]
+    if ops and op_col in out:
+        out = out[out[op_col].isin(list(ops))]
+    return out
+
+
+def rank(df: pd.DataFrame, metric: str, worst_first: bool = True, higher_is_worse: bool = True) -> pd.DataFrame:
+    """Rows sorted by a metric, worst first (NaN last); the row order otherwise."""
+    if df.empty or metric not in df or not worst_first:
+        return df
+    values = pd.to_numeric(df[metric], errors="coerce").replace([np.inf, -np.inf], np.nan)
+    order = values.sort_values(ascending=not higher_is_worse, na_position="last", kind="stable").index
+    return df.loc[order]
+
+
+def suggested_threshold(values: pd.Series) -> tuple[float, bool]:
+    """A suspect threshold from the model's own rmse/scale distribution, and whether any layer exceeds it.
+
+    Robust outliers in log scale: median + 3 · 1.4826 · MAD, but never below 1.5 × 0.289, so a
+    model whose layers are all well quantized gets "no layer stands out" instead of false alarms.
+
+    Returns:
+        (threshold, stands_out): stands_out is False when no value lies above the threshold.
+    """
+    v = pd.to_numeric(values, errors="coerce").replace([np.inf, -np.inf], np.nan).dropna()
+    v = v[v > 0]
+    floor = MIN_SUSPECT_FACTOR * WELL_QUANTIZED
+    if v.empty:
+        return floor, False
+    logs = np.log(v.to_numpy())
+    median = float(np.median(logs))
+    mad = float(np.median(np.abs(logs - median)))
+    threshold = max(floor, math.exp(median + OUTLIER_SIGMAS * MAD_TO_SIGMA * mad))
+    threshold = float(f"{threshold:.3g}")
+    return threshold, bool((v > threshold).any())
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 tick values spanning [lo, hi] for a log axis, so 20 and 30 read "20" and "30", not "2" and "3"."""
+    if not (lo > 0 and hi > 0) or not (math.isfinite(lo) and math.isfinite(hi)):
+        return []
+    lo, hi = min(lo, hi), max(lo, hi)
+    ticks = []
+    for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1):
+        for m in (1, 2, 5):
+            t = m * 10.0**k
+            if lo / 2 <= t <= hi * 2:
+                ticks.append(float(f"{t:.6g}"))
+    # too many labels crowd the axis: keep the decades only
+    if len(ticks) > 12:
+        ticks = [t for t in ticks if f"{t:.6g}".lstrip("0.").startswith("1")]
+    return ticks
+
+
+def tick_text(values: Sequence[float]) -> list[str]:
+    """Readable tick labels: 0.001, 0.02, 5, 200, 1e+04."""
+    return [f"{v:g}" for v in values]

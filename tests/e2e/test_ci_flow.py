@@ -1,0 +1,82 @@
+"""A CI pipeline's use of qlab: only `qlab --server` against a fresh server, then the report in Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from qcore.qtyping import LoadedModel
+from qcore.reports import import_bundle
+from qcore.store import Store
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.serving import ADMIN_TOKEN, REPO, running_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+# the board `make dashboard` registers for its own local agent
+LOCAL_BOARD = "this machine (CPU only)"
+
+
+def qlab(server: str, *argv: str, token: str = ADMIN_TOKEN) -> tuple[int, Any, str]:
+    """Runs `qlab --server URL ... --json` as CI would; returns (exit code, parsed stdout, stderr)."""
+    env = dict(os.environ, QLAB_TOKEN=token)
+    env.pop("QLAB_SERVER", None)
+    out = subprocess.run([sys.executable, "-m", "qcore.cli", "--server", server, *argv, "--json"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=600)
+    return out.returncode, json.loads(out.stdout) if out.stdout.strip() else None, out.stderr
+
+
+def test_ci_flow_with_qlab_server_only(tmp_path: Path, demo: LoadedModel) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with running_server(data) as base:
+        code, converted, err = qlab(base, "convert", str(demo.path), "--data", "digits", "--recipes", "float32,int8",
+                                    "--calibration-samples", "20")
+        assert code == 0, err
+        int8 = next(v for v in converted["variants"] if v["recipe"] == "int8")
+        assert int8["status"] == "ok" and int8["accuracy"] > 0.8
+
+        code, bench, err = qlab(base, "board", "bench", LOCAL_BOARD, f"variant:{int8['variant_id']}", "--target", "cpu",
+                                "--runs", "5", "--warmup", "1")
+        assert code == 0, err
+        assert bench["results"][0]["timings"]["cpu"] > 0
+
+        code, report, err = qlab(base, "report", "make", "--title", "CI nightly", "--variants",
+                                 str(int8["variant_id"]), "--notes", "made by test_ci_flow")
+        assert code == 0, err
+        assert report["url"].startswith(base)
+
+        # a laptop's report joins the team's lab: here the laptop's store got it from a bundle
+        bundle = requests.get(f"{base}/api/v1/reports/{report['id']}/bundle",
+                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60).content
+        with Store(tmp_path / "laptop.duckdb") as laptop:
+            local_id = import_bundle(laptop, bundle)
+        code, pushed, err = qlab(base, "report", "push", local_id, "--db", str(tmp_path / "laptop.duckdb"))
+        assert code == 0, err
+        assert pushed["id"] not in (local_id, report["id"]) and pushed["url"].startswith(base)
+
+        code, _, err = qlab(base, "convert", str(demo.path), "--data", "digits", "--recipes", "nope")
+        assert code == 2 and "nope" in err and "Traceback" not in err
+        code, _, err = qlab(base, "convert", str(demo.path), "--data", "digits", token="wrong-token")
+        assert code == 2 and "401" in err
+
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(60_000)
+                page.goto(report["url"])
+                page.get_by_text("CI nightly").first.wait_for()
+                page.get_by_text("made by test_ci_flow").first.wait_for()
+                page.get_by_text(f"report {report['id']}").first.wait_for()
+                page.locator('[data-testid="stDataFrame"]').first.wait_for()
+            finally:
+                browser.close()
