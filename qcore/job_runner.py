@@ -16,11 +16,14 @@ Environment:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
+import json
 import logging
 import os
 import queue
 import signal
+import socket
 import threading
 import time
 import warnings
@@ -29,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcore.jobs import JobKind, JobSpec, job_kind, params_json, parse_params
+from qcore.jobs import JobKind, JobSpec, job_kind, params_json, parse_params, to_json
 from qcore.journal import replay
 from qcore.qtyping import JobStatus, QlabError
 from qcore.store import Store
-from qcore.worker import EXIT_TOPIC, MEMORY_TOPIC, PROGRESS_TOPIC
+from qcore.worker import EXIT_TOPIC, MEMORY_TOPIC, PROGRESS_MIN_INTERVAL_S, PROGRESS_TOPIC
 
 log = logging.getLogger(__name__)
 
@@ -338,9 +341,17 @@ def gather_inputs(store: Store, kind: JobKind, params: Any, extra: dict[str, Any
         rows[f"board:{params.board}"] = {"url": url, "token": token}
     if kind == JobKind.SELECTIVE:
         summary = store.variant_summary(model_ids=[int(params.model_id)])
-        same = summary[(summary["dataset_id"] == int(params.dataset_id)) & (summary["variant"] == params.recipe)
+        name = params.recipe if params.engine == "tf" else f"{params.recipe}@{params.engine}"
+        same = summary[(summary["dataset_id"] == int(params.dataset_id)) & (summary["variant"] == name)
                        & (summary["status"] == "ok")]
         rows["baseline"] = {"variant_id": int(same["variant_id"].iloc[0]) if len(same) else None}
+    if kind == JobKind.IMPORT_TFLITE:
+        for role, name, path in (("tflite", params.filename, params.path),
+                                 ("reference", params.reference_filename, params.reference_path)):
+            if path:
+                if not Path(path).is_file():
+                    raise QlabError(f"{name}: the uploaded file is gone")
+                files[role] = (name, Path(path).read_bytes())
     if kind == JobKind.ADD_MODEL:
         upload = Path(str(extra.get("upload_path", "")))
         if not upload.exists():
@@ -449,8 +460,20 @@ class JobRunner:
         Raises:
             QlabError: for an unknown kind or field, or a missing input, before anything is queued.
         """
+        from qcore.tasks import OWNER_TASKS
+
         k = job_kind(kind)
         p = parse_params(k, params)
+        context = contextvars.copy_context()  # the job acts for whoever submitted it (created_by)
+        if k in OWNER_TASKS:
+            job_id = self.store.create_job(k.value, params_json(p))
+            limit = float(timeout_s or self.settings.job_timeout_s)
+            owner = _Watch(job_id=job_id, spec=JobSpec(job_id=job_id, kind=k, params=p), deadline_s=limit)
+            with self._lock:
+                self._watches[job_id] = owner
+            threading.Thread(target=context.run, args=(self._run_here, owner), name=f"qlab-job-{job_id}",
+                             daemon=True).start()
+            return job_id
         files, rows = gather_inputs(self.store, k, p, extra)
         demo = self.data_dir / "demo" / "demo.h5"
         if k == JobKind.DEMO and demo.exists():  # trained before: the worker converts it, no retraining
@@ -462,8 +485,49 @@ class JobRunner:
             self._watches[job_id] = watch
         if not self._ready.is_set():
             self.store.update_job(job_id, message="waiting for the job workers to start", only_active=True)
-        threading.Thread(target=self._follow, args=(watch,), name=f"qlab-job-{job_id}", daemon=True).start()
+        threading.Thread(target=context.run, args=(self._follow, watch), name=f"qlab-job-{job_id}",
+                         daemon=True).start()
         return job_id
+
+    def _run_here(self, watch: _Watch) -> None:
+        """Runs an owner-side job (a board run: HTTP to the agents) on this thread, with the real store.
+
+        Cancel and the timeout take effect at its next progress report.
+        """
+        from qcore.tasks import OWNER_TASKS
+
+        job_id, started = watch.job_id, time.monotonic()
+        last = [0.0]
+
+        def progress(fraction: float, message: str) -> None:
+            if watch.cancel.is_set():
+                raise _Stopped(JobStatus.CANCELLED, "cancelled")
+            if time.monotonic() - started > watch.deadline_s:
+                raise _Stopped(JobStatus.FAILED, f"timed out after {watch.deadline_s:g} s")
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_MIN_INTERVAL_S or fraction >= 1.0:
+                last[0] = now
+                self.store.update_job(job_id, progress=fraction, message=message[:500], only_active=True)
+
+        self.store.update_job(job_id, status=JobStatus.RUNNING, message="started", worker="web process",
+                              worker_host=socket.gethostname(), only_active=True)
+        try:
+            result = OWNER_TASKS[watch.spec.kind](self.store, watch.spec.params, progress)
+        except _Stopped as stop:
+            self.store.update_job(job_id, status=stop.status, message=stop.reason,
+                                  error="" if stop.status == JobStatus.CANCELLED else stop.reason, only_active=True)
+        except Exception as exc:  # every failure reaches the jobs table, in words
+            if not isinstance(exc, QlabError | ValueError):
+                log.exception("job %s failed", job_id)
+            self.store.update_job(job_id, status=JobStatus.FAILED, error=error_text(exc), message="failed",
+                                  only_active=True)
+        else:
+            self.store.update_job(job_id, status=JobStatus.DONE, progress=1.0, message="done",
+                                  result=json.loads(to_json(result)), only_active=True)
+        finally:
+            with self._lock:
+                self._watches.pop(job_id, None)
+            self.on_change()
 
     def _dispatch(self, watch: _Watch) -> bool:
         """Hands a job to Dask once the cluster is up; False when it ended before that."""
@@ -684,6 +748,14 @@ class JobRunner:
             hint = " (the system may have run out of memory)" if -code == signal.SIGKILL else ""
             return f"the worker died: killed by {name}{hint}"
         return f"the worker died: its process exited with status {code}"
+
+
+class _Stopped(Exception):
+    """An owner-side job was cancelled or ran out of time (raised from its progress callback)."""
+
+    def __init__(self, status: JobStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
 
 
 class _Ended(Exception):

@@ -167,6 +167,8 @@ class BoardAccuracyParams:
     variant_ids: tuple[int, ...]
     target: str = "cpu"
     threads: int = 1
+    # several targets, each (variant, target) cell on its own; empty means just `target`
+    targets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

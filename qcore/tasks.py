@@ -10,6 +10,7 @@ import dataclasses
 import io
 import json
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +22,13 @@ from qcore.jobs import (
     AddModelParams,
     BoardAccuracyParams,
     BoardBenchParams,
+    BoardMatrixParams,
     CompareTensorsParams,
     ConvertParams,
     DebugParams,
     DemoParams,
     HostBenchParams,
+    ImportTfliteParams,
     JobKind,
     JobSpec,
     QatParams,
@@ -95,8 +98,8 @@ def load_model_input(ctx: Context) -> LoadedModel:
     row = ctx.spec.rows.get("model", {})
     if row.get("format") == "tflite" or "model" not in ctx.spec.files:
         raise QlabError(
-            f"model #{row.get('id')} ({row.get('name')}) has no Keras file here (only .tflite files), so it "
-            "cannot be converted again; upload its Keras file on the Models & data page"
+            f"model #{row.get('id')} ({row.get('name')}) is tflite-only (an imported .tflite or report): there is "
+            "no Keras source to convert, debug or train again; upload its Keras file on the Models & data page"
         )
     model = load_model(_materialize(ctx, "model"), trusted=row.get("trusted") is True)
     return dataclasses.replace(model, name=str(row.get("name") or model.name))
@@ -180,27 +183,27 @@ def journal_tflite(journal: Journal, sha256: str) -> bytes:
 
 
 def _convert(ctx: Context, model: LoadedModel, dataset: Dataset, recipe_names: tuple[str, ...],
-             calibration_samples: int, bench: bool, progress: Progress) -> dict[str, Any]:
+             calibration_samples: int, bench: bool, progress: Progress, engine: str = "tf") -> dict[str, Any]:
     from qcore.convert import convert_and_evaluate
     from qcore.data import check_fits
     from qcore.recipes import resolve_recipes
 
-    recipes = resolve_recipes(",".join(recipe_names))
+    recipes = resolve_recipes(",".join(recipe_names), engine)
     if not recipes:
         raise QlabError("choose at least one recipe")
     check_fits(model, dataset)
 
-    def each(variant: Any) -> None:  # each recipe's row reaches the page as it lands
-        done.append({"recipe": variant.recipe, "status": str(variant.status), "size_bytes": variant.size_bytes,
-                     "accuracy": variant.evaluation.accuracy if variant.evaluation else None,
-                     "error": variant.error})
-        ctx.publish({"variants": list(done), "recipes": len(recipes)})
+    def each(variant: Any) -> None:  # each recipe's row reaches the page as it lands, with the pace so far
+        done.append(_variant_result(variant))
+        ctx.publish({"variants": list(done), "recipes_total": len(recipes),
+                     "elapsed_s": round(time.monotonic() - started, 2)})
 
     done: list[dict[str, Any]] = []
+    started = time.monotonic()
     report = convert_and_evaluate(
         model, dataset, recipes, store=ctx.journal,  # type: ignore[arg-type]
         calibration_samples=int(calibration_samples),
-        progress=scaled(progress, 0.0, 0.85 if bench else 1.0), on_variant=each,
+        progress=scaled(progress, 0.0, 0.85 if bench else 1.0), on_variant=each, engine=engine,
     )
     ok = [v for v in report.variants if v.variant_id is not None and v.status == "ok"]
     if bench and ok:
@@ -217,18 +220,21 @@ def _convert(ctx: Context, model: LoadedModel, dataset: Dataset, recipe_names: t
     return {
         "model": report.model, "model_id": report.model_id, "dataset_id": report.dataset_id,
         "float_accuracy": report.float_accuracy,
-        "variants": [
-            {"recipe": v.recipe, "status": str(v.status), "variant_id": v.variant_id, "size_bytes": v.size_bytes,
-             "accuracy": v.evaluation.accuracy if v.evaluation else None, "error": v.error}
-            for v in report.variants
-        ],
+        "variants": [_variant_result(v) for v in report.variants],
     }
+
+
+def _variant_result(v: Any) -> dict[str, Any]:
+    return {"recipe": v.recipe, "status": str(v.status), "variant_id": v.variant_id, "size_bytes": v.size_bytes,
+            "accuracy": v.evaluation.accuracy if v.evaluation else None, "error": v.error,
+            "engine": getattr(v, "engine", "tf")}
 
 
 def convert_task(ctx: Context, params: ConvertParams) -> dict[str, Any]:
     model = load_model_input(ctx)
     dataset = load_dataset_input(ctx)
-    return _convert(ctx, model, dataset, params.recipes, params.calibration_samples, params.bench, ctx.progress)
+    return _convert(ctx, model, dataset, params.recipes, params.calibration_samples, params.bench, ctx.progress,
+                    params.engine)
 
 
 def demo_task(ctx: Context, params: DemoParams) -> dict[str, Any]:
@@ -275,7 +281,7 @@ def debug_task(ctx: Context, params: DebugParams) -> dict[str, Any]:
         load_model_input(ctx), load_dataset_input(ctx), recipe=params.recipe,
         calibration_samples=params.calibration_samples, debug_samples=params.debug_samples,
         extra_metrics=list(params.extra_metrics), whole_model=params.whole_model,
-        store=ctx.journal, progress=ctx.progress,  # type: ignore[arg-type]
+        store=ctx.journal, progress=ctx.progress, engine=params.engine,  # type: ignore[arg-type]
     )
     return {"debug_run_id": result.debug_run_id, "layers": len(result.stats), "suspects": list(result.suspects),
             "model_metrics": result.model_metrics}
@@ -295,14 +301,14 @@ def selective_task(ctx: Context, params: SelectiveParams) -> dict[str, Any]:
         model, dataset, recipe=params.recipe, calibration_samples=params.calibration_samples,
         debug_samples=params.debug_samples, denylisted_nodes=list(params.denylisted_nodes),
         denylisted_ops=list(params.denylisted_ops), store=ctx.journal,  # type: ignore[arg-type]
-        progress=scaled(ctx.progress, 0.0, 0.8),
+        progress=scaled(ctx.progress, 0.0, 0.8), engine=params.engine,
     )
     baseline = ctx.spec.rows.get("baseline", {}).get("variant_id")
     if baseline is None:
         report = convert_and_evaluate(model, dataset, [get_recipe(params.recipe)],
                                       store=ctx.journal,  # type: ignore[arg-type]
                                       calibration_samples=params.calibration_samples,
-                                      progress=scaled(ctx.progress, 0.8, 1.0))
+                                      progress=scaled(ctx.progress, 0.8, 1.0), engine=params.engine)
         baseline = report.variants[0].variant_id
     sel = result.selective
     return {
@@ -317,7 +323,8 @@ def tune_task(ctx: Context, params: TuneParams) -> dict[str, Any]:
 
     result = tune(load_model_input(ctx), load_dataset_input(ctx), max_drop=params.max_drop, recipe=params.recipe,
                   calibration_samples=params.calibration_samples, debug_samples=params.debug_samples,
-                  store=ctx.journal, progress=ctx.progress)  # type: ignore[arg-type]
+                  store=ctx.journal, progress=ctx.progress,  # type: ignore[arg-type]
+                  engine=params.engine, deploy_engine=params.deploy_engine)
     return {"tune_run_id": result.tune_run_id, "chosen_variant_id": result.chosen_variant_id,
             "conversions": len(result.tried), "layers": len(result.ranking),
             "chosen": list(result.chosen.denylist) if result.chosen else None}
@@ -367,46 +374,84 @@ def qat_task(ctx: Context, params: QatParams) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------- boards
-def board_bench_task(ctx: Context, params: BoardBenchParams) -> dict[str, Any]:
-    """A target that fails on one variant (the NPU refusing a float model) is reported; the others run."""
-    from qcore.board_client import bench_on_board
+# ---------------------------------------------------------------- bring your own .tflite
+def import_tflite_task(ctx: Context, params: ImportTfliteParams) -> dict[str, Any]:
+    """Inspects, runs and scores a .tflite made elsewhere (and its float reference) on the worker."""
+    from qcore.data import load_stored_dataset
+    from qcore.import_tflite import input_shape, run_import
 
-    if not params.variant_ids:
-        raise QlabError("choose at least one variant to benchmark")
-    out: list[dict[str, Any]] = []
-    n = len(params.variant_ids)
-    for i, vid in enumerate(params.variant_ids):
-        row, data = variant_input(ctx, vid)
-        failed: dict[str, str] = {}
-        skipped: dict[str, str] = {}
-        lats = bench_on_board(
-            ctx.journal, params.board, data, list(params.targets),  # type: ignore[arg-type]
-            runs=params.runs, warmup=params.warmup, threads=params.threads, profile=params.profile,
-            variant_id=vid, failed=failed, skipped=skipped, progress=scaled(ctx.progress, i / n, (i + 1) / n),
-        )
-        out.append({"variant_id": vid, "variant": f"{row['model']} / {row['variant']}",
-                    "timings": {lat.target: lat.p50_ms for lat in lats}, "failed": failed, "skipped": skipped})
-    return {"board": params.board, "results": out}
+    model = ctx.spec.files["tflite"][1]
+    reference = ctx.spec.files["reference"][1] if "reference" in ctx.spec.files else None
+    dataset = None
+    if params.dataset_id is not None:
+        path = _materialize(ctx, "dataset") if "dataset" in ctx.spec.files else None
+        dataset = load_stored_dataset(ctx.spec.rows["dataset"], path, input_shape(model, params.filename))
+    return dict(run_import(ctx.journal, params, model, reference=reference, dataset=dataset,  # type: ignore[arg-type]
+                           progress=ctx.progress))
 
 
-def board_accuracy_task(ctx: Context, params: BoardAccuracyParams) -> dict[str, Any]:
-    from qcore.board_client import accuracy_on_board
+# ---------------------------------------------------------------- boards (run by the owner, see OWNER_TASKS)
+def board_bench_task(store: Any, params: BoardBenchParams, progress: Progress) -> dict[str, Any]:
+    """A matrix on one board: every (variant, target) cell succeeds or fails on its own, and a failed
+    cell keeps its reason in the store (picking npu on a board without the NPU still stores the CPU timings)."""
+    return board_matrix_task(store, BoardMatrixParams(
+        pool=params.board, variant_ids=params.variant_ids, targets=params.targets, placement="board",
+        runs=params.runs, warmup=params.warmup, threads=params.threads, profile=params.profile), progress)
+
+
+def board_matrix_task(store: Any, params: BoardMatrixParams, progress: Progress) -> dict[str, Any]:
+    from qcore.board_runs import matrix
+
+    result = matrix(store, list(params.variant_ids), list(params.targets), pool=params.pool,
+                    placement=params.placement, runs=params.runs, warmup=params.warmup, threads=params.threads,
+                    profile=params.profile, progress=progress)
+    if result.cells and len(result.failed) == len(result.cells):
+        reasons = list(dict.fromkeys(c.reason for c in result.failed))
+        raise QlabError(f"every cell of board run {result.run_id} failed: " + "; ".join(reasons))
+    return {"run_id": result.run_id, "pool": result.pool, "placement": str(result.placement),
+            "boards": list(result.boards), "cells": len(result.cells), "failed": len(result.failed),
+            "wall_s": result.wall_s,
+            "reasons": [{"variant_id": c.variant_id, "target": c.target, "board": c.board, "reason": c.reason}
+                        for c in result.failed]}
+
+
+def board_accuracy_task(store: Any, params: BoardAccuracyParams, progress: Progress) -> dict[str, Any]:
+    """Each (variant, target) cell on its own; the board gets the variant's own test data."""
+    import json as _json
+
+    from qcore.board_runs import AccuracyItem, accuracy_run, variant_model
+    from qcore.data import load_stored_dataset
 
     if not params.variant_ids:
         raise QlabError("choose at least one variant")
-    out = []
-    n = len(params.variant_ids)
-    for i, vid in enumerate(params.variant_ids):
-        row, data = variant_input(ctx, vid)
-        dataset = load_dataset_input(ctx, f"dataset:{int(row['dataset_id'])}")
-        ev, agreement = accuracy_on_board(
-            ctx.journal, params.board, data, dataset, params.target,  # type: ignore[arg-type]
-            variant_id=vid, dataset_id=int(row["dataset_id"]), threads=params.threads,
-            progress=scaled(ctx.progress, i / n, (i + 1) / n),
-        )
-        out.append({"variant_id": vid, "accuracy": ev.accuracy, "host_agreement": agreement})
-    return {"board": params.board, "results": out}
+    items = []
+    for vid in params.variant_ids:
+        row, data = variant_model(store, vid)
+        dataset_id = _dataset_of(row)
+        shape = store.model(int(row["model_id"])).get("input_shape")
+        model_shape = tuple(_json.loads(shape)) if isinstance(shape, str) and shape else None
+        dataset = load_stored_dataset(store.dataset(dataset_id), None, model_shape)
+        items.append(AccuracyItem(vid, f"{row['model']} / {row['variant']}", data, dataset, dataset_id))
+    targets = list(params.targets) if params.targets else [params.target]
+    cells = accuracy_run(store, params.board, items, targets, threads=params.threads, progress=progress)
+    return {"board": params.board,
+            "results": [{"variant_id": c.variant_id, "target": c.target, "accuracy": c.accuracy,
+                         "status": str(c.status), "reason": c.reason} for c in cells]}
+
+
+def _dataset_of(row: dict[str, Any]) -> int:
+    """The dataset of a variant row.
+
+    Raises:
+        QlabError: when it has none (an imported .tflite stored without data).
+    """
+    value = row.get("dataset_id")
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise QlabError(f"variant #{row['variant_id']} {row['variant']} has no dataset: import the .tflite "
+                        "again on the Models & data page with a dataset (and its input preprocessing) "
+                        "chosen") from None
 
 
 TASKS: dict[JobKind, Callable[[Context, Any], dict[str, Any]]] = {
@@ -419,8 +464,16 @@ TASKS: dict[JobKind, Callable[[Context, Any], dict[str, Any]]] = {
     JobKind.TUNE: tune_task,
     JobKind.COMPARE_TENSORS: compare_tensors_task,
     JobKind.QAT: qat_task,
+    JobKind.IMPORT_TFLITE: import_tflite_task,
+}
+
+# Board runs stay in the owner process: they are HTTP calls to the boards' agents (the agent runs
+# the model), and the board farm records each cell in the store as it lands, so a board that goes
+# away mid-run keeps the cells before it. They get the real store.
+OWNER_TASKS: dict[JobKind, Callable[[Any, Any, Progress], dict[str, Any]]] = {
     JobKind.BOARD_BENCH: board_bench_task,
     JobKind.BOARD_ACCURACY: board_accuracy_task,
+    JobKind.BOARD_MATRIX: board_matrix_task,
 }
 
 

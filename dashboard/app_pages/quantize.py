@@ -67,12 +67,11 @@ if st.button("Run", type="primary", key="quantize_run", disabled=model_id is Non
 
 def show_landed(job: Job) -> None:
     """While the job runs: the rows of the recipes done so far, elapsed time and an ETA (cached reads only)."""
-    partial = job.result or {}
-    st.caption(pace.convert_status(partial, pace.since(job.created_at, datetime.now())))
-    ids = tuple(int(v["variant_id"]) for v in partial.get("variants", []) if v.get("variant_id") is not None)
-    if ids:
-        st.dataframe(tables.compare_table(reads.variants(lab.db_key, variant_ids=ids)), hide_index=True,
-                     width="stretch", key="quantize_landed")
+    partial = job.live or {}
+    st.caption(pace.convert_status(partial, pace.since(job.started_at or job.created_at, datetime.now())))
+    landed = tables.landed_table(partial.get("variants", []))
+    if not landed.empty:  # the rows are stored together when the job ends; these are the worker's own figures
+        st.dataframe(landed, hide_index=True, width="stretch", key="quantize_landed")
 
 
 def show_result(job: Job) -> None:

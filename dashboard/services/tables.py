@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -99,6 +100,24 @@ def jobs_table(jobs: Sequence[Job]) -> pd.DataFrame:
           "created": j.created_at[:19], "elapsed": elapsed(j)} for j in jobs],
         columns=["id", "kind", "status", "progress", "message", "worker", "by", "created", "elapsed"],
     )
+
+
+def landed_table(variants: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The recipes a running conversion has finished so far, as its worker reported them."""
+    return pd.DataFrame(
+        [{"recipe": v.get("recipe"), "status": v.get("status"), "accuracy": _pct(v.get("accuracy")),
+          "size": _kib(v.get("size_bytes")), "engine": v.get("engine", "tf"), "error": v.get("error") or ""}
+         for v in variants],
+        columns=["recipe", "status", "accuracy", "size", "engine", "error"],
+    )
+
+
+def _pct(x: Any) -> str:
+    return "–" if x is None or x != x else f"{100 * float(x):.2f}%"
+
+
+def _kib(n: Any) -> str:
+    return "–" if not n else f"{float(n) / 1024:.1f} KiB"
 
 
 def elapsed(job: Job) -> str:

@@ -12,7 +12,7 @@ import pytest
 from dashboard import serve
 from dashboard.services import lab as lab_mod
 from dashboard.services.lab import LOCAL_BOARD, Lab, close, register_local_agent
-from dashboard.services.tasks import load_dataset_row, load_model_row
+from qcore.data import load_stored_dataset
 from qcore.qtyping import JobStatus, LoadedModel, QlabError
 from qcore.recipes import resolve_recipes
 from tests.dashboard.conftest import point_env, run_job
@@ -97,25 +97,30 @@ def test_board_bench_task_unreachable_board(converted: Lab) -> None:
     converted.store.remove_board("gone")
 
 
-def test_load_model_row_imported_has_no_source(empty_lab: Lab) -> None:
+def test_convert_of_a_tflite_only_model_fails_in_words(empty_lab: Lab) -> None:
     model_id = empty_lab.store.add_model(name="shared", format="tflite", sha256="t" * 64, source_path="imported",
                                          input_shape=[None, 8, 8], output_shape=[None, 10], keras_major=None)
-    with pytest.raises(QlabError, match="is tflite-only"):
-        load_model_row(empty_lab, model_id)
+    from dashboard.services import uploads
+
+    dataset_id = uploads.add_digits(empty_lab, input_scale=1.0, input_offset=0.0)
+    job = run_job(empty_lab, "convert", {"model_id": model_id, "dataset_id": dataset_id, "recipes": "int8"})
+    assert job.status is JobStatus.FAILED
+    assert "is tflite-only" in job.error
 
 
-def test_load_model_row_missing_file(empty_lab: Lab, tmp_path: Path) -> None:
+def test_a_job_on_a_missing_model_file_is_refused_before_queueing(empty_lab: Lab, tmp_path: Path) -> None:
     model_id = empty_lab.store.add_model(name="m", format="h5", sha256="h" * 64, source_path=str(tmp_path / "x.h5"),
                                          input_shape=[None, 8, 8], output_shape=[None, 10], keras_major=2)
-    with pytest.raises(QlabError, match="x.h5: no such file"):
-        load_model_row(empty_lab, model_id)
+    with pytest.raises(QlabError, match="x.h5 is missing"):
+        empty_lab.runner.submit("convert", {"model_id": model_id, "dataset_id": 1, "recipes": "int8"})
+    assert empty_lab.store.jobs() == []
 
 
-def test_load_dataset_row_digits_keeps_preprocessing(empty_lab: Lab) -> None:
+def test_stored_digits_keep_their_preprocessing(empty_lab: Lab) -> None:
     from dashboard.services import uploads
 
     dataset_id = uploads.add_digits(empty_lab, input_scale=2.0, input_offset=-1.0)
-    ds = load_dataset_row(empty_lab, dataset_id)
+    ds = load_stored_dataset(empty_lab.store.dataset(dataset_id))
     assert (ds.input_scale, ds.input_offset, len(ds.y_test)) == (2.0, -1.0, 360)
 
 

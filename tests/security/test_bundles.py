@@ -121,8 +121,7 @@ def test_bundle_failure_midway_leaves_nothing(bundle: bytes, target: Store) -> N
 @pytest.mark.slow
 def test_bundle_dataset_source_is_never_a_server_path(bundle: bytes, target: Store, tmp_path: Path) -> None:
     """A dataset `source` of /etc/passwd (or any path) is stored as a label, and jobs never read it."""
-    from dashboard.services.lab import Lab
-    from dashboard.services.tasks import load_dataset_row
+    from qcore.data import load_stored_dataset
 
     def server_path(meta: dict[str, Any]) -> None:
         for d in meta["content"]["datasets"]:
@@ -131,9 +130,8 @@ def test_bundle_dataset_source_is_never_a_server_path(bundle: bytes, target: Sto
     reports.import_bundle(target, _edit(bundle, server_path))
     row = target.datasets().iloc[0]
     assert row["source"] == "imported: passwd"
-    the_lab = Lab(store=target, data_dir=tmp_path / "dst", runner=None)  # type: ignore[arg-type]
     with pytest.raises(QlabError, match="no stored data"):
-        load_dataset_row(the_lab, int(row["id"]))
+        load_stored_dataset(target.dataset(int(row["id"])))
 
 
 @pytest.mark.slow

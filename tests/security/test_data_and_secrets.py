@@ -117,13 +117,13 @@ def test_lying_zip_is_a_clean_refusal_without_leftovers(empty_lab: Lab, tmp_path
 def test_image_zip_dataset_works_in_jobs(empty_lab: Lab, demo_h5: Path) -> None:  # noqa: F811
     """A zip of class folders uploaded for a model is read at the same size by every job: a real
     conversion job on it finishes, and rows stored before the size was recorded use the job's model."""
-    from dashboard.services.tasks import load_dataset_row
+    from qcore.data import load_stored_dataset
 
     model_id = uploads.add_model(empty_lab, "demo.h5", demo_h5.read_bytes())
     dataset_id = uploads.add_dataset(empty_lab, "digits.zip", _class_zip(10), input_scale=1 / 255,
                                      input_offset=0.0, for_model=model_id)
     assert json.loads(empty_lab.store.dataset(dataset_id)["image_shape"]) == [None, 8, 8]
-    ds = load_dataset_row(empty_lab, dataset_id)  # no model given: the stored shape is used
+    ds = load_stored_dataset(empty_lab.store.dataset(dataset_id))  # no model given: the stored shape is used
     assert ds.x_test.shape[1:] == (8, 8) and len(ds.y_train) + len(ds.y_test) == 20
     job = run_job(empty_lab, "convert", {"model_id": model_id, "dataset_id": dataset_id, "recipes": ["float32"],
                                          "calibration_samples": 8, "bench": False})
@@ -131,8 +131,8 @@ def test_image_zip_dataset_works_in_jobs(empty_lab: Lab, demo_h5: Path) -> None:
     with empty_lab.store.transaction() as cur:  # a row from before migration 0008
         cur.execute("UPDATE datasets SET image_shape = NULL WHERE id = ?", [dataset_id])
     with pytest.raises(QlabError, match="input shape"):
-        load_dataset_row(empty_lab, dataset_id)
-    assert load_dataset_row(empty_lab, dataset_id, (None, 8, 8)).x_test.shape[1:] == (8, 8)
+        load_stored_dataset(empty_lab.store.dataset(dataset_id))
+    assert load_stored_dataset(empty_lab.store.dataset(dataset_id), None, (None, 8, 8)).x_test.shape[1:] == (8, 8)
 
 
 def _mode(path: Path) -> int:
