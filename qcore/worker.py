@@ -10,6 +10,7 @@ the owner can say in words why a job's worker died.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -132,6 +133,8 @@ def execute(spec: Any) -> Any:
         emit("progress", fraction=float(fraction), message=str(message)[:500])
 
     def publish(data: dict[str, Any]) -> None:
-        emit("live", data=data)
+        from qcore.jobs import to_json
+
+        emit("live", data=json.loads(to_json(data)))  # events travel as msgpack: plain values only
 
     return run_task(spec, progress, publish)
