@@ -213,8 +213,14 @@ async def create_model(request: Request) -> Response:
     assert got is not None
     filename, data = got
     name = _text(form, "name")
+    trusted = _text(form, "trusted", "false").strip().lower()
+    if trusted not in ("true", "false", "1", "0", ""):
+        raise QlabError(f"trusted: expected true or false, got {trusted!r}")
+    if trusted in ("true", "1") and not who.role.allows(Role.ADMIN):
+        raise ApiError(403, f"trusted: only an admin may vouch for a model; {who.email} is {who.role}")
     the_lab = _lab()
-    model_id = await run_in_threadpool(uploads.add_model, the_lab, filename, data, name)
+    model_id = await run_in_threadpool(lambda: uploads.add_model(the_lab, filename, data, name,
+                                                                 trusted=trusted in ("true", "1")))
     accounts.stamp(the_lab.store, "models", model_id, who.email)
     row = the_lab.store.model(model_id)
     return json_response({"id": model_id, "name": row["name"], "sha256": row["sha256"], "format": row["format"],
@@ -430,7 +436,8 @@ API: tuple[ApiRoute, ...] = (
     ApiRoute("GET", f"{PREFIX}/openapi.json", schema, "this document", role=None,
              responses={200: {"application/json": {"schema": {"type": "object"}}}}),
     ApiRoute("POST", f"{PREFIX}/models", create_model, "upload a .keras, .h5 or zipped SavedModel",
-             role=Role.MEMBER, body=_multipart({"file": _FILE, "name": _TEXT}, ["file"]),
+             role=Role.MEMBER, body=_multipart({"file": _FILE, "name": _TEXT,
+                                                "trusted": {"type": "string", "enum": ["true", "false"]}}, ["file"]),
              responses={201: _ref(ModelCreated)}),
     ApiRoute("GET", f"{PREFIX}/models", list_models, "stored models", parameters=(FORMAT_PARAM,),
              responses={200: LIST_CONTENT}),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import ui
+from dashboard import auth, ui
 from dashboard.services import reads, uploads
-from qcore.qtyping import SCORING_LABELS, Job
+from qcore.qtyping import SCORING_LABELS, Job, Role
 
 st.title("Models & data")
 lab = ui.current()
@@ -17,12 +17,15 @@ with left, st.form("models_model_form", clear_on_submit=True):
     file = st.file_uploader("Keras model: .keras, .h5, or a zipped SavedModel", type=["keras", "h5", "zip"],
                             key="models_model_file")
     name = st.text_input("name (optional)", key="models_model_name")
+    # admins may vouch for a file the loading policy refuses (Lambda layers, custom objects, file ops)
+    trusted = auth.can(Role.ADMIN) and st.checkbox(
+        "trusted upload (admin): load it even with Lambda layers, custom objects or file ops", key="models_trusted")
     if st.form_submit_button("Add model", type="primary"):
         if file is None:
             st.error("choose a model file first")
         else:
             with ui.guard(f"could not add {file.name}"), st.spinner(f"loading {file.name}"):
-                model_id = uploads.add_model(lab, file.name, file.getvalue(), name)
+                model_id = uploads.add_model(lab, file.name, file.getvalue(), name, trusted=bool(trusted))
                 st.success(f"model #{model_id} stored")
 
 with right, st.form("models_data_form", clear_on_submit=True):

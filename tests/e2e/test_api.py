@@ -92,6 +92,8 @@ def test_viewer_token_reads_but_cannot_upload_or_run(api: Api) -> None:
     assert r.status_code == 403 and "viewer" in r.json()["error"]
     r = api("POST", "/models", "viewer", files={"file": ("m.h5", b"x")})
     assert r.status_code == 403
+    r = api("POST", "/models", "member", files={"file": ("m.h5", b"x")}, data={"trusted": "true"})
+    assert r.status_code == 403 and "admin" in r.json()["error"]
 
 
 def test_bad_job_requests_get_422_naming_the_field(api: Api, uploaded: dict[str, int]) -> None:
