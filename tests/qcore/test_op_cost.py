@@ -22,6 +22,9 @@ from qcore.qtyping import Dataset, LoadedModel, QlabError, TimeSource
 from qcore.store import Store
 from tests.board_agent.harness import TOKEN, running_agent
 
+# every test here converts real models and runs the debugger (module fixtures, once)
+pytestmark = pytest.mark.slow
+
 SAMPLES = Path(__file__).resolve().parent.parent / "board_agent" / "samples"
 # small sets keep the debugger run around a second
 CAL, DEBUG = 30, 20
