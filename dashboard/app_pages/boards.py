@@ -98,7 +98,8 @@ with ui.guard("bad pool query"):
     members = reads.pool_members(lab.db_key, pool)
     st.caption(f"matches {', '.join(members) or 'no board'}")
 a, b = st.columns([2, 1])
-m_variants = a.multiselect("variants", list(options), format_func=options.__getitem__, key="boards_matrix_variants")
+m_variants = a.multiselect("matrix rows: one per variant", list(options), format_func=options.__getitem__,
+                           key="boards_matrix_variants")
 m_targets = b.multiselect("targets", list(boards_view.TARGETS), default=["cpu"], key="boards_matrix_targets")
 if st.button("Run the matrix", key="boards_matrix_go", disabled=not members):
     with ui.guard("could not start"):
