@@ -278,6 +278,23 @@ async def list_datasets(request: Request) -> Response:
         "FROM datasets ORDER BY id"))
 
 
+async def create_variant(request: Request) -> Response:
+    """Queues the import of a .tflite made elsewhere (and optionally its float reference) as a job."""
+    from dashboard.services import uploads
+
+    form = await _form(request)
+    got = await _file(form)
+    assert got is not None
+    reference = await _file(form, "reference", required=False)
+    dataset_id = _int_arg_form(form, "dataset_id")
+    the_lab = _lab()
+    if dataset_id is not None:
+        the_lab.store.dataset(dataset_id)  # 422 naming it when unknown
+    job_id = await run_in_threadpool(lambda: uploads.add_tflite(
+        the_lab, got[0], got[1], reference=reference, name=_text(form, "name"), dataset_id=dataset_id))
+    return json_response({"id": job_id, "status": str(JobStatus.QUEUED)}, 202)
+
+
 async def list_variants(request: Request) -> Response:
     model_id = _int_arg(request, "model_id")
     df = _lab().store.variant_summary(model_ids=[model_id] if model_id else None)
@@ -448,6 +465,10 @@ API: tuple[ApiRoute, ...] = (
              responses={201: _ref(DatasetCreated)}),
     ApiRoute("GET", f"{PREFIX}/datasets", list_datasets, "stored datasets", parameters=(FORMAT_PARAM,),
              responses={200: LIST_CONTENT}),
+    ApiRoute("POST", f"{PREFIX}/variants", create_variant,
+             "import a .tflite made elsewhere (a job; its result names the variant)", role=Role.MEMBER,
+             body=_multipart({"file": _FILE, "reference": _FILE, "name": _TEXT, "dataset_id": _TEXT}, ["file"]),
+             responses={202: _ref(JobAccepted)}),
     ApiRoute("GET", f"{PREFIX}/variants", list_variants, "variants with their latest host results",
              parameters=(_int_param("model_id"), FORMAT_PARAM), responses={200: LIST_CONTENT}),
     ApiRoute("GET", f"{PREFIX}/benchmarks", list_benchmarks, "timings on the host and on boards",
