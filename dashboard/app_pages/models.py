@@ -111,6 +111,23 @@ else:
     st.caption("format tflite: a tflite-only model (imported .tflite files or a report); there is no Keras source "
                "to convert or train again")
 
+if not models.empty:
+    with st.expander("Model summary", expanded=False):
+        summary_of = ui.pick_model(lab, key="models_summary_model")
+        with ui.guard("no summary"):
+            if summary_of is not None:
+                row = models[models["id"] == summary_of].iloc[0]
+                summary = reads.model_summary(lab.db_key, int(summary_of))
+                a, b, c, d = st.columns(4)
+                a.metric("layers", summary.layers)
+                b.metric("parameters", "–" if summary.params is None else f"{summary.params:,}")
+                c.metric("input", str(row["input_shape"]))
+                d.metric("BatchNormalization", summary.batchnorm)
+                st.caption("layer classes: " + ", ".join(f"{n}× {c}" for c, n in summary.classes))
+                if summary.custom:
+                    st.warning("custom layers (code of their own; QAT and some converters refuse them): "
+                               + ", ".join(summary.custom), icon=":material/warning:")
+
 st.subheader("Stored datasets")
 data = reads.datasets(lab.db_key)
 if data.empty:

@@ -207,3 +207,14 @@ def matrix_spread(db: str, run_id: int) -> pd.DataFrame:
     from qcore.board_runs import matrix_spread as spread
 
     return spread(store_for(db), run_id)
+
+
+@st.cache_data(show_spinner=False)
+def model_summary(db: str, model_id: int) -> Any:
+    """Layers, parameters, BatchNormalization and custom layers of a stored Keras model, read without loading it."""
+    from qcore.model_summary import summarize
+
+    row = store_for(db).model(model_id)
+    if row["format"] == "tflite":
+        raise QlabError(f"model #{model_id} ({row['name']}) is tflite-only: see its variants on the Inspect page")
+    return summarize(str(row["source_path"]))
