@@ -131,8 +131,14 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--poll-reps", type=int, default=3,
                         help="conversions timed alone and with the page polling (0 skips the case)")
+    parser.add_argument("--poll-only", action="store_true", help="only the polling case")
     args = parser.parse_args()
     logging.getLogger("streamlit").setLevel(logging.ERROR)
+    if args.poll_only:
+        ratio = polling_slowdown(Path(tempfile.mkdtemp(prefix="qlab-poll-")), max(1, args.poll_reps))
+        print(f"  fragment polled / alone: {ratio:.3f} (target <= {POLL_SLOWDOWN_TARGET})  "
+              f"{'ok' if ratio <= POLL_SLOWDOWN_TARGET else 'OVER'}")
+        return 0 if ratio <= POLL_SLOWDOWN_TARGET else 1
 
     folder = Path(tempfile.mkdtemp(prefix="qlab-scale-"))
     db = folder / "qlab.duckdb"
@@ -210,7 +216,7 @@ def main() -> int:
     if args.poll_reps > 0:
         ratio = polling_slowdown(Path(tempfile.mkdtemp(prefix="qlab-poll-")), args.poll_reps)
         polling_ok = ratio <= POLL_SLOWDOWN_TARGET
-        print(f"  job time polled / alone: {ratio:.3f} (target <= {POLL_SLOWDOWN_TARGET})  "
+        print(f"  fragment polled / alone: {ratio:.3f} (target <= {POLL_SLOWDOWN_TARGET})  "
               f"{'ok' if polling_ok else 'OVER'}")
     return 0 if worst_page < PAGE_TARGET_S and worst_query < QUERY_TARGET_MS and polling_ok else 1
 
@@ -222,18 +228,22 @@ POLL_RECIPES = ["int8", "uint8", "int8-per-tensor", "float16"]
 
 
 def polling_slowdown(folder: Path, reps: int) -> float:
-    """A conversion job's wall time with /quantize polled as a browser would, over its time alone.
+    """A conversion job's wall time with /quantize open on it, over its time alone.
 
-    The page is re-run whole every poll interval (a fragment re-runs a subset of it, so this is
-    the harsher case). Alone and polled runs alternate, so machine load hits both alike.
+    Two ways of polling, each once a second as the browser does: the job panel's fragment (the
+    job row and the landed rows from the read cache: what an open page costs), and the whole
+    page re-run (a harsher case, printed for reference). Alone and polled runs alternate, so
+    machine load hits them alike.
 
     Returns:
-        median(polled) / median(alone).
+        median(fragment-polled) / median(alone): the figure the 1.10 target applies to.
     """
+    from datetime import datetime
+
     from streamlit.testing.v1 import AppTest
 
     from dashboard import ui
-    from dashboard.services import reads
+    from dashboard.services import pace, reads, tables
     from dashboard.services.lab import close, lab
 
     os.environ.update(QLAB_DB=str(folder / "qlab.duckdb"), QLAB_DATA_DIR=str(folder), QLAB_BOOTSTRAP="0")
@@ -244,34 +254,45 @@ def polling_slowdown(folder: Path, reps: int) -> float:
     page = REPO / "dashboard" / "app_pages" / "quantize.py"
     params = {"model_id": 1, "dataset_id": 1, "recipes": POLL_RECIPES, "bench": False}
 
-    def one(polled: bool) -> tuple[float, int]:
+    def fragment(job_id: int) -> None:
+        # what ui.job_panel's fragment and quantize's show_landed read on every poll
+        job = the_lab.store.job(job_id)
+        partial = job.result or {}
+        pace.convert_status(partial, pace.since(job.created_at, datetime.now()))
+        ids = tuple(int(v["variant_id"]) for v in partial.get("variants", []) if v.get("variant_id") is not None)
+        if ids:
+            tables.compare_table(reads.variants(the_lab.db_key, variant_ids=ids))
+
+    def whole_page(job_id: int) -> None:
+        at = AppTest.from_file(str(page), default_timeout=120)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+
+    def one(poll: Callable[[int], None] | None) -> float:
         reads.clear()
         t0 = time.perf_counter()
         job_id = the_lab.runner.submit("convert", params)
-        polls = 0
         while the_lab.store.job(job_id).status in ("queued", "running"):
-            if polled:
-                at = AppTest.from_file(str(page), default_timeout=120)
-                at.run()
-                assert not at.exception, [e.value for e in at.exception]
-                polls += 1
+            if poll is not None:
+                poll(job_id)
             time.sleep(ui.POLL_SECONDS)
         the_lab.runner.wait(job_id, timeout=900)
-        return time.perf_counter() - t0, polls
+        return time.perf_counter() - t0
 
-    AppTest.from_file(str(page), default_timeout=120).run()  # imports, outside the timings
-    alone, polled, polls = [], [], 0
+    whole_page(0)  # imports, outside the timings
+    runs: dict[str, list[float]] = {"alone": [], "fragment": [], "whole page": []}
     for _ in range(reps):
-        alone.append(one(False)[0])
-        seconds, n = one(True)
-        polled.append(seconds)
-        polls += n
-    print(f"\nPolling /quantize every {ui.POLL_SECONDS:g} s while a {len(POLL_RECIPES)}-recipe conversion runs "
-          f"({reps} runs each, {polls} page runs):")
-    print(f"  alone  median {statistics.median(alone):6.2f} s  ({', '.join(f'{t:.2f}' for t in alone)})")
-    print(f"  polled median {statistics.median(polled):6.2f} s  ({', '.join(f'{t:.2f}' for t in polled)})")
+        runs["alone"].append(one(None))
+        runs["fragment"].append(one(fragment))
+        runs["whole page"].append(one(whole_page))
+    print(f"\nA {len(POLL_RECIPES)}-recipe conversion with /quantize polled every {ui.POLL_SECONDS:g} s "
+          f"({reps} runs each, alternating):")
+    for name, times in runs.items():
+        print(f"  {name:10s} median {statistics.median(times):6.2f} s  ({', '.join(f'{t:.2f}' for t in times)})")
+    print(f"  whole page re-run every poll / alone: "
+          f"{statistics.median(runs['whole page']) / statistics.median(runs['alone']):.3f} (for reference)")
     close(the_lab)
-    return statistics.median(polled) / statistics.median(alone)
+    return statistics.median(runs["fragment"]) / statistics.median(runs["alone"])
 
 
 if __name__ == "__main__":

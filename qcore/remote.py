@@ -125,10 +125,11 @@ class Remote:
         return int(got["id"])
 
     def variant(self, spec: str) -> int:
-        """A server variant: `variant:<id>`, or the variant whose .tflite has this local file's sha256.
+        """A server variant: `variant:<id>`, the variant whose .tflite has this local file's sha256, or
+        the variant the server makes when it imports the file (POST /variants).
 
         Raises:
-            QlabError: when the server holds no variant with that content.
+            QlabError: for an unreadable file or a refused import.
         """
         if spec.startswith("variant:"):
             text = spec.removeprefix("variant:")
@@ -143,8 +144,13 @@ class Remote:
         for row in self.call("GET", "/variants"):
             if row.get("sha256") == sha and row.get("status") == "ok":
                 return int(row["variant_id"])
-        raise QlabError(f"{spec}: the server has no variant with this .tflite (sha256 {sha[:12]}…); "
-                        "pass variant:<id>, or make it there with `qlab --server … convert`")
+        # a .tflite the server has not seen: import it (a job) and use the variant it makes
+        got = self.call("POST", "/variants", files={"file": (path.name, path.read_bytes())},
+                        timeout=UPLOAD_TIMEOUT_S)
+        result = self.follow(int(got["id"])).get("result") or {}
+        if not result.get("variant_id"):
+            raise QlabError(f"{spec}: the server imported it but reported no variant")
+        return int(result["variant_id"])
 
     # ------------------------------------------------------------ jobs
     def submit(self, kind: str, params: dict[str, Any]) -> int:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from qcore import __version__
 from qcore.inspect_model import inspect
+from qcore.names import keras_layer_name
 from qcore.qtyping import SCORING_LABELS, Evaluation, Latency, QlabError, Scoring, VariantStatus
 from qcore.store import Store, check_sha256, sha256_bytes
 
@@ -93,7 +94,131 @@ def build_content(store: Store, variant_ids: Sequence[int]) -> dict[str, Any]:
         "confusion": {str(v): m for v in ids if (m := store.confusion(v)) is not None},
         "benchmarks": _records(store.benchmarks(variant_ids=ids), BENCH_COLUMNS),
         "op_cost": op_cost_content(store, ids),
+        "debugger": debugger_content(store, variants),
+        "qat": qat_content(store, variants),
     }
+
+
+# the worst layers a report lists per debugger run
+DEBUG_WORST = 10
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def debugger_content(store: Store, variants: pd.DataFrame) -> list[dict[str, Any]]:
+    """The newest debugger run of each (model, dataset) in the report: its worst layers by rmse/scale."""
+    out: list[dict[str, Any]] = []
+    for (model_id, dataset_id), part in variants.groupby(["model_id", "dataset_id"], sort=False):
+        runs = store.debug_runs(int(model_id))
+        runs = runs[runs["dataset_id"] == dataset_id]
+        if runs.empty:
+            continue
+        run = runs.iloc[0]
+        stats = store.layer_stats(int(run["id"]))
+        if stats.empty:
+            continue
+        settings = json.loads(run["settings"]) if isinstance(run["settings"], str) else (run["settings"] or {})
+        ranked = stats.assign(_r=pd.to_numeric(stats["rmse_scale"], errors="coerce")).sort_values(
+            "_r", ascending=False, na_position="last")
+        out.append({
+            "model": str(part["model"].iloc[0]), "debug_run_id": int(run["id"]),
+            "recipe": settings.get("recipe"), "layers": len(stats),
+            "worst": [{"layer": keras_layer_name(r.tensor_name), "op": r.op_name, "rmse_scale": _finite(r.rmse_scale),
+                       "range": _finite(r.range)} for r in ranked.head(DEBUG_WORST).itertuples()],
+        })
+    return out
+
+
+def qat_content(store: Store, variants: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each QAT variant of the report: what was trained, the last epoch, Keras against TFLite accuracy."""
+    out: list[dict[str, Any]] = []
+    for r in variants[variants["kind"] == "qat"].itertuples():
+        settings = json.loads(r.settings) if isinstance(r.settings, str) else (r.settings or {})
+        history = store.training_history(int(r.variant_id))
+        last = history.iloc[-1] if not history.empty else None
+        out.append({
+            "variant": f"{r.model} / {r.variant}", "layers": settings.get("layers"),
+            "epochs": settings.get("epochs"), "train_samples": settings.get("train_samples"),
+            "final_loss": _finite(last["loss"]) if last is not None and "loss" in last else None,
+            "keras_accuracy": _finite(settings.get("keras_accuracy")), "tflite_accuracy": _finite(r.accuracy),
+            "range_drift": _finite(settings.get("range_drift")), "warnings": list(settings.get("warnings") or []),
+        })
+    return out
+
+
+def variant_names(content: dict[str, Any]) -> dict[int, str]:
+    """variant id → "model / variant" from the snapshot, so tables never show bare ids."""
+    return {int(v["variant_id"]): f"{v.get('model')} / {v.get('variant')}" for v in content.get("variants", [])
+            if v.get("variant_id") is not None}
+
+
+def latency_table(content: dict[str, Any]) -> pd.DataFrame:
+    """Every timing of the report: variant by name, where it ran (board and target), threads, p50 and first."""
+    bench = frames(content)["benchmarks"]
+    cols = ["variant", "board", "target", "threads", "runs", "first (ms)", "p50 (ms)", "p90 (ms)"]
+    if bench.empty:
+        return pd.DataFrame(columns=cols)
+    names = variant_names(content)
+    return pd.DataFrame({
+        "variant": [names.get(int(v), f"#{v}") if pd.notna(v) else "–" for v in bench["variant_id"]],
+        "board": ["this host" if b == "host" else b for b in bench["board"]],
+        "target": ["CPU (LiteRT)" if t == "host" else t for t in bench["target"]],
+        "threads": bench["threads"], "runs": bench["runs"],
+        "first (ms)": bench["first_ms"].astype(float).round(3), "p50 (ms)": bench["p50_ms"].astype(float).round(3),
+        "p90 (ms)": bench["p90_ms"].astype(float).round(3),
+    })
+
+
+def board_accuracy_table(content: dict[str, Any]) -> pd.DataFrame:
+    """On-board accuracy with variants by name and the board/target spelled out."""
+    evals = frames(content)["evaluations"]
+    boards = evals[evals["device"] != "host"]
+    host = evals[evals["device"] == "host"].set_index("variant_id")["accuracy"].astype(float)
+    names = variant_names(content)
+    accuracy = boards["accuracy"].astype(float)
+    return pd.DataFrame({
+        "variant": [names.get(int(v), f"#{v}") for v in boards["variant_id"]],
+        "board / target": [str(d).removeprefix("board:") for d in boards["device"]],
+        "samples": boards["n_samples"], "accuracy (%)": (accuracy * 100).round(2),
+        # negative: the board lost accuracy against the same file on this host
+        "drift vs host (points)": ((accuracy - boards["variant_id"].map(host)) * 100).round(2),
+        "agreement with host (%)": (boards["host_agreement"].astype(float) * 100).round(2),
+    })
+
+
+def debugger_tables(content: dict[str, Any]) -> list[tuple[str, pd.DataFrame]]:
+    """(caption, worst layers) per debugger run in the report."""
+    out = []
+    for run in content.get("debugger") or []:
+        caption = (f"{run.get('model')}: the {len(run.get('worst') or [])} worst of {run.get('layers')} layers "
+                   f"({run.get('recipe')}, debugger run #{run.get('debug_run_id')}); 0.289 is well quantized")
+        out.append((caption, pd.DataFrame(run.get("worst") or [], columns=["layer", "op", "rmse_scale", "range"])))
+    return out
+
+
+def qat_table(content: dict[str, Any]) -> pd.DataFrame:
+    """One row per QAT variant: layers trained, epochs, Keras vs TFLite accuracy, range drift, warnings."""
+    rows = content.get("qat") or []
+    return pd.DataFrame([{
+        "variant": q.get("variant"), "layers": ", ".join(q.get("layers") or []), "epochs": q.get("epochs"),
+        "final loss": q.get("final_loss"),
+        "Keras accuracy (%)": None if q.get("keras_accuracy") is None else round(100 * q["keras_accuracy"], 2),
+        "TFLite accuracy (%)": None if q.get("tflite_accuracy") is None else round(100 * q["tflite_accuracy"], 2),
+        "range drift": q.get("range_drift"), "warnings": "; ".join(q.get("warnings") or []) or "none",
+    } for q in rows])
+
+
+def notes_html(notes: str) -> str:
+    """The notes' markdown as HTML (CommonMark; raw HTML in the notes is escaped, never run)."""
+    from markdown_it import MarkdownIt
+
+    return str(MarkdownIt("commonmark", {"html": False}).render(notes))
 
 
 def op_cost_content(store: Store, variant_ids: Sequence[int]) -> dict[str, Any]:
@@ -148,18 +273,24 @@ def frames(content: dict[str, Any]) -> dict[str, pd.DataFrame]:
 
 # ---------------------------------------------------------------- HTML
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1B1F24}
-h1{margin-bottom:.2rem} .meta{color:#5F6368;margin-bottom:1.5rem} .notes{white-space:pre-wrap;background:#F3F5F8;
-padding:1rem;border-radius:6px} table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}
-th,td{border:1px solid #DADCE0;padding:.3rem .6rem;text-align:right} th{background:#F3F5F8}
-td:nth-child(-n+3),th:nth-child(-n+3){text-align:left} .fig{margin:1.5rem 0}
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;
+color:#1B1F24;overflow-wrap:anywhere}
+h1{margin-bottom:.2rem} .meta{color:#5F6368;margin-bottom:1.5rem} .notes{background:#F3F5F8;padding:.5rem 1rem;
+border-radius:6px} .notes pre{overflow-x:auto} .wrap{max-width:100%;overflow-x:auto}
+table{border-collapse:collapse;margin:1rem 0;font-size:.85rem}
+th,td{border:1px solid #DADCE0;padding:.3rem .5rem;text-align:right;max-width:28rem}
+th{background:#F3F5F8} td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}
+.fig{margin:1.5rem 0;max-width:100%;overflow:hidden} .npu li{margin:.2rem 0}
 """
 
 
 def _table_html(df: pd.DataFrame) -> str:
     if df.empty:
         return "<p><em>none</em></p>"
-    return df.to_html(index=False, border=0, na_rep="–", float_format=lambda v: f"{v:.4g}", escape=True)
+    table = df.to_html(index=False, border=0, na_rep="–", float_format=lambda v: f"{v:.4g}", escape=True)
+    # a wide table scrolls inside its box, never the page
+    return f"<div class='wrap'>{table}</div>"
 
 
 def summary_table(content: dict[str, Any]) -> pd.DataFrame:
@@ -219,21 +350,27 @@ def render_html(report: dict[str, Any], figures: Sequence[tuple[str, Any]] = ())
         "</div>",
     ]
     if report.get("notes"):
-        parts.append(f"<div class='notes'>{html.escape(report['notes'])}</div>")
+        parts.append(f"<div class='notes'>{notes_html(report['notes'])}</div>")
     parts += ["<h2>Variants</h2>", _table_html(summary_table(content))]
     parts.append("<h2>Will it run on the NPU?</h2><ul class='npu'>")
     for name, ready, text in npu_lines(content):
         mark = "✅" if ready else ("❌" if ready is False else "–")
         parts.append(f"<li>{mark} <b>{html.escape(name)}</b>: {html.escape(text)}</li>")
     parts.append("</ul>")
-    evals = frames(content)["evaluations"]
-    boards = evals[evals["device"] != "host"]
+    boards = board_accuracy_table(content)
     if not boards.empty:
         parts += ["<h2>On-board accuracy</h2>", _table_html(boards)]
-    bench = frames(content)["benchmarks"]
+    bench = latency_table(content)
     if not bench.empty:
-        cols = ["variant_id", "board", "target", "threads", "runs", "first_ms", "p50_ms", "p90_ms", "mean_ms"]
-        parts += ["<h2>Latency</h2>", _table_html(bench[cols])]
+        parts += ["<h2>Latency</h2>", _table_html(bench)]
+    debugged = debugger_tables(content)
+    if debugged:
+        parts.append("<h2>Debugger: the worst layers</h2>")
+    for caption, worst in debugged:
+        parts += [f"<h3>{html.escape(caption)}</h3>", _table_html(worst)]
+    qat = qat_table(content)
+    if not qat.empty:
+        parts += ["<h2>Quantization-aware training</h2>", _table_html(qat)]
     op_tables = op_cost_tables(content)
     if op_tables:
         parts.append("<h2>Per-layer error and time</h2>")
@@ -242,7 +379,9 @@ def render_html(report: dict[str, Any], figures: Sequence[tuple[str, Any]] = ())
     first = True
     for caption, fig in figures:
         parts.append(f"<div class='fig'><h3>{html.escape(caption)}</h3>")
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False))
+        fig.update_layout(width=None, autosize=True)
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False, default_width="100%",
+                                 config={"responsive": True}))
         parts.append("</div>")
         first = False
     parts.append("</body></html>")

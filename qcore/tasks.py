@@ -408,9 +408,17 @@ def board_matrix_task(store: Any, params: BoardMatrixParams, progress: Progress)
     if result.cells and len(result.failed) == len(result.cells):
         reasons = list(dict.fromkeys(c.reason for c in result.failed))
         raise QlabError(f"every cell of board run {result.run_id} failed: " + "; ".join(reasons))
+    per_variant: dict[int | None, dict[str, Any]] = {}
+    for c in result.cells:
+        entry = per_variant.setdefault(c.variant_id, {"variant_id": c.variant_id, "timings": {}, "failed": {}})
+        key = c.target if len(result.boards) == 1 else f"{c.target}@{c.board or '-'}"
+        if c.p50_ms is not None:
+            entry["timings"][key] = c.p50_ms
+        else:
+            entry["failed"][key] = c.reason
     return {"run_id": result.run_id, "pool": result.pool, "placement": str(result.placement),
             "boards": list(result.boards), "cells": len(result.cells), "failed": len(result.failed),
-            "wall_s": result.wall_s,
+            "wall_s": result.wall_s, "results": list(per_variant.values()),
             "reasons": [{"variant_id": c.variant_id, "target": c.target, "board": c.board, "reason": c.reason}
                         for c in result.failed]}
 
@@ -434,6 +442,8 @@ def board_accuracy_task(store: Any, params: BoardAccuracyParams, progress: Progr
         items.append(AccuracyItem(vid, f"{row['model']} / {row['variant']}", data, dataset, dataset_id))
     targets = list(params.targets) if params.targets else [params.target]
     cells = accuracy_run(store, params.board, items, targets, threads=params.threads, progress=progress)
+    if all(c.status == "failed" for c in cells):
+        raise QlabError("every cell failed: " + "; ".join(dict.fromkeys(c.reason for c in cells)))
     return {"board": params.board,
             "results": [{"variant_id": c.variant_id, "target": c.target, "accuracy": c.accuracy,
                          "status": str(c.status), "reason": c.reason} for c in cells]}

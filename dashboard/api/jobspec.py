@@ -8,8 +8,12 @@ from typing import Any
 from qcore.jobs import PARAMS, JobKind, job_kind, parse_params
 from qcore.qtyping import QlabError
 
-# what a client may queue; `demo` and `add_model` are the server's own jobs
-API_KINDS: tuple[JobKind, ...] = tuple(k for k in JobKind if k not in (JobKind.DEMO, JobKind.ADD_MODEL))
+# what a client may queue: an allowlist, because some kinds are the server's own and take server
+# paths (demo, add_model, import_tflite: uploads go through POST /models, /datasets, /variants)
+API_KINDS: tuple[JobKind, ...] = (
+    JobKind.CONVERT, JobKind.DEBUG, JobKind.SELECTIVE, JobKind.TUNE, JobKind.QAT, JobKind.COMPARE_TENSORS,
+    JobKind.HOST_BENCH, JobKind.BOARD_BENCH, JobKind.BOARD_ACCURACY,
+)
 
 # the smallest value a count may take (the OpenAPI document says the same); others are >= 1
 MINIMUM: dict[str, float] = {"warmup": 0, "train_samples": 0, "max_drop": 0}

@@ -213,8 +213,14 @@ async def create_model(request: Request) -> Response:
     assert got is not None
     filename, data = got
     name = _text(form, "name")
+    trusted = _text(form, "trusted", "false").strip().lower()
+    if trusted not in ("true", "false", "1", "0", ""):
+        raise QlabError(f"trusted: expected true or false, got {trusted!r}")
+    if trusted in ("true", "1") and not who.role.allows(Role.ADMIN):
+        raise ApiError(403, f"trusted: only an admin may vouch for a model; {who.email} is {who.role}")
     the_lab = _lab()
-    model_id = await run_in_threadpool(uploads.add_model, the_lab, filename, data, name)
+    model_id = await run_in_threadpool(lambda: uploads.add_model(the_lab, filename, data, name,
+                                                                 trusted=trusted in ("true", "1")))
     accounts.stamp(the_lab.store, "models", model_id, who.email)
     row = the_lab.store.model(model_id)
     return json_response({"id": model_id, "name": row["name"], "sha256": row["sha256"], "format": row["format"],
@@ -270,6 +276,23 @@ async def list_datasets(request: Request) -> Response:
     return _table(request, _lab().store.query(
         "SELECT id, name, source, input_scale, input_offset, n_train, n_test, num_classes, created_by, created_at "
         "FROM datasets ORDER BY id"))
+
+
+async def create_variant(request: Request) -> Response:
+    """Queues the import of a .tflite made elsewhere (and optionally its float reference) as a job."""
+    from dashboard.services import uploads
+
+    form = await _form(request)
+    got = await _file(form)
+    assert got is not None
+    reference = await _file(form, "reference", required=False)
+    dataset_id = _int_arg_form(form, "dataset_id")
+    the_lab = _lab()
+    if dataset_id is not None:
+        the_lab.store.dataset(dataset_id)  # 422 naming it when unknown
+    job_id = await run_in_threadpool(lambda: uploads.add_tflite(
+        the_lab, got[0], got[1], reference=reference, name=_text(form, "name"), dataset_id=dataset_id))
+    return json_response({"id": job_id, "status": str(JobStatus.QUEUED)}, 202)
 
 
 async def list_variants(request: Request) -> Response:
@@ -430,7 +453,8 @@ API: tuple[ApiRoute, ...] = (
     ApiRoute("GET", f"{PREFIX}/openapi.json", schema, "this document", role=None,
              responses={200: {"application/json": {"schema": {"type": "object"}}}}),
     ApiRoute("POST", f"{PREFIX}/models", create_model, "upload a .keras, .h5 or zipped SavedModel",
-             role=Role.MEMBER, body=_multipart({"file": _FILE, "name": _TEXT}, ["file"]),
+             role=Role.MEMBER, body=_multipart({"file": _FILE, "name": _TEXT,
+                                                "trusted": {"type": "string", "enum": ["true", "false"]}}, ["file"]),
              responses={201: _ref(ModelCreated)}),
     ApiRoute("GET", f"{PREFIX}/models", list_models, "stored models", parameters=(FORMAT_PARAM,),
              responses={200: LIST_CONTENT}),
@@ -441,6 +465,10 @@ API: tuple[ApiRoute, ...] = (
              responses={201: _ref(DatasetCreated)}),
     ApiRoute("GET", f"{PREFIX}/datasets", list_datasets, "stored datasets", parameters=(FORMAT_PARAM,),
              responses={200: LIST_CONTENT}),
+    ApiRoute("POST", f"{PREFIX}/variants", create_variant,
+             "import a .tflite made elsewhere (a job; its result names the variant)", role=Role.MEMBER,
+             body=_multipart({"file": _FILE, "reference": _FILE, "name": _TEXT, "dataset_id": _TEXT}, ["file"]),
+             responses={202: _ref(JobAccepted)}),
     ApiRoute("GET", f"{PREFIX}/variants", list_variants, "variants with their latest host results",
              parameters=(_int_param("model_id"), FORMAT_PARAM), responses={200: LIST_CONTENT}),
     ApiRoute("GET", f"{PREFIX}/benchmarks", list_benchmarks, "timings on the host and on boards",

@@ -24,6 +24,8 @@ if boards:
     health_rows = reads.board_health(lab.db_key)
     st.dataframe(boards_view.health_table(health_rows, boards_view.labels_by_board(reads.board_labels(lab.db_key))),
                  hide_index=True, width="stretch")
+    for note in boards_view.health_notes(health_rows):  # in full: the table's cells cut long reasons short
+        st.caption(ui.md(note))
 else:
     st.info("No board registered yet.", icon=":material/info:")
 
@@ -54,7 +56,8 @@ chosen = b.multiselect("variants", list(options), format_func=options.__getitem_
 choices = boards_view.target_choices(health_by_board.get(board))
 cols = st.columns(len(choices))
 targets = [t for (t, ok, why), col in zip(choices, cols, strict=True)
-           if col.checkbox(t, value=ok and t == "cpu", disabled=not ok, help=why if not ok else None,
+           if col.checkbox(t, value=ok and t == "cpu", disabled=not ok,
+                           help=boards_view.TARGET_HELP.get(t, "") + ("" if ok else f" (unavailable: {why})"),
                            key=f"boards_bench_target_{t}_{board}")]
 for t, ok, why in choices:
     if not ok:
@@ -95,7 +98,8 @@ with ui.guard("bad pool query"):
     members = reads.pool_members(lab.db_key, pool)
     st.caption(f"matches {', '.join(members) or 'no board'}")
 a, b = st.columns([2, 1])
-m_variants = a.multiselect("variants", list(options), format_func=options.__getitem__, key="boards_matrix_variants")
+m_variants = a.multiselect("matrix rows: one per variant", list(options), format_func=options.__getitem__,
+                           key="boards_matrix_variants")
 m_targets = b.multiselect("targets", list(boards_view.TARGETS), default=["cpu"], key="boards_matrix_targets")
 if st.button("Run the matrix", key="boards_matrix_go", disabled=not members):
     with ui.guard("could not start"):
@@ -130,8 +134,11 @@ st.subheader("Latency per variant and target")
 shown = st.selectbox("board", ["all boards", *names, "host"], key="boards_results_board")
 bench = reads.benchmarks(lab.db_key, board=None if shown == "all boards" else shown)
 plot = tables.bench_for_plot(bench, variants)
+st.caption("Only benchmarked variants; p50 in ms per board and target (this host: LiteRT on this machine's CPU).")
+st.dataframe(boards_view.latency_matrix(plot), hide_index=True, width="stretch", key="boards_latency_matrix")
 st.plotly_chart(latency_bars(plot), key="boards_latency")
-st.dataframe(boards_view.bench_rows(plot), hide_index=True, width="stretch")
+with st.expander("every timing"):
+    st.dataframe(boards_view.bench_rows(plot), hide_index=True, width="stretch")
 
 st.subheader("Runs: every cell, and the spread across a pool's boards")
 runs_df = reads.board_runs(lab.db_key)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import ui
+from dashboard import auth, ui
 from dashboard.services import reads, uploads
-from qcore.qtyping import SCORING_LABELS, Job
+from qcore.qtyping import SCORING_LABELS, Job, Role
 
 st.title("Models & data")
 lab = ui.current()
@@ -17,12 +17,15 @@ with left, st.form("models_model_form", clear_on_submit=True):
     file = st.file_uploader("Keras model: .keras, .h5, or a zipped SavedModel", type=["keras", "h5", "zip"],
                             key="models_model_file")
     name = st.text_input("name (optional)", key="models_model_name")
+    # admins may vouch for a file the loading policy refuses (Lambda layers, custom objects, file ops)
+    trusted = auth.can(Role.ADMIN) and st.checkbox(
+        "trusted upload (admin): load it even with Lambda layers, custom objects or file ops", key="models_trusted")
     if st.form_submit_button("Add model", type="primary"):
         if file is None:
             st.error("choose a model file first")
         else:
             with ui.guard(f"could not add {file.name}"), st.spinner(f"loading {file.name}"):
-                model_id = uploads.add_model(lab, file.name, file.getvalue(), name)
+                model_id = uploads.add_model(lab, file.name, file.getvalue(), name, trusted=bool(trusted))
                 st.success(f"model #{model_id} stored")
 
 with right, st.form("models_data_form", clear_on_submit=True):
@@ -107,6 +110,23 @@ else:
     st.dataframe(ui.short_sha(models.drop(columns=["source_path"])), hide_index=True, width="stretch")
     st.caption("format tflite: a tflite-only model (imported .tflite files or a report); there is no Keras source "
                "to convert or train again")
+
+if not models.empty:
+    with st.expander("Model summary", expanded=False):
+        summary_of = ui.pick_model(lab, key="models_summary_model")
+        with ui.guard("no summary"):
+            if summary_of is not None:
+                row = models[models["id"] == summary_of].iloc[0]
+                summary = reads.model_summary(lab.db_key, int(summary_of))
+                a, b, c, d = st.columns(4)
+                a.metric("layers", summary.layers)
+                b.metric("parameters", "–" if summary.params is None else f"{summary.params:,}")
+                c.metric("input", str(row["input_shape"]))
+                d.metric("BatchNormalization", summary.batchnorm)
+                st.caption("layer classes: " + ", ".join(f"{n}× {c}" for c, n in summary.classes))
+                if summary.custom:
+                    st.warning("custom layers (code of their own; QAT and some converters refuse them): "
+                               + ", ".join(summary.custom), icon=":material/warning:")
 
 st.subheader("Stored datasets")
 data = reads.datasets(lab.db_key)

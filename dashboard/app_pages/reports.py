@@ -41,17 +41,33 @@ def show(report_id: str) -> None:
     for name, ready, text in reports.npu_lines(content):
         mark = "✅" if ready else ("❌" if ready is False else "–")
         st.markdown(f"{mark} **{ui.md(name)}**: {ui.md(text)}")
-    drift = report_view.drift(content)
-    if not drift.empty:
+    # the same sections, in the same order, as the HTML export (qcore.reports.render_html)
+    boards = reports.board_accuracy_table(content)
+    if not boards.empty:
         st.subheader("On-board accuracy")
-        st.dataframe(drift, hide_index=True, width="stretch")
+        st.dataframe(boards, hide_index=True, width="stretch")
+    latency = reports.latency_table(content)
+    if not latency.empty:
+        st.subheader("Latency")
+        st.dataframe(latency, hide_index=True, width="stretch")
     for caption, table in reports.op_cost_tables(content):
         st.subheader("Per-layer error and time")
         st.caption(caption)
         st.dataframe(table, hide_index=True, width="stretch")
+    debugged = reports.debugger_tables(content)
+    if debugged:
+        st.subheader("Debugger: the worst layers")
+    for caption, table in debugged:
+        st.caption(caption)
+        st.dataframe(table, hide_index=True, width="stretch")
+    qat = reports.qat_table(content)
+    if not qat.empty:
+        st.subheader("Quantization-aware training")
+        st.dataframe(qat, hide_index=True, width="stretch")
     figures = report_view.figures(content)
     for i, (caption, fig) in enumerate(figures):
         if not caption.startswith("Confusion"):
+            st.markdown(f"**{ui.md(caption)}**")
             st.plotly_chart(fig, key=f"reports_fig_{i}")
     cols = st.columns(3)  # the confusions as small multiples, three to a row
     confusions = [(i, fig) for i, (caption, fig) in enumerate(figures) if caption.startswith("Confusion")]

@@ -1,4 +1,4 @@
-"""NPU-vs-CPU latency bars like seed 000's tables, with the first inference shown apart."""
+"""NPU-vs-CPU latency bars per variant and target, with the first inference shown apart."""
 
 from __future__ import annotations
 
@@ -45,10 +45,23 @@ def latency_bars(bench: pd.DataFrame) -> go.Figure:
                        hovertemplate="%{x}<br>" + s + ": %{y:.3f} ms<extra></extra>"),
                 row=1, col=col,
             )
-    fig.update_layout(barmode="group", height=400, legend_title="target",
-                      margin={"t": 50, "l": 50, "r": 20, "b": 90})
+    fig.update_layout(barmode="group", height=420, legend_title="target", title=where_measured(data),
+                      margin={"t": 80, "l": 50, "r": 20, "b": 90})
     fig.update_yaxes(title_text="ms", row=1, col=1)
     return fig
+
+
+def where_measured(bench: pd.DataFrame) -> str:
+    """"measured on imx8mp-1: npu, cpu · this host: CPU": every latency figure names its boards and targets."""
+    parts = []
+    boards = bench["board"].astype(str) if "board" in bench else pd.Series([""] * len(bench), index=bench.index)
+    for board in dict.fromkeys(boards):
+        targets = ", ".join(dict.fromkeys(bench.loc[boards == board, "target"].astype(str)))
+        if board in ("host", ""):
+            parts.append("this host (CPU, LiteRT)")
+        else:
+            parts.append(f"board {board}: {targets}")
+    return "measured on " + " · ".join(parts)
 
 
 def _fmt(v: object) -> str:

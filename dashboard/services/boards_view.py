@@ -11,6 +11,12 @@ if TYPE_CHECKING:
     from qcore.board_runs import BoardHealth
 
 TARGETS = ("npu", "cpu", "cpu-plain")
+# one line per target, shown beside its checkbox
+TARGET_HELP = {
+    "npu": "the i.MX8M Plus NPU through the VX delegate (8-bit integer ops; the first run compiles the graph)",
+    "cpu": "the board's Cortex-A53 cores with XNNPACK, LiteRT's default CPU path",
+    "cpu-plain": "the CPU without XNNPACK: LiteRT's reference kernels, the baseline XNNPACK is measured against",
+}
 
 
 def health_table(health: Sequence[BoardHealth], labels: dict[str, str] | None = None) -> pd.DataFrame:
@@ -82,3 +88,29 @@ def spread_table(spread: pd.DataFrame, variants: pd.DataFrame) -> pd.DataFrame:
         if not variants.empty else {}
     return spread.assign(variant=[names.get(int(v), f"#{v}") for v in spread["variant_id"]])[
         ["variant", "target", "board", "p50_ms", "pool_min_ms", "pool_median_ms", "pool_max_ms", "boards", "failed"]]
+
+
+def latency_matrix(bench: pd.DataFrame) -> pd.DataFrame:
+    """Benchmarked variants only, one row each, one column per board · target: the newest p50 in ms."""
+    if bench.empty:
+        return pd.DataFrame(columns=["variant"])
+    data = bench.copy()
+    boards = data["board"].astype(str) if "board" in data else pd.Series(["host"] * len(data), index=data.index)
+    data["where"] = [("this host" if b == "host" else f"{b} · {t}")
+                     for b, t in zip(boards, data["target"].astype(str), strict=True)]
+    newest = data.drop_duplicates(subset=["label", "where"], keep="first")  # bench_for_plot sorts newest first
+    table = newest.pivot(index="label", columns="where", values="p50_ms").round(3)
+    return table.reset_index().rename(columns={"label": "variant"}).rename_axis(None, axis=1)
+
+
+def health_notes(health: Sequence[BoardHealth]) -> list[str]:
+    """Every board's error and every unavailable target's reason, in full (table cells cut them short)."""
+    out = []
+    for h in health:
+        if not h.reachable:
+            out.append(f"{h.board.name}: {h.error}")
+            continue
+        for t, info in ((h.health or {}).get("targets") or {}).items():
+            if not info.get("available") and info.get("reason"):
+                out.append(f"{h.board.name} · {t}: {info['reason']}")
+    return out

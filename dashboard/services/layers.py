@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from qcore.names import keras_layer_name
+
 # rmse/scale of a uniform rounding error, sqrt(1/12): what a well-quantized tensor shows
 WELL_QUANTIZED = 0.289
 # a layer "stands out" when it lies this many robust standard deviations above the median (log scale)
@@ -19,21 +21,8 @@ MIN_SUSPECT_FACTOR = 1.5
 
 
 def short_name(tensor_name: str) -> str:
-    """The Keras layer a TFLite tensor belongs to, from the converter's fused name.
-
-    "model/block_7_depthwise_relu/Relu6;model/block_7_depthwise_BN/FusedBatchNormV3;…" gives
-    "block_7_depthwise_relu"; a name without a scope ("serving_default_input_1:0") stays as is,
-    without its ":0" output suffix.
-    """
-    first = str(tensor_name).split(";", 1)[0]
-    parts = [p for p in first.split("/") if p]
-    if len(parts) >= 2:
-        # the first scope is the model's name; the second the layer's
-        name = parts[1]
-    else:
-        name = parts[0] if parts else str(tensor_name)
-    head, sep, tail = name.rpartition(":")
-    return head if sep and tail.isdigit() else name
+    """The Keras layer behind a fused TFLite tensor name (qcore.names.keras_layer_name)."""
+    return keras_layer_name(tensor_name)
 
 
 def unique_labels(names: Sequence[str]) -> list[str]:

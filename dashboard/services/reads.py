@@ -168,12 +168,6 @@ def model_layers(db: str, model_id: int) -> list[tuple[str, str]]:
 
 
 @st.cache_data(show_spinner=False)
-def model_summary(db: str, model_id: int) -> dict[str, Any] | None:
-    """What a worker recorded of a model (layers, parameters, shapes), or None."""
-    return store_for(db).model_summary(int(model_id))
-
-
-@st.cache_data(show_spinner=False)
 def dataset_profile(db: str, dataset_id: int) -> dict[str, Any]:
     """Sample shape, value range after preprocessing and label count of a stored dataset (no model loaded)."""
     from dashboard.services import data_check
@@ -218,3 +212,14 @@ def matrix_spread(db: str, run_id: int) -> pd.DataFrame:
     from qcore.board_runs import matrix_spread as spread
 
     return spread(store_for(db), run_id)
+
+
+@st.cache_data(show_spinner=False)
+def model_summary(db: str, model_id: int) -> Any:
+    """Layers, parameters, BatchNormalization and custom layers of a stored Keras model, read without loading it."""
+    from qcore.model_summary import summarize
+
+    row = store_for(db).model(model_id)
+    if row["format"] == "tflite":
+        raise QlabError(f"model #{model_id} ({row['name']}) is tflite-only: see its variants on the Inspect page")
+    return summarize(str(row["source_path"]))

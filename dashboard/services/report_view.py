@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.components.confusion import confusion_heatmap
+from dashboard.components.confusion import confusion_heatmap, recall_change_heatmap
 from dashboard.components.latency import latency_bars
 from dashboard.components.op_cost import cost_error_scatter
 from dashboard.components.tradeoff import size_bars, tradeoff_scatter
@@ -21,12 +21,18 @@ def figures(content: dict[str, Any]) -> list[tuple[str, go.Figure]]:
     f = reports.frames(content)
     variants = f["variants"]
     ok = variants[variants["status"] == "ok"]
+    host = "this host, CPU (LiteRT)"
     out = [
         ("Accuracy vs size", tradeoff_scatter(ok, "size_bytes", "accuracy")),
-        ("Accuracy vs host latency", tradeoff_scatter(ok, "host_p50_ms", "accuracy")),
+        (f"Accuracy vs latency on {host}", tradeoff_scatter(ok, "host_p50_ms", "accuracy", target=host)),
     ]
     if ok["board_p50_ms"].notna().any():
-        out.append(("Accuracy vs board latency", tradeoff_scatter(ok, "board_p50_ms", "accuracy")))
+        bench = f["benchmarks"]
+        on_boards = bench[bench["board"] != "host"]
+        where = ", ".join(f"{b} ({', '.join(dict.fromkeys(part['target'].astype(str)))})"
+                          for b, part in on_boards.groupby("board", sort=False)) or "a board"
+        out.append((f"Accuracy vs latency on board {where}: the fastest target per variant",
+                    tradeoff_scatter(ok, "board_p50_ms", "accuracy", target=f"board {where}, fastest target")))
     out.append(("Size per variant", size_bars(ok)))
     if not f["benchmarks"].empty:
         out.append(("Latency per target", latency_bars(tables.bench_for_plot(f["benchmarks"], variants))))
@@ -36,6 +42,15 @@ def figures(content: dict[str, Any]) -> list[tuple[str, go.Figure]]:
             out.append((f"Cost vs error: {entry.get('variant')} ({entry.get('board')} / {entry.get('target')})",
                         cost_error_scatter(rows, DEFAULT_THRESHOLD, str(entry.get("time_source", "")))))
     confusion = content.get("confusion") or {}
+    floats = ok[ok["variant"] == "float32"]
+    if ok["model_id"].nunique() == 1 and len(floats) and str(int(floats["variant_id"].iloc[0])) in confusion:
+        # one compact view instead of a matrix per variant
+        base = confusion[str(int(floats["variant_id"].iloc[0]))]
+        others = {f"{r.model} / {r.variant}": confusion[str(r.variant_id)] for r in ok.itertuples()
+                  if r.variant != "float32" and str(r.variant_id) in confusion}
+        if others:
+            out.append(("Per-class accuracy change vs float32", recall_change_heatmap(others, base)))
+            return out
     for row in ok.itertuples():
         matrix = confusion.get(str(row.variant_id))
         if matrix is not None:
@@ -47,8 +62,3 @@ def figures(content: dict[str, Any]) -> list[tuple[str, go.Figure]]:
 def html(report: dict[str, Any]) -> str:
     """The self-contained HTML export (plotly.js inline once, works offline)."""
     return reports.render_html(report, figures(report["content"]))
-
-
-def drift(content: dict[str, Any]) -> Any:
-    f = reports.frames(content)
-    return tables.drift_table(f["evaluations"], f["variants"])

@@ -63,6 +63,10 @@ def test_models_upload_model_and_dataset(empty_lab: Lab, page, demo_h5: Path, di
     _no_traceback(at)
     assert any("dataset #1 stored" in t for t in texts(at, "success"))
     assert empty_lab.store.model(1)["name"] == "my cnn"
+    at = page("models")  # the summary, read from the file without loading the model
+    metrics = {m.label: m.value for m in at.metric}
+    assert int(metrics["layers"]) >= 3 and metrics["BatchNormalization"] == "0"
+    assert int(metrics["parameters"].replace(",", "")) > 0
     assert empty_lab.store.dataset(1)["input_scale"] == 0.5
     assert at.dataframe[0].value["name"].tolist() == ["my cnn"]
 

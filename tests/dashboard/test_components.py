@@ -262,3 +262,9 @@ def test_confusion_diff_heatmap_counts_moved_predictions() -> None:
     assert np.asarray(fig.data[0].z).tolist() == [[-1, 1], [2, -2]]
     assert "3 predictions moved" in fig.layout.title.text
     assert "differ" in _annotation_text(confusion_diff_heatmap([[1]], [[1, 0], [0, 1]], "x"))
+
+
+def test_latency_bars_title_names_board_and_targets() -> None:
+    bench = pd.DataFrame({"label": ["v", "v", "v"], "board": ["imx", "imx", "host"], "target": ["npu", "cpu", "host"],
+                          "p50_ms": [0.4, 2.0, 1.0], "first_ms": [900.0, 2.5, 1.0]})
+    assert latency_bars(bench).layout.title.text == "measured on board imx: npu, cpu · this host (CPU, LiteRT)"

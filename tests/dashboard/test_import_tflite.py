@@ -116,6 +116,10 @@ def test_import_task_custom_op_refusal_shown_in_words(empty_lab: Lab, page, fore
 
 # ---------------------------------------------------------------- the variant on the other pages
 def test_imported_variant_in_compare_and_inspect(imported: Lab, page) -> None:
+    ids = [int(v) for v in imported.store.variant_summary()["variant_id"]]
+    job = run_job(imported, "host_bench", {"variant_ids": ids, "runs": 5, "warmup": 1})
+    assert job.status is JobStatus.DONE, job.error
+    reads.clear()
     at = page("compare")
     _no_traceback(at)
     table = at.dataframe[0].value
@@ -123,6 +127,7 @@ def test_imported_variant_in_compare_and_inspect(imported: Lab, page) -> None:
     assert set(table["scored by"]) == {"top-1 vs labels"}
     row = table[table["variant"] == "cnn_int8"].iloc[0]
     assert row["agreement (%)"] > 90 and abs(row["Δ vs float (points)"]) < 5
+    assert (table["host p50 (ms)"] > 0).all()
     at = page("inspect")
     int8 = int(imported.store.variant_summary().query("variant == 'cnn_int8'")["variant_id"].iloc[0])
     at.selectbox(key="inspect_variant").set_value(int8).run()

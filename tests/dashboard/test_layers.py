@@ -11,6 +11,9 @@ from qcore import op_cost
 from qcore.qtyping import JobStatus, TimeSource
 from tests.dashboard.conftest import plotly_specs, run_job, texts, values
 
+# every test here converts real models and runs the debugger (module fixtures, once)
+pytestmark = pytest.mark.slow
+
 
 def _int8_id(the_lab: Lab) -> int:
     df = the_lab.store.variant_summary()

@@ -99,3 +99,16 @@ def test_npu_state_reads_duckdb_null_booleans() -> None:
     assert npu_view.verdict_line({"npu_ready": pd.NA}) == npu_view.NOT_LINTED
     fig = tradeoff_scatter(df[df["status"] == "ok"], "size_bytes", "accuracy")
     assert {t.marker.symbol for t in fig.data if t.name != "Pareto front"} == {"diamond-open", "circle"}
+
+
+def test_latency_matrix_benchmarked_variants_by_board_and_target() -> None:
+    from dashboard.services import boards_view
+
+    bench = pd.DataFrame({"label": ["m / int8", "m / int8", "m / int8", "m / uint8"],
+                          "board": ["imx", "imx", "host", "imx"], "target": ["npu", "npu", "host", "cpu"],
+                          "p50_ms": [0.4, 9.0, 1.2, 2.0]})  # newest first: the second npu row is older
+    table = boards_view.latency_matrix(bench).set_index("variant")
+    assert list(table.index) == ["m / int8", "m / uint8"]
+    assert table.at["m / int8", "imx · npu"] == 0.4 and table.at["m / int8", "this host"] == 1.2
+    assert pd.isna(table.at["m / uint8", "imx · npu"])
+    assert set(boards_view.TARGET_HELP) == set(boards_view.TARGETS)

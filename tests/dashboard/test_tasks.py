@@ -58,6 +58,8 @@ def test_board_bench_task_stores_cpu_timings_beside_a_failed_npu_cell(with_agent
                                               "targets": ["npu", "cpu", "cpu-plain"], "runs": 10, "warmup": 1})
     assert job.status is JobStatus.DONE, job.error
     assert (job.result["cells"], job.result["failed"]) == (3, 1)
+    assert set(job.result["results"][0]["timings"]) == {"cpu", "cpu-plain"}
+    assert "libvx_delegate" in job.result["results"][0]["failed"]["npu"]
     assert job.result["reasons"][0]["target"] == "npu" and "libvx_delegate" in job.result["reasons"][0]["reason"]
     cells = with_agent.store.board_cells(job.result["run_id"])
     assert dict(zip(cells["target"], cells["status"], strict=True)) == {"npu": "failed", "cpu": "done",

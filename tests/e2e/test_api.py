@@ -92,6 +92,8 @@ def test_viewer_token_reads_but_cannot_upload_or_run(api: Api) -> None:
     assert r.status_code == 403 and "viewer" in r.json()["error"]
     r = api("POST", "/models", "viewer", files={"file": ("m.h5", b"x")})
     assert r.status_code == 403
+    r = api("POST", "/models", "member", files={"file": ("m.h5", b"x")}, data={"trusted": "true"})
+    assert r.status_code == 403 and "admin" in r.json()["error"]
 
 
 def test_bad_job_requests_get_422_naming_the_field(api: Api, uploaded: dict[str, int]) -> None:
@@ -108,6 +110,8 @@ def test_bad_job_requests_get_422_naming_the_field(api: Api, uploaded: dict[str,
     r = api("POST", "/jobs", data=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and "JSON" in r.json()["error"]
     assert api("GET", "/jobs/424242").status_code == 404
+    r = api("POST", "/jobs", json={"kind": "import_tflite", "params": {"filename": "x", "path": "/etc/passwd"}})
+    assert r.status_code == 422 and "import_tflite" in r.json()["error"]
 
 
 def test_bad_uploads_are_refused_in_words(api: Api) -> None:
@@ -173,6 +177,18 @@ def test_convert_job_end_to_end(api: Api, uploaded: dict[str, int]) -> None:
     again = api("POST", "/reports/import", "member", files={"file": ("b.zip", bundle.content)})
     assert again.status_code == 201 and again.json()["id"] != report["id"]
     assert api("GET", "/reports/nope/bundle").status_code == 404
+
+
+def test_import_a_tflite_made_elsewhere(api: Api, tiny_tflite: dict[str, bytes]) -> None:
+    r = api("POST", "/variants", "member", files={"file": ("elsewhere.tflite", tiny_tflite["int8"])},
+            data={"name": "from-elsewhere"})
+    assert r.status_code == 202, r.text
+    job = api.wait(r.json()["id"])
+    assert job["status"] == "done", job
+    variant_id = job["result"]["variant_id"]
+    assert any(v["variant_id"] == variant_id for v in api("GET", "/variants").json())
+    r = api("POST", "/variants", "member", files={"file": ("notes.txt", b"TFL3 is not enough")})
+    assert r.status_code == 422 and "notes.txt" in r.json()["error"]
 
 
 def test_cancel_a_finished_job_is_a_conflict(api: Api, uploaded: dict[str, int]) -> None:

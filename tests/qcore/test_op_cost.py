@@ -22,6 +22,9 @@ from qcore.qtyping import Dataset, LoadedModel, QlabError, TimeSource
 from qcore.store import Store
 from tests.board_agent.harness import TOKEN, running_agent
 
+# every test here converts real models and runs the debugger (module fixtures, once)
+pytestmark = pytest.mark.slow
+
 SAMPLES = Path(__file__).resolve().parent.parent / "board_agent" / "samples"
 # small sets keep the debugger run around a second
 CAL, DEBUG = 30, 20
@@ -346,3 +349,17 @@ def test_explorer_link_carries_model_and_node_data(cpu_setup: tuple[Store, int, 
     data = json.loads(parse_qs(urlparse(link).query)["data"][0])
     assert data["models"] == [{"url": str(model)}]
     assert data["nodeData"] == [str(p) for p in paths]
+
+
+def test_graph_ops_mobilenet_v2_macs_match_the_paper() -> None:
+    import tensorflow as tf
+    import tf_keras as keras
+
+    # a real architecture, untrained: MACs depend on shapes alone; float32 converts without calibration
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
+    ops = op_cost.graph_ops(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    macs = sum(o.macs for o in ops)
+    # Sandler et al. 2018 (MobileNetV2, Table 3/4): 300 M multiply-adds at width 1.0, 224x224
+    assert macs == pytest.approx(300e6, rel=0.01)
+    convs = sum(op_cost.estimate_seconds(o) for o in ops if o.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D"))
+    assert convs / sum(op_cost.estimate_seconds(o) for o in ops) > 0.9

@@ -94,7 +94,7 @@ def test_render_html_is_self_contained(tmp_store: Store, tiny_tflite) -> None:
     assert "<script src=" not in page.replace('<script src="data:', "")  # no network fetch of plotly.js
     assert page.count("Plotly.newPlot") == 2
     assert len(page) > 1_000_000  # plotly.js is inline
-    assert "On-board accuracy" in page and "board:imx/npu" in page
+    assert "On-board accuracy" in page and "<td>imx/npu</td>" in page
 
 
 def test_render_html_without_figures_has_tables(tmp_store: Store, tiny_tflite) -> None:
@@ -230,3 +230,48 @@ def test_report_carries_npu_verdicts_into_table_and_html(tmp_store: Store, tiny_
     page = reports.render_html(report)
     assert "Will it run on the NPU?" in page and "NPU-ready: integer-only" in page
     assert "float ops fall back to the CPU" in page
+
+
+def _fill_explained(store: Store, tiny_tflite: dict[str, bytes]) -> list[int]:
+    """_fill plus a debugger run on the model and a QAT variant with two epochs of history."""
+    from qcore.qtyping import LayerStat
+
+    ids = _fill(store, tiny_tflite)
+    model_id, dataset_id = int(store.variant(ids[0])["model_id"]), int(store.variant(ids[0])["dataset_id"])
+    stats = [LayerStat("CONV_2D", i, f"demo/conv2d_{i}/Relu;demo/conv2d_{i}/BiasAdd", 10.0, 1.0, 0.0, 0.1,
+                       0.01, 0.1, -128.0, 25.5, r) for i, r in enumerate((0.29, 3.5, 0.31))]
+    store.save_debug_run(model_id=model_id, dataset_id=dataset_id, settings={"recipe": "int8"},
+                         model_metrics={}, stats=stats)
+    ids.append(store.save_variant(
+        model_id=model_id, dataset_id=dataset_id, name="qat", kind="qat", tflite=tiny_tflite["int8"],
+        settings={"layers": ["all"], "epochs": 2, "keras_accuracy": 0.93, "range_drift": 0.01, "warnings": []},
+        evaluation=_ev(0.92), history=[{"loss": 0.5, "accuracy": 0.9}, {"loss": 0.3, "accuracy": 0.93}]))
+    return ids
+
+
+def test_report_html_names_variants_boards_and_renders_notes(tmp_store: Store, tiny_tflite) -> None:
+    ids = _fill_explained(tmp_store, tiny_tflite)
+    report = tmp_store.report(reports.make_report(tmp_store, "explained", "**int8** is *enough*\n\n- small", ids))
+    content = report["content"]
+    latency = reports.latency_table(content)
+    assert set(latency["variant"]) == {"demo / int8"}  # names, never bare ids
+    assert set(zip(latency["board"], latency["target"], strict=True)) == {("this host", "CPU (LiteRT)"),
+                                                                        ("imx", "npu")}
+    boards = reports.board_accuracy_table(content)
+    assert boards["variant"].tolist() == ["demo / int8"] and boards["board / target"].tolist() == ["imx/npu"]
+    assert boards["drift vs host (points)"].tolist() == [-5.0]  # 85% on the board, 90% on this host
+    (caption, worst), = reports.debugger_tables(content)
+    assert worst["layer"].tolist()[0] == "conv2d_1" and worst["rmse_scale"].tolist()[0] == 3.5
+    assert "the 3 worst of 3 layers" in caption
+    qat = reports.qat_table(content)
+    assert qat["variant"].tolist() == ["demo / qat"] and qat["epochs"].tolist() == [2]
+    assert qat["final loss"].tolist() == [0.3] and qat["TFLite accuracy (%)"].tolist() == [92.0]
+    page = reports.render_html(report)
+    assert "<strong>int8</strong> is <em>enough</em>" in page and "<li>small</li>" in page
+    assert "Debugger: the worst layers" in page and "Quantization-aware training" in page
+    assert "<th>variant_id</th>" not in page
+
+
+def test_report_notes_html_is_escaped(tmp_store: Store) -> None:
+    assert "<script>" not in reports.notes_html("<script>alert(1)</script> **x**")
+    assert "<strong>x</strong>" in reports.notes_html("<script>alert(1)</script> **x**")

@@ -1,0 +1,57 @@
+"""The exported HTML report in headless Chromium at 1280 px: no horizontal overflow, notes rendered as HTML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qcore import reports
+from qcore.qtyping import Evaluation, Latency
+from qcore.store import Store, sha256_bytes
+
+pytestmark = pytest.mark.browser
+
+NOTES = "**int8** keeps the accuracy at a *quarter* of the size.\n\n- fits the NPU\n- `uint8` for cameras"
+
+
+def _report(store: Store, tiny_tflite: dict[str, bytes]) -> dict:
+    """A report with long names, every table and the figures, as the dashboard exports it."""
+    model_id = store.add_model(name="mobilenet_v2_1.00_224-imagenet-finetuned-on-our-own-very-long-dataset-name",
+                               format="h5", sha256="m" * 64, source_path="/x.h5", input_shape=[None, 8, 8],
+                               output_shape=[None, 2], keras_major=2)
+    dataset_id = store.add_dataset(name="digits", source="digits", sha256="d" * 64, input_scale=1.0,
+                                   input_offset=0.0, n_train=10, n_test=20, num_classes=2)
+    store.set_reference(model_id, dataset_id, 0.95, 1.0, 20)
+    ev = Evaluation(accuracy=0.9, top5=1.0, agreement=0.99, confusion=((9, 1), (0, 10)), n_samples=20, batched=True)
+    ids = []
+    for name in ("float32", "int8", "uint8"):
+        vid = store.save_variant(model_id=model_id, dataset_id=dataset_id, name=name + " + 12 float layers" * (
+            name == "int8"), kind="ptq", recipe=name, tflite=tiny_tflite[name], evaluation=ev)
+        ids.append(vid)
+        for board, target in (("host", "host"), ("imx8mp-evk-lab-bench-number-one", "npu")):
+            store.add_benchmark(Latency(target=target, threads=1, xnnpack=True, runs=10, warmup=2, init_ms=1.0,
+                                        first_ms=900.0, min_ms=0.2, mean_ms=0.3, p50_ms=0.25, p90_ms=0.3,
+                                        p99_ms=0.4, std_ms=0.01), sha256=sha256_bytes(tiny_tflite[name]),
+                                board=board, variant_id=vid)
+    return store.report(reports.make_report(store, "int8 for the i.MX8M Plus NPU", NOTES, ids))
+
+
+def test_exported_html_fits_1280_px_and_renders_notes(browser, tmp_store: Store, tiny_tflite, tmp_path: Path) -> None:
+    from dashboard.services import report_view
+
+    path = tmp_path / "report.html"
+    path.write_text(report_view.html(_report(tmp_store, tiny_tflite)))
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        tab = context.new_page()
+        tab.goto(path.as_uri())
+        tab.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        widths = tab.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], f"the page is {widths[0]} px wide in a {widths[1]} px window"
+        assert tab.locator(".notes strong").first.inner_text() == "int8"
+        assert tab.locator(".notes li").count() == 2 and tab.locator(".notes code").inner_text() == "uint8"
+        assert "**" not in tab.locator(".notes").inner_text()
+        assert tab.get_by_text("imx8mp-evk-lab-bench-number-one").count() >= 1  # the board, named
+    finally:
+        context.close()
