@@ -23,7 +23,8 @@ EV = Evaluation(0.8, 1.0, 0.9, ((2, 0), (1, 2)), 5, True)
 
 def test_migrations_are_numbered_and_recorded(tmp_store):
     assert [name for name, _ in MIGRATIONS] == [
-        "0001_initial", "0002_qat_debugger_tune", "0003_boards_reports", "0005_tflite_only", "0006_board_farm",
+        "0001_initial", "0002_qat_debugger_tune", "0003_boards_reports", "0004_jobs_on_workers", "0005_tflite_only",
+        "0006_board_farm",
         "0008_secrets_trusted_image_shape", "0009_engine", "0010_users_tokens", "0011_npu_verdicts",
     ]
     assert tmp_store.applied_migrations() == [name for name, _ in MIGRATIONS]
