@@ -31,8 +31,9 @@ lint: $(STAMP)
 screenshots: $(STAMP)
 	QLAB_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/e2e
 
+# TensorFlow's native log lines are silenced (qcore.quiet); `make bench V=1` shows them
 bench: $(STAMP)
-	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
+	for f in bench/*.py; do QLAB_VERBOSE=$(V) $(BIN)/python -m qcore.quiet $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import sys
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +22,18 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
-    """Prints JSON with --json, else the human text."""
+    """Queues JSON with --json, else the human text; `main` prints it on stdout once the engine is done.
+
+    Handlers never print to stdout themselves: while they run, stdout belongs to no one (see
+    `qcore.quiet.native_output`), so a library's print cannot break the one JSON document.
+    """
     if getattr(args, "json", False):
         from qcore.store import json_default
 
-        print(json.dumps(payload, indent=2, default=json_default))
-    else:
+        text = json.dumps(payload, indent=2, default=json_default)
+    if hasattr(args, "stdout_text"):
+        args.stdout_text.append(text)
+    else:  # a handler called directly, outside main
         print(text)
 
 
@@ -893,29 +897,6 @@ def _cmd_board_matrix(args: argparse.Namespace) -> int:
     return 1 if result.failed else EXIT_OK
 
 
-@contextlib.contextmanager
-def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
-    """Silences TensorFlow's C++ chatter on fd 2 while keeping Python's sys.stderr for our messages."""
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    old_stderr = sys.stderr
-    try:
-        os.dup2(devnull, 2)
-        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
-        yield
-    finally:
-        sys.stderr.flush()
-        sys.stderr.close()
-        sys.stderr = old_stderr
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qlab",
@@ -985,22 +966,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 on success, 2 on bad input (one line on stderr, no traceback).
     """
+    from qcore import quiet
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    # before any handler imports TensorFlow
+    quiet.set_log_env(args.verbose)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
+        stream=quiet.CurrentStderr(),  # type: ignore[arg-type]
     )
+    quiet.quiet_python_logs(args.verbose)
     handler: Handler = args.handler
-    if not args.verbose:
-        warnings.filterwarnings("ignore")
+    args.stdout_text = []
     try:
         if _remote(args):
+            # a thin HTTP client: no engine work, so nothing native can print; it prints its own result
             from qcore.cli_remote import run
 
             return run(args, args.server)
-        with _quiet_native_stderr(enabled=not args.verbose):
-            return handler(args)
+        with quiet.native_output(verbose=args.verbose):
+            code = handler(args)
+        for text in args.stdout_text:
+            print(text)
+        sys.stdout.flush()
+        return code
     except QlabError as exc:
         print(f"qlab {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -34,7 +34,7 @@ def test_convert_json_contract(converted):
     out, root = converted
     assert out.returncode == 0, out.stderr
     payload = json.loads(out.stdout)
-    assert set(payload) == {"model", "float_accuracy", "variants"}
+    assert set(payload) == {"model", "float_accuracy", "engine", "variants"}
     v = {x["recipe"]: x for x in payload["variants"]}
     assert list(v) == ["float32", "int8", "uint8"]
     assert v["int8"]["path"] == str(root / "out" / "int8.tflite")
