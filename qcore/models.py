@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 import threading
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ def demo_model(data_dir: str | os.PathLike[str] | None = None, progress: Progres
         if not path.exists():
             folder.mkdir(parents=True, exist_ok=True)
             model = train_demo(progress)
-            tmp = folder / f".demo.{os.getpid()}.h5"
+            tmp = folder / f".demo.{secrets.token_hex(8)}.h5"  # unique even across processes and threads
             model.save(str(tmp))
             os.replace(tmp, path)
     loaded = load_model(path)
