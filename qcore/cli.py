@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -28,9 +27,9 @@ def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
     `qcore.quiet.native_output`), so a library's print cannot break the one JSON document.
     """
     if getattr(args, "json", False):
-        from qcore.store import json_default
+        from qcore.jobs import to_json  # the one serializer: job results and the API print the same
 
-        text = json.dumps(payload, indent=2, default=json_default)
+        text = to_json(payload, indent=2)
     if hasattr(args, "stdout_text"):
         args.stdout_text.append(text)
     else:  # a handler called directly, outside main
