@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -531,21 +529,11 @@ def selective_name(recipe: str, nodes: Sequence[str], ops: Sequence[str]) -> str
 
 
 def _free_name(store: Store, model_id: int, dataset_id: int, name: str, settings: dict[str, Any]) -> str:
-    """`name`, unless a variant of that name keeps other layers float: then `name` with a short tag."""
-    same = store.query(
-        "SELECT settings FROM variants WHERE model_id = ? AND dataset_id = ? AND name = ?",
-        [model_id, dataset_id, name],
-    )
-    if same.empty:
-        return name
-    def key(s: dict[str, Any]) -> str:
-        return json.dumps([sorted(s.get("denylisted_nodes") or []), sorted(s.get("denylisted_ops") or []),
-                           s.get("recipe")])
+    """`name`, unless a variant of that name keeps other layers float: then `name` with a short tag.
 
-    stored = same["settings"].iloc[0]
-    if isinstance(stored, str) and key(json.loads(stored)) == key(settings):
-        return name  # the same choice again: re-running updates that variant
-    return f"{name} #{hashlib.sha1(key(settings).encode()).hexdigest()[:4]}"
+    The store decides (`Store.free_variant_name`), so a worker's journal asks the owner at write time.
+    """
+    return str(store.free_variant_name(model_id, dataset_id, name, settings))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -128,6 +128,9 @@ def _dask_config() -> dict[str, Any]:
         "distributed.worker.memory.spill": False,
         "distributed.worker.memory.pause": False,
         "distributed.worker.memory.terminate": 0.95,
+        # a restarted worker imports TensorFlow before it registers again; on a busy machine that takes
+        # longer than Dask's 15 s, after which a LocalCluster would close the nanny instead of waiting
+        "distributed.deploy.lost-worker-timeout": "600s",
         "distributed.admin.tick.limit": "10s",
         "distributed.comm.timeouts.connect": "30s",
     }
@@ -162,12 +165,14 @@ class Cluster:
                 env["QLAB_WORKER_LOG"] = settings.worker_log
             dask.config.set({"distributed.nanny.pre-spawn-environ": {
                 **dask.config.get("distributed.nanny.pre-spawn-environ", {}), **env}})
+            _spawn_without_main()
             self._local = LocalCluster(
                 n_workers=settings.workers, threads_per_worker=1, processes=True,
                 memory_limit=settings.memory_limit, dashboard_address=None, silence_logs=logging.CRITICAL,
                 preload=["qcore.worker"], preload_nanny=["qcore.worker"], env=env,
                 scheduler_kwargs={"allowed_failures": 0},
             )
+            _keep_nannies(self._local)
             self.client = Client(self._local, set_as_default=False)
 
     @property
@@ -227,6 +232,39 @@ def _kill_worker_process(dask_worker: Any) -> int:
     if pid:
         os.kill(int(pid), signal.SIGKILL)
     return int(pid or 0)
+
+
+def _keep_nannies(cluster: Any) -> None:
+    """A LocalCluster closes the nanny of a worker that left and did not come back within a
+    timeout; a worker restarted after a crash imports TensorFlow first and can take longer on a
+    busy machine. Its nanny restarts it anyway, so keep every nanny (the cluster closes them at shutdown)."""
+    from distributed.deploy.cluster import Cluster as BaseCluster
+
+    cluster._update_worker_status = lambda op, msg: BaseCluster._update_worker_status(cluster, op, msg)
+
+
+def _spawn_without_main() -> None:
+    """Worker processes never re-run this process's `__main__`.
+
+    multiprocessing's spawn re-imports the parent's main module in the child. In the web process
+    that is whatever Streamlit runs at the moment (it sets a page script as `__main__`), so a worker
+    restarted after a crash would run a page and open the database. Workers need nothing from it:
+    their preload imports qcore, and jobs are pickled by reference to qcore's modules.
+    """
+    import multiprocessing.spawn as mp_spawn
+
+    if getattr(mp_spawn.get_preparation_data, "_qlab", False):
+        return
+    original = mp_spawn.get_preparation_data
+
+    def preparation_data(name: str) -> dict[str, Any]:
+        data = dict(original(name))
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    preparation_data._qlab = True  # type: ignore[attr-defined]
+    mp_spawn.get_preparation_data = preparation_data
 
 
 def _no_retries(dask_scheduler: Any) -> None:

@@ -29,8 +29,10 @@ PATH_PREFIX = "qlab-journal-file:"
 # the Store methods a job may call to write; each is replayed as it was called
 WRITES = (
     "add_model", "add_dataset", "set_reference", "save_variant", "add_evaluation", "add_benchmark",
-    "save_debug_run", "save_tune_run", "set_model_summary",
+    "save_debug_run", "save_tune_run", "set_model_summary", "free_variant_name",
 )
+# a placeholder string the owner replaces with what a call returned at write time (e.g. a free name)
+VALUE_PREFIX = "qlab-journal-value:"
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class Call:
     method: str
     kwargs: dict[str, Any]
     args: tuple[Any, ...] = ()
-    returned: int | None = None
+    returned: int | str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,13 @@ class Journal:
     def set_model_summary(self, *args: Any, **kwargs: Any) -> None:
         self._record("set_model_summary", args, kwargs, returns=False)
 
+    def free_variant_name(self, *args: Any, **kwargs: Any) -> str:
+        """A name the owner picks when it writes (it alone sees the variants already stored)."""
+        self._next += 1
+        placeholder = f"{VALUE_PREFIX}{self._next}"
+        self.calls.append(Call(method="free_variant_name", args=args, kwargs=kwargs, returned=placeholder))
+        return placeholder
+
     def keep_file(self, relpath: str, data: bytes) -> str:
         """Asks the owner to keep `data` at `<data dir>/<relpath>`; returns a path placeholder."""
         placeholder = f"{PATH_PREFIX}{len(self.files) + 1}"
@@ -132,7 +141,7 @@ def _substitute(value: Any, ids: Mapping[int, int], paths: Mapping[str, str]) ->
     if isinstance(value, int):
         return ids.get(value, value) if value > PLACEHOLDER_BASE else value
     if isinstance(value, str):
-        return paths.get(value, value) if value.startswith(PATH_PREFIX) else value
+        return paths.get(value, value) if value.startswith((PATH_PREFIX, VALUE_PREFIX)) else value
     if isinstance(value, dict):
         return {k: _substitute(v, ids, paths) for k, v in value.items()}
     if isinstance(value, list):
@@ -176,7 +185,9 @@ def replay(journal: Journal, store: Store, data_dir: str | os.PathLike[str], res
             args = _substitute(call.args, ids, paths)
             kwargs = _substitute(call.kwargs, ids, paths)
             got = getattr(store, call.method)(*args, **kwargs)
-            if call.returned is not None:
+            if isinstance(call.returned, str):
+                paths[call.returned] = str(got)
+            elif call.returned is not None:
                 ids[call.returned] = int(got)
     return _substitute(result, ids, paths)
 

@@ -1442,6 +1442,24 @@ class Store:
             got = cur.execute(f"UPDATE jobs SET {', '.join(sets)}{where} RETURNING id", [*params, job_id]).fetchall()
         return bool(got)
 
+    def free_variant_name(self, model_id: int, dataset_id: int, name: str, settings: dict[str, Any]) -> str:
+        """`name`, unless a variant of that name keeps other layers float: then `name` with a short tag."""
+        same = self.query(
+            "SELECT settings FROM variants WHERE model_id = ? AND dataset_id = ? AND name = ?",
+            [model_id, dataset_id, name],
+        )
+        if same.empty:
+            return name
+
+        def key(s: dict[str, Any]) -> str:
+            return json.dumps([sorted(s.get("denylisted_nodes") or []), sorted(s.get("denylisted_ops") or []),
+                               s.get("recipe")])
+
+        stored = same["settings"].iloc[0]
+        if isinstance(stored, str) and key(json.loads(stored)) == key(settings):
+            return name  # the same choice again: re-running updates that variant
+        return f"{name} #{hashlib.sha1(key(settings).encode()).hexdigest()[:4]}"
+
     def set_model_summary(self, model_id: int, summary: dict[str, Any]) -> None:
         """Records what a worker read of a model (layers, parameters, shapes) for pages to show."""
         with self.transaction() as cur:
