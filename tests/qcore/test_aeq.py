@@ -227,3 +227,13 @@ def test_run_model_feeds_aeq_int8_io(demo: LoadedModel, digits: Dataset) -> None
     tflite = aeq.convert(demo, "int8", digits.calibration(30))
     out, _ = run_model(tflite, digits.test_inputs()[:8])
     assert out.shape == (8, 10)
+
+
+def test_float_base_is_made_once_per_model(demo: LoadedModel, digits: Dataset, monkeypatch) -> None:
+    import qcore.convert as qconvert
+
+    first = aeq.float_base(demo, digits.calibration(1))
+    calls = []
+    monkeypatch.setattr(qconvert, "convert", lambda *a, **k: calls.append(a) or b"")
+    again = aeq.float_base(demo, digits.calibration(1))
+    assert again.model == first.model and not calls  # the converter was not called again
