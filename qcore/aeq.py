@@ -253,10 +253,11 @@ def _integer_io(tflite: bytes, rec: Recipe) -> bytes:
     from ai_edge_litert.tools import flatbuffer_utils
     from tensorflow.lite.python.util import modify_model_io_type
 
-    # AEQ writes buffers in a layout the interface tool misreads; a read/write round trip through
-    # LiteRT's own flatbuffer utilities rewrites them in the layout the tool expects
+    # AEQ stores buffers of 1 KiB and more after the flatbuffer (offset/size), which the interface tool
+    # misreads ("Constant buffer specified an out of range offset"); reading with LiteRT's flatbuffer
+    # utilities pulls that data back inline, and writing gives the layout the tool expects
     normalized = bytes(flatbuffer_utils.convert_object_to_bytearray(
-        flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))))
+        flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))))
     try:
         out = bytes(modify_model_io_type(normalized, tf.as_dtype(rec.inference_input_type or "float32"),
                                          tf.as_dtype(rec.inference_output_type or "float32")))
