@@ -191,6 +191,18 @@ def test_import_a_tflite_made_elsewhere(api: Api, tiny_tflite: dict[str, bytes])
     assert r.status_code == 422 and "notes.txt" in r.json()["error"]
 
 
+def test_delete_cancels_a_running_job(api: Api, uploaded: dict[str, int]) -> None:
+    r = api("POST", "/jobs", "member", json={"kind": "qat", "params": {**uploaded, "epochs": 500}})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    assert api("DELETE", f"/jobs/{job_id}", "viewer").status_code == 403
+    r = api("DELETE", f"/jobs/{job_id}", "member")
+    assert r.status_code == 200, r.text
+    assert api.wait(job_id)["status"] == "cancelled"
+    r = api("DELETE", f"/jobs/{job_id}", "member")
+    assert r.status_code == 409 and "already finished" in r.json()["error"]
+
+
 def test_cancel_a_finished_job_is_a_conflict(api: Api, uploaded: dict[str, int]) -> None:
     r = api("POST", "/jobs", json={"kind": "compare_tensors", "params": {"float_variant_id": 1,
                                                                          "quant_variant_id": 1, "samples": 2}})
