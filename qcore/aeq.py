@@ -86,7 +86,7 @@ def _quiet() -> Iterator[None]:
 
 
 def float_base(model: LoadedModel, sample: np.ndarray, *, integer_io: bool = False) -> FloatBase:
-    """Converts the Keras model to float32 .tflite once; every AEQ recipe starts from this file.
+    """Converts the Keras model to float32 .tflite once (per process); every AEQ recipe starts from this file.
 
     Args:
         sample: one preprocessed input (the float32 recipe needs no calibration; it checks the shape).
@@ -98,10 +98,22 @@ def float_base(model: LoadedModel, sample: np.ndarray, *, integer_io: bool = Fal
     Raises:
         QlabError: when the converter refuses the model.
     """
-    tflite = qconvert.convert(model, "float32", sample[:1])
-    if integer_io and _input_feeds_shape(tflite):
-        tflite = _batch_one(model, sample)
+    key = (qconvert.model_sha256(model), tuple(sample.shape[1:]), integer_io)
+    tflite = _FLOAT_FILES.get(key)
+    if tflite is None:
+        tflite = qconvert.convert(model, "float32", sample[:1])
+        if integer_io and _input_feeds_shape(tflite):
+            tflite = _batch_one(model, sample)
+        if len(_FLOAT_FILES) >= _FLOAT_CACHE_SIZE:
+            _FLOAT_FILES.pop(next(iter(_FLOAT_FILES)))
+        _FLOAT_FILES[key] = tflite
     return base_from_tflite(tflite)
+
+
+# the Keras → float32 conversion is the TF converter's slow part (seconds to minutes); AEQ only needs the file,
+# so a process (the CLI, a dashboard worker) makes it once per model and reuses it for every later run
+_FLOAT_CACHE_SIZE = 8
+_FLOAT_FILES: dict[tuple[str, tuple[int, ...], bool], bytes] = {}
 
 
 def _input_feeds_shape(tflite: bytes) -> bool:
@@ -241,10 +253,11 @@ def _integer_io(tflite: bytes, rec: Recipe) -> bytes:
     from ai_edge_litert.tools import flatbuffer_utils
     from tensorflow.lite.python.util import modify_model_io_type
 
-    # AEQ writes buffers in a layout the interface tool misreads; a read/write round trip through
-    # LiteRT's own flatbuffer utilities rewrites them in the layout the tool expects
+    # AEQ stores buffers of 1 KiB and more after the flatbuffer (offset/size), which the interface tool
+    # misreads ("Constant buffer specified an out of range offset"); reading with LiteRT's flatbuffer
+    # utilities pulls that data back inline, and writing gives the layout the tool expects
     normalized = bytes(flatbuffer_utils.convert_object_to_bytearray(
-        flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))))
+        flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))))
     try:
         out = bytes(modify_model_io_type(normalized, tf.as_dtype(rec.inference_input_type or "float32"),
                                          tf.as_dtype(rec.inference_output_type or "float32")))
@@ -346,7 +359,6 @@ def validate(base: FloatBase, quantized: bytes, x: np.ndarray) -> Validation:
     Raises:
         QlabError: for no samples, or a validator failure.
     """
-    from ai_edge_quantizer import model_validator
     from ai_edge_quantizer.utils.validation_utils import ValidationErrorMetric
 
     if len(x) == 0:
@@ -354,10 +366,7 @@ def validate(base: FloatBase, quantized: bytes, x: np.ndarray) -> Validation:
     metrics = [ValidationErrorMetric(m) for m in LAYER_METRICS]
     try:
         with _quiet():
-            comparison = model_validator.compare_model(
-                bytearray(base.model), bytearray(quantized), _samples(base, x), metrics,
-                num_threads=THREADS,
-            )
+            comparison = _compare(base, quantized, x, metrics)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise QlabError(f"AI Edge Quantizer's validation failed: {_first_line(exc)}") from None
     result = comparison.get_signature_comparison_result(base.signature)
@@ -384,6 +393,42 @@ def validate(base: FloatBase, quantized: bytes, x: np.ndarray) -> Validation:
             seen.add(name)
             stats.append(_layer_stat(str(op["op_name"]), float_idx.get(name, int(i)), name, d, values))
     return Validation(tuple(stats), comparison)
+
+
+def _compare(base: FloatBase, quantized: bytes, x: np.ndarray, metrics: Sequence[Any]) -> Any:
+    """AEQ's `model_validator.compare_model`, with one interpreter per model for all samples.
+
+    compare_model builds both interpreters again for every sample, which costs more than the
+    inference on a real network; the tensors, metric functions and aggregation (mean over samples)
+    are AEQ's own, and the result is AEQ's ComparisonResult (so its Model Explorer export works).
+    """
+    from ai_edge_quantizer.model_validator import ComparisonResult
+    from ai_edge_quantizer.utils import tfl_interpreter_utils as tiu
+    from ai_edge_quantizer.utils import validation_utils
+
+    fns = [validation_utils.get_validation_func(m) for m in metrics]
+    ref = tiu.create_tfl_interpreter(bytes(base.model), num_threads=THREADS, preserve_all_tensors=True)
+    tgt = tiu.create_tfl_interpreter(bytes(quantized), num_threads=THREADS, preserve_all_tensors=True)
+    ref_sg = tiu.get_signature_main_subgraph_index(ref, base.signature)
+    tgt_sg = tiu.get_signature_main_subgraph_index(tgt, base.signature)
+    ref_details = tiu.get_tensor_name_to_details_map(ref, ref_sg)
+    tgt_details = tiu.get_tensor_name_to_details_map(tgt, tgt_sg)
+    names = [n for n, d in ref_details.items()
+             if d["dtype"] != np.object_ and np.all(d["shape"]) and n in tgt_details]
+    values: dict[str, list[list[float]]] = {n: [] for n in names}
+    for i in range(len(x)):
+        sample = {base.input_name: x[i : i + 1].astype(np.float32)}
+        tiu.invoke_interpreter_signature(ref, sample, base.signature)
+        tiu.invoke_interpreter_signature(tgt, sample, base.signature)
+        for n in names:
+            r = tiu.get_tensor_data(ref, ref_details[n], ref_sg)
+            t = tiu.get_tensor_data(tgt, tgt_details[n], tgt_sg)
+            values[n].append([float(fn(t, r)) for fn in fns])
+    aggregated = {n: {m.value: float(np.mean([v[k] for v in vs])) for k, m in enumerate(metrics)}
+                  for n, vs in values.items()}
+    comparison = ComparisonResult(bytearray(base.model), bytearray(quantized))
+    comparison.add_new_signature_results(list(metrics), aggregated, base.signature)
+    return comparison
 
 
 def _layer_stat(op_name: str, idx: int, name: str, detail: dict[str, Any], values: dict[str, float]) -> LayerStat:

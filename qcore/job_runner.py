@@ -352,7 +352,7 @@ def gather_inputs(store: Store, kind: JobKind, params: Any, extra: dict[str, Any
         model_file = _model_file(store, model_row)
         if model_file is not None:
             files["model"] = model_file
-    if hasattr(params, "dataset_id"):
+    if getattr(params, "dataset_id", None) is not None:  # a .tflite import may come without data
         rows["dataset"], data_file = _dataset_entry(store, int(params.dataset_id), model_row)
         if data_file is not None:
             files["dataset"] = data_file

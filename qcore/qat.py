@@ -1,4 +1,4 @@
-"""Quantization-aware training with tfmot: annotate, fine-tune, convert, evaluate, and check the 003_* pitfall."""
+"""Quantization-aware training with tfmot: annotate, fine-tune, convert, evaluate, check the moving-average range pitfall."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ DEFAULT_EPOCHS = defaults.QAT_EPOCHS
 DEFAULT_BATCH = defaults.QAT_BATCH
 DEFAULT_LEARNING_RATE = defaults.QAT_LEARNING_RATE
 DEFAULT_CALIBRATION = defaults.CALIBRATION_SAMPLES
-# 003_*: Keras and TFLite accuracy of a settled QAT model agree; more than a point apart means not settled
+# Keras and TFLite accuracy of a settled QAT model agree (the QAT article, 003_*); more than a point apart means not settled
 ACCURACY_GAP = 0.01
 # a moving-average range that still moves by more than 2% of its width per epoch has not settled
 # (tfmot's EMA decay is 0.999, so ranges that start at ±6 take thousands of steps)
@@ -300,7 +300,7 @@ def range_drift(before: dict[str, tuple[np.ndarray, np.ndarray]],
 
 
 def pitfall_warnings(keras_accuracy: float, tflite_accuracy: float, drift: float) -> list[str]:
-    """003_*'s pitfall: unsettled moving-average ranges make the converted model worse than the QAT model.
+    """The moving-average range pitfall (003_*): unsettled ranges make the converted model worse than the QAT model.
 
     Returns:
         A warning, with the advice to train longer, for an accuracy gap of more than a point
@@ -361,7 +361,7 @@ def run_qat(
 
     Returns:
         Accuracies (float model, QAT Keras model, converted TFLite), the per-epoch history, the
-        last epoch's range drift and warnings when the 003_* pitfall shows.
+        last epoch's range drift and warnings when the moving-average range pitfall shows.
 
     Raises:
         QlabError: for bad settings, unknown or unsupported layers, a Keras 3 model that cannot be

@@ -357,7 +357,7 @@ class Latency:
 
 @dataclass(frozen=True)
 class LayerStat:
-    """One row of the quantization debugger's per-layer statistics, plus 004_*'s derived metrics."""
+    """One row of the quantization debugger's per-layer statistics, plus the derived range and rmse/scale."""
 
     op_name: str
     tensor_idx: int

@@ -191,6 +191,46 @@ def test_import_a_tflite_made_elsewhere(api: Api, tiny_tflite: dict[str, bytes])
     assert r.status_code == 422 and "notes.txt" in r.json()["error"]
 
 
+def test_delete_cancels_a_running_job(api: Api, uploaded: dict[str, int]) -> None:
+    r = api("POST", "/jobs", "member", json={"kind": "qat", "params": {**uploaded, "epochs": 500}})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    assert api("DELETE", f"/jobs/{job_id}", "viewer").status_code == 403
+    r = api("DELETE", f"/jobs/{job_id}", "member")
+    assert r.status_code == 200, r.text
+    assert api.wait(job_id)["status"] == "cancelled"
+    r = api("DELETE", f"/jobs/{job_id}", "member")
+    assert r.status_code == 409 and "already finished" in r.json()["error"]
+
+
+def test_ctrl_c_in_qlab_server_cancels_the_remote_job(api: Api, demo: LoadedModel) -> None:
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from tests.e2e.serving import REPO
+
+    env = dict(os.environ, QLAB_TOKEN=api.tokens["member"])
+    proc = subprocess.Popen([sys.executable, "-m", "qcore.cli", "-v", "--server", api.base, "qat", str(demo.path),
+                             "--data", "digits", "--epochs", "500", "--json"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job_id = None
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        m = re.search(r"queued job (\d+)", line)
+        if m:
+            job_id = int(m.group(1))
+            break
+    assert job_id is not None, "qlab never said which job it queued"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"cancelled job {job_id}" in err
+    assert api.wait(job_id)["status"] == "cancelled"
+
+
 def test_cancel_a_finished_job_is_a_conflict(api: Api, uploaded: dict[str, int]) -> None:
     r = api("POST", "/jobs", json={"kind": "compare_tensors", "params": {"float_variant_id": 1,
                                                                          "quant_variant_id": 1, "samples": 2}})

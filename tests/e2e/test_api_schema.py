@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,17 @@ CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,re
 def schemathesis(base: str, *extra: str) -> subprocess.CompletedProcess[str]:
     """`schemathesis run` on the server's schema with the admin token (seeded, no example database)."""
     schemathesis_cli = Path(sys.executable).with_name("schemathesis")
+    # schemathesis keeps a .schemathesis/ folder in its working directory: not in the repo
+    with tempfile.TemporaryDirectory(prefix="qlab-schemathesis-") as cwd:
+        return _run(schemathesis_cli, base, extra, cwd)
+
+
+def _run(cli: Path, base: str, extra: tuple[str, ...], cwd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(schemathesis_cli), "run", f"{base}/api/v1/openapi.json", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
+        [str(cli), "run", f"{base}/api/v1/openapi.json", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
          "--checks", CHECKS, "--generation-database", "none", "--no-color", "--workers", "1",
          "--request-timeout", "60", *extra],
-        capture_output=True, text=True, timeout=1200)
+        capture_output=True, text=True, timeout=1200, cwd=cwd)
 
 
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> None:

@@ -227,3 +227,36 @@ def test_run_model_feeds_aeq_int8_io(demo: LoadedModel, digits: Dataset) -> None
     tflite = aeq.convert(demo, "int8", digits.calibration(30))
     out, _ = run_model(tflite, digits.test_inputs()[:8])
     assert out.shape == (8, 10)
+
+
+def test_float_base_is_made_once_per_model(demo: LoadedModel, digits: Dataset, monkeypatch) -> None:
+    import qcore.convert as qconvert
+
+    first = aeq.float_base(demo, digits.calibration(1))
+    calls = []
+    monkeypatch.setattr(qconvert, "convert", lambda *a, **k: calls.append(a) or b"")
+    again = aeq.float_base(demo, digits.calibration(1))
+    assert again.model == first.model and not calls  # the converter was not called again
+
+
+def test_aeq_integer_io_on_weights_stored_outside_the_flatbuffer(digits: Dataset, tmp_path: Path) -> None:
+    """AEQ writes buffers >= 1 KiB after the flatbuffer; int8/uint8 I/O must still load and keep accuracy."""
+    import tf_keras
+
+    from qcore.convert import convert
+    from qcore.evaluate import evaluate_tflite
+    from qcore.models import load_model
+
+    tf_keras.utils.set_random_seed(0)
+    net = tf_keras.Sequential([tf_keras.layers.InputLayer(input_shape=(8, 8)), tf_keras.layers.Flatten(),
+                               tf_keras.layers.Dense(256, activation="relu"), tf_keras.layers.Dense(10)])
+    net.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(digits.x_train, digits.y_train, epochs=8, verbose=0)
+    net.save(tmp_path / "wide.h5")
+    model = load_model(tmp_path / "wide.h5")
+    cal = digits.calibration(50)
+    for recipe in ("int8", "uint8"):
+        ours = evaluate_tflite(aeq.convert(model, recipe, cal), digits)
+        theirs = evaluate_tflite(convert(model, recipe, cal), digits)
+        assert ours.input_dtype == recipe
+        assert abs(ours.accuracy - theirs.accuracy) <= MAX_GAP, (recipe, ours.accuracy, theirs.accuracy)

@@ -17,6 +17,17 @@ from tests.board_agent.harness import build_tiny_models
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _keep_main_module() -> Iterator[None]:
+    """Puts back sys.modules["__main__"] after each test: Streamlit's AppTest replaces it with the page
+    script, and a job worker spawned later (multiprocessing spawn re-runs __main__) would then run
+    that page and open the test's database."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
+
+
 @pytest.fixture(scope="session")
 def agent_models() -> dict[str, bytes]:
     """float32 and int8 8x8 CNNs (and a hanging model), converted once per session."""

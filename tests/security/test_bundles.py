@@ -132,6 +132,11 @@ def test_bundle_dataset_source_is_never_a_server_path(bundle: bytes, target: Sto
     assert row["source"] == "imported: passwd"
     with pytest.raises(QlabError, match="no stored data"):
         load_stored_dataset(target.dataset(int(row["id"])))
+    # a row imported before this fix still holds the path: jobs refuse it all the same
+    with target.transaction() as cur:
+        cur.execute("UPDATE datasets SET source = '/etc/passwd' WHERE id = ?", [int(row["id"])])
+    with pytest.raises(QlabError, match="no stored data"):
+        load_stored_dataset(target.dataset(int(row["id"])))
 
 
 @pytest.mark.slow
