@@ -35,7 +35,8 @@ def evaluate_outputs(
         accuracy=metrics.accuracy(outputs, labels),
         top5=metrics.top_k(outputs, labels, 5),
         agreement=None if reference is None else metrics.agreement(outputs, reference),
-        confusion=tuple(tuple(int(v) for v in row) for row in cm),
+        # tolist() makes Python ints in C; a generator per cell took 0.15 s for 1000 classes
+        confusion=tuple(map(tuple, cm.astype(np.int64).tolist())),
         n_samples=int(len(labels)),
         batched=batched,
         note=note,
