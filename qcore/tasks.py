@@ -101,7 +101,11 @@ def load_model_input(ctx: Context) -> LoadedModel:
             f"model #{row.get('id')} ({row.get('name')}) is tflite-only (an imported .tflite or report): there is "
             "no Keras source to convert, debug or train again; upload its Keras file on the Models & data page"
         )
-    model = load_model(_materialize(ctx, "model"), trusted=row.get("trusted") is True)
+    path = _materialize(ctx, "model")
+    try:
+        model = load_model(path, trusted=row.get("trusted") is True)
+    except QlabError as exc:  # name the user's file, not this worker's scratch copy
+        raise QlabError(str(exc).replace(str(path), path.name)) from None
     return dataclasses.replace(model, name=str(row.get("name") or model.name))
 
 
@@ -194,7 +198,13 @@ def _convert(ctx: Context, model: LoadedModel, dataset: Dataset, recipe_names: t
     check_fits(model, dataset)
 
     def each(variant: Any) -> None:  # each recipe's row reaches the page as it lands, with the pace so far
-        done.append(_variant_result(variant))
+        row = _variant_result(variant)
+        if variant.sha256:
+            from qcore.inspect_model import npu_verdict
+
+            verdict = npu_verdict(journal_tflite(ctx.journal, variant.sha256))
+            row.update(npu=verdict.label, io=verdict.io)
+        done.append(row)
         ctx.publish({"variants": list(done), "recipes_total": len(recipes),
                      "elapsed_s": round(time.monotonic() - started, 2)})
 

@@ -105,19 +105,20 @@ def jobs_table(jobs: Sequence[Job]) -> pd.DataFrame:
 def landed_table(variants: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """The recipes a running conversion has finished so far, as its worker reported them."""
     return pd.DataFrame(
-        [{"recipe": v.get("recipe"), "status": v.get("status"), "accuracy": _pct(v.get("accuracy")),
-          "size": _kib(v.get("size_bytes")), "engine": v.get("engine", "tf"), "error": v.get("error") or ""}
+        [{"variant": v.get("recipe"), "status": v.get("status"), "accuracy (%)": _pct(v.get("accuracy")),
+          "size (KiB)": _kib(v.get("size_bytes")), "NPU": v.get("npu", ""), "I/O": v.get("io", ""),
+          "engine": v.get("engine", "tf"), "error": v.get("error") or ""}
          for v in variants],
-        columns=["recipe", "status", "accuracy", "size", "engine", "error"],
+        columns=["variant", "status", "accuracy (%)", "size (KiB)", "NPU", "I/O", "engine", "error"],
     )
 
 
 def _pct(x: Any) -> str:
-    return "–" if x is None or x != x else f"{100 * float(x):.2f}%"
+    return "–" if x is None or x != x else f"{100 * float(x):.2f}"
 
 
 def _kib(n: Any) -> str:
-    return "–" if not n else f"{float(n) / 1024:.1f} KiB"
+    return "–" if not n else f"{float(n) / 1024:.1f}"
 
 
 def elapsed(job: Job) -> str:

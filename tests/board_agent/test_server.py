@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
@@ -132,10 +133,17 @@ def test_post_benchmark_truncated_model_is_400(agent: RunningAgent, tiny_models:
 
 def test_post_benchmark_oversize_body_is_413(tmp_path: Path) -> None:
     with running_agent(tmp_path / "work", max_model_mb=1) as small:
-        body = b"\0\0\0\0TFL3" + b"\0" * (1024 * 1024 + 10)
-        status, data = small.json("POST", f"{protocol.BENCHMARKS}?target=cpu", body)
-        assert status == 413 and "over this agent's limit of 1048576 bytes" in data["error"]
-        # the connection stays usable and nothing was written
+        # the agent answers from Content-Length alone and never reads (or drains) the body
+        conn = http.client.HTTPConnection(small.host, small.port, timeout=10)
+        conn.putrequest("POST", f"{protocol.BENCHMARKS}?target=cpu")
+        conn.putheader("Content-Length", str(1024 * 1024 + 10))
+        conn.putheader("Authorization", f"Bearer {small.token}")
+        conn.endheaders()
+        resp = conn.getresponse()
+        data = json.loads(resp.read())
+        conn.close()
+        assert resp.status == 413 and "over this agent's limit of 1048576 bytes" in data["error"]
+        # the agent goes on and nothing was written
         assert small.json("GET", protocol.HEALTH)[0] == 200
         assert os.listdir(small.agent.workdir + "/uploads") == []
 

@@ -20,7 +20,6 @@ from dashboard.serve import free_port
 from qcore import accounts
 from qcore.qtyping import LoadedModel, Role
 from qcore.store import Store
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.e2e.serving import ADMIN_TOKEN, running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -86,17 +85,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, provider: str, demo: Loaded
         yield base
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    """Headless Debian Chromium through Playwright."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+# the browser is the e2e session's (tests/e2e/conftest.py): Playwright's sync API cannot run twice at once
 
 
 def _tab(browser, server: str):  # one context per person: separate cookies
