@@ -354,7 +354,7 @@ def time_choices(store: Store, variant_id: int) -> list[TimeChoice]:
 
 
 def debug_run_for(store: Store, variant: Mapping[str, Any]) -> int | None:
-    """The newest layer-by-layer debugger run of the variant's model and data, its recipe preferred."""
+    """The newest layer-by-layer debugger run of the variant's model and data, its engine and recipe preferred."""
     runs = store.debug_runs(int(variant["model_id"]))
     if runs.empty:
         return None
@@ -362,7 +362,10 @@ def debug_run_for(store: Store, variant: Mapping[str, Any]) -> int | None:
     best: tuple[int, int] | None = None
     for r in runs.itertuples():
         s = r.settings if isinstance(r.settings, dict) else json.loads(r.settings or "{}")
-        score = (2 if s.get("recipe") == variant.get("recipe") else 0) + (0 if s.get("whole_model") else 1) \
+        # the same engine first: another engine's debug run names other tensors, so nothing would join
+        engine = getattr(r, "engine", None) or s.get("engine") or "tf"
+        score = (4 if engine == (variant.get("engine") or "tf") else 0) \
+            + (2 if s.get("recipe") == variant.get("recipe") else 0) + (0 if s.get("whole_model") else 1) \
             + (0 if s.get("denylisted_nodes") or s.get("denylisted_ops") else 1)
         if best is None or score > best[0]:
             best = (score, int(r.id))

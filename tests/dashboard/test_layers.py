@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from dashboard.components.op_cost import cost_error_scatter
 from dashboard.services import op_cost_view, reads
-from dashboard.services.lab import Lab
+from dashboard.services.lab import Lab, lab
 from qcore import op_cost
-from qcore.qtyping import JobStatus, TimeSource
-from tests.dashboard.conftest import plotly_specs, run_job, texts, values
+from qcore.qtyping import JobStatus, LoadedModel, TimeSource
+from tests.dashboard.conftest import plotly_specs, point_env, run_job, texts, values
 
 # every test here converts real models and runs the debugger (module fixtures, once)
 pytestmark = pytest.mark.slow
@@ -20,14 +23,30 @@ def _int8_id(the_lab: Lab) -> int:
     return int(df[df["variant"] == "int8"]["variant_id"].iloc[0])
 
 
-@pytest.fixture()
-def debugged(converted: Lab) -> Lab:
-    """The converted lab with a debugger run of its int8 recipe on 20 samples."""
-    if converted.store.debug_runs().empty:
-        job = run_job(converted, "debug", {"model_id": 1, "dataset_id": 1, "recipe": "int8", "debug_samples": 20})
+@pytest.fixture(scope="module")
+def layers_dir(tmp_path_factory: pytest.TempPathFactory, demo: LoadedModel) -> Path:
+    """A lab of its own (other modules add debug runs of other engines to the shared one): the demo
+    converted with float32, int8 and uint8, and TF's debugger run of its int8 recipe on 20 samples."""
+    folder = tmp_path_factory.mktemp("layers-lab")
+    (folder / "demo").mkdir()
+    shutil.copy(demo.path, folder / "demo" / "demo.h5")
+    with pytest.MonkeyPatch.context() as mp:
+        point_env(mp, folder)
+        the_lab = lab()
+        job = run_job(the_lab, "demo", {"recipes": "float32,int8,uint8"})
         assert job.status is JobStatus.DONE, job.error
+        job = run_job(the_lab, "debug", {"model_id": 1, "dataset_id": 1, "recipe": "int8", "debug_samples": 20,
+                                         "engine": "tf"})
+        assert job.status is JobStatus.DONE, job.error
+    return folder
+
+
+@pytest.fixture()
+def debugged(layers_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
+    """The layers lab, with the environment pointing at it (pages see the same store)."""
+    point_env(monkeypatch, layers_dir)
     reads.clear()
-    return converted
+    return lab()
 
 
 def test_cost_error_scatter_points_are_ops_with_time_and_error(debugged: Lab) -> None:
@@ -44,8 +63,8 @@ def test_cost_error_scatter_points_are_ops_with_time_and_error(debugged: Lab) ->
     assert red == [v > 0.7 for v in both["rmse_scale"]]
 
 
-def test_cost_error_scatter_without_debugger_says_so(converted: Lab) -> None:
-    table = op_cost.op_cost(converted.store, _int8_id(converted), board="host").table.assign(rmse_scale=float("nan"))
+def test_cost_error_scatter_without_debugger_says_so(debugged: Lab) -> None:
+    table = op_cost.op_cost(debugged.store, _int8_id(debugged), board="host").table.assign(rmse_scale=float("nan"))
     fig = cost_error_scatter(table, 0.7)
     assert "run the debugger" in fig.layout.annotations[0].text
 

@@ -160,7 +160,9 @@ def test_layers_cost_vs_error(page, server: str) -> None:
     page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
     wait_text(page, "Cost vs error: high and left")
     wait_text(page, re.compile(r"total [0-9.]+ ms · error from debugger run #\d+"))
-    assert button(page, "Download node data (zip)").count() == 1
+    download = button(page, "Download node data (zip)")
+    download.first.wait_for(timeout=60_000)  # rendered after the figure and the table
+    assert download.count() == 1
     shot(page, "layers", 2000)
 
 

@@ -155,11 +155,12 @@ def test_matrix_waits_on_429_never_fails(farm: tuple[Store, dict[str, AgentProce
     vids = _variants(store, demo, digits, tiny_tflite)[:1]
     other = BoardClient(agents["imx-a"].url, TOKEN, name="someone else")
     # another user fills imx-a: one running, one waiting (queue limit 1)
-    jobs = [other.submit_benchmark(tiny_tflite["int8"], target="cpu", runs=2000, warmup=0)]
+    # as many invokes as the agent allows: busy long enough on an idle machine too
+    jobs = [other.submit_benchmark(tiny_tflite["int8"], target="cpu", runs=100_000, warmup=10_000)]
     deadline = time.monotonic() + 60
     while other.job(jobs[0])["status"] != "running" and time.monotonic() < deadline:
         time.sleep(0.02)
-    jobs.append(other.submit_benchmark(tiny_tflite["int8"], target="cpu", runs=200, warmup=0))
+    jobs.append(other.submit_benchmark(tiny_tflite["int8"], target="cpu", runs=100_000, warmup=10_000))
     result = matrix(store, vids, ["cpu"], pool="imx-a", placement="board", runs=3, warmup=0)
     assert result.retries_429 >= 1
     assert [c.status for c in result.cells] == [CellStatus.DONE]
