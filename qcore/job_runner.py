@@ -447,6 +447,7 @@ class JobRunner:
         self._events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self._deaths: dict[str, dict[str, Any]] = {}
         self._closed = threading.Event()
+        self._ended = threading.Condition()
         self._ready = threading.Event()
         self._start_error = ""
         self.settings = cluster.settings if isinstance(cluster, Cluster) else cluster
@@ -565,6 +566,7 @@ class JobRunner:
         finally:
             with self._lock:
                 self._watches.pop(job_id, None)
+            self._notify_ended()
             self.on_change()
 
     def _dispatch(self, watch: _Watch) -> bool:
@@ -619,7 +621,12 @@ class JobRunner:
                 return status
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} is still {status} after {timeout} s")
-            time.sleep(0.1)
+            with self._ended:  # woken when any job ends; a row ended elsewhere is seen within 0.5 s
+                self._ended.wait(timeout=0.5)
+
+    def _notify_ended(self) -> None:
+        with self._ended:
+            self._ended.notify_all()
 
     def shutdown(self) -> None:
         self._closed.set()
@@ -710,6 +717,7 @@ class JobRunner:
             if watch.future is not None:
                 with contextlib.suppress(Exception):
                     watch.future.release()
+            self._notify_ended()
             self.on_change()
 
     def _drain_events(self) -> None:
