@@ -28,6 +28,9 @@ PROGRESS_MIN_INTERVAL_S = 0.25
 ENV_THREADS = "QLAB_WORKER_THREADS"
 # a file for the worker's own stdout/stderr: TensorFlow's C++ lines stay out of the user's terminal
 ENV_LOG = "QLAB_WORKER_LOG"
+# how much a worker yields the CPU to the web process beside it (os.nice increment; 0 = none)
+ENV_NICE = "QLAB_WORKER_NICE"
+DEFAULT_NICE = 10
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,9 @@ def _quiet_native_logs() -> None:
 def _setup_worker(worker: Any) -> None:
     """Imports TensorFlow, tf_keras and LiteRT once per worker process, with its share of threads."""
     _quiet_native_logs()
+    nice = os.environ.get(ENV_NICE, str(DEFAULT_NICE))
+    if nice.isdigit() and int(nice) > 0:  # pages stay responsive while jobs use every core
+        os.nice(int(nice))
     logfile = os.environ.get(ENV_LOG, "")
     if logfile:
         fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
