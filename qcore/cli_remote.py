@@ -139,10 +139,9 @@ def run(args: argparse.Namespace, server: str) -> int:
                             "report make, report push")
         kind, params = build(remote, args)
         job_id = remote.submit(kind, params)
-        log.info("queued job %d (%s) on %s", job_id, kind, server)
         bar = Bar(f"job {job_id} {kind}")
         try:
-            job = remote.follow(job_id, bar)
+            job = remote.follow(job_id, bar, announce=f"queued job {job_id} ({kind}) on {server}")
         finally:
             bar.done()
         result = job.get("result") or {}

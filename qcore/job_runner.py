@@ -47,6 +47,8 @@ ENV_TIMEOUT = "QLAB_JOB_TIMEOUT"
 DEFAULT_TIMEOUT_S = 3600.0
 # the nanny's exit report can reach the owner a moment after Dask says the worker died
 DEATH_REPORT_WAIT_S = 3.0
+# a killed worker leaves the scheduler's list within moments; a cancel waits this long for it at most
+WORKER_GONE_S = 10.0
 # how often a job's watcher looks at its future, its deadline and a cancel request
 WATCH_INTERVAL_S = 0.2
 # embedded workers and the scheduler can take this long to start (TensorFlow is imported first)
@@ -724,13 +726,20 @@ class JobRunner:
         return None
 
     def _stop(self, watch: _Watch, status: JobStatus, reason: str) -> None:
-        """Ends a job the owner gave up on; restarts its worker if it was running there."""
+        """Ends a job the owner gave up on; kills its worker first if it was running there.
+
+        The row changes only once the worker is gone, so a job submitted after a cancel never
+        lands on the worker that is about to be killed.
+        """
         was_running = bool(watch.started) or watch.future.status not in ("pending", "cancelled")
         watch.future.cancel()
+        if was_running and watch.worker and self._cluster is not None:
+            self._cluster.restart_worker(watch.worker)
+            deadline = time.monotonic() + WORKER_GONE_S
+            while watch.worker in self._cluster.workers() and time.monotonic() < deadline:
+                time.sleep(0.05)
         error = "" if status == JobStatus.CANCELLED else reason
         self.store.update_job(watch.job_id, status=status, message=reason, error=error, only_active=True)
-        if was_running and watch.worker:
-            self.cluster.restart_worker(watch.worker)
         log.info("job %s %s", watch.job_id, reason)
 
     def _finish(self, watch: _Watch) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import sys
 import time
@@ -24,6 +25,8 @@ POLL_S = 0.25
 UPLOAD_TIMEOUT_S = 600
 REQUEST_TIMEOUT_S = 30
 FINISHED = ("done", "failed", "cancelled")
+
+log = logging.getLogger(__name__)
 
 
 class RemoteJobFailed(QlabError):
@@ -156,7 +159,8 @@ class Remote:
     def submit(self, kind: str, params: dict[str, Any]) -> int:
         return int(self.call("POST", "/jobs", json={"kind": kind, "params": params})["id"])
 
-    def follow(self, job_id: int, progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
+    def follow(self, job_id: int, progress: Callable[[float, str], None] | None = None,
+               announce: str = "") -> dict[str, Any]:
         """Waits for a job, reporting its progress; Ctrl-C cancels it on the server.
 
         Returns:
@@ -167,6 +171,8 @@ class Remote:
             KeyboardInterrupt: after cancelling the remote job.
         """
         try:
+            if announce:  # said inside the try, so a Ctrl-C right after it still cancels the job
+                log.info("%s", announce)
             while True:
                 job = self.call("GET", f"/jobs/{job_id}")
                 if progress is not None:
