@@ -36,6 +36,7 @@ from qcore.jobs import JobKind, JobSpec, job_kind, params_json, parse_params, to
 from qcore.journal import replay
 from qcore.qtyping import JobStatus, QlabError
 from qcore.store import Store
+from qcore.tasks import zip_dir
 from qcore.worker import EXIT_TOPIC, MEMORY_TOPIC, PROGRESS_MIN_INTERVAL_S, PROGRESS_TOPIC
 
 log = logging.getLogger(__name__)
@@ -275,8 +276,6 @@ def _no_retries(dask_scheduler: Any) -> None:
 
 # ---------------------------------------------------------------- gathering a job's inputs
 def _model_file(store: Store, row: dict[str, Any]) -> tuple[str, bytes] | None:
-    from qcore.tasks import zip_dir
-
     source = str(row.get("source_path") or "")
     if not source or row.get("format") == "tflite":
         return None
@@ -398,14 +397,8 @@ def gather_inputs(store: Store, kind: JobKind, params: Any, extra: dict[str, Any
             raise QlabError(f"{params.filename}: the uploaded file is gone")
         rows["upload"] = {"path": str(extra.get("source_path") or upload)}
         files["model"] = (params.filename if upload.is_file() else f"{upload.name}.zip",
-                          upload.read_bytes() if upload.is_file() else _zip(upload))
+                          upload.read_bytes() if upload.is_file() else zip_dir(upload))
     return files, rows
-
-
-def _zip(folder: Path) -> bytes:
-    from qcore.tasks import zip_dir
-
-    return zip_dir(folder)
 
 
 # ---------------------------------------------------------------- the runner
@@ -706,8 +699,6 @@ class JobRunner:
                     wait(watch.future, timeout=WATCH_INTERVAL_S)
                 if watch.future.done():
                     break
-                if not watch.started:  # the start event may still be in the queue; ask the store too
-                    self._drain_events()
             self._finish(watch)
         except Exception as exc:
             log.exception("following job %s failed", watch.job_id)
@@ -721,9 +712,6 @@ class JobRunner:
                     watch.future.release()
             self._notify_ended()
             self.on_change()
-
-    def _drain_events(self) -> None:
-        return None
 
     def _stop(self, watch: _Watch, status: JobStatus, reason: str) -> None:
         """Ends a job the owner gave up on; kills its worker first if it was running there.

@@ -307,7 +307,8 @@ def params_json(params: Any) -> dict[str, Any]:
 
 
 def json_default(obj: Any) -> Any:
-    """`json.dumps` fallback for what results hold: numpy values, dataclasses, enums, paths, bytes."""
+    """The one `json.dumps` fallback (results, the store's JSON columns, the API): numpy values,
+    dataclasses, enums, paths, datetimes, bytes; anything else as text."""
     import numpy as np
 
     if isinstance(obj, np.integer):
@@ -330,7 +331,7 @@ def json_default(obj: Any) -> Any:
         return f"<{len(obj)} bytes>"
     if isinstance(obj, set | frozenset):
         return sorted(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+    return str(obj)  # anything else as text: a stored row or an answer never fails on an odd value
 
 
 def _finite(obj: Any) -> Any:

@@ -175,9 +175,9 @@ def replay(journal: Journal, store: Store, data_dir: str | os.PathLike[str], res
             raise QlabError(f"a job asked to keep a file outside the data directory: {kept.relpath!r}")
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists() or target.read_bytes() != kept.data:
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.{id(kept)}.part")
-            tmp.write_bytes(kept.data)
-            os.replace(tmp, target)
+            from qcore.store import write_atomic
+
+            write_atomic(target, kept.data)
         paths[kept.placeholder] = str(target)
     ids: dict[int, int] = {}
     with store.transaction():

@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from qcore.jobs import json_default
 from qcore.qtyping import (
     Board,
     Evaluation,
@@ -541,13 +542,17 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=json_default)
 
 
-def json_default(obj: Any) -> Any:
-    """json.dumps fallback for numpy arrays and scalars (and anything else, as text)."""
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    return str(obj)
+def write_atomic(path: Path, data: bytes, part_suffix: str = ".part") -> None:
+    """Writes `data` at `path` through a uniquely named temp file in the same folder, then a rename:
+    a reader never sees half a file, and a failure leaves no temp file behind."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=part_suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _loads(value: Any) -> Any:
@@ -686,14 +691,7 @@ class Store:
         digest = sha256_bytes(data)
         path = self.blob_dir / f"{digest}{suffix}"
         if not path.exists():
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.blob_dir)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(path, data, ".tmp")
         return digest, path
 
     def blob_path(self, sha256: str, suffix: str = ".tflite") -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -48,11 +47,10 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
-    """JSON whose NaN and infinities are null (JSON has neither)."""
-    from qcore.store import json_default
+    """JSON whose NaN and infinities are null (JSON has neither), by the CLI's and the jobs' serializer."""
+    from qcore.jobs import to_json
 
-    text = json.dumps(_finite(payload), default=json_default, allow_nan=False)
-    return Response(text, status_code=status, media_type="application/json")
+    return Response(to_json(payload), status_code=status, media_type="application/json")
 
 
 def _finite(obj: Any) -> Any:

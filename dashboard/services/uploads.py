@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from dashboard.services import reads
 from dashboard.services.lab import Lab
 from qcore.qtyping import Dataset, JobStatus, QlabError
+from qcore.store import write_atomic
 
 # the same cap as server.maxUploadSize in .streamlit/config.toml, checked again here
 MAX_UPLOAD_MB = 200
@@ -46,14 +45,7 @@ def store_upload(the_lab: Lab, data: bytes, suffix: str) -> tuple[Path, bool]:
     path = folder / f"{hashlib.sha256(data).hexdigest()}{suffix}"
     if path.exists():
         return path, False
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)
     return path, True
 
 
