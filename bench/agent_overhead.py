@@ -101,7 +101,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
-    from qcore.board_client import BoardClient
+    from qcore.boards.client import BoardClient
 
     model = build_model()
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tensorflow as tf  # noqa: E402
 
 import qcore  # noqa: E402,F401
-from qcore.convert import convert_and_evaluate  # noqa: E402
-from qcore.data import digits_dataset  # noqa: E402
-from qcore.models import demo_model  # noqa: E402
+from qcore.inputs.data import digits_dataset  # noqa: E402
+from qcore.inputs.models import demo_model  # noqa: E402
+from qcore.lab.convert import convert_and_evaluate  # noqa: E402
 from qcore.recipes import resolve_recipes  # noqa: E402
 from qcore.store import Store  # noqa: E402
 

@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tensorflow as tf  # noqa: E402
 
 import qcore  # noqa: E402,F401
-from qcore.data import digits_dataset  # noqa: E402
-from qcore.debugger import MODEL_METRICS, run_debugger, stats_csv  # noqa: E402
-from qcore.models import demo_model  # noqa: E402
+from qcore.explain.debugger import MODEL_METRICS, run_debugger, stats_csv  # noqa: E402
+from qcore.inputs.data import digits_dataset  # noqa: E402
+from qcore.inputs.models import demo_model  # noqa: E402
 from qcore.store import Store  # noqa: E402
 
 REPEATS = 5

@@ -1,7 +1,7 @@
 """The board farm's scaling: the same matrix (variants x the cpu target) on 1 agent and on 3 agents.
 
 Each agent is a real `python -m board_agent` process on 127.0.0.1; the matrix runs through
-`qcore.board_runs.matrix` ("any free board" of the pool) into a temporary DuckDB. Prints the wall
+`qcore.boards.runs.matrix` ("any free board" of the pool) into a temporary DuckDB. Prints the wall
 time of each, their ratio, the machine's core count and each agent's share of the CPU time.
 
 Target: ratio >= 0.8 x min(3, cores) (>= 1.6 on a 2-core machine).
@@ -75,7 +75,7 @@ def store_variants(store: object, models: list[bytes]) -> list[int]:
 
 def run(agents: list[AgentProcess], models: list[bytes], runs: int, work: Path) -> tuple[float, dict[str, float]]:
     """Wall seconds of the matrix on `agents` and each agent's CPU seconds during it."""
-    from qcore.board_runs import matrix
+    from qcore.boards.runs import matrix
     from qcore.store import Store
 
     with Store(work / f"farm-{len(agents)}.duckdb") as store:

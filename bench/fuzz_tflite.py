@@ -1,6 +1,6 @@
 """Fuzzes the .tflite readers with seeded mutations of real models and prints the counts.
 
-Every mutated file goes through `qcore.inspect_model.inspect`, `qcore.inspect_model.npu_verdict`
+Every mutated file goes through `qcore.tflite.inspection.inspect`, `qcore.tflite.inspection.npu_verdict`
 and the agent's `board_agent.uploads.check_tflite`, in this process: each must either read the
 file or refuse it with its own error (QlabError / UploadError). Anything else is a crash of the
 calling process and is counted (and the first few are printed with the seed to replay them).
@@ -35,8 +35,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import qcore  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from board_agent.uploads import UploadError, check_tflite  # noqa: E402
-from qcore.inspect_model import inspect, npu_verdict  # noqa: E402
 from qcore.qtyping import QlabError  # noqa: E402
+from qcore.tflite.inspection import inspect, npu_verdict  # noqa: E402
 
 # a reader that takes longer than this on one mutant is counted as a hang
 PER_FILE_TIMEOUT_S = 5

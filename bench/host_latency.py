@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import qcore  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from qcore.latency import benchmark  # noqa: E402
+from qcore.tflite.latency import benchmark  # noqa: E402
 
 # within this ratio of the reference, qlab's numbers are the runtime's numbers
 TARGET = 0.10
@@ -103,9 +103,9 @@ def reference_median(path: Path, *, runs: int, warmup: int, threads: int) -> flo
 
 def demo_int8() -> bytes:
     """The demo CNN (trained once, cached under data/demo) converted with the int8 recipe."""
-    from qcore.convert import convert
-    from qcore.data import digits_dataset
-    from qcore.models import demo_model
+    from qcore.inputs.data import digits_dataset
+    from qcore.inputs.models import demo_model
+    from qcore.lab.convert import convert
 
     return convert(demo_model(), "int8", digits_dataset().calibration(100))
 
@@ -114,7 +114,7 @@ def cnn32_int8() -> bytes:
     """A heavier CNN (32×32×3, five convolutions, random weights) so kernels, not calls, dominate."""
     import tf_keras
 
-    from qcore.convert import convert
+    from qcore.lab.convert import convert
     from qcore.qtyping import LoadedModel
 
     tf_keras.utils.set_random_seed(0)

@@ -38,7 +38,7 @@ def _demo_file(folder: Path) -> Path:
 
     target = folder / "demo" / "demo.h5"
     if not target.exists():
-        subprocess.run([sys.executable, "-c", f"from qcore.models import demo_model; demo_model({str(folder / 'demo')!r})"],
+        subprocess.run([sys.executable, "-c", f"from qcore.inputs.models import demo_model; demo_model({str(folder / 'demo')!r})"],
                        check=True, cwd=REPO, capture_output=True)
     return target
 
@@ -63,7 +63,7 @@ def _lab(folder: Path, demo: Path) -> Path:
 
 
 def throughput(folder: Path, demo: Path, workers: int) -> float:
-    from qcore.job_runner import ClusterSettings, local_runner
+    from qcore.jobs.runner import ClusterSettings, local_runner
     from qcore.store import Store
 
     lab = _lab(folder, demo)
@@ -115,8 +115,8 @@ def main() -> int:
         from streamlit.testing.v1 import AppTest
 
         from dashboard.services.lab import lab as the_lab
-        from qcore.job_runner import gather_inputs
-        from qcore.jobs import JobKind, JobSpec, parse_params
+        from qcore.jobs.contract import JobKind, JobSpec, parse_params
+        from qcore.jobs.runner import gather_inputs
 
         folder_web = _lab(folder, demo)
         os.environ.update(QLAB_DB=str(folder_web / "qlab.duckdb"), QLAB_DATA_DIR=str(folder_web), QLAB_BOOTSTRAP="0",
@@ -183,7 +183,7 @@ def _add(web: object, path: Path) -> int:
 
 def _in_process(spec: object, n: int) -> float:
     """On a worker: the same task called directly (warm, then the median of n), with no Dask in between."""
-    from qcore.tasks import run_task
+    from qcore.jobs.tasks import run_task
 
     run_task(spec, lambda f, m: None)  # type: ignore[arg-type]
     times = []

@@ -33,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qcore  # noqa: E402,F401  (Keras 2 for tf_keras, before TensorFlow loads)
-from qcore.convert import convert  # noqa: E402
-from qcore.debugger import run_debugger  # noqa: E402
-from qcore.evaluate import evaluate_tflite  # noqa: E402
-from qcore.latency import benchmark  # noqa: E402
+from qcore.explain.debugger import run_debugger  # noqa: E402
+from qcore.lab.convert import convert  # noqa: E402
 from qcore.qtyping import Dataset, LoadedModel, QlabError  # noqa: E402
 from qcore.recipes import resolve_recipes  # noqa: E402
 from qcore.store import Store  # noqa: E402
+from qcore.tflite.evaluate import evaluate_tflite  # noqa: E402
+from qcore.tflite.latency import benchmark  # noqa: E402
 
 SIZE = 224
 CLASSES = 1000

@@ -20,9 +20,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import qcore  # noqa: E402,F401
-from qcore.data import digits_dataset  # noqa: E402
+from qcore.explain.search import tune  # noqa: E402
+from qcore.inputs.data import digits_dataset  # noqa: E402
 from qcore.qtyping import Dataset, LoadedModel  # noqa: E402
-from qcore.tune import tune  # noqa: E402
 
 DEPTH = 22
 WIDTH = 32

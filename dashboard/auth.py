@@ -7,9 +7,9 @@ import os
 import streamlit as st
 
 from dashboard.services.lifecycle import sign_in_configured
-from qcore import accounts
-from qcore.accounts import Principal
 from qcore.qtyping import QlabError, Role
+from qcore.store import accounts
+from qcore.store.accounts import Principal
 
 # QLAB_ADMINS=a@x,b@y names the admins; otherwise the first user to sign in on a fresh store is
 ENV_ADMINS = "QLAB_ADMINS"

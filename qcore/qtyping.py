@@ -73,7 +73,7 @@ class AeqMode(enum.StrEnum):
 
 @dataclass(frozen=True)
 class AeqSettings:
-    """AI Edge Quantizer's settings for one recipe (see `qcore.aeq`)."""
+    """AI Edge Quantizer's settings for one recipe (see `qcore.engines.aeq`)."""
 
     mode: AeqMode
     activation_bits: int = 8  # STATIC only: 8 or 16
@@ -282,7 +282,7 @@ class Inspection:
 class NpuVerdict:
     """Will a .tflite run on the i.MX8M Plus NPU: the compact answer shown beside every variant.
 
-    Computed from the flatbuffer (qcore.inspect_model.npu_verdict) when a variant is saved.
+    Computed from the flatbuffer (qcore.tflite.inspection.npu_verdict) when a variant is saved.
     """
 
     ready: bool  # no lint error: every op is 8-bit integer and has an NPU kernel

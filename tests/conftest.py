@@ -22,7 +22,7 @@ def session_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo(session_data_dir: Path) -> LoadedModel:
     """The built-in demo CNN, trained on digits once per session (a few seconds)."""
-    from qcore.models import demo_model
+    from qcore.inputs.models import demo_model
 
     return demo_model(session_data_dir / "demo")
 
@@ -30,7 +30,7 @@ def demo(session_data_dir: Path) -> LoadedModel:
 @pytest.fixture(scope="session")
 def digits() -> Dataset:
     """scikit-learn's bundled digits in [0, 1]."""
-    from qcore.data import digits_dataset
+    from qcore.inputs.data import digits_dataset
 
     return digits_dataset()
 
@@ -38,7 +38,7 @@ def digits() -> Dataset:
 @pytest.fixture(scope="session")
 def digits_npz(session_data_dir: Path, digits: Dataset) -> Path:
     """The digits written as a Keras-convention .npz."""
-    from qcore.data import save_npz
+    from qcore.inputs.data import save_npz
 
     path = session_data_dir / "digits.npz"
     if not path.exists():
@@ -55,7 +55,7 @@ def demo_h5(demo: LoadedModel) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tflite(demo: LoadedModel, digits: Dataset) -> dict[str, bytes]:
     """The demo converted with float32, int8 and uint8 (recipe name → .tflite bytes)."""
-    from qcore.convert import convert
+    from qcore.lab.convert import convert
 
     calibration = digits.calibration(20)
     return {name: convert(demo, name, calibration) for name in ("float32", "int8", "uint8")}

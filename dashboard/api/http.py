@@ -13,9 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from qcore.accounts import Principal, authenticate
 from qcore.qtyping import QlabError, Role
 from qcore.store import ACTOR
+from qcore.store.accounts import Principal, authenticate
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
 
 def json_response(payload: Any, status: int = 200) -> Response:
     """JSON whose NaN and infinities are null (JSON has neither), by the CLI's and the jobs' serializer."""
-    from qcore.jobs import to_json
+    from qcore.jobs.contract import to_json
 
     return Response(to_json(payload), status_code=status, media_type="application/json")
 

@@ -1,11 +1,11 @@
-"""The job kinds the API accepts, over the engine's job contract (`qcore.jobs`), checked in one place."""
+"""The job kinds the API accepts, over the engine's job contract (`qcore.jobs.contract`), checked in one place."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from qcore.jobs import PARAMS, JobKind, job_kind, parse_params
+from qcore.jobs.contract import PARAMS, JobKind, job_kind, parse_params
 from qcore.qtyping import QlabError
 
 # what a client may queue: an allowlist, because some kinds are the server's own and take server

@@ -16,8 +16,9 @@ from starlette.routing import Route
 
 from dashboard.api import jobspec, openapi
 from dashboard.api.http import PREFIX, ApiError, ApiRoute, Error, json_response, principal
-from qcore import __version__, accounts
+from qcore import __version__
 from qcore.qtyping import JobStatus, QlabError, Role
+from qcore.store import accounts
 
 # the same cap as the UI's uploads (dashboard/services/uploads.py); past it the answer is 413
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
@@ -378,7 +379,7 @@ async def cancel_job(request: Request) -> Response:
 
 async def create_report(request: Request) -> Response:
     from dashboard.services import reads
-    from qcore import reports
+    from qcore.lab import reports
 
     who = principal(request)
     body = await _json_body(request)
@@ -407,7 +408,7 @@ def _base_url(request: Request) -> str:
 
 
 async def report_bundle(request: Request) -> Response:
-    from qcore import reports
+    from qcore.lab import reports
 
     report_id = str(request.path_params["id"])
     the_lab = _lab()
@@ -422,7 +423,7 @@ async def report_bundle(request: Request) -> Response:
 
 async def import_report(request: Request) -> Response:
     from dashboard.services import reads
-    from qcore import reports
+    from qcore.lab import reports
 
     who = principal(request)
     form = await _form(request)

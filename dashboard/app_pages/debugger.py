@@ -16,7 +16,7 @@ from dashboard.components.debugger import (
 )
 from dashboard.services import debug_view, layers, reads
 from qcore import defaults
-from qcore.debugger import LAYER_METRICS
+from qcore.explain.debugger import LAYER_METRICS
 from qcore.qtyping import Job
 
 # recipes the debugger accepts (int8 activations with calibration data); AEQ also compares 16x8

@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard import ui
 from dashboard.components.op_cost import cost_error_scatter
 from dashboard.services import op_cost_view, reads
-from qcore.debugger import DEFAULT_THRESHOLD
+from qcore.explain.debugger import DEFAULT_THRESHOLD
 
 st.title("Cost vs error")
 st.caption("Each op of the .tflite with the debugger's error (rmse/scale) beside its time on a board, "

@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard import ui
 from dashboard.components.qmath import mapping_plot
-from qcore import qmath
+from qcore.tflite import qmath
 
 # enough points that every integer step of an 8-bit range shows in the staircase and its error
 MAPPING_POINTS = 4001

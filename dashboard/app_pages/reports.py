@@ -8,7 +8,7 @@ import streamlit as st
 
 from dashboard import ui
 from dashboard.services import reads, report_view
-from qcore import reports
+from qcore.lab import reports
 from qcore.qtyping import QlabError
 
 lab = ui.current()
@@ -41,7 +41,7 @@ def show(report_id: str) -> None:
     for name, ready, text in reports.npu_lines(content):
         mark = "✅" if ready else ("❌" if ready is False else "–")
         st.markdown(f"{mark} **{ui.md(name)}**: {ui.md(text)}")
-    # the same sections, in the same order, as the HTML export (qcore.reports.render_html)
+    # the same sections, in the same order, as the HTML export (qcore.lab.reports.render_html)
     boards = reports.board_accuracy_table(content)
     if not boards.empty:
         st.subheader("On-board accuracy")

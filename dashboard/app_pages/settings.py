@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import auth, ui
-from qcore import accounts
 from qcore.qtyping import Role
+from qcore.store import accounts
 
 lab = ui.current()
 me = auth.who()

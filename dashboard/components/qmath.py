@@ -13,7 +13,7 @@ def mapping_plot(table: pd.DataFrame, marked: tuple[float, int, float] | None = 
     """The staircase q(x) of an affine quantization, and the rounding error it leaves.
 
     Args:
-        table: `qcore.qmath.mapping_table` output (real, quantized, dequantized, error; scale,
+        table: `qcore.tflite.qmath.mapping_table` output (real, quantized, dequantized, error; scale,
             zero_point, qmin, qmax in `attrs`).
         marked: one (x, q, dequantized x) to mark, e.g. the calculator's value.
     """

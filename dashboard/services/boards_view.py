@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 if TYPE_CHECKING:
-    from qcore.board_runs import BoardHealth
+    from qcore.boards.runs import BoardHealth
 
 TARGETS = ("npu", "cpu", "cpu-plain")
 # one line per target, shown beside its checkbox

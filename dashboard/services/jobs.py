@@ -1,6 +1,6 @@
 """The lab's job runner: jobs run on Dask workers (an embedded LocalCluster unless QLAB_DASK_SCHEDULER is set).
 
-The runner itself is `qcore.job_runner.JobRunner`; this module only builds it for the server.
+The runner itself is `qcore.jobs.runner.JobRunner`; this module only builds it for the server.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from qcore.job_runner import ACTIVE, ClusterSettings, JobRunner
+from qcore.jobs.runner import ACTIVE, ClusterSettings, JobRunner
 from qcore.store import Store
 
 __all__ = ["ACTIVE", "make_runner"]

@@ -11,7 +11,7 @@ import streamlit as st
 
 from dashboard.services import reads
 from dashboard.services.jobs import ACTIVE, make_runner
-from qcore.job_runner import JobRunner
+from qcore.jobs.runner import JobRunner
 from qcore.store import Store, default_data_dir, default_db_path
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from qcore.names import keras_layer_name
+from qcore.tflite.names import keras_layer_name
 
 # rmse/scale of a uniform rounding error, sqrt(1/12): what a well-quantized tensor shows
 WELL_QUANTIZED = 0.289
@@ -21,7 +21,7 @@ MIN_SUSPECT_FACTOR = 1.5
 
 
 def short_name(tensor_name: str) -> str:
-    """The Keras layer behind a fused TFLite tensor name (qcore.names.keras_layer_name)."""
+    """The Keras layer behind a fused TFLite tensor name (qcore.tflite.names.keras_layer_name)."""
     return keras_layer_name(tensor_name)
 
 

@@ -91,8 +91,7 @@ async def start() -> Running:
 
     from dashboard import serve
     from dashboard.services.lab import ENV_AGENT_TOKEN_FILE, ENV_AGENT_URL
-    from qcore import accounts
-    from qcore.store import default_data_dir
+    from qcore.store import accounts, default_data_dir
 
     check_bind(str(config.get_option("server.address") or DEFAULT_HOST))
     admin_token = os.environ.get(ENV_ADMIN_TOKEN, "")

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.services.reads import store_for
-from qcore import op_cost
+from qcore.lab import op_cost
 from qcore.qtyping import OpCost
 
 # columns of the on-screen table, in order, with the headers the user sees

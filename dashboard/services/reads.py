@@ -16,7 +16,7 @@ import streamlit as st
 from qcore.qtyping import Board, Inspection, QlabError
 
 if TYPE_CHECKING:
-    from qcore.board_runs import BoardHealth
+    from qcore.boards.runs import BoardHealth
 from qcore.store import Store
 
 _stores: dict[str, Store] = {}
@@ -133,7 +133,7 @@ def report(db: str, report_id: str) -> dict[str, Any]:
 @st.cache_data(show_spinner=False)
 def inspection(db: str, variant_id: int) -> Inspection:
     """The op and tensor table and the NPU lint of a stored variant's .tflite."""
-    from qcore.inspect_model import inspect
+    from qcore.tflite.inspection import inspect
 
     row = store_for(db).variant(variant_id)
     if not row.get("path"):
@@ -148,7 +148,7 @@ HEALTH_TTL_S = 10
 @st.cache_data(show_spinner=False, ttl=HEALTH_TTL_S)
 def board_health(db: str) -> list[BoardHealth]:
     """Every registered board and what its agent answers now (unreachable ones say why)."""
-    from qcore.board_runs import board_health as ask
+    from qcore.boards.runs import board_health as ask
 
     return ask(store_for(db), connect_timeout=2.0)
 
@@ -171,7 +171,7 @@ def model_layers(db: str, model_id: int) -> list[tuple[str, str]]:
 def dataset_profile(db: str, dataset_id: int) -> dict[str, Any]:
     """Sample shape, value range after preprocessing and label count of a stored dataset (no model loaded)."""
     from dashboard.services import data_check
-    from qcore.data import load_stored_dataset
+    from qcore.inputs.data import load_stored_dataset
 
     return data_check.profile(load_stored_dataset(store_for(db).dataset(int(dataset_id))))
 
@@ -209,7 +209,7 @@ def board_cells(db: str, run_id: int) -> pd.DataFrame:
 @st.cache_data(show_spinner=False)
 def matrix_spread(db: str, run_id: int) -> pd.DataFrame:
     """p50 per board and min / median / max across the pool, per (variant, target) of a run."""
-    from qcore.board_runs import matrix_spread as spread
+    from qcore.boards.runs import matrix_spread as spread
 
     return spread(store_for(db), run_id)
 
@@ -217,7 +217,7 @@ def matrix_spread(db: str, run_id: int) -> pd.DataFrame:
 @st.cache_data(show_spinner=False)
 def model_summary(db: str, model_id: int) -> Any:
     """Layers, parameters, BatchNormalization and custom layers of a stored Keras model, read without loading it."""
-    from qcore.model_summary import summarize
+    from qcore.inputs.summary import summarize
 
     row = store_for(db).model(model_id)
     if row["format"] == "tflite":

@@ -12,8 +12,8 @@ from dashboard.components.latency import latency_bars
 from dashboard.components.op_cost import cost_error_scatter
 from dashboard.components.tradeoff import size_bars, tradeoff_scatter
 from dashboard.services import tables
-from qcore import reports
-from qcore.debugger import DEFAULT_THRESHOLD
+from qcore.explain.debugger import DEFAULT_THRESHOLD
+from qcore.lab import reports
 
 
 def figures(content: dict[str, Any]) -> list[tuple[str, go.Figure]]:

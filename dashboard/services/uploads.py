@@ -61,7 +61,7 @@ def safe_extract(archive: Path, dest: Path, name: str | None = None) -> Path:
     Raises:
         QlabError: naming the archive and the offending entry; nothing is left behind.
     """
-    from qcore.archives import extract_zip
+    from qcore.inputs.archives import extract_zip
 
     return extract_zip(archive, dest, max_bytes=MAX_UNZIPPED_MB * 1024 * 1024, name=name)
 
@@ -99,7 +99,7 @@ def add_model(the_lab: Lab, filename: str, data: bytes, name: str = "", *, trust
 
     Raises:
         QlabError: for a wrong type, an empty or over-size file, a model Keras cannot read, or one
-            refused by the loading policy (`qcore.model_safety`). A refused upload is deleted.
+            refused by the loading policy (`qcore.inputs.safety`). A refused upload is deleted.
     """
     suffix = _check(filename, data, MODEL_SUFFIXES, "model")
     stored, created = store_upload(the_lab, data, suffix)
@@ -141,13 +141,13 @@ def add_tflite(the_lab: Lab, filename: str, data: bytes, *, reference: tuple[str
     Raises:
         QlabError: naming the file for a wrong type, an empty or over-size file, or no TFL3 identifier.
     """
-    from qcore.import_tflite import check_tflite_bytes
+    from qcore.lab.import_tflite import check_tflite_bytes
 
     files = [(filename, data), *([reference] if reference is not None else [])]
     for fname, body in files:
         _check(fname, body, TFLITE_SUFFIXES, ".tflite model")
         check_tflite_bytes(body, fname)
-    from qcore.jobs import ImportTfliteParams, JobKind, params_json
+    from qcore.jobs.contract import ImportTfliteParams, JobKind, params_json
 
     params = ImportTfliteParams(
         filename=filename, path=str(store_upload(the_lab, data, ".tflite")[0]), name=name.strip(),
@@ -168,7 +168,7 @@ def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float,
     Raises:
         QlabError: for a wrong type, an empty or over-size file, or data qcore cannot read.
     """
-    from qcore.data import load_dataset
+    from qcore.inputs.data import load_dataset
 
     suffix = _check(filename, data, DATA_SUFFIXES, "dataset")
     shape = None
@@ -189,7 +189,7 @@ def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float,
 
 def add_digits(the_lab: Lab, *, input_scale: float, input_offset: float) -> int:
     """Registers scikit-learn's bundled digits with this preprocessing."""
-    from qcore.data import digits_dataset
+    from qcore.inputs.data import digits_dataset
 
     ds = digits_dataset(input_scale=float(input_scale), input_offset=float(input_offset))
     return register_dataset(the_lab, ds, name="digits", source="digits", stored_path=None)
@@ -203,7 +203,7 @@ def register_dataset(the_lab: Lab, ds: Dataset, *, name: str, source: str, store
         input_shape: the model input shape images were resized to (kept, so every job reads a zip of
             class folders at the same size).
     """
-    from qcore.data import dataset_sha256
+    from qcore.inputs.data import dataset_sha256
 
     dataset_id = the_lab.store.add_dataset(
         name=name, source=source, sha256=dataset_sha256(ds), input_scale=float(ds.input_scale),

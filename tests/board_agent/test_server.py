@@ -78,7 +78,7 @@ def test_post_benchmark_profile_without_binary_says_not_available(agent: Running
 
 
 def test_post_inference_returns_dequantized_outputs(agent: RunningAgent, tiny_models: dict[str, bytes]) -> None:
-    from qcore.litert_io import run_model
+    from qcore.tflite.litert_io import run_model
 
     x = np.random.default_rng(1).random((12, 8, 8, 1), dtype=np.float32)
     body = protocol.pack_inference(tiny_models["int8"], _npz(x=x))

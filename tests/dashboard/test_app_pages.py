@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.services import reads
 from dashboard.services.lab import Lab
-from qcore import reports
+from qcore.lab import reports
 from qcore.qtyping import JobStatus
 from tests.dashboard.conftest import PAGE_TIMEOUT_S, plotly_specs, run_job, texts, values
 

@@ -20,7 +20,7 @@ from dashboard.components.qmath import mapping_plot
 from dashboard.components.style import SUSPECT_COLOR
 from dashboard.components.tradeoff import pareto_front, size_bars, tradeoff_scatter
 from dashboard.components.training import qat_curves
-from qcore.qmath import mapping_table
+from qcore.tflite.qmath import mapping_table
 
 
 @pytest.fixture()

@@ -91,7 +91,7 @@ def test_add_tflite_wrong_suffix_and_empty(empty_lab: Lab, tiny_tflite: dict[str
 
 
 def test_upload_checks_do_not_load_litert_or_tensorflow() -> None:
-    code = ("import sys; from dashboard.services import uploads; from qcore.import_tflite import check_tflite_bytes;"
+    code = ("import sys; from dashboard.services import uploads; from qcore.lab.import_tflite import check_tflite_bytes;"
             "check_tflite_bytes(b'\\x1c\\0\\0\\0TFL3' + bytes(8), 'x.tflite');"
             "print(sorted(m for m in ('ai_edge_litert.interpreter', 'tensorflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -10,7 +10,7 @@ import pytest
 from dashboard.components.op_cost import cost_error_scatter
 from dashboard.services import op_cost_view, reads
 from dashboard.services.lab import Lab, lab
-from qcore import op_cost
+from qcore.lab import op_cost
 from qcore.qtyping import JobStatus, LoadedModel, TimeSource
 from tests.dashboard.conftest import plotly_specs, point_env, run_job, texts, values
 
@@ -107,7 +107,7 @@ def test_layers_service_zip_matches_cli_files(debugged: Lab, tmp_path) -> None:
 
 def test_report_of_a_debugged_variant_shows_cost_vs_error(debugged: Lab, page) -> None:
     from dashboard.services import report_view
-    from qcore.reports import make_report
+    from qcore.lab.reports import make_report
 
     report_id = make_report(debugged.store, "layers report", "", [_int8_id(debugged)])
     report = debugged.store.report(report_id)

@@ -12,7 +12,7 @@ import pytest
 from dashboard import serve
 from dashboard.services import lab as lab_mod
 from dashboard.services.lab import LOCAL_BOARD, Lab, close, register_local_agent
-from qcore.data import load_stored_dataset
+from qcore.inputs.data import load_stored_dataset
 from qcore.qtyping import JobStatus, LoadedModel, QlabError
 from qcore.recipes import resolve_recipes
 from tests.dashboard.conftest import point_env, run_job

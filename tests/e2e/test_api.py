@@ -14,9 +14,8 @@ import pandas as pd
 import pytest
 import requests
 
-from qcore import accounts
 from qcore.qtyping import LoadedModel, Role
-from qcore.store import Store
+from qcore.store import Store, accounts
 from tests.e2e.serving import ADMIN_TOKEN, running_server
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import requests
 
+from qcore.lab.reports import import_bundle
 from qcore.qtyping import LoadedModel
-from qcore.reports import import_bundle
 from qcore.store import Store
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.e2e.serving import ADMIN_TOKEN, REPO, running_server

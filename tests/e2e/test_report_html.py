@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qcore import reports
+from qcore.lab import reports
 from qcore.qtyping import Evaluation, Latency
 from qcore.store import Store, sha256_bytes
 

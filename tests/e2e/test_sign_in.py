@@ -17,9 +17,8 @@ import pytest
 import requests
 
 from dashboard.serve import free_port
-from qcore import accounts
 from qcore.qtyping import LoadedModel, Role
-from qcore.store import Store
+from qcore.store import Store, accounts
 from tests.e2e.serving import ADMIN_TOKEN, running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]

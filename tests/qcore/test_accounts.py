@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from qcore import accounts
 from qcore.qtyping import QlabError, Role
-from qcore.store import ACTOR, Store
+from qcore.store import ACTOR, Store, accounts
 
 
 def test_sign_in_first_user_is_admin_then_viewers(tmp_store: Store) -> None:

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qcore import aeq
-from qcore.convert import convert_and_evaluate
-from qcore.debugger import run_debugger
-from qcore.inspect_model import inspect
-from qcore.litert_io import make_interpreter, run_model
+from qcore.engines import aeq
+from qcore.explain.debugger import run_debugger
+from qcore.lab.convert import convert_and_evaluate
 from qcore.qtyping import ConvertReport, Dataset, LoadedModel, QlabError, Recipe
 from qcore.recipes import get_recipe, resolve_recipes
 from qcore.store import Store
+from qcore.tflite.inspection import inspect
+from qcore.tflite.litert_io import make_interpreter, run_model
 
 # the issue's bar: each AEQ recipe within one accuracy point of the TF converter's
 MAX_GAP = 0.01
@@ -33,7 +33,7 @@ def residual(digits4: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Load
     """A small Conv-BN-ReLU6 residual network (MobileNet's block shape), trained briefly, saved as .h5."""
     import tf_keras as keras
 
-    from qcore.models import load_model
+    from qcore.inputs.models import load_model
 
     keras.utils.set_random_seed(0)
     L = keras.layers
@@ -199,7 +199,7 @@ def test_debug_aeq_selective_keeps_named_ops_float(residual: LoadedModel, digits
 
 @pytest.mark.slow
 def test_tune_aeq_reaches_the_same_target_as_tf(digits: Dataset, tmp_path: Path) -> None:
-    from qcore.tune import tune
+    from qcore.explain.search import tune
     from tests.qcore.test_tune import build_fragile
 
     model = build_fragile(digits)
@@ -230,7 +230,7 @@ def test_run_model_feeds_aeq_int8_io(demo: LoadedModel, digits: Dataset) -> None
 
 
 def test_float_base_is_made_once_per_model(demo: LoadedModel, digits: Dataset, monkeypatch) -> None:
-    import qcore.convert as qconvert
+    import qcore.lab.convert as qconvert
 
     first = aeq.float_base(demo, digits.calibration(1))
     calls = []
@@ -243,9 +243,9 @@ def test_aeq_integer_io_on_weights_stored_outside_the_flatbuffer(digits: Dataset
     """AEQ writes buffers >= 1 KiB after the flatbuffer; int8/uint8 I/O must still load and keep accuracy."""
     import tf_keras
 
-    from qcore.convert import convert
-    from qcore.evaluate import evaluate_tflite
-    from qcore.models import load_model
+    from qcore.inputs.models import load_model
+    from qcore.lab.convert import convert
+    from qcore.tflite.evaluate import evaluate_tflite
 
     tf_keras.utils.set_random_seed(0)
     net = tf_keras.Sequential([tf_keras.layers.InputLayer(input_shape=(8, 8)), tf_keras.layers.Flatten(),

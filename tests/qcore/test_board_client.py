@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qcore import board_client, board_runs
-from qcore.board_client import BoardClient, latency_from_result, resolve_targets
-from qcore.board_runs import accuracy_on_board, bench_on_board, board_health
+from qcore.boards import client as board_client
+from qcore.boards import runs as board_runs
+from qcore.boards.client import BoardClient, latency_from_result, resolve_targets
+from qcore.boards.runs import accuracy_on_board, bench_on_board, board_health
 from qcore.cli import main
 from qcore.qtyping import Dataset, LoadedModel, QlabError
 from qcore.store import Store, sha256_bytes
@@ -43,7 +44,7 @@ def _closed_port_url() -> str:
 
 
 def _variant(store: Store, demo: LoadedModel, digits: Dataset, model: bytes, name: str = "int8") -> tuple[int, int]:
-    from qcore.convert import register
+    from qcore.lab.convert import register
 
     model_id, dataset_id = register(store, demo, digits)
     vid = store.save_variant(model_id=model_id, dataset_id=dataset_id, name=name, kind="ptq", recipe=name,
@@ -154,8 +155,8 @@ def test_bench_on_board_failed_job_is_recorded_and_nothing_stored(tmp_path: Path
 def test_accuracy_on_board_matches_host_and_stores_evaluation(store_with_board: Store,
                                                               tiny_tflite: dict[str, bytes], demo: LoadedModel,
                                                               digits: Dataset) -> None:
-    from qcore import metrics
-    from qcore.litert_io import run_model
+    from qcore.tflite import metrics
+    from qcore.tflite.litert_io import run_model
 
     model = tiny_tflite["int8"]
     vid, dataset_id = _variant(store_with_board, demo, digits, model)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from qcore.board_client import BoardClient
-from qcore.board_runs import bench_on_board, matrix, matrix_spread
+from qcore.boards.client import BoardClient
+from qcore.boards.runs import bench_on_board, matrix, matrix_spread
 from qcore.qtyping import CellStatus, Dataset, LoadedModel, Placement, QlabError
 from qcore.store import Store
 from tests.board_agent.harness import TOKEN, AgentProcess, agent_process
@@ -64,7 +64,7 @@ def farm(tmp_path: Path, tmp_store: Store) -> Iterator[tuple[Store, dict[str, Ag
 
 
 def _variants(store: Store, demo: LoadedModel, digits: Dataset, tiny_tflite: dict[str, bytes]) -> list[int]:
-    from qcore.convert import register
+    from qcore.lab.convert import register
 
     model_id, dataset_id = register(store, demo, digits)
     models = [tiny_tflite["int8"], tiny_tflite["uint8"], tiny_tflite["float32"], tiny_tflite["int8"]]
@@ -200,7 +200,7 @@ def test_bench_on_board_npu_cpu_cpu_plain_keeps_cpu_timings(farm: tuple[Store, d
 
 
 def test_health_history_and_labels_from_health(farm: tuple[Store, dict[str, AgentProcess], ExitStack]) -> None:
-    from qcore.board_runs import board_health
+    from qcore.boards.runs import board_health
 
     store, agents, _ = farm
     board_health(store)

@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qcore.convert import convert, convert_and_evaluate, refused_ops
-from qcore.inspect_model import inspect
+from qcore.lab.convert import convert, convert_and_evaluate, refused_ops
 from qcore.qtyping import LoadedModel, QlabError, VariantStatus
 from qcore.recipes import resolve_recipes
+from qcore.tflite.inspection import inspect
 
 
 @pytest.fixture(scope="module")

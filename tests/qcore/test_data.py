@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qcore.data import check_fits, dataset_sha256, digits_dataset, load_dataset, save_npz
+from qcore.inputs.data import check_fits, dataset_sha256, digits_dataset, load_dataset, save_npz
 from qcore.qtyping import QlabError
 
 

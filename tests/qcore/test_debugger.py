@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qcore.debugger import (
+from qcore.explain.debugger import (
     BASE_COLUMNS,
     calibrate,
     float_ops,
@@ -83,7 +83,7 @@ def test_run_debugger_stores_every_row(layer_run: DebugResult, module_store: Sto
 def test_run_debugger_equals_raw_debugger(layer_run: DebugResult, demo: LoadedModel, digits: Dataset) -> None:
     import tensorflow as tf
 
-    from qcore.convert import make_converter, representative
+    from qcore.lab.convert import make_converter, representative
 
     converter = make_converter(demo)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

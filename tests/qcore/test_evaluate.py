@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from qcore.convert import keras_predict
-from qcore.evaluate import evaluate_outputs, evaluate_tflite
+from qcore.lab.convert import keras_predict
+from qcore.tflite.evaluate import evaluate_outputs, evaluate_tflite
 
 
 def test_evaluate_tflite_float32_agrees_with_keras(tiny_tflite, demo, digits):
@@ -27,8 +27,8 @@ def test_evaluate_outputs_confusion_grows_to_output_width():
 
 
 def test_scoring_for_class_scores_and_everything_else():
-    from qcore.evaluate import scoring_for
     from qcore.qtyping import Scoring
+    from qcore.tflite.evaluate import scoring_for
 
     assert scoring_for([(None, 10)]) == Scoring.CLASSES
     assert scoring_for([(None, 10)], num_classes=10) == Scoring.CLASSES
@@ -42,8 +42,8 @@ def test_scoring_for_class_scores_and_everything_else():
 def test_evaluate_against_reference_mismatched_outputs():
     import pytest
 
-    from qcore.evaluate import evaluate_against_reference
     from qcore.qtyping import QlabError
+    from qcore.tflite.evaluate import evaluate_against_reference
 
     x = np.zeros((3, 4), np.float32)
     with pytest.raises(QlabError, match="2 outputs but the reference has 1"):

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qcore import reports
 from qcore.cli import main
-from qcore.import_tflite import analyze, check_tflite_bytes, import_tflite
-from qcore.litert_io import check_runnable, custom_ops, run_outputs
+from qcore.lab import reports
+from qcore.lab.import_tflite import analyze, check_tflite_bytes, import_tflite
 from qcore.qtyping import QlabError, Scoring
 from qcore.store import Store
+from qcore.tflite.litert_io import check_runnable, custom_ops, run_outputs
 
 
 def run(capfd, *argv):

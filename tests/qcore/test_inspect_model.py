@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import qcore  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from qcore.inspect_model import inspect, npu_verdict
 from qcore.qtyping import Inspection, LoadedModel, QlabError
+from qcore.tflite.inspection import inspect, npu_verdict
 
 RECIPES = (
     "float32",
@@ -36,8 +36,8 @@ def calibration() -> np.ndarray:
 @pytest.fixture(scope="module")
 def converted(calibration: np.ndarray) -> dict[str, bytes]:
     """The demo CNN's architecture (untrained: weights do not matter here) converted with each recipe."""
-    from qcore.convert import convert
-    from qcore.models import build_demo_model
+    from qcore.inputs.models import build_demo_model
+    from qcore.lab.convert import convert
 
     model = _wrap(build_demo_model(), "cnn")
     return {name: convert(model, name, calibration) for name in RECIPES}
@@ -47,13 +47,13 @@ def converted(calibration: np.ndarray) -> dict[str, bytes]:
 def with_sin(calibration: np.ndarray) -> dict[str, bytes]:
     """A CNN with a SIN op, which has no int8 kernel, converted with int8-fallback and int8.
 
-    The converter itself, not qcore.convert.convert (which refuses the int8 result): a .tflite
+    The converter itself, not qcore.lab.convert.convert (which refuses the int8 result): a .tflite
     made elsewhere can look like this.
     """
     import tensorflow as tf
     import tf_keras
 
-    from qcore.convert import apply_recipe, make_converter
+    from qcore.lab.convert import apply_recipe, make_converter
     from qcore.recipes import get_recipe
 
     inp = tf_keras.Input((8, 8))
@@ -256,7 +256,7 @@ def test_inspect_lint_sorted_by_severity(with_sin: dict[str, bytes]) -> None:
 
 def test_inspect_matches_interpreter(converted: dict[str, bytes]) -> None:
     # the C++ runtime's view of the same file: names, dtypes, shapes, quantization
-    from qcore.litert_io import make_interpreter
+    from qcore.tflite.litert_io import make_interpreter
 
     for recipe, model in converted.items():
         ins = inspect(model)

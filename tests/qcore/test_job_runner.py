@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from qcore.job_runner import ClusterSettings, JobRunner, local_runner
+from qcore.jobs.runner import ClusterSettings, JobRunner, local_runner
 from qcore.qtyping import JobStatus, LoadedModel, QlabError, VariantKind
 from qcore.store import Store
 from tests.board_agent.harness import build_tiny_models

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from qcore.keras_bridge import check_scope_names, is_keras3, to_tf_keras
+from qcore.lab.keras_bridge import check_scope_names, is_keras3, to_tf_keras
 from qcore.qtyping import Dataset, LoadedModel, QlabError
 
 
@@ -40,7 +40,7 @@ def keras3_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_to_tf_keras_functional_outputs_match(keras3_file: Path, digits: Dataset) -> None:
-    from qcore.models import load_model
+    from qcore.inputs.models import load_model
 
     loaded = load_model(keras3_file)
     assert loaded.keras_major == 3

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 import qcore  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from qcore.latency import benchmark, random_input
 from qcore.qtyping import Latency, LoadedModel, QlabError
 from qcore.store import Store, sha256_bytes
+from qcore.tflite.latency import benchmark, random_input
 
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, bytes]:
     """The demo CNN's architecture (untrained) as float32 and int8 .tflite."""
-    from qcore.convert import convert
-    from qcore.models import build_demo_model
+    from qcore.inputs.models import build_demo_model
+    from qcore.lab.convert import convert
 
     model = LoadedModel("cnn", "", "demo", build_demo_model(), (None, 8, 8), (None, 10), 2)
     calibration = np.random.default_rng(0).uniform(0, 1, (10, 8, 8)).astype(np.float32)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from qcore.litert_io import dequantize, io_dtypes, make_interpreter, quantize, run_model
 from qcore.qtyping import QlabError
+from qcore.tflite.litert_io import dequantize, io_dtypes, make_interpreter, quantize, run_model
 
 
 def test_quantize_rounds_to_nearest_and_clips():

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from qcore import metrics
+from qcore.tflite import metrics
 
 
 def test_accuracy_counts_argmax_hits():

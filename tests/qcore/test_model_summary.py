@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qcore.model_summary import summarize
+from qcore.inputs.summary import summarize
 from qcore.qtyping import LoadedModel, QlabError
 
 

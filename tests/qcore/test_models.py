@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qcore.models import file_sha256, load_model, predict
+from qcore.inputs.models import file_sha256, load_model, predict
 from qcore.qtyping import QlabError
 
 

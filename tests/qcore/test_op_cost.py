@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qcore import op_cost
-from qcore.board_client import bench_on_board
-from qcore.convert import convert, register
-from qcore.debugger import run_debugger
-from qcore.models import load_model
+from qcore.boards.client import bench_on_board
+from qcore.explain.debugger import run_debugger
+from qcore.inputs.models import load_model
+from qcore.lab import op_cost
+from qcore.lab.convert import convert, register
 from qcore.qtyping import Dataset, LoadedModel, QlabError, TimeSource
 from qcore.store import Store
 from tests.board_agent.harness import TOKEN, running_agent
@@ -323,7 +323,7 @@ def test_cli_export_node_data_unknown_variant_exits_2(cpu_setup: tuple[Store, in
 
 
 def test_report_carries_the_op_cost_table(cpu_setup: tuple[Store, int, bytes]) -> None:
-    from qcore.reports import make_report, op_cost_tables, render_html
+    from qcore.lab.reports import make_report, op_cost_tables, render_html
 
     store, vid, _ = cpu_setup
     report = store.report(make_report(store, "layers", "", [vid]))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qcore.qat import (
+from qcore.lab.qat import (
     build_qat_model,
     fused_chains,
     moving_average_ranges,
@@ -54,7 +54,7 @@ def test_run_qat_whole_model(whole: tuple[QatResult, list[tuple[float, str]]]) -
 
 
 def test_run_qat_model_is_integer_inside(whole: tuple[QatResult, list[tuple[float, str]]], module_store: Store) -> None:
-    from qcore.litert_io import make_interpreter
+    from qcore.tflite.litert_io import make_interpreter
 
     r, _ = whole
     data = Path(r.path).read_bytes()
@@ -120,7 +120,7 @@ def test_run_qat_warns_when_ranges_still_move(demo: LoadedModel, digits: Dataset
 def test_run_qat_keras3_model(digits: Dataset, tmp_path: Path) -> None:
     import keras
 
-    from qcore.models import load_model
+    from qcore.inputs.models import load_model
 
     keras.utils.set_random_seed(0)
     net = keras.Sequential([keras.Input((8, 8)), keras.layers.Flatten(name="flat"),
@@ -145,7 +145,7 @@ def test_pitfall_warnings_accuracy_gap() -> None:
 
 def test_compare_tensors_matches_qat_names(whole: tuple[QatResult, list[tuple[float, str]]],
                                            tiny_tflite: dict[str, bytes], digits: Dataset) -> None:
-    from qcore.tensor_compare import compare_tensors
+    from qcore.tflite.compare import compare_tensors
 
     r, _ = whole
     cmp = compare_tensors(tiny_tflite["float32"], Path(r.path), digits.test_inputs()[:4])
@@ -235,7 +235,7 @@ def conv_bn(digits: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Loaded
     """The Conv-BN-ReLU6 + depthwise + residual net in tf_keras, trained a few seconds, loaded back from .h5."""
     import tf_keras
 
-    from qcore.models import load_model
+    from qcore.inputs.models import load_model
 
     path = tmp_path_factory.mktemp("conv_bn") / "conv_bn.h5"
     _conv_bn_net(tf_keras, digits).save(path)  # type: ignore[attr-defined]
@@ -243,7 +243,7 @@ def conv_bn(digits: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Loaded
 
 
 def _ops(tflite: bytes) -> list[str]:
-    from qcore.litert_io import make_interpreter
+    from qcore.tflite.litert_io import make_interpreter
 
     return [op["op_name"] for op in make_interpreter(tflite)._get_ops_details()]
 
@@ -292,7 +292,7 @@ def test_run_qat_conv_bn_whole_model(conv_bn: LoadedModel, digits: Dataset) -> N
 
 def test_run_qat_conv_bn_whole_model_is_integer_with_bn_folded(conv_bn: LoadedModel, digits: Dataset,
                                                                tmp_path: Path) -> None:
-    from qcore.litert_io import make_interpreter
+    from qcore.tflite.litert_io import make_interpreter
 
     out = tmp_path / "all.tflite"
     run_qat(conv_bn, digits, epochs=1, train_samples=TRAIN, out=out)
@@ -319,7 +319,7 @@ def test_run_qat_conv_bn_every_conv2d_folds_bn(conv_bn: LoadedModel, digits: Dat
 def test_run_qat_conv_bn_keras3(digits: Dataset, tmp_path: Path) -> None:
     import keras
 
-    from qcore.models import load_model
+    from qcore.inputs.models import load_model
 
     _conv_bn_net(keras, digits).save(tmp_path / "conv_bn.keras")  # type: ignore[attr-defined]
     model = load_model(tmp_path / "conv_bn.keras")
@@ -348,7 +348,7 @@ def test_tfmot_unsupported_message_is_translated() -> None:
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
-    from qcore.qat import _TFMOT_UNSUPPORTED
+    from qcore.lab.qat import _TFMOT_UNSUPPORTED
 
     net = tf_keras.Sequential([tf_keras.layers.InputLayer(input_shape=(4,)),
                                tf_keras.layers.LayerNormalization(name="norm")])
@@ -377,8 +377,8 @@ def test_qat_mobilenet_v2_cli(digits: Dataset, tmp_path: Path, capfd: pytest.Cap
     import tf_keras
 
     from qcore.cli import main
-    from qcore.data import save_npz
-    from qcore.qat import ACCURACY_GAP, RANGE_SETTLED
+    from qcore.inputs.data import save_npz
+    from qcore.lab.qat import ACCURACY_GAP, RANGE_SETTLED
 
     data = _digits32(digits)
     save_npz(data, tmp_path / "digits32.npz")
@@ -409,7 +409,7 @@ def test_qat_mobilenet_v2_cli(digits: Dataset, tmp_path: Path, capfd: pytest.Cap
     assert "MUL" not in ops and ops.count("DEPTHWISE_CONV_2D") == 17
 
     # the same network from Keras 3 goes through the rebuild, and "every Conv2D" annotates its BN and ReLU6
-    from qcore import keras_bridge
+    from qcore.lab import keras_bridge
 
     k3 = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10)
     qat_model, names = build_qat_model(keras_bridge.to_tf_keras(k3, check_inputs=data.x_test[:4]), ("Conv2D",))

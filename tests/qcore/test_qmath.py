@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from qcore import qmath
 from qcore.qtyping import QlabError
+from qcore.tflite import qmath
 
 
 # ------------------------------------------------------------------ seeds' worked examples

@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from qcore import reports
+from qcore.lab import reports
 from qcore.qtyping import Evaluation, Latency, QlabError, VariantStatus
 from qcore.store import Store, sha256_bytes
 

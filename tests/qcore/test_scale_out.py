@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from qcore.job_runner import ClusterSettings, JobRunner, local_runner
+from qcore.jobs.runner import ClusterSettings, JobRunner, local_runner
 from qcore.qtyping import JobStatus, LoadedModel
 from qcore.store import Store
 
@@ -43,8 +43,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     procs = [subprocess.Popen([*dask, "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
                                "--no-dashboard"], **env_args)]  # type: ignore[call-overload]
     worker = [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "1", "--nthreads", "1",
-              "--no-dashboard", "--host", "127.0.0.1", "--preload", "qcore.worker",
-              "--preload-nanny", "qcore.worker", "--memory-limit", "4GB"]
+              "--no-dashboard", "--host", "127.0.0.1", "--preload", "qcore.jobs.worker",
+              "--preload-nanny", "qcore.jobs.worker", "--memory-limit", "4GB"]
     procs.append(subprocess.Popen([*worker, "--name", "cpu-box"], **env_args))  # type: ignore[call-overload]
     procs.append(subprocess.Popen([*worker, "--name", "gpu-box", "--resources", "GPU=1"],
                                   **env_args))  # type: ignore[call-overload]

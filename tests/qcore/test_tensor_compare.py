@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 
 from qcore.qtyping import Dataset, LoadedModel, QlabError
-from qcore.tensor_compare import _dequantize, compare_tensors
+from qcore.tflite.compare import _dequantize, compare_tensors
 
 
 @pytest.fixture(scope="module")
 def int16x8(demo: LoadedModel, digits: Dataset) -> bytes:
     """The demo converted with 16-bit activations (which the debugger cannot take)."""
-    from qcore.convert import convert
+    from qcore.lab.convert import convert
 
     return convert(demo, "int16x8", digits.calibration(20))
 
 
 def _names(model: bytes) -> set[str]:
-    from qcore.litert_io import make_interpreter
+    from qcore.tflite.litert_io import make_interpreter
 
     return {str(t["name"]) for t in make_interpreter(model).get_tensor_details()}
 

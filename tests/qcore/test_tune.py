@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qcore.explain.search import bisect_denylist, rank_layers, tune
 from qcore.qtyping import Dataset, LayerStat, LoadedModel, QlabError, TuneResult
 from qcore.store import Store
-from qcore.tune import bisect_denylist, rank_layers, tune
 
 
 class Threshold:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from qcore import reports
+from qcore.lab import reports
 from qcore.qtyping import Evaluation, QlabError, VariantStatus
 from qcore.store import Store, sha256_bytes
 from tests.security.conftest import lie_about_size
@@ -121,7 +121,7 @@ def test_bundle_failure_midway_leaves_nothing(bundle: bytes, target: Store) -> N
 @pytest.mark.slow
 def test_bundle_dataset_source_is_never_a_server_path(bundle: bytes, target: Store, tmp_path: Path) -> None:
     """A dataset `source` of /etc/passwd (or any path) is stored as a label, and jobs never read it."""
-    from qcore.data import load_stored_dataset
+    from qcore.inputs.data import load_stored_dataset
 
     def server_path(meta: dict[str, Any]) -> None:
         for d in meta["content"]["datasets"]:

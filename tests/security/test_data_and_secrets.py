@@ -1,5 +1,5 @@
 """Bombs and lies in uploaded data, image-zip datasets in jobs, and secrets at rest, through the
-real upload path (dashboard.services.uploads → qcore.data) and the real store."""
+real upload path (dashboard.services.uploads → qcore.inputs.data) and the real store."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 
 from dashboard.services import uploads
 from dashboard.services.lab import Lab
-from qcore import data as qdata
 from qcore import store as qstore
+from qcore.inputs import data as qdata
 from qcore.qtyping import JobStatus, QlabError
 from qcore.store import Store
 from tests.dashboard.conftest import empty_lab, run_job  # noqa: F401 - fixture
@@ -117,7 +117,7 @@ def test_lying_zip_is_a_clean_refusal_without_leftovers(empty_lab: Lab, tmp_path
 def test_image_zip_dataset_works_in_jobs(empty_lab: Lab, demo_h5: Path) -> None:  # noqa: F811
     """A zip of class folders uploaded for a model is read at the same size by every job: a real
     conversion job on it finishes, and rows stored before the size was recorded use the job's model."""
-    from qcore.data import load_stored_dataset
+    from qcore.inputs.data import load_stored_dataset
 
     model_id = uploads.add_model(empty_lab, "demo.h5", demo_h5.read_bytes())
     dataset_id = uploads.add_dataset(empty_lab, "digits.zip", _class_zip(10), input_scale=1 / 255,

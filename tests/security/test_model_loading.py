@@ -1,7 +1,7 @@
 """Uploads that are programs: Lambda bytecode, file-writing graph ops, configs naming modules.
 
 Each test performs the attack through the real upload path (dashboard.services.uploads →
-qcore.models) and checks that nothing ran: no marker file, no imported module, no stored row,
+qcore.inputs.models) and checks that nothing ran: no marker file, no imported module, no stored row,
 no file left in uploads/.
 """
 
@@ -94,7 +94,7 @@ def test_upload_savedmodel_with_writefile_refused(empty_lab: Lab, tmp_path: Path
     # writes the file
     import numpy as np
 
-    from qcore.models import load_model
+    from qcore.inputs.models import load_model
 
     model_id = uploads.add_model(empty_lab, "leak.zip", data, trusted=True)
     loaded = load_model(empty_lab.store.model(model_id)["source_path"], trusted=True)

@@ -2,7 +2,7 @@
 
 Start a remote worker with this module as both preloads, so it is ready like the embedded ones:
 
-    dask worker tcp://server:8786 --preload qcore.worker --preload-nanny qcore.worker [--resources GPU=1]
+    dask worker tcp://server:8786 --preload qcore.jobs.worker --preload-nanny qcore.jobs.worker [--resources GPU=1]
 
 The nanny half reports how a worker process ended (signal, exit status) as a Dask event, so
 the owner can say in words why a job's worker died.
@@ -121,7 +121,7 @@ def execute(spec: Any) -> Any:
     """
     from distributed import get_worker
 
-    from qcore.tasks import run_task
+    from qcore.jobs.tasks import run_task
 
     worker = get_worker()
 
@@ -139,7 +139,7 @@ def execute(spec: Any) -> Any:
         emit("progress", fraction=float(fraction), message=str(message)[:500])
 
     def publish(data: dict[str, Any]) -> None:
-        from qcore.jobs import to_json
+        from qcore.jobs.contract import to_json
 
         emit("live", data=json.loads(to_json(data)))  # events travel as msgpack: plain values only
 

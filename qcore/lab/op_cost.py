@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 from ai_edge_litert import schema_py_generated as schema
 
-from qcore.inspect_model import inspect
 from qcore.qtyping import Inspection, OpCost, QlabError, TimeSource
 from qcore.store import Store
+from qcore.tflite.inspection import inspect
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qcore import metrics
-from qcore.litert_io import DEFAULT_BATCH, io_dtypes, run_model
 from qcore.qtyping import Dataset, Evaluation, QlabError, Scoring
+from qcore.tflite import metrics
+from qcore.tflite.litert_io import DEFAULT_BATCH, io_dtypes, run_model
 
 
 def evaluate_outputs(

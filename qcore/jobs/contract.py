@@ -1,7 +1,7 @@
 """The job contract: a `JobKind` per job, one frozen params dataclass per kind, and one JSON serializer.
 
-The dashboard, the API and the CLI build the same params objects; `qcore.tasks` runs them on a worker
-and `qcore.job_runner` hands them to Dask. Defaults come from `qcore.defaults`, written once.
+The dashboard, the API and the CLI build the same params objects; `qcore.jobs.tasks` runs them on a worker
+and `qcore.jobs.runner` hands them to Dask. Defaults come from `qcore.defaults`, written once.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qcore.cli.client import Bar, Remote, read_token
 from qcore.qtyping import QlabError
-from qcore.remote import Bar, Remote, read_token
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace, server: str) -> int:
     Raises:
         QlabError: for a command that cannot run remotely, bad input the server refused, or a failed job.
     """
-    from qcore.jobs import to_json
+    from qcore.jobs.contract import to_json
 
     name = command_name(args)
     remote = Remote(server, read_token(getattr(args, "server_token_file", None)))
@@ -156,8 +156,8 @@ def run(args: argparse.Namespace, server: str) -> int:
 
 
 def _report_push(remote: Remote, args: argparse.Namespace) -> int:
-    from qcore.jobs import to_json
-    from qcore.reports import export_bundle
+    from qcore.jobs.contract import to_json
+    from qcore.lab.reports import export_bundle
     from qcore.store import Store, default_db_path
 
     with Store(Path(args.db) if args.db else default_db_path()) as store:

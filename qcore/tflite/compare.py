@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from qcore import litert_io
 from qcore.qtyping import (
     Progress,
     QlabError,
@@ -20,6 +19,7 @@ from qcore.qtyping import (
     UnmatchedTensor,
     no_progress,
 )
+from qcore.tflite import litert_io
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What each job kind does on a worker: materialize its input bytes, call the engine, return values.
 
-A task never opens the database. Its `store` is a `Journal` (see `qcore.journal`): the engine's
+A task never opens the database. Its `store` is a `Journal` (see `qcore.jobs.journal`): the engine's
 writes are recorded and come back with the result, and the owner writes them in one transaction.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from qcore import defaults
-from qcore.jobs import (
+from qcore.jobs.contract import (
     AddModelParams,
     BoardAccuracyParams,
     BoardBenchParams,
@@ -35,7 +35,7 @@ from qcore.jobs import (
     SelectiveParams,
     TuneParams,
 )
-from qcore.journal import Journal
+from qcore.jobs.journal import Journal
 from qcore.qtyping import Dataset, LoadedModel, Progress, QlabError
 
 # progress data (e.g. QAT's epochs) a task publishes while it runs; the runner sets it per job
@@ -93,7 +93,7 @@ def _materialize(ctx: Context, role: str) -> Path:
 
 def load_model_input(ctx: Context) -> LoadedModel:
     """The job's Keras model, loaded on this worker from the bytes the owner sent."""
-    from qcore.models import load_model
+    from qcore.inputs.models import load_model
 
     row = ctx.spec.rows.get("model", {})
     if row.get("format") == "tflite" or "model" not in ctx.spec.files:
@@ -111,7 +111,7 @@ def load_model_input(ctx: Context) -> LoadedModel:
 
 def load_dataset_input(ctx: Context, role: str = "dataset") -> Dataset:
     """The job's data with its stored preprocessing, loaded from the bytes the owner sent (or digits)."""
-    from qcore.data import load_stored_dataset
+    from qcore.inputs.data import load_stored_dataset
 
     row = ctx.spec.rows[role]
     path = _materialize(ctx, role) if role in ctx.spec.files else None
@@ -150,11 +150,11 @@ def model_summary(model: LoadedModel) -> dict[str, Any]:
 
 def add_model_task(ctx: Context, params: AddModelParams) -> dict[str, Any]:
     """Loads an uploaded model on the worker and records it with its summary."""
-    from qcore.models import file_sha256
+    from qcore.inputs.models import file_sha256
 
     ctx.progress(0.1, f"loading {params.filename}")
     path = _materialize(ctx, "model")
-    from qcore.models import load_model
+    from qcore.inputs.models import load_model
 
     try:
         model = load_model(path, trusted=params.trusted)
@@ -188,8 +188,8 @@ def journal_tflite(journal: Journal, sha256: str) -> bytes:
 
 def _convert(ctx: Context, model: LoadedModel, dataset: Dataset, recipe_names: tuple[str, ...],
              calibration_samples: int, bench: bool, progress: Progress, engine: str = "tf") -> dict[str, Any]:
-    from qcore.convert import convert_and_evaluate
-    from qcore.data import check_fits
+    from qcore.inputs.data import check_fits
+    from qcore.lab.convert import convert_and_evaluate
     from qcore.recipes import resolve_recipes
 
     recipes = resolve_recipes(",".join(recipe_names), engine)
@@ -200,7 +200,7 @@ def _convert(ctx: Context, model: LoadedModel, dataset: Dataset, recipe_names: t
     def each(variant: Any) -> None:  # each recipe's row reaches the page as it lands, with the pace so far
         row = _variant_result(variant)
         if variant.sha256:
-            from qcore.inspect_model import npu_verdict
+            from qcore.tflite.inspection import npu_verdict
 
             verdict = npu_verdict(journal_tflite(ctx.journal, variant.sha256))
             row.update(npu=verdict.label, io=verdict.io)
@@ -217,8 +217,8 @@ def _convert(ctx: Context, model: LoadedModel, dataset: Dataset, recipe_names: t
     )
     ok = [v for v in report.variants if v.variant_id is not None and v.status == "ok"]
     if bench and ok:
-        from qcore.latency import benchmark
         from qcore.store import sha256_bytes
+        from qcore.tflite.latency import benchmark
 
         step = scaled(progress, 0.85, 1.0)
         for i, v in enumerate(ok):
@@ -249,8 +249,8 @@ def convert_task(ctx: Context, params: ConvertParams) -> dict[str, Any]:
 
 def demo_task(ctx: Context, params: DemoParams) -> dict[str, Any]:
     """First start: train the demo CNN, keep its file on the owner, register it with digits, convert."""
-    from qcore.data import digits_dataset
-    from qcore.models import demo_model, file_sha256
+    from qcore.inputs.data import digits_dataset
+    from qcore.inputs.models import demo_model, file_sha256
 
     folder = ctx.workdir / "demo"
     if "model" in ctx.spec.files:  # the owner kept the demo trained by an earlier start
@@ -268,7 +268,7 @@ def demo_task(ctx: Context, params: DemoParams) -> dict[str, Any]:
 
 
 def host_bench_task(ctx: Context, params: HostBenchParams) -> dict[str, Any]:
-    from qcore.latency import benchmark
+    from qcore.tflite.latency import benchmark
 
     out = []
     for i, vid in enumerate(params.variant_ids):
@@ -285,7 +285,7 @@ def host_bench_task(ctx: Context, params: HostBenchParams) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- debugger, selective, search, tensors
 def debug_task(ctx: Context, params: DebugParams) -> dict[str, Any]:
-    from qcore.debugger import run_debugger
+    from qcore.explain.debugger import run_debugger
 
     result = run_debugger(
         load_model_input(ctx), load_dataset_input(ctx), recipe=params.recipe,
@@ -300,8 +300,8 @@ def debug_task(ctx: Context, params: DebugParams) -> dict[str, Any]:
 def selective_task(ctx: Context, params: SelectiveParams) -> dict[str, Any]:
     """Keeps the chosen layers in float, evaluates the selective variant, and makes sure the plain
     recipe's variant exists to compare with (the owner says whether it does)."""
-    from qcore.convert import convert_and_evaluate
-    from qcore.debugger import run_debugger
+    from qcore.explain.debugger import run_debugger
+    from qcore.lab.convert import convert_and_evaluate
     from qcore.recipes import get_recipe
 
     if not params.denylisted_nodes and not params.denylisted_ops:
@@ -329,7 +329,7 @@ def selective_task(ctx: Context, params: SelectiveParams) -> dict[str, Any]:
 
 
 def tune_task(ctx: Context, params: TuneParams) -> dict[str, Any]:
-    from qcore.tune import tune
+    from qcore.explain.search import tune
 
     result = tune(load_model_input(ctx), load_dataset_input(ctx), max_drop=params.max_drop, recipe=params.recipe,
                   calibration_samples=params.calibration_samples, debug_samples=params.debug_samples,
@@ -341,7 +341,7 @@ def tune_task(ctx: Context, params: TuneParams) -> dict[str, Any]:
 
 
 def compare_tensors_task(ctx: Context, params: CompareTensorsParams) -> dict[str, Any]:
-    from qcore.tensor_compare import compare_tensors
+    from qcore.tflite.compare import compare_tensors
 
     frow, fbytes = variant_input(ctx, params.float_variant_id)
     qrow, qbytes = variant_input(ctx, params.quant_variant_id)
@@ -359,7 +359,7 @@ def compare_tensors_task(ctx: Context, params: CompareTensorsParams) -> dict[str
 # ---------------------------------------------------------------- QAT
 def qat_task(ctx: Context, params: QatParams) -> dict[str, Any]:
     """Publishes each epoch's metrics as structured data while it trains."""
-    from qcore.qat import run_qat
+    from qcore.lab.qat import run_qat
 
     model, dataset = load_model_input(ctx), load_dataset_input(ctx)
     history: list[dict[str, float]] = []
@@ -387,8 +387,8 @@ def qat_task(ctx: Context, params: QatParams) -> dict[str, Any]:
 # ---------------------------------------------------------------- bring your own .tflite
 def import_tflite_task(ctx: Context, params: ImportTfliteParams) -> dict[str, Any]:
     """Inspects, runs and scores a .tflite made elsewhere (and its float reference) on the worker."""
-    from qcore.data import load_stored_dataset
-    from qcore.import_tflite import input_shape, run_import
+    from qcore.inputs.data import load_stored_dataset
+    from qcore.lab.import_tflite import input_shape, run_import
 
     model = ctx.spec.files["tflite"][1]
     reference = ctx.spec.files["reference"][1] if "reference" in ctx.spec.files else None
@@ -410,7 +410,7 @@ def board_bench_task(store: Any, params: BoardBenchParams, progress: Progress) -
 
 
 def board_matrix_task(store: Any, params: BoardMatrixParams, progress: Progress) -> dict[str, Any]:
-    from qcore.board_runs import matrix
+    from qcore.boards.runs import matrix
 
     result = matrix(store, list(params.variant_ids), list(params.targets), pool=params.pool,
                     placement=params.placement, runs=params.runs, warmup=params.warmup, threads=params.threads,
@@ -437,8 +437,8 @@ def board_accuracy_task(store: Any, params: BoardAccuracyParams, progress: Progr
     """Each (variant, target) cell on its own; the board gets the variant's own test data."""
     import json as _json
 
-    from qcore.board_runs import AccuracyItem, accuracy_run, variant_model
-    from qcore.data import load_stored_dataset
+    from qcore.boards.runs import AccuracyItem, accuracy_run, variant_model
+    from qcore.inputs.data import load_stored_dataset
 
     if not params.variant_ids:
         raise QlabError("choose at least one variant")
@@ -525,7 +525,7 @@ def run_task(spec: JobSpec, progress: Progress, publish: Publish = _no_publish) 
 
 
 def _json(value: Any) -> str:
-    from qcore.jobs import to_json
+    from qcore.jobs.contract import to_json
 
     return to_json(value)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from qcore.litert_io import make_interpreter
 from qcore.qtyping import Latency, QlabError, Target
+from qcore.tflite.litert_io import make_interpreter
 
 log = logging.getLogger(__name__)
 

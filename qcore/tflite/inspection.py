@@ -74,7 +74,7 @@ def inspect(model: bytes | bytearray | str | os.PathLike[str]) -> Inspection:
 def _read(path: str | os.PathLike[str]) -> bytes:
     # imported here: litert_io loads the LiteRT runtime, which reading a flatbuffer never needs
     # (the store computes verdicts in the owner process)
-    from qcore.litert_io import read_tflite
+    from qcore.tflite.litert_io import read_tflite
 
     # the parser explains a bad identifier in more detail than the reader would
     return read_tflite(path, check_identifier=False)

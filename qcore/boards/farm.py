@@ -1,6 +1,6 @@
 """A matrix of benchmark cells fanned out across boards: each agent's queue respected, lost boards survived.
 
-Pure over HTTP: no store. `qcore.board_runs.matrix` resolves a pool from the store, calls
+Pure over HTTP: no store. `qcore.boards.runs.matrix` resolves a pool from the store, calls
 `run_cells`, and writes each finished cell from the calling thread (the store has one writer).
 
 Per board, at most `slots` jobs are in flight (submitted, not yet finished): never more than the
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from board_agent import protocol
-from qcore.board_client import (
+from qcore.boards.client import (
     DEFAULT_JOB_TIMEOUT_S,
     BoardBusyError,
     BoardClient,

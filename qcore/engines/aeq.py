@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from qcore import convert as qconvert
-from qcore import litert_io
+from qcore.lab import convert as qconvert
 from qcore.qtyping import (
     AeqMode,
     Dataset,
@@ -33,12 +32,13 @@ from qcore.qtyping import (
 )
 from qcore.recipes import get_recipe
 from qcore.store import Store
+from qcore.tflite import litert_io
 
 log = logging.getLogger(__name__)
 
 # AEQ's validation metrics qlab keeps per layer; names are ValidationErrorMetric values
 LAYER_METRICS = ("mse", "snr", "cosine_similarity")
-# int8 steps across a tensor's range, as in the TF debugger's table (see qcore.debugger.INT8_STEPS)
+# int8 steps across a tensor's range, as in the TF debugger's table (see qcore.explain.debugger.INT8_STEPS)
 INT8_STEPS = 255.0
 # AEQ's calibrator and validator default to 16 threads; this machine is shared, the figures are per engine
 THREADS = 2
@@ -272,7 +272,7 @@ def _integer_io(tflite: bytes, rec: Recipe) -> bytes:
 
 
 def _check_integer_only(rec: Recipe, tflite: bytes) -> None:
-    from qcore.inspect_model import inspect
+    from qcore.tflite.inspection import inspect
 
     result = inspect(tflite)
     if result.integer_only:
@@ -525,9 +525,9 @@ def run_debug(
         QlabError: for a recipe AEQ cannot express or that has no quantized activations, unknown
             denylist entries, no samples.
     """
-    from qcore import debugger as qdebugger
-    from qcore.convert import keras_predict, register
-    from qcore.data import check_fits
+    from qcore.explain import debugger as qdebugger
+    from qcore.inputs.data import check_fits
+    from qcore.lab.convert import keras_predict, register
 
     rec = check_recipe(recipe)
     assert rec.aeq is not None
@@ -601,9 +601,9 @@ def _store_selective(
     nodes: Sequence[str], ops: Sequence[str], store: Store | None, model_id: int | None,
     dataset_id: int | None, out: str | Path | None, calibration_samples: int,
 ) -> SelectiveResult:
-    from qcore.debugger import _free_name, float_ops, selective_name
-    from qcore.evaluate import evaluate_tflite
+    from qcore.explain.debugger import _free_name, float_ops, selective_name
     from qcore.store import sha256_bytes
+    from qcore.tflite.evaluate import evaluate_tflite
 
     ev = evaluate_tflite(tflite, dataset, reference)
     kept = float_ops(tflite)

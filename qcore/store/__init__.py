@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from qcore.jobs import json_default
+from qcore.jobs.contract import json_default
 from qcore.qtyping import (
     Board,
     Evaluation,
@@ -37,7 +37,7 @@ from qcore.qtyping import (
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # who is acting (a signed-in e-mail, a token's owner, "local"); new rows record it as created_by.
 # The dashboard sets it per script run and per API request; a job's thread inherits its submitter's.
 ACTOR: ContextVar[str | None] = ContextVar("qlab_actor", default=None)
@@ -1522,7 +1522,7 @@ class Store:
 
 def _lint_or_none(tflite: bytes, name: str) -> NpuVerdict | None:
     """The NPU verdict of a .tflite about to be stored; None (and a log line) when it cannot be read."""
-    from qcore.inspect_model import npu_verdict
+    from qcore.tflite.inspection import npu_verdict
 
     try:
         return npu_verdict(tflite)

@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from qcore import defaults, metrics
-from qcore.data import check_fits, dataset_sha256
-from qcore.evaluate import evaluate_tflite
-from qcore.models import file_sha256, predict
+from qcore import defaults
+from qcore.inputs.data import check_fits, dataset_sha256
+from qcore.inputs.models import file_sha256, predict
 from qcore.qtyping import (
     ConvertedVariant,
     ConvertReport,
@@ -30,6 +29,8 @@ from qcore.qtyping import (
 )
 from qcore.recipes import get_recipe
 from qcore.store import Store
+from qcore.tflite import metrics
+from qcore.tflite.evaluate import evaluate_tflite
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def _refusal(rec: Recipe, text: str) -> QlabError:
 def _check_integer_only(rec: Recipe, tflite: bytes) -> None:
     """TF 2.21 silently leaves ops without int8 kernels in float between DEQUANTIZE/QUANTIZE,
     even with TFLITE_BUILTINS_INT8 only; an integer-only recipe must not hand that to an NPU."""
-    from qcore.inspect_model import inspect
+    from qcore.tflite.inspection import inspect
 
     result = inspect(tflite)
     if result.integer_only:
@@ -257,7 +258,7 @@ def convert_and_evaluate(
         out.mkdir(parents=True, exist_ok=True)
     calibration = dataset.calibration(calibration_samples)
     if engine == Engine.AEQ:
-        from qcore import aeq
+        from qcore.engines import aeq
 
         session = aeq.Session(model, calibration)
 

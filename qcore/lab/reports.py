@@ -24,10 +24,10 @@ import duckdb
 import pandas as pd
 
 from qcore import __version__
-from qcore.inspect_model import inspect
-from qcore.names import keras_layer_name
 from qcore.qtyping import SCORING_LABELS, Evaluation, Latency, QlabError, Scoring, VariantStatus
 from qcore.store import Store, check_sha256, sha256_bytes
+from qcore.tflite.inspection import inspect
+from qcore.tflite.names import keras_layer_name
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def notes_html(notes: str) -> str:
 
 def op_cost_content(store: Store, variant_ids: Sequence[int]) -> dict[str, Any]:
     """Per-op error beside per-op time for the variants that have a debugger run or a board profile."""
-    from qcore.op_cost import op_cost, report_rows
+    from qcore.lab.op_cost import op_cost, report_rows
     from qcore.qtyping import TimeSource
 
     out: dict[str, Any] = {}

@@ -27,7 +27,9 @@ def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
     `qcore.quiet.native_output`), so a library's print cannot break the one JSON document.
     """
     if getattr(args, "json", False):
-        from qcore.jobs import to_json  # the one serializer: job results and the API print the same
+        from qcore.jobs.contract import (
+            to_json,  # the one serializer: job results and the API print the same
+        )
 
         text = to_json(payload, indent=2)
     if hasattr(args, "stdout_text"):
@@ -102,13 +104,13 @@ def _add_preprocessing(p: argparse.ArgumentParser) -> None:
 
 
 def _load_model_arg(spec: str) -> Any:
-    from qcore.models import demo_model, load_model
+    from qcore.inputs.models import demo_model, load_model
 
     return demo_model() if spec == "demo" else load_model(spec)
 
 
 def _load_data_arg(args: argparse.Namespace, input_shape: Any = None) -> Any:
-    from qcore.data import load_dataset
+    from qcore.inputs.data import load_dataset
 
     return load_dataset(
         args.data, input_scale=args.input_scale, input_offset=args.input_offset, input_shape=input_shape
@@ -117,7 +119,7 @@ def _load_data_arg(args: argparse.Namespace, input_shape: Any = None) -> Any:
 
 def _read_tflite(path: str) -> bytes:
     """A .tflite to run: refused up front, naming the file and its ops, when LiteRT cannot run its custom ops."""
-    from qcore.litert_io import check_runnable, read_tflite
+    from qcore.tflite.litert_io import check_runnable, read_tflite
 
     data = read_tflite(path)
     check_runnable(data, path)
@@ -125,7 +127,7 @@ def _read_tflite(path: str) -> bytes:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from qcore.convert import convert_and_evaluate
+    from qcore.lab.convert import convert_and_evaluate
     from qcore.recipes import resolve_recipes
 
     try:
@@ -167,8 +169,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from qcore.evaluate import evaluate_tflite
-    from qcore.litert_io import make_interpreter
+    from qcore.tflite.evaluate import evaluate_tflite
+    from qcore.tflite.litert_io import make_interpreter
 
     model = _read_tflite(args.tflite)
     shape = tuple(int(d) for d in make_interpreter(model).get_input_details()[0]["shape"])
@@ -188,7 +190,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from qcore.inspect_model import inspect
+    from qcore.tflite.inspection import inspect
 
     result = inspect(Path(args.tflite))
     payload = asdict(result) | {"verdict": result.verdict}
@@ -212,8 +214,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from qcore.latency import benchmark
     from qcore.store import Store, sha256_bytes
+    from qcore.tflite.latency import benchmark
 
     model = _read_tflite(args.tflite)
     lat = benchmark(model, runs=args.runs, warmup=args.warmup, threads=args.threads, xnnpack=not args.no_xnnpack)
@@ -230,7 +232,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from qcore.models import write_demo
+    from qcore.inputs.models import write_demo
 
     model_path, data_path = write_demo(Path(args.out))
     _emit(args, {"model": str(model_path), "data": str(data_path)},
@@ -328,7 +330,7 @@ def _finite(obj: Any) -> Any:
 
 
 def _cmd_qat(args: argparse.Namespace) -> int:
-    from qcore.qat import run_qat
+    from qcore.lab.qat import run_qat
 
     model = _load_model_arg(args.model)
     dataset = _load_data_arg(args, model.input_shape)
@@ -358,7 +360,7 @@ def _cmd_qat(args: argparse.Namespace) -> int:
 def _cmd_debug(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from qcore.debugger import run_debugger, stats_csv
+    from qcore.explain.debugger import run_debugger, stats_csv
 
     nodes, ops = _names(args.denylist_nodes), _names(args.denylist_ops)
     if args.selective_out and not (nodes or ops):
@@ -409,8 +411,8 @@ def _cmd_debug(args: argparse.Namespace) -> int:
 def _cmd_compare_tensors(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from qcore.litert_io import make_interpreter
-    from qcore.tensor_compare import compare_tensors
+    from qcore.tflite.compare import compare_tensors
+    from qcore.tflite.litert_io import make_interpreter
 
     if args.samples < 1:
         raise QlabError(f"--samples must be at least 1, got {args.samples}")
@@ -429,7 +431,7 @@ def _cmd_compare_tensors(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from qcore.tune import tune
+    from qcore.explain.search import tune
 
     model = _load_model_arg(args.model)
     dataset = _load_data_arg(args, model.input_shape)
@@ -555,7 +557,7 @@ def _cmd_board_add(args: argparse.Namespace) -> int:
 
 
 def _cmd_board_list(args: argparse.Namespace) -> int:
-    from qcore.board_runs import board_health
+    from qcore.boards.runs import board_health
 
     with _open_store(args) as store:
         rows = board_health(store)
@@ -583,7 +585,7 @@ def _cmd_board_list(args: argparse.Namespace) -> int:
 def _cmd_board_bench(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from qcore.board_runs import bench_on_board
+    from qcore.boards.runs import bench_on_board
     from qcore.store import sha256_bytes
 
     model = _read_tflite(args.tflite)
@@ -634,10 +636,10 @@ def _cmd_board_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_board_accuracy(args: argparse.Namespace) -> int:
-    from qcore.board_client import resolve_targets
-    from qcore.board_runs import accuracy_on_board, client_for
-    from qcore.litert_io import make_interpreter
+    from qcore.boards.client import resolve_targets
+    from qcore.boards.runs import accuracy_on_board, client_for
     from qcore.store import sha256_bytes
+    from qcore.tflite.litert_io import make_interpreter
 
     model = _read_tflite(args.tflite)
     shape = tuple(int(d) for d in make_interpreter(model).get_input_details()[0]["shape"])
@@ -734,14 +736,14 @@ def _variant_id(store: Any, ref: str) -> int:
 
 
 def _op_cost_for(args: argparse.Namespace, store: Any) -> Any:
-    from qcore.op_cost import op_cost
+    from qcore.lab.op_cost import op_cost
 
     return op_cost(store, _variant_id(store, args.variant), board=args.board, target=args.target,
                    debug_run_id=args.debug_run)
 
 
 def _cmd_op_cost(args: argparse.Namespace) -> int:
-    from qcore.op_cost import report_rows
+    from qcore.lab.op_cost import report_rows
 
     with _open_store(args) as store:
         cost = _op_cost_for(args, store)
@@ -764,7 +766,7 @@ def _cmd_op_cost(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_node_data(args: argparse.Namespace) -> int:
-    from qcore.op_cost import explorer_command, explorer_installed, write_node_data
+    from qcore.lab.op_cost import explorer_command, explorer_installed, write_node_data
 
     with _open_store(args) as store:
         cost = _op_cost_for(args, store)
@@ -798,8 +800,8 @@ def _add_import_commands(sub: argparse._SubParsersAction) -> None:
 def _cmd_import_tflite(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from qcore.import_tflite import import_tflite, input_shape
-    from qcore.litert_io import read_tflite
+    from qcore.lab.import_tflite import import_tflite, input_shape
+    from qcore.tflite.litert_io import read_tflite
 
     # custom ops are welcome here: the file is stored and inspected, only running it is refused
     model = read_tflite(args.tflite)
@@ -862,7 +864,7 @@ def _cmd_board_history(args: argparse.Namespace) -> int:
 def _cmd_board_matrix(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from qcore.board_runs import matrix, matrix_spread
+    from qcore.boards.runs import matrix, matrix_spread
     from qcore.qtyping import Placement
 
     try:
@@ -936,7 +938,7 @@ def _add_report_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_report_make(args: argparse.Namespace) -> int:
-    from qcore.reports import make_report
+    from qcore.lab.reports import make_report
 
     try:
         ids = [int(v) for v in args.variants.split(",") if v.strip()]
@@ -954,7 +956,7 @@ def _cmd_report_push(args: argparse.Namespace) -> int:
 
 def _remote(args: argparse.Namespace) -> bool:
     """True when this command runs on the --server instead of here."""
-    from qcore.cli_remote import JOBS, command_name
+    from qcore.cli.remote import JOBS, command_name
 
     return bool(args.server) and (command_name(args) in JOBS or args.command == "report")
 
@@ -982,7 +984,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if _remote(args):
             # a thin HTTP client: no engine work, so nothing native can print; it prints its own result
-            from qcore.cli_remote import run
+            from qcore.cli.remote import run
 
             return run(args, args.server)
         with quiet.native_output(verbose=args.verbose):
@@ -998,6 +1000,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

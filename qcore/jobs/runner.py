@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcore.jobs import JobKind, JobSpec, job_kind, params_json, parse_params, to_json
-from qcore.journal import replay
+from qcore.jobs.contract import JobKind, JobSpec, job_kind, params_json, parse_params, to_json
+from qcore.jobs.journal import replay
+from qcore.jobs.tasks import zip_dir
+from qcore.jobs.worker import EXIT_TOPIC, MEMORY_TOPIC, PROGRESS_MIN_INTERVAL_S, PROGRESS_TOPIC
 from qcore.qtyping import JobStatus, QlabError
 from qcore.store import Store
-from qcore.tasks import zip_dir
-from qcore.worker import EXIT_TOPIC, MEMORY_TOPIC, PROGRESS_MIN_INTERVAL_S, PROGRESS_TOPIC
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,8 @@ def _dask_config() -> dict[str, Any]:
     return {
         # a job whose worker dies fails; never retry it on the next worker (a crashing model would kill them all)
         "distributed.scheduler.allowed-failures": 0,
-        "distributed.worker.preload": ["qcore.worker"],
-        "distributed.nanny.preload": ["qcore.worker"],
+        "distributed.worker.preload": ["qcore.jobs.worker"],
+        "distributed.nanny.preload": ["qcore.jobs.worker"],
         # a worker that only holds results never spills them; the owner takes each result at once
         "distributed.worker.memory.target": False,
         "distributed.worker.memory.spill": False,
@@ -172,7 +172,7 @@ class Cluster:
             self._local = LocalCluster(
                 n_workers=settings.workers, threads_per_worker=1, processes=True,
                 memory_limit=settings.memory_limit, dashboard_address=None, silence_logs=logging.CRITICAL,
-                preload=["qcore.worker"], preload_nanny=["qcore.worker"], env=env,
+                preload=["qcore.jobs.worker"], preload_nanny=["qcore.jobs.worker"], env=env,
                 scheduler_kwargs={"allowed_failures": 0},
             )
             _keep_nannies(self._local)
@@ -314,7 +314,7 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
     """A store row with numpy and pandas values made plain (it travels to a worker)."""
     import json
 
-    from qcore.jobs import to_json
+    from qcore.jobs.contract import to_json
 
     return dict(json.loads(to_json({str(k): (None if _missing(v) else v) for k, v in row.items()})))
 
@@ -494,7 +494,7 @@ class JobRunner:
         Raises:
             QlabError: for an unknown kind or field, or a missing input, before anything is queued.
         """
-        from qcore.tasks import OWNER_TASKS
+        from qcore.jobs.tasks import OWNER_TASKS
 
         k = job_kind(kind)
         p = parse_params(k, params)
@@ -528,7 +528,7 @@ class JobRunner:
 
         Cancel and the timeout take effect at its next progress report.
         """
-        from qcore.tasks import OWNER_TASKS
+        from qcore.jobs.tasks import OWNER_TASKS
 
         job_id, started = watch.job_id, time.monotonic()
         last = [0.0]
@@ -566,7 +566,7 @@ class JobRunner:
 
     def _dispatch(self, watch: _Watch) -> bool:
         """Hands a job to Dask once the cluster is up; False when it ended before that."""
-        from qcore.worker import execute
+        from qcore.jobs.worker import execute
 
         while not self._ready.wait(timeout=WATCH_INTERVAL_S):
             if watch.cancel.is_set():
@@ -679,7 +679,7 @@ class JobRunner:
             wanted = ", ".join(f"{r}={n:g}" for r, n in resources.items())
             self.store.update_job(job_id, message=f"waiting for a worker with {wanted}: none is connected "
                                   f"(start one with `dask worker {self.cluster.address} --resources {wanted} "
-                                  "--preload qcore.worker --preload-nanny qcore.worker`)", only_active=True)
+                                  "--preload qcore.jobs.worker --preload-nanny qcore.jobs.worker`)", only_active=True)
 
     # ------------------------------------------------------------ following one job
     def _follow(self, watch: _Watch) -> None:

@@ -31,7 +31,7 @@ from qcore.qtyping import (
 )
 
 if TYPE_CHECKING:
-    from qcore.jobs import ImportTfliteParams
+    from qcore.jobs.contract import ImportTfliteParams
     from qcore.store import Store
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def inspect_bytes(data: bytes, label: str) -> Inspection:
     Raises:
         QlabError: "<label>: not a TFLite model: <reason>" for anything that does not parse.
     """
-    from qcore.inspect_model import inspect
+    from qcore.tflite.inspection import inspect
 
     check_tflite_bytes(data, label)
     try:
@@ -119,8 +119,8 @@ def analyze(
         QlabError: naming the file for anything that is not a TFLite model, a reference whose
             input differs from the model's, or data that does not fit the model.
     """
-    from qcore import litert_io
-    from qcore.evaluate import evaluate_against_reference, evaluate_outputs, scoring_for
+    from qcore.tflite import litert_io
+    from qcore.tflite.evaluate import evaluate_against_reference, evaluate_outputs, scoring_for
 
     progress(0.0, f"inspecting {label}")
     info = inspect_bytes(model, label)
@@ -213,7 +213,7 @@ def analyze(
 
 
 def _why_not_runnable(data: bytes, label: str) -> str:
-    from qcore.litert_io import check_runnable
+    from qcore.tflite.litert_io import check_runnable
 
     try:
         check_runnable(data, label)
@@ -259,7 +259,7 @@ def save(
     Returns:
         `result` with model_id, dataset_id, variant_id and reference_variant_id set.
     """
-    from qcore.data import dataset_sha256
+    from qcore.inputs.data import dataset_sha256
 
     # only the store's write methods and blob_path are used, so a worker's journal can stand in for it;
     # the anchor's blob is written by save_variant below

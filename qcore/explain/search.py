@@ -10,11 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from qcore import convert as qconvert
-from qcore import debugger as qdebugger
-from qcore import metrics
-from qcore.data import check_fits
-from qcore.evaluate import evaluate_tflite
+from qcore.explain import debugger as qdebugger
+from qcore.inputs.data import check_fits
+from qcore.lab import convert as qconvert
 from qcore.qtyping import (
     Dataset,
     Engine,
@@ -30,6 +28,8 @@ from qcore.qtyping import (
     no_progress,
 )
 from qcore.store import Store, sha256_bytes
+from qcore.tflite import metrics
+from qcore.tflite.evaluate import evaluate_tflite
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def tune(
     deploy = qconvert.check_engine(deploy_engine or engine)
     recipe_name = recipe if isinstance(recipe, str) else recipe.name
     if engine == Engine.AEQ:
-        from qcore import aeq
+        from qcore.engines import aeq
 
         session = aeq.Session(model, dataset.calibration(calibration_samples))
         debug = aeq.run_debug(model, dataset, recipe=recipe, calibration_samples=calibration_samples,

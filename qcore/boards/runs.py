@@ -1,6 +1,6 @@
 """Runs over registered boards, stored beside host results: health (with history and labels), benchmarks, accuracy.
 
-The HTTP lives in `qcore.board_client`; fanning a matrix out across a pool in `qcore.board_farm`.
+The HTTP lives in `qcore.boards.client`; fanning a matrix out across a pool in `qcore.boards.farm`.
 Every (variant, target) cell succeeds or fails on its own, and a failed cell keeps its reason in
 `board_cells`.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from board_agent import protocol
-from qcore.board_client import (
+from qcore.boards.client import (
     DEFAULT_JOB_TIMEOUT_S,
     TARGET_ALL,
     BoardClient,
@@ -251,9 +251,9 @@ def accuracy_on_board(
         QlabError: unknown board, unavailable target, unreachable agent, a failed job, or data that
             does not fit the model.
     """
-    from qcore import litert_io, metrics
-    from qcore.data import dataset_sha256
+    from qcore.inputs.data import dataset_sha256
     from qcore.store import sha256_bytes
+    from qcore.tflite import litert_io, metrics
 
     x, y = dataset.test_inputs(), np.asarray(dataset.y_test)
     if len(x) == 0:
@@ -451,7 +451,7 @@ def matrix(
     import threading
     import time
 
-    from qcore import board_farm
+    from qcore.boards import farm as board_farm
 
     try:
         place = Placement(str(placement))

@@ -309,7 +309,7 @@ def _load_folder(root: Path, input_shape: tuple[int | None, ...] | None, name: s
 
 
 def _load_zip(p: Path, input_shape: tuple[int | None, ...] | None) -> Dataset:
-    from qcore.archives import extract_zip
+    from qcore.inputs.archives import extract_zip
 
     _image_mode_size(input_shape)  # refuse before unpacking anything
     with tempfile.TemporaryDirectory(prefix="qlab-zip-") as tmp:

@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from qcore import convert as qconvert
-from qcore import defaults, litert_io
-from qcore.data import check_fits
-from qcore.evaluate import evaluate_tflite
-from qcore.keras_bridge import check_scope_names
+from qcore import defaults
+from qcore.inputs.data import check_fits
+from qcore.lab import convert as qconvert
+from qcore.lab.keras_bridge import check_scope_names
 from qcore.qtyping import (
     Dataset,
     DebugResult,
@@ -32,6 +31,8 @@ from qcore.qtyping import (
 )
 from qcore.recipes import get_recipe
 from qcore.store import Store, sha256_bytes
+from qcore.tflite import litert_io
+from qcore.tflite.evaluate import evaluate_tflite
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +307,7 @@ def run_debugger(
     """Runs TFLite's QuantizationDebugger and, with a denylist, builds the selective model.
 
     With `engine="aeq"` the per-layer error comes from AI Edge Quantizer's validation instead
-    (`qcore.aeq.run_debug`: MSE, SNR, cosine per op output, same table, labelled "aeq");
+    (`qcore.engines.aeq.run_debug`: MSE, SNR, cosine per op output, same table, labelled "aeq");
     `extra_metrics`, `whole_model` and `calibrated` are TF-only, `model_explorer_out` AEQ-only.
 
     Calibration uses the first N training samples; the debug set is the first M test samples,
@@ -334,7 +335,7 @@ def run_debugger(
             TensorFlow cannot scope, a model that has no layer the debugger can verify, no samples.
     """
     if engine == "aeq":
-        from qcore import aeq
+        from qcore.engines import aeq
 
         if extra_metrics or whole_model:
             raise QlabError("--metrics and --whole-model are options of TF's debugger; AEQ's validation always "

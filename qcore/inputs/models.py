@@ -61,7 +61,7 @@ def _wrap(keras_model: Any, path: Path, fmt: str, major: int, name: str | None =
 def load_model(path: str | os.PathLike[str], *, trusted: bool = False) -> LoadedModel:
     """Loads a Keras model.
 
-    An untrusted model is first inspected without loading (see `qcore.model_safety`): Lambda
+    An untrusted model is first inspected without loading (see `qcore.inputs.safety`): Lambda
     layers, custom objects, foreign modules and file/process graph ops are refused, and `.keras`
     files load with Keras 3's safe_mode.
 
@@ -76,7 +76,7 @@ def load_model(path: str | os.PathLike[str], *, trusted: bool = False) -> Loaded
     Raises:
         QlabError: naming the path and the reason when it cannot be read or is refused.
     """
-    from qcore.model_safety import check_model_file
+    from qcore.inputs.safety import check_model_file
 
     p = Path(path)
     if not p.exists():
@@ -180,7 +180,7 @@ def train_demo(progress: Progress = no_progress, epochs: int = DEMO_EPOCHS) -> A
     """Trains the demo CNN on the digits train split (deterministic seed)."""
     import tf_keras
 
-    from qcore.data import digits_dataset
+    from qcore.inputs.data import digits_dataset
 
     tf_keras.utils.set_random_seed(DEMO_SEED)
     ds = digits_dataset()
@@ -208,7 +208,7 @@ def write_demo(out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     Returns:
         (the model's .h5 path, the digits .npz path).
     """
-    from qcore.data import digits_dataset, save_npz
+    from qcore.inputs.data import digits_dataset, save_npz
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

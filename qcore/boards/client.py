@@ -1,7 +1,7 @@
 """HTTP client of one board agent (protocol v1): health, benchmark and inference jobs, their results.
 
-Nothing here touches the store; `qcore.board_runs` orchestrates runs over registered boards and
-stores their results, `qcore.board_farm` fans a matrix out across a pool.
+Nothing here touches the store; `qcore.boards.runs` orchestrates runs over registered boards and
+stores their results, `qcore.boards.farm` fans a matrix out across a pool.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class BoardBusyError(QlabError):
         self.retry_after = retry_after
 
 
-# names that moved to qcore.board_runs when the orchestration left this module; old imports keep working
+# names that moved to qcore.boards.runs when the orchestration left this module; old imports keep working
 _MOVED = ("BoardHealth", "client_for", "board_health", "bench_on_board", "accuracy_on_board")
 
 
@@ -56,7 +56,7 @@ def __getattr__(name: str) -> Any:
     if name in _MOVED:
         import importlib
 
-        return getattr(importlib.import_module("qcore.board_runs"), name)
+        return getattr(importlib.import_module("qcore.boards.runs"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -11,10 +11,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from qcore import convert as qconvert
-from qcore import defaults, keras_bridge, metrics
-from qcore.data import check_fits
-from qcore.evaluate import evaluate_tflite
+from qcore import defaults
+from qcore.inputs.data import check_fits
+from qcore.lab import convert as qconvert
+from qcore.lab import keras_bridge
 from qcore.qtyping import (
     Dataset,
     LoadedModel,
@@ -26,6 +26,8 @@ from qcore.qtyping import (
 )
 from qcore.recipes import get_recipe
 from qcore.store import Store, sha256_bytes
+from qcore.tflite import metrics
+from qcore.tflite.evaluate import evaluate_tflite
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Quantization engines: the TF converter and AI Edge Quantizer behind one interface."""

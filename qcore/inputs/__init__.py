@@ -1,0 +1,1 @@
+"""Inputs: loading Keras models and data, unpacking archives, and the safety policy for uploads."""

@@ -1,0 +1,1 @@
+"""TFLite files: the LiteRT runtime, inspection and the NPU lint, evaluation, latency, tensor comparison."""
