@@ -8,11 +8,10 @@ CALIBRATION_SAMPLES = 100
 DEBUG_SAMPLES = 100
 # the debugger needs float fallback to explain a model with ops that have no int8 kernel
 DEBUG_RECIPE = "int8-fallback"
-# engines: the TF converter makes what users deploy; AI Edge Quantizer (calibrated once) runs the explain
-# loop (per-layer error, keep-these-float, the search), whose chosen variant the deploy engine confirms
-CONVERT_ENGINE = "tf"
-EXPLAIN_ENGINE = "aeq"
-DEPLOY_ENGINE = "tf"
+# one engine for convert and the explain loop alike: explaining a model made by another engine gives
+# suspects for a model nobody ships (AEQ's int8 of MobileNetV2 needed 40 float layers where TF's needed
+# none). The explain loop uses the engine of the variant it explains; this is the default when none is named.
+ENGINE = "tf"
 # the float-layer search's default accuracy budget, in points
 TUNE_MAX_DROP = 0.5
 # tensor comparison: a few test samples are enough to rank tensors

@@ -40,7 +40,7 @@ if model_id is None or dataset_id is None:
 with st.expander("Run the debugger", expanded=reads.debug_runs(lab.db_key, model_id).empty):
     with st.form("debugger_run_form"):
         engine = st.radio("engine", list(ENGINES), format_func=ENGINES.__getitem__, horizontal=True,
-                          index=list(ENGINES).index(defaults.EXPLAIN_ENGINE), key="debugger_engine",
+                          index=list(ENGINES).index(defaults.ENGINE), key="debugger_engine",
                           help="the TF debugger refuses int16x8; extra metrics and whole-model are TF options")
         a, b, c = st.columns(3)
         recipe = a.selectbox("recipe", DEBUG_RECIPES, key="debugger_recipe")
@@ -153,7 +153,7 @@ st.subheader("Automatic search for the fewest float layers")
 a, b, c = st.columns([1, 1, 2])
 max_drop = a.number_input("max accuracy drop (points)", 0.0, 100.0, 0.5, 0.1, key="debugger_max_drop")
 search_engine = b.selectbox("search with", list(ENGINES), format_func=ENGINES.__getitem__,
-                            index=list(ENGINES).index(defaults.EXPLAIN_ENGINE), key="debugger_tune_engine")
+                            index=list(ENGINES).index(defaults.ENGINE), key="debugger_tune_engine")
 deploy_engine = b.selectbox("deploy with", ["tf", "aeq"], key="debugger_deploy_engine",
                             format_func={"tf": "TF converter", "aeq": "AI Edge Quantizer"}.__getitem__,
                             help="the chosen layers are converted once more with this engine when it differs")

@@ -23,7 +23,7 @@ with c2:
 ui.data_fit(lab, model_id, dataset_id)
 
 engine = st.radio("engine", ["tf", "aeq"], horizontal=True, key="quantize_engine",
-                  index=["tf", "aeq"].index(defaults.CONVERT_ENGINE),
+                  index=["tf", "aeq"].index(defaults.ENGINE),
                   format_func={"tf": "TF converter (what you deploy)",
                                "aeq": "AI Edge Quantizer (calibrates once for every recipe)"}.__getitem__)
 # how many recipes a row of the grid holds

@@ -278,8 +278,8 @@ def _add_explain_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--whole-model", action="store_true", help="whole-model verification: errors propagate")
     _add_preprocessing(p)
     p.add_argument("--out", help="write the statistics CSV here (the debugger's columns, then range, rmse_scale)")
-    _add_engine(p, "aeq", "aeq: AI Edge Quantizer's validation, MSE/SNR/cosine per layer (default); "
-                "tf: TFLite's QuantizationDebugger")
+    _add_engine(p, "tf", "the engine of the variant you explain: tf, TFLite's QuantizationDebugger (default); "
+                "aeq: AI Edge Quantizer's validation, MSE/SNR/cosine per layer")
     p.add_argument("--model-explorer-out", help="with --engine aeq: write AEQ's comparison JSON and Model "
                    "Explorer node-data files (<model>_comparison_result_me_input_<metric>.json) to this folder")
     _add_common(p)
@@ -303,7 +303,8 @@ def _add_explain_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--debug-samples", type=int, default=100, help="first M test samples ranking layers (default 100)")
     _add_preprocessing(p)
     p.add_argument("--out", help="write <OUT>/<model>-tune.tflite")
-    _add_engine(p, "aeq", "who ranks layers and runs the trials: aeq (default, calibrated once) or tf")
+    _add_engine(p, "tf", "who ranks layers and runs the trials: tf (default) or aeq (calibrated once, faster); "
+                "use the engine you deploy with")
     p.add_argument("--deploy-engine", default="tf", choices=("tf", "aeq"),
                    help="who makes the chosen variant (default tf): the chosen denylist is converted once more "
                    "with it when it differs from --engine")

@@ -65,7 +65,7 @@ class ConvertParams:
     recipes: tuple[str, ...] = ("all",)
     calibration_samples: int = defaults.CALIBRATION_SAMPLES
     bench: bool = True
-    engine: str = defaults.CONVERT_ENGINE  # "tf" or "aeq"
+    engine: str = defaults.ENGINE  # "tf" or "aeq"
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class DebugParams:
     debug_samples: int = defaults.DEBUG_SAMPLES
     extra_metrics: tuple[str, ...] = ()  # tf only
     whole_model: bool = False  # tf only
-    engine: str = defaults.EXPLAIN_ENGINE
+    engine: str = defaults.ENGINE
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class SelectiveParams:
     denylisted_ops: tuple[str, ...] = ()
     calibration_samples: int = defaults.CALIBRATION_SAMPLES
     debug_samples: int = defaults.DEBUG_SAMPLES
-    engine: str = defaults.EXPLAIN_ENGINE
+    engine: str = defaults.ENGINE
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,8 @@ class TuneParams:
     recipe: str = defaults.DEBUG_RECIPE
     calibration_samples: int = defaults.CALIBRATION_SAMPLES
     debug_samples: int = defaults.DEBUG_SAMPLES
-    engine: str = defaults.EXPLAIN_ENGINE  # who ranks and tries
-    deploy_engine: str = defaults.DEPLOY_ENGINE  # who makes the chosen variant
+    engine: str = defaults.ENGINE  # who ranks and tries
+    deploy_engine: str = defaults.ENGINE  # who makes the chosen variant
 
 
 @dataclass(frozen=True)
