@@ -1,0 +1,179 @@
+"""The store's plumbing: the one DuckDB connection, its transactions and reads, migrations at open, blobs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Self
+
+import duckdb
+import pandas as pd
+
+from qcore.jobs.contract import json_default
+from qcore.qtyping import QlabError
+from qcore.store.files import (
+    check_sha256,
+    default_data_dir,
+    private_dir,
+    sha256_bytes,
+    write_atomic,
+)
+from qcore.store.migrations import migrate as run_migrations
+
+log = logging.getLogger(__name__)
+
+# what DuckDB's error says when another process holds the file
+LOCK_MARKERS = ("lock", "Conflicting lock", "being used by another process")
+
+
+def connect(path: Path) -> duckdb.DuckDBPyConnection:
+    """Opens the database file. This is qlab's only `duckdb.connect`: connection settings belong here.
+
+    Raises:
+        QlabError: when another process holds the file, or DuckDB cannot open it (naming the file).
+    """
+    try:
+        return duckdb.connect(str(path))
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if any(marker in text for marker in LOCK_MARKERS):
+            raise QlabError(
+                f"database {path} is in use by another process (is the dashboard running?); "
+                "pass --db PATH (or set QLAB_DB) to use another file"
+            ) from None
+        raise QlabError(f"cannot open database {path}: {text}") from None
+    except duckdb.Error as exc:
+        raise QlabError(f"cannot open database {path}: {exc}") from None
+
+
+def dump_json(value: Any) -> str | None:
+    """A value for a JSON column (NULL for None); numpy scalars, paths and dataclasses as jobs serialize them."""
+    return None if value is None else json.dumps(value, default=json_default)
+
+
+def load_json(value: Any) -> Any:
+    """A JSON column as read back: parsed text, or None for NULL."""
+    if value is None or isinstance(value, dict | list):
+        return value
+    if isinstance(value, float):  # pandas turns an all-NULL JSON column into NaN
+        return None
+    return json.loads(value)
+
+
+class StoreBase:
+    """The one owner of the DuckDB file. Threads share it; each call takes its own cursor.
+
+    Args:
+        path: the database file (created if missing).
+        blob_dir: where `.tflite` files are kept, named by sha256. Defaults to `<db dir>/blobs`.
+        token_dir: where board tokens are kept, one 0600 file each. Defaults to `<db dir>/board_tokens`.
+
+    Raises:
+        QlabError: when another process holds the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None,
+                 token_dir: str | os.PathLike[str] | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.path.parent.resolve() == default_data_dir().resolve():
+            private_dir(self.path.parent)
+        self.blob_dir = Path(blob_dir) if blob_dir else self.path.parent / "blobs"
+        self.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.token_dir = Path(token_dir) if token_dir else self.path.parent / "board_tokens"
+        self._con = connect(self.path)
+        for f in (self.path, self.path.with_name(self.path.name + ".wal")):
+            if f.exists():
+                os.chmod(f, 0o600)  # the database holds every user's results: readable by its owner only
+        self._lock = threading.RLock()
+        self._tx = threading.local()
+        self.migrate()
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor inside BEGIN/COMMIT; rolls back on any exception.
+
+        Nested calls on the same thread join the outer transaction, so a caller can make several
+        store writes (e.g. a bundle import) all-or-nothing with `with store.transaction():`.
+        """
+        with self._lock:
+            outer = getattr(self._tx, "cur", None)
+            if outer is not None:
+                yield outer
+                return
+            cur = self._con.cursor()
+            cur.execute("BEGIN TRANSACTION")
+            self._tx.cur = cur
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            finally:
+                self._tx.cur = None
+                cur.close()
+
+    @contextmanager
+    def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The open transaction's cursor on this thread (so reads see its rows), else a fresh one."""
+        outer = getattr(self._tx, "cur", None)
+        if outer is not None:
+            yield outer
+            return
+        cur = self._con.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        """A read as a DataFrame, on its own cursor (safe from any thread)."""
+        with self._reader() as cur:
+            return cur.execute(sql, params or []).df()
+
+    def _one(self, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
+        with self._reader() as cur:
+            return cur.execute(sql, params or []).fetchone()
+
+    def migrate(self) -> list[str]:
+        """Brings the store to today's schema (see `qcore.store.migrations`); returns the migrations applied now."""
+        with self.transaction() as cur:
+            applied_now = run_migrations(cur, self.token_dir)
+        if applied_now:
+            log.info("applied migrations %s to %s", applied_now, self.path)
+        return applied_now
+
+    def applied_migrations(self) -> list[str]:
+        return list(self.query("SELECT version FROM schema_migrations ORDER BY version")["version"])
+
+    # ------------------------------------------------------------------ blobs
+    def put_blob(self, data: bytes, suffix: str = ".tflite") -> tuple[str, Path]:
+        """Writes `data` under its sha256 (idempotent); returns (sha256, path)."""
+        digest = sha256_bytes(data)
+        path = self.blob_dir / f"{digest}{suffix}"
+        if not path.exists():
+            write_atomic(path, data, ".tmp")
+        return digest, path
+
+    def blob_path(self, sha256: str, suffix: str = ".tflite") -> Path:
+        """Where the blob of this sha256 lives.
+
+        Raises:
+            QlabError: when `sha256` is not 64 hex digits (a value like `../../x` must never become a path).
+        """
+        return self.blob_dir / f"{check_sha256(sha256)}{suffix}"

@@ -1,0 +1,105 @@
+"""Debug runs (per-layer error) and tune runs (the float-layer search with every trial)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from qcore.qtyping import (
+    LayerStat,
+)
+from qcore.store.base import StoreBase, dump_json
+
+
+class DebugRows(StoreBase):
+    """Per-layer error runs with one row per tensor, and float-layer searches with every conversion
+    they tried."""
+
+    def save_debug_run(
+        self,
+        *,
+        model_id: int,
+        dataset_id: int,
+        settings: dict[str, Any],
+        model_metrics: dict[str, Any],
+        stats: Sequence[LayerStat],
+        engine: str = "tf",
+    ) -> int:
+        """Stores one per-layer error run (TF's debugger or AEQ's validation) and its rows, in one transaction."""
+        with self.transaction() as cur:
+            got = cur.execute(
+                "INSERT INTO debug_runs (model_id, dataset_id, settings, model_metrics, engine)"
+                " VALUES (?, ?, ?, ?, ?) RETURNING id",
+                [model_id, dataset_id, dump_json(settings), dump_json(model_metrics), str(engine)],
+            ).fetchone()
+            assert got is not None
+            run_id = int(got[0])
+            rows = [
+                (run_id, i, s.op_name, s.tensor_idx, s.tensor_name, s.num_elements, s.stddev, s.mean_error,
+                 s.max_abs_error, s.mean_squared_error, s.scale, s.zero_point, s.range, s.rmse_scale,
+                 dump_json(s.extra) if s.extra else None)
+                for i, s in enumerate(stats)
+            ]
+            if rows:
+                cur.executemany(
+                    "INSERT INTO layer_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                )
+        return run_id
+
+    def debug_runs(self, model_id: int | None = None) -> pd.DataFrame:
+        sql = ("SELECT r.*, m.name AS model, d.name AS dataset, "
+               "(SELECT count(*) FROM layer_stats s WHERE s.debug_run_id = r.id) AS n_layers "
+               "FROM debug_runs r JOIN models m ON m.id = r.model_id JOIN datasets d ON d.id = r.dataset_id")
+        params: list[Any] = []
+        if model_id is not None:
+            sql += " WHERE r.model_id = ?"
+            params.append(model_id)
+        return self.query(sql + " ORDER BY r.id DESC", params)
+
+    def layer_stats(self, debug_run_id: int) -> pd.DataFrame:
+        return self.query(
+            "SELECT * EXCLUDE (debug_run_id) FROM layer_stats WHERE debug_run_id = ? ORDER BY row_idx",
+            [debug_run_id],
+        )
+
+    def save_tune_run(
+        self,
+        *,
+        model_id: int,
+        dataset_id: int,
+        max_drop: float,
+        float_accuracy: float,
+        target_accuracy: float,
+        trials: Sequence[dict[str, Any]],
+        chosen_variant_id: int | None,
+    ) -> int:
+        """Stores the search and every conversion it tried (keys: denylist, accuracy, size_bytes, passed)."""
+        with self.transaction() as cur:
+            got = cur.execute(
+                "INSERT INTO tune_runs (model_id, dataset_id, max_drop, float_accuracy, target_accuracy,"
+                " chosen_variant_id) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                [model_id, dataset_id, max_drop, float_accuracy, target_accuracy, chosen_variant_id],
+            ).fetchone()
+            assert got is not None
+            run_id = int(got[0])
+            for step, t in enumerate(trials):
+                cur.execute(
+                    "INSERT INTO tune_trials VALUES (?, ?, ?, ?, ?, ?)",
+                    [run_id, step, json.dumps(list(t["denylist"])), t.get("accuracy"), t.get("size_bytes"),
+                     bool(t["passed"])],
+                )
+        return run_id
+
+    def tune_trials(self, tune_run_id: int) -> pd.DataFrame:
+        return self.query("SELECT * FROM tune_trials WHERE tune_run_id = ? ORDER BY step", [tune_run_id])
+
+    def tune_runs(self, model_id: int | None = None) -> pd.DataFrame:
+        """Float-layer searches, newest first (the dashboard's /debugger list)."""
+        sql, params = "SELECT * FROM tune_runs", []
+        if model_id is not None:
+            sql += " WHERE model_id = ?"
+            params.append(model_id)
+        return self.query(sql + " ORDER BY id DESC", params)

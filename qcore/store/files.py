@@ -1,0 +1,74 @@
+"""The files the store keeps beside its database: default paths, private folders, blobs by sha256, board tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from qcore.qtyping import QlabError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# a blob's name and a bundle's references: anything else (`../../x`) must never become a path
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def default_db_path() -> Path:
+    """`QLAB_DB`, else `data/qlab.duckdb` under `QLAB_DATA_DIR` or the repo."""
+    env = os.environ.get("QLAB_DB")
+    if env:
+        return Path(env)
+    return default_data_dir() / "qlab.duckdb"
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("QLAB_DATA_DIR")
+    return Path(env) if env else REPO_ROOT / "data"
+
+
+def private_dir(path: Path) -> Path:
+    """Creates `path` if needed and makes it readable by its owner only (0700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def check_sha256(value: object, what: str = "sha256") -> str:
+    """`value` if it is 64 lowercase hex digits, else QlabError naming it (it becomes a file name)."""
+    if not isinstance(value, str) or not SHA256_RE.match(value):
+        raise QlabError(f"{what} {str(value)[:80]!r} is not a sha256 (64 lowercase hex digits)")
+    return value
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes, part_suffix: str = ".part") -> None:
+    """Writes `data` at `path` through a uniquely named temp file in the same folder, then a rename:
+    a reader never sees half a file, and a failure leaves no temp file behind."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=part_suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def board_token_path(token_dir: Path, board: str) -> Path:
+    """Where a board's token is kept; board names are free text, so the file is named by their digest."""
+    return token_dir / f"{hashlib.sha256(board.encode()).hexdigest()[:32]}.token"
+
+
+def write_board_token(token_dir: Path, board: str, token: str | None) -> None:
+    """Keeps a board's token in its own 0600 file (mkstemp makes it so), or removes the file for no token."""
+    path = board_token_path(token_dir, board)
+    if not token:
+        path.unlink(missing_ok=True)
+        return
+    private_dir(token_dir)
+    write_atomic(path, (token + "\n").encode("utf-8"), "")
