@@ -1,4 +1,4 @@
-"""The DuckDB store: migrations, transactions, idempotent blobs, jobs, locks."""
+"""The DuckDB store: transactions, idempotent blobs, variants, jobs, boards, locks (migrations: test_store_migrations.py)."""
 
 import subprocess
 import sys
@@ -7,7 +7,6 @@ import duckdb
 import pytest
 
 from qcore.qtyping import Evaluation, JobStatus, Latency, LayerStat, QlabError, VariantStatus
-from qcore.store import MIGRATIONS, Store
 
 
 def _model_and_dataset(store):
@@ -19,20 +18,6 @@ def _model_and_dataset(store):
 
 
 EV = Evaluation(0.8, 1.0, 0.9, ((2, 0), (1, 2)), 5, True)
-
-
-def test_migrations_are_numbered_and_recorded(tmp_store):
-    assert [name for name, _ in MIGRATIONS] == [
-        "0001_initial", "0002_qat_debugger_tune", "0003_boards_reports", "0004_jobs_on_workers", "0005_tflite_only",
-        "0006_board_farm",
-        "0008_secrets_trusted_image_shape", "0009_engine", "0010_users_tokens", "0011_npu_verdicts",
-    ]
-    assert tmp_store.applied_migrations() == [name for name, _ in MIGRATIONS]
-
-
-def test_migrate_twice_applies_nothing(tmp_path):
-    with Store(tmp_path / "a.duckdb") as s:
-        assert s.migrate() == []
 
 
 def test_add_model_same_bytes_same_id(tmp_store):
