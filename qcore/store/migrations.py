@@ -247,7 +247,7 @@ CREATE TABLE IF NOT EXISTS reports (
 # 0004: jobs run on Dask workers: a cancelled state, which worker ran each job, when it started and ended,
 # and the structured progress a worker publishes (QAT's epochs, each recipe's row); models keep a
 # summary (layers, parameters) a worker recorded, so pages never load a model. The status CHECK gains
-# 'cancelled', so `jobs` is rebuilt.
+# 'cancelled', so `jobs` is rebuilt (see _rebuild_jobs_keeping_created_by).
 SQL_0004 = """
 CREATE TABLE jobs_0004 (
     id          BIGINT PRIMARY KEY DEFAULT nextval('seq_jobs'),
@@ -449,6 +449,21 @@ def _run_sql(cur: duckdb.DuckDBPyConnection, migration: Migration, token_dir: Pa
     cur.execute(migration.sql)
 
 
+def _rebuild_jobs_keeping_created_by(cur: duckdb.DuckDBPyConnection, migration: Migration, token_dir: Path) -> None:
+    """0004 rebuilds `jobs` from the columns it knew of. It came from a branch: a store made on main
+    before that branch merged already has 0010, whose `created_by` the rebuild would drop (and every
+    later job insert would fail). Such a store keeps the column and its values."""
+    keep = _count(cur, "SELECT count(*) FROM duckdb_columns() WHERE database_name = current_database()"
+                       " AND table_name = 'jobs' AND column_name = 'created_by'")
+    if keep:
+        cur.execute("CREATE TEMP TABLE jobs_created_by AS SELECT id, created_by FROM jobs")
+    cur.execute(migration.sql)
+    if keep:
+        cur.execute("ALTER TABLE jobs ADD COLUMN created_by VARCHAR")
+        cur.execute("UPDATE jobs SET created_by = k.created_by FROM jobs_created_by k WHERE jobs.id = k.id")
+        cur.execute("DROP TABLE jobs_created_by")
+
+
 def _move_board_tokens_then_run(cur: duckdb.DuckDBPyConnection, migration: Migration, token_dir: Path) -> None:
     """0008: each token stored in the boards table moves to its own 0600 file before the column is blanked."""
     for name, token in cur.execute("SELECT name, token FROM boards WHERE token IS NOT NULL").fetchall():
@@ -458,6 +473,7 @@ def _move_board_tokens_then_run(cur: duckdb.DuckDBPyConnection, migration: Migra
 
 # migrations whose SQL alone cannot carry a store's data across; every other one just runs its SQL
 APPLIERS: dict[str, Applier] = {
+    MIGRATION_0004: _rebuild_jobs_keeping_created_by,
     MIGRATION_0008: _move_board_tokens_then_run,
 }
 
