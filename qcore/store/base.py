@@ -66,16 +66,8 @@ def load_json(value: Any) -> Any:
 
 
 class StoreBase:
-    """The one owner of the DuckDB file. Threads share it; each call takes its own cursor.
-
-    Args:
-        path: the database file (created if missing).
-        blob_dir: where `.tflite` files are kept, named by sha256. Defaults to `<db dir>/blobs`.
-        token_dir: where board tokens are kept, one 0600 file each. Defaults to `<db dir>/board_tokens`.
-
-    Raises:
-        QlabError: when another process holds the file.
-    """
+    """The connection, its transactions and reads, migrations at open, and blobs: what every row
+    group's mixin builds on. `qcore.store.Store` documents the arguments."""
 
     def __init__(self, path: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None,
                  token_dir: str | os.PathLike[str] | None = None):

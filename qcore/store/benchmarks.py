@@ -9,9 +9,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from qcore.qtyping import (
-    Latency,
-)
+from qcore.qtyping import Latency
 from qcore.store.base import StoreBase, dump_json, load_json
 
 

@@ -7,11 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from qcore.qtyping import (
-    Board,
-    MatrixCell,
-    QlabError,
-)
+from qcore.qtyping import Board, MatrixCell, QlabError
 from qcore.store.base import StoreBase, dump_json
 from qcore.store.files import board_token_path, write_board_token
 

@@ -8,9 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from qcore.qtyping import (
-    LayerStat,
-)
+from qcore.qtyping import LayerStat
 from qcore.store.base import StoreBase, dump_json
 
 

@@ -423,7 +423,7 @@ CREATE TABLE IF NOT EXISTS npu_verdicts (
 """
 
 
-# In order; tests assert this list.
+# In order; tests assert this list. No 0007 ever shipped.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", SQL_0001),
     Migration("0002_qat_debugger_tune", SQL_0002),

@@ -8,9 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from qcore.qtyping import (
-    QlabError,
-)
+from qcore.qtyping import QlabError
 from qcore.store.actor import ACTOR
 from qcore.store.base import StoreBase, dump_json, load_json
 

@@ -12,13 +12,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from qcore.qtyping import (
-    Evaluation,
-    NpuVerdict,
-    QlabError,
-    Scoring,
-    VariantStatus,
-)
+from qcore.qtyping import Evaluation, NpuVerdict, QlabError, Scoring, VariantStatus
 from qcore.store.actor import ACTOR
 from qcore.store.base import StoreBase, dump_json, load_json
 from qcore.tflite.inspection import npu_verdict
