@@ -12,6 +12,8 @@ DEBUG_RECIPE = "int8-fallback"
 # suspects for a model nobody ships (AEQ's int8 of MobileNetV2 needed 40 float layers where TF's needed
 # none). The explain loop uses the engine of the variant it explains; this is the default when none is named.
 ENGINE = "tf"
+# the debugger's suspects: rmse/scale of a well-quantized tensor is 1/sqrt(12) ≈ 0.289; well above it is suspect
+SUSPECT_THRESHOLD = 0.7
 # the float-layer search's default accuracy budget, in points
 TUNE_MAX_DROP = 0.5
 # tensor comparison: a few test samples are enough to rank tensors

@@ -16,10 +16,10 @@ API_KINDS: tuple[JobKind, ...] = (
 )
 
 # the smallest value a count may take (the OpenAPI document says the same); others are >= 1
-MINIMUM: dict[str, float] = {"warmup": 0, "train_samples": 0, "max_drop": 0}
+MINIMUM: dict[str, float] = {"warmup": 0, "train_samples": 0, "max_drop": 0, "first_k": 0}
 COUNT_FIELDS = ("model_id", "dataset_id", "float_variant_id", "quant_variant_id", "calibration_samples",
                 "debug_samples", "samples", "runs", "warmup", "threads", "epochs", "batch_size", "train_samples",
-                "max_drop", "variant_ids")
+                "max_drop", "variant_ids", "first_k")
 # the largest count a request may ask for (ids are unbounded in practice but must fit BIGINT)
 MAXIMUM: dict[str, float] = {"threads": 64, "epochs": 1000, "runs": 100_000, "warmup": 100_000,
                              "max_drop": 100, "batch_size": 65_536}
@@ -54,7 +54,7 @@ def parse(kind: Any, params: Any) -> Any:
     for f in dataclasses.fields(parsed):
         span = bounds(f.name)
         value = getattr(parsed, f.name)
-        if span is None:
+        if span is None or value is None:  # an optional id left out (compare_tensors' dataset_id)
             continue
         for v in value if isinstance(value, tuple) else (value,):
             if not span[0] <= v <= span[1]:

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from dashboard.api import jobspec, openapi
 from dashboard.api.http import PREFIX, ApiError, ApiRoute, Error, json_response, principal
 from qcore import __version__
+from qcore.jobs.contract import frame_records
 from qcore.qtyping import JobStatus, QlabError, Role
 from qcore.store import accounts
 
@@ -137,7 +138,7 @@ def _table(request: Request, df: pd.DataFrame) -> Response:
         return Response(buf.getvalue(), media_type=PARQUET)
     if fmt != "json":
         raise QlabError(f"format: expected 'json' or 'parquet', got {fmt!r}")
-    return json_response(json.loads(df.to_json(orient="records", date_format="iso")) if not df.empty else [])
+    return json_response(frame_records(df))
 
 
 async def _json_body(request: Request) -> Any:
@@ -302,6 +303,21 @@ async def list_variants(request: Request) -> Response:
     return _table(request, df.drop(columns=[c for c in ("path",) if c in df.columns]))
 
 
+async def variant_tflite(request: Request) -> Response:
+    """A stored variant's .tflite: what `qlab --server … convert --out DIR` writes on the client."""
+    from qcore.boards.runs import variant_model
+
+    variant_id = int(_int_arg(request, "id", path=True) or 0)
+    store = _lab().store
+    try:
+        store.variant(variant_id)
+    except QlabError:
+        raise ApiError(404, f"no variant with id {variant_id}") from None
+    row, data = await run_in_threadpool(variant_model, store, variant_id)
+    return Response(data, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{row["sha256"]}.tflite"'})
+
+
 async def list_benchmarks(request: Request) -> Response:
     variant_id = _int_arg(request, "variant_id")
     return _table(request, _lab().store.benchmarks(variant_ids=[variant_id] if variant_id else None))
@@ -319,7 +335,7 @@ def _check_refs(the_lab: Any, params: Any) -> None:
     """Unknown ids and boards are a 422 now, not a failed job later."""
     store = the_lab.store
     for name in ("model_id", "dataset_id"):
-        if hasattr(params, name):
+        if getattr(params, name, None) is not None:  # compare_tensors' and board_accuracy's dataset is optional
             getattr(store, name.removesuffix("_id"))(getattr(params, name))
     for name in ("float_variant_id", "quant_variant_id"):
         if hasattr(params, name):
@@ -472,6 +488,9 @@ API: tuple[ApiRoute, ...] = (
              responses={202: _ref(JobAccepted)}),
     ApiRoute("GET", f"{PREFIX}/variants", list_variants, "variants with their latest host results",
              parameters=(_int_param("model_id"), FORMAT_PARAM), responses={200: LIST_CONTENT}),
+    ApiRoute("GET", f"{PREFIX}/variants/{{id}}/tflite", variant_tflite, "a variant's .tflite file",
+             parameters=(_int_param("id", "path"),),
+             responses={200: {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}),
     ApiRoute("GET", f"{PREFIX}/benchmarks", list_benchmarks, "timings on the host and on boards",
              parameters=(_int_param("variant_id"), FORMAT_PARAM), responses={200: LIST_CONTENT}),
     ApiRoute("GET", f"{PREFIX}/debug_runs/{{id}}/layers", debug_layers, "a debugger run's per-layer statistics",

@@ -91,6 +91,8 @@ class DebugParams:
     extra_metrics: tuple[str, ...] = ()  # tf only
     whole_model: bool = False  # tf only
     engine: str = defaults.ENGINE
+    threshold: float = defaults.SUSPECT_THRESHOLD  # rmse/scale above this makes a layer a suspect
+    first_k: int = 0  # the first K layers count as suspects too
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,11 @@ class SelectiveParams:
     calibration_samples: int = defaults.CALIBRATION_SAMPLES
     debug_samples: int = defaults.DEBUG_SAMPLES
     engine: str = defaults.ENGINE
+    # the per-layer statistics run beside the selective conversion, as in a debug job
+    extra_metrics: tuple[str, ...] = ()
+    whole_model: bool = False
+    threshold: float = defaults.SUSPECT_THRESHOLD
+    first_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,7 @@ class CompareTensorsParams:
     float_variant_id: int
     quant_variant_id: int
     samples: int = defaults.COMPARE_SAMPLES
+    dataset_id: int | None = None  # the test split to compare on; None: the float variant's own
 
 
 @dataclass(frozen=True)
@@ -169,6 +177,7 @@ class BoardAccuracyParams:
     threads: int = 1
     # several targets, each (variant, target) cell on its own; empty means just `target`
     targets: tuple[str, ...] = ()
+    dataset_id: int | None = None  # the test split to run; None: each variant's own
 
 
 @dataclass(frozen=True)
@@ -228,6 +237,18 @@ def job_kind(kind: str | JobKind) -> JobKind:
         return JobKind(str(kind))
     except ValueError:
         raise QlabError(f"unknown job kind {kind!r}; known: {', '.join(k.value for k in JobKind)}") from None
+
+
+def kind_of(params: Any) -> JobKind:
+    """The JobKind of a params dataclass.
+
+    Raises:
+        QlabError: for anything but one of the params dataclasses.
+    """
+    for kind, cls in PARAMS.items():
+        if type(params) is cls:
+            return kind
+    raise QlabError(f"{type(params).__name__} is not the params of a job kind")
 
 
 def _coerce(kind: JobKind, name: str, hint: Any, value: Any) -> Any:
@@ -342,6 +363,12 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_finite(v) for v in obj]
     return obj
+
+
+def frame_records(df: Any) -> list[dict[str, Any]]:
+    """A DataFrame as JSON records, the way every list answer of the API and `qlab list` give them:
+    ISO dates, NaN as null, floats to pandas' 10 digits (so a local and a remote list are equal)."""
+    return json.loads(df.to_json(orient="records", date_format="iso")) if len(df) else []
 
 
 def to_json(obj: Any, *, indent: int | None = None) -> str:
