@@ -347,6 +347,13 @@ def accuracy_run(
     if not items or not targets:
         raise QlabError("choose at least one variant and one target")
     store.board_token(board)
+    if TARGET_ALL in targets:  # what the board can run now, as `qlab board accuracy` does by default
+        client = client_for(store, board)
+        try:
+            health = client.health()
+        finally:
+            client.close()
+        targets = _expand_all(targets, [set(resolve_targets(health, TARGET_ALL)[0])])
     run_id = store.create_board_run("accuracy", str(Placement.BOARD), board, {
         "targets": list(targets), "threads": threads, "variant_ids": [i.variant_id for i in items]})
     cells: list[MatrixCell] = []
@@ -459,7 +466,7 @@ def matrix(
         raise QlabError(f"unknown placement {placement!r}; known: {', '.join(p.value for p in Placement)}") from None
     if not variant_ids or not targets:
         raise QlabError("choose at least one variant and one target")
-    unknown = [t for t in targets if t not in protocol.TARGETS]
+    unknown = [t for t in targets if t not in (*protocol.TARGETS, TARGET_ALL)]
     if unknown:
         raise QlabError(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(protocol.TARGETS)}")
     models = [(int(v), *variant_model(store, int(v))) for v in variant_ids]
@@ -477,6 +484,7 @@ def matrix(
             farm_boards.append(board_farm.farm_board(st.board.name, url, token, st.health))
         else:
             down[st.board.name] = f"board {st.board.name} was unreachable at the start: {st.error}"
+    targets = _expand_all(targets, [set(b.available) for b in farm_boards])
     run_id = store.create_board_run("benchmark", place.value, pool, {
         "variant_ids": [m[0] for m in models], "targets": list(targets), "runs": runs, "warmup": warmup,
         "threads": threads, "profile": profile, "boards": names})
@@ -543,6 +551,19 @@ def matrix(
     return MatrixResult(run_id=run_id, kind="benchmark", placement=place, pool=pool, boards=tuple(names),
                         cells=tuple(cells), wall_s=time.perf_counter() - started, retries_429=stats.retries_429,
                         max_inflight=dict(stats.max_inflight))
+
+
+def _expand_all(targets: Sequence[str], available: Sequence[set[str]]) -> list[str]:
+    """Targets with "all" replaced by what some reachable board can run now (`qlab board bench`'s default).
+
+    Args:
+        available: the available targets of each reachable board; none reachable makes "all" every
+            target, so each cell fails with its board's reason instead of vanishing.
+    """
+    if TARGET_ALL not in targets:
+        return list(targets)
+    can = set().union(*available) if available else set(protocol.TARGETS)
+    return [t for t in protocol.TARGETS if t in can or t in targets]
 
 
 def matrix_spread(store: Store, run_id: int) -> pd.DataFrame:

@@ -199,6 +199,22 @@ def test_bench_on_board_npu_cpu_cpu_plain_keeps_cpu_timings(farm: tuple[Store, d
     assert len(store.benchmarks(board="imx-a")) == 2
 
 
+def test_all_targets_are_the_ones_the_board_can_run(farm: tuple[Store, dict[str, AgentProcess], ExitStack],
+                                                     demo: LoadedModel, digits: Dataset,
+                                                     tiny_tflite: dict[str, bytes]) -> None:
+    """`qlab --server … board bench|accuracy` sends --target all as it is: the board's available targets run,
+    the unavailable NPU is left out instead of failing its cell."""
+    from qcore.boards.runs import AccuracyItem, accuracy_run
+
+    store, _, _ = farm
+    vid = _variants(store, demo, digits, tiny_tflite)[0]
+    result = matrix(store, [vid], ["all"], pool="imx-a", placement="board", runs=3, warmup=0)
+    assert sorted(c.target for c in result.cells) == ["cpu", "cpu-plain"] and not result.failed
+    item = AccuracyItem(vid, "v0", tiny_tflite["int8"], digits, int(store.variant(vid)["dataset_id"]))
+    cells = accuracy_run(store, "imx-a", [item], ["all"])
+    assert sorted((c.target, str(c.status)) for c in cells) == [("cpu", "done"), ("cpu-plain", "done")]
+
+
 def test_health_history_and_labels_from_health(farm: tuple[Store, dict[str, AgentProcess], ExitStack]) -> None:
     from qcore.boards.runs import board_health
 
