@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from qcore.jobs.contract import kind_of, params_json
 from qcore.qtyping import QlabError
 
 ENV_SERVER = "QLAB_SERVER"
@@ -127,9 +128,12 @@ class Remote:
         got = self.call("POST", "/datasets", files={"file": (filename, body)}, data=form, timeout=UPLOAD_TIMEOUT_S)
         return int(got["id"])
 
-    def variant(self, spec: str) -> int:
+    def variant(self, spec: str, *, dataset_id: int | None = None) -> int:
         """A server variant: `variant:<id>`, the variant whose .tflite has this local file's sha256, or
         the variant the server makes when it imports the file (POST /variants).
+
+        Args:
+            dataset_id: the data an imported file is evaluated on and keeps (for a later job on it).
 
         Raises:
             QlabError: for an unreadable file or a refused import.
@@ -148,16 +152,28 @@ class Remote:
             if row.get("sha256") == sha and row.get("status") == "ok":
                 return int(row["variant_id"])
         # a .tflite the server has not seen: import it (a job) and use the variant it makes
-        got = self.call("POST", "/variants", files={"file": (path.name, path.read_bytes())},
+        form = {} if dataset_id is None else {"dataset_id": str(dataset_id)}
+        got = self.call("POST", "/variants", files={"file": (path.name, path.read_bytes())}, data=form,
                         timeout=UPLOAD_TIMEOUT_S)
         result = self.follow(int(got["id"])).get("result") or {}
         if not result.get("variant_id"):
             raise QlabError(f"{spec}: the server imported it but reported no variant")
         return int(result["variant_id"])
 
+    def download_variant(self, variant_id: int, path: Path) -> Path:
+        """Writes a server variant's .tflite to `path` (its folder is made); returns the path."""
+        data = self.call("GET", f"/variants/{int(variant_id)}/tflite", timeout=UPLOAD_TIMEOUT_S)
+        if not isinstance(data, bytes):
+            raise QlabError(f"variant #{variant_id}: the server sent no .tflite")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
     # ------------------------------------------------------------ jobs
-    def submit(self, kind: str, params: dict[str, Any]) -> int:
-        return int(self.call("POST", "/jobs", json={"kind": kind, "params": params})["id"])
+    def submit(self, params: Any) -> int:
+        """Queues a job from its params dataclass (the kind is the dataclass's); returns the job id."""
+        body = {"kind": kind_of(params).value, "params": params_json(params)}
+        return int(self.call("POST", "/jobs", json=body)["id"])
 
     def follow(self, job_id: int, progress: Callable[[float, str], None] | None = None,
                announce: str = "") -> dict[str, Any]:
@@ -191,10 +207,9 @@ class Remote:
             raise RemoteJobFailed(f"job {job_id} ({job['kind']}) {job['status']}: {job.get('error') or ''}".strip())
         return job
 
-    def run(self, kind: str, params: dict[str, Any], progress: Callable[[float, str], None] | None = None
-            ) -> dict[str, Any]:
-        """Submits and follows a job; returns its result."""
-        return self.follow(self.submit(kind, params), progress).get("result") or {}
+    def run(self, params: Any, progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
+        """Submits and follows a job from its params dataclass; returns its result."""
+        return self.follow(self.submit(params), progress).get("result") or {}
 
 
 def _zip_dir(folder: Path) -> bytes:

@@ -42,6 +42,19 @@ def test_ci_flow_with_qlab_server_only(tmp_path: Path, demo: LoadedModel) -> Non
         int8 = next(v for v in converted["variants"] if v["recipe"] == "int8")
         assert int8["status"] == "ok" and int8["accuracy"] > 0.8
 
+        # every option reaches the job: --engine picks the engine, --out downloads the variants
+        code, aeq, err = qlab(base, "convert", str(demo.path), "--data", "digits", "--recipes", "int8",
+                              "--calibration-samples", "20", "--engine", "aeq", "--out", str(tmp_path / "out"))
+        assert code == 0, err
+        assert [(v["recipe"], v["engine"], v["status"]) for v in aeq["variants"]] == [("int8", "aeq", "ok")]
+        assert (tmp_path / "out" / "int8-aeq.tflite").read_bytes()[4:8] == b"TFL3"
+
+        code, listed, err = qlab(base, "list", "--model", str(converted["model_id"]))
+        assert code == 0, err
+        rows = {v["variant_id"]: v for v in listed["variants"]}
+        assert rows[int8["variant_id"]]["npu_ready"] is True and rows[int8["variant_id"]]["engine"] == "tf"
+        assert rows[aeq["variants"][0]["variant_id"]]["engine"] == "aeq"
+
         code, bench, err = qlab(base, "board", "bench", LOCAL_BOARD, f"variant:{int8['variant_id']}", "--target", "cpu",
                                 "--runs", "5", "--warmup", "1")
         assert code == 0, err
@@ -60,6 +73,9 @@ def test_ci_flow_with_qlab_server_only(tmp_path: Path, demo: LoadedModel) -> Non
         code, pushed, err = qlab(base, "report", "push", local_id, "--db", str(tmp_path / "laptop.duckdb"))
         assert code == 0, err
         assert pushed["id"] not in (local_id, report["id"]) and pushed["url"].startswith(base)
+
+        code, remote_list, err = qlab(base, "list")
+        assert code == 0, err
 
         code, _, err = qlab(base, "convert", str(demo.path), "--data", "digits", "--recipes", "nope")
         assert code == 2 and "nope" in err and "Traceback" not in err
@@ -80,3 +96,9 @@ def test_ci_flow_with_qlab_server_only(tmp_path: Path, demo: LoadedModel) -> Non
                 page.locator('[data-testid="stDataFrame"]').first.wait_for()
             finally:
                 browser.close()
+
+    # the same store read here gives the same `qlab list --json` document as the server gave
+    local = subprocess.run([sys.executable, "-m", "qcore.cli", "list", "--db", str(data / "qlab.duckdb"), "--json"],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert local.returncode == 0, local.stderr
+    assert json.loads(local.stdout) == remote_list
