@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 LOCK_MARKERS = ("lock", "Conflicting lock", "being used by another process")
 
 
+# replaying the WAL a dead process left (a killed server, a crashed CLI) makes DuckDB try to download
+# the statically linked core_functions extension; offline that fails and the store cannot be opened.
+# Every extension qlab uses is built in, so nothing is ever installed.
+CONNECT_CONFIG: dict[str, str | bool | int | float | list[str]] = {"autoinstall_known_extensions": False}
+
+
 def connect(path: Path) -> duckdb.DuckDBPyConnection:
     """Opens the database file. This is qlab's only `duckdb.connect`: connection settings belong here.
 
@@ -38,7 +44,7 @@ def connect(path: Path) -> duckdb.DuckDBPyConnection:
         QlabError: when another process holds the file, or DuckDB cannot open it (naming the file).
     """
     try:
-        return duckdb.connect(str(path))
+        return duckdb.connect(str(path), config=CONNECT_CONFIG)
     except duckdb.IOException as exc:
         text = str(exc)
         if any(marker in text for marker in LOCK_MARKERS):

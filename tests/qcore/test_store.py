@@ -7,6 +7,7 @@ import duckdb
 import pytest
 
 from qcore.qtyping import Evaluation, JobStatus, Latency, LayerStat, QlabError, VariantStatus
+from qcore.store import Store
 
 
 def _model_and_dataset(store):
@@ -102,6 +103,17 @@ def test_store_locked_by_another_process_says_so_and_names_db(tmp_store):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "in use by another process" in out.stderr and "--db" in out.stderr
+
+
+def test_store_a_dead_process_left_opens_offline(tmp_path):
+    """A writer killed before its checkpoint leaves a WAL; replaying it must not need the network
+    (DuckDB would try to download its built-in core_functions; this machine has no network)."""
+    db = tmp_path / "q.duckdb"
+    code = f"import os; from qcore.store import Store; s = Store({str(db)!r}); os._exit(0)"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert db.with_name("q.duckdb.wal").exists()
+    with Store(db) as store:
+        assert store.variant_summary().empty
 
 
 def test_save_variant_stores_npu_verdict_from_the_flatbuffer(tmp_store, tiny_tflite):
