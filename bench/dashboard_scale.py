@@ -245,14 +245,15 @@ def polling_slowdown(folder: Path, reps: int) -> float:
     from dashboard import ui
     from dashboard.services import pace, reads, tables
     from dashboard.services.lab import close, lab
+    from qcore.jobs.contract import ConvertParams, DemoParams
 
     os.environ.update(QLAB_DB=str(folder / "qlab.duckdb"), QLAB_DATA_DIR=str(folder), QLAB_BOOTSTRAP="0")
     the_lab = lab()
-    demo = the_lab.runner.submit("demo", {"recipes": "float32"})  # trains the demo CNN once, registers digits
+    demo = the_lab.runner.submit(DemoParams(recipes="float32"))  # trains the demo CNN once, registers digits
     the_lab.runner.wait(demo, timeout=900)
     assert the_lab.store.job(demo).status == "done", the_lab.store.job(demo).error
     page = REPO / "dashboard" / "app_pages" / "quantize.py"
-    params = {"model_id": 1, "dataset_id": 1, "recipes": POLL_RECIPES, "bench": False}
+    params = ConvertParams(model_id=1, dataset_id=1, recipes=tuple(POLL_RECIPES), bench=False)
 
     def fragment(job_id: int) -> None:
         # what ui.job_panel's fragment and quantize's show_landed read on every poll
@@ -271,7 +272,7 @@ def polling_slowdown(folder: Path, reps: int) -> float:
     def one(poll: Callable[[int], None] | None) -> float:
         reads.clear()
         t0 = time.perf_counter()
-        job_id = the_lab.runner.submit("convert", params)
+        job_id = the_lab.runner.submit(params)
         while the_lab.store.job(job_id).status in ("queued", "running"):
             if poll is not None:
                 poll(job_id)

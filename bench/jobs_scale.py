@@ -63,6 +63,7 @@ def _lab(folder: Path, demo: Path) -> Path:
 
 
 def throughput(folder: Path, demo: Path, workers: int) -> float:
+    from qcore.jobs.contract import ConvertParams, DemoParams
     from qcore.jobs.runner import ClusterSettings, local_runner
     from qcore.store import Store
 
@@ -71,14 +72,14 @@ def throughput(folder: Path, demo: Path, workers: int) -> float:
     settings = ClusterSettings(workers=workers, memory_limit="4GB", threads_per_worker_pool=max(1, (os.cpu_count() or 1) // workers),
                                worker_log=str(lab / "workers.log"))
     with local_runner(store, lab, settings) as runner:
-        first = runner.submit("demo", {"recipes": "float32"})  # registers the model; warms every worker below
+        first = runner.submit(DemoParams(recipes="float32"))  # registers the model; warms every worker below
         runner.wait(first, timeout=900)
-        warm = [runner.submit("convert", {"model_id": 1, "dataset_id": 1, "recipes": "float32", "bench": False})
+        warm = [runner.submit(ConvertParams(model_id=1, dataset_id=1, recipes=("float32",), bench=False))
                 for _ in range(workers)]
         for j in warm:
             runner.wait(j, timeout=900)
         started = time.perf_counter()
-        ids = [runner.submit("convert", {"model_id": 1, "dataset_id": 1, "recipes": "int8,uint8", "bench": False})
+        ids = [runner.submit(ConvertParams(model_id=1, dataset_id=1, recipes=("int8", "uint8"), bench=False))
                for _ in range(CONVERSIONS)]
         for j in ids:
             assert str(runner.wait(j, timeout=1800)) == "done", store.job(j).error
@@ -115,7 +116,7 @@ def main() -> int:
         from streamlit.testing.v1 import AppTest
 
         from dashboard.services.lab import lab as the_lab
-        from qcore.jobs.contract import JobKind, JobSpec, parse_params
+        from qcore.jobs.contract import ConvertParams, DemoParams, HostBenchParams, JobKind, JobSpec
         from qcore.jobs.runner import gather_inputs
 
         folder_web = _lab(folder, demo)
@@ -124,23 +125,22 @@ def main() -> int:
         os.environ.pop("QLAB_DASK_SCHEDULER", None)
         web = the_lab()
         web.runner.cluster.wait_for_workers(2)
-        web.runner.wait(web.runner.submit("demo", {"recipes": "float32,int8"}), timeout=900)
+        web.runner.wait(web.runner.submit(DemoParams(recipes="float32,int8")), timeout=900)
         page = str(REPO / "dashboard" / "app_pages" / "overview.py")
         at = lambda: AppTest.from_file(page, default_timeout=120).run()  # noqa: E731
         at()
         rss0 = _rss_mb()
 
         # 3. overhead of one conversion through a warm worker against the same call in-process on a worker
-        params = {"model_id": 1, "dataset_id": 1, "recipes": "int8", "bench": False}
-        web.runner.wait(web.runner.submit("convert", params), timeout=900)  # warm
+        params = ConvertParams(model_id=1, dataset_id=1, recipes=("int8",), bench=False)
+        web.runner.wait(web.runner.submit(params), timeout=900)  # warm
         through = []
         for _ in range(3):
             t = time.perf_counter()
-            web.runner.wait(web.runner.submit("convert", params), timeout=900)
+            web.runner.wait(web.runner.submit(params), timeout=900)
             through.append(time.perf_counter() - t)
-        p = parse_params("convert", params)
-        files, rows = gather_inputs(web.store, JobKind.CONVERT, p)
-        spec = JobSpec(job_id=0, kind=JobKind.CONVERT, params=p, files=files, rows=rows)
+        files, rows = gather_inputs(web.store, JobKind.CONVERT, params)
+        spec = JobSpec(job_id=0, kind=JobKind.CONVERT, params=params, files=files, rows=rows)
         direct = web.runner.cluster.client.submit(_in_process, spec, 3, pure=False).result()
         print(f"overhead: one demo conversion through a warm worker {statistics.median(through):.2f} s, the same call "
               f"in-process {direct:.2f} s (medians of 3), ratio {statistics.median(through) / direct:.2f} "
@@ -150,8 +150,8 @@ def main() -> int:
         idle = page_p50(at)
         model_id = _add(web, _mobilenet_file(folder))
         dataset_id = _images(web, folder)
-        heavy = [web.runner.submit("convert", {"model_id": model_id, "dataset_id": dataset_id, "recipes": r,
-                                               "bench": False}) for r in ("int8", "uint8")]
+        heavy = [web.runner.submit(ConvertParams(model_id=model_id, dataset_id=dataset_id, recipes=(r,), bench=False))
+                 for r in ("int8", "uint8")]
         deadline = time.monotonic() + 600
         while any(str(web.store.job(j).status) != "running" for j in heavy) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -165,7 +165,7 @@ def main() -> int:
 
         # 4. memory after 20 jobs
         for _ in range(20):
-            web.runner.wait(web.runner.submit("host_bench", {"variant_ids": [2], "runs": 10, "warmup": 1}),
+            web.runner.wait(web.runner.submit(HostBenchParams(variant_ids=(2,), runs=10, warmup=1)),
                             timeout=600)
         rss20 = _rss_mb()
         print(f"web process RSS: {rss0:.0f} MB after 0 jobs, {rss20:.0f} MB after 20 jobs (+{rss20 - rss0:.0f} MB); "

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from qcore.jobs.contract import PARAMS, JobKind, job_kind, parse_params
-from qcore.qtyping import QlabError
+from qcore.jobs.contract import PARAMS, ConvertParams, JobKind, JobParams, job_kind, parse_params
+from qcore.qtyping import Engine, QlabError
+from qcore.recipes import resolve_recipes
 
 # what a client may queue: an allowlist, because some kinds are the server's own and take server
 # paths (demo, add_model, import_tflite: uploads go through POST /models, /datasets, /variants)
@@ -25,6 +26,7 @@ MAXIMUM: dict[str, float] = {"threads": 64, "epochs": 1000, "runs": 100_000, "wa
                              "max_drop": 100, "batch_size": 65_536}
 MAX_ID = 2**62
 MAX_COUNT = 10**7
+ENGINES = tuple(e.value for e in Engine)
 
 
 def bounds(name: str) -> tuple[float, float] | None:
@@ -35,11 +37,12 @@ def bounds(name: str) -> tuple[float, float] | None:
     return MINIMUM.get(name, 1), high
 
 
-def parse(kind: Any, params: Any) -> Any:
-    """A request's `kind` and `params` as the kind's params dataclass.
+def parse(kind: Any, params: Any) -> JobParams:
+    """A request's `kind` and `params` as the kind's params dataclass: what the runner takes.
 
     Raises:
-        QlabError: naming an unknown kind, an unknown or missing field, or a bad value.
+        QlabError: naming an unknown kind, an unknown or missing field, a bad value, an unknown
+            engine or recipe.
     """
     if not isinstance(kind, str):
         raise QlabError("kind: required, a string")
@@ -50,7 +53,7 @@ def parse(kind: Any, params: Any) -> Any:
         params = {}
     if not isinstance(params, dict):
         raise QlabError(f"params: expected an object, got {type(params).__name__}")
-    parsed = parse_params(k, params)
+    parsed: JobParams = parse_params(k, params)
     for f in dataclasses.fields(parsed):
         span = bounds(f.name)
         value = getattr(parsed, f.name)
@@ -59,27 +62,15 @@ def parse(kind: Any, params: Any) -> Any:
         for v in value if isinstance(value, tuple) else (value,):
             if not span[0] <= v <= span[1]:
                 raise QlabError(f"params.{f.name}: {v!r} is outside [{span[0]:g}, {span[1]:g}]")
+    for name in ("engine", "deploy_engine"):
+        if hasattr(parsed, name) and getattr(parsed, name) not in ENGINES:
+            raise QlabError(f"params.{name}: unknown engine {getattr(parsed, name)!r}; known: {', '.join(ENGINES)}")
+    if isinstance(parsed, ConvertParams):
+        try:  # "all" stays "all": the worker expands it for the params' engine
+            resolve_recipes(",".join(parsed.recipes), parsed.engine)
+        except ValueError as exc:
+            raise QlabError(f"params.recipes: {exc}") from None
     return parsed
 
 
-def to_task_params(kind: str, params: Any) -> dict[str, Any]:
-    """The JSON dict today's job runner takes for a parsed params object.
-
-    Raises:
-        QlabError: for an unknown recipe name.
-    """
-    from qcore.recipes import resolve_recipes
-
-    out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()}
-    if kind == JobKind.CONVERT:
-        try:
-            out["recipes"] = [r.name for r in resolve_recipes(",".join(out["recipes"]))]
-        except ValueError as exc:
-            raise QlabError(f"params.recipes: {exc}") from None
-    for name in ("layers", "targets"):
-        if out.get(name) == ["all"]:
-            out[name] = "all"
-    return out
-
-
-__all__ = ["API_KINDS", "PARAMS", "JobKind", "bounds", "parse", "to_task_params"]
+__all__ = ["API_KINDS", "PARAMS", "JobKind", "bounds", "parse"]

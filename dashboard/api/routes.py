@@ -16,9 +16,13 @@ from starlette.routing import Route
 
 from dashboard.api import jobspec, openapi
 from dashboard.api.http import PREFIX, ApiError, ApiRoute, Error, json_response, principal
+from dashboard.services import reads, uploads
+from dashboard.services.lab import Lab, lab
 from qcore import __version__
-from qcore.jobs.contract import frame_records
-from qcore.qtyping import JobStatus, QlabError, Role
+from qcore.boards.runs import variant_model
+from qcore.jobs.contract import JobParams, frame_records
+from qcore.lab import reports
+from qcore.qtyping import Engine, JobStatus, QlabError, Role
 from qcore.store import accounts
 
 # the same cap as the UI's uploads (dashboard/services/uploads.py); past it the answer is 413
@@ -93,12 +97,6 @@ class ReportCreated:
 
 
 RESPONSE_TYPES = (Health, ModelCreated, DatasetCreated, JobAccepted, JobState, ReportRequest, ReportCreated, Error)
-
-
-def _lab() -> Any:
-    from dashboard.services.lab import lab
-
-    return lab()
 
 
 def _ref(cls: type[Any]) -> dict[str, Any]:
@@ -207,8 +205,6 @@ async def schema(request: Request) -> Response:
 
 
 async def create_model(request: Request) -> Response:
-    from dashboard.services import uploads
-
     who = principal(request)
     form = await _form(request)
     got = await _file(form)
@@ -220,7 +216,7 @@ async def create_model(request: Request) -> Response:
         raise QlabError(f"trusted: expected true or false, got {trusted!r}")
     if trusted in ("true", "1") and not who.role.allows(Role.ADMIN):
         raise ApiError(403, f"trusted: only an admin may vouch for a model; {who.email} is {who.role}")
-    the_lab = _lab()
+    the_lab = lab()
     model_id = await run_in_threadpool(lambda: uploads.add_model(the_lab, filename, data, name,
                                                                  trusted=trusted in ("true", "1")))
     accounts.stamp(the_lab.store, "models", model_id, who.email)
@@ -231,20 +227,18 @@ async def create_model(request: Request) -> Response:
 
 
 async def list_models(request: Request) -> Response:
-    return _table(request, _lab().store.query(
+    return _table(request, lab().store.query(
         "SELECT id, name, format, sha256, input_shape, output_shape, keras_major, created_by, created_at "
         "FROM models ORDER BY id"))
 
 
 async def create_dataset(request: Request) -> Response:
-    from dashboard.services import uploads
-
     who = principal(request)
     form = await _form(request)
     scale, offset = _float(form, "input_scale", 1.0), _float(form, "input_offset", 0.0)
     source = _text(form, "source").strip()
     for_model = _int_arg_form(form, "model_id")
-    the_lab = _lab()
+    the_lab = lab()
     if for_model is not None:
         the_lab.store.model(for_model)  # 422 naming it when unknown
     got = await _file(form, required=source != "digits")
@@ -275,21 +269,19 @@ def _int_arg_form(form: Any, field: str) -> int | None:
 
 
 async def list_datasets(request: Request) -> Response:
-    return _table(request, _lab().store.query(
+    return _table(request, lab().store.query(
         "SELECT id, name, source, input_scale, input_offset, n_train, n_test, num_classes, created_by, created_at "
         "FROM datasets ORDER BY id"))
 
 
 async def create_variant(request: Request) -> Response:
     """Queues the import of a .tflite made elsewhere (and optionally its float reference) as a job."""
-    from dashboard.services import uploads
-
     form = await _form(request)
     got = await _file(form)
     assert got is not None
     reference = await _file(form, "reference", required=False)
     dataset_id = _int_arg_form(form, "dataset_id")
-    the_lab = _lab()
+    the_lab = lab()
     if dataset_id is not None:
         the_lab.store.dataset(dataset_id)  # 422 naming it when unknown
     job_id = await run_in_threadpool(lambda: uploads.add_tflite(
@@ -299,16 +291,14 @@ async def create_variant(request: Request) -> Response:
 
 async def list_variants(request: Request) -> Response:
     model_id = _int_arg(request, "model_id")
-    df = _lab().store.variant_summary(model_ids=[model_id] if model_id else None)
+    df = lab().store.variant_summary(model_ids=[model_id] if model_id else None)
     return _table(request, df.drop(columns=[c for c in ("path",) if c in df.columns]))
 
 
 async def variant_tflite(request: Request) -> Response:
     """A stored variant's .tflite: what `qlab --server … convert --out DIR` writes on the client."""
-    from qcore.boards.runs import variant_model
-
     variant_id = int(_int_arg(request, "id", path=True) or 0)
-    store = _lab().store
+    store = lab().store
     try:
         store.variant(variant_id)
     except QlabError:
@@ -320,18 +310,21 @@ async def variant_tflite(request: Request) -> Response:
 
 async def list_benchmarks(request: Request) -> Response:
     variant_id = _int_arg(request, "variant_id")
-    return _table(request, _lab().store.benchmarks(variant_ids=[variant_id] if variant_id else None))
+    return _table(request, lab().store.benchmarks(variant_ids=[variant_id] if variant_id else None))
 
 
 async def debug_layers(request: Request) -> Response:
     run_id = _int_arg(request, "id", path=True)
-    store = _lab().store
-    if store._one("SELECT 1 FROM debug_runs WHERE id = ?", [run_id]) is None:
+    store = lab().store
+    run = store._one("SELECT engine FROM debug_runs WHERE id = ?", [run_id])
+    if run is None:
         raise ApiError(404, f"no debug run with id {run_id}")
-    return _table(request, store.layer_stats(int(run_id or 0)))
+    stats = store.layer_stats(int(run_id or 0))
+    stats.insert(0, "engine", run[0] or Engine.TF.value)  # every per-layer row names the engine that made it
+    return _table(request, stats)
 
 
-def _check_refs(the_lab: Any, params: Any) -> None:
+def _check_refs(the_lab: Lab, params: JobParams) -> None:
     """Unknown ids and boards are a 422 now, not a failed job later."""
     store = the_lab.store
     for name in ("model_id", "dataset_id"):
@@ -356,14 +349,14 @@ async def submit_job(request: Request) -> Response:
         raise QlabError(f"{unknown[0]}: unknown field; a job is {{\"kind\", \"params\"}}")
     kind = body.get("kind")
     params = jobspec.parse(kind, body.get("params"))
-    the_lab = _lab()
+    the_lab = lab()
     await run_in_threadpool(_check_refs, the_lab, params)
-    job_id = the_lab.runner.submit(kind, jobspec.to_task_params(kind, params))
+    job_id = the_lab.runner.submit(params)
     accounts.stamp(the_lab.store, "jobs", job_id, who.email)
     return json_response({"id": job_id, "status": str(JobStatus.QUEUED)}, 202)
 
 
-def _job_state(the_lab: Any, job_id: int) -> dict[str, Any]:
+def _job_state(the_lab: Lab, job_id: int) -> dict[str, Any]:
     try:
         job = the_lab.store.job(job_id)
     except QlabError:
@@ -374,12 +367,12 @@ def _job_state(the_lab: Any, job_id: int) -> dict[str, Any]:
 
 
 async def get_job(request: Request) -> Response:
-    return json_response(_job_state(_lab(), int(_int_arg(request, "id", path=True) or 0)))
+    return json_response(_job_state(lab(), int(_int_arg(request, "id", path=True) or 0)))
 
 
 async def cancel_job(request: Request) -> Response:
     who = principal(request)
-    the_lab = _lab()
+    the_lab = lab()
     job_id = int(_int_arg(request, "id", path=True) or 0)
     state = _job_state(the_lab, job_id)
     if state["created_by"] not in (who.email, None) and not who.role.allows(Role.ADMIN):
@@ -394,9 +387,6 @@ async def cancel_job(request: Request) -> Response:
 
 
 async def create_report(request: Request) -> Response:
-    from dashboard.services import reads
-    from qcore.lab import reports
-
     who = principal(request)
     body = await _json_body(request)
     if not isinstance(body, dict):
@@ -412,7 +402,7 @@ async def create_report(request: Request) -> Response:
     if (not isinstance(ids, list) or not ids
             or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2**62 for v in ids)):
         raise QlabError("variant_ids: required, a non-empty list of variant ids")
-    the_lab = _lab()
+    the_lab = lab()
     report_id = await run_in_threadpool(reports.make_report, the_lab.store, title, notes, ids)
     accounts.stamp(the_lab.store, "reports", report_id, who.email)
     reads.clear()
@@ -424,10 +414,8 @@ def _base_url(request: Request) -> str:
 
 
 async def report_bundle(request: Request) -> Response:
-    from qcore.lab import reports
-
     report_id = str(request.path_params["id"])
-    the_lab = _lab()
+    the_lab = lab()
     try:
         the_lab.store.report(report_id)
     except QlabError:
@@ -438,14 +426,11 @@ async def report_bundle(request: Request) -> Response:
 
 
 async def import_report(request: Request) -> Response:
-    from dashboard.services import reads
-    from qcore.lab import reports
-
     who = principal(request)
     form = await _form(request)
     got = await _file(form)
     assert got is not None
-    the_lab = _lab()
+    the_lab = lab()
     report_id = await run_in_threadpool(reports.import_bundle, the_lab.store, got[1])
     accounts.stamp(the_lab.store, "reports", report_id, who.email)
     reads.clear()
@@ -493,7 +478,8 @@ API: tuple[ApiRoute, ...] = (
              responses={200: {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}),
     ApiRoute("GET", f"{PREFIX}/benchmarks", list_benchmarks, "timings on the host and on boards",
              parameters=(_int_param("variant_id"), FORMAT_PARAM), responses={200: LIST_CONTENT}),
-    ApiRoute("GET", f"{PREFIX}/debug_runs/{{id}}/layers", debug_layers, "a debugger run's per-layer statistics",
+    ApiRoute("GET", f"{PREFIX}/debug_runs/{{id}}/layers", debug_layers,
+             "a debugger run's per-layer statistics, each row naming the engine that made it",
              parameters=(_int_param("id", "path"), FORMAT_PARAM), responses={200: LIST_CONTENT}),
     ApiRoute("POST", f"{PREFIX}/jobs", submit_job, "queue a job; params are the kind's dataclass fields",
              role=Role.MEMBER,

@@ -7,6 +7,7 @@ import streamlit as st
 from dashboard import auth, ui
 from dashboard.components.latency import latency_bars
 from dashboard.services import boards_view, reads, tables
+from qcore.jobs.contract import BoardAccuracyParams, BoardBenchParams, BoardMatrixParams
 from qcore.qtyping import Job, Role
 
 st.title("Boards")
@@ -78,12 +79,12 @@ if bench_clicked or acc_clicked:
         if not targets:
             raise ValueError(f"choose at least one target that {board} can run")
         if bench_clicked:
-            lab.runner.submit("board_bench", {"board": board, "variant_ids": chosen, "targets": targets,
-                                              "threads": int(threads), "runs": int(runs), "warmup": int(warmup),
-                                              "profile": bool(profile)})
+            lab.runner.submit(BoardBenchParams(board=board, variant_ids=tuple(chosen), targets=tuple(targets),
+                                               threads=int(threads), runs=int(runs), warmup=int(warmup),
+                                               profile=bool(profile)))
         else:
-            lab.runner.submit("board_accuracy", {"board": board, "variant_ids": chosen, "targets": targets,
-                                                 "threads": int(threads)})
+            lab.runner.submit(BoardAccuracyParams(board=board, variant_ids=tuple(chosen), targets=tuple(targets),
+                                                  threads=int(threads)))
         st.rerun()
 
 st.subheader("Matrix across a pool of boards")
@@ -105,9 +106,9 @@ if st.button("Run the matrix", key="boards_matrix_go", disabled=not members):
     with ui.guard("could not start"):
         if not m_variants or not m_targets:
             raise ValueError("choose at least one variant and one target")
-        lab.runner.submit("board_matrix", {"pool": pool, "placement": placement, "variant_ids": m_variants,
-                                           "targets": m_targets, "threads": int(threads), "runs": int(runs),
-                                           "warmup": int(warmup)})
+        lab.runner.submit(BoardMatrixParams(pool=pool, placement=placement, variant_ids=tuple(m_variants),
+                                            targets=tuple(m_targets), threads=int(threads), runs=int(runs),
+                                            warmup=int(warmup)))
         st.rerun()
 
 

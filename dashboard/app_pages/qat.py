@@ -8,6 +8,7 @@ import streamlit as st
 from dashboard import ui
 from dashboard.components.training import qat_curves
 from dashboard.services import reads
+from qcore.jobs.contract import QatParams
 from qcore.qtyping import Job
 
 st.title("Quantization-aware training")
@@ -45,12 +46,12 @@ with st.form("qat_form"):
         with ui.guard("could not start"):
             if whole == "chosen layers" and not chosen:
                 raise ValueError("choose at least one layer class or name, or quantize the whole model")
-            lab.runner.submit("qat", {
-                "model_id": model_id, "dataset_id": dataset_id,
-                "layers": "all" if whole == "the whole model" else chosen, "epochs": int(epochs),
-                "batch_size": int(batch), "learning_rate": float(lr), "train_samples": int(samples),
-                "int_io": int_io, "gpu": gpu,
-            })
+            lab.runner.submit(QatParams(
+                model_id=int(model_id), dataset_id=int(dataset_id),
+                layers=("all",) if whole == "the whole model" else tuple(chosen), epochs=int(epochs),
+                batch_size=int(batch), learning_rate=float(lr), train_samples=int(samples),
+                int_io=bool(int_io), gpu=bool(gpu),
+            ))
             st.rerun()
 
 

@@ -9,6 +9,7 @@ import streamlit as st
 from dashboard import ui
 from dashboard.services import pace, reads, tables
 from qcore import defaults
+from qcore.jobs.contract import ConvertParams
 from qcore.qtyping import Job
 from qcore.recipes import RECIPES
 
@@ -55,13 +56,14 @@ samples = c1.number_input("calibration samples", min_value=1, max_value=10_000, 
                           key="quantize_calibration", help="the first N training samples, in file order")
 bench = c2.checkbox("time each variant on this host afterwards", value=True, key="quantize_bench")
 
-if st.button("Run", type="primary", key="quantize_run", disabled=model_id is None or dataset_id is None):
+clicked = st.button("Run", type="primary", key="quantize_run", disabled=model_id is None or dataset_id is None)
+if clicked and model_id is not None and dataset_id is not None:
     if not chosen:
         st.error("choose at least one recipe")
     else:
         with ui.guard("could not start"):
-            lab.runner.submit("convert", {"model_id": model_id, "dataset_id": dataset_id, "recipes": chosen,
-                                          "calibration_samples": int(samples), "bench": bench, "engine": engine})
+            lab.runner.submit(ConvertParams(model_id=model_id, dataset_id=dataset_id, recipes=tuple(chosen),
+                                            calibration_samples=int(samples), bench=bench, engine=engine))
             st.rerun()
 
 

@@ -11,6 +11,7 @@ import streamlit as st
 
 from dashboard.services import reads
 from dashboard.services.jobs import ACTIVE, make_runner
+from qcore.jobs.contract import DemoParams
 from qcore.jobs.runner import JobRunner
 from qcore.store import Store, default_data_dir, default_db_path
 
@@ -66,7 +67,7 @@ def bootstrap(the_lab: Lab) -> None:
         return
     store = the_lab.store
     if store.models().empty and not any(j.status in ACTIVE for j in store.jobs(kind="demo")):
-        job_id = the_lab.runner.submit("demo", {"recipes": "all"})
+        job_id = the_lab.runner.submit(DemoParams(recipes="all"))
         log.info("empty store: queued job %d to build the demo model and convert all recipes", job_id)
 
 

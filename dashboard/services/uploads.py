@@ -9,6 +9,10 @@ from pathlib import Path
 
 from dashboard.services import reads
 from dashboard.services.lab import Lab
+from qcore.inputs.archives import extract_zip
+from qcore.inputs.data import dataset_sha256, digits_dataset, load_dataset
+from qcore.jobs.contract import AddModelParams, ImportTfliteParams
+from qcore.lab.import_tflite import check_tflite_bytes
 from qcore.qtyping import Dataset, JobStatus, QlabError
 from qcore.store import write_atomic
 
@@ -61,8 +65,6 @@ def safe_extract(archive: Path, dest: Path, name: str | None = None) -> Path:
     Raises:
         QlabError: naming the archive and the offending entry; nothing is left behind.
     """
-    from qcore.inputs.archives import extract_zip
-
     return extract_zip(archive, dest, max_bytes=MAX_UNZIPPED_MB * 1024 * 1024, name=name)
 
 
@@ -107,7 +109,7 @@ def add_model(the_lab: Lab, filename: str, data: bytes, name: str = "", *, trust
         path = stored
         if suffix == ".zip":
             path = _savedmodel_root(safe_extract(stored, unpacked_dir(stored), filename), filename)
-        job_id = the_lab.runner.submit("add_model", {"filename": filename, "name": name, "trusted": trusted},
+        job_id = the_lab.runner.submit(AddModelParams(filename=filename, name=name, trusted=trusted),
                                        extra={"upload_path": str(path), "source_path": str(path)})
         try:
             status = the_lab.runner.wait(job_id, timeout=timeout)
@@ -141,21 +143,17 @@ def add_tflite(the_lab: Lab, filename: str, data: bytes, *, reference: tuple[str
     Raises:
         QlabError: naming the file for a wrong type, an empty or over-size file, or no TFL3 identifier.
     """
-    from qcore.lab.import_tflite import check_tflite_bytes
-
     files = [(filename, data), *([reference] if reference is not None else [])]
     for fname, body in files:
         _check(fname, body, TFLITE_SUFFIXES, ".tflite model")
         check_tflite_bytes(body, fname)
-    from qcore.jobs.contract import ImportTfliteParams, JobKind, params_json
-
     params = ImportTfliteParams(
         filename=filename, path=str(store_upload(the_lab, data, ".tflite")[0]), name=name.strip(),
         dataset_id=None if dataset_id is None else int(dataset_id),
         reference_filename=reference[0] if reference is not None else "",
         reference_path=str(store_upload(the_lab, reference[1], ".tflite")[0]) if reference is not None else "",
     )
-    return the_lab.runner.submit(JobKind.IMPORT_TFLITE.value, params_json(params))
+    return the_lab.runner.submit(params)
 
 
 def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float, input_offset: float,
@@ -168,8 +166,6 @@ def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float,
     Raises:
         QlabError: for a wrong type, an empty or over-size file, or data qcore cannot read.
     """
-    from qcore.inputs.data import load_dataset
-
     suffix = _check(filename, data, DATA_SUFFIXES, "dataset")
     shape = None
     if for_model is not None:
@@ -189,8 +185,6 @@ def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float,
 
 def add_digits(the_lab: Lab, *, input_scale: float, input_offset: float) -> int:
     """Registers scikit-learn's bundled digits with this preprocessing."""
-    from qcore.inputs.data import digits_dataset
-
     ds = digits_dataset(input_scale=float(input_scale), input_offset=float(input_offset))
     return register_dataset(the_lab, ds, name="digits", source="digits", stored_path=None)
 
@@ -203,8 +197,6 @@ def register_dataset(the_lab: Lab, ds: Dataset, *, name: str, source: str, store
         input_shape: the model input shape images were resized to (kept, so every job reads a zip of
             class folders at the same size).
     """
-    from qcore.inputs.data import dataset_sha256
-
     dataset_id = the_lab.store.add_dataset(
         name=name, source=source, sha256=dataset_sha256(ds), input_scale=float(ds.input_scale),
         input_offset=float(ds.input_offset), n_train=len(ds.y_train), n_test=len(ds.y_test),

@@ -210,6 +210,11 @@ class BoardMatrixParams:
     profile: bool = False
 
 
+# every params dataclass: what `JobRunner.submit` takes
+JobParams = (DemoParams | AddModelParams | ConvertParams | HostBenchParams | DebugParams | SelectiveParams
+             | TuneParams | CompareTensorsParams | QatParams | BoardBenchParams | BoardAccuracyParams
+             | ImportTfliteParams | BoardMatrixParams)
+
 PARAMS: dict[JobKind, type] = {
     JobKind.DEMO: DemoParams,
     JobKind.ADD_MODEL: AddModelParams,
@@ -227,6 +232,23 @@ PARAMS: dict[JobKind, type] = {
 }
 
 
+# the other way round: a params dataclass names its kind
+KIND_OF: dict[type, JobKind] = {cls: kind for kind, cls in PARAMS.items()}
+
+
+def kind_of(params: object) -> JobKind:
+    """The JobKind of a params dataclass.
+
+    Raises:
+        QlabError: for anything else (a dict, a class, another dataclass), naming what it got.
+    """
+    kind = KIND_OF.get(type(params))
+    if kind is None:
+        raise QlabError(f"a job takes one of the params dataclasses of qcore.jobs.contract "
+                        f"({', '.join(c.__name__ for c in KIND_OF)}), got {type(params).__name__}")
+    return kind
+
+
 def job_kind(kind: str | JobKind) -> JobKind:
     """The JobKind of a name.
 
@@ -237,18 +259,6 @@ def job_kind(kind: str | JobKind) -> JobKind:
         return JobKind(str(kind))
     except ValueError:
         raise QlabError(f"unknown job kind {kind!r}; known: {', '.join(k.value for k in JobKind)}") from None
-
-
-def kind_of(params: Any) -> JobKind:
-    """The JobKind of a params dataclass.
-
-    Raises:
-        QlabError: for anything but one of the params dataclasses.
-    """
-    for kind, cls in PARAMS.items():
-        if type(params) is cls:
-            return kind
-    raise QlabError(f"{type(params).__name__} is not the params of a job kind")
 
 
 def _coerce(kind: JobKind, name: str, hint: Any, value: Any) -> Any:
@@ -294,17 +304,15 @@ def _type_name(hint: Any) -> str:
 
 
 def parse_params(kind: str | JobKind, values: Mapping[str, Any] | None) -> Any:
-    """The params dataclass of a kind from JSON-like values (the page, the API and the CLI all use this).
+    """The params dataclass of a kind from JSON-like values: the API's boundary (and a CLI's reading of JSON).
 
     Raises:
         QlabError: for an unknown kind, an unknown or missing field, or a value of the wrong type,
             each naming the kind and field.
     """
     k = job_kind(kind)
-    if dataclasses.is_dataclass(values) and not isinstance(values, type):
-        if isinstance(values, PARAMS[k]):
-            return values
-        values = dataclasses.asdict(values)
+    if values is not None and not isinstance(values, Mapping):
+        raise QlabError(f"job {k.value}: params must be an object of fields, got {type(values).__name__}")
     cls = PARAMS[k]
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -320,6 +328,22 @@ def parse_params(kind: str | JobKind, values: Mapping[str, Any] | None) -> Any:
             continue
         out[name] = _coerce(k, name, hints[name], given[name])
     return cls(**out)
+
+
+def check_params(params: object) -> JobKind:
+    """The kind of a params dataclass whose fields hold their declared types (a tuple where a list goes).
+
+    Raises:
+        QlabError: for anything but a params dataclass, or a field of another type, naming the field.
+    """
+    k = kind_of(params)
+    hints = typing.get_type_hints(type(params))
+    for f in dataclasses.fields(params):  # type: ignore[arg-type]
+        value = getattr(params, f.name)
+        if _coerce(k, f.name, hints[f.name], value) != value or (
+                typing.get_origin(hints[f.name]) is tuple and not isinstance(value, tuple)):
+            raise QlabError(f"job {k.value}: field {f.name!r} is declared {f.type}, got {value!r}")
+    return k
 
 
 def params_json(params: Any) -> dict[str, Any]:

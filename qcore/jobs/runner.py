@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcore.jobs.contract import JobKind, JobSpec, job_kind, params_json, parse_params, to_json
+from qcore.jobs.contract import JobKind, JobParams, JobSpec, check_params, params_json, to_json
 from qcore.jobs.journal import replay
 from qcore.jobs.tasks import zip_dir
 from qcore.jobs.worker import EXIT_TOPIC, MEMORY_TOPIC, PROGRESS_MIN_INTERVAL_S, PROGRESS_TOPIC
@@ -482,38 +482,40 @@ class JobRunner:
         self._ready.set()
 
     # ------------------------------------------------------------ public
-    def submit(self, kind: str | JobKind, params: Any, *, timeout_s: float | None = None,
+    def submit(self, params: JobParams, *, timeout_s: float | None = None,
                extra: dict[str, Any] | None = None) -> int:
         """Checks and queues a job; returns its id at once.
 
         Args:
-            kind, params: a JobKind and its params (a dataclass or JSON-like values).
+            params: the job's params dataclass (`qcore.jobs.contract`); its type names the kind.
+                JSON from a client becomes one with `parse_params` first, at the boundary.
             timeout_s: this job's limit; default QLAB_JOB_TIMEOUT.
             extra: owner-side facts a kind needs (an upload's path for add_model).
 
         Raises:
-            QlabError: for an unknown kind or field, or a missing input, before anything is queued.
+            QlabError: for anything but a params dataclass, a field of the wrong type, or a missing
+                input, before anything is queued.
         """
         from qcore.jobs.tasks import OWNER_TASKS
 
-        k = job_kind(kind)
-        p = parse_params(k, params)
+        k = check_params(params)
         context = contextvars.copy_context()  # the job acts for whoever submitted it (created_by)
         if k in OWNER_TASKS:
-            job_id = self.store.create_job(k.value, params_json(p))
+            job_id = self.store.create_job(k.value, params_json(params))
             limit = float(timeout_s or self.settings.job_timeout_s)
-            owner = _Watch(job_id=job_id, spec=JobSpec(job_id=job_id, kind=k, params=p), deadline_s=limit)
+            owner = _Watch(job_id=job_id, spec=JobSpec(job_id=job_id, kind=k, params=params), deadline_s=limit)
             with self._lock:
                 self._watches[job_id] = owner
             threading.Thread(target=context.run, args=(self._run_here, owner), name=f"qlab-job-{job_id}",
                              daemon=True).start()
             return job_id
-        files, rows = gather_inputs(self.store, k, p, extra)
+        files, rows = gather_inputs(self.store, k, params, extra)
         demo = self.data_dir / "demo" / "demo.h5"
         if k == JobKind.DEMO and demo.exists():  # trained before: the worker converts it, no retraining
             files["model"] = (demo.name, demo.read_bytes())
-        job_id = self.store.create_job(k.value, params_json(p))
-        spec = JobSpec(job_id=job_id, kind=k, params=p, files=files, rows=rows, blob_dir=str(self.store.blob_dir))
+        job_id = self.store.create_job(k.value, params_json(params))
+        spec = JobSpec(job_id=job_id, kind=k, params=params, files=files, rows=rows,
+                       blob_dir=str(self.store.blob_dir))
         watch = _Watch(job_id=job_id, spec=spec, deadline_s=float(timeout_s or self.settings.job_timeout_s))
         with self._lock:
             self._watches[job_id] = watch

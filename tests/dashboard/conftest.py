@@ -12,6 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard.services.lab import Lab, close, lab
+from qcore.jobs.contract import DemoParams, JobParams
 from qcore.qtyping import JobStatus, LoadedModel
 
 PAGES = Path(__file__).resolve().parents[2] / "dashboard" / "app_pages"
@@ -51,9 +52,9 @@ def point_env(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
     monkeypatch.delenv("QLAB_AGENT_TOKEN_FILE", raising=False)
 
 
-def run_job(the_lab: Lab, kind: str, params: dict[str, Any], timeout: float = 600) -> Any:
+def run_job(the_lab: Lab, params: JobParams, timeout: float = 600) -> Any:
     """Submits a job through the lab's runner and waits for it; returns the finished job row."""
-    job_id = the_lab.runner.submit(kind, params)
+    job_id = the_lab.runner.submit(params)
     the_lab.runner.wait(job_id, timeout=timeout)
     return the_lab.store.job(job_id)
 
@@ -80,7 +81,7 @@ def converted_dir(tmp_path_factory: pytest.TempPathFactory, demo: LoadedModel) -
     shutil.copy(demo.path, folder / "demo" / "demo.h5")
     with pytest.MonkeyPatch.context() as mp:
         point_env(mp, folder)
-        job = run_job(lab(), "demo", {"recipes": "float32,int8,uint8"})
+        job = run_job(lab(), DemoParams(recipes="float32,int8,uint8"))
         assert job.status is JobStatus.DONE, job.error
     return folder
 

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.services import reads, uploads
 from dashboard.services.lab import LOCAL_BOARD, Lab
+from qcore.jobs.contract import BoardAccuracyParams, BoardBenchParams, HostBenchParams
 from qcore.qtyping import JobStatus, QlabError
 from tests.dashboard.conftest import plotly_specs, run_job, texts, values
 from tests.dashboard.test_tasks import local_agent  # noqa: F401  (fixture: the real agent on loopback)
@@ -110,14 +111,14 @@ def test_import_task_custom_op_refusal_shown_in_words(empty_lab: Lab, page, fore
     at.selectbox(key="inspect_variant").set_value(vid).run()
     _no_traceback(at)
     assert any("BesselI1e" in t for t in texts(at, "error"))  # the lint's custom-op finding
-    job = run_job(empty_lab, "host_bench", {"variant_ids": [vid], "runs": 3})
+    job = run_job(empty_lab, HostBenchParams(variant_ids=(vid,), runs=3))
     assert job.status is JobStatus.FAILED and "custom op BesselI1e" in job.error
 
 
 # ---------------------------------------------------------------- the variant on the other pages
 def test_imported_variant_in_compare_and_inspect(imported: Lab, page) -> None:
     ids = [int(v) for v in imported.store.variant_summary()["variant_id"]]
-    job = run_job(imported, "host_bench", {"variant_ids": ids, "runs": 5, "warmup": 1})
+    job = run_job(imported, HostBenchParams(variant_ids=tuple(ids), runs=5, warmup=1))
     assert job.status is JobStatus.DONE, job.error
     reads.clear()
     at = page("compare")
@@ -178,11 +179,11 @@ def test_imported_variant_on_the_board_agent(imported: Lab, local_agent, monkeyp
     monkeypatch.setenv(lab_mod.ENV_AGENT_TOKEN_FILE, str(token_file))
     assert register_local_agent(imported)
     vid = int(imported.store.variant_summary().query("variant == 'cnn_int8'")["variant_id"].iloc[0])
-    job = run_job(imported, "board_bench", {"board": LOCAL_BOARD, "variant_ids": [vid], "targets": ["cpu"],
-                                            "runs": 5, "warmup": 1})
+    job = run_job(imported, BoardBenchParams(board=LOCAL_BOARD, variant_ids=(vid,), targets=("cpu",), runs=5,
+                                              warmup=1))
     assert job.status is JobStatus.DONE, job.error
     assert (imported.store.benchmarks(variant_ids=[vid], board=LOCAL_BOARD)["p50_ms"] > 0).all()
-    job = run_job(imported, "board_accuracy", {"board": LOCAL_BOARD, "variant_ids": [vid], "target": "cpu"})
+    job = run_job(imported, BoardAccuracyParams(board=LOCAL_BOARD, variant_ids=(vid,), target="cpu"))
     assert job.status is JobStatus.DONE, job.error
     evals = imported.store.device_evaluations([vid]).set_index("device")
     assert evals.loc[f"board:{LOCAL_BOARD}/cpu", "accuracy"] == pytest.approx(evals.loc["host", "accuracy"])
@@ -193,7 +194,7 @@ def test_board_accuracy_of_a_variant_without_data_says_so(empty_lab: Lab, tiny_t
     _wait_for_import(empty_lab)
     vid = int(empty_lab.store.variant_summary()["variant_id"].iloc[0])
     empty_lab.store.add_board("b", "http://127.0.0.1:9", None)
-    job = run_job(empty_lab, "board_accuracy", {"board": "b", "variant_ids": [vid], "target": "cpu"})
+    job = run_job(empty_lab, BoardAccuracyParams(board="b", variant_ids=(vid,), target="cpu"))
     assert job.status is JobStatus.FAILED and "has no dataset" in job.error and "bare" in job.error
 
 

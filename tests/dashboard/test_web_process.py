@@ -20,8 +20,9 @@ import json, sys
 from pathlib import Path
 from streamlit.testing.v1 import AppTest
 from dashboard.services.lab import lab
+from qcore.jobs.contract import DemoParams
 the_lab = lab()  # this process is the web process: it converts through a worker, then renders every page
-job = the_lab.runner.submit("demo", {"recipes": "float32,int8"})
+job = the_lab.runner.submit(DemoParams(recipes="float32,int8"))
 assert str(the_lab.runner.wait(job, timeout=600)) == "done", the_lab.store.job(job).error
 pages = sorted(Path(sys.argv[1]).glob("*.py"))
 errors = {}

@@ -106,6 +106,10 @@ def test_bad_job_requests_get_422_naming_the_field(api: Api, uploaded: dict[str,
     assert r.status_code == 422 and "999" in r.json()["error"]
     r = api("POST", "/jobs", json={"kind": "host_bench", "params": {"variant_ids": "1"}})
     assert r.status_code == 422 and "variant_ids" in r.json()["error"]
+    r = api("POST", "/jobs", json={"kind": "debug", "params": {**uploaded, "engine": "onnx"}})
+    assert r.status_code == 422 and "params.engine: unknown engine 'onnx'" in r.json()["error"]
+    r = api("POST", "/jobs", json={"kind": "tune", "params": {**uploaded, "deploy_engine": "trt"}})
+    assert r.status_code == 422 and "params.deploy_engine" in r.json()["error"]
     r = api("POST", "/jobs", data=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and "JSON" in r.json()["error"]
     assert api("GET", "/jobs/424242").status_code == 404
@@ -176,6 +180,18 @@ def test_convert_job_end_to_end(api: Api, uploaded: dict[str, int]) -> None:
     again = api("POST", "/reports/import", "member", files={"file": ("b.zip", bundle.content)})
     assert again.status_code == 201 and again.json()["id"] != report["id"]
     assert api("GET", "/reports/nope/bundle").status_code == 404
+
+
+def test_debug_job_keeps_its_engine_and_its_layers_name_it(api: Api, uploaded: dict[str, int]) -> None:
+    """The engine a client asks for reaches the worker (not the default), and every per-layer row names it."""
+    r = api("POST", "/jobs", "member", json={"kind": "debug", "params": {
+        **uploaded, "recipe": "int8", "engine": "aeq", "calibration_samples": 20, "debug_samples": 20}})
+    assert r.status_code == 202, r.text
+    job = api.wait(r.json()["id"])
+    assert job["status"] == "done", job
+    layers = api("GET", f"/debug_runs/{job['result']['debug_run_id']}/layers", "viewer").json()
+    assert layers and {row["engine"] for row in layers} == {"aeq"}
+    assert api("GET", "/debug_runs/424242/layers").status_code == 404
 
 
 def test_import_a_tflite_made_elsewhere(api: Api, tiny_tflite: dict[str, bytes]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from qcore.jobs.contract import ConvertParams, DemoParams, HostBenchParams, QatParams
 from qcore.jobs.runner import ClusterSettings, JobRunner, local_runner
 from qcore.qtyping import JobStatus, LoadedModel, QlabError, VariantKind
 from qcore.store import Store
@@ -90,10 +91,10 @@ def _job(runner: JobRunner, job_id: int) -> Any:
 
 
 def test_two_jobs_run_at_once_on_two_workers(runner: JobRunner) -> None:
-    first = runner.submit("demo", {"recipes": "int8"})
+    first = runner.submit(DemoParams(recipes="int8"))
     assert _job(runner, first).status in (JobStatus.QUEUED, JobStatus.RUNNING)
     runner.wait(first, timeout=300)
-    ids = [runner.submit("convert", {"model_id": 1, "dataset_id": 1, "recipes": r, "bench": False})
+    ids = [runner.submit(ConvertParams(model_id=1, dataset_id=1, recipes=(r,), bench=False))
            for r in ("float16", "dynamic")]
     for job_id in ids:
         assert runner.wait(job_id, timeout=300) is JobStatus.DONE, _job(runner, job_id).error
@@ -108,33 +109,32 @@ def test_two_jobs_run_at_once_on_two_workers(runner: JobRunner) -> None:
 
 
 def test_hang_times_out_and_frees_its_worker(runner: JobRunner, variants: dict[str, int]) -> None:
-    job_id = runner.submit("host_bench", {"variant_ids": [variants["hang"]], "runs": 1, "warmup": 0},
-                           timeout_s=5)
+    job_id = runner.submit(HostBenchParams(variant_ids=(variants["hang"],), runs=1, warmup=0), timeout_s=5)
     assert runner.wait(job_id, timeout=120) is JobStatus.FAILED
     job = _job(runner, job_id)
     assert job.error == "timed out after 5 s"
     assert not runner.store.benchmarks(variant_ids=[variants["hang"]]).shape[0]  # nothing half-written
     # both workers take work again
-    after = runner.submit("host_bench", {"variant_ids": [variants["int8"]], "runs": 5, "warmup": 1})
+    after = runner.submit(HostBenchParams(variant_ids=(variants["int8"],), runs=5, warmup=1))
     assert runner.wait(after, timeout=120) is JobStatus.DONE, _job(runner, after).error
     runner.cluster.wait_for_workers(2, timeout=WORKER_START_S)
 
 
 def test_worker_crash_fails_only_its_job(runner: JobRunner, variants: dict[str, int]) -> None:
-    doomed = runner.submit("host_bench", {"variant_ids": [variants["hang"]], "runs": 1, "warmup": 0})
+    doomed = runner.submit(HostBenchParams(variant_ids=(variants["hang"],), runs=1, warmup=0))
     worker = _poll(lambda: _job(runner, doomed).worker, 120, "the job to start on a worker")
     pid = runner.cluster.worker_pid(worker)
     os.kill(pid, signal.SIGSEGV)  # what a native crash in LiteRT or the converter does to the process
     assert runner.wait(doomed, timeout=60) is JobStatus.FAILED
     assert _job(runner, doomed).error == "the worker died: killed by SIGSEGV"
     runner.cluster.wait_for_workers(2, timeout=WORKER_START_S)
-    after = runner.submit("host_bench", {"variant_ids": [variants["int8"]], "runs": 5, "warmup": 1})
+    after = runner.submit(HostBenchParams(variant_ids=(variants["int8"],), runs=5, warmup=1))
     assert runner.wait(after, timeout=120) is JobStatus.DONE, _job(runner, after).error
 
 
 def test_job_over_the_memory_limit_fails_with_the_memory_reason(runner: JobRunner,
                                                                  variants: dict[str, int]) -> None:
-    job_id = runner.submit("host_bench", {"variant_ids": [variants["hog"]], "runs": 1, "warmup": 0})
+    job_id = runner.submit(HostBenchParams(variant_ids=(variants["hog"],), runs=1, warmup=0))
     assert runner.wait(job_id, timeout=180) is JobStatus.FAILED
     error = _job(runner, job_id).error
     assert error.startswith("the worker died: out of memory at "), error
@@ -143,10 +143,10 @@ def test_job_over_the_memory_limit_fails_with_the_memory_reason(runner: JobRunne
 
 
 def test_cancel_a_running_and_a_queued_job(runner: JobRunner, variants: dict[str, int]) -> None:
-    running = [runner.submit("host_bench", {"variant_ids": [variants["hang"]], "runs": 1, "warmup": 0})
+    running = [runner.submit(HostBenchParams(variant_ids=(variants["hang"],), runs=1, warmup=0))
                for _ in range(2)]
     _poll(lambda: all(_job(runner, j).status is JobStatus.RUNNING for j in running), 120, "both workers busy")
-    queued = runner.submit("host_bench", {"variant_ids": [variants["int8"]], "runs": 5, "warmup": 1})
+    queued = runner.submit(HostBenchParams(variant_ids=(variants["int8"],), runs=5, warmup=1))
     assert _job(runner, queued).status is JobStatus.QUEUED
     assert runner.cancel(queued)
     assert runner.wait(queued, timeout=10) is JobStatus.CANCELLED
@@ -158,12 +158,12 @@ def test_cancel_a_running_and_a_queued_job(runner: JobRunner, variants: dict[str
     assert time.monotonic() - started < 60
     assert not runner.cancel(running[0])  # already ended
     runner.cluster.wait_for_workers(2, timeout=WORKER_START_S)
-    after = runner.submit("host_bench", {"variant_ids": [variants["int8"]], "runs": 5, "warmup": 1})
+    after = runner.submit(HostBenchParams(variant_ids=(variants["int8"],), runs=5, warmup=1))
     assert runner.wait(after, timeout=120) is JobStatus.DONE, _job(runner, after).error
 
 
 def test_gpu_job_waits_and_says_why_without_a_gpu_worker(runner: JobRunner) -> None:
-    job_id = runner.submit("qat", {"model_id": 1, "dataset_id": 1, "epochs": 1, "gpu": True})
+    job_id = runner.submit(QatParams(model_id=1, dataset_id=1, epochs=1, gpu=True))
     job = _poll(lambda: (j := _job(runner, job_id)).message and j, 30, "the waiting message")
     assert job.status is JobStatus.QUEUED
     assert "waiting for a worker with GPU=1" in job.message
@@ -173,8 +173,10 @@ def test_gpu_job_waits_and_says_why_without_a_gpu_worker(runner: JobRunner) -> N
 
 def test_bad_params_are_refused_before_queueing(runner: JobRunner) -> None:
     before = len(runner.store.jobs(limit=1000))
-    with pytest.raises(QlabError, match="unknown field 'recipe'"):
-        runner.submit("convert", {"model_id": 1, "dataset_id": 1, "recipe": "int8"})
+    with pytest.raises(QlabError, match="got dict"):  # JSON becomes a dataclass at the boundary (parse_params)
+        runner.submit({"model_id": 1, "dataset_id": 1, "recipes": "int8"})  # type: ignore[arg-type]
+    with pytest.raises(QlabError, match="field 'recipes' is declared tuple"):
+        runner.submit(ConvertParams(model_id=1, dataset_id=1, recipes=["int8"]))  # type: ignore[arg-type]
     with pytest.raises(QlabError, match="no variant with id 999"):
-        runner.submit("host_bench", {"variant_ids": [999]})
+        runner.submit(HostBenchParams(variant_ids=(999,)))
     assert len(runner.store.jobs(limit=1000)) == before

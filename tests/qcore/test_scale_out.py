@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from qcore.jobs.contract import DemoParams, QatParams
 from qcore.jobs.runner import ClusterSettings, JobRunner, local_runner
 from qcore.qtyping import JobStatus, LoadedModel
 from qcore.store import Store
@@ -84,13 +85,12 @@ def runner(cluster: str, tmp_path_factory: pytest.TempPathFactory, demo: LoadedM
 
 
 def test_gpu_job_lands_on_the_gpu_worker_and_names_it(runner: JobRunner) -> None:
-    demo = runner.submit("demo", {"recipes": "int8"})
+    demo = runner.submit(DemoParams(recipes="int8"))
     assert runner.wait(demo, timeout=600) is JobStatus.DONE, runner.store.job(demo).error
     workers = runner.cluster.workers()
     gpu = [a for a, w in workers.items() if (w.get("resources") or {}).get("GPU")]
     assert len(gpu) == 1, workers
-    job_id = runner.submit("qat", {"model_id": 1, "dataset_id": 1, "epochs": 1, "train_samples": 64,
-                                   "gpu": True})
+    job_id = runner.submit(QatParams(model_id=1, dataset_id=1, epochs=1, train_samples=64, gpu=True))
     assert runner.wait(job_id, timeout=600) is JobStatus.DONE, runner.store.job(job_id).error
     job = runner.store.job(job_id)
     assert job.worker == gpu[0]

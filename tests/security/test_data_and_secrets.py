@@ -16,6 +16,7 @@ from dashboard.services import uploads
 from dashboard.services.lab import Lab
 from qcore import store as qstore
 from qcore.inputs import data as qdata
+from qcore.jobs.contract import ConvertParams
 from qcore.qtyping import JobStatus, QlabError
 from qcore.store import Store
 from tests.dashboard.conftest import empty_lab, run_job  # noqa: F401 - fixture
@@ -125,8 +126,8 @@ def test_image_zip_dataset_works_in_jobs(empty_lab: Lab, demo_h5: Path) -> None:
     assert json.loads(empty_lab.store.dataset(dataset_id)["image_shape"]) == [None, 8, 8]
     ds = load_stored_dataset(empty_lab.store.dataset(dataset_id))  # no model given: the stored shape is used
     assert ds.x_test.shape[1:] == (8, 8) and len(ds.y_train) + len(ds.y_test) == 20
-    job = run_job(empty_lab, "convert", {"model_id": model_id, "dataset_id": dataset_id, "recipes": ["float32"],
-                                         "calibration_samples": 8, "bench": False})
+    job = run_job(empty_lab, ConvertParams(model_id=model_id, dataset_id=dataset_id, recipes=("float32",),
+                                           calibration_samples=8, bench=False))
     assert job.status is JobStatus.DONE, job.error
     with empty_lab.store.transaction() as cur:  # a row from before migration 0008
         cur.execute("UPDATE datasets SET image_shape = NULL WHERE id = ?", [dataset_id])
