@@ -6,7 +6,8 @@ import os
 
 import streamlit as st
 
-from dashboard.services.lifecycle import sign_in_configured
+from dashboard.services.sign_in import sign_in_configured
+from dashboard.ui import current as current_lab
 from qcore.qtyping import QlabError, Role
 from qcore.store import accounts
 from qcore.store.accounts import Principal
@@ -39,8 +40,6 @@ def current() -> Principal:
         return Principal(email=accounts.LOCAL_USER, role=Role.ADMIN)
     if not st.user.is_logged_in:
         _sign_in_page()
-    from dashboard.ui import current as current_lab
-
     store = current_lab().store
     email = str(st.user.get("email") or "").lower()
     try:

@@ -11,131 +11,31 @@ The dashboard's server process is the only one that opens the database.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from dashboard.services.children import (
+    ENV_AGENT,
+    REPO_ROOT,
+    child_env,
+    die_with_parent,
+    import_root,
+    python_command,
+    stop,
+)
+from dashboard.services.sign_in import DEFAULT_HOST, ENV_SECRETS, check_bind
+from qcore.qtyping import QlabError
+
 APP = REPO_ROOT / "dashboard" / "asgi.py"
 DEFAULT_PORT = 8501
-# the agent imports a TFLite runtime before it listens; give it this long to answer /v1/health
-AGENT_START_TIMEOUT_S = 30.0
-# Linux: deliver SIGTERM to a child when this process dies, even by SIGKILL
-_PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("qlab.serve")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def ensure_token(path: Path) -> Path:
-    """Creates a random agent token readable only by this user, once; returns its path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or not path.read_text().strip():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32) + "\n")
-    return path
-
-
-# the packages a child needs; only they are put on its import path (see import_root)
-PACKAGES = ("qcore", "dashboard", "board_agent")
-
-
-def python_command() -> list[str]:
-    """The interpreter for children: `-P` keeps the working directory (the repo, holding data/)
-    off sys.path, so nothing under the data directory can ever be imported by name."""
-    return [sys.executable, "-P"]
-
-
-def import_root() -> Path:
-    """A fresh private directory holding only links to qlab's packages: the children's PYTHONPATH.
-
-    Putting the repo itself there would make `data/` (the default data dir, with uploads) an
-    importable namespace package, and a model config may name any module.
-    """
-    root = Path(tempfile.mkdtemp(prefix="qlab-import-"))
-    for name in PACKAGES:
-        (root / name).symlink_to(REPO_ROOT / name, target_is_directory=True)
-    return root
-
-
-def child_env(data_dir: Path, db: Path, root: Path | None = None) -> dict[str, str]:
-    """The environment of the Streamlit and agent children (no repo or data dir on PYTHONPATH)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(QLAB_DATA_DIR=str(data_dir), QLAB_DB=str(db), PYTHONSAFEPATH="1")
-    if root is not None:
-        env["PYTHONPATH"] = str(root)
-    return env
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-
-
-def start_agent(data_dir: Path, token_file: Path,
-                env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes] | None, str]:
-    """Starts `python -m board_agent` on a free loopback port; returns (process, url), or (None, '')."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    workdir = data_dir / "agent"
-    workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [*python_command(), "-m", "board_agent", "--host", "127.0.0.1", "--port", str(port),
-           "--token-file", str(token_file), "--workdir", str(workdir)]
-    logfile = (workdir / "agent.log").open("ab")
-    try:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=logfile, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_die_with_parent)
-    except OSError as exc:
-        log.warning("could not start the local board agent: %s", exc)
-        return None, ""
-    deadline = time.monotonic() + AGENT_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.warning("the local board agent exited with code %s; see %s", proc.returncode,
-                        workdir / "agent.log")
-            return None, ""
-        try:
-            with urllib.request.urlopen(f"{url}/v1/health", timeout=1) as resp:
-                if resp.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.2)
-    log.warning("the local board agent did not answer within %.0f s; going on without it",
-                AGENT_START_TIMEOUT_S)
-    stop(proc)
-    return None, ""
-
-
-def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,9 +56,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
 
-    from dashboard.services.lifecycle import DEFAULT_HOST, ENV_AGENT, ENV_SECRETS, check_bind
-    from qcore.qtyping import QlabError
-
     host = os.environ.get("QLAB_HOST") or DEFAULT_HOST
     try:
         check_bind(host)
@@ -175,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd += ["--secrets.files", os.environ[ENV_SECRETS]]
     shown = "localhost" if host == DEFAULT_HOST else host
     log.info("qlab dashboard and API on http://%s:%s (database %s)", shown, port_text, db)
-    app = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, preexec_fn=_die_with_parent)
+    app = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, preexec_fn=die_with_parent)
 
     def _forward(signum: int, _frame: object) -> None:
         app.send_signal(signal.SIGTERM)

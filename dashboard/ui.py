@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard.services import reads, tables, words
+from dashboard.services import data_check, npu_view, reads, tables, words
 from dashboard.services.jobs import ACTIVE
 from dashboard.services.lab import Lab, lab
 from qcore.qtyping import Job, JobStatus, QlabError
@@ -160,8 +160,6 @@ def pct(x: Any) -> str:
 
 def npu_verdict(row: Any, what: str = "") -> None:
     """The NPU verdict of one stored variant as a coloured line: ready, falls back to the CPU, or not linted."""
-    from dashboard.services import npu_view
-
     row = dict(row)
     text = (f"{what}: " if what else "") + npu_view.verdict_line(row)
     state = npu_view.ready(row)
@@ -194,8 +192,6 @@ def take_used_variant() -> tuple[int, int] | None:
 
 def data_fit(the_lab: Lab, model_id: int | None, dataset_id: int | None) -> bool:
     """Warns before a job fails: the dataset against the model (shape, value range, labels). True when it fits."""
-    from dashboard.services import data_check
-
     if model_id is None or dataset_id is None:
         return True
     models = reads.models(the_lab.db_key)

@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dashboard.services.sign_in import sign_in_configured
+from qcore.jobs.contract import to_json
 from qcore.qtyping import QlabError, Role
 from qcore.store import ACTOR
 from qcore.store.accounts import Principal, authenticate
@@ -48,19 +50,7 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
 
 def json_response(payload: Any, status: int = 200) -> Response:
     """JSON whose NaN and infinities are null (JSON has neither), by the CLI's and the jobs' serializer."""
-    from qcore.jobs.contract import to_json
-
     return Response(to_json(payload), status_code=status, media_type="application/json")
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def principal(request: Request) -> Principal:
@@ -142,8 +132,6 @@ class BearerAuth:
     """
 
     def __init__(self, app: ASGIApp, store: Callable[[], Any]) -> None:
-        from dashboard.services.lifecycle import sign_in_configured
-
         self.app = app
         self.store = store
         # tokens the local admin made work only while there is no sign-in (a lab on one machine)

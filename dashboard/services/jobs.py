@@ -6,6 +6,7 @@ The runner itself is `qcore.jobs.runner.JobRunner`; this module only builds it f
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from qcore.jobs.runner import ACTIVE, ClusterSettings, JobRunner
@@ -24,7 +25,5 @@ def make_runner(store: Store, data_dir: Path, on_change: Callable[[], None] | No
     """
     settings = ClusterSettings.from_env()
     if not settings.scheduler:
-        from dataclasses import replace
-
         settings = replace(settings, worker_log=str(data_dir / "logs" / "workers.log"))
     return JobRunner(store, data_dir, settings, on_change=on_change)

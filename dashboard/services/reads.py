@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
+from dashboard.services import data_check
+from qcore.boards import runs
+from qcore.boards.runs import BoardHealth
+from qcore.inputs.data import load_stored_dataset
+from qcore.inputs.summary import summarize
 from qcore.qtyping import Board, Inspection, QlabError
-
-if TYPE_CHECKING:
-    from qcore.boards.runs import BoardHealth
 from qcore.store import Store
+from qcore.tflite.inspection import inspect
 
 _stores: dict[str, Store] = {}
 _lock = threading.Lock()
@@ -133,8 +136,6 @@ def report(db: str, report_id: str) -> dict[str, Any]:
 @st.cache_data(show_spinner=False)
 def inspection(db: str, variant_id: int) -> Inspection:
     """The op and tensor table and the NPU lint of a stored variant's .tflite."""
-    from qcore.tflite.inspection import inspect
-
     row = store_for(db).variant(variant_id)
     if not row.get("path"):
         raise QlabError(f"variant #{variant_id} ({row['variant']}) has no .tflite: {row.get('error') or 'failed'}")
@@ -148,9 +149,7 @@ HEALTH_TTL_S = 10
 @st.cache_data(show_spinner=False, ttl=HEALTH_TTL_S)
 def board_health(db: str) -> list[BoardHealth]:
     """Every registered board and what its agent answers now (unreachable ones say why)."""
-    from qcore.boards.runs import board_health as ask
-
-    return ask(store_for(db), connect_timeout=2.0)
+    return runs.board_health(store_for(db), connect_timeout=2.0)
 
 
 @st.cache_data(show_spinner=False)
@@ -170,9 +169,6 @@ def model_layers(db: str, model_id: int) -> list[tuple[str, str]]:
 @st.cache_data(show_spinner=False)
 def dataset_profile(db: str, dataset_id: int) -> dict[str, Any]:
     """Sample shape, value range after preprocessing and label count of a stored dataset (no model loaded)."""
-    from dashboard.services import data_check
-    from qcore.inputs.data import load_stored_dataset
-
     return data_check.profile(load_stored_dataset(store_for(db).dataset(int(dataset_id))))
 
 
@@ -209,16 +205,12 @@ def board_cells(db: str, run_id: int) -> pd.DataFrame:
 @st.cache_data(show_spinner=False)
 def matrix_spread(db: str, run_id: int) -> pd.DataFrame:
     """p50 per board and min / median / max across the pool, per (variant, target) of a run."""
-    from qcore.boards.runs import matrix_spread as spread
-
-    return spread(store_for(db), run_id)
+    return runs.matrix_spread(store_for(db), run_id)
 
 
 @st.cache_data(show_spinner=False)
 def model_summary(db: str, model_id: int) -> Any:
     """Layers, parameters, BatchNormalization and custom layers of a stored Keras model, read without loading it."""
-    from qcore.inputs.summary import summarize
-
     row = store_for(db).model(model_id)
     if row["format"] == "tflite":
         raise QlabError(f"model #{model_id} ({row['name']}) is tflite-only: see its variants on the Inspect page")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
@@ -123,8 +124,6 @@ def _kib(n: Any) -> str:
 
 def elapsed(job: Job) -> str:
     """How long a job has run (or ran): "1 min 05 s", "12 s"; "" before it starts."""
-    import datetime as dt
-
     if not job.started_at:
         return ""
     try:

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from dashboard import serve
+from dashboard.services import children
 from dashboard.services import lab as lab_mod
 from dashboard.services.lab import LOCAL_BOARD, Lab, close, register_local_agent
 from qcore.inputs.data import load_stored_dataset
+from qcore.jobs.contract import BoardAccuracyParams, BoardBenchParams, ConvertParams
 from qcore.qtyping import JobStatus, LoadedModel, QlabError
 from qcore.recipes import resolve_recipes
 from tests.dashboard.conftest import point_env, run_job
@@ -20,15 +22,15 @@ from tests.dashboard.conftest import point_env, run_job
 
 @pytest.fixture(scope="session")
 def local_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """The real board agent on a free loopback port, started the way serve.py starts it: (url, token file)."""
+    """The real board agent on a free loopback port, started as the server's lifespan starts it: (url, token file)."""
     folder = tmp_path_factory.mktemp("agent")
-    token_file = serve.ensure_token(folder / "token")
-    proc, url = serve.start_agent(folder, token_file)
+    token_file = children.ensure_token(folder / "token")
+    proc, url = children.start_agent(folder, token_file)
     assert proc is not None, (folder / "agent" / "agent.log").read_text()
     try:
         yield url, token_file
     finally:
-        serve.stop(proc)
+        children.stop(proc)
 
 
 @pytest.fixture()
@@ -54,8 +56,8 @@ def test_register_local_agent_stores_url_and_token(with_agent: Lab, local_agent:
 def test_board_bench_task_stores_cpu_timings_beside_a_failed_npu_cell(with_agent: Lab) -> None:
     # picking npu, cpu and cpu-plain on a board without the NPU: the CPU timings are stored, the npu cell says why
     vid = _vid(with_agent, "int8")
-    job = run_job(with_agent, "board_bench", {"board": LOCAL_BOARD, "variant_ids": [vid],
-                                              "targets": ["npu", "cpu", "cpu-plain"], "runs": 10, "warmup": 1})
+    job = run_job(with_agent, BoardBenchParams(board=LOCAL_BOARD, variant_ids=(vid,),
+                                                targets=("npu", "cpu", "cpu-plain"), runs=10, warmup=1))
     assert job.status is JobStatus.DONE, job.error
     assert (job.result["cells"], job.result["failed"]) == (3, 1)
     assert set(job.result["results"][0]["timings"]) == {"cpu", "cpu-plain"}
@@ -72,7 +74,7 @@ def test_board_bench_task_stores_cpu_timings_beside_a_failed_npu_cell(with_agent
 def test_board_bench_task_npu_unavailable_in_words(with_agent: Lab) -> None:
     vid = _vid(with_agent, "int8")
     before = len(with_agent.store.benchmarks(board=LOCAL_BOARD))
-    job = run_job(with_agent, "board_bench", {"board": LOCAL_BOARD, "variant_ids": [vid], "targets": ["npu"]})
+    job = run_job(with_agent, BoardBenchParams(board=LOCAL_BOARD, variant_ids=(vid,), targets=("npu",)))
     assert job.status is JobStatus.FAILED
     assert "npu is unavailable" in job.error and "libvx_delegate" in job.error
     assert len(with_agent.store.benchmarks(board=LOCAL_BOARD)) == before
@@ -80,7 +82,7 @@ def test_board_bench_task_npu_unavailable_in_words(with_agent: Lab) -> None:
 
 def test_board_accuracy_task_and_drift(with_agent: Lab) -> None:
     vid = _vid(with_agent, "int8")
-    job = run_job(with_agent, "board_accuracy", {"board": LOCAL_BOARD, "variant_ids": [vid], "target": "cpu"})
+    job = run_job(with_agent, BoardAccuracyParams(board=LOCAL_BOARD, variant_ids=(vid,), target="cpu"))
     assert job.status is JobStatus.DONE, job.error
     evals = with_agent.store.device_evaluations([vid]).set_index("device")
     board_row = evals.loc[f"board:{LOCAL_BOARD}/cpu"]
@@ -89,10 +91,10 @@ def test_board_accuracy_task_and_drift(with_agent: Lab) -> None:
 
 
 def test_board_bench_task_unreachable_board(converted: Lab) -> None:
-    port = serve.free_port()
+    port = children.free_port()
     converted.store.add_board("gone", f"http://127.0.0.1:{port}", "t")
     vid = _vid(converted, "int8")
-    job = run_job(converted, "board_bench", {"board": "gone", "variant_ids": [vid], "targets": ["cpu"]})
+    job = run_job(converted, BoardBenchParams(board="gone", variant_ids=(vid,), targets=("cpu",)))
     assert job.status is JobStatus.FAILED
     assert "unreachable" in job.error and f"127.0.0.1:{port}" in job.error
     assert converted.store.benchmarks(board="gone").empty
@@ -105,7 +107,7 @@ def test_convert_of_a_tflite_only_model_fails_in_words(empty_lab: Lab) -> None:
     from dashboard.services import uploads
 
     dataset_id = uploads.add_digits(empty_lab, input_scale=1.0, input_offset=0.0)
-    job = run_job(empty_lab, "convert", {"model_id": model_id, "dataset_id": dataset_id, "recipes": "int8"})
+    job = run_job(empty_lab, ConvertParams(model_id=model_id, dataset_id=dataset_id, recipes=("int8",)))
     assert job.status is JobStatus.FAILED
     assert "is tflite-only" in job.error
 
@@ -114,7 +116,7 @@ def test_a_job_on_a_missing_model_file_is_refused_before_queueing(empty_lab: Lab
     model_id = empty_lab.store.add_model(name="m", format="h5", sha256="h" * 64, source_path=str(tmp_path / "x.h5"),
                                          input_shape=[None, 8, 8], output_shape=[None, 10], keras_major=2)
     with pytest.raises(QlabError, match="x.h5 is missing"):
-        empty_lab.runner.submit("convert", {"model_id": model_id, "dataset_id": 1, "recipes": "int8"})
+        empty_lab.runner.submit(ConvertParams(model_id=model_id, dataset_id=1, recipes=("int8",)))
     assert empty_lab.store.jobs() == []
 
 
@@ -164,14 +166,14 @@ def test_serve_rejects_bad_port(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 
 
 def test_ensure_token_private_and_stable(tmp_path: Path) -> None:
-    path = serve.ensure_token(tmp_path / "agent" / "token")
+    path = children.ensure_token(tmp_path / "agent" / "token")
     first = path.read_text()
     assert len(first.strip()) >= 32
     assert path.stat().st_mode & 0o777 == 0o600
-    assert serve.ensure_token(path).read_text() == first
+    assert children.ensure_token(path).read_text() == first
 
 
 def test_stop_ends_a_child(tmp_path: Path) -> None:
     proc = subprocess.Popen(["sleep", "30"])
-    serve.stop(proc, timeout=5)
+    children.stop(proc, timeout=5)
     assert proc.poll() is not None

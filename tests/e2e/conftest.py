@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.serve import free_port
+from dashboard.services.children import free_port
 from qcore.qtyping import LoadedModel
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dashboard.serve import free_port
+from dashboard.services.children import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # the server imports Streamlit and starts the board agent before it answers

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from dashboard.serve import free_port
+from dashboard.services.children import free_port
 from qcore.qtyping import LoadedModel, Role
 from qcore.store import Store, accounts
 from tests.e2e.serving import ADMIN_TOKEN, running_server

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.services import uploads
+from dashboard.services import children, uploads
 from dashboard.services.lab import Lab
 from qcore.qtyping import QlabError
 from tests.dashboard.conftest import empty_lab  # noqa: F401 - fixture
@@ -196,14 +196,12 @@ def test_unpacked_uploads_cannot_be_imported(empty_lab: Lab, tmp_path: Path, dem
 def test_dashboard_children_do_not_see_the_repo_on_sys_path(tmp_path: Path) -> None:
     """`make dashboard` starts Streamlit with -P and no PYTHONPATH, so data/ (under the repo by
     default) is never an import root; the packages come from the install."""
-    from dashboard import serve
-
-    root = serve.import_root()
+    root = children.import_root()
     try:
-        env = serve.child_env(tmp_path / "data", tmp_path / "data" / "qlab.duckdb", root)
+        env = children.child_env(tmp_path / "data", tmp_path / "data" / "qlab.duckdb", root)
         assert env["PYTHONPATH"] == str(root)
         code = "import json, sys, qcore, dashboard; print(json.dumps([qcore.__file__, sys.path]))"
-        out = subprocess.run([*serve.python_command(), "-c", code], cwd=REPO_ROOT, env=env, capture_output=True,
+        out = subprocess.run([*children.python_command(), "-c", code], cwd=REPO_ROOT, env=env, capture_output=True,
                              text=True, timeout=120)
     finally:
         shutil.rmtree(root)
