@@ -1,8 +1,7 @@
-"""/debugger: run or open a QuantizationDebugger result, pick suspects, keep them float, search, compare tensors."""
+"""/debugger: explain a variant with the engine that made it: per-layer error, suspects, keep them float, search,
+compare tensors."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -15,13 +14,11 @@ from dashboard.components.debugger import (
     tune_trials_plot,
 )
 from dashboard.services import debug_view, layers, reads
+from dashboard.services.debug_view import DEBUG_RECIPES, ENGINE_NAMES, engine_name
 from qcore import defaults
 from qcore.explain.debugger import LAYER_METRICS
-from qcore.qtyping import Job
-
-# recipes the debugger accepts (int8 activations with calibration data); AEQ also compares 16x8
-DEBUG_RECIPES = ("int8-fallback", "int8", "uint8", "int8-per-tensor", "uint8-per-tensor", "int16x8")
-ENGINES = {"aeq": "AI Edge Quantizer (fast: calibrates once)", "tf": "TF QuantizationDebugger"}
+from qcore.jobs.contract import CompareTensorsParams, DebugParams, SelectiveParams, TuneParams
+from qcore.qtyping import Engine, Job
 
 st.title("Quantization debugger")
 st.caption("Per-layer error of the int8 model against float, from AI Edge Quantizer's validation (MSE, SNR, "
@@ -37,40 +34,64 @@ with c2:
 if model_id is None or dataset_id is None:
     st.stop()
 
+variants = reads.variants(lab.db_key, model_ids=(model_id,))
+explainable = debug_view.explainable(variants)
+a, b, c = st.columns([2, 2, 1])
+variant_id = a.selectbox("variant to explain", list(explainable), format_func=explainable.__getitem__,
+                         key="debugger_variant", disabled=not explainable,
+                         help="the engine and recipe below follow the variant: its suspects are those of the "
+                              "model you deploy")
+target = debug_view.explain_target(model_id, variants, variant_id)
+debug_view.preselect(st.session_state, target)
+engine = b.radio("engine", list(ENGINE_NAMES), format_func=ENGINE_NAMES.__getitem__, horizontal=True,
+                 key=debug_view.ENGINE_KEY,
+                 help="AI Edge Quantizer is fast (it calibrates once); the TF debugger refuses int16x8, and extra "
+                      "metrics and whole-model are TF options")
+recipe = c.selectbox("recipe", DEBUG_RECIPES, key=debug_view.RECIPE_KEY)
+st.markdown(target.words)
+if other := debug_view.mismatch(target, engine, recipe):
+    st.warning(other, icon=":material/warning:")
+
 with st.expander("Run the debugger", expanded=reads.debug_runs(lab.db_key, model_id).empty):
     with st.form("debugger_run_form"):
-        engine = st.radio("engine", list(ENGINES), format_func=ENGINES.__getitem__, horizontal=True,
-                          index=list(ENGINES).index(defaults.ENGINE), key="debugger_engine",
-                          help="the TF debugger refuses int16x8; extra metrics and whole-model are TF options")
-        a, b, c = st.columns(3)
-        recipe = a.selectbox("recipe", DEBUG_RECIPES, key="debugger_recipe")
-        calibration = b.number_input("calibration samples", 1, 10_000, 100, key="debugger_calibration")
-        debug_samples = c.number_input("debug samples", 1, 10_000, 100, key="debugger_samples")
-        extra = st.multiselect("extra layer metrics", list(LAYER_METRICS), key="debugger_extra",
+        a, b = st.columns(2)
+        calibration = a.number_input("calibration samples", 1, 10_000, defaults.CALIBRATION_SAMPLES,
+                                     key="debugger_calibration")
+        debug_samples = b.number_input("debug samples", 1, 10_000, defaults.DEBUG_SAMPLES, key="debugger_samples")
+        extra = st.multiselect("extra layer metrics (TF)", list(LAYER_METRICS), key="debugger_extra",
                                help="; ".join(f"{m.name}: {m.summary}" for m in LAYER_METRICS.values()))
-        whole = st.checkbox("whole-model verification (see errors propagate down the model)", key="debugger_whole")
+        whole = st.checkbox("whole-model verification, TF (see errors propagate down the model)",
+                            key="debugger_whole")
+        st.caption(f"Runs recipe {recipe} with the {engine_name(engine)} (chosen above).")
         if st.form_submit_button("Run debugger", type="primary"):
             with ui.guard("could not start"):
-                lab.runner.submit("debug", {"model_id": model_id, "dataset_id": dataset_id, "recipe": recipe,
-                                            "calibration_samples": int(calibration),
-                                            "debug_samples": int(debug_samples),
-                                            "extra_metrics": extra if engine == "tf" else [],
-                                            "whole_model": whole and engine == "tf", "engine": engine})
+                lab.runner.submit(DebugParams(
+                    model_id=int(model_id), dataset_id=int(dataset_id), recipe=recipe,
+                    calibration_samples=int(calibration), debug_samples=int(debug_samples),
+                    extra_metrics=tuple(extra) if engine == Engine.TF else (),
+                    whole_model=bool(whole) and engine == Engine.TF, engine=engine))
                 st.rerun()
 
 ui.job_panel(ui.latest_job(lab, ("debug",)), key="debugger_debug_job")
 
-def debug_result() -> dict[str, Any]:
-    """The chosen debugger run: metrics, bars, table, suspects and "keep these float". Returns its settings."""
+
+def debug_result(model_id: int, dataset_id: int) -> None:
+    """The chosen debugger run, named by its engine: metrics, bars, table, suspects and "keep these float"."""
     runs = reads.debug_runs(lab.db_key, model_id)
     if runs.empty:
         st.info("No debugger result for this model yet: run it above.", icon=":material/info:")
-        return {}
+        return
     labels = debug_view.run_labels(runs)
-    run_id = st.selectbox("debugger result", list(labels), format_func=labels.__getitem__, key="debugger_run")
+    run_id = st.selectbox("debugger result", list(labels), format_func=labels.__getitem__,
+                          index=debug_view.run_index(runs, target), key=debug_view.RUN_KEY)
     run = runs[runs["id"] == run_id].iloc[0]
+    source = debug_view.run_source(run)
+    run_engine = debug_view.run_engine(run)
     settings = debug_view.settings(run)
     stats = reads.layer_stats(lab.db_key, int(run_id))
+    st.markdown(f"**Per-layer error of {source}**")
+    if other := debug_view.run_mismatch(run, target):
+        st.warning(other, icon=":material/warning:")
     metrics = debug_view.model_metrics(run)
     if metrics:
         for col, (name, value) in zip(st.columns(len(metrics)), metrics.items(), strict=True):
@@ -99,12 +120,12 @@ def debug_result() -> dict[str, Any]:
     op_filter = c5.multiselect("op types", debug_view.op_types(stats), key="debugger_filter_ops")
     shown = debug_view.ranked_stats(stats, metric, order == "worst first", text, op_filter)
     st.plotly_chart(layer_bars(shown, threshold, suspects, metric=metric, top_n=int(top_n),
-                               worst_first=order == "worst first"), key="debugger_bars")
+                               worst_first=order == "worst first", source=source), key="debugger_bars")
     table = debug_view.stats_table(shown, suspects)
     picked = st.dataframe(table, hide_index=True, width="stretch", key=f"debugger_table_{run_id}",
                           on_select="rerun", selection_mode="multi-row",
                           column_config={"tensor_name": st.column_config.TextColumn("full tensor name")})
-    st.caption(f"{len(shown)} of {len(stats)} layer rows. Tick rows to keep those layers in float.")
+    st.caption(f"{len(shown)} of {len(stats)} layer rows of {source}. Tick rows to keep those layers in float.")
 
     st.subheader("Keep these float")
     include = st.checkbox(f"the {len(suspects)} suspects", value=True, key="debugger_keep_suspects")
@@ -114,18 +135,19 @@ def debug_result() -> dict[str, Any]:
     else:
         st.caption("No layer chosen: tick rows in the table, or lower the threshold.")
     ops = st.multiselect("and every op of these types", debug_view.op_types(stats), key="debugger_keep_ops")
+    st.caption(f"Converts recipe {settings.get('recipe', '?')} with the {engine_name(run_engine)}, the engine of "
+               f"run #{run_id}: the layer names above are that engine's.")
     if st.button("Run selective quantization", type="primary", key="debugger_selective",
                  disabled=not chosen and not ops):
         with ui.guard("could not start"):
-            lab.runner.submit("selective", {
-                "model_id": model_id, "dataset_id": dataset_id, "recipe": settings.get("recipe", "int8"),
-                "denylisted_nodes": chosen, "denylisted_ops": ops,
-                "calibration_samples": int(settings.get("calibration_samples", 100)),
-                "debug_samples": int(settings.get("debug_samples", 100)),
-                "engine": settings.get("engine", "tf"),
-            })
+            lab.runner.submit(SelectiveParams(
+                model_id=model_id, dataset_id=dataset_id,
+                recipe=str(settings.get("recipe", defaults.DEBUG_RECIPE)),
+                denylisted_nodes=tuple(chosen), denylisted_ops=tuple(ops),
+                calibration_samples=int(settings.get("calibration_samples", defaults.CALIBRATION_SAMPLES)),
+                debug_samples=int(settings.get("debug_samples", defaults.DEBUG_SAMPLES)),
+                engine=run_engine))
             st.rerun()
-    return settings
 
 
 def show_selective(job: Job) -> None:
@@ -135,10 +157,10 @@ def show_selective(job: Job) -> None:
     if ids:
         st.dataframe(debug_view.selective_table(reads.variants(lab.db_key, variant_ids=ids)), hide_index=True,
                      width="stretch")
-    variants = reads.variants(lab.db_key, variant_ids=ids) if ids else None
+    pair = reads.variants(lab.db_key, variant_ids=ids) if ids else None
     sel_id = result.get("selective_variant_id")
-    if variants is not None and sel_id is not None and (variants["variant_id"] == sel_id).any():
-        row = variants[variants["variant_id"] == sel_id].iloc[0]
+    if pair is not None and sel_id is not None and (pair["variant_id"] == sel_id).any():
+        row = pair[pair["variant_id"] == sel_id].iloc[0]
         ui.npu_verdict(row, str(row["variant"]))
         ui.use_variant_button(int(sel_id), int(row["model_id"]), key="debugger_use_selective")
     if result.get("ignored_nodes"):
@@ -146,26 +168,24 @@ def show_selective(job: Job) -> None:
                    + ", ".join(result["ignored_nodes"]))
 
 
-settings = debug_result()
+debug_result(model_id, dataset_id)
 ui.job_panel(ui.latest_job(lab, ("selective",)), key="debugger_selective_job", on_done=show_selective)
 
 st.subheader("Automatic search for the fewest float layers")
 a, b, c = st.columns([1, 1, 2])
-max_drop = a.number_input("max accuracy drop (points)", 0.0, 100.0, 0.5, 0.1, key="debugger_max_drop")
-search_engine = b.selectbox("search with", list(ENGINES), format_func=ENGINES.__getitem__,
-                            index=list(ENGINES).index(defaults.ENGINE), key="debugger_tune_engine")
-deploy_engine = b.selectbox("deploy with", ["tf", "aeq"], key="debugger_deploy_engine",
-                            format_func={"tf": "TF converter", "aeq": "AI Edge Quantizer"}.__getitem__,
+max_drop = a.number_input("max accuracy drop (points)", 0.0, 100.0, defaults.TUNE_MAX_DROP, 0.1,
+                          key="debugger_max_drop")
+deploy_engine = b.selectbox("deploy with", list(ENGINE_NAMES), format_func=ENGINE_NAMES.__getitem__,
+                            key=debug_view.DEPLOY_KEY,
                             help="the chosen layers are converted once more with this engine when it differs")
-c.caption("Ranks layers by rmse/scale and bisects over how many of the worst to keep in float: "
-          "about log2(layers) conversions.")
+c.caption(f"Ranks the layers of recipe {recipe} with the {engine_name(engine)} and bisects over how many of the "
+          "worst to keep in float: about log2(layers) conversions.")
 if st.button("Search", key="debugger_tune"):
     with ui.guard("could not start"):
-        lab.runner.submit("tune", {"model_id": model_id, "dataset_id": dataset_id, "max_drop": float(max_drop),
-                                   "recipe": settings.get("recipe", "int8"),
-                                   "calibration_samples": int(settings.get("calibration_samples", 100)),
-                                   "debug_samples": int(settings.get("debug_samples", 100)),
-                                   "engine": search_engine, "deploy_engine": deploy_engine})
+        lab.runner.submit(TuneParams(
+            model_id=int(model_id), dataset_id=int(dataset_id), max_drop=float(max_drop), recipe=recipe,
+            calibration_samples=int(calibration), debug_samples=int(debug_samples), engine=engine,
+            deploy_engine=deploy_engine))
         st.rerun()
 ui.job_panel(ui.latest_job(lab, ("tune",)), key="debugger_tune_job")
 tune_runs = reads.tune_runs(lab.db_key, model_id)
@@ -173,15 +193,18 @@ if not tune_runs.empty:
     tlabels = debug_view.tune_labels(tune_runs)
     tune_id = st.selectbox("search", list(tlabels), format_func=tlabels.__getitem__, key="debugger_tune_run")
     trun = tune_runs[tune_runs["id"] == tune_id].iloc[0]
+    searched_by = debug_view.tune_source(trun)
     trials = reads.tune_trials(lab.db_key, int(tune_id))
-    st.plotly_chart(tune_trials_plot(trials, float(trun["float_accuracy"]), float(trun["target_accuracy"])),
-                    key="debugger_trials")
+    st.plotly_chart(tune_trials_plot(trials, float(trun["float_accuracy"]), float(trun["target_accuracy"]),
+                                     source=searched_by), key="debugger_trials")
     st.dataframe(debug_view.trials_table(trials), hide_index=True, width="stretch")
+    st.caption(f"Search #{tune_id}: layers ranked and tried with {searched_by}.")
     chosen_id = trun["chosen_variant_id"]
     if pd.notna(chosen_id):
         found = reads.variants(lab.db_key, variant_ids=(int(chosen_id),))
         if not found.empty:
-            ui.npu_verdict(found.iloc[0], f"search result {found.iloc[0]['variant']}")
+            ui.npu_verdict(found.iloc[0], f"search result {found.iloc[0]['variant']} "
+                                          f"({engine_name(found.iloc[0]['engine'])})")
             ui.use_variant_button(int(chosen_id), int(model_id), key="debugger_use_tune")
 
 st.subheader("Tensor comparison between two variants")
@@ -201,8 +224,8 @@ if len(options) >= 2:
     samples = c.number_input("samples", 1, 1000, 20, key="debugger_cmp_samples")
     if st.button("Compare tensors", key="debugger_cmp_run"):
         with ui.guard("could not start"):
-            lab.runner.submit("compare_tensors", {"float_variant_id": float_id, "quant_variant_id": quant_id,
-                                                  "samples": int(samples)})
+            lab.runner.submit(CompareTensorsParams(float_variant_id=int(float_id), quant_variant_id=int(quant_id),
+                                                   samples=int(samples)))
             st.rerun()
 
 

@@ -31,8 +31,9 @@ with ui.guard("cannot read this variant's timings"):
     board, target = sources[label]
     view = op_cost_view.load(lab.db_key, int(variant_id), board, target, str(lab.data_dir))
 
-    st.markdown(op_cost_view.caption(view.cost))
-    st.plotly_chart(cost_error_scatter(view.cost.table, threshold, view.cost.time_source), key="layers_scatter")
+    st.markdown(op_cost_view.caption(view))
+    st.plotly_chart(cost_error_scatter(view.cost.table, threshold, view.cost.time_source, view.error_source),
+                    key="layers_scatter")
     st.dataframe(view.table, hide_index=True, width="stretch", key="layers_table")
     if not view.cost.unmapped.empty:
         st.markdown("**Time no single op owns**")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 
 import numpy as np
@@ -41,7 +42,7 @@ def _axis(fig: go.Figure, values: pd.Series, col: int) -> None:
 
 
 def layer_bars(stats: pd.DataFrame, threshold: float, suspects: Collection[str] = (), *,
-               metric: str = "rmse_scale", top_n: int = 30, worst_first: bool = True) -> go.Figure:
+               metric: str = "rmse_scale", top_n: int = 30, worst_first: bool = True, source: str = "") -> go.Figure:
     """Per-layer error as ranked horizontal bars: short Keras layer names, worst at the top.
 
     Two panels share the layer axis: the chosen metric (rmse/scale by default, with the suspect
@@ -55,6 +56,7 @@ def layer_bars(stats: pd.DataFrame, threshold: float, suspects: Collection[str] 
         metric: the column to rank by.
         top_n: how many layers to draw (0 = all).
         worst_first: rank by the metric; False keeps the layer order.
+        source: what made these rows (the debugger run and its engine), shown in the title.
     """
     if stats.empty or metric not in stats:
         return empty_figure("no layer statistics in this run")
@@ -87,19 +89,23 @@ def layer_bars(stats: pd.DataFrame, threshold: float, suspects: Collection[str] 
                           annotation_font={"size": 12, "color": "#3C4043"}, annotation_bgcolor="white")
     shown = f"worst {len(data)} of {len(stats)} by {METRIC_TITLES.get(metric, metric)}" if worst_first else (
         f"first {len(data)} of {len(stats)} in layer order")
+    if source:
+        shown += f" · {source}"
     fig.update_yaxes(autorange="reversed", automargin=True, tickfont={"size": 11})
     fig.update_layout(title=shown, showlegend=False, height=max(260, BAR_PX * len(data) + 120),
                       margin={"t": 70, "l": 10, "r": 20, "b": 40}, bargap=0.25)
     return fig
 
 
-def tune_trials_plot(trials: pd.DataFrame, float_accuracy: float, target_accuracy: float) -> go.Figure:
+def tune_trials_plot(trials: pd.DataFrame, float_accuracy: float, target_accuracy: float,
+                     source: str = "") -> go.Figure:
     """Each conversion the float-layer search tried: layers kept float vs accuracy, pass or fail.
 
     Args:
         trials: rows of tune_trials (step, denylist as a list or JSON text, accuracy, size_bytes, passed).
         float_accuracy: the float model, drawn as a line.
         target_accuracy: the pass mark, drawn as a red line.
+        source: the engine that ranked and tried, shown in the title.
     """
     if trials.empty:
         return empty_figure("the search tried no conversion")
@@ -124,7 +130,8 @@ def tune_trials_plot(trials: pd.DataFrame, float_accuracy: float, target_accurac
     fig.add_hline(y=target_accuracy, line_color=SUSPECT_COLOR,
                   annotation_text=f"target {target_accuracy:.4f}", annotation_position="top left")
     fig.update_layout(
-        title="conversions tried by the search", xaxis_title="layers kept in float",
+        title="conversions tried by the search" + (f" · {source}" if source else ""),
+        xaxis_title="layers kept in float",
         yaxis_title="accuracy", height=360, margin={"t": 50, "l": 50, "r": 20, "b": 50},
     )
     return fig
@@ -162,7 +169,5 @@ def tensor_snr_bars(diffs: pd.DataFrame, top_n: int = 30, title: str = "signal-t
 
 def _count(denylist: object) -> int:
     if isinstance(denylist, str):
-        import json
-
         denylist = json.loads(denylist)
     return len(denylist) if isinstance(denylist, list | tuple) else 0

@@ -9,7 +9,8 @@ from dashboard.components.debugger import WELL_QUANTIZED_RMSE_SCALE
 from dashboard.components.style import NORMAL_COLOR, SUSPECT_COLOR, empty_figure
 
 
-def cost_error_scatter(table: pd.DataFrame, threshold: float, time_label: str = "") -> go.Figure:
+def cost_error_scatter(table: pd.DataFrame, threshold: float, time_label: str = "",
+                       error_label: str = "") -> go.Figure:
     """x = share of time, y = rmse/scale, labelled by short layer name.
 
     Up and to the left: layers worth keeping float (big error, little time). Up and to the right:
@@ -19,6 +20,7 @@ def cost_error_scatter(table: pd.DataFrame, threshold: float, time_label: str = 
         table: an OpCost table (layer, time_share, rmse_scale, time_ms, float_on_cpu_ms, time_source).
         threshold: the suspect threshold, drawn as a dashed line; points above it are red.
         time_label: where the time comes from, shown in the x-axis title.
+        error_label: where the error comes from (the debugger run and its engine), shown in the y-axis title.
     """
     need = {"layer", "time_share", "rmse_scale"}
     if table.empty or not need <= set(table.columns):
@@ -44,6 +46,6 @@ def cost_error_scatter(table: pd.DataFrame, threshold: float, time_label: str = 
     fig.update_layout(
         title="Cost vs error: high and left = worth keeping float; high and right = slow if kept float",
         xaxis_title="share of time (%)" + (f" · {time_label}" if time_label else ""),
-        yaxis_title="rmse / scale", height=460, margin={"t": 60, "l": 60, "r": 20, "b": 50}, showlegend=False,
+        yaxis_title="rmse / scale" + (f" · {error_label}" if error_label else ""), height=460, margin={"t": 60, "l": 60, "r": 20, "b": 50}, showlegend=False,
     )
     return fig

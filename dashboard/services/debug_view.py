@@ -3,28 +3,144 @@
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from dashboard.services import layers, npu_view
+from qcore import defaults
+from qcore.qtyping import Engine, VariantKind
+
+# recipes the debugger accepts (int8 activations with calibration data); AEQ also compares 16x8
+DEBUG_RECIPES = ("int8-fallback", "int8", "uint8", "int8-per-tensor", "uint8-per-tensor", "int16x8")
+# what each engine is called wherever a per-layer table, chart or search result names its maker
+ENGINE_NAMES = {Engine.TF.value: "TF converter", Engine.AEQ.value: "AI Edge Quantizer"}
+# session keys /debugger preselects from the variant it explains
+ENGINE_KEY, RECIPE_KEY, DEPLOY_KEY, RUN_KEY = ("debugger_engine", "debugger_recipe", "debugger_deploy_engine",
+                                               "debugger_run")
+_EXPLAINED_KEY = "debugger_explained"
+
+
+def engine_name(engine: Any) -> str:
+    """An engine as users read it; a run stored before engines were recorded was TF's."""
+    key = str(engine) if isinstance(engine, str) and engine else Engine.TF.value
+    return ENGINE_NAMES.get(key, key)
+
+
+@dataclass(frozen=True)
+class ExplainTarget:
+    """What /debugger explains: a stored variant and the engine and recipe that made it.
+
+    With no variant the debugger can explain, `variant_id` is None and the defaults stand in.
+    """
+
+    model_id: int
+    variant_id: int | None
+    variant: str
+    engine: str
+    recipe: str
+
+    @property
+    def words(self) -> str:
+        """One line for the page: which variant, engine and recipe the explain loop follows."""
+        if self.variant_id is None:
+            return (f"No int8 variant of this model to explain yet (convert one on Quantize): the debugger "
+                    f"runs recipe **{self.recipe}** with the **{engine_name(self.engine)}**, the default.")
+        return (f"Explains variant **#{self.variant_id} {self.variant}**: recipe **{self.recipe}** made with the "
+                f"**{engine_name(self.engine)}**. The debugger, keep-float and the search use the same engine.")
+
+
+def explainable(variants: pd.DataFrame) -> dict[int, str]:
+    """variant id → label of the variants the debugger can explain: converted by a recipe it accepts."""
+    if variants.empty:
+        return {}
+    ok = variants[(variants["status"] == "ok") & (variants["kind"] == VariantKind.PTQ.value)
+                  & variants["recipe"].isin(DEBUG_RECIPES)]
+    return {int(r.variant_id): f"#{r.variant_id} {r.variant} · {engine_name(r.engine)}" for r in ok.itertuples()}
+
+
+def explain_target(model_id: int, variants: pd.DataFrame, variant_id: int | None) -> ExplainTarget:
+    """The engine and recipe of the chosen variant (its stored `engine` and `recipe` columns), or the defaults."""
+    row = variants[variants["variant_id"] == variant_id] if variant_id is not None and not variants.empty else None
+    if row is None or row.empty:
+        return ExplainTarget(int(model_id), None, "", defaults.ENGINE, defaults.DEBUG_RECIPE)
+    r = row.iloc[0]
+    return ExplainTarget(int(model_id), int(r["variant_id"]), str(r["variant"]),
+                         str(r["engine"] or Engine.TF.value), str(r["recipe"]))
+
+
+def preselect(state: MutableMapping[str, Any] | Any, target: ExplainTarget) -> None:
+    """Sets the page's engine, recipe and deploy engine to the target's when the target changes.
+
+    The user may still change them; the page then says it explains another model than the variant.
+    The chosen debugger result is dropped too, so the newest run of the target's engine is shown.
+
+    Args:
+        state: `st.session_state` (or a dict in a test).
+        target: what the page explains now.
+    """
+    key = (target.model_id, target.variant_id)
+    # Streamlit forgets a widget's value when its page was not shown; set it again then
+    if state.get(_EXPLAINED_KEY) == key and all(k in state for k in (ENGINE_KEY, RECIPE_KEY, DEPLOY_KEY)):
+        return
+    state[_EXPLAINED_KEY] = key
+    state[ENGINE_KEY], state[RECIPE_KEY], state[DEPLOY_KEY] = target.engine, target.recipe, target.engine
+    state.pop(RUN_KEY, None)
+
+
+def mismatch(target: ExplainTarget, engine: str, recipe: str) -> str:
+    """Words when the chosen engine or recipe is not the one that made the explained variant, else ""."""
+    if target.variant_id is None or (engine, recipe) == (target.engine, target.recipe):
+        return ""
+    return (f"This runs recipe {recipe} with the {engine_name(engine)}, but variant #{target.variant_id} "
+            f"{target.variant} was made by recipe {target.recipe} with the {engine_name(target.engine)}: "
+            "the suspects would be those of a model other than the one you explain.")
+
+
+def run_engine(run: Any) -> str:
+    """The engine a debugger run stored (its `engine` column)."""
+    value = run["engine"] if isinstance(run, pd.Series) else getattr(run, "engine", None)
+    return str(value) if isinstance(value, str) and value else Engine.TF.value
 
 
 def run_labels(runs: pd.DataFrame) -> dict[int, str]:
-    """debug run id → a label with its recipe, layers and whether denylists were applied."""
+    """debug run id → a label with its recipe, engine, layers and whether denylists were applied."""
     out = {}
     for r in runs.itertuples():
         s = settings(r)
         deny = len(s.get("denylisted_nodes", [])) + len(s.get("denylisted_ops", []))
-        mode = "whole-model" if s.get("whole_model") else "layer by layer"
+        mode = " · whole-model" if s.get("whole_model") else ""
         extra = f", {deny} kept float" if deny else ""
-        engine = str(getattr(r, "engine", None) or s.get("engine") or "tf")
-        if engine == "aeq":
-            mode = "AI Edge Quantizer"
-        out[int(r.id)] = (f"#{r.id} · {s.get('recipe', '?')} · {r.n_layers} layers · {mode}{extra} · "
-                          f"{str(r.created_at)[:16]}")
+        out[int(r.id)] = (f"#{r.id} · {s.get('recipe', '?')} · {engine_name(run_engine(r))} · {r.n_layers} layers"
+                          f"{mode}{extra} · {str(r.created_at)[:16]}")
     return out
+
+
+def run_index(runs: pd.DataFrame, target: ExplainTarget) -> int:
+    """Position of the newest run made with the target's engine and recipe (runs come newest first), else 0."""
+    for i, r in enumerate(runs.itertuples()):
+        if run_engine(r) == target.engine and settings(r).get("recipe") == target.recipe:
+            return i
+    return 0
+
+
+def run_source(run: Any) -> str:
+    """What made a debugger run's per-layer rows: "run #3 · TF converter · int8"."""
+    recipe = settings(run).get("recipe", "?")
+    run_id = run["id"] if isinstance(run, pd.Series) else run.id
+    return f"run #{int(run_id)} · {engine_name(run_engine(run))} · {recipe}"
+
+
+def run_mismatch(run: Any, target: ExplainTarget) -> str:
+    """Words when the shown run was made with another engine or recipe than the explained variant, else ""."""
+    recipe = settings(run).get("recipe")
+    if target.variant_id is None or (run_engine(run), recipe) == (target.engine, target.recipe):
+        return ""
+    return (f"This result ({run_source(run)}) is not of the variant you explain (#{target.variant_id}, "
+            f"{target.recipe} with the {engine_name(target.engine)}): run the debugger above for its suspects.")
 
 
 def _json(value: Any) -> dict[str, Any]:
@@ -122,7 +238,8 @@ def selective_table(variants: pd.DataFrame) -> pd.DataFrame:
     for r in variants.itertuples():
         s = _json(r.settings)
         rows.append({
-            "variant": r.variant, "kind": r.kind, "accuracy": r.accuracy, "float accuracy": r.float_accuracy,
+            "variant": r.variant, "kind": r.kind, "engine": engine_name(r.engine), "accuracy": r.accuracy,
+            "float accuracy": r.float_accuracy,
             "drop (points)": None if pd.isna(r.accuracy) else round((r.float_accuracy - r.accuracy) * 100, 2),
             "size (KiB)": round(r.size_bytes / 1024, 1) if pd.notna(r.size_bytes) else None,
             "kept float": len(s.get("denylisted_nodes", [])) + len(s.get("denylisted_ops", [])),
@@ -132,9 +249,22 @@ def selective_table(variants: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("kind", key=lambda k: k != "ptq").reset_index(drop=True)
 
 
+def tune_source(run: Any) -> str:
+    """Who ranked and tried in a float-layer search, and who deployed when another engine did:
+    "AI Edge Quantizer (deployed with TF converter)"."""
+    get = run.get if isinstance(run, pd.Series | dict) else lambda k: getattr(run, k, None)
+    engine, deploy = get("engine"), get("deploy_engine")
+    if not isinstance(engine, str) or not engine:
+        return "engine not recorded (a search the CLI ran that chose nothing)"
+    if isinstance(deploy, str) and deploy and deploy != engine:
+        return f"{engine_name(engine)} (deployed with {engine_name(deploy)})"
+    return engine_name(engine)
+
+
 def tune_labels(runs: pd.DataFrame) -> dict[int, str]:
-    return {int(r.id): f"#{r.id} · max drop {r.max_drop:g} points · target {r.target_accuracy:.4f} · "
-            f"{'found' if pd.notna(r.chosen_variant_id) else 'none passes'} · {str(r.created_at)[:16]}"
+    return {int(r.id): f"#{r.id} · {tune_source(r)} · max drop {r.max_drop:g} points · "
+            f"target {r.target_accuracy:.4f} · {'found' if pd.notna(r.chosen_variant_id) else 'none passes'} · "
+            f"{str(r.created_at)[:16]}"
             for r in runs.itertuples()}
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from dashboard.services import debug_view
 from dashboard.services.reads import store_for
 from qcore.lab import op_cost
 from qcore.qtyping import OpCost
@@ -29,6 +30,8 @@ class LayerCostView:
     """Everything the page renders for one variant and one time choice."""
 
     cost: OpCost
+    # where the error column comes from: "debugger run #3 (TF converter, int8)", or "no debugger run"
+    error_source: str
     table: pd.DataFrame
     zip_bytes: bytes
     zip_name: str
@@ -62,6 +65,7 @@ def load(db: str, variant_id: int, board: str, target: str, data_dir: str) -> La
         link = op_cost.explorer_link(tflite, op_cost.write_node_data(cost, folder))
     return LayerCostView(
         cost=cost,
+        error_source=error_source(store.debug_runs(int(row["model_id"])), cost.debug_run_id),
         table=display_table(cost),
         zip_bytes=op_cost.node_data_zip(cost),
         zip_name=f"{op_cost.file_stem(cost.variant)}-node-data.zip",
@@ -80,10 +84,21 @@ def display_table(cost: OpCost) -> pd.DataFrame:
     return df.rename(columns=TABLE_COLUMNS)
 
 
-def caption(cost: OpCost) -> str:
+def error_source(runs: pd.DataFrame, run_id: int | None) -> str:
+    """The debugger run behind the error column, named with the engine that made it."""
+    hit = runs[runs["id"] == run_id] if run_id is not None and not runs.empty else runs.iloc[0:0]
+    if hit.empty:
+        return "no debugger run"
+    run = hit.iloc[0]
+    recipe = debug_view.settings(run).get("recipe", "?")
+    return f"debugger run #{run_id} ({debug_view.engine_name(debug_view.run_engine(run))}, {recipe})"
+
+
+def caption(view: LayerCostView) -> str:
+    cost = view.cost
     where = "this host" if cost.board == "host" else f"{cost.board} / {cost.target}"
-    run = f"debugger run #{cost.debug_run_id}" if cost.debug_run_id is not None else "no debugger run"
-    return f"time on {where} · source: **{cost.time_source}** · total {cost.total_ms:.3f} ms · error from {run}"
+    return (f"time on {where} · source: **{cost.time_source}** · total {cost.total_ms:.3f} ms · "
+            f"error from {view.error_source}")
 
 
 def unmapped(cost: OpCost) -> Any:

@@ -95,9 +95,19 @@ class DebugRows(StoreBase):
         return self.query("SELECT * FROM tune_trials WHERE tune_run_id = ? ORDER BY step", [tune_run_id])
 
     def tune_runs(self, model_id: int | None = None) -> pd.DataFrame:
-        """Float-layer searches, newest first (the dashboard's /debugger list)."""
-        sql, params = "SELECT * FROM tune_runs", []
+        """Float-layer searches, newest first (the dashboard's /debugger list).
+
+        With `engine` (who ranked and tried) and `deploy_engine` (who made the chosen variant), read
+        from the search's job, else from the chosen variant; NULL for a search the CLI ran that chose nothing.
+        """
+        sql = ("SELECT t.*, coalesce(json_extract_string(j.params, '$.engine'), "
+               "json_extract_string(v.settings, '$.search_engine')) AS engine, "
+               "coalesce(v.engine, json_extract_string(j.params, '$.deploy_engine')) AS deploy_engine "
+               "FROM tune_runs t LEFT JOIN variants v ON v.id = t.chosen_variant_id "
+               "LEFT JOIN jobs j ON j.kind = 'tune' AND j.status = 'done' "
+               "AND TRY_CAST(json_extract_string(j.result, '$.tune_run_id') AS BIGINT) = t.id")
+        params: list[Any] = []
         if model_id is not None:
-            sql += " WHERE model_id = ?"
+            sql += " WHERE t.model_id = ?"
             params.append(model_id)
-        return self.query(sql + " ORDER BY id DESC", params)
+        return self.query(sql + " ORDER BY t.id DESC", params)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard.services import reads
-from dashboard.services.lab import Lab
+from dashboard.services.lab import Lab, lab
+from qcore.jobs.contract import ConvertParams, DebugParams, DemoParams
 from qcore.lab import reports
-from qcore.qtyping import JobStatus
-from tests.dashboard.conftest import PAGE_TIMEOUT_S, plotly_specs, run_job, texts, values
+from qcore.qtyping import JobStatus, LoadedModel
+from tests.dashboard.conftest import PAGE_TIMEOUT_S, plotly_specs, point_env, run_job, texts, values
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "streamlit_app.py"
 
@@ -137,7 +140,7 @@ def test_quantize_rows_appear_as_each_recipe_finishes(converted: Lab, page) -> N
 
     # enough recipes that the job is still running while the page renders (a worker converts the demo fast)
     recipes = ["float16", "dynamic", "int8-per-tensor", "int8", "uint8", "int16x8", "uint8-per-tensor"]
-    job_id = converted.runner.submit("convert", {"model_id": 1, "dataset_id": 1, "recipes": recipes, "bench": False})
+    job_id = converted.runner.submit(ConvertParams(model_id=1, dataset_id=1, recipes=tuple(recipes), bench=False))
     seen = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -209,7 +212,7 @@ def test_quantize_failed_job_error_in_words(empty_lab: Lab, page, tmp_path: Path
     from dashboard.services import uploads
 
     uploads.add_digits(empty_lab, input_scale=1.0, input_offset=0.0)
-    job = run_job(empty_lab, "convert", {"model_id": 1, "dataset_id": 1, "recipes": ["int8"]})
+    job = run_job(empty_lab, ConvertParams(model_id=1, dataset_id=1, recipes=("int8",)))
     assert job.status is JobStatus.FAILED
     at = page("quantize")
     _no_traceback(at)
@@ -270,7 +273,7 @@ def test_compare_without_models(empty_lab: Lab, page) -> None:
 @pytest.fixture()
 def debugged(converted: Lab) -> Lab:
     """The converted lab with one debugger run on 20 samples."""
-    job = run_job(converted, "debug", {"model_id": 1, "dataset_id": 1, "recipe": "int8", "debug_samples": 20})
+    job = run_job(converted, DebugParams(model_id=1, dataset_id=1, recipe="int8", debug_samples=20))
     assert job.status is JobStatus.DONE, job.error
     reads.clear()
     return converted
@@ -393,6 +396,138 @@ def test_debugger_tensor_comparison(debugged: Lab, page) -> None:
     for df in (d.value for d in at.dataframe if "snr_db" in d.value.columns):
         snr = df["snr_db"].astype(float).tolist()
         assert snr == sorted(snr)
+
+
+# ---------------------------------------------------------------- debugger: the engine of the explained variant
+@pytest.fixture(scope="module")
+def explained_dir(tmp_path_factory: pytest.TempPathFactory, demo: LoadedModel) -> Path:
+    """A lab of its own: the demo's int8 made by the TF converter and by AI Edge Quantizer, and a debugger
+    run of int8 with each engine (TF's first)."""
+    folder = tmp_path_factory.mktemp("explained-lab")
+    (folder / "demo").mkdir()
+    shutil.copy(demo.path, folder / "demo" / "demo.h5")
+    with pytest.MonkeyPatch.context() as mp:
+        point_env(mp, folder)
+        the_lab = lab()
+        for params in (DemoParams(recipes="int8"),
+                       ConvertParams(model_id=1, dataset_id=1, recipes=("int8",), engine="aeq", bench=False),
+                       DebugParams(model_id=1, dataset_id=1, recipe="int8", debug_samples=20, engine="tf"),
+                       DebugParams(model_id=1, dataset_id=1, recipe="int8", debug_samples=20, engine="aeq")):
+            job = run_job(the_lab, params)
+            assert job.status is JobStatus.DONE, job.error
+    return folder
+
+
+@pytest.fixture()
+def explained(explained_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
+    """The lab of both engines, with the environment pointing at it (pages see the same store)."""
+    point_env(monkeypatch, explained_dir)
+    reads.clear()
+    return lab()
+
+
+def _run_of(the_lab: Lab, engine: str) -> int:
+    runs = the_lab.store.debug_runs(1)
+    return int(runs[runs["engine"] == engine]["id"].iloc[-1])  # the fixture's run (newest first)
+
+
+def _finish(the_lab: Lab, kind: str) -> Any:
+    job = the_lab.store.jobs(limit=1, kind=kind)[0]
+    the_lab.runner.wait(job.id, timeout=300)
+    job = the_lab.store.job(job.id)
+    assert job.status is JobStatus.DONE, job.error
+    reads.clear()
+    return job
+
+
+@pytest.mark.slow
+def test_debugger_engine_and_recipe_follow_the_explained_variant(explained: Lab, page) -> None:
+    aeq_variant, tf_variant = _variant_id(explained, "int8@aeq"), _variant_id(explained, "int8")
+    at = page("debugger")
+    _no_traceback(at)
+    at.selectbox(key="debugger_variant").set_value(aeq_variant).run()
+    _no_traceback(at)
+    # preselected from the variant's stored engine and recipe, not from a default
+    assert at.radio(key="debugger_engine").value == "aeq"
+    assert at.selectbox(key="debugger_recipe").value == "int8"
+    assert at.selectbox(key="debugger_deploy_engine").value == "aeq"
+    assert any(f"Explains variant **#{aeq_variant} int8@aeq**" in t and "**AI Edge Quantizer**" in t
+               for t in texts(at, "markdown"))
+    assert not texts(at, "warning")
+    # the debugger runs with that engine and recipe
+    at.number_input(key="debugger_samples").set_value(20)
+    _by_label(at.button, "Run debugger").click().run()
+    _no_traceback(at)
+    job = _finish(explained, "debug")
+    assert (job.params["engine"], job.params["recipe"]) == ("aeq", "int8")
+    assert explained.store.debug_runs(1)["engine"].iloc[0] == "aeq"
+
+    at.selectbox(key="debugger_variant").set_value(tf_variant).run()
+    assert at.radio(key="debugger_engine").value == "tf"
+    assert at.selectbox(key="debugger_deploy_engine").value == "tf"
+    assert any(f"Explains variant **#{tf_variant} int8**" in t and "**TF converter**" in t
+               for t in texts(at, "markdown"))
+    # another engine by hand: allowed, and the page says it explains another model than the variant
+    at.radio(key="debugger_engine").set_value("aeq").run()
+    assert any(f"variant #{tf_variant} int8 was made by recipe int8 with the TF converter" in t
+               for t in texts(at, "warning"))
+
+
+@pytest.mark.slow
+def test_debugger_per_layer_results_name_the_engine_that_made_them(explained: Lab, page) -> None:
+    aeq_run, tf_run = _run_of(explained, "aeq"), _run_of(explained, "tf")
+    at = page("debugger")
+    at.selectbox(key="debugger_variant").set_value(_variant_id(explained, "int8")).run()
+    _no_traceback(at)
+    # the newest run of the variant's engine and recipe is the one shown, and every view names it
+    assert at.selectbox(key="debugger_run").value == tf_run
+    source = f"run #{tf_run} · TF converter · int8"
+    assert f"**Per-layer error of {source}**" in texts(at, "markdown")
+    assert plotly_specs(at)[0]["layout"]["title"]["text"].endswith(f" · {source}")
+    assert any(t.endswith(f"layer rows of {source}. Tick rows to keep those layers in float.")
+               for t in texts(at, "caption"))
+    assert any(f"Converts recipe int8 with the TF converter, the engine of run #{tf_run}" in t
+               for t in texts(at, "caption"))
+
+    at.selectbox(key="debugger_run").set_value(aeq_run).run()
+    _no_traceback(at)
+    source = f"run #{aeq_run} · AI Edge Quantizer · int8"
+    assert plotly_specs(at)[0]["layout"]["title"]["text"].endswith(f" · {source}")
+    assert any(f"This result ({source}) is not of the variant you explain" in t for t in texts(at, "warning"))
+    assert at.selectbox(key="debugger_run").options[
+        [o.startswith(f"#{aeq_run} ") for o in at.selectbox(key="debugger_run").options].index(True)
+    ].startswith(f"#{aeq_run} · int8 · AI Edge Quantizer · ")
+
+    # keep-float converts with the engine of the run whose layer names it keeps
+    at.number_input(key="debugger_first_k").set_value(1).run()
+    _by_label(at.button, "Run selective quantization").click().run()
+    job = _finish(explained, "selective")
+    assert job.params["engine"] == "aeq"
+    at.run()
+    _no_traceback(at)
+    compared = next(df.value for df in at.dataframe if "kept float" in df.value.columns)
+    assert compared["engine"].tolist() == ["AI Edge Quantizer", "AI Edge Quantizer"]
+
+
+@pytest.mark.slow
+def test_debugger_search_uses_and_names_the_variants_engine(explained: Lab, page) -> None:
+    at = page("debugger")
+    at.selectbox(key="debugger_variant").set_value(_variant_id(explained, "int8@aeq")).run()
+    at.number_input(key="debugger_max_drop").set_value(5.0)
+    _by_label(at.button, "Search").click().run()
+    job = _finish(explained, "tune")
+    assert (job.params["engine"], job.params["deploy_engine"], job.params["recipe"]) == ("aeq", "aeq", "int8")
+    at.run()
+    _no_traceback(at)
+    tune_id = int(job.result["tune_run_id"])
+    assert at.selectbox(key="debugger_tune_run").value == tune_id
+    assert any(o.startswith(f"#{tune_id} · AI Edge Quantizer · ") for o in at.selectbox(key="debugger_tune_run").options)
+    trials = next(s for s in plotly_specs(at) if "conversions tried" in json.dumps(s["layout"].get("title", "")))
+    assert trials["layout"]["title"]["text"] == "conversions tried by the search · AI Edge Quantizer"
+    assert f"Search #{tune_id}: layers ranked and tried with AI Edge Quantizer." in texts(at, "caption")
+    if job.result["chosen_variant_id"] is not None:
+        verdicts = texts(at, "warning") + texts(at, "success") + texts(at, "caption")
+        assert any(t.startswith("search result ") and "@aeq (AI Edge Quantizer)" in t for t in verdicts)
 
 
 # ---------------------------------------------------------------- inspect
@@ -627,7 +762,7 @@ def test_quantize_data_that_does_not_fit_the_model(converted: Lab, page, tmp_pat
     np.savez(buf, x_train=np.zeros((4, 4, 4), np.float32), y_train=np.zeros(4, np.int64),
              x_test=np.zeros((2, 4, 4), np.float32), y_test=np.zeros(2, np.int64))
     dataset_id = uploads.add_dataset(converted, "small.npz", buf.getvalue(), input_scale=1.0, input_offset=0.0)
-    job = run_job(converted, "convert", {"model_id": 1, "dataset_id": dataset_id, "recipes": ["int8"]})
+    job = run_job(converted, ConvertParams(model_id=1, dataset_id=dataset_id, recipes=("int8",)))
     assert job.status is JobStatus.FAILED
     at = page("quantize")
     _no_traceback(at)

@@ -10,6 +10,7 @@ import pytest
 from dashboard.components.op_cost import cost_error_scatter
 from dashboard.services import op_cost_view, reads
 from dashboard.services.lab import Lab, lab
+from qcore.jobs.contract import DebugParams, DemoParams
 from qcore.lab import op_cost
 from qcore.qtyping import JobStatus, LoadedModel, TimeSource
 from tests.dashboard.conftest import plotly_specs, point_env, run_job, texts, values
@@ -33,10 +34,9 @@ def layers_dir(tmp_path_factory: pytest.TempPathFactory, demo: LoadedModel) -> P
     with pytest.MonkeyPatch.context() as mp:
         point_env(mp, folder)
         the_lab = lab()
-        job = run_job(the_lab, "demo", {"recipes": "float32,int8,uint8"})
+        job = run_job(the_lab, DemoParams(recipes="float32,int8,uint8"))
         assert job.status is JobStatus.DONE, job.error
-        job = run_job(the_lab, "debug", {"model_id": 1, "dataset_id": 1, "recipe": "int8", "debug_samples": 20,
-                                         "engine": "tf"})
+        job = run_job(the_lab, DebugParams(model_id=1, dataset_id=1, recipe="int8", debug_samples=20, engine="tf"))
         assert job.status is JobStatus.DONE, job.error
     return folder
 
@@ -76,6 +76,9 @@ def test_layers_page_table_scatter_and_node_data(debugged: Lab, page) -> None:
     assert not at.exception
     assert at.selectbox(key="layers_source").value == f"host · {TimeSource.ESTIMATE}"
     assert any("source: **estimate**" in t for t in texts(at, "markdown"))
+    # the error column names the debugger run and the engine that made it, in the caption and the chart
+    assert any(t.endswith("error from debugger run #1 (TF converter, int8)") for t in texts(at, "markdown"))
+    assert plotly_specs(at)[0]["layout"]["yaxis"]["title"]["text"] == "rmse / scale · debugger run #1 (TF converter, int8)"
     table = at.dataframe[0].value
     assert {"rmse/scale", "share of time", "time from", "kept float on CPU (ms)"} <= set(table.columns)
     assert set(table["time from"]) == {str(TimeSource.ESTIMATE)}

@@ -82,6 +82,26 @@ def test_debug_run_stores_every_layer_row(tmp_store):
     assert list(tmp_store.layer_stats(run).tensor_name) == ["t0", "t1", "t2"]
 
 
+def test_tune_runs_name_their_engines_from_the_job_else_the_chosen_variant(tmp_store):
+    m, d = _model_and_dataset(tmp_store)
+    run = {"model_id": m, "dataset_id": d, "max_drop": 0.5, "float_accuracy": 0.9, "target_accuracy": 0.895,
+           "trials": [{"denylist": [], "accuracy": 0.9, "size_bytes": 8, "passed": True}]}
+    # a search the dashboard queued: its job's params say who searched and who deployed
+    searched = tmp_store.save_tune_run(**run, chosen_variant_id=None)
+    job = tmp_store.create_job("tune", {"engine": "aeq", "deploy_engine": "tf"})
+    tmp_store.update_job(job, status=JobStatus.DONE, result={"tune_run_id": searched})
+    # a search the CLI ran: the chosen variant's settings and engine say it
+    chosen = tmp_store.save_variant(model_id=m, dataset_id=d, name="int8 + 1 float layer@aeq", kind="tune",
+                                    tflite=b"TFL3-t", settings={"search_engine": "aeq"}, engine="aeq")
+    local = tmp_store.save_tune_run(**run, chosen_variant_id=chosen)
+    unknown = tmp_store.save_tune_run(**run, chosen_variant_id=None)
+    runs = tmp_store.tune_runs(m).set_index("id")
+    assert list(runs.index) == [unknown, local, searched]
+    assert (runs.loc[searched, "engine"], runs.loc[searched, "deploy_engine"]) == ("aeq", "tf")
+    assert (runs.loc[local, "engine"], runs.loc[local, "deploy_engine"]) == ("aeq", "aeq")
+    assert runs.loc[unknown, ["engine", "deploy_engine"]].isna().all()
+
+
 def test_board_token_never_listed(tmp_store):
     tmp_store.add_board("imx", "http://10.0.0.2:8765/", "s3cret")
     boards = tmp_store.boards()
