@@ -16,8 +16,10 @@ from qcore.qtyping import Engine, VariantKind
 
 # recipes the debugger accepts (int8 activations with calibration data); AEQ also compares 16x8
 DEBUG_RECIPES = ("int8-fallback", "int8", "uint8", "int8-per-tensor", "uint8-per-tensor", "int16x8")
-# what each engine is called wherever a per-layer table, chart or search result names its maker
-ENGINE_NAMES = {Engine.TF.value: "TF converter", Engine.AEQ.value: "AI Edge Quantizer"}
+# what each engine is called wherever a per-layer table, chart or search result names its maker;
+# an engine without a name here shows its own
+_NAMES = {Engine.TF.value: "TF converter", Engine.AEQ.value: "AI Edge Quantizer"}
+ENGINE_NAMES = {e.value: _NAMES.get(e.value, e.value) for e in Engine}
 # session keys /debugger preselects from the variant it explains
 ENGINE_KEY, RECIPE_KEY, DEPLOY_KEY, RUN_KEY = ("debugger_engine", "debugger_recipe", "debugger_deploy_engine",
                                                "debugger_run")
@@ -68,8 +70,8 @@ def explain_target(model_id: int, variants: pd.DataFrame, variant_id: int | None
     if row is None or row.empty:
         return ExplainTarget(int(model_id), None, "", defaults.ENGINE, defaults.DEBUG_RECIPE)
     r = row.iloc[0]
-    return ExplainTarget(int(model_id), int(r["variant_id"]), str(r["variant"]),
-                         str(r["engine"] or Engine.TF.value), str(r["recipe"]))
+    engine = r["engine"] if isinstance(r["engine"], str) and r["engine"] else Engine.TF.value
+    return ExplainTarget(int(model_id), int(r["variant_id"]), str(r["variant"]), engine, str(r["recipe"]))
 
 
 def preselect(state: MutableMapping[str, Any] | Any, target: ExplainTarget) -> None:
