@@ -98,7 +98,7 @@ def test_remote_list_is_the_local_document(capsys: pytest.CaptureFixture[str], l
             handler = {"/models": routes.list_models, "/variants": routes.list_variants}[route]
             scope = {"type": "http", "method": method, "path": route, "query_string": query.encode(),
                      "headers": [], "path_params": {}}
-            monkeypatch.setattr(routes, "_lab", lambda: SimpleNamespace(store=self.store))
+            monkeypatch.setattr(routes, "lab", lambda: SimpleNamespace(store=self.store))
             return json.loads(asyncio.run(handler(Request(scope))).body)
 
         def close(self) -> None:
