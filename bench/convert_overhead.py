@@ -18,10 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tensorflow as tf  # noqa: E402
 
 import qcore  # noqa: E402,F401
+from qcore.engines import resolve_recipes  # noqa: E402
 from qcore.inputs.data import digits_dataset  # noqa: E402
 from qcore.inputs.models import demo_model  # noqa: E402
 from qcore.lab.convert import convert_and_evaluate  # noqa: E402
-from qcore.recipes import resolve_recipes  # noqa: E402
+from qcore.lab.publish import publish  # noqa: E402
 from qcore.store import Store  # noqa: E402
 
 REPEATS = 3
@@ -78,14 +79,15 @@ def main() -> None:
             raw_t.append(time.perf_counter() - t)
             with Store(Path(tmp) / f"q{i}.duckdb") as store:
                 t = time.perf_counter()
-                report = convert_and_evaluate(model, ds, resolve_recipes("all"), store=store, out_dir=Path(tmp) / "out")
+                report = publish(store, convert_and_evaluate(model, ds, resolve_recipes("all", "tf")),
+                                 made_from=(model, ds))
                 qlab_t.append(time.perf_counter() - t)
             assert all(v.error == "" for v in report.variants)
             assert len(raw) == len(report.variants)
     raw_s, qlab_s = statistics.median(raw_t), statistics.median(qlab_t)
     print(f"9 recipes on the demo model, median of {REPEATS}")
     print(f"raw TFLiteConverter calls:                         {raw_s:.3f} s")
-    print(f"qlab convert --recipes all (+verify, eval, store): {qlab_s:.3f} s")
+    print(f"qlab convert --recipes all (+verify, eval, publish): {qlab_s:.3f} s")
     overhead = qlab_s / raw_s - 1
     print(f"ratio: {qlab_s / raw_s:.3f} (overhead {overhead:+.1%}, target <= +10%) -> {'PASS' if overhead <= 0.10 else 'MISS'}")
 

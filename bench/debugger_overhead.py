@@ -21,10 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tensorflow as tf  # noqa: E402
 
 import qcore  # noqa: E402,F401
-from qcore.explain.debugger import MODEL_METRICS, run_debugger, stats_csv  # noqa: E402
+from qcore.explain.debugger import run_debugger, stats_csv  # noqa: E402
 from qcore.inputs.data import digits_dataset  # noqa: E402
 from qcore.inputs.models import demo_model  # noqa: E402
+from qcore.lab.publish import publish  # noqa: E402
 from qcore.store import Store  # noqa: E402
+from qcore.tflite.compare import MODEL_METRICS  # noqa: E402
 
 REPEATS = 5
 CALIBRATION = DEBUG = 100
@@ -47,7 +49,8 @@ def raw_debugger(keras_model, calibration: np.ndarray, debug_x: np.ndarray) -> s
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter,
         debug_dataset=gen(debug_x),
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(model_debug_metrics=MODEL_METRICS),
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(
+            model_debug_metrics={k: (lambda f, q, fn=fn: fn(f[0], q[0])) for k, fn in MODEL_METRICS.items()}),
     )
     debugger.run()
     dump = io.StringIO()
@@ -68,7 +71,8 @@ def main() -> None:
             raw_t.append(time.perf_counter() - t)
             with Store(Path(tmp) / f"q{i}.duckdb") as store:
                 t = time.perf_counter()
-                result = run_debugger(model, ds, calibration_samples=CALIBRATION, debug_samples=DEBUG, store=store)
+                result = publish(store, run_debugger(model, ds, calibration_samples=CALIBRATION, debug_samples=DEBUG),
+                                 made_from=(model, ds))
                 (Path(tmp) / "stats.csv").write_text(stats_csv(result))
                 qlab_t.append(time.perf_counter() - t)
                 stored = store.layer_stats(result.debug_run_id)

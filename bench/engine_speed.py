@@ -25,12 +25,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import qcore  # noqa: E402,F401
+from qcore.engines import resolve_recipes  # noqa: E402
 from qcore.explain.debugger import run_debugger  # noqa: E402
 from qcore.explain.search import tune  # noqa: E402
 from qcore.inputs.data import digits_dataset  # noqa: E402
 from qcore.lab.convert import convert_and_evaluate  # noqa: E402
 from qcore.qtyping import Dataset, LoadedModel  # noqa: E402
-from qcore.recipes import resolve_recipes  # noqa: E402
 
 CALIBRATION = 100
 DEBUG = 100

@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 import qcore  # noqa: E402,F401
+from qcore.engines.tf import convert  # noqa: E402
 from qcore.inputs.data import digits_dataset  # noqa: E402
 from qcore.inputs.models import demo_model  # noqa: E402
-from qcore.lab.convert import convert  # noqa: E402
 from qcore.tflite.litert_io import run_model  # noqa: E402
 
 N = 10_000

@@ -103,9 +103,9 @@ def reference_median(path: Path, *, runs: int, warmup: int, threads: int) -> flo
 
 def demo_int8() -> bytes:
     """The demo CNN (trained once, cached under data/demo) converted with the int8 recipe."""
+    from qcore.engines.tf import convert
     from qcore.inputs.data import digits_dataset
     from qcore.inputs.models import demo_model
-    from qcore.lab.convert import convert
 
     return convert(demo_model(), "int8", digits_dataset().calibration(100))
 
@@ -114,7 +114,7 @@ def cnn32_int8() -> bytes:
     """A heavier CNN (32×32×3, five convolutions, random weights) so kernels, not calls, dominate."""
     import tf_keras
 
-    from qcore.lab.convert import convert
+    from qcore.engines.tf import convert
     from qcore.qtyping import LoadedModel
 
     tf_keras.utils.set_random_seed(0)

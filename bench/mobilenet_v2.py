@@ -33,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qcore  # noqa: E402,F401  (Keras 2 for tf_keras, before TensorFlow loads)
+from qcore.engines import resolve_recipes  # noqa: E402
+from qcore.engines.tf import convert  # noqa: E402
 from qcore.explain.debugger import run_debugger  # noqa: E402
-from qcore.lab.convert import convert  # noqa: E402
+from qcore.lab.publish import publish  # noqa: E402
 from qcore.qtyping import Dataset, LoadedModel, QlabError  # noqa: E402
-from qcore.recipes import resolve_recipes  # noqa: E402
 from qcore.store import Store  # noqa: E402
 from qcore.tflite.evaluate import evaluate_tflite  # noqa: E402
 from qcore.tflite.latency import benchmark  # noqa: E402
@@ -107,8 +108,8 @@ def compare_debugger(model: LoadedModel, ds: Dataset, calibration: np.ndarray) -
             seconds, _ = timed(lambda: raw_debugger(model.keras_model, calibration, debug_x))
             raw_t.append(seconds)
             with Store(Path(tmp) / f"q{i}.duckdb") as store:
-                seconds, result = timed(lambda s=store: run_debugger(
-                    model, ds, calibration_samples=CALIBRATION, debug_samples=DEBUG, store=s))
+                seconds, result = timed(lambda s=store: publish(s, run_debugger(
+                    model, ds, calibration_samples=CALIBRATION, debug_samples=DEBUG), made_from=(model, ds)))
             qlab_t.append(seconds)
     raw_s, qlab_s = statistics.median(raw_t), statistics.median(qlab_t)
     r = qlab_s / raw_s

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import functools
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +17,12 @@ class QlabError(Exception):
 
     The CLI prints its message as one line and exits 2; the dashboard shows it in words.
     """
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of a library's exception, for a QlabError that names what failed."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:limit]
 
 
 class JobStatus(enum.StrEnum):
@@ -54,32 +62,6 @@ class VariantKind(enum.StrEnum):
     IMPORTED = "imported"  # a .tflite made elsewhere
 
 
-class Engine(enum.StrEnum):
-    """Which quantizer made a variant or a per-layer error table."""
-
-    TF = "tf"  # TFLiteConverter (+ QuantizationDebugger): what users deploy with
-    AEQ = "aeq"  # AI Edge Quantizer on the float32 .tflite: fast calibration, per-tensor validation
-
-
-class AeqMode(enum.StrEnum):
-    """How AI Edge Quantizer expresses a recipe."""
-
-    NONE = "none"  # the float32 .tflite as it is
-    STATIC = "static"  # weights and activations quantized with calibration data
-    DYNAMIC = "dynamic"  # int8 weights, activations quantized at run time
-    WEIGHT_ONLY = "weight_only"  # int8 weights dequantized before float math
-    FLOAT16 = "float16"  # weights cast to float16
-
-
-@dataclass(frozen=True)
-class AeqSettings:
-    """AI Edge Quantizer's settings for one recipe (see `qcore.engines.aeq`)."""
-
-    mode: AeqMode
-    activation_bits: int = 8  # STATIC only: 8 or 16
-    weight_bits: int = 8
-
-
 class Scoring(enum.StrEnum):
     """How a model's outputs are scored."""
 
@@ -106,6 +88,15 @@ def no_progress(fraction: float, message: str) -> None:
     """The default progress callback: ignore."""
 
 
+def progress_slice(progress: Progress, start: float, end: float) -> Progress:
+    """Maps a sub-step's [0, 1] progress onto [start, end] of the caller's."""
+
+    def report(fraction: float, message: str) -> None:
+        progress(start + (end - start) * max(0.0, min(1.0, fraction)), message)
+
+    return report
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A post-training conversion recipe: a name, a line for users, and converter settings."""
@@ -122,14 +113,6 @@ class Recipe:
     inference_output_type: str | None = None
     per_channel: bool = True
     integer_only: bool = False
-    # False for a recipe only AI Edge Quantizer can express (weight-only)
-    tf: bool = True
-    # how AI Edge Quantizer expresses it; None when it cannot
-    aeq: AeqSettings | None = None
-
-    def supports(self, engine: str) -> bool:
-        """Whether `engine` ("tf" or "aeq") can make this recipe."""
-        return self.tf if engine == Engine.TF else self.aeq is not None
 
 
 @dataclass(frozen=True, eq=False)
@@ -202,29 +185,127 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
-class ConvertedVariant:
-    """One recipe's outcome: the .tflite on disk and its evaluation, or the error."""
+class VariantResult:
+    """One .tflite an engine step made (or why it could not), with every figure publishing it needs.
 
-    recipe: str
-    status: VariantStatus
-    path: str = ""
-    sha256: str = ""
-    size_bytes: int = 0
-    input_dtype: str = ""
-    output_dtype: str = ""
-    evaluation: Evaluation | None = None
+    Made where the work runs (a job worker, the CLI); the owner's `qcore.lab.publish` writes it once
+    (blob, row, NPU verdict, evaluation, host timing) and hands it back with `variant_id` and `path`.
+    """
+
+    name: str  # unique per (model, dataset); `qcore.engines.variant_name` adds the engine's mark
+    kind: VariantKind
+    recipe: str | None
+    engine: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    tflite: bytes | None = field(default=None, repr=False)  # None when the step failed
     error: str = ""
+    evaluation: Evaluation | None = None
+    npu: NpuVerdict | None = None  # read from the flatbuffer where the bytes were made
+    latency: Latency | None = None  # host timing, when the job timed it
+    history: tuple[dict[str, float], ...] = ()  # QAT's epochs
+    parent_variant_id: int | None = None
+    # the owner's ids and where it kept the file; unset until published
     variant_id: int | None = None
-    engine: str = "tf"
+    path: str = ""
+
+    @property
+    def status(self) -> VariantStatus:
+        return VariantStatus.OK if self.tflite is not None else VariantStatus.FAILED
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.tflite).hexdigest() if self.tflite is not None else ""
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.tflite) if self.tflite is not None else 0
+
+    @property
+    def input_dtype(self) -> str:
+        return (self.evaluation.input_dtype if self.evaluation and self.evaluation.input_dtype
+                else self.npu.input_dtype if self.npu else "")
+
+    @property
+    def output_dtype(self) -> str:
+        return (self.evaluation.output_dtype if self.evaluation and self.evaluation.output_dtype
+                else self.npu.output_dtype if self.npu else "")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The float model's accuracy on a test split: what every variant of the pair is compared with."""
+
+    accuracy: float
+    top5: float
+    n_samples: int
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A model a job loaded or made, as the owner records it (the demo, an upload, a .tflite import)."""
+
+    name: str
+    format: str
+    sha256: str
+    input_shape: tuple[int | None, ...]
+    output_shape: tuple[int | None, ...]
+    keras_major: int | None
+    source_path: str = ""  # where the owner keeps the source; "" with `file` set: the owner chooses
+    trusted: bool = False
+    summary: dict[str, Any] | None = None  # layers, parameters, shapes: what pages show without loading
+    # (path under the data directory, bytes): a file the job made that the owner keeps (the demo's .h5)
+    file: tuple[str, bytes] | None = field(default=None, repr=False)
+    model_id: int | None = None
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A dataset a job registers (the demo's digits)."""
+
+    name: str
+    source: str
+    sha256: str
+    input_scale: float
+    input_offset: float
+    n_train: int
+    n_test: int
+    num_classes: int
+    dataset_id: int | None = None
 
 
 @dataclass(frozen=True)
 class ConvertReport:
+    """A model converted with several recipes: the float reference and one result per recipe."""
+
     model: str
     float_accuracy: float
-    variants: tuple[ConvertedVariant, ...]
+    variants: tuple[VariantResult, ...]
+    reference: Reference | None = None
     model_id: int | None = None
     dataset_id: int | None = None
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """First start: the demo model trained, its data, and its conversion."""
+
+    model: ModelRecord
+    dataset: DatasetRecord
+    report: ConvertReport
+
+
+@dataclass(frozen=True)
+class HostTiming:
+    """One stored variant timed on a worker's CPU."""
+
+    variant_id: int
+    sha256: str
+    latency: Latency
+
+
+@dataclass(frozen=True)
+class HostBenchResult:
+    timings: tuple[HostTiming, ...]
 
 
 @dataclass(frozen=True)
@@ -470,47 +551,49 @@ class QatResult:
     layers: tuple[str, ...]  # ("all",) or the class / layer names the user chose
     quantized_layers: tuple[str, ...]  # names of the layers that got quantizers
     settings: dict[str, Any]  # epochs, batch_size, learning_rate, train_samples, int_io, ...
-    history: tuple[dict[str, float], ...]  # one {"loss": .., "accuracy": ..} per epoch
+    history: tuple[dict[str, float], ...]  # one {"loss": .., "accuracy": .., "val_…": ..} per epoch
     float_accuracy: float  # the model before QAT
     keras_accuracy: float  # the QAT Keras model (fake quantization) on the test split
     tflite_accuracy: float  # the converted .tflite on the test split
-    evaluation: Evaluation
-    size_bytes: int
-    path: str
-    sha256: str
-    input_dtype: str
-    output_dtype: str
     range_drift: float  # largest relative move of a moving-average min/max during the last epoch
+    variant: VariantResult
     warnings: tuple[str, ...] = ()
-    variant_id: int | None = None
+    reference: Reference | None = None
+    model_id: int | None = None
+    dataset_id: int | None = None
 
 
 @dataclass(frozen=True)
 class SelectiveResult:
-    """A model quantized with some nodes or ops kept in float (the debugger's denylists)."""
+    """A model quantized with some nodes or ops kept in float (keep-these-float)."""
 
     denylisted_nodes: tuple[str, ...]
     denylisted_ops: tuple[str, ...]
-    evaluation: Evaluation
-    size_bytes: int
-    path: str
-    sha256: str
-    variant_id: int | None = None
+    variant: VariantResult
     # denylisted nodes the quantizer still quantized: ops that share their neighbours' scale (MAX_POOL_2D, RESHAPE)
     ignored_nodes: tuple[str, ...] = ()
+    # the plain recipe's variant to compare with: made by this step when the store had none, else its id
+    baseline: VariantResult | None = None
+    baseline_variant_id: int | None = None
 
 
 @dataclass(frozen=True)
 class DebugResult:
-    """One run of TFLite's QuantizationDebugger: every per-layer row, model metrics, suspects."""
+    """One per-layer error run of an engine: every per-layer row, model metrics, suspects."""
 
     model: str
+    engine: str  # who measured it; the metric's scale is the engine's (`qcore.engines.Engine.metric`)
     settings: dict[str, Any]
-    columns: tuple[str, ...]  # the debugger's own CSV columns, in its order
+    columns: tuple[str, ...]  # the engine's own table columns, in its order
     stats: tuple[LayerStat, ...]
     model_metrics: dict[str, float]  # e.g. argmax_agreement, output_mse
-    suspects: tuple[str, ...]  # tensor names: rmse_scale above the threshold, plus the first K
+    suspects: tuple[str, ...]  # tensor names: error above the threshold, plus the first K
     selective: SelectiveResult | None = None
+    reference: Reference | None = None
+    # AI Edge Quantizer's comparison, for its Model Explorer export (only where the run was made)
+    comparison: Any = field(default=None, repr=False, compare=False)
+    model_id: int | None = None
+    dataset_id: int | None = None
     debug_run_id: int | None = None
 
 
@@ -555,7 +638,6 @@ class TuneTrial:
     accuracy: float
     size_bytes: int
     passed: bool
-    path: str = ""  # set on the chosen trial only
     error: str = ""
 
 
@@ -567,15 +649,22 @@ class TuneResult:
     max_drop: float  # accuracy points
     float_accuracy: float
     target_accuracy: float  # float_accuracy - max_drop / 100
-    ranking: tuple[str, ...]  # denylistable tensor names, worst rmse_scale first
+    ranking: tuple[str, ...]  # denylistable tensor names, worst error first
     tried: tuple[TuneTrial, ...]
     chosen: TuneTrial | None
-    chosen_variant_id: int | None = None
-    tune_run_id: int | None = None
-    debug_run_id: int | None = None
+    debug: DebugResult  # the run that ranked the layers
+    chosen_variant: VariantResult | None = None  # made by the deploy engine
     engine: str = "tf"  # who ranked and tried
     deploy_engine: str = "tf"  # who made the chosen variant
     search_accuracy: float | None = None  # the chosen denylist's accuracy in the search, before confirmation
+    reference: Reference | None = None
+    model_id: int | None = None
+    dataset_id: int | None = None
+    tune_run_id: int | None = None
+
+    @property
+    def chosen_variant_id(self) -> int | None:
+        return self.chosen_variant.variant_id if self.chosen_variant else None
 
 
 class TimeSource(enum.StrEnum):
@@ -611,26 +700,22 @@ class OpCost:
 
 @dataclass(frozen=True)
 class TfliteImport:
-    """A .tflite made elsewhere, taken in as a variant of a tflite-only model (no Keras source)."""
+    """A .tflite made elsewhere, taken in as a variant of a tflite-only model (no Keras source).
 
-    model: str  # the model's name
-    variant: str  # the variant's name (the file's stem)
-    sha256: str
-    size_bytes: int
+    The model is identified by its float reference's bytes when there is one (so several quantized
+    files of one network share a model), else by the file's own.
+    """
+
+    model: ModelRecord  # format "tflite"
+    variant: VariantResult  # the file, named by its stem
+    reference_variant: VariantResult | None  # the float reference, a variant of its own
     input_shape: tuple[int | None, ...]
     output_shapes: tuple[tuple[int | None, ...], ...]
-    input_dtype: str
-    output_dtype: str
     verdict: str  # the inspection's: "integer-only" or the float ops left
     custom_ops: tuple[str, ...]  # custom / Flex ops in the file
     runnable: bool  # False when LiteRT here cannot run it (custom ops it has no kernel for)
     refusal: str  # why it cannot run, naming the ops; "" when runnable
     scoring: str  # Scoring: how its outputs are scored
-    evaluation: Evaluation | None  # on the dataset's test split, when data was given and it could run
-    reference_sha256: str = ""
-    reference_evaluation: Evaluation | None = None  # the float reference on the same data
+    reference: Reference | None = None  # the float reference's accuracy on the data
     notes: tuple[str, ...] = ()  # what was not measured, and why
-    model_id: int | None = None
     dataset_id: int | None = None
-    variant_id: int | None = None
-    reference_variant_id: int | None = None

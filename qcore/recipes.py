@@ -2,38 +2,33 @@
 
 from __future__ import annotations
 
-from qcore.qtyping import AeqMode, AeqSettings, Engine, Recipe
+from collections.abc import Callable
+
+from qcore.qtyping import Recipe
 
 _INT8_ONLY = ("TFLITE_BUILTINS_INT8",)
 _INT16X8 = ("EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8",)
-# AI Edge Quantizer's counterparts; per-tensor weights come from the recipe's own per_channel flag
-_AEQ_FLOAT = AeqSettings(AeqMode.NONE)
-_AEQ_INT8 = AeqSettings(AeqMode.STATIC)
-_AEQ_16X8 = AeqSettings(AeqMode.STATIC, activation_bits=16)
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
-        Recipe("float32", "No quantization: the float baseline as a .tflite.", aeq=_AEQ_FLOAT),
+        Recipe("float32", "No quantization: the float baseline as a .tflite."),
         Recipe(
             "float16",
             "Weights stored as float16: half the size, float math; the NPU cannot run it.",
             optimize=True,
             supported_types=("float16",),
-            aeq=AeqSettings(AeqMode.FLOAT16, weight_bits=16),
         ),
         Recipe(
             "dynamic",
             "Dynamic range: int8 weights, float activations quantized on the fly; no calibration data.",
             optimize=True,
-            aeq=AeqSettings(AeqMode.DYNAMIC),
         ),
         Recipe(
             "int8-fallback",
             "Full integer where possible, float kernels where not; float input and output.",
             optimize=True,
             representative=True,
-            aeq=_AEQ_INT8,
         ),
         Recipe(
             "int8",
@@ -44,7 +39,6 @@ RECIPES: dict[str, Recipe] = {
             inference_input_type="int8",
             inference_output_type="int8",
             integer_only=True,
-            aeq=_AEQ_INT8,
         ),
         Recipe(
             "uint8",
@@ -55,7 +49,6 @@ RECIPES: dict[str, Recipe] = {
             inference_input_type="uint8",
             inference_output_type="uint8",
             integer_only=True,
-            aeq=_AEQ_INT8,
         ),
         Recipe(
             "int16x8",
@@ -63,14 +56,11 @@ RECIPES: dict[str, Recipe] = {
             optimize=True,
             representative=True,
             supported_ops=_INT16X8,
-            aeq=_AEQ_16X8,
         ),
         Recipe(
             "weight-only",
             "int8 weights turned back into float before float math: smallest accuracy loss, no speed-up; "
             "AI Edge Quantizer only.",
-            tf=False,
-            aeq=AeqSettings(AeqMode.WEIGHT_ONLY),
         ),
         Recipe(
             "int8-per-tensor",
@@ -82,7 +72,6 @@ RECIPES: dict[str, Recipe] = {
             inference_output_type="int8",
             per_channel=False,
             integer_only=True,
-            aeq=_AEQ_INT8,
         ),
         Recipe(
             "uint8-per-tensor",
@@ -94,7 +83,6 @@ RECIPES: dict[str, Recipe] = {
             inference_output_type="uint8",
             per_channel=False,
             integer_only=True,
-            aeq=_AEQ_INT8,
         ),
     )
 }
@@ -112,11 +100,11 @@ def get_recipe(name: str) -> Recipe:
         raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)} (or 'all')") from None
 
 
-def resolve_recipes(spec: str, engine: str = Engine.TF) -> list[Recipe]:
+def resolve_recipes(spec: str, supported: Callable[[Recipe], bool] = lambda _: True) -> list[Recipe]:
     """Turns `all` or a comma-separated list into recipes, in the order given, without repeats.
 
-    `all` means every recipe `engine` can express; a name it cannot express is kept, and the
-    engine refuses it by name when it converts.
+    `all` means every recipe `supported` accepts (an engine's, see `qcore.engines.supports`); a name
+    given explicitly is kept even if unsupported, and the engine refuses it by name when it converts.
 
     Raises:
         ValueError: for an empty spec or an unknown name.
@@ -125,7 +113,7 @@ def resolve_recipes(spec: str, engine: str = Engine.TF) -> list[Recipe]:
     if not names:
         raise ValueError(f"no recipe given; known recipes: {', '.join(RECIPES)} (or 'all')")
     if names == ["all"]:
-        return [r for r in RECIPES.values() if r.supports(engine)]
+        return [r for r in RECIPES.values() if supported(r)]
     out: list[Recipe] = []
     for name in names:
         recipe = get_recipe(name)

@@ -55,7 +55,7 @@ def demo_h5(demo: LoadedModel) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tflite(demo: LoadedModel, digits: Dataset) -> dict[str, bytes]:
     """The demo converted with float32, int8 and uint8 (recipe name → .tflite bytes)."""
-    from qcore.lab.convert import convert
+    from qcore.engines.tf import convert
 
     calibration = digits.calibration(20)
     return {name: convert(demo, name, calibration) for name in ("float32", "int8", "uint8")}

@@ -14,8 +14,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dashboard.services.sign_in import sign_in_configured
-from qcore.jobs.contract import to_json
 from qcore.qtyping import QlabError, Role
+from qcore.serialize import to_json
 from qcore.store import ACTOR
 from qcore.store.accounts import Principal, authenticate
 

@@ -18,11 +18,12 @@ from dashboard.api import jobspec, openapi
 from dashboard.api.http import PREFIX, ApiError, ApiRoute, Error, json_response, principal
 from dashboard.services import reads, uploads
 from dashboard.services.lab import Lab, lab
-from qcore import __version__
+from qcore import __version__, defaults
 from qcore.boards.runs import variant_model
-from qcore.jobs.contract import JobParams, frame_records
+from qcore.jobs.contract import JobParams
 from qcore.lab import reports
-from qcore.qtyping import Engine, JobStatus, QlabError, Role
+from qcore.qtyping import JobStatus, QlabError, Role
+from qcore.serialize import frame_records
 from qcore.store import accounts
 
 # the same cap as the UI's uploads (dashboard/services/uploads.py); past it the answer is 413
@@ -320,7 +321,7 @@ async def debug_layers(request: Request) -> Response:
     if run is None:
         raise ApiError(404, f"no debug run with id {run_id}")
     stats = store.layer_stats(int(run_id or 0))
-    stats.insert(0, "engine", run[0] or Engine.TF.value)  # every per-layer row names the engine that made it
+    stats.insert(0, "engine", run[0] or defaults.ENGINE)  # every per-layer row names the engine that made it
     return _table(request, stats)
 
 

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from qcore.jobs.runner import ACTIVE, ClusterSettings, JobRunner
+from qcore.jobs.cluster import ClusterSettings
+from qcore.jobs.runner import ACTIVE, JobRunner
 from qcore.store import Store
 
 __all__ = ["ACTIVE", "make_runner"]

@@ -8,14 +8,19 @@ Every (variant, target) cell succeeds or fails on its own, and a failed cell kee
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from board_agent import protocol
+from qcore.boards import farm as board_farm
 from qcore.boards.client import (
     DEFAULT_JOB_TIMEOUT_S,
     TARGET_ALL,
@@ -24,6 +29,7 @@ from qcore.boards.client import (
     latency_from_result,
     resolve_targets,
 )
+from qcore.inputs.data import dataset_sha256
 from qcore.qtyping import (
     Board,
     CellStatus,
@@ -37,9 +43,8 @@ from qcore.qtyping import (
     QlabError,
     no_progress,
 )
-
-if TYPE_CHECKING:
-    from qcore.store import Store
+from qcore.store import Store, sha256_bytes
+from qcore.tflite import litert_io, metrics
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +146,6 @@ def bench_on_board(
         QlabError: unknown board or target, an agent unreachable before anything ran (naming the
             URL), or every target failed (with the reasons).
     """
-    from qcore.store import sha256_bytes
 
     failed = {} if failed is None else failed
     registered = {b.name: b for b in store.boards()}
@@ -251,9 +255,6 @@ def accuracy_on_board(
         QlabError: unknown board, unavailable target, unreachable agent, a failed job, or data that
             does not fit the model.
     """
-    from qcore.inputs.data import dataset_sha256
-    from qcore.store import sha256_bytes
-    from qcore.tflite import litert_io, metrics
 
     x, y = dataset.test_inputs(), np.asarray(dataset.y_test)
     if len(x) == 0:
@@ -342,7 +343,6 @@ def accuracy_run(
     Raises:
         QlabError: unknown board, or nothing to run.
     """
-    from qcore.store import sha256_bytes
 
     if not items or not targets:
         raise QlabError("choose at least one variant and one target")
@@ -393,7 +393,6 @@ def variant_model(store: Store, variant_id: int) -> tuple[dict[str, Any], bytes]
     Raises:
         QlabError: unknown variant, a failed one, or its file missing from the data directory.
     """
-    from pathlib import Path
 
     row = store.variant(int(variant_id))
     if row["status"] != "ok" or not row.get("sha256"):
@@ -454,11 +453,6 @@ def matrix(
     Raises:
         QlabError: unknown placement, board, target or variant; an empty pool; nothing to run.
     """
-    import queue
-    import threading
-    import time
-
-    from qcore.boards import farm as board_farm
 
     try:
         place = Placement(str(placement))

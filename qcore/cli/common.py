@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from qcore import defaults
-from qcore.jobs.contract import to_json
 from qcore.qtyping import QlabError
+from qcore.serialize import to_json
 
 log = logging.getLogger(__name__)
 

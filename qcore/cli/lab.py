@@ -17,8 +17,8 @@ from qcore.cli.common import (
     log_progress,
     open_store,
 )
-from qcore.jobs.contract import frame_records
 from qcore.qtyping import QlabError
+from qcore.serialize import frame_records
 
 # `qlab list --json`: the same fields locally (the store's v_variant_summary) and with --server (GET
 # /api/v1/models and /variants, the same view), so a script reads one document shape either way

@@ -34,8 +34,8 @@ from qcore.jobs.contract import (
     SelectiveParams,
     TuneParams,
     kind_of,
-    to_json,
 )
+from qcore.serialize import to_json
 
 
 # ---------------------------------------------------------------- inputs → params

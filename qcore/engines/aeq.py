@@ -3,43 +3,81 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import io
 import logging
 import math
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from qcore.lab import convert as qconvert
-from qcore.qtyping import (
-    AeqMode,
-    Dataset,
-    DebugResult,
-    Engine,
-    LayerStat,
-    LoadedModel,
-    Progress,
-    QlabError,
-    Recipe,
-    SelectiveResult,
-    VariantKind,
-    no_progress,
-)
+from qcore.engines import tf as tf_engine
+from qcore.engines.base import INT8_STEPS, NO_OPTIONS, DebugOptions, LayerErrorMetric, LayerErrors
+from qcore.inputs.models import model_sha256
+from qcore.qtyping import LayerStat, LoadedModel, QlabError, Recipe, first_line
 from qcore.recipes import get_recipe
-from qcore.store import Store
 from qcore.tflite import litert_io
+from qcore.tflite.compare import output_metrics
+from qcore.tflite.inspection import check_integer_only
 
 log = logging.getLogger(__name__)
 
+NAME = "aeq"
 # AEQ's validation metrics qlab keeps per layer; names are ValidationErrorMetric values
 LAYER_METRICS = ("mse", "snr", "cosine_similarity")
-# int8 steps across a tensor's range, as in the TF debugger's table (see qcore.explain.debugger.INT8_STEPS)
-INT8_STEPS = 255.0
+# the columns an AEQ layer table shows, in the order of the TF debugger's CSV where they overlap
+COLUMNS = ("op_name", "tensor_idx", "num_elements", "mean_squared_error", "scale", "zero_point", "tensor_name",
+           "snr", "cosine_similarity")
+
+METRIC = LayerErrorMetric(
+    name="rmse/scale (whole model)",
+    words="AI Edge Quantizer runs the float and the quantized model whole and compares every op output, in "
+          "steps of the output's scale: errors of earlier layers add up, so later layers read higher.",
+    reference=1.0 / math.sqrt(12.0),
+    reference_words="0.289 = rounding only",
+    threshold=0.7,
+    propagates=True,
+)
+
+
+class AeqMode(enum.StrEnum):
+    """How AI Edge Quantizer expresses a recipe."""
+
+    NONE = "none"  # the float32 .tflite as it is
+    STATIC = "static"  # weights and activations quantized with calibration data
+    DYNAMIC = "dynamic"  # int8 weights, activations quantized at run time
+    WEIGHT_ONLY = "weight_only"  # int8 weights dequantized before float math
+    FLOAT16 = "float16"  # weights cast to float16
+
+
+@dataclass(frozen=True)
+class AeqSettings:
+    """AI Edge Quantizer's settings for one recipe; per-tensor weights follow the recipe's own flag."""
+
+    mode: AeqMode
+    activation_bits: int = 8  # STATIC only: 8 or 16
+    weight_bits: int = 8
+
+
+_INT8 = AeqSettings(AeqMode.STATIC)
+# recipe name → how AEQ makes it; a recipe missing here is one AEQ cannot express
+SETTINGS: dict[str, AeqSettings] = {
+    "float32": AeqSettings(AeqMode.NONE),
+    "float16": AeqSettings(AeqMode.FLOAT16, weight_bits=16),
+    "dynamic": AeqSettings(AeqMode.DYNAMIC),
+    "int8-fallback": _INT8,
+    "int8": _INT8,
+    "uint8": _INT8,
+    "int16x8": AeqSettings(AeqMode.STATIC, activation_bits=16),
+    "weight-only": AeqSettings(AeqMode.WEIGHT_ONLY),
+    "int8-per-tensor": _INT8,
+    "uint8-per-tensor": _INT8,
+}
 # AEQ's calibrator and validator default to 16 threads; this machine is shared, the figures are per engine
 THREADS = 2
 
@@ -73,9 +111,14 @@ def check_recipe(recipe: Recipe | str) -> Recipe:
         rec = get_recipe(recipe) if isinstance(recipe, str) else recipe
     except ValueError as exc:
         raise QlabError(str(exc)) from None
-    if rec.aeq is None:
+    if rec.name not in SETTINGS:
         raise QlabError(f"recipe {rec.name}: AI Edge Quantizer cannot express it; use --engine tf")
     return rec
+
+
+def settings_of(rec: Recipe) -> AeqSettings:
+    """AEQ's settings of a recipe it can express (see `check_recipe`)."""
+    return SETTINGS[check_recipe(rec).name]
 
 
 @contextlib.contextmanager
@@ -98,10 +141,10 @@ def float_base(model: LoadedModel, sample: np.ndarray, *, integer_io: bool = Fal
     Raises:
         QlabError: when the converter refuses the model.
     """
-    key = (qconvert.model_sha256(model), tuple(sample.shape[1:]), integer_io)
+    key = (model_sha256(model), tuple(sample.shape[1:]), integer_io)
     tflite = _FLOAT_FILES.get(key)
     if tflite is None:
-        tflite = qconvert.convert(model, "float32", sample[:1])
+        tflite = tf_engine.convert(model, "float32", sample[:1])
         if integer_io and _input_feeds_shape(tflite):
             tflite = _batch_one(model, sample)
         if len(_FLOAT_FILES) >= _FLOAT_CACHE_SIZE:
@@ -132,7 +175,7 @@ def _batch_one(model: LoadedModel, sample: np.ndarray) -> bytes:
     try:
         return bytes(tf.lite.TFLiteConverter.from_concrete_functions([fn], net).convert())
     except Exception as exc:  # ConverterError, ValueError from tracing
-        raise QlabError(f"cannot convert model {model.name!r} at batch 1: {_first_line(exc)}") from None
+        raise QlabError(f"cannot convert model {model.name!r} at batch 1: {first_line(exc)}") from None
 
 
 def base_from_tflite(tflite: bytes) -> FloatBase:
@@ -166,8 +209,7 @@ def _quantizer(base: FloatBase, rec: Recipe, keep_float: Sequence[str] = (), kee
     from ai_edge_quantizer import quantizer as aq
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
-    settings = rec.aeq
-    assert settings is not None
+    settings = settings_of(rec)
     q = aq.Quantizer(bytearray(base.model))
     granularity = aqt.QuantGranularity.CHANNELWISE if rec.per_channel else aqt.QuantGranularity.TENSORWISE
     every = aqt.TFLOperationName.ALL_SUPPORTED
@@ -210,12 +252,12 @@ def calibrate(base: FloatBase, recipe: Recipe | str, calibration: np.ndarray) ->
         with _quiet():
             qsvs = q.calibrate(_samples(base, calibration), num_threads=THREADS)
     except (ValueError, RuntimeError) as exc:
-        raise QlabError(f"recipe {rec.name} (engine aeq): calibration failed: {_first_line(exc)}") from None
+        raise QlabError(f"recipe {rec.name} (engine aeq): calibration failed: {first_line(exc)}") from None
     return AeqCalibration(base, rec.name, dict(qsvs), len(calibration))
 
 
 def quantize(cal: AeqCalibration, *, recipe: Recipe | str | None = None, keep_float: Sequence[str] = (),
-             keep_ops: Sequence[str] = (), check_integer_only: bool = True) -> bytes:
+             keep_ops: Sequence[str] = (), integer_only_check: bool = True) -> bytes:
     """Quantizes the float base with the calibrated recipe, keeping the named op outputs in float.
 
     Integer-only recipes get the recipe's int8/uint8 I/O from LiteRT's model-interface tool.
@@ -223,27 +265,26 @@ def quantize(cal: AeqCalibration, *, recipe: Recipe | str | None = None, keep_fl
     Args:
         recipe: another recipe with the same activation bits (reuses the calibration); default cal's.
         keep_float: tensor names (op outputs) whose ops stay float.
-        check_integer_only: refuse an integer-only recipe's model that still computes in float
+        integer_only_check: refuse an integer-only recipe's model that still computes in float
             (off for keep-float models, which are float in places on purpose).
 
     Raises:
         QlabError: naming the recipe when AEQ or the interface tool fails, or float ops remain.
     """
     rec = check_recipe(recipe or cal.recipe)
-    assert rec.aeq is not None
-    if rec.aeq.mode == AeqMode.NONE:
+    if settings_of(rec).mode == AeqMode.NONE:
         return cal.base.model
     q = _quantizer(cal.base, rec, keep_float, keep_ops)
     try:
         with _quiet():
             out = q.quantize(cal.qsvs or None, enable_progress_report=False).quantized_model
     except (ValueError, RuntimeError, KeyError) as exc:
-        raise QlabError(f"recipe {rec.name} (engine aeq): the quantizer failed: {_first_line(exc)}") from None
+        raise QlabError(f"recipe {rec.name} (engine aeq): the quantizer failed: {first_line(exc)}") from None
     tflite = bytes(out)
     if rec.inference_input_type or rec.inference_output_type:
         tflite = _integer_io(tflite, rec)
-    if rec.integer_only and check_integer_only and not keep_float and not keep_ops:
-        _check_integer_only(rec, tflite)
+    if rec.integer_only and integer_only_check and not keep_float and not keep_ops:
+        check_integer_only(tflite, f"recipe {rec.name} (engine aeq)", "AI Edge Quantizer")
     return tflite
 
 
@@ -266,22 +307,9 @@ def _integer_io(tflite: bytes, rec: Recipe) -> bytes:
     except (ValueError, RuntimeError) as exc:
         raise QlabError(
             f"recipe {rec.name} (engine aeq): LiteRT's model-interface tool cannot give this model "
-            f"{rec.inference_input_type} I/O: {_first_line(exc)}"
+            f"{rec.inference_input_type} I/O: {first_line(exc)}"
         ) from None
     return out
-
-
-def _check_integer_only(rec: Recipe, tflite: bytes) -> None:
-    from qcore.tflite.inspection import inspect
-
-    result = inspect(tflite)
-    if result.integer_only:
-        return
-    culprits = [op for op in result.float_ops if op not in ("QUANTIZE", "DEQUANTIZE")] or list(result.float_ops)
-    raise QlabError(
-        f"recipe {rec.name} (engine aeq): AI Edge Quantizer left op {', '.join(culprits)} in float; "
-        "try int8-fallback, which keeps such ops in float on purpose"
-    )
 
 
 def convert(model: LoadedModel, recipe: Recipe | str, calibration: np.ndarray,
@@ -297,7 +325,7 @@ def convert(model: LoadedModel, recipe: Recipe | str, calibration: np.ndarray,
     return quantize(calibrate(base, rec, calibration))
 
 
-class Session:
+class AeqSession:
     """One model's AEQ work: the float base made once (and at batch 1 if an integer-I/O recipe needs
     it), calibration run once per base and activation width, shared by every recipe."""
 
@@ -317,10 +345,10 @@ class Session:
 
     def calibrated(self, recipe: Recipe | str) -> AeqCalibration:
         rec = check_recipe(recipe)
-        assert rec.aeq is not None
+        settings = settings_of(rec)
         io = bool(rec.inference_input_type)
         # static recipes of one activation width share min/max; other modes need none
-        key = (io, f"{rec.aeq.mode}:{rec.aeq.activation_bits}" if rec.aeq.mode == AeqMode.STATIC else rec.name)
+        key = (io, f"{settings.mode}:{settings.activation_bits}" if settings.mode == AeqMode.STATIC else rec.name)
         if key not in self._cals:
             self._cals[key] = calibrate(self.base(io), rec, self.calibration)
         return self._cals[key]
@@ -328,9 +356,62 @@ class Session:
     def convert(self, recipe: Recipe | str, keep_float: Sequence[str] = (), keep_ops: Sequence[str] = ()) -> bytes:
         """One recipe's .tflite, keeping `keep_float` op outputs and `keep_ops` op types in float."""
         rec = check_recipe(recipe)
+        if keep_float or keep_ops:
+            self.check_denylists(keep_float, keep_ops)
         return quantize(self.calibrated(rec), recipe=rec, keep_float=keep_float, keep_ops=keep_ops)
 
-    def op_outputs(self) -> dict[str, str]:
+    def check_denylists(self, nodes: Sequence[str], ops: Sequence[str]) -> None:
+        """AEQ ignores names it does not know; qlab refuses them instead.
+
+        Raises:
+            QlabError: naming the unknown node or op.
+        """
+        known = self.float_outputs()
+        for node in nodes:
+            if node not in known:
+                examples = ", ".join(repr(n) for n in list(known)[:8])
+                raise QlabError(f"denylisted node {node!r} is not an op output of this model; e.g. {examples}")
+        model_ops = sorted(set(known.values()))
+        for op in ops:
+            if op not in model_ops:
+                raise QlabError(f"denylisted op {op!r} does not occur in this model; its ops are "
+                                f"{', '.join(model_ops)}")
+
+    def layer_errors(self, recipe: Recipe, x: np.ndarray, *, keep_float: Sequence[str] = (),
+                     keep_ops: Sequence[str] = (), options: DebugOptions = NO_OPTIONS) -> LayerErrors:
+        """Per-layer MSE, SNR and cosine of every op output against the float model (errors propagate).
+
+        Raises:
+            QlabError: for a recipe without quantized activations, TF-debugger-only options, unknown
+                denylist entries, no samples.
+        """
+        if options.extra_metrics or options.whole_model:
+            raise QlabError("--metrics and --whole-model are options of TF's debugger; AEQ's validation always "
+                            "compares whole models and reports MSE, SNR and cosine")
+        rec = check_recipe(recipe)
+        settings = settings_of(rec)
+        if settings.mode != AeqMode.STATIC:
+            raise QlabError(f"recipe {rec.name}: per-layer error needs quantized activations; use int8-fallback, "
+                            "int8, uint8, a per-tensor variant or int16x8")
+        self.check_denylists(keep_float, keep_ops)
+        # the comparison needs the float-I/O model of the recipe: same math, inputs fed as float
+        compare_rec = get_recipe("int16x8" if settings.activation_bits == 16 else "int8-fallback")
+        if not rec.per_channel:
+            compare_rec = replace(compare_rec, per_channel=False)
+        quantized = quantize(self.calibrated(compare_rec), recipe=compare_rec, keep_float=keep_float,
+                             keep_ops=keep_ops)
+        base = self.base()
+        validation = validate(base, quantized, x)
+        return LayerErrors(columns=COLUMNS, stats=validation.stats,
+                           model_metrics=output_metrics(quantized, base.model, x),
+                           settings={"metrics": list(LAYER_METRICS), "whole_model": True},
+                           comparison=validation.comparison)
+
+    @property
+    def calibration_samples(self) -> int:
+        return len(self.calibration)
+
+    def float_outputs(self, recipe: Recipe | None = None) -> dict[str, str]:
         """Tensor name → op name for every float op output of the base: what keep-float can name."""
         it = litert_io.make_interpreter(self.base().model)
         names = {int(t["index"]): str(t["name"]) for t in it.get_tensor_details()
@@ -368,7 +449,7 @@ def validate(base: FloatBase, quantized: bytes, x: np.ndarray) -> Validation:
         with _quiet():
             comparison = _compare(base, quantized, x, metrics)
     except (ValueError, RuntimeError, KeyError) as exc:
-        raise QlabError(f"AI Edge Quantizer's validation failed: {_first_line(exc)}") from None
+        raise QlabError(f"AI Edge Quantizer's validation failed: {first_line(exc)}") from None
     result = comparison.get_signature_comparison_result(base.signature)
     per_tensor = {**result.intermediate_tensors, **result.output_tensors}
     it = litert_io.make_interpreter(quantized)
@@ -454,7 +535,7 @@ def _layer_stat(op_name: str, idx: int, name: str, detail: dict[str, Any], value
     )
 
 
-def export_model_explorer(validation: Validation, folder: str | os.PathLike[str], model_name: str) -> list[Path]:
+def export_model_explorer(comparison: Any, folder: str | os.PathLike[str], model_name: str) -> list[Path]:
     """Writes AEQ's own comparison files: its JSON and one Model Explorer node-data file per metric.
 
     Open the float .tflite in Model Explorer and load a `*_me_input_<metric>.json` as node data.
@@ -464,168 +545,26 @@ def export_model_explorer(validation: Validation, folder: str | os.PathLike[str]
     """
     out = Path(folder)
     before = set(out.glob("*")) if out.exists() else set()
-    validation.comparison.save(str(out), model_name=model_name)
+    comparison.save(str(out), model_name=model_name)
     return sorted(p for p in out.glob("*") if p not in before or p.name.startswith(model_name))
 
 
-def engine_label(engine: str) -> str:
-    """The engine's name as users read it."""
-    labels: dict[str, str] = {Engine.TF: "TF converter", Engine.AEQ: "AI Edge Quantizer"}
-    return labels.get(engine, engine)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+@dataclass(frozen=True)
+class AeqEngine:
+    """AI Edge Quantizer: every recipe from one float32 .tflite, calibrated once per activation width."""
+
+    name: str = NAME
+    label: str = "AI Edge Quantizer"
+    suffix: str = "@aeq"
+    metric: LayerErrorMetric = METRIC
+
+    def refusal(self, recipe: Recipe) -> str:
+        return "" if recipe.name in SETTINGS else "AI Edge Quantizer cannot express it; use --engine tf"
+
+    def session(self, model: LoadedModel, calibration: np.ndarray) -> AeqSession:
+        return AeqSession(model, calibration)
 
 
-# ---------------------------------------------------------------- the explain loop on AEQ
-
-# the columns an AEQ layer table shows, in the order of the TF debugger's CSV where they overlap
-COLUMNS = ("op_name", "tensor_idx", "num_elements", "mean_squared_error", "scale", "zero_point", "tensor_name",
-           "snr", "cosine_similarity")
-
-
-def run_debug(
-    model: LoadedModel,
-    dataset: Dataset,
-    *,
-    recipe: Recipe | str = "int8-fallback",
-    calibration_samples: int = 100,
-    debug_samples: int = 100,
-    denylisted_nodes: Sequence[str] = (),
-    denylisted_ops: Sequence[str] = (),
-    threshold: float = 0.7,
-    first_k: int = 0,
-    store: Store | None = None,
-    selective_out: str | Path | None = None,
-    model_explorer_out: str | Path | None = None,
-    session: Session | None = None,
-    progress: Progress = no_progress,
-) -> DebugResult:
-    """Per-layer error from AEQ's validation, stored like a debugger run (engine "aeq").
-
-    Calibrates once on the first N training samples, quantizes (keeping any denylist in float),
-    and compares every op output with the float model on the first M test samples. Errors
-    propagate (both models run whole), unlike the TF debugger's default layer-by-layer mode.
-
-    Args:
-        model, dataset: what to debug (checked to fit first).
-        recipe: any recipe AEQ can express with activations to compare (static ones).
-        denylisted_nodes, denylisted_ops: keep these in float; with either, the selective model is
-            built, evaluated and stored as an AEQ variant.
-        threshold, first_k: how suspects are chosen (see `debugger.suspects`).
-        store: where to record the run; None for a dry run.
-        selective_out: also write the selective .tflite here.
-        model_explorer_out: also write AEQ's comparison JSON and Model Explorer node-data files here.
-        session: an `aeq.Session` to reuse (fixes calibration samples).
-        progress: called after each step.
-
-    Raises:
-        QlabError: for a recipe AEQ cannot express or that has no quantized activations, unknown
-            denylist entries, no samples.
-    """
-    from qcore.explain import debugger as qdebugger
-    from qcore.inputs.data import check_fits
-    from qcore.lab.convert import keras_predict, register
-
-    rec = check_recipe(recipe)
-    assert rec.aeq is not None
-    if rec.aeq.mode != AeqMode.STATIC:
-        raise QlabError(f"recipe {rec.name}: per-layer error needs quantized activations; use int8-fallback, "
-                        "int8, uint8, a per-tensor variant or int16x8")
-    if calibration_samples < 1:
-        raise QlabError(f"calibration samples must be at least 1, got {calibration_samples}")
-    if debug_samples < 1:
-        raise QlabError(f"debug samples must be at least 1, got {debug_samples}")
-    if not math.isfinite(threshold):
-        raise QlabError(f"threshold must be a finite number, got {threshold}")
-    check_fits(model, dataset)
-    debug_x = dataset.preprocess(dataset.x_test[:debug_samples])
-    if len(debug_x) == 0:
-        raise QlabError(f"data {dataset.name!r} has no test samples to debug with")
-    progress(0.05, f"calibrating on {calibration_samples} training samples (AI Edge Quantizer)")
-    session = session or Session(model, dataset.calibration(calibration_samples))
-    known = session.op_outputs()
-    for node in denylisted_nodes:
-        if node not in known:
-            examples = ", ".join(repr(n) for n in list(known)[:8])
-            raise QlabError(f"denylisted node {node!r} is not an op output of this model; e.g. {examples}")
-    model_ops = sorted(set(known.values()))
-    for op in denylisted_ops:
-        if op not in model_ops:
-            raise QlabError(f"denylisted op {op!r} does not occur in this model; its ops are {', '.join(model_ops)}")
-    # the comparison needs the float-I/O model of the recipe: same math, inputs fed as float
-    compare_rec = get_recipe("int16x8" if rec.aeq.activation_bits == 16 else "int8-fallback")
-    if not rec.per_channel:
-        from dataclasses import replace
-
-        compare_rec = replace(compare_rec, per_channel=False)
-    progress(0.3, "quantizing")
-    quantized = quantize(session.calibrated(compare_rec), recipe=compare_rec, keep_float=denylisted_nodes,
-                         keep_ops=denylisted_ops)
-    progress(0.5, f"comparing every layer with float on {len(debug_x)} test samples")
-    base = session.base()
-    validation = validate(base, quantized, debug_x)
-    stats = list(validation.stats)
-    model_metrics = qdebugger.output_metrics(quantized, base.model, debug_x)
-    sus = qdebugger.suspects(stats, threshold, first_k)
-    settings: dict[str, Any] = {
-        "recipe": rec.name, "calibration_samples": len(session.calibration), "debug_samples": len(debug_x),
-        "engine": Engine.AEQ, "metrics": list(LAYER_METRICS), "whole_model": True,
-        "denylisted_nodes": list(denylisted_nodes), "denylisted_ops": list(denylisted_ops),
-        "threshold": threshold, "first_k": first_k,
-    }
-    model_id = dataset_id = run_id = None
-    reference = keras_predict(model, dataset.test_inputs()) if (store is not None or denylisted_nodes
-                                                               or denylisted_ops) else None
-    if store is not None:
-        model_id, dataset_id = register(store, model, dataset, reference)
-        run_id = store.save_debug_run(model_id=model_id, dataset_id=dataset_id, settings=settings,
-                                      model_metrics=model_metrics, stats=stats, engine=Engine.AEQ)
-    if model_explorer_out is not None:
-        export_model_explorer(validation, model_explorer_out, model.name)
-    selective = None
-    if denylisted_nodes or denylisted_ops:
-        progress(0.8, "building the selective model")
-        tflite = session.convert(rec, keep_float=denylisted_nodes, keep_ops=denylisted_ops)
-        selective = _store_selective(model, dataset, rec, tflite, reference, denylisted_nodes, denylisted_ops,
-                                     store, model_id, dataset_id, selective_out, len(session.calibration))
-    progress(1.0, "done")
-    return DebugResult(model=model.name, settings=settings, columns=COLUMNS, stats=tuple(stats),
-                       model_metrics=model_metrics, suspects=tuple(sus), selective=selective, debug_run_id=run_id)
-
-
-def _store_selective(
-    model: LoadedModel, dataset: Dataset, rec: Recipe, tflite: bytes, reference: np.ndarray | None,
-    nodes: Sequence[str], ops: Sequence[str], store: Store | None, model_id: int | None,
-    dataset_id: int | None, out: str | Path | None, calibration_samples: int,
-) -> SelectiveResult:
-    from qcore.explain.debugger import _free_name, float_ops, selective_name
-    from qcore.store import sha256_bytes
-    from qcore.tflite.evaluate import evaluate_tflite
-
-    ev = evaluate_tflite(tflite, dataset, reference)
-    kept = float_ops(tflite)
-    ignored = [n for n in nodes if n not in kept]
-    path = ""
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_bytes(tflite)
-        path = str(out)
-    variant_id = None
-    if store is not None and model_id is not None and dataset_id is not None:
-        settings = {"denylisted_nodes": list(nodes), "denylisted_ops": list(ops), "recipe": rec.name,
-                    "calibration_samples": calibration_samples, "ignored_nodes": ignored, "engine": "aeq"}
-        # named like the TF debugger's selective variants, with the engine beside it
-        name = _free_name(store, model_id, dataset_id, selective_name(rec.name, nodes, ops) + "@aeq", settings)
-        variant_id = store.save_variant(
-            model_id=model_id, dataset_id=dataset_id, name=name,
-            kind=VariantKind.SELECTIVE, recipe=rec.name, settings=settings,
-            tflite=tflite, input_dtype=ev.input_dtype, output_dtype=ev.output_dtype, evaluation=ev,
-            engine=Engine.AEQ,
-        )
-        path = path or str(store.blob_path(sha256_bytes(tflite)))
-    return SelectiveResult(denylisted_nodes=tuple(nodes), denylisted_ops=tuple(ops), evaluation=ev,
-                           size_bytes=len(tflite), path=path, sha256=sha256_bytes(tflite), variant_id=variant_id,
-                           ignored_nodes=tuple(ignored))
+ENGINE = AeqEngine()

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from qcore.qtyping import Dataset, LoadedModel, QlabError
+from qcore.qtyping import Dataset, DatasetRecord, LoadedModel, QlabError
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +356,13 @@ def dataset_sha256(dataset: Dataset) -> str:
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def dataset_record(dataset: Dataset) -> DatasetRecord:
+    """A dataset as the owner registers it (its digest, preprocessing and sizes)."""
+    return DatasetRecord(name=dataset.name, source=dataset.source or dataset.name, sha256=dataset_sha256(dataset),
+                         input_scale=dataset.input_scale, input_offset=dataset.input_offset,
+                         n_train=len(dataset.x_train), n_test=len(dataset.x_test), num_classes=dataset.num_classes)
 
 
 def save_npz(dataset: Dataset, path: str | os.PathLike[str]) -> None:

@@ -12,7 +12,17 @@ from typing import Any
 
 import numpy as np
 
-from qcore.qtyping import LoadedModel, Progress, QlabError, no_progress
+from qcore.qtyping import (
+    Dataset,
+    LoadedModel,
+    ModelRecord,
+    Progress,
+    QlabError,
+    Reference,
+    first_line,
+    no_progress,
+)
+from qcore.tflite import metrics
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +45,18 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         with p.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
+    return h.hexdigest()
+
+
+def model_sha256(model: LoadedModel) -> str:
+    """The source file's digest, or for an in-memory model, a digest of its layers and weights."""
+    if model.path and Path(model.path).exists():
+        return file_sha256(model.path)
+    h = hashlib.sha256(model.name.encode())
+    for layer in model.keras_model.layers:  # get_config() fails on some Lambda layers; names are enough
+        h.update(f"{type(layer).__name__}:{layer.name}".encode())
+    for w in model.keras_model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
     return h.hexdigest()
 
 
@@ -101,7 +123,7 @@ def load_model(path: str | os.PathLike[str], *, trusted: bool = False) -> Loaded
     except QlabError:
         raise
     except Exception as exc:  # Keras raises many types for unreadable files
-        raise QlabError(f"{p}: cannot read this model: {_first_line(exc)}") from None
+        raise QlabError(f"{p}: cannot read this model: {first_line(exc)}") from None
 
 
 def _load_dot_keras(p: Path, trusted: bool) -> LoadedModel:
@@ -117,12 +139,8 @@ def _load_dot_keras(p: Path, trusted: bool) -> LoadedModel:
 
             return _wrap(tf_keras.models.load_model(str(p), compile=False, safe_mode=not trusted), p, "keras", 2)
         except Exception:
-            raise QlabError(f"{p}: cannot read this model: {_first_line(keras3_error)}") from None
+            raise QlabError(f"{p}: cannot read this model: {first_line(keras3_error)}") from None
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 def build_demo_model() -> Any:
@@ -229,3 +247,17 @@ def predict(model: LoadedModel, x: np.ndarray, batch_size: int = 256) -> np.ndar
     outs = [np.asarray(model.keras_model(x[i : i + batch_size], training=False), dtype=np.float32)
             for i in range(0, len(x), batch_size)]
     return np.concatenate(outs)
+
+
+def float_reference(model: LoadedModel, dataset: Dataset) -> tuple[np.ndarray, Reference]:
+    """The float Keras model's test outputs and its accuracy: what every variant is compared with."""
+    outputs = predict(model, dataset.test_inputs())
+    return outputs, Reference(metrics.accuracy(outputs, dataset.y_test), metrics.top_k(outputs, dataset.y_test),
+                              len(dataset.y_test))
+
+
+def model_record(model: LoadedModel, *, trusted: bool = False) -> ModelRecord:
+    """A loaded model as the owner records it: its digest, shapes and where it came from."""
+    return ModelRecord(name=model.name, format=model.format, sha256=model_sha256(model), source_path=model.path,
+                       input_shape=model.input_shape, output_shape=model.output_shape,
+                       keras_major=model.keras_major, trusted=trusted)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcore.qtyping import QlabError
+from qcore.qtyping import LoadedModel, QlabError
 
 # layers that run Python code of their own when the model is built
 _CODE_LAYERS = frozenset({"Lambda", "TFOpLambda", "SlicingOpLambda"})
@@ -118,3 +118,23 @@ def _count(group: Any) -> int:
 
     group.visititems(visit)
     return total[0]
+
+
+def loaded_summary(model: LoadedModel) -> dict[str, Any]:
+    """What pages show of a model a job loaded: its layers, parameters and shapes (stored with the model)."""
+    layers = [la for la in model.keras_model.layers if type(la).__name__ != "InputLayer"]
+    builtin = ("keras.", "tf_keras.", "keras_core.")
+    custom = sorted({type(la).__name__ for la in layers if not type(la).__module__.startswith(builtin)})
+    classes = [type(la).__name__ for la in layers]
+    dtype = str(getattr(model.keras_model.inputs[0], "dtype", "float32"))
+    return {
+        "layers": [[la.name, type(la).__name__] for la in layers],
+        "params": int(model.keras_model.count_params()),
+        "input_shape": list(model.input_shape),
+        "output_shape": list(model.output_shape),
+        "input_dtype": dtype.replace("<dtype: '", "").rstrip("'>"),
+        "batch_norm": any("BatchNormalization" in c for c in classes),
+        "custom_layers": custom,
+        "keras_major": model.keras_major,
+        "format": model.format,
+    }

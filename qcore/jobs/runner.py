@@ -2,15 +2,11 @@
 
 The owner process (the dashboard's server) is the only one that opens the DuckDB file. For each
 job it reads the inputs' bytes, hands a `JobSpec` to Dask, mirrors the worker's progress events
-into the `jobs` table, and writes the returned journal in one transaction. A job whose worker
+into the `jobs` table, and publishes the value it returns in one transaction (`qcore.lab.publish`). A job whose worker
 dies, that runs past its timeout, or that the user cancels ends in words, and its worker is
 restarted; every other job goes on.
 
-Environment:
-    QLAB_DASK_SCHEDULER  tcp://host:8786 to use an existing cluster; unset for an embedded LocalCluster
-    QLAB_WORKERS         embedded workers (default: cores - 1, at least 1)
-    QLAB_WORKER_MEMORY   memory limit per embedded worker, e.g. 4GB (default: a fair share of RAM)
-    QLAB_JOB_TIMEOUT     seconds a job may run (default 3600)
+The cluster itself (embedded or a team's, and its QLAB_* settings) is `qcore.jobs.cluster`.
 """
 
 from __future__ import annotations
@@ -26,379 +22,37 @@ import signal
 import socket
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcore.jobs.contract import JobKind, JobParams, JobSpec, check_params, params_json, to_json
-from qcore.jobs.journal import replay
-from qcore.jobs.tasks import zip_dir
-from qcore.jobs.worker import EXIT_TOPIC, MEMORY_TOPIC, PROGRESS_MIN_INTERVAL_S, PROGRESS_TOPIC
+from qcore.jobs.boards import OWNER_TASKS
+from qcore.jobs.cluster import START_TIMEOUT_S, Cluster, ClusterSettings
+from qcore.jobs.contract import JobKind, JobParams, JobSpec, check_params, params_json
+from qcore.jobs.inputs import gather_inputs
+from qcore.jobs.worker import (
+    EXIT_TOPIC,
+    MEMORY_TOPIC,
+    PROGRESS_MIN_INTERVAL_S,
+    PROGRESS_TOPIC,
+    execute,
+)
+from qcore.lab.documents import document
+from qcore.lab.publish import publish
 from qcore.qtyping import JobStatus, QlabError
+from qcore.serialize import to_json
 from qcore.store import Store
 
 log = logging.getLogger(__name__)
 
-ENV_SCHEDULER = "QLAB_DASK_SCHEDULER"
-ENV_WORKERS = "QLAB_WORKERS"
-ENV_MEMORY = "QLAB_WORKER_MEMORY"
-ENV_TIMEOUT = "QLAB_JOB_TIMEOUT"
-DEFAULT_TIMEOUT_S = 3600.0
 # the nanny's exit report can reach the owner a moment after Dask says the worker died
 DEATH_REPORT_WAIT_S = 3.0
 # a killed worker leaves the scheduler's list within moments; a cancel waits this long for it at most
 WORKER_GONE_S = 10.0
 # how often a job's watcher looks at its future, its deadline and a cancel request
 WATCH_INTERVAL_S = 0.2
-# embedded workers and the scheduler can take this long to start (TensorFlow is imported first)
-START_TIMEOUT_S = 180.0
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    """Where jobs run: an embedded LocalCluster (the default) or an existing scheduler."""
-
-    scheduler: str = ""
-    workers: int = 1
-    memory_limit: str | int = "auto"
-    # embedded workers write their own stdout/stderr (TensorFlow's C++ lines) here; "" keeps the terminal
-    worker_log: str = ""
-    threads_per_worker_pool: int = 1
-    job_timeout_s: float = DEFAULT_TIMEOUT_S
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> ClusterSettings:
-        """Reads QLAB_DASK_SCHEDULER, QLAB_WORKERS, QLAB_WORKER_MEMORY and QLAB_JOB_TIMEOUT.
-
-        Raises:
-            QlabError: naming the variable with a bad value.
-        """
-        env = dict(os.environ if env is None else env)
-        cores = os.cpu_count() or 1
-        workers_text = env.get(ENV_WORKERS, "").strip()
-        if workers_text:
-            if not workers_text.isdigit() or int(workers_text) < 1:
-                raise QlabError(f"{ENV_WORKERS}={workers_text!r} must be a whole number of workers, at least 1")
-            workers = int(workers_text)
-        else:
-            workers = max(1, cores - 1)
-        memory: str | int = env.get(ENV_MEMORY, "").strip() or _fair_share(workers)
-        if isinstance(memory, str):
-            try:
-                from dask.utils import parse_bytes
-
-                parse_bytes(memory)
-            except (ValueError, TypeError):
-                raise QlabError(f"{ENV_MEMORY}={memory!r} is not a size like 4GB or 512MiB") from None
-        timeout_text = env.get(ENV_TIMEOUT, "").strip()
-        timeout = DEFAULT_TIMEOUT_S
-        if timeout_text:
-            try:
-                timeout = float(timeout_text)
-            except ValueError:
-                timeout = -1.0
-            if not timeout > 0:
-                raise QlabError(f"{ENV_TIMEOUT}={timeout_text!r} must be a positive number of seconds")
-        scheduler = env.get(ENV_SCHEDULER, "").strip()
-        if scheduler and "://" not in scheduler:
-            raise QlabError(f"{ENV_SCHEDULER}={scheduler!r} must be an address like tcp://host:8786")
-        return cls(scheduler=scheduler, workers=workers, memory_limit=memory,
-                   threads_per_worker_pool=max(1, cores // workers), job_timeout_s=timeout)
-
-
-def _fair_share(workers: int) -> int:
-    """Three quarters of RAM split across the workers (the web process and the OS keep the rest)."""
-    try:
-        import psutil
-
-        total = int(psutil.virtual_memory().total)
-    except ImportError:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return int(total * 0.75 / max(1, workers))
-
-
-def _dask_config() -> dict[str, Any]:
-    return {
-        # a job whose worker dies fails; never retry it on the next worker (a crashing model would kill them all)
-        "distributed.scheduler.allowed-failures": 0,
-        "distributed.worker.preload": ["qcore.jobs.worker"],
-        "distributed.nanny.preload": ["qcore.jobs.worker"],
-        # a worker that only holds results never spills them; the owner takes each result at once
-        "distributed.worker.memory.target": False,
-        "distributed.worker.memory.spill": False,
-        "distributed.worker.memory.pause": False,
-        "distributed.worker.memory.terminate": 0.95,
-        # a restarted worker imports TensorFlow before it registers again; on a busy machine that takes
-        # longer than Dask's 15 s, after which a LocalCluster would close the nanny instead of waiting
-        "distributed.deploy.lost-worker-timeout": "600s",
-        "distributed.admin.tick.limit": "10s",
-        "distributed.comm.timeouts.connect": "30s",
-    }
-
-
-class Cluster:
-    """A Dask client with an embedded LocalCluster, or connected to an existing scheduler."""
-
-    def __init__(self, settings: ClusterSettings) -> None:
-        import dask
-        from distributed import Client, LocalCluster
-
-        self.settings = settings
-        self._local: Any = None
-        dask.config.set(_dask_config())
-        warnings.filterwarnings("ignore", message=".*Large object of size.*")
-        warnings.filterwarnings("ignore", message=".*Port 8787 is already in use.*")
-        if settings.scheduler:
-            try:
-                self.client = Client(settings.scheduler, timeout=30, set_as_default=False)
-            except OSError as exc:
-                raise QlabError(f"cannot reach the Dask scheduler at {settings.scheduler}: {exc}") from None
-            # the scheduler is the team's; make sure a crashing job is not retried there either
-            with contextlib.suppress(Exception):
-                self.client.run_on_scheduler(_no_retries)
-        else:
-            env = {"QLAB_WORKER_THREADS": str(settings.threads_per_worker_pool),
-                   "OMP_NUM_THREADS": str(settings.threads_per_worker_pool),
-                   "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "PYTHONWARNINGS": "ignore"}
-            if settings.worker_log:
-                Path(settings.worker_log).parent.mkdir(parents=True, exist_ok=True)
-                env["QLAB_WORKER_LOG"] = settings.worker_log
-            dask.config.set({"distributed.nanny.pre-spawn-environ": {
-                **dask.config.get("distributed.nanny.pre-spawn-environ", {}), **env}})
-            _spawn_without_main()
-            self._local = LocalCluster(
-                n_workers=settings.workers, threads_per_worker=1, processes=True,
-                memory_limit=settings.memory_limit, dashboard_address=None, silence_logs=logging.CRITICAL,
-                preload=["qcore.jobs.worker"], preload_nanny=["qcore.jobs.worker"], env=env,
-                scheduler_kwargs={"allowed_failures": 0},
-            )
-            _keep_nannies(self._local)
-            self.client = Client(self._local, set_as_default=False)
-
-    @property
-    def address(self) -> str:
-        return str(self.client.scheduler.address)
-
-    def workers(self) -> dict[str, dict[str, Any]]:
-        """Worker address → its info (host, resources, memory limit) as the scheduler knows it."""
-        try:
-            return dict(self.client.scheduler_info(n_workers=-1).get("workers", {}))
-        except TypeError:  # older distributed without n_workers
-            return dict(self.client.scheduler_info().get("workers", {}))
-        except Exception:
-            return {}
-
-    def wait_for_workers(self, n: int = 1, timeout: float = START_TIMEOUT_S) -> None:
-        self.client.wait_for_workers(n, timeout=timeout)
-
-    def restart_worker(self, address: str) -> None:
-        """Kills a worker's process (SIGKILL, through its nanny) so the nanny starts a fresh one.
-
-        A job stuck in native code (a WHILE loop in LiteRT that never ends) holds the worker's
-        interpreter, so the worker cannot be asked to stop; its nanny, a separate process or
-        event loop, can kill it.
-        """
-        nanny = str((self.workers().get(address) or {}).get("nanny") or "")
-        try:
-            if nanny:
-                self.client.run(_kill_worker_process, workers=[address], nanny=True, wait=True)
-            else:
-                self.client.restart_workers([address], timeout=START_TIMEOUT_S, raise_for_error=False)
-        except Exception as exc:  # the worker may be gone already; nothing else to do
-            log.warning("restarting worker %s: %s", address, exc)
-
-    def worker_pid(self, address: str) -> int:
-        """The process id of a worker, asked of its nanny (a worker busy in native code cannot answer)."""
-        got = self.client.run(_worker_pid, workers=[address], nanny=True)
-        return int(next(iter(got.values())))
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.close()
-        if self._local is not None:
-            with contextlib.suppress(Exception):
-                self._local.close()
-
-
-def _worker_pid(dask_worker: Any) -> int:
-    """Runs on a nanny: its worker process's id."""
-    return int(getattr(getattr(getattr(dask_worker, "process", None), "process", None), "pid", 0) or 0)
-
-
-def _kill_worker_process(dask_worker: Any) -> int:
-    """Runs on a nanny: SIGKILLs its worker process; the nanny then starts a new one."""
-    process = getattr(getattr(dask_worker, "process", None), "process", None)
-    pid = getattr(process, "pid", None)
-    if pid:
-        os.kill(int(pid), signal.SIGKILL)
-    return int(pid or 0)
-
-
-def _keep_nannies(cluster: Any) -> None:
-    """A LocalCluster closes the nanny of a worker that left and did not come back within a
-    timeout; a worker restarted after a crash imports TensorFlow first and can take longer on a
-    busy machine. Its nanny restarts it anyway, so keep every nanny (the cluster closes them at shutdown)."""
-    from distributed.deploy.cluster import Cluster as BaseCluster
-
-    cluster._update_worker_status = lambda op, msg: BaseCluster._update_worker_status(cluster, op, msg)
-
-
-def _spawn_without_main() -> None:
-    """Worker processes never re-run this process's `__main__`.
-
-    multiprocessing's spawn re-imports the parent's main module in the child. In the web process
-    that is whatever Streamlit runs at the moment (it sets a page script as `__main__`), so a worker
-    restarted after a crash would run a page and open the database. Workers need nothing from it:
-    their preload imports qcore, and jobs are pickled by reference to qcore's modules.
-    """
-    import multiprocessing.spawn as mp_spawn
-
-    if getattr(mp_spawn.get_preparation_data, "_qlab", False):
-        return
-    original = mp_spawn.get_preparation_data
-
-    def preparation_data(name: str) -> dict[str, Any]:
-        data = dict(original(name))
-        data.pop("init_main_from_path", None)
-        data.pop("init_main_from_name", None)
-        return data
-
-    preparation_data._qlab = True  # type: ignore[attr-defined]
-    mp_spawn.get_preparation_data = preparation_data
-
-
-def _no_retries(dask_scheduler: Any) -> None:
-    dask_scheduler.allowed_failures = 0
-
-
-# ---------------------------------------------------------------- gathering a job's inputs
-def _model_file(store: Store, row: dict[str, Any]) -> tuple[str, bytes] | None:
-    source = str(row.get("source_path") or "")
-    if not source or row.get("format") == "tflite":
-        return None
-    path = Path(source)
-    if path.is_dir():
-        return f"{path.name or 'saved_model'}.zip", zip_dir(path)
-    if not path.exists():
-        raise QlabError(f"model #{row['id']} ({row['name']}): its file {path.name} is missing from the data directory")
-    return path.name, path.read_bytes()
-
-
-def _dataset_entry(store: Store, dataset_id: int, model_row: dict[str, Any] | None
-                   ) -> tuple[dict[str, Any], tuple[str, bytes] | None]:
-    row = _plain(store.dataset(int(dataset_id)))
-    stored = row.get("stored_path")
-    if model_row is not None:
-        row["input_shape"] = _json_list(model_row.get("input_shape"))
-    if isinstance(stored, str) and stored and Path(stored).exists():
-        return row, (Path(stored).name, Path(stored).read_bytes())
-    if row.get("source") != "digits":
-        raise QlabError(f"dataset #{dataset_id} ({row['name']}): its file is missing from the data directory")
-    return row, None
-
-
-def _variant_entry(store: Store, variant_id: int) -> tuple[dict[str, Any], tuple[str, bytes]]:
-    row = _plain(store.variant(int(variant_id)))
-    if row.get("status") != "ok" or not row.get("sha256"):
-        raise QlabError(f"variant #{variant_id} ({row.get('variant')}) has no .tflite: {row.get('error') or 'failed'}")
-    path = Path(str(row["path"])) if row.get("path") else store.blob_path(str(row["sha256"]))
-    if not path.exists():
-        raise QlabError(f"variant #{variant_id}: its file {path.name} is missing from the data directory")
-    return row, (f"{row['sha256']}.tflite", path.read_bytes())
-
-
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    """A store row with numpy and pandas values made plain (it travels to a worker)."""
-    import json
-
-    from qcore.jobs.contract import to_json
-
-    return dict(json.loads(to_json({str(k): (None if _missing(v) else v) for k, v in row.items()})))
-
-
-def _missing(value: Any) -> bool:
-    try:
-        import pandas as pd
-
-        return bool(pd.isna(value)) if not isinstance(value, list | tuple | dict) else False
-    except (TypeError, ValueError):
-        return False
-
-
-def _json_list(value: Any) -> list[Any] | None:
-    import json
-
-    if value is None:
-        return None
-    return list(json.loads(value)) if isinstance(value, str) else list(value)
-
-
-def gather_inputs(store: Store, kind: JobKind, params: Any, extra: dict[str, Any] | None = None
-                  ) -> tuple[dict[str, tuple[str, bytes]], dict[str, dict[str, Any]]]:
-    """The bytes and rows a job of this kind reads, from the store and the data directory.
-
-    Raises:
-        QlabError: for a missing model, dataset, variant, board or file, naming it.
-    """
-    files: dict[str, tuple[str, bytes]] = {}
-    rows: dict[str, dict[str, Any]] = {}
-    extra = extra or {}
-    model_row = None
-    if hasattr(params, "model_id") and kind != JobKind.ADD_MODEL:
-        model_row = _plain(store.model(int(params.model_id)))
-        rows["model"] = model_row
-        model_file = _model_file(store, model_row)
-        if model_file is not None:
-            files["model"] = model_file
-    if getattr(params, "dataset_id", None) is not None:  # a .tflite import may come without data
-        rows["dataset"], data_file = _dataset_entry(store, int(params.dataset_id), model_row)
-        if data_file is not None:
-            files["dataset"] = data_file
-    variant_ids: list[int] = list(getattr(params, "variant_ids", ()) or ())
-    for name in ("float_variant_id", "quant_variant_id"):
-        if hasattr(params, name):
-            variant_ids.append(int(getattr(params, name)))
-    for vid in variant_ids:
-        rows[f"variant:{vid}"], files[f"variant:{vid}"] = _variant_entry(store, vid)
-    if kind == JobKind.COMPARE_TENSORS:
-        frow = rows[f"variant:{int(params.float_variant_id)}"]
-        rows["dataset"], data_file = _dataset_entry(store, int(frow["dataset_id"]), None)
-        if data_file is not None:
-            files["dataset"] = data_file
-    if kind == JobKind.BOARD_ACCURACY:
-        for vid in variant_ids:
-            did = int(rows[f"variant:{vid}"]["dataset_id"])
-            model_row_v = _plain(store.model(int(rows[f"variant:{vid}"]["model_id"])))
-            rows[f"dataset:{did}"], data_file = _dataset_entry(store, did, model_row_v)
-            if data_file is not None:
-                files[f"dataset:{did}"] = data_file
-    if hasattr(params, "board"):
-        url, token = store.board_token(str(params.board))
-        rows[f"board:{params.board}"] = {"url": url, "token": token}
-    if kind == JobKind.SELECTIVE:
-        summary = store.variant_summary(model_ids=[int(params.model_id)])
-        name = params.recipe if params.engine == "tf" else f"{params.recipe}@{params.engine}"
-        same = summary[(summary["dataset_id"] == int(params.dataset_id)) & (summary["variant"] == name)
-                       & (summary["status"] == "ok")]
-        rows["baseline"] = {"variant_id": int(same["variant_id"].iloc[0]) if len(same) else None}
-    if kind == JobKind.IMPORT_TFLITE:
-        for role, name, path in (("tflite", params.filename, params.path),
-                                 ("reference", params.reference_filename, params.reference_path)):
-            if path:
-                if not Path(path).is_file():
-                    raise QlabError(f"{name}: the uploaded file is gone")
-                files[role] = (name, Path(path).read_bytes())
-    if kind == JobKind.ADD_MODEL:
-        upload = Path(str(extra.get("upload_path", "")))
-        if not upload.exists():
-            raise QlabError(f"{params.filename}: the uploaded file is gone")
-        rows["upload"] = {"path": str(extra.get("source_path") or upload)}
-        files["model"] = (params.filename if upload.is_file() else f"{upload.name}.zip",
-                          upload.read_bytes() if upload.is_file() else zip_dir(upload))
-    return files, rows
 
 
 # ---------------------------------------------------------------- the runner
@@ -496,8 +150,6 @@ class JobRunner:
             QlabError: for anything but a params dataclass, a field of the wrong type, or a missing
                 input, before anything is queued.
         """
-        from qcore.jobs.tasks import OWNER_TASKS
-
         k = check_params(params)
         context = contextvars.copy_context()  # the job acts for whoever submitted it (created_by)
         if k in OWNER_TASKS:
@@ -530,8 +182,6 @@ class JobRunner:
 
         Cancel and the timeout take effect at its next progress report.
         """
-        from qcore.jobs.tasks import OWNER_TASKS
-
         job_id, started = watch.job_id, time.monotonic()
         last = [0.0]
 
@@ -568,8 +218,6 @@ class JobRunner:
 
     def _dispatch(self, watch: _Watch) -> bool:
         """Hands a job to Dask once the cluster is up; False when it ended before that."""
-        from qcore.jobs.worker import execute
-
         while not self._ready.wait(timeout=WATCH_INTERVAL_S):
             if watch.cancel.is_set():
                 self.store.update_job(watch.job_id, status=JobStatus.CANCELLED, message="cancelled",
@@ -748,11 +396,11 @@ class JobRunner:
         if future.status == "cancelled":
             self.store.update_job(watch.job_id, status=JobStatus.CANCELLED, message="cancelled", only_active=True)
             return
-        output = future.result()
+        value = future.result()
         self._settle_events(watch)
         try:
             with self.store.transaction():
-                result = replay(output.journal, self.store, self.data_dir, output.result)
+                result = json.loads(to_json(document(publish(self.store, value, self.data_dir))))
                 if not self.store.update_job(watch.job_id, status=JobStatus.DONE, progress=1.0, message="done",
                                              result=result, only_active=True):
                     raise _Ended()

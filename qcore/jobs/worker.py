@@ -17,6 +17,10 @@ import socket
 import time
 from typing import Any
 
+from qcore.jobs.contract import JobSpec
+from qcore.jobs.tasks import run_task
+from qcore.serialize import to_json
+
 # the events a job's worker publishes (start, progress, live data) and the nanny's exit reports
 PROGRESS_TOPIC = "qlab-progress"
 EXIT_TOPIC = "qlab-worker-exit"
@@ -114,14 +118,12 @@ def dask_setup(server: Any) -> None:
         _setup_worker(server)
 
 
-def execute(spec: Any) -> Any:
-    """Runs one job on this Dask worker and returns its `JobOutput` (result and journal of writes).
+def execute(spec: JobSpec) -> Any:
+    """Runs one job on this Dask worker and returns its value (the owner publishes it).
 
-    Publishes, on PROGRESS_TOPIC: a start event naming this worker, then progress and live data.
+    Sends, on PROGRESS_TOPIC: a start event naming this worker, then progress and live data.
     """
     from distributed import get_worker
-
-    from qcore.jobs.tasks import run_task
 
     worker = get_worker()
 
@@ -138,9 +140,7 @@ def execute(spec: Any) -> Any:
         last[0] = now
         emit("progress", fraction=float(fraction), message=str(message)[:500])
 
-    def publish(data: dict[str, Any]) -> None:
-        from qcore.jobs.contract import to_json
-
+    def live(data: dict[str, Any]) -> None:
         emit("live", data=json.loads(to_json(data)))  # events travel as msgpack: plain values only
 
-    return run_task(spec, progress, publish)
+    return run_task(spec, progress, live)

@@ -1,8 +1,7 @@
 """Bring your own .tflite: a file made elsewhere becomes a variant of a tflite-only model.
 
-The import has two halves so that a worker can compute and the store's owner can write:
-`analyze` reads, inspects, runs and scores the file (no store), and `save` records the
-result (model, optional dataset, the variant, the float reference as a variant of its own).
+`analyze` reads, inspects, runs and scores the file and returns a value (the model record, the
+variant, the float reference as a variant of its own); the owner's `qcore.lab.publish` records it.
 A float reference `.tflite`, when given, plays the role a Keras model plays for converted
 variants: its accuracy is the model's float accuracy and its outputs are what agreement (or,
 for outputs that are not class scores, MSE and cosine) is measured against.
@@ -10,11 +9,9 @@ for outputs that are not class scores, MSE and cosine) is measured against.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import math
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,17 +19,18 @@ from qcore.qtyping import (
     Dataset,
     Evaluation,
     Inspection,
+    ModelRecord,
     Progress,
     QlabError,
+    Reference,
     Scoring,
     TfliteImport,
     VariantKind,
     no_progress,
 )
-
-if TYPE_CHECKING:
-    from qcore.jobs.contract import ImportTfliteParams
-    from qcore.store import Store
+from qcore.tflite import litert_io
+from qcore.tflite.evaluate import evaluate_against_reference, evaluate_outputs, scoring_for
+from qcore.tflite.variant import built
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +41,8 @@ TFLITE_IDENTIFIER = b"TFL3"
 TFLITE_ONLY_FORMAT = "tflite"
 # the float reference's variant name is its file's stem plus this
 REFERENCE_SUFFIX = " (reference)"
+# an imported file was made by no engine of qlab's; its variants say so
+IMPORTED_ENGINE = "imported"
 
 
 def check_tflite_bytes(data: bytes, label: str) -> None:
@@ -119,9 +119,6 @@ def analyze(
         QlabError: naming the file for anything that is not a TFLite model, a reference whose
             input differs from the model's, or data that does not fit the model.
     """
-    from qcore.tflite import litert_io
-    from qcore.tflite.evaluate import evaluate_against_reference, evaluate_outputs, scoring_for
-
     progress(0.0, f"inspecting {label}")
     info = inspect_bytes(model, label)
     if not info.inputs or not info.outputs:
@@ -191,32 +188,33 @@ def analyze(
                          "not by top-1")
     progress(1.0, "analysed")
     stem = Path(label).stem or "model"
+    anchor = reference if reference is not None else model
+    record = ModelRecord(
+        name=name.strip() or (Path(ref_label).stem if reference is not None and reference_label else stem),
+        format=TFLITE_ONLY_FORMAT, sha256=_sha(anchor), input_shape=in_shape,
+        output_shape=out_shapes[0] if out_shapes else (), keras_major=None,
+    )
+    common = {"scoring": scoring.value, "output_shapes": [list(s) for s in out_shapes]}
+    reference_variant = None
+    if reference is not None and _sha(reference) != _sha(model):
+        reference_variant = built((Path(reference_label).stem or "float") + REFERENCE_SUFFIX, VariantKind.IMPORTED,
+                                  None, IMPORTED_ENGINE, reference, evaluation=ref_evaluation,
+                                  settings=common | {"source": reference_label, "role": "reference"})
+    variant = built(stem, VariantKind.IMPORTED, None, IMPORTED_ENGINE, model, evaluation=evaluation,
+                    settings=common | {"source": stem, "reference_sha256": _sha(reference) if reference else None,
+                                       "custom_ops": list(custom), "runnable": not refusal, "notes": list(notes)})
     return TfliteImport(
-        model=name.strip() or (Path(ref_label).stem if reference is not None and reference_label else stem),
-        variant=stem,
-        sha256=_sha(model),
-        size_bytes=len(model),
-        input_shape=in_shape,
-        output_shapes=out_shapes,
-        input_dtype=_dtype(info, info.inputs[0]),
-        output_dtype=_dtype(info, info.outputs[0]),
-        verdict=info.verdict,
-        custom_ops=custom,
-        runnable=not refusal,
-        refusal=refusal,
-        scoring=scoring.value,
-        evaluation=evaluation,
-        reference_sha256=_sha(reference) if reference is not None else "",
-        reference_evaluation=ref_evaluation,
-        notes=tuple(notes),
+        model=record, variant=variant, reference_variant=reference_variant, input_shape=in_shape,
+        output_shapes=out_shapes, verdict=info.verdict, custom_ops=custom, runnable=not refusal, refusal=refusal,
+        scoring=scoring.value, notes=tuple(notes),
+        reference=Reference(ref_evaluation.accuracy, ref_evaluation.top5, ref_evaluation.n_samples)
+        if ref_evaluation is not None else None,
     )
 
 
 def _why_not_runnable(data: bytes, label: str) -> str:
-    from qcore.tflite.litert_io import check_runnable
-
     try:
-        check_runnable(data, label)
+        litert_io.check_runnable(data, label)
     except QlabError as exc:
         return str(exc)
     return ""
@@ -232,137 +230,4 @@ def _why_outputs(out_shapes: tuple[tuple[int | None, ...], ...], dataset: Datase
 
 
 def _sha(data: bytes) -> str:
-    from qcore.store import sha256_bytes
-
-    return sha256_bytes(data)
-
-
-def save(
-    store: Store,
-    result: TfliteImport,
-    model: bytes,
-    *,
-    reference: bytes | None = None,
-    reference_label: str = "",
-    dataset: Dataset | None = None,
-    dataset_id: int | None = None,
-) -> TfliteImport:
-    """Records an analysed import: the tflite-only model, the dataset, the variant and its reference.
-
-    The model is identified by its float reference's bytes when there is one (so several
-    quantized files of one network share a model), else by the file's own. Saving the same file
-    again updates its variant; a new evaluation is added beside the old ones.
-
-    Args:
-        dataset_id: the stored dataset `dataset` came from; registered from `dataset` when None.
-
-    Returns:
-        `result` with model_id, dataset_id, variant_id and reference_variant_id set.
-    """
-    from qcore.inputs.data import dataset_sha256
-
-    # only the store's write methods and blob_path are used, so a worker's journal can stand in for it;
-    # the anchor's blob is written by save_variant below
-    anchor_sha = result.reference_sha256 or result.sha256
-    model_id = store.add_model(
-        name=result.model, format=TFLITE_ONLY_FORMAT, sha256=anchor_sha, source_path=str(store.blob_path(anchor_sha)),
-        input_shape=result.input_shape, output_shape=result.output_shapes[0] if result.output_shapes else (),
-        keras_major=None,
-    )
-    if dataset is not None and dataset_id is None:
-        dataset_id = store.add_dataset(
-            name=dataset.name, source=dataset.source or dataset.name, sha256=dataset_sha256(dataset),
-            input_scale=dataset.input_scale, input_offset=dataset.input_offset, n_train=len(dataset.x_train),
-            n_test=len(dataset.x_test), num_classes=dataset.num_classes,
-        )
-    ref_ev = result.reference_evaluation
-    if dataset_id is not None and ref_ev is not None:
-        store.set_reference(model_id, dataset_id, ref_ev.accuracy, ref_ev.top5, ref_ev.n_samples)
-    common = {"scoring": result.scoring, "output_shapes": [list(s) for s in result.output_shapes]}
-    ref_variant_id = None
-    if reference is not None and result.reference_sha256 != result.sha256:
-        ref_in, ref_out = _io(reference)
-        ref_variant_id = store.save_variant(
-            model_id=model_id, dataset_id=dataset_id,
-            name=(Path(reference_label).stem or "float") + REFERENCE_SUFFIX, kind=VariantKind.IMPORTED.value,
-            settings=common | {"source": reference_label, "role": "reference"}, tflite=reference,
-            input_dtype=ref_in, output_dtype=ref_out,
-            evaluation=ref_ev,
-        )
-    variant_id = store.save_variant(
-        model_id=model_id, dataset_id=dataset_id, name=result.variant, kind=VariantKind.IMPORTED.value,
-        settings=common | {"source": result.variant, "reference_sha256": result.reference_sha256 or None,
-                           "custom_ops": list(result.custom_ops), "runnable": result.runnable,
-                           "notes": list(result.notes)},
-        tflite=model, input_dtype=result.input_dtype, output_dtype=result.output_dtype,
-        evaluation=result.evaluation, parent_variant_id=ref_variant_id,
-    )
-    return replace(result, model_id=model_id, dataset_id=dataset_id, variant_id=variant_id,
-                   reference_variant_id=ref_variant_id if ref_variant_id is not None else
-                   (variant_id if reference is not None else None))
-
-
-def _io(data: bytes) -> tuple[str, str]:
-    info = inspect_bytes(data, "reference")
-    return _dtype(info, info.inputs[0]), _dtype(info, info.outputs[0])
-
-
-def import_tflite(
-    store: Store,
-    model: bytes,
-    *,
-    label: str,
-    name: str = "",
-    reference: bytes | None = None,
-    reference_label: str = "",
-    dataset: Dataset | None = None,
-    dataset_id: int | None = None,
-    progress: Progress = no_progress,
-) -> TfliteImport:
-    """`analyze` then `save`, in one process (the CLI's path).
-
-    Raises:
-        QlabError: as `analyze`.
-    """
-    result = analyze(model, label=label, name=name, reference=reference, reference_label=reference_label,
-                     dataset=dataset, progress=progress)
-    for note in result.notes:
-        log.info("%s: %s", label, note)
-    return save(store, result, model, reference=reference, reference_label=reference_label, dataset=dataset,
-                dataset_id=dataset_id)
-
-
-def run_import(
-    store: Store,
-    params: ImportTfliteParams,
-    model: bytes,
-    *,
-    reference: bytes | None = None,
-    dataset: Dataset | None = None,
-    progress: Progress = no_progress,
-) -> dict[str, Any]:
-    """The `import_tflite` job: analyze, save, and the job's JSON result (NaN as null).
-
-    Args:
-        store: the Store, or a worker's journal that records the writes for the owner.
-        params: the job's params; `model` and `reference` are the bytes of its files.
-        dataset: the data of `params.dataset_id`, loaded by the caller, or None.
-    """
-    result = analyze(model, label=params.filename, name=params.name, reference=reference,
-                     reference_label=params.reference_filename, dataset=dataset, progress=progress)
-    saved = save(store, result, model, reference=reference, reference_label=params.reference_filename,
-                 dataset=dataset, dataset_id=params.dataset_id)
-    ev = saved.evaluation
-    return {
-        "model_id": saved.model_id, "variant_id": saved.variant_id, "reference_variant_id": saved.reference_variant_id,
-        "model": saved.model, "variant": saved.variant, "scoring": saved.scoring, "verdict": saved.verdict,
-        "runnable": saved.runnable, "custom_ops": list(saved.custom_ops), "notes": list(saved.notes),
-        "accuracy": _finite(ev.accuracy) if ev is not None and ev.scoring == Scoring.CLASSES else None,
-        "agreement": _finite(ev.agreement) if ev is not None else None,
-        "output_metrics": {k: _finite(v) for k, v in ev.output_metrics.items()} if ev is not None else {},
-    }
-
-
-def _finite(value: float | None) -> float | None:
-    """JSON has no NaN: a metric that could not be computed is null."""
-    return None if value is None or not math.isfinite(value) else float(value)
+    return hashlib.sha256(data).hexdigest()

@@ -6,15 +6,15 @@ import logging
 import math
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from qcore import defaults
+from qcore.engines import tf as tf_engine
+from qcore.inputs import keras_bridge
 from qcore.inputs.data import check_fits
-from qcore.lab import convert as qconvert
-from qcore.lab import keras_bridge
+from qcore.inputs.models import float_reference
 from qcore.qtyping import (
     Dataset,
     LoadedModel,
@@ -22,12 +22,13 @@ from qcore.qtyping import (
     QatResult,
     QlabError,
     VariantKind,
+    first_line,
     no_progress,
 )
 from qcore.recipes import get_recipe
-from qcore.store import Store, sha256_bytes
 from qcore.tflite import metrics
 from qcore.tflite.evaluate import evaluate_tflite
+from qcore.tflite.variant import built
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ DEFAULT_EPOCHS = defaults.QAT_EPOCHS
 DEFAULT_BATCH = defaults.QAT_BATCH
 DEFAULT_LEARNING_RATE = defaults.QAT_LEARNING_RATE
 DEFAULT_CALIBRATION = defaults.CALIBRATION_SAMPLES
-# Keras and TFLite accuracy of a settled QAT model agree (the QAT article, 003_*); more than a point apart means not settled
+# Keras and TFLite accuracy of a settled QAT model agree; more than a point apart means the ranges have not settled
 ACCURACY_GAP = 0.01
 # a moving-average range that still moves by more than 2% of its width per epoch has not settled
 # (tfmot's EMA decay is 0.999, so ranges that start at ±6 take thousands of steps)
@@ -254,7 +255,7 @@ def build_qat_model(keras_model: Any, layers: Sequence[str]) -> tuple[Any, list[
                 f"tfmot cannot quantize layer {found['name']!r} ({found['cls']}) of model {keras_model.name!r}; "
                 "choose only supported layers"
             ) from None
-        raise QlabError(f"tfmot cannot quantize model {keras_model.name!r}: {_first_line(exc)}") from None
+        raise QlabError(f"tfmot cannot quantize model {keras_model.name!r}: {first_line(exc)}") from None
     # tfmot also wraps neighbours whose outputs feed a quantized layer; report what really got quantizers
     wrapped = [la.layer.name for la in qat.layers if isinstance(getattr(la, "layer", None), tf_keras.layers.Layer)]
     return qat, wrapped or [la.name for la in chosen]
@@ -339,12 +340,10 @@ def run_qat(
     train_samples: int | None = None,
     int_io: bool = False,
     calibration_samples: int = DEFAULT_CALIBRATION,
-    store: Store | None = None,
-    out: str | Path | None = None,
     progress: Progress = no_progress,
     on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> QatResult:
-    """Quantization-aware training: fine-tune with fake quantization, convert, evaluate, store.
+    """Quantization-aware training: fine-tune with fake quantization, convert, evaluate. Stores nothing.
 
     A Keras 3 model is first rebuilt in tf_keras (`keras_bridge.to_tf_keras`). The given model is
     never modified.
@@ -356,8 +355,6 @@ def run_qat(
         train_samples: use only the first N training samples; None for all.
         int_io: integer-only model with int8 input and output (calibrated on the first
             `calibration_samples` training samples); else float I/O.
-        store: where to record the variant, its per-epoch history and evaluation; None for a dry run.
-        out: also write the .tflite here.
         progress: called after every epoch and step.
         on_epoch: called after every epoch with (epoch, epochs, its metrics), for live curves.
 
@@ -396,11 +393,10 @@ def run_qat(
                                 on_epoch)
 
     progress(0.8, "evaluating and converting the QAT model")
-    reference = qconvert.keras_predict(model, x_test)
-    float_acc = metrics.accuracy(reference, dataset.y_test)
+    outputs, reference = float_reference(model, dataset)
     keras_acc = metrics.accuracy(np.asarray(qat_model.predict(x_test, verbose=0)), dataset.y_test)
     tflite = _convert(qat_model, int_io, dataset.calibration(calibration_samples))
-    ev = evaluate_tflite(tflite, dataset, reference)
+    ev = evaluate_tflite(tflite, dataset, outputs)
 
     warnings = pitfall_warnings(keras_acc, ev.accuracy, drift)
 
@@ -410,21 +406,10 @@ def run_qat(
         "calibration_samples": calibration_samples if int_io else 0, "keras_accuracy": keras_acc,
         "range_drift": drift, "warnings": warnings,
     }
-    path = ""
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_bytes(tflite)
-        path = str(out)
-    variant_id = None
-    if store is not None:
-        model_id, dataset_id = qconvert.register(store, model, dataset, reference)
-        name = "qat" + ("" if spec == ("all",) else "-" + "+".join(spec)) + ("-int-io" if int_io else "")
-        variant_id = store.save_variant(
-            model_id=model_id, dataset_id=dataset_id, name=name, kind=VariantKind.QAT,
-            recipe="int8" if int_io else None, settings=settings, tflite=tflite, input_dtype=ev.input_dtype,
-            output_dtype=ev.output_dtype, evaluation=ev, history=history,
-        )
-        path = path or str(store.blob_path(sha256_bytes(tflite)))
+    name = "qat" + ("" if spec == ("all",) else "-" + "+".join(spec)) + ("-int-io" if int_io else "")
+    # tfmot's model goes through the TF converter: the variant is that engine's
+    variant = built(name, VariantKind.QAT, "int8" if int_io else None, tf_engine.NAME, tflite, settings=settings,
+                    evaluation=ev, history=tuple(history))
     progress(1.0, f"QAT done: TFLite accuracy {ev.accuracy:.2%}")
     return QatResult(
         model=model.name,
@@ -432,18 +417,13 @@ def run_qat(
         quantized_layers=tuple(quantized),
         settings=settings,
         history=tuple(history),
-        float_accuracy=float_acc,
+        float_accuracy=reference.accuracy,
         keras_accuracy=keras_acc,
         tflite_accuracy=ev.accuracy,
-        evaluation=ev,
-        size_bytes=len(tflite),
-        path=path,
-        sha256=sha256_bytes(tflite),
-        input_dtype=ev.input_dtype,
-        output_dtype=ev.output_dtype,
         range_drift=drift,
+        variant=variant,
         warnings=tuple(warnings),
-        variant_id=variant_id,
+        reference=reference,
     )
 
 
@@ -492,7 +472,7 @@ def _fine_tune(
     try:
         qat_model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[_Watch()])
     except (ValueError, TypeError) as exc:
-        raise QlabError(f"QAT fine-tuning failed: {_first_line(exc)}") from None
+        raise QlabError(f"QAT fine-tuning failed: {first_line(exc)}") from None
     return history, drift[0]
 
 
@@ -501,13 +481,8 @@ def _convert(qat_model: Any, int_io: bool, calibration: np.ndarray) -> bytes:
 
     converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
     # "dynamic" is Optimize.DEFAULT alone: with fake-quant ranges in the graph that gives full int8 inside
-    qconvert.apply_recipe(converter, get_recipe("int8" if int_io else "dynamic"), calibration)
+    tf_engine.apply_recipe(converter, get_recipe("int8" if int_io else "dynamic"), calibration)
     try:
         return bytes(converter.convert())
     except Exception as exc:
-        raise QlabError(f"converting the QAT model failed: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+        raise QlabError(f"converting the QAT model failed: {first_line(exc)}") from None

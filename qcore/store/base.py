@@ -14,8 +14,8 @@ from typing import Any, Self
 import duckdb
 import pandas as pd
 
-from qcore.jobs.contract import json_default
 from qcore.qtyping import QlabError
+from qcore.serialize import json_default
 from qcore.store.files import (
     check_sha256,
     default_data_dir,

@@ -265,3 +265,23 @@ def _cosine(fq: float, f2: float, q2: float) -> float:
     if f2 == 0.0 or q2 == 0.0:
         return float("nan")
     return fq / math.sqrt(f2 * q2)
+
+
+def _argmax_agreement(f: np.ndarray, q: np.ndarray) -> float:
+    return float(np.mean(np.argmax(f, axis=-1) == np.argmax(q, axis=-1)))
+
+
+def _output_mse(f: np.ndarray, q: np.ndarray) -> float:
+    return float(np.mean((np.asarray(f, np.float64) - np.asarray(q, np.float64)) ** 2))
+
+
+# model-level metrics of a quantized model's final outputs against the float model's, sample by sample
+MODEL_METRICS = {"argmax_agreement": _argmax_agreement, "output_mse": _output_mse}
+
+
+def output_metrics(quantized: bytes, float_model: bytes, x: np.ndarray) -> dict[str, float]:
+    """MODEL_METRICS of a quantized model's first output against the float model's, averaged over `x`."""
+    q, _ = litert_io.run_model(quantized, x, batch_size=1)
+    f, _ = litert_io.run_model(float_model, x, batch_size=1)
+    return {name: float(np.mean([fn(f[i : i + 1], q[i : i + 1]) for i in range(len(x))]))
+            for name, fn in MODEL_METRICS.items()}

@@ -529,3 +529,25 @@ def _io_finding(main: _Graph) -> LintFinding:
     return LintFinding(
         "info", "io-dtype", f"{io}: float I/O; an NPU-ready model takes and returns int8 or uint8"
     )
+
+
+def check_integer_only(tflite: bytes, what: str, who: str = "the converter") -> None:
+    """Refuses a model an integer-only recipe made that still computes in float.
+
+    TF 2.21's converter leaves ops without an int8 kernel in float between DEQUANTIZE/QUANTIZE even
+    with TFLITE_BUILTINS_INT8 only, and AI Edge Quantizer leaves ops it does not quantize; an
+    integer-only recipe must not hand that to an NPU.
+
+    Args:
+        what: what was made, e.g. "recipe int8" or "recipe int8 (engine aeq)".
+        who: what made it, e.g. "the converter" or "AI Edge Quantizer".
+
+    Raises:
+        QlabError: naming the ops left in float.
+    """
+    result = inspect(tflite)
+    if result.integer_only:
+        return
+    culprits = [op for op in result.float_ops if op not in _QUANT_OPS] or list(result.float_ops)
+    raise QlabError(f"{what}: {who} has no integer kernel for op {', '.join(culprits)} and left it in float; "
+                    "try int8-fallback, which keeps such ops in float on purpose")

@@ -28,7 +28,7 @@ def job_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """
     import os
 
-    from qcore.jobs.runner import Cluster, ClusterSettings
+    from qcore.jobs.cluster import Cluster, ClusterSettings
 
     log = tmp_path_factory.mktemp("workers") / "workers.log"
     cluster = Cluster(ClusterSettings(workers=1, memory_limit="4GB", worker_log=str(log)))

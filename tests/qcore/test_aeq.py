@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qcore.engines import aeq
+from qcore.engines import aeq, resolve_recipes
 from qcore.explain.debugger import run_debugger
 from qcore.lab.convert import convert_and_evaluate
+from qcore.lab.publish import publish
 from qcore.qtyping import ConvertReport, Dataset, LoadedModel, QlabError, Recipe
-from qcore.recipes import get_recipe, resolve_recipes
+from qcore.recipes import get_recipe
 from qcore.store import Store
 from qcore.tflite.inspection import inspect
 from qcore.tflite.litert_io import make_interpreter, run_model
@@ -62,9 +63,10 @@ def reports(demo: LoadedModel, digits: Dataset, residual: LoadedModel, digits4: 
     store = Store(tmp_path_factory.mktemp("aeq-store") / "qlab.duckdb")
     out: dict[str, tuple[ConvertReport, ConvertReport, Store]] = {}
     for model, ds in ((demo, digits), (residual, digits4)):
-        tf = convert_and_evaluate(model, ds, resolve_recipes("all", "tf"), store=store, calibration_samples=100)
-        ae = convert_and_evaluate(model, ds, resolve_recipes("all", "aeq"), store=store, calibration_samples=100,
-                                  engine="aeq")
+        tf = publish(store, convert_and_evaluate(model, ds, resolve_recipes("all", "tf"), calibration_samples=100),
+                     made_from=(model, ds))
+        ae = publish(store, convert_and_evaluate(model, ds, resolve_recipes("all", "aeq"), calibration_samples=100,
+                                                 engine="aeq"), made_from=(model, ds))
         out[model.name] = (tf, ae, store)
     return out
 
@@ -167,9 +169,11 @@ def _top(stats, n: int = 5) -> list[str]:
 def test_debug_aeq_and_tf_agree_on_worst_layers(residual: LoadedModel, digits4: Dataset, tmp_path: Path) -> None:
     store = Store(tmp_path / "qlab.duckdb")
     try:
-        tf = run_debugger(residual, digits4, calibration_samples=100, debug_samples=50, store=store)
-        ae = run_debugger(residual, digits4, calibration_samples=100, debug_samples=50, store=store, engine="aeq",
-                          model_explorer_out=tmp_path / "me")
+        tf = publish(store, run_debugger(residual, digits4, calibration_samples=100, debug_samples=50),
+                     made_from=(residual, digits4))
+        ae = publish(store, run_debugger(residual, digits4, calibration_samples=100, debug_samples=50, engine="aeq"),
+                     made_from=(residual, digits4))
+        aeq.export_model_explorer(ae.comparison, tmp_path / "me", residual.name)
         overlap = len(set(_top(tf.stats)) & set(_top(ae.stats)))
         print(f"top-5 overlap aeq vs tf debugger: {overlap}/5; tf {_top(tf.stats)}; aeq {_top(ae.stats)}")
         # the two rank differently by design (TF verifies layer by layer, AEQ propagates errors); what
@@ -230,11 +234,11 @@ def test_run_model_feeds_aeq_int8_io(demo: LoadedModel, digits: Dataset) -> None
 
 
 def test_float_base_is_made_once_per_model(demo: LoadedModel, digits: Dataset, monkeypatch) -> None:
-    import qcore.lab.convert as qconvert
+    import qcore.engines.tf as tf_engine
 
     first = aeq.float_base(demo, digits.calibration(1))
     calls = []
-    monkeypatch.setattr(qconvert, "convert", lambda *a, **k: calls.append(a) or b"")
+    monkeypatch.setattr(tf_engine, "convert", lambda *a, **k: calls.append(a) or b"")
     again = aeq.float_base(demo, digits.calibration(1))
     assert again.model == first.model and not calls  # the converter was not called again
 
@@ -243,8 +247,8 @@ def test_aeq_integer_io_on_weights_stored_outside_the_flatbuffer(digits: Dataset
     """AEQ writes buffers >= 1 KiB after the flatbuffer; int8/uint8 I/O must still load and keep accuracy."""
     import tf_keras
 
+    from qcore.engines.tf import convert
     from qcore.inputs.models import load_model
-    from qcore.lab.convert import convert
     from qcore.tflite.evaluate import evaluate_tflite
 
     tf_keras.utils.set_random_seed(0)

@@ -44,7 +44,7 @@ def _closed_port_url() -> str:
 
 
 def _variant(store: Store, demo: LoadedModel, digits: Dataset, model: bytes, name: str = "int8") -> tuple[int, int]:
-    from qcore.lab.convert import register
+    from qcore.lab.publish import register
 
     model_id, dataset_id = register(store, demo, digits)
     vid = store.save_variant(model_id=model_id, dataset_id=dataset_id, name=name, kind="ptq", recipe=name,

@@ -64,7 +64,7 @@ def farm(tmp_path: Path, tmp_store: Store) -> Iterator[tuple[Store, dict[str, Ag
 
 
 def _variants(store: Store, demo: LoadedModel, digits: Dataset, tiny_tflite: dict[str, bytes]) -> list[int]:
-    from qcore.lab.convert import register
+    from qcore.lab.publish import register
 
     model_id, dataset_id = register(store, demo, digits)
     models = [tiny_tflite["int8"], tiny_tflite["uint8"], tiny_tflite["float32"], tiny_tflite["int8"]]

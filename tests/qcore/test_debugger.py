@@ -5,19 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from qcore.explain.debugger import (
-    BASE_COLUMNS,
-    calibrate,
-    float_ops,
-    run_debugger,
-    stats_csv,
-    suspects,
-)
+from qcore.engines.tf import BASE_COLUMNS, calibrate
+from qcore.explain.debugger import float_ops, run_debugger, stats_csv, suspects
+from qcore.lab.publish import publish
 from qcore.qtyping import Dataset, DebugResult, LayerStat, LoadedModel, QlabError
 from qcore.store import Store
 
@@ -35,9 +29,11 @@ def module_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
 
 @pytest.fixture(scope="module")
 def layer_run(demo: LoadedModel, digits: Dataset, module_store: Store) -> DebugResult:
-    """One layer-by-layer debugger run of the demo with both extra metrics, stored."""
-    return run_debugger(demo, digits, calibration_samples=CAL, debug_samples=DEBUG,
-                        extra_metrics=("mean_abs_error", "correlation"), store=module_store)
+    """One layer-by-layer debugger run of the demo with both extra metrics, published."""
+    run = run_debugger(demo, digits, calibration_samples=CAL, debug_samples=DEBUG,
+                       extra_metrics=("mean_abs_error", "correlation"))
+    assert run.debug_run_id is None  # a value until the owner publishes it
+    return publish(module_store, run, made_from=(demo, digits))
 
 
 def _conv(stats: tuple[LayerStat, ...]) -> LayerStat:
@@ -83,7 +79,7 @@ def test_run_debugger_stores_every_row(layer_run: DebugResult, module_store: Sto
 def test_run_debugger_equals_raw_debugger(layer_run: DebugResult, demo: LoadedModel, digits: Dataset) -> None:
     import tensorflow as tf
 
-    from qcore.lab.convert import make_converter, representative
+    from qcore.engines.tf import make_converter, representative
 
     converter = make_converter(demo)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -142,19 +138,19 @@ def test_run_debugger_whole_model_errors_propagate(layer_run: DebugResult, demo:
 
 
 def test_run_debugger_selective_keeps_node_in_float(layer_run: DebugResult, demo: LoadedModel, digits: Dataset,
-                                                    module_store: Store, tmp_path: Path) -> None:
+                                                    module_store: Store) -> None:
     conv = _conv(layer_run.stats).tensor_name
-    out = tmp_path / "selective.tflite"
-    r = run_debugger(demo, digits, calibration_samples=CAL, debug_samples=DEBUG, denylisted_nodes=[conv],
-                     store=module_store, selective_out=out)
+    r = publish(module_store, run_debugger(demo, digits, calibration_samples=CAL, debug_samples=DEBUG,
+                                           denylisted_nodes=[conv]), made_from=(demo, digits))
     sel = r.selective
-    assert sel is not None and sel.path == str(out) and out.read_bytes()
-    assert conv in float_ops(out.read_bytes())
+    assert sel is not None and sel.variant.path and open(sel.variant.path, "rb").read() == sel.variant.tflite
+    assert conv in float_ops(sel.variant.tflite)
     assert sel.ignored_nodes == ()
-    assert 0.8 < sel.evaluation.accuracy <= 1.0
+    assert 0.8 < sel.variant.evaluation.accuracy <= 1.0
+    assert not sel.variant.npu.ready  # a float layer falls back to the CPU
     assert "CONV_2D" not in [s.op_name for s in r.stats]  # a float op has nothing to verify
-    row = module_store.variant(sel.variant_id)
-    assert row["kind"] == "selective"
+    row = module_store.variant(sel.variant.variant_id)
+    assert row["kind"] == "selective" and row["engine"] == "tf" and not row["npu_ready"]
     import json
 
     settings = json.loads(row["settings"])
@@ -172,7 +168,7 @@ def test_run_debugger_denylisted_ops(demo: LoadedModel, digits: Dataset) -> None
     r = run_debugger(demo, digits, calibration_samples=CAL, debug_samples=DEBUG, denylisted_ops=["FULLY_CONNECTED"])
     assert r.selective is not None and r.selective.denylisted_ops == ("FULLY_CONNECTED",)
     assert "FULLY_CONNECTED" not in [s.op_name for s in r.stats]
-    assert r.selective.evaluation.accuracy > 0.8
+    assert r.selective.variant.evaluation.accuracy > 0.8
 
 
 # ---------------------------------------------------------------- refusals
@@ -220,7 +216,7 @@ def test_run_debugger_layer_name_not_a_scope_name(digits: Dataset) -> None:
     net = keras.Model(inp, keras.layers.Dense(10, name="my dense")(x))
     model = LoadedModel("spaced", "spaced.keras", "keras", net, (None, 8, 8), (None, 10), 3)
     with pytest.raises(QlabError, match="'my dense'.*scope name"):
-        calibrate(model, digits)
+        calibrate(model, "int8-fallback", digits.calibration(10))
 
 
 def test_run_debugger_zero_debug_samples(demo: LoadedModel, digits: Dataset) -> None:

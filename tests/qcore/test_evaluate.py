@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from qcore.lab.convert import keras_predict
+from qcore.inputs.models import predict as keras_predict
 from qcore.tflite.evaluate import evaluate_outputs, evaluate_tflite
 
 

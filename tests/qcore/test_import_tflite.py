@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 from qcore.cli import main
+from qcore.inputs.data import dataset_record
 from qcore.lab import reports
-from qcore.lab.import_tflite import analyze, check_tflite_bytes, import_tflite
+from qcore.lab.import_tflite import analyze, check_tflite_bytes
+from qcore.lab.publish import publish
 from qcore.qtyping import QlabError, Scoring
 from qcore.store import Store
 from qcore.tflite.litert_io import check_runnable, custom_ops, run_outputs
@@ -155,15 +157,24 @@ def test_check_runnable_allows_the_runtimes_own_custom_ops(tiny_tflite) -> None:
         check_tflite_bytes(b"", "int8.tflite")
 
 
+def import_tflite(store, model, *, label, reference=None, reference_label="", dataset=None):
+    """analyze, then publish with the dataset registered first (what the import job and its owner do)."""
+    import dataclasses
+
+    dataset_id = publish(store, dataset_record(dataset)).dataset_id if dataset is not None else None
+    result = analyze(model, label=label, reference=reference, reference_label=reference_label, dataset=dataset)
+    return publish(store, dataclasses.replace(result, dataset_id=dataset_id))
+
+
 # ---------------------------------------------------------------- outputs that are not class scores
 def test_two_output_model_scored_by_mse_against_reference(foreign_tflite, digits, tmp_path) -> None:
     q, f = foreign_tflite["two_int8"], foreign_tflite["two_float"]
     with Store(tmp_path / "q.duckdb") as store:
         r = import_tflite(store, q, label="landmarks_int8.tflite", reference=f,
                           reference_label="landmarks_float.tflite", dataset=digits)
-        assert r.scoring == Scoring.OUTPUTS and r.evaluation is not None
+        assert r.scoring == Scoring.OUTPUTS and r.variant.evaluation is not None
         assert len(r.output_shapes) == 2
-        ev = r.evaluation
+        ev = r.variant.evaluation
         assert ev.accuracy != ev.accuracy and ev.agreement is None and ev.confusion == ()
         # quantization error is there, but small against the outputs' scale
         assert 0 < ev.output_metrics["output_mse"] < 0.05
@@ -174,14 +185,14 @@ def test_two_output_model_scored_by_mse_against_reference(foreign_tflite, digits
         (qb, qh), _ = run_outputs(q, x)
         (fb, fh), _ = run_outputs(f, x)
         assert ev.output_metrics["output0_mse"] == pytest.approx(float(np.mean((qb - fb) ** 2)), rel=1e-6)
-        row = store.variant(r.variant_id)
+        row = store.variant(r.variant.variant_id)
         assert row["scoring"] == "outputs" and row["output_mse"] == pytest.approx(ev.output_metrics["output_mse"])
         assert row["accuracy"] is None or row["accuracy"] != row["accuracy"]
 
 
 def test_two_output_model_without_reference_is_not_scored(foreign_tflite, digits) -> None:
     r = analyze(foreign_tflite["two_int8"], label="landmarks.tflite", dataset=digits)
-    assert r.scoring == Scoring.OUTPUTS and r.evaluation is None
+    assert r.scoring == Scoring.OUTPUTS and r.variant.evaluation is None
     assert any("2 outputs" in n and "not scored" in n for n in r.notes)
 
 
@@ -193,7 +204,8 @@ def test_report_export_and_import_keep_tflite_only_models(files, foreign_tflite,
         reg = import_tflite(a, foreign_tflite["two_int8"], label="lm_int8.tflite", reference=foreign_tflite["two_float"],
                             reference_label="lm_float.tflite", dataset=digits)
         bare = import_tflite(a, files["uint8"].read_bytes(), label="uint8.tflite")  # no data at all
-        ids = [cls.variant_id, cls.reference_variant_id, reg.variant_id, bare.variant_id]
+        ids = [cls.variant.variant_id, cls.reference_variant.variant_id, reg.variant.variant_id,
+               bare.variant.variant_id]
         report_id = reports.make_report(a, "byo", "", [i for i in ids if i is not None])
         table = reports.summary_table(a.report(report_id)["content"])
         assert set(table["scored by"]) == {"top-1 vs labels", "MSE vs reference"}
@@ -205,8 +217,8 @@ def test_report_export_and_import_keep_tflite_only_models(files, foreign_tflite,
         assert set(b.models()["format"]) == {"tflite"}
         rows = b.variant_summary().set_index("variant")
         assert {"int8", "float32 (reference)", "lm_int8", "uint8"} <= set(rows.index)
-        assert rows.loc["int8", "accuracy"] == pytest.approx(cls.evaluation.accuracy)
+        assert rows.loc["int8", "accuracy"] == pytest.approx(cls.variant.evaluation.accuracy)
         assert rows.loc["lm_int8", "scoring"] == "outputs"
-        assert rows.loc["lm_int8", "output_mse"] == pytest.approx(reg.evaluation.output_metrics["output_mse"])
+        assert rows.loc["lm_int8", "output_mse"] == pytest.approx(reg.variant.evaluation.output_metrics["output_mse"])
         assert pd.isna(rows.loc["uint8", "dataset_id"])  # still no dataset
         assert len(b.report(new_id)["content"]["variants"]) == 4

@@ -36,8 +36,8 @@ def calibration() -> np.ndarray:
 @pytest.fixture(scope="module")
 def converted(calibration: np.ndarray) -> dict[str, bytes]:
     """The demo CNN's architecture (untrained: weights do not matter here) converted with each recipe."""
+    from qcore.engines.tf import convert
     from qcore.inputs.models import build_demo_model
-    from qcore.lab.convert import convert
 
     model = _wrap(build_demo_model(), "cnn")
     return {name: convert(model, name, calibration) for name in RECIPES}
@@ -47,13 +47,13 @@ def converted(calibration: np.ndarray) -> dict[str, bytes]:
 def with_sin(calibration: np.ndarray) -> dict[str, bytes]:
     """A CNN with a SIN op, which has no int8 kernel, converted with int8-fallback and int8.
 
-    The converter itself, not qcore.lab.convert.convert (which refuses the int8 result): a .tflite
+    The converter itself, not qcore.engines.tf.convert (which refuses the int8 result): a .tflite
     made elsewhere can look like this.
     """
     import tensorflow as tf
     import tf_keras
 
-    from qcore.lab.convert import apply_recipe, make_converter
+    from qcore.engines.tf import apply_recipe, make_converter
     from qcore.recipes import get_recipe
 
     inp = tf_keras.Input((8, 8))

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from qcore.jobs.cluster import ClusterSettings
 from qcore.jobs.contract import ConvertParams, DemoParams, HostBenchParams, QatParams
-from qcore.jobs.runner import ClusterSettings, JobRunner, local_runner
+from qcore.jobs.runner import JobRunner, local_runner
 from qcore.qtyping import JobStatus, LoadedModel, QlabError, VariantKind
 from qcore.store import Store
 from tests.board_agent.harness import build_tiny_models

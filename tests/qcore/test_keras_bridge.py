@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from qcore.lab.keras_bridge import check_scope_names, is_keras3, to_tf_keras
+from qcore.inputs.keras_bridge import check_scope_names, is_keras3, to_tf_keras
 from qcore.qtyping import Dataset, LoadedModel, QlabError
 
 

@@ -16,8 +16,8 @@ from qcore.tflite.latency import benchmark, random_input
 @pytest.fixture(scope="module")
 def models() -> dict[str, bytes]:
     """The demo CNN's architecture (untrained) as float32 and int8 .tflite."""
+    from qcore.engines.tf import convert
     from qcore.inputs.models import build_demo_model
-    from qcore.lab.convert import convert
 
     model = LoadedModel("cnn", "", "demo", build_demo_model(), (None, 8, 8), (None, 10), 2)
     calibration = np.random.default_rng(0).uniform(0, 1, (10, 8, 8)).astype(np.float32)

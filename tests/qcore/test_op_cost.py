@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from qcore.boards.client import bench_on_board
+from qcore.engines.tf import convert
 from qcore.explain.debugger import run_debugger
 from qcore.inputs.models import load_model
 from qcore.lab import op_cost
-from qcore.lab.convert import convert, register
+from qcore.lab.publish import publish, register
 from qcore.qtyping import Dataset, LoadedModel, QlabError, TimeSource
 from qcore.store import Store
 from tests.board_agent.harness import TOKEN, running_agent
@@ -74,7 +75,8 @@ def cpu_setup(tmp_path_factory: pytest.TempPathFactory, digits_hwc: Dataset) -> 
     model_id, dataset_id = register(store, model, digits_hwc)
     vid = store.save_variant(model_id=model_id, dataset_id=dataset_id, name="int8-fallback", kind="ptq",
                              recipe="int8-fallback", tflite=tflite)
-    run_debugger(model, digits_hwc, recipe="int8-fallback", calibration_samples=CAL, debug_samples=DEBUG, store=store)
+    publish(store, run_debugger(model, digits_hwc, recipe="int8-fallback", calibration_samples=CAL,
+                                debug_samples=DEBUG), made_from=(model, digits_hwc))
     with running_agent(tmp / "agent", benchmark_model=_stand_in_benchmark_model(tmp, "benchmark_model_xnnpack.txt")) \
             as agent:
         store.add_board("imx", agent.url, TOKEN)
@@ -96,7 +98,8 @@ def npu_setup(tmp_path_factory: pytest.TempPathFactory, digits_hwc: Dataset) -> 
     model_id, dataset_id = register(store, model, digits_hwc)
     vid = store.save_variant(model_id=model_id, dataset_id=dataset_id, name="int8", kind="ptq", recipe="int8",
                              tflite=tflite)
-    run_debugger(model, digits_hwc, recipe="int8", calibration_samples=CAL, debug_samples=DEBUG, store=store)
+    publish(store, run_debugger(model, digits_hwc, recipe="int8", calibration_samples=CAL, debug_samples=DEBUG),
+            made_from=(model, digits_hwc))
     # the agent here has no NPU, so the sample comes in as the cpu-plain target's profile and is re-labelled
     # npu in the store: the rows are the board's, only the target column says where they were taken
     with running_agent(tmp / "agent", benchmark_model=_stand_in_benchmark_model(tmp, "benchmark_model_npu.txt")) \

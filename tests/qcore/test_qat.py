@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qcore.lab.publish import publish
 from qcore.lab.qat import (
     build_qat_model,
     fused_chains,
@@ -36,29 +37,28 @@ def module_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
 def whole(demo: LoadedModel, digits: Dataset, module_store: Store) -> tuple[QatResult, list[tuple[float, str]]]:
     """QAT of the whole demo model for two epochs, stored, with the progress calls it made."""
     calls: list[tuple[float, str]] = []
-    result = run_qat(demo, digits, epochs=2, train_samples=TRAIN, store=module_store,
-                     progress=lambda f, m: calls.append((f, m)))
-    return result, calls
+    result = run_qat(demo, digits, epochs=2, train_samples=TRAIN, progress=lambda f, m: calls.append((f, m)))
+    return publish(module_store, result, made_from=(demo, digits)), calls
 
 
 def test_run_qat_whole_model(whole: tuple[QatResult, list[tuple[float, str]]]) -> None:
     r, _ = whole
     assert r.layers == ("all",)
     assert set(r.quantized_layers) == {"reshape", "conv", "pool", "flatten", "logits"}
-    assert r.input_dtype == "float32" and r.output_dtype == "float32"
-    assert r.tflite_accuracy == r.evaluation.accuracy
+    assert r.variant.input_dtype == "float32" and r.variant.output_dtype == "float32"
+    assert r.tflite_accuracy == r.variant.evaluation.accuracy
     # fine-tuning a trained model with fake quantization keeps it close to float
     assert r.tflite_accuracy > r.float_accuracy - 0.05
     assert abs(r.keras_accuracy - r.tflite_accuracy) < 0.05
-    assert r.evaluation.agreement is not None and r.evaluation.agreement > 0.9
+    assert r.variant.evaluation.agreement is not None and r.variant.evaluation.agreement > 0.9
 
 
 def test_run_qat_model_is_integer_inside(whole: tuple[QatResult, list[tuple[float, str]]], module_store: Store) -> None:
     from qcore.tflite.litert_io import make_interpreter
 
     r, _ = whole
-    data = Path(r.path).read_bytes()
-    assert len(data) == r.size_bytes
+    data = Path(r.variant.path).read_bytes()
+    assert data == r.variant.tflite
     it = make_interpreter(data)
     details = {t["index"]: t for t in it.get_tensor_details()}
     conv = next(op for op in it._get_ops_details() if op["op_name"] == "CONV_2D")
@@ -70,11 +70,11 @@ def test_run_qat_history_per_epoch_stored(whole: tuple[QatResult, list[tuple[flo
     r, _ = whole
     assert len(r.history) == 2
     assert all({"loss", "accuracy", "range_drift"} <= set(h) for h in r.history)
-    stored = module_store.training_history(r.variant_id)
+    stored = module_store.training_history(r.variant.variant_id)
     assert list(stored["epoch"]) == [1, 2]
     np.testing.assert_allclose(stored["loss"], [h["loss"] for h in r.history])
     np.testing.assert_allclose(stored["accuracy"], [h["accuracy"] for h in r.history])
-    row = module_store.variant(r.variant_id)
+    row = module_store.variant(r.variant.variant_id)
     assert row["kind"] == "qat" and row["accuracy"] == pytest.approx(r.tflite_accuracy)
 
 
@@ -93,12 +93,11 @@ def test_run_qat_leaves_model_untouched(demo: LoadedModel, digits: Dataset) -> N
         np.testing.assert_array_equal(a, b)
 
 
-def test_run_qat_dense_only_with_int_io(demo: LoadedModel, digits: Dataset, tmp_path: Path) -> None:
-    out = tmp_path / "qat-dense.tflite"
-    r = run_qat(demo, digits, layers="Dense", epochs=1, train_samples=TRAIN, int_io=True, out=out)
+def test_run_qat_dense_only_with_int_io(demo: LoadedModel, digits: Dataset) -> None:
+    r = run_qat(demo, digits, layers="Dense", epochs=1, train_samples=TRAIN, int_io=True)
     assert "logits" in r.quantized_layers and "conv" not in r.quantized_layers
-    assert r.input_dtype == "int8" and r.output_dtype == "int8"
-    assert r.path == str(out) and out.stat().st_size == r.size_bytes
+    assert r.variant.input_dtype == "int8" and r.variant.output_dtype == "int8"
+    assert r.variant.recipe == "int8" and r.variant.npu is not None
     assert r.settings["int_io"] is True and r.settings["train_samples"] == TRAIN
 
 
@@ -148,7 +147,7 @@ def test_compare_tensors_matches_qat_names(whole: tuple[QatResult, list[tuple[fl
     from qcore.tflite.compare import compare_tensors
 
     r, _ = whole
-    cmp = compare_tensors(tiny_tflite["float32"], Path(r.path), digits.test_inputs()[:4])
+    cmp = compare_tensors(tiny_tflite["float32"], r.variant.tflite, digits.test_inputs()[:4])
     renamed = [d for d in cmp.matched if d.name != d.quant_name]
     assert renamed and all("quant_" in d.quant_name and "quant_" not in d.name for d in renamed)
 
@@ -294,9 +293,8 @@ def test_run_qat_conv_bn_whole_model_is_integer_with_bn_folded(conv_bn: LoadedMo
                                                                tmp_path: Path) -> None:
     from qcore.tflite.litert_io import make_interpreter
 
-    out = tmp_path / "all.tflite"
-    run_qat(conv_bn, digits, epochs=1, train_samples=TRAIN, out=out)
-    it = make_interpreter(out.read_bytes())
+    r = run_qat(conv_bn, digits, epochs=1, train_samples=TRAIN)
+    it = make_interpreter(r.variant.tflite)
     dtypes = {t["index"]: np.dtype(t["dtype"]) for t in it.get_tensor_details()}
     ops = {op["op_name"]: op for op in it._get_ops_details()}
     # every BatchNormalization folded into its convolution: no multiply, and the convolutions run in int8
@@ -306,13 +304,12 @@ def test_run_qat_conv_bn_whole_model_is_integer_with_bn_folded(conv_bn: LoadedMo
 
 
 def test_run_qat_conv_bn_every_conv2d_folds_bn(conv_bn: LoadedModel, digits: Dataset, tmp_path: Path) -> None:
-    out = tmp_path / "conv2d.tflite"
-    r = run_qat(conv_bn, digits, layers="Conv2D", epochs=1, train_samples=TRAIN, out=out)
+    r = run_qat(conv_bn, digits, layers="Conv2D", epochs=1, train_samples=TRAIN)
     assert {"stem", "stem_bn", "stem_relu", "project", "project_bn"} <= set(r.quantized_layers)
     assert "dw" not in r.quantized_layers
     assert abs(r.keras_accuracy - r.tflite_accuracy) < 0.05
     # both BatchNormalizations after a Conv2D are folded into it: two convolutions, no multiply left
-    ops = _ops(out.read_bytes())
+    ops = _ops(r.variant.tflite)
     assert ops.count("CONV_2D") == 2 and "MUL" not in ops
 
 
@@ -409,7 +406,7 @@ def test_qat_mobilenet_v2_cli(digits: Dataset, tmp_path: Path, capfd: pytest.Cap
     assert "MUL" not in ops and ops.count("DEPTHWISE_CONV_2D") == 17
 
     # the same network from Keras 3 goes through the rebuild, and "every Conv2D" annotates its BN and ReLU6
-    from qcore.lab import keras_bridge
+    from qcore.inputs import keras_bridge
 
     k3 = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10)
     qat_model, names = build_qat_model(keras_bridge.to_tf_keras(k3, check_inputs=data.x_test[:4]), ("Conv2D",))

@@ -14,9 +14,27 @@ def test_registry_lists_every_recipe_of_the_issue():
 
 
 def test_resolve_recipes_all_selects_every_recipe_the_engine_expresses():
-    assert [r.name for r in resolve_recipes("all")] == [n for n in EXPECTED if n != "weight-only"]
-    assert [r.name for r in resolve_recipes("all", "aeq")] == EXPECTED
-    assert not get_recipe("weight-only").supports("tf")
+    from qcore import engines
+
+    assert [r.name for r in engines.resolve_recipes("all", "tf")] == [n for n in EXPECTED if n != "weight-only"]
+    assert [r.name for r in engines.resolve_recipes("all", "aeq")] == EXPECTED
+    assert not engines.supports("tf", get_recipe("weight-only"))
+    assert [r.name for r in resolve_recipes("all")] == EXPECTED  # without an engine: the whole registry
+
+
+def test_every_recipe_has_an_engine_that_makes_it():
+    from qcore.engines import ENGINES
+
+    for recipe in RECIPES.values():
+        assert any(not e.refusal(recipe) for e in ENGINES.values()), recipe.name
+
+
+def test_unknown_engine_lists_the_known_ones():
+    from qcore import engines
+    from qcore.qtyping import QlabError
+
+    with pytest.raises(QlabError, match="unknown engine 'tpu'; known engines: tf, aeq"):
+        engines.resolve_recipes("all", "tpu")
 
 
 def test_resolve_recipes_keeps_order_and_drops_repeats():

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from qcore.jobs.cluster import ClusterSettings
 from qcore.jobs.contract import DemoParams, QatParams
-from qcore.jobs.runner import ClusterSettings, JobRunner, local_runner
+from qcore.jobs.runner import JobRunner, local_runner
 from qcore.qtyping import JobStatus, LoadedModel
 from qcore.store import Store
 

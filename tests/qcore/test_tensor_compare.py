@@ -15,7 +15,7 @@ from qcore.tflite.compare import _dequantize, compare_tensors
 @pytest.fixture(scope="module")
 def int16x8(demo: LoadedModel, digits: Dataset) -> bytes:
     """The demo converted with 16-bit activations (which the debugger cannot take)."""
-    from qcore.lab.convert import convert
+    from qcore.engines.tf import convert
 
     return convert(demo, "int16x8", digits.calibration(20))
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from qcore.explain.search import bisect_denylist, rank_layers, tune
+from qcore.lab.publish import publish
 from qcore.qtyping import Dataset, LayerStat, LoadedModel, QlabError, TuneResult
 from qcore.store import Store
 
@@ -123,12 +124,11 @@ def fragile(digits: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Loaded
 @pytest.fixture(scope="module")
 def fragile_search(fragile: LoadedModel, digits: Dataset,
                    tmp_path_factory: pytest.TempPathFactory) -> tuple[TuneResult, Store, Path]:
-    """One stored search on the fragile model with a one-point budget."""
+    """One published search on the fragile model with a one-point budget."""
     root = tmp_path_factory.mktemp("tune")
     store = Store(root / "qlab.duckdb")
-    result = tune(fragile, digits, max_drop=1.0, calibration_samples=50, debug_samples=50, store=store,
-                  out_dir=root / "out")
-    yield result, store, root / "out"
+    result = tune(fragile, digits, max_drop=1.0, calibration_samples=50, debug_samples=50)
+    yield publish(store, result, made_from=(fragile, digits)), store, root
     store.close()
 
 
@@ -144,14 +144,15 @@ def test_tune_fragile_model_finds_passing_denylist(fragile_search: tuple[TuneRes
     assert len(r.tried) <= math.ceil(math.log2(len(r.ranking))) + 2
     # every trial with fewer float layers than the chosen one failed
     assert all(not t.passed for t in r.tried if len(t.denylist) < len(r.chosen.denylist))
-    assert Path(r.chosen.path) == out / "fragile-tune.tflite" and Path(r.chosen.path).stat().st_size == \
-        r.chosen.size_bytes
+    variant = r.chosen_variant
+    assert variant is not None and Path(variant.path).read_bytes() == variant.tflite
+    assert variant.size_bytes == r.chosen.size_bytes and variant.engine == r.deploy_engine == "tf"
 
 
 @pytest.mark.slow
 def test_tune_stores_run_trials_and_variant(fragile_search: tuple[TuneResult, Store, Path]) -> None:
     r, store, _ = fragile_search
-    assert r.tune_run_id is not None and r.debug_run_id is not None
+    assert r.tune_run_id is not None and r.debug.debug_run_id is not None
     trials = store.tune_trials(r.tune_run_id)
     assert len(trials) == len(r.tried)
     assert [json.loads(d) if isinstance(d, str) else list(d) for d in trials["denylist"]] == \
@@ -167,7 +168,7 @@ def test_tune_stores_run_trials_and_variant(fragile_search: tuple[TuneResult, St
 def test_tune_no_budget_needed_on_demo(demo: LoadedModel, digits: Dataset) -> None:
     r = tune(demo, digits, max_drop=5.0, calibration_samples=50, debug_samples=30)
     assert r.chosen is not None and r.chosen.denylist == () and len(r.tried) == 1
-    assert r.tune_run_id is None and r.chosen.path == ""
+    assert r.tune_run_id is None and r.chosen_variant is not None and r.chosen_variant.path == ""
 
 
 def test_tune_negative_budget(demo: LoadedModel, digits: Dataset) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from qcore.qtyping import LoadedModel, QlabError
+from qcore.qtyping import LoadedModel, QlabError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def _layer_from_config(tf_keras: Any, spec: dict[str, Any]) -> Any:
     try:
         return cls.from_config(config)
     except Exception as exc:  # tf_keras raises many types for configs it cannot read
-        raise QlabError(f"cannot rebuild layer {name!r} ({cls_name}) in tf_keras: {_first_line(exc)}") from None
+        raise QlabError(f"cannot rebuild layer {name!r} ({cls_name}) in tf_keras: {first_line(exc)}") from None
 
 
 def _input_from_config(tf_keras: Any, spec: dict[str, Any]) -> Any:
@@ -195,7 +195,7 @@ def _rebuild_sequential(tf_keras: Any, config: dict[str, Any]) -> Any:
     except QlabError:
         raise
     except Exception as exc:
-        raise QlabError(f"cannot rebuild the Sequential model in tf_keras: {_first_line(exc)}") from None
+        raise QlabError(f"cannot rebuild the Sequential model in tf_keras: {first_line(exc)}") from None
 
 
 def _history_key(tensor_spec: dict[str, Any]) -> tuple[str, int, int]:
@@ -250,7 +250,7 @@ def _rebuild_functional(tf_keras: Any, config: dict[str, Any]) -> Any:
             try:
                 out = layer(*args, **kwargs)
             except Exception as exc:
-                raise QlabError(f"cannot rebuild layer {name!r} in tf_keras: {_first_line(exc)}") from None
+                raise QlabError(f"cannot rebuild layer {name!r} in tf_keras: {first_line(exc)}") from None
             outs = out if isinstance(out, list | tuple) else [out]
             for i, t in enumerate(outs):
                 tensors[(name, node_index, i)] = t
@@ -285,7 +285,7 @@ def _copy_weights(source: Any, target: Any) -> None:
         except ValueError as exc:
             raise QlabError(
                 f"cannot copy the weights of layer {layer.name!r} ({type(layer).__name__}) into tf_keras: "
-                f"{_first_line(exc)}"
+                f"{first_line(exc)}"
             ) from None
 
 
@@ -304,8 +304,3 @@ def _check_outputs(source: Any, target: Any, x: np.ndarray | None, rtol: float) 
             f"the rebuilt tf_keras model differs from the Keras 3 model by up to {diff:.3g} "
             f"(tolerance {rtol * scale:.3g}); a layer setting did not translate"
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

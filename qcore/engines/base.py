@@ -1,0 +1,116 @@
+"""The engine interface: what every quantizer gives qlab (a recipe's .tflite, per-layer error, keep-float)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from qcore.qtyping import LayerStat, LoadedModel, Recipe
+
+# an int8 tensor spans 255 steps of its scale: a layer's `range`
+INT8_STEPS = 255.0
+
+
+@dataclass(frozen=True)
+class LayerErrorMetric:
+    """How an engine measures per-layer error, so pages, reports and the search read each on its own scale.
+
+    The TF debugger verifies layer by layer (each quantized layer fed the float input) and its
+    rmse/scale sits near 1/sqrt(12) for a well-quantized tensor; AI Edge Quantizer compares whole
+    models, so errors propagate and the same column grows layer after layer. One threshold cannot
+    serve both: each engine says what its figures mean.
+    """
+
+    name: str  # what a table column or axis says, e.g. "rmse/scale (layer by layer)"
+    words: str  # one sentence a user reads beside the table
+    reference: float  # the figure of a well-quantized layer on this scale (the reference line)
+    reference_words: str  # what the reference line says
+    threshold: float  # default suspect threshold on this scale
+    propagates: bool  # errors accumulate through the model (whole-model comparison)
+
+
+@dataclass(frozen=True)
+class DebugOptions:
+    """Options of a per-layer error run; an engine refuses the ones it has no use for, by name."""
+
+    extra_metrics: tuple[str, ...] = ()  # TF debugger only: names of `qcore.explain.debugger.LAYER_METRICS`
+    whole_model: bool = False  # TF debugger only: float and quantized paths apart (errors propagate)
+
+
+NO_OPTIONS = DebugOptions()
+
+
+@dataclass(frozen=True)
+class LayerErrors:
+    """One engine's per-layer error table for one quantized model."""
+
+    columns: tuple[str, ...]  # the engine's own columns, in its order
+    stats: tuple[LayerStat, ...]
+    model_metrics: dict[str, float]  # argmax_agreement, output_mse of the quantized model vs float
+    settings: dict[str, Any] = field(default_factory=dict)  # engine-specific settings recorded with the run
+    comparison: Any = field(default=None, repr=False, compare=False)  # AEQ's result, for Model Explorer
+
+
+class Session(Protocol):
+    """One model's work on one engine: calibration and the float base made once, shared by every call."""
+
+    @property
+    def calibration_samples(self) -> int:
+        """How many calibration samples the session uses."""
+        ...
+
+    def convert(self, recipe: Recipe, keep_float: Sequence[str] = (), keep_ops: Sequence[str] = ()) -> bytes:
+        """The recipe's .tflite, keeping the named op outputs (`keep_float`) and op types (`keep_ops`) in float.
+
+        Raises:
+            QlabError: naming the recipe and op when the engine refuses.
+        """
+        ...
+
+    def layer_errors(self, recipe: Recipe, x: np.ndarray, *, keep_float: Sequence[str] = (),
+                     keep_ops: Sequence[str] = (), options: DebugOptions = NO_OPTIONS) -> LayerErrors:
+        """Per-layer error of the recipe's quantized model against float on the samples `x`.
+
+        Raises:
+            QlabError: for a recipe without quantized activations, an option the engine has no use for.
+        """
+        ...
+
+    def float_outputs(self, recipe: Recipe) -> dict[str, str]:
+        """Tensor name → op name of every op output keep-float can name."""
+        ...
+
+
+class Engine(Protocol):
+    """A quantizer behind qlab; `qcore.engines.ENGINES` lists them."""
+
+    @property
+    def name(self) -> str:
+        """"tf", "aeq": stored with every variant and per-layer table."""
+        ...
+
+    @property
+    def label(self) -> str:
+        """What users read: "TF converter"."""
+        ...
+
+    @property
+    def suffix(self) -> str:
+        """The mark a variant's name carries: "" for the default engine, "@aeq"."""
+        ...
+
+    @property
+    def metric(self) -> LayerErrorMetric:
+        """How this engine's per-layer error reads."""
+        ...
+
+    def refusal(self, recipe: Recipe) -> str:
+        """Why this engine cannot express `recipe`, or "" when it can."""
+        ...
+
+    def session(self, model: LoadedModel, calibration: np.ndarray) -> Session:
+        """A session on `model`, calibrated (lazily) on `calibration`."""
+        ...
