@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from qcore.boards.runs import AccuracyItem, accuracy_run, matrix, variant_model
+from qcore.inputs.data import load_stored_dataset
 from qcore.jobs.contract import BoardAccuracyParams, BoardBenchParams, BoardMatrixParams, JobKind
 from qcore.qtyping import Progress, QlabError
 from qcore.store import Store
@@ -20,8 +22,6 @@ def board_bench_task(store: Store, params: BoardBenchParams, progress: Progress)
 
 
 def board_matrix_task(store: Store, params: BoardMatrixParams, progress: Progress) -> dict[str, Any]:
-    from qcore.board_runs import matrix
-
     result = matrix(store, list(params.variant_ids), list(params.targets), pool=params.pool,
                     placement=params.placement, runs=params.runs, warmup=params.warmup, threads=params.threads,
                     profile=params.profile, progress=progress)
@@ -45,9 +45,6 @@ def board_matrix_task(store: Store, params: BoardMatrixParams, progress: Progres
 
 def board_accuracy_task(store: Store, params: BoardAccuracyParams, progress: Progress) -> dict[str, Any]:
     """Each (variant, target) cell on its own; the board gets the variant's own test data."""
-
-    from qcore.board_runs import AccuracyItem, accuracy_run, variant_model
-    from qcore.data import load_stored_dataset
 
     if not params.variant_ids:
         raise QlabError("choose at least one variant")

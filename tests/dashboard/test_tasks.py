@@ -16,7 +16,7 @@ from dashboard.services.lab import LOCAL_BOARD, Lab, close, register_local_agent
 from qcore.inputs.data import load_stored_dataset
 from qcore.jobs.contract import BoardAccuracyParams, BoardBenchParams, ConvertParams
 from qcore.qtyping import JobStatus, LoadedModel, QlabError
-from qcore.recipes import resolve_recipes
+from qcore.engines import resolve_recipes
 from tests.dashboard.conftest import point_env, run_job
 
 
@@ -146,7 +146,7 @@ def test_bootstrap_first_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
         the_lab.runner.wait(jobs[0].id, timeout=600)
         assert the_lab.store.job(jobs[0].id).status is JobStatus.DONE
         summary = the_lab.store.variant_summary()
-        assert set(summary["variant"]) == {r.name for r in resolve_recipes("all")}
+        assert set(summary["variant"]) == {r.name for r in resolve_recipes("all", "tf")}
         assert summary["host_p50_ms"].notna().sum() == (summary["status"] == "ok").sum()
     finally:
         close(the_lab)
