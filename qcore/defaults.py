@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+# the lab's files live here unless QLAB_DATA_DIR / QLAB_DB say otherwise
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 # calibration: the first N training samples, batch 1 (the converter's representative dataset)
 CALIBRATION_SAMPLES = 100
 # the debugger's per-layer statistics run on the first M test samples
@@ -29,3 +35,15 @@ QAT_LEARNING_RATE = 1e-4
 # host timing right after a conversion: enough runs for a stable p50 of a small model
 HOST_BENCH_RUNS = 30
 HOST_BENCH_WARMUP = 3
+
+
+def data_dir() -> Path:
+    """`QLAB_DATA_DIR`, else `data/` in the repository: the database, blobs, uploads, tokens, logs."""
+    env = os.environ.get("QLAB_DATA_DIR")
+    return Path(env) if env else REPO_ROOT / "data"
+
+
+def db_path() -> Path:
+    """`QLAB_DB`, else `qlab.duckdb` in the data directory."""
+    env = os.environ.get("QLAB_DB")
+    return Path(env) if env else data_dir() / "qlab.duckdb"

@@ -11,9 +11,10 @@ import streamlit as st
 
 from dashboard.services import reads
 from dashboard.services.jobs import ACTIVE, make_runner
+from qcore import defaults
 from qcore.jobs.contract import DemoParams
 from qcore.jobs.runner import JobRunner
-from qcore.store import Store, default_data_dir, default_db_path
+from qcore.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Lab:
 
 def lab() -> Lab:
     """The lab of this server process, created on first use (from QLAB_DB / QLAB_DATA_DIR)."""
-    return _lab(str(default_db_path().resolve()), str(default_data_dir().resolve()))
+    return _lab(str(defaults.db_path().resolve()), str(defaults.data_dir().resolve()))
 
 
 @st.cache_resource(show_spinner=False)

@@ -13,8 +13,9 @@ from streamlit import config
 from dashboard.services import children
 from dashboard.services.lab import ENV_AGENT_TOKEN_FILE, ENV_AGENT_URL, Lab, lab
 from dashboard.services.sign_in import DEFAULT_HOST, check_bind
+from qcore import defaults
 from qcore.qtyping import QlabError
-from qcore.store import accounts, default_data_dir
+from qcore.store import accounts
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ async def start() -> Running:
         raise QlabError(f"{ENV_ADMIN_TOKEN} needs at least {accounts.MIN_ADMIN_TOKEN_CHARS} characters")
     agent = None
     if os.environ.get(children.ENV_AGENT, "1") != "0" and not os.environ.get(ENV_AGENT_URL):
-        data_dir = default_data_dir().resolve()
+        data_dir = defaults.data_dir().resolve()
         token_file = children.ensure_token(data_dir / "agent" / "token")
         # started from this (the event loop's) thread, not a pool thread: the agent gets PR_SET_PDEATHSIG,
         # which fires when the *thread* that forked it exits, and pool threads come and go

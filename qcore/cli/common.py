@@ -41,9 +41,10 @@ def emit(args: argparse.Namespace, payload: Any, text: str) -> None:
 
 def open_store(args: argparse.Namespace) -> Any:
     """The store of `--db` (default: $QLAB_DB or data/qlab.duckdb)."""
-    from qcore.store import Store, default_db_path
+    from qcore import defaults
+    from qcore.store import Store
 
-    return Store(Path(args.db) if getattr(args, "db", None) else default_db_path())
+    return Store(Path(args.db) if getattr(args, "db", None) else defaults.db_path())
 
 
 def add_common(p: argparse.ArgumentParser, *, db: bool = True, json_flag: bool = True) -> None:

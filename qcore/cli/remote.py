@@ -285,10 +285,11 @@ def _report_make(remote: Remote, args: argparse.Namespace) -> int:
 
 
 def _report_push(remote: Remote, args: argparse.Namespace) -> int:
+    from qcore import defaults
     from qcore.lab.reports import export_bundle
-    from qcore.store import Store, default_db_path
+    from qcore.store import Store
 
-    with Store(Path(args.db) if args.db else default_db_path()) as store:
+    with Store(Path(args.db) if args.db else defaults.db_path()) as store:
         bundle = export_bundle(store, args.report_id)
     result = remote.call("POST", "/reports/import", files={"file": (f"{args.report_id}.zip", bundle)}, timeout=600)
     print(to_json(result, indent=2) if args.json else f"pushed report {args.report_id}: {result['url']}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from qcore import defaults
 from qcore.qtyping import (
     Dataset,
     LoadedModel,
@@ -160,10 +161,9 @@ def build_demo_model() -> Any:
     )
 
 
-def demo_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    from qcore.store import default_data_dir
-
-    return Path(data_dir) if data_dir else default_data_dir() / "demo"
+def demo_dir(folder: str | os.PathLike[str] | None = None) -> Path:
+    """Where the demo model is kept: `folder`, else `demo/` in the lab's data directory."""
+    return Path(folder) if folder else defaults.data_dir() / "demo"
 
 
 def demo_model(data_dir: str | os.PathLike[str] | None = None, progress: Progress = no_progress) -> LoadedModel:

@@ -23,10 +23,20 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from qcore import __version__
-from qcore.qtyping import SCORING_LABELS, Evaluation, Latency, QlabError, Scoring, VariantStatus
+from qcore import __version__, defaults
+from qcore.engines import ENGINES
+from qcore.lab.import_tflite import IMPORTED_ENGINE
+from qcore.qtyping import (
+    SCORING_LABELS,
+    Evaluation,
+    Latency,
+    NpuVerdict,
+    QlabError,
+    Scoring,
+    VariantStatus,
+)
 from qcore.store import Store, check_sha256, sha256_bytes
-from qcore.tflite.inspection import inspect
+from qcore.tflite.inspection import inspect, npu_verdict
 from qcore.tflite.names import keras_layer_name
 
 log = logging.getLogger(__name__)
@@ -635,11 +645,12 @@ def _write_import(store: Store, meta: dict[str, Any], content: dict[str, Any], f
                       "scoring": _text(v.get("scoring"), "scoring") or Scoring.CLASSES.value},
             status=VariantStatus(v["status"]), error=_text(v.get("error"), "error"),
             tflite=blobs.get(sha) if sha and v["status"] == "ok" else None,
+            npu=_verdict(blobs.get(sha)) if sha and v["status"] == "ok" else None,
             input_dtype=_text(v.get("input_dtype"), "input_dtype"),
             output_dtype=_text(v.get("output_dtype"), "output_dtype"),
             evaluation=None if dataset_id is None else _evaluation(host.iloc[0] if len(host) else None, v,
                                                                    confusion.get(str(old))),
-            engine="aeq" if _text(v.get("engine"), "engine") == "aeq" else "tf",  # a bundle is untrusted
+            engine=_engine(_text(v.get("engine"), "engine")),
         )
         for e in evals[(evals["variant_id"] == old) & (evals["device"] != "host")].itertuples():
             if dataset_id is None:
@@ -701,3 +712,18 @@ def _latency(b: Any) -> Latency:
         mean_ms=_num(b.mean_ms), p50_ms=_num(b.p50_ms), p90_ms=_num(b.p90_ms), p99_ms=_num(b.p99_ms),
         std_ms=_num(b.std_ms), extra={} if pd.isna(b.peak_rss_mb) else {"peak_rss_mb": float(b.peak_rss_mb)},
     )
+
+
+def _verdict(tflite: bytes | None) -> NpuVerdict | None:
+    """A bundled file's NPU verdict, read once as it comes in (the bundle's files were parsed already)."""
+    if tflite is None:
+        return None
+    try:
+        return npu_verdict(tflite)
+    except QlabError:
+        return None
+
+
+def _engine(name: str) -> str:
+    """A bundled variant's engine, if it is one qlab knows (a bundle is untrusted text)."""
+    return name if name in ENGINES or name == IMPORTED_ENGINE else defaults.ENGINE

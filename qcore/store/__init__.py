@@ -12,8 +12,6 @@ from qcore.store.boards import BoardRows
 from qcore.store.debug import DebugRows
 from qcore.store.files import (
     check_sha256,
-    default_data_dir,
-    default_db_path,
     sha256_bytes,
     write_atomic,
 )
@@ -29,8 +27,6 @@ __all__ = [
     "MIGRATION_0008",
     "Store",
     "check_sha256",
-    "default_data_dir",
-    "default_db_path",
     "sha256_bytes",
     "write_atomic",
 ]

@@ -14,11 +14,11 @@ from typing import Any, Self
 import duckdb
 import pandas as pd
 
+from qcore import defaults
 from qcore.qtyping import QlabError
 from qcore.serialize import json_default
 from qcore.store.files import (
     check_sha256,
-    default_data_dir,
     private_dir,
     sha256_bytes,
     write_atomic,
@@ -79,7 +79,7 @@ class StoreBase:
                  token_dir: str | os.PathLike[str] | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.path.parent.resolve() == default_data_dir().resolve():
+        if self.path.parent.resolve() == defaults.data_dir().resolve():
             private_dir(self.path.parent)
         self.blob_dir = Path(blob_dir) if blob_dir else self.path.parent / "blobs"
         self.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

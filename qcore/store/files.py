@@ -1,4 +1,4 @@
-"""The files the store keeps beside its database: default paths, private folders, blobs by sha256, board tokens."""
+"""The files the store keeps beside its database: private folders, blobs by sha256, board tokens."""
 
 from __future__ import annotations
 
@@ -10,22 +10,8 @@ from pathlib import Path
 
 from qcore.qtyping import QlabError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # a blob's name and a bundle's references: anything else (`../../x`) must never become a path
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-def default_db_path() -> Path:
-    """`QLAB_DB`, else `data/qlab.duckdb` under `QLAB_DATA_DIR` or the repo."""
-    env = os.environ.get("QLAB_DB")
-    if env:
-        return Path(env)
-    return default_data_dir() / "qlab.duckdb"
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("QLAB_DATA_DIR")
-    return Path(env) if env else REPO_ROOT / "data"
 
 
 def private_dir(path: Path) -> Path:

@@ -48,7 +48,8 @@ class VariantRows(StoreBase):
 
         Re-running the same (model, dataset, name) updates that row; evaluations accumulate,
         and views read the latest. A failed variant keeps its error and no half-written metrics.
-        The NPU verdict is read from the .tflite here unless the caller passes one.
+        The NPU verdict comes with the value (read where the .tflite was made); the store never
+        parses a .tflite for it.
         `dataset_id` is None only for an imported .tflite stored before any data was chosen;
         such a variant has no evaluation.
 
@@ -60,8 +61,6 @@ class VariantRows(StoreBase):
         if tflite is not None:
             sha, blob = self.put_blob(tflite)
             path, size = str(blob), len(tflite)
-            if npu is None:
-                npu = _lint_or_none(tflite, name)
         params = [kind, recipe, dump_json(settings), str(status), error or None, sha, size, path,
                   input_dtype or None, output_dtype or None, parent_variant_id, str(engine)]
         with self.transaction() as cur:

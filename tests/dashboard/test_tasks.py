@@ -13,10 +13,10 @@ from dashboard import serve
 from dashboard.services import children
 from dashboard.services import lab as lab_mod
 from dashboard.services.lab import LOCAL_BOARD, Lab, close, register_local_agent
+from qcore.engines import resolve_recipes
 from qcore.inputs.data import load_stored_dataset
 from qcore.jobs.contract import BoardAccuracyParams, BoardBenchParams, ConvertParams
 from qcore.qtyping import JobStatus, LoadedModel, QlabError
-from qcore.engines import resolve_recipes
 from tests.dashboard.conftest import point_env, run_job
 
 

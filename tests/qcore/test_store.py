@@ -136,12 +136,14 @@ def test_store_a_dead_process_left_opens_offline(tmp_path):
         assert store.variant_summary().empty
 
 
-def test_save_variant_stores_npu_verdict_from_the_flatbuffer(tmp_store, tiny_tflite):
+def test_save_variant_stores_the_npu_verdict_it_is_given(tmp_store, tiny_tflite):
+    from qcore.tflite.inspection import npu_verdict
+
     m, d = _model_and_dataset(tmp_store)
     f32 = tmp_store.save_variant(model_id=m, dataset_id=d, name="float32", kind="ptq", recipe="float32",
-                                 tflite=tiny_tflite["float32"])
+                                 tflite=tiny_tflite["float32"], npu=npu_verdict(tiny_tflite["float32"]))
     i8 = tmp_store.save_variant(model_id=m, dataset_id=d, name="int8", kind="ptq", recipe="int8",
-                                tflite=tiny_tflite["int8"])
+                                tflite=tiny_tflite["int8"], npu=npu_verdict(tiny_tflite["int8"]))
     rows = tmp_store.variant_summary().set_index("variant_id")
     assert bool(rows.at[i8, "npu_ready"]) and rows.at[i8, "npu_label"] == "✅ integer-only"
     assert not bool(rows.at[f32, "npu_ready"]) and rows.at[f32, "npu_float_ops"] > 0
@@ -151,9 +153,12 @@ def test_save_variant_stores_npu_verdict_from_the_flatbuffer(tmp_store, tiny_tfl
     assert rows.at[i8, "float_size_bytes"] == len(tiny_tflite["float32"])
 
 
-def test_save_variant_unreadable_tflite_stores_no_verdict(tmp_store):
+def test_save_variant_never_parses_the_tflite(tmp_store, tiny_tflite, monkeypatch):
+    import qcore.tflite.inspection as inspection
+
+    monkeypatch.setattr(inspection, "npu_verdict", lambda *a: pytest.fail("the store parsed a .tflite"))
     m, d = _model_and_dataset(tmp_store)
-    v = tmp_store.save_variant(model_id=m, dataset_id=d, name="x", kind="ptq", tflite=b"TFL3-not-a-model")
+    v = tmp_store.save_variant(model_id=m, dataset_id=d, name="x", kind="ptq", tflite=tiny_tflite["int8"])
     row = tmp_store.variant(v)
     assert row["npu_label"] is None or row["npu_label"] != row["npu_label"]  # NULL reads as None or NaN
 
