@@ -1,4 +1,4 @@
-"""Batched evaluation vs the seed's one-sample-at-a-time loop, on 10,000 samples through the demo model.
+"""Batched evaluation vs the TFLite tutorial's one-sample-at-a-time loop, on 10,000 samples through the demo model.
 
 Prints both throughputs and their ratio (target: batched at least 10x faster) and asserts identical predictions.
 """
@@ -28,7 +28,7 @@ REPEATS = 3
 
 
 def seed_loop(model: bytes, x: np.ndarray) -> np.ndarray:
-    """The tutorial's evaluation loop (002_*): one set_tensor/invoke per sample, same quantization rule."""
+    """The tutorial's evaluation loop: one set_tensor/invoke per sample, same quantization rule."""
     it = Interpreter(model_content=model)
     it.allocate_tensors()
     inp, out = it.get_input_details()[0], it.get_output_details()[0]

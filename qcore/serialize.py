@@ -38,6 +38,15 @@ def json_default(obj: Any) -> Any:
     return str(obj)  # anything else as text: a stored row or an answer never fails on an odd value
 
 
+def finite(value: Any) -> float | None:
+    """A number as a finite float, or None (NaN, infinities, and what is not a number): JSON has no NaN."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
 def _finite(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None

@@ -1,4 +1,4 @@
-"""The float-to-integer mapping plot of the /math calculator (seeds 000 and 001)."""
+"""The float-to-integer mapping plot of the /math calculator (scale and zero point from a float range; tflite_convert's mean/std_dev)."""
 
 from __future__ import annotations
 

@@ -42,6 +42,7 @@ from qcore.qtyping import (
     Progress,
     QlabError,
     no_progress,
+    progress_slice,
 )
 from qcore.store import Store, sha256_bytes
 from qcore.tflite import litert_io, metrics
@@ -375,15 +376,6 @@ def accuracy_run(
         store.save_cell(run_id, cell)
         cells.append(cell)
     return cells
-
-
-def progress_slice(progress: Progress, start: float, end: float) -> Progress:
-    """Maps a sub-step's [0, 1] progress onto [start, end]."""
-
-    def report(fraction: float, message: str) -> None:
-        progress(start + (end - start) * max(0.0, min(1.0, fraction)), message)
-
-    return report
 
 
 # ---------------------------------------------------------------------- a matrix over a pool

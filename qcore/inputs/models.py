@@ -1,4 +1,4 @@
-"""Loading Keras models (.keras, .h5, SavedModel) and the built-in demo CNN of seed 002."""
+"""Loading Keras models (.keras, .h5, SavedModel) and the built-in demo CNN (TensorFlow's MNIST tutorial CNN, sized for digits)."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def _load_dot_keras(p: Path, trusted: bool) -> LoadedModel:
 
 
 def build_demo_model() -> Any:
-    """The seed's small CNN, sized for 8×8 digits: Reshape → Conv2D(12, 3×3) → MaxPool → Flatten → Dense(10)."""
+    """The tutorial's small CNN, sized for 8×8 digits: Reshape → Conv2D(12, 3×3) → MaxPool → Flatten → Dense(10)."""
     import tf_keras
 
     return tf_keras.Sequential(

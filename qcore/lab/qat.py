@@ -264,7 +264,7 @@ def build_qat_model(keras_model: Any, layers: Sequence[str]) -> tuple[Any, list[
 def moving_average_ranges(qat_model: Any) -> dict[str, tuple[Any, Any]]:
     """The (min, max) variables of the activation quantizers, keyed by prefix (weights' ranges excluded).
 
-    Weight quantizers track the last value; only activation ranges are moving averages (003_*).
+    Weight quantizers track the last value; only activation ranges are moving averages.
     """
     weight_range_ids: set[int] = set()
     for layer in qat_model.layers:
@@ -303,7 +303,7 @@ def range_drift(before: dict[str, tuple[np.ndarray, np.ndarray]],
 
 
 def pitfall_warnings(keras_accuracy: float, tflite_accuracy: float, drift: float) -> list[str]:
-    """The moving-average range pitfall (003_*): unsettled ranges make the converted model worse than the QAT model.
+    """The moving-average range pitfall: unsettled ranges make the converted model worse than the QAT model.
 
     Returns:
         A warning, with the advice to train longer, for an accuracy gap of more than a point

@@ -35,6 +35,7 @@ from qcore.qtyping import (
     Scoring,
     VariantStatus,
 )
+from qcore.serialize import finite
 from qcore.store import Store, check_sha256, sha256_bytes
 from qcore.tflite.inspection import inspect, npu_verdict
 from qcore.tflite.names import keras_layer_name
@@ -113,14 +114,6 @@ def build_content(store: Store, variant_ids: Sequence[int]) -> dict[str, Any]:
 DEBUG_WORST = 10
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def debugger_content(store: Store, variants: pd.DataFrame) -> list[dict[str, Any]]:
     """The newest debugger run of each (model, dataset) in the report: its worst layers by rmse/scale."""
     out: list[dict[str, Any]] = []
@@ -139,8 +132,8 @@ def debugger_content(store: Store, variants: pd.DataFrame) -> list[dict[str, Any
         out.append({
             "model": str(part["model"].iloc[0]), "debug_run_id": int(run["id"]),
             "recipe": settings.get("recipe"), "layers": len(stats),
-            "worst": [{"layer": keras_layer_name(r.tensor_name), "op": r.op_name, "rmse_scale": _finite(r.rmse_scale),
-                       "range": _finite(r.range)} for r in ranked.head(DEBUG_WORST).itertuples()],
+            "worst": [{"layer": keras_layer_name(r.tensor_name), "op": r.op_name, "rmse_scale": finite(r.rmse_scale),
+                       "range": finite(r.range)} for r in ranked.head(DEBUG_WORST).itertuples()],
         })
     return out
 
@@ -155,9 +148,9 @@ def qat_content(store: Store, variants: pd.DataFrame) -> list[dict[str, Any]]:
         out.append({
             "variant": f"{r.model} / {r.variant}", "layers": settings.get("layers"),
             "epochs": settings.get("epochs"), "train_samples": settings.get("train_samples"),
-            "final_loss": _finite(last["loss"]) if last is not None and "loss" in last else None,
-            "keras_accuracy": _finite(settings.get("keras_accuracy")), "tflite_accuracy": _finite(r.accuracy),
-            "range_drift": _finite(settings.get("range_drift")), "warnings": list(settings.get("warnings") or []),
+            "final_loss": finite(last["loss"]) if last is not None and "loss" in last else None,
+            "keras_accuracy": finite(settings.get("keras_accuracy")), "tflite_accuracy": finite(r.accuracy),
+            "range_drift": finite(settings.get("range_drift")), "warnings": list(settings.get("warnings") or []),
         })
     return out
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from qcore import defaults
 from qcore.qtyping import QlabError
-from qcore.serialize import json_default
+from qcore.serialize import to_json
 from qcore.store.files import (
     check_sha256,
     private_dir,
@@ -58,8 +58,8 @@ def connect(path: Path) -> duckdb.DuckDBPyConnection:
 
 
 def dump_json(value: Any) -> str | None:
-    """A value for a JSON column (NULL for None); numpy scalars, paths and dataclasses as jobs serialize them."""
-    return None if value is None else json.dumps(value, default=json_default)
+    """A value for a JSON column (NULL for None), by the one serializer: numpy values, paths, dataclasses; NaN as null."""
+    return None if value is None else to_json(value)
 
 
 def load_json(value: Any) -> Any:

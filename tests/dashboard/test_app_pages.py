@@ -562,9 +562,9 @@ def test_math_seed_example(empty_lab: Lab, page) -> None:
     at = page("math")
     _no_traceback(at)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["zero point"] == "-64"  # [-2, 6] onto int8 (seed 000)
+    assert metrics["zero point"] == "-64"  # [-2, 6] onto int8
     assert metrics["quantized"] == "32"  # 3.0 → 32
-    assert metrics["mean, std_dev"] == "0, 255"  # range (0, 1) (seed 001)
+    assert metrics["mean, std_dev"] == "0, 255"  # range (0, 1) as tflite_convert's mean/std_dev
     assert metrics["min, max"] == "-1, 1"  # mean 127.5, std 127.5
     assert plotly_specs(at)[0]["data"][0]["line"]["shape"] == "hv"
 

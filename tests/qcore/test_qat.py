@@ -1,4 +1,4 @@
-"""Quantization-aware training: whole model and chosen layers, history, conversion, the 003_* pitfall guard."""
+"""Quantization-aware training: whole model and chosen layers, history, conversion, the moving-average range pitfall guard."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_run_qat_layer_by_name(demo: LoadedModel) -> None:
 
 
 def test_run_qat_warns_when_ranges_still_move(demo: LoadedModel, digits: Dataset) -> None:
-    # one short epoch: the activation ranges start at ±6 and have not converged (003_*)
+    # one short epoch: the activation ranges start at ±6 and have not converged
     r = run_qat(demo, digits, epochs=1, train_samples=200)
     assert r.range_drift > 0.02
     assert any("train longer" in w and "ranges" in w for w in r.warnings)

@@ -36,7 +36,7 @@ def test_mean_std_from_range_seed_001_pixel_range() -> None:
 
 
 def test_scale_zero_point_seed_001_uint8_unit_range() -> None:
-    # 001: [-1, 1] onto [0, 255] has scale 2/255; the seed truncates the zero point 127.5 to
+    # [-1, 1] onto [0, 255] has scale 2/255; tflite_convert's rule truncates the zero point 127.5 to
     # 127, TFLite's nudge rounds it to 128 — either keeps 0.0 exact, 128 is what the converter does
     scale, zero_point = qmath.scale_zero_point(-1.0, 1.0, 0, 255)
     assert scale == pytest.approx(2 / 255)
@@ -203,7 +203,7 @@ def test_range_from_mean_std_inverts_mean_std_from_range() -> None:
 
 
 def test_range_from_mean_std_mobilenet_flags() -> None:
-    # tflite_convert --mean_values=128 --std_dev_values=127, as in the seed's command line
+    # tflite_convert --mean_values=128 --std_dev_values=127, as in the classic tflite_convert command line
     lo, hi = qmath.range_from_mean_std(128.0, 127.0)
     assert lo == pytest.approx(-128 / 127)
     assert hi == pytest.approx(1.0)
