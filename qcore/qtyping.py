@@ -260,7 +260,7 @@ class ModelRecord:
 
 @dataclass(frozen=True)
 class DatasetRecord:
-    """A dataset a job registers (the demo's digits)."""
+    """A dataset as the owner registers it (the demo's digits, the CLI's --data)."""
 
     name: str
     source: str
@@ -270,6 +270,8 @@ class DatasetRecord:
     n_train: int
     n_test: int
     num_classes: int
+    stored_path: str | None = None  # where its file is read again by later jobs; None for digits
+    image_shape: tuple[int | None, ...] | None = None  # the model input a folder of images was read at
     dataset_id: int | None = None
 
 

@@ -14,8 +14,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from qcore.cli import boards, convert, explain, lab, reports
+from qcore.cli import boards, convert, explain, lab, local, remote, reports
 from qcore.cli.common import EXIT_BAD_INPUT, Handler
+from qcore.cli.run import RUN_HERE, command_name
 from qcore.qtyping import QlabError
 
 # what `--server` runs on the server (qcore.cli.remote.REMOTE_COMMANDS); a test checks the two agree
@@ -57,18 +58,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=quiet.CurrentStderr(),  # type: ignore[arg-type]
     )
     quiet.quiet_python_logs(args.verbose)
-    handler: Handler = args.handler
     args.stdout_text = []
     try:
-        if args.server:
-            # a thin HTTP client: no engine work, so nothing native can print; it prints its own result
-            from qcore.cli import remote
-
-            if remote.runs_remotely(args):
-                return remote.run(args, args.server)
-            remote.note_local(args)
-        with quiet.native_output(verbose=args.verbose):
-            code = handler(args)
+        if args.server and remote.runs_remotely(args):
+            # a thin HTTP client: no engine work, so nothing native can print
+            code = remote.run(args, args.server)
+        else:
+            if args.server:
+                remote.note_local(args)
+            # a job command runs in this process the way the server runs it; the others are handlers
+            handler: Handler = local.run if command_name(args) in RUN_HERE else args.handler
+            with quiet.native_output(verbose=args.verbose):
+                code = handler(args)
         for text in args.stdout_text:
             print(text)
         sys.stdout.flush()

@@ -17,6 +17,7 @@ import requests
 
 from qcore.jobs.contract import kind_of, params_json
 from qcore.qtyping import QlabError
+from qcore.tflite.litert_io import check_runnable
 
 ENV_SERVER = "QLAB_SERVER"
 ENV_TOKEN = "QLAB_TOKEN"
@@ -128,12 +129,13 @@ class Remote:
         got = self.call("POST", "/datasets", files={"file": (filename, body)}, data=form, timeout=UPLOAD_TIMEOUT_S)
         return int(got["id"])
 
-    def variant(self, spec: str, *, dataset_id: int | None = None) -> int:
+    def variant(self, spec: str, *, dataset_id: int | None = None, runnable: bool = False) -> int:
         """A server variant: `variant:<id>`, the variant whose .tflite has this local file's sha256, or
         the variant the server makes when it imports the file (POST /variants).
 
         Args:
             dataset_id: the data an imported file is evaluated on and keeps (for a later job on it).
+            runnable: the job runs it: a file with custom ops LiteRT cannot run is refused, named, first.
 
         Raises:
             QlabError: for an unreadable file or a refused import.
@@ -145,9 +147,12 @@ class Remote:
             return int(text)
         path = Path(spec)
         try:
-            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+            data = path.read_bytes()
         except OSError as exc:
             raise QlabError(f"{spec}: {exc.strerror or exc}") from None
+        if runnable:
+            check_runnable(data, spec)
+        sha = hashlib.sha256(data).hexdigest()
         for row in self.call("GET", "/variants"):
             if row.get("sha256") == sha and row.get("status") == "ok":
                 return int(row["variant_id"])

@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from qcore import defaults
 from qcore.cli.common import (
     EXIT_OK,
-    EXIT_PARTIAL,
     Subparsers,
     add_common,
     add_engine,
     add_preprocessing,
     emit,
     load_data_arg,
-    load_model_arg,
-    log_progress,
     names,
-    open_store,
     read_tflite,
     tflite_input_shape,
 )
 from qcore.jobs.contract import ConvertParams, HostBenchParams
-from qcore.qtyping import QlabError
 
 
 def add_commands(sub: Subparsers) -> None:
@@ -34,15 +29,13 @@ def add_commands(sub: Subparsers) -> None:
     p.add_argument("model", help="a .keras, .h5, SavedModel directory, or 'demo'")
     p.add_argument("--data", required=True, help="a .npz (x_train, y_train, x_test, y_test), image folder/.zip, or 'digits'")
     p.add_argument("--recipes", default="all", help="'all' or a comma-separated list of recipe names")
-    p.add_argument("--out", help="write <OUT>/<recipe>.tflite (default: qlab-out/<model name>; with --server: "
-                   "only when given)")
+    p.add_argument("--out", help="also write each variant's .tflite as OUT/<variant>.tflite")
     add_preprocessing(p)
     p.add_argument("--calibration-samples", type=int, default=defaults.CALIBRATION_SAMPLES,
                    help=f"first N training samples (default {defaults.CALIBRATION_SAMPLES})")
     add_engine(p, "tf: the TF converter, what users deploy with (default); aeq: AI Edge Quantizer, "
                "calibrated once for all recipes")
     add_common(p)
-    p.set_defaults(handler=_cmd_convert)
 
     p = sub.add_parser("evaluate", help="accuracy of a .tflite on a labelled test split")
     p.add_argument("tflite")
@@ -62,9 +55,7 @@ def add_commands(sub: Subparsers) -> None:
     p.add_argument("--warmup", type=int, default=defaults.BENCH_WARMUP)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only")
-    p.add_argument("--db", help="also store the timing in this DuckDB file")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(handler=_cmd_bench)
+    add_common(p)
 
     p = sub.add_parser("demo", help="write the built-in demo model and its digits .npz")
     p.add_argument("--out", default="qlab-demo", help="folder (default: qlab-demo)")
@@ -86,48 +77,36 @@ def host_bench_params(args: argparse.Namespace, variant_id: int) -> HostBenchPar
                            xnnpack=not args.no_xnnpack)
 
 
-# ---------------------------------------------------------------- handlers
-def _cmd_convert(args: argparse.Namespace) -> int:
-    from qcore.lab.convert import convert_and_evaluate
-    from qcore.recipes import resolve_recipes
+# ---------------------------------------------------------------- what the job commands print
+def _num(value: Any, fmt: str = ".4f") -> str:
+    return "-" if value is None else format(value, fmt)
 
-    try:
-        recipes = resolve_recipes(args.recipes, args.engine)
-    except ValueError as exc:
-        raise QlabError(str(exc)) from None
-    model = load_model_arg(args.model)
-    dataset = load_data_arg(args, model.input_shape)
-    out = Path(args.out) if args.out else Path("qlab-out") / model.name
-    with open_store(args) as store:
-        report = convert_and_evaluate(
-            model, dataset, recipes, store=store, out_dir=out, calibration_samples=args.calibration_samples,
-            progress=log_progress, engine=args.engine,
-        )
-    variants = []
-    lines = [f"{report.model}: float accuracy {report.float_accuracy:.4f} on {len(dataset.y_test)} test samples"
-             f" (engine {args.engine})"]
-    for v in report.variants:
-        ev = v.evaluation
-        variants.append({
-            "recipe": v.recipe, "status": str(v.status), "path": v.path, "size_bytes": v.size_bytes,
-            "accuracy": ev.accuracy if ev else None, "top5": ev.top5 if ev else None,
-            "agreement": ev.agreement if ev else None, "input_dtype": v.input_dtype or None,
-            "output_dtype": v.output_dtype or None, "error": v.error or None, "engine": v.engine,
-        })
-        if ev:
-            lines.append(f"  {v.recipe:<17} acc {ev.accuracy:.4f}  top5 {ev.top5:.4f}  agree {ev.agreement:.4f}  "
-                         f"{v.size_bytes:>9} B  {v.input_dtype}->{v.output_dtype}  {v.path}")
+
+def convert_text(doc: dict[str, Any], args: argparse.Namespace) -> str:
+    """`qlab convert` without --json: one line per variant, from the job's document."""
+    lines = [f"{doc['model']} (model #{doc['model_id']}): float accuracy {_num(doc.get('float_accuracy'))} "
+             f"(engine {doc.get('engine')})"]
+    for v in doc.get("variants", []):
+        if v.get("status") == "ok":
+            lines.append(f"  #{v['variant_id']:<5} {v['name']:<22} acc {_num(v.get('accuracy'))}  top5 "
+                         f"{_num(v.get('top5'))}  agree {_num(v.get('agreement'))}  {v.get('size_bytes') or 0:>9} B  "
+                         f"{v.get('input_dtype')}->{v.get('output_dtype')}  {v.get('npu') or ''}")
         else:
-            lines.append(f"  {v.recipe:<17} FAILED: {v.error}")
-    payload = {"model": report.model, "float_accuracy": report.float_accuracy, "engine": args.engine,
-               "variants": variants}
-    emit(args, payload, "\n".join(lines))
-    failed = [v for v in report.variants if v.error]
-    for v in failed:
-        print(f"qlab convert: recipe {v.recipe} failed: {v.error}", file=sys.stderr)
-    return EXIT_PARTIAL if failed else EXIT_OK
+            lines.append(f"  #{v.get('variant_id') or '-':<5} {v['name']:<22} FAILED: {v.get('error')}")
+    return "\n".join(lines)
 
 
+def bench_text(doc: dict[str, Any], args: argparse.Namespace) -> str:
+    """`qlab bench` without --json: the timing of the file."""
+    t = (doc.get("timings") or [{}])[0]
+    return (f"{args.tflite}: {t.get('threads')} thread(s), XNNPACK {'on' if t.get('xnnpack') else 'off'}\n"
+            f"  init {_num(t.get('init_ms'), '.3f')} ms, first inference {_num(t.get('first_ms'), '.3f')} ms\n"
+            f"  {t.get('runs')} runs: min {_num(t.get('min_ms'), '.3f')}  mean {_num(t.get('mean_ms'), '.3f')}  "
+            f"p50 {_num(t.get('p50_ms'), '.3f')}  p90 {_num(t.get('p90_ms'), '.3f')}  p99 {_num(t.get('p99_ms'), '.3f')}"
+            f"  std {_num(t.get('std_ms'), '.3f')} ms")
+
+
+# ---------------------------------------------------------------- handlers
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from qcore.tflite.evaluate import evaluate_tflite
 
@@ -164,24 +143,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     lines.append(f"verdict: {result.verdict}")
     lines += [f"  [{f.severity}] {f.code}: {f.message}" for f in result.lint]
     emit(args, payload, "\n".join(lines))
-    return EXIT_OK
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from qcore.store import Store, sha256_bytes
-    from qcore.tflite.latency import benchmark
-
-    model = read_tflite(args.tflite)
-    lat = benchmark(model, runs=args.runs, warmup=args.warmup, threads=args.threads, xnnpack=not args.no_xnnpack)
-    if args.db:
-        with Store(Path(args.db)) as store:
-            sha = sha256_bytes(model)
-            store.add_benchmark(lat, sha256=sha, variant_id=store.variant_id_for_sha(sha))
-    text = (f"{args.tflite}: {lat.threads} thread(s), XNNPACK {'on' if lat.xnnpack else 'off'}\n"
-            f"  init {lat.init_ms:.3f} ms, first inference {lat.first_ms:.3f} ms\n"
-            f"  {lat.runs} runs: min {lat.min_ms:.3f}  mean {lat.mean_ms:.3f}  p50 {lat.p50_ms:.3f}  "
-            f"p90 {lat.p90_ms:.3f}  p99 {lat.p99_ms:.3f}  std {lat.std_ms:.3f} ms")
-    emit(args, asdict(lat), text)
     return EXIT_OK
 
 

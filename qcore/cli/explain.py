@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
-from pathlib import Path
+from typing import Any
 
 from qcore import defaults
 from qcore.cli.common import (
-    EXIT_OK,
     Subparsers,
     add_common,
     add_engine,
     add_preprocessing,
-    emit,
-    load_data_arg,
-    load_model_arg,
-    log_progress,
     names,
-    open_store,
-    read_tflite,
-    tflite_input_shape,
 )
+from qcore.engines import get_engine
 from qcore.jobs.contract import (
     CompareTensorsParams,
     DebugParams,
@@ -51,9 +43,8 @@ def add_commands(sub: Subparsers) -> None:
     p.add_argument("--calibration-samples", type=int, default=defaults.CALIBRATION_SAMPLES,
                    help="for --int-io: first N training samples")
     add_preprocessing(p)
-    p.add_argument("--out", help="also write the .tflite here")
+    p.add_argument("--out", help="also write the QAT variant's .tflite here")
     add_common(p)
-    p.set_defaults(handler=_cmd_qat)
 
     p = sub.add_parser("debug", help="TFLite's quantization debugger: per-layer errors, suspects, selective quantization")
     p.add_argument("model", help=MODEL_HELP)
@@ -79,7 +70,6 @@ def add_commands(sub: Subparsers) -> None:
     p.add_argument("--model-explorer-out", help="with --engine aeq: write AEQ's comparison JSON and Model "
                    "Explorer node-data files (<model>_comparison_result_me_input_<metric>.json) to this folder")
     add_common(p)
-    p.set_defaults(handler=_cmd_debug)
 
     p = sub.add_parser("compare-tensors", help="tensor-by-tensor errors of a quantized .tflite against the float one")
     p.add_argument("float_tflite", metavar="FLOAT.tflite")
@@ -88,8 +78,7 @@ def add_commands(sub: Subparsers) -> None:
     p.add_argument("--samples", type=int, default=defaults.COMPARE_SAMPLES,
                    help=f"first N test samples (default {defaults.COMPARE_SAMPLES})")
     add_preprocessing(p)
-    add_common(p, db=False)
-    p.set_defaults(handler=_cmd_compare_tensors)
+    add_common(p)
 
     p = sub.add_parser("tune", help="find a small set of layers to keep in float within an accuracy budget")
     p.add_argument("model", help=MODEL_HELP)
@@ -100,13 +89,12 @@ def add_commands(sub: Subparsers) -> None:
     p.add_argument("--debug-samples", type=int, default=defaults.DEBUG_SAMPLES,
                    help=f"first M test samples ranking layers (default {defaults.DEBUG_SAMPLES})")
     add_preprocessing(p)
-    p.add_argument("--out", help="write <OUT>/<model>-tune.tflite")
+    p.add_argument("--out", help="also write the chosen variant's .tflite as OUT/<model>-tune.tflite")
     add_engine(p, "who ranks layers and runs the trials: tf (default) or aeq (calibrated once, faster); "
                "use the engine you deploy with")
     add_engine(p, "who makes the chosen variant (default tf): the chosen denylist is converted once more "
                "with it when it differs from --engine", flag="--deploy-engine")
     add_common(p)
-    p.set_defaults(handler=_cmd_tune)
 
 
 # ---------------------------------------------------------------- as jobs
@@ -158,6 +146,9 @@ def _denylists(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, ..
     nodes, ops = tuple(names(args.denylist_nodes)), tuple(names(args.denylist_ops))
     if args.selective_out and not (nodes or ops):
         raise QlabError("--selective-out needs --denylist-nodes or --denylist-ops")
+    if args.model_explorer_out and not get_engine(args.engine).model_explorer:
+        raise QlabError(f"--model-explorer-out: the {get_engine(args.engine).label}'s per-layer error has no Model "
+                        "Explorer export; use --engine aeq")
     return nodes, ops
 
 
@@ -166,130 +157,72 @@ def _check_samples(args: argparse.Namespace) -> None:
         raise QlabError(f"--samples must be at least 1, got {args.samples}")
 
 
-# ---------------------------------------------------------------- handlers
-def _cmd_qat(args: argparse.Namespace) -> int:
-    from qcore.lab.qat import run_qat
-
-    model = load_model_arg(args.model)
-    dataset = load_data_arg(args, model.input_shape)
-    with open_store(args) as store:
-        r = run_qat(
-            model, dataset, layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
-            learning_rate=args.learning_rate, train_samples=args.train_samples, int_io=args.int_io,
-            calibration_samples=args.calibration_samples, store=store, out=args.out, progress=log_progress,
-        )
-    payload = {
-        "model": r.model, "layers": list(r.layers), "quantized_layers": list(r.quantized_layers),
-        "float_accuracy": r.float_accuracy, "keras_accuracy": r.keras_accuracy, "tflite_accuracy": r.tflite_accuracy,
-        "agreement": r.evaluation.agreement, "size_bytes": r.size_bytes, "path": r.path, "sha256": r.sha256,
-        "input_dtype": r.input_dtype, "output_dtype": r.output_dtype, "history": list(r.history),
-        "range_drift": r.range_drift, "warnings": list(r.warnings), "variant_id": r.variant_id,
-    }
-    lines = [f"{r.model}: QAT of {', '.join(r.quantized_layers)}",
-             *(f"  epoch {i}: loss {h['loss']:.4f}, accuracy {h['accuracy']:.4f}, ranges moved {h['range_drift']:.1%}"
-               for i, h in enumerate(r.history, start=1)),
-             f"  float {r.float_accuracy:.4f}  QAT Keras {r.keras_accuracy:.4f}  TFLite {r.tflite_accuracy:.4f}  "
-             f"{r.size_bytes} B  {r.input_dtype}->{r.output_dtype}  {r.path}",
-             *(f"  warning: {w}" for w in r.warnings)]
-    emit(args, payload, "\n".join(lines))
-    return EXIT_OK
+# ---------------------------------------------------------------- what the job commands print
+def _num(value: Any, fmt: str = ".4f") -> str:
+    return "-" if value is None else format(value, fmt)
 
 
-def _cmd_debug(args: argparse.Namespace) -> int:
-    from qcore.explain.debugger import run_debugger, stats_csv
-
-    nodes, ops = _denylists(args)
-    model = load_model_arg(args.model)
-    dataset = load_data_arg(args, model.input_shape)
-    with open_store(args) as store:
-        r = run_debugger(
-            model, dataset, recipe=args.recipe, calibration_samples=args.calibration_samples,
-            debug_samples=args.debug_samples, extra_metrics=names(args.metrics), whole_model=args.whole_model,
-            denylisted_nodes=list(nodes), denylisted_ops=list(ops), threshold=args.threshold, first_k=args.first_k,
-            store=store, selective_out=args.selective_out, progress=log_progress, engine=args.engine,
-            model_explorer_out=args.model_explorer_out,
-        )
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(stats_csv(r))
-    sel = r.selective
-    payload = {
-        "model": r.model, "settings": r.settings, "columns": list(r.columns),
-        "layers": [asdict(s) for s in r.stats], "model_metrics": r.model_metrics, "suspects": list(r.suspects),
-        "selective": None if sel is None else {
-            "denylisted_nodes": list(sel.denylisted_nodes), "denylisted_ops": list(sel.denylisted_ops),
-            "ignored_nodes": list(sel.ignored_nodes), "accuracy": sel.evaluation.accuracy,
-            "agreement": sel.evaluation.agreement, "size_bytes": sel.size_bytes, "path": sel.path,
-            "variant_id": sel.variant_id,
-        },
-        "debug_run_id": r.debug_run_id, "out": args.out, "engine": args.engine,
-        "model_explorer_out": args.model_explorer_out,
-    }
-    mode = "whole model" if args.whole_model or args.engine == "aeq" else "layer by layer"
-    lines = [f"{r.model}: {len(r.stats)} layers debugged by {args.engine} ({mode}"
-             f", {r.settings['debug_samples']} samples)"]
-    lines += [f"  {s.op_name:<18} rmse/scale {s.rmse_scale:7.3f}  range {s.range:9.4g}  {s.tensor_name}"
-              for s in r.stats]
-    lines.append("  model: " + ", ".join(f"{k} {v:.4g}" for k, v in r.model_metrics.items()))
-    lines.append(f"  suspects (rmse/scale > {args.threshold}): " + (", ".join(r.suspects) or "none"))
-    if sel is not None:
-        lines.append(f"  selective: accuracy {sel.evaluation.accuracy:.4f}, {sel.size_bytes} B, {sel.path}")
-        if sel.ignored_nodes:
-            lines.append("  still quantized (they share their neighbours' scale): " + ", ".join(sel.ignored_nodes))
-    if args.out:
-        lines.append(f"  statistics written to {args.out}")
-    emit(args, payload, "\n".join(lines))
-    return EXIT_OK
+def qat_text(doc: dict[str, Any], args: argparse.Namespace) -> str:
+    """`qlab qat` without --json: the epochs, the three accuracies, the variant and any warning."""
+    v = doc.get("variant") or {}
+    return "\n".join([
+        f"{doc['model']}: QAT of {', '.join(doc.get('quantized_layers') or [])}",
+        *(f"  epoch {h['epoch']}: loss {_num(h.get('loss'))}, accuracy {_num(h.get('accuracy'))}, ranges moved "
+          f"{_num(h.get('range_drift'), '.1%')}" for h in doc.get("history") or []),
+        f"  float {_num(doc.get('float_accuracy'))}  QAT Keras {_num(doc.get('keras_accuracy'))}  TFLite "
+        f"{_num(doc.get('tflite_accuracy'))}  variant #{doc.get('variant_id')} {v.get('name')}  "
+        f"{v.get('size_bytes') or 0} B  {v.get('input_dtype')}->{v.get('output_dtype')}  {v.get('npu') or ''}",
+        *(f"  warning: {w}" for w in doc.get("warnings") or []),
+    ])
 
 
-def _cmd_compare_tensors(args: argparse.Namespace) -> int:
-    from qcore.tflite.compare import compare_tensors
+def debug_text(doc: dict[str, Any], args: argparse.Namespace) -> str:
+    """`qlab debug` without --json: every layer's error on its engine's scale, suspects, the selective model."""
+    settings = doc.get("settings") or {}
+    mode = "whole model" if settings.get("whole_model") else "layer by layer"
+    lines = [f"{doc['model']}: {len(doc.get('layers') or [])} layers debugged by {doc.get('engine')} ({mode}, "
+             f"{settings.get('debug_samples')} samples), run #{doc.get('debug_run_id')}"]
+    lines += [f"  {s['op_name']:<18} rmse/scale {_num(s.get('rmse_scale'), '7.3f')}  range "
+              f"{_num(s.get('range'), '9.4g')}  {s['tensor_name']}" for s in doc.get("layers") or []]
+    lines.append("  model: " + ", ".join(f"{k} {_num(v, '.4g')}" for k, v in (doc.get("model_metrics") or {}).items()))
+    lines.append(f"  suspects (rmse/scale > {settings.get('threshold')}): " + (", ".join(doc.get("suspects") or [])
+                                                                            or "none"))
+    sel = doc.get("selective")
+    if sel:
+        lines.append(f"  selective: variant #{sel.get('variant_id')} {sel.get('name')}, accuracy "
+                     f"{_num(sel.get('accuracy'))}, {sel.get('size_bytes') or 0} B, {sel.get('npu') or ''}")
+        if sel.get("ignored_nodes"):
+            lines.append("  still quantized (they share their neighbours' scale): " + ", ".join(sel["ignored_nodes"]))
+    return "\n".join(lines)
 
-    _check_samples(args)
-    fbytes, qbytes = read_tflite(args.float_tflite), read_tflite(args.quant_tflite)
-    dataset = load_data_arg(args, tflite_input_shape(fbytes))
-    r = compare_tensors(fbytes, qbytes, dataset.preprocess(dataset.x_test[: args.samples]), progress=log_progress)
-    payload = {"float": args.float_tflite, "quant": args.quant_tflite, "n_samples": r.n_samples,
-               "matched": [asdict(d) for d in r.matched], "unmatched": [asdict(u) for u in r.unmatched]}
-    lines = [f"{len(r.matched)} tensors matched on {r.n_samples} samples, {len(r.unmatched)} unmatched"]
-    lines += [f"  {d.quant_dtype:<8} mse {d.mse:10.4g}  max|e| {d.max_abs_error:10.4g}  snr {d.snr_db:7.2f} dB  "
-              f"cos {d.cosine:.6f}{'  const' if d.is_constant else ''}  {d.name}" for d in r.matched]
-    lines += [f"  unmatched ({u.side}): {u.name}: {u.reason}" for u in r.unmatched]
-    emit(args, payload, "\n".join(lines))
-    return EXIT_OK
+
+def compare_text(doc: dict[str, Any], args: argparse.Namespace) -> str:
+    """`qlab compare-tensors` without --json: one line per matched tensor."""
+    matched, unmatched = doc.get("matched") or [], doc.get("unmatched") or []
+    lines = [f"{doc.get('float')} vs {doc.get('quant')}: {len(matched)} tensors matched on {doc.get('n_samples')} "
+             f"samples, {len(unmatched)} unmatched"]
+    lines += [f"  {d['quant_dtype']:<8} mse {_num(d.get('mse'), '10.4g')}  max|e| {_num(d.get('max_abs_error'), '10.4g')}"
+              f"  snr {_num(d.get('snr_db'), '7.2f')} dB  cos {_num(d.get('cosine'), '.6f')}"
+              f"{'  const' if d.get('is_constant') else ''}  {d['name']}" for d in matched]
+    lines += [f"  unmatched ({u['side']}): {u['name']}: {u['reason']}" for u in unmatched]
+    return "\n".join(lines)
 
 
-def _cmd_tune(args: argparse.Namespace) -> int:
-    from qcore.explain.search import tune
-
-    model = load_model_arg(args.model)
-    dataset = load_data_arg(args, model.input_shape)
-    with open_store(args) as store:
-        r = tune(model, dataset, max_drop=args.max_drop, recipe=args.recipe,
-                 calibration_samples=args.calibration_samples, debug_samples=args.debug_samples, store=store,
-                 out_dir=args.out, progress=log_progress, engine=args.engine, deploy_engine=args.deploy_engine)
-    chosen = r.chosen
-    payload = {
-        "model": r.model, "max_drop": r.max_drop, "float_accuracy": r.float_accuracy,
-        "target_accuracy": r.target_accuracy, "layers": len(r.ranking), "ranking": list(r.ranking),
-        "tried": [{"denylist": list(t.denylist), "accuracy": t.accuracy, "size_bytes": t.size_bytes,
-                   "passed": t.passed, **({"error": t.error} if t.error else {})} for t in r.tried],
-        "chosen": None if chosen is None else {"denylist": list(chosen.denylist), "accuracy": chosen.accuracy,
-                                               "size_bytes": chosen.size_bytes, "path": chosen.path,
-                                               "passed": chosen.passed},
-        "tune_run_id": r.tune_run_id, "chosen_variant_id": r.chosen_variant_id,
-        "engine": r.engine, "deploy_engine": r.deploy_engine, "search_accuracy": r.search_accuracy,
-    }
-    lines = [f"{r.model}: float accuracy {r.float_accuracy:.4f}, target {r.target_accuracy:.4f} "
-             f"(at most {r.max_drop:g} points lower); {len(r.ranking)} layers ranked, {len(r.tried)} conversions"]
-    lines += [f"  {len(t.denylist):>3} in float: accuracy {t.accuracy:.4f}  {t.size_bytes} B  "
-              f"{'pass' if t.passed else 'fail'}" + (f"  ({t.error})" if t.error else "") for t in r.tried]
+def tune_text(doc: dict[str, Any], args: argparse.Namespace) -> str:
+    """`qlab tune` without --json: every trial, and the chosen denylist with the engine that confirmed it."""
+    lines = [f"{doc['model']}: float accuracy {_num(doc.get('float_accuracy'))}, target "
+             f"{_num(doc.get('target_accuracy'))} (at most {doc['max_drop']:g} points lower); {doc.get('layers')} "
+             f"layers ranked by {doc.get('engine')}, {len(doc.get('tried') or [])} conversions"]
+    lines += [f"  {len(t['denylist']):>3} in float: accuracy {_num(t.get('accuracy'))}  {t.get('size_bytes')} B  "
+              f"{'pass' if t.get('passed') else 'fail'}" + (f"  ({t['error']})" if t.get("error") else "")
+              for t in doc.get("tried") or []]
+    chosen, variant = doc.get("chosen"), doc.get("chosen_variant") or {}
     if chosen is None:
         lines.append("  no denylist reaches the target, not even with every ranked layer in float")
     else:
-        lines.append(f"  chosen: {len(chosen.denylist)} layers in float, accuracy {chosen.accuracy:.4f} "
-                     f"({r.deploy_engine}; search on {r.engine}){'' if chosen.passed else ' MISSES the target'}, "
-                     f"{chosen.size_bytes} B  {chosen.path}")
-        lines += [f"    {n}" for n in chosen.denylist]
-    emit(args, payload, "\n".join(lines))
-    return EXIT_OK
+        lines.append(f"  chosen: {len(chosen['denylist'])} layers in float, accuracy {_num(chosen.get('accuracy'))} "
+                     f"({doc.get('deploy_engine')}; search on {doc.get('engine')})"
+                     f"{'' if chosen.get('passed') else ' MISSES the target'}, variant #{variant.get('variant_id')} "
+                     f"{variant.get('name')}, {chosen.get('size_bytes')} B")
+        lines += [f"    {n}" for n in chosen["denylist"]]
+    return "\n".join(lines)

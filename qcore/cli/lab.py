@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from qcore.cli.common import (
@@ -13,12 +13,15 @@ from qcore.cli.common import (
     add_common,
     add_preprocessing,
     emit,
-    load_data_arg,
     log_progress,
     open_store,
 )
+from qcore.cli.local import LocalLab
+from qcore.jobs.contract import ImportTfliteParams
+from qcore.lab.import_tflite import input_shape
 from qcore.qtyping import QlabError
 from qcore.serialize import frame_records
+from qcore.tflite.litert_io import read_tflite as read_file
 
 # `qlab list --json`: the same fields locally (the store's v_variant_summary) and with --server (GET
 # /api/v1/models and /variants, the same view), so a script reads one document shape either way
@@ -225,31 +228,33 @@ def _add_import_commands(sub: Subparsers) -> None:
 
 
 def _cmd_import_tflite(args: argparse.Namespace) -> int:
-    from qcore.lab.import_tflite import import_tflite, input_shape
-    from qcore.tflite.litert_io import read_tflite
-
     # custom ops are welcome here: the file is stored and inspected, only running it is refused
-    model = read_tflite(args.tflite)
-    reference = read_tflite(args.reference) if args.reference else None
-    dataset = load_data_arg(args, input_shape(model, args.tflite)) if args.data else None
+    model = read_file(args.tflite)
+    reference = read_file(args.reference) if args.reference else None
     with open_store(args) as store:
-        r = import_tflite(store, model, label=args.tflite, name=args.name, reference=reference,
-                          reference_label=args.reference or "", dataset=dataset, progress=log_progress)
-    payload = asdict(r)
-    lines = [f"{args.tflite}: model #{r.model_id} {r.model!r} (tflite-only), variant #{r.variant_id} {r.variant!r}; "
-             f"{r.size_bytes} B, {r.input_dtype} -> {r.output_dtype}, {r.verdict}"]
-    if r.reference_variant_id is not None:
-        lines.append(f"  float reference: variant #{r.reference_variant_id} ({args.reference})")
-    lines.append(f"  scored by: {'top-1 against labels' if r.scoring == 'classes' else 'MSE / cosine against the reference'}")
-    ev, ref = r.evaluation, r.reference_evaluation
-    if ev is not None and r.scoring == "classes":
-        lines.append(f"  accuracy {ev.accuracy:.4f}  top-5 {ev.top5:.4f}"
-                     + (f"  agreement {ev.agreement:.4f}" if ev.agreement is not None else "")
-                     + (f"  (reference accuracy {ref.accuracy:.4f})" if ref is not None else "")
-                     + f" on {ev.n_samples} samples")
-    elif ev is not None:
-        lines.append("  " + "  ".join(f"{k} {v:.4g}" for k, v in ev.output_metrics.items())
-                     + f" on {ev.n_samples} samples")
-    lines += [f"  note: {n}" for n in r.notes]
-    emit(args, payload, "\n".join(lines))
+        lab = LocalLab(store, store.path.parent)
+        dataset_id = None
+        if args.data:
+            lab.remember_input_shape(0, input_shape(model, args.tflite))
+            dataset_id = lab.dataset(args.data, input_scale=args.input_scale, input_offset=args.input_offset,
+                                     model_id=0)
+        doc = lab.run(ImportTfliteParams(
+            filename=args.tflite, path=str(Path(args.tflite).resolve()), name=args.name,
+            dataset_id=dataset_id, reference_filename=args.reference or "",
+            reference_path=str(Path(args.reference).resolve()) if reference else ""), log_progress)
+    v = doc["variant"]
+    lines = [f"{args.tflite}: model #{doc['model_id']} {doc['model']!r} (tflite-only), variant #{doc['variant_id']} "
+             f"{v['name']!r}; {v['size_bytes']} B, {v['input_dtype']} -> {v['output_dtype']}, {doc['verdict']}"]
+    if doc.get("reference_variant_id") is not None and args.reference:
+        lines.append(f"  float reference: variant #{doc['reference_variant_id']} ({args.reference})")
+    lines.append(f"  scored by: {'top-1 against labels' if doc['scoring'] == 'classes' else 'MSE / cosine against the reference'}")
+    if v.get("accuracy") is not None:
+        lines.append(f"  accuracy {v['accuracy']:.4f}  top-5 {v['top5']:.4f}"
+                     + (f"  agreement {v['agreement']:.4f}" if v.get("agreement") is not None else "")
+                     + (f"  (reference accuracy {doc['reference_accuracy']:.4f})"
+                        if doc.get("reference_accuracy") is not None else ""))
+    elif doc.get("output_metrics"):
+        lines.append("  " + "  ".join(f"{k} {val:.4g}" for k, val in doc["output_metrics"].items()))
+    lines += [f"  note: {n}" for n in doc.get("notes") or []]
+    emit(args, doc, "\n".join(lines))
     return EXIT_OK

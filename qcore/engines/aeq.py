@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from qcore import defaults
 from qcore.engines import tf as tf_engine
 from qcore.engines.base import INT8_STEPS, NO_OPTIONS, DebugOptions, LayerErrorMetric, LayerErrors
 from qcore.inputs.models import model_sha256
@@ -40,7 +41,7 @@ METRIC = LayerErrorMetric(
           "steps of the output's scale: errors of earlier layers add up, so later layers read higher.",
     reference=1.0 / math.sqrt(12.0),
     reference_words="0.289 = rounding only",
-    threshold=0.7,
+    threshold=defaults.SUSPECT_THRESHOLD,
     propagates=True,
 )
 
@@ -559,6 +560,7 @@ class AeqEngine:
     label: str = "AI Edge Quantizer"
     suffix: str = "@aeq"
     metric: LayerErrorMetric = METRIC
+    model_explorer: bool = True
 
     def refusal(self, recipe: Recipe) -> str:
         return "" if recipe.name in SETTINGS else "AI Edge Quantizer cannot express it; use --engine tf"

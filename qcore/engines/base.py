@@ -107,6 +107,11 @@ class Engine(Protocol):
         """How this engine's per-layer error reads."""
         ...
 
+    @property
+    def model_explorer(self) -> bool:
+        """Whether its per-layer comparison exports as Model Explorer node data (`LayerErrors.comparison`)."""
+        ...
+
     def refusal(self, recipe: Recipe) -> str:
         """Why this engine cannot express `recipe`, or "" when it can."""
         ...

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from qcore import defaults
 from qcore.engines.base import INT8_STEPS, NO_OPTIONS, DebugOptions, LayerErrorMetric, LayerErrors
 from qcore.inputs.keras_bridge import check_scope_names
 from qcore.qtyping import LayerStat, LoadedModel, QlabError, Recipe, first_line
@@ -45,8 +46,7 @@ METRIC = LayerErrorMetric(
           "its output with float's, in steps of the layer's scale: rounding alone gives 1/√12 ≈ 0.289.",
     reference=1.0 / math.sqrt(12.0),
     reference_words="0.289 = rounding only",
-    # well above rounding noise: the quantization debugger's guide flags layers past this
-    threshold=0.7,
+    threshold=defaults.SUSPECT_THRESHOLD,
     propagates=False,
 )
 
@@ -435,6 +435,7 @@ class TfEngine:
     label: str = "TF converter"
     suffix: str = ""
     metric: LayerErrorMetric = METRIC
+    model_explorer: bool = False
 
     def refusal(self, recipe: Recipe) -> str:
         return _CANNOT.get(recipe.name, "")

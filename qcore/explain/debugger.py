@@ -38,8 +38,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CALIBRATION = defaults.CALIBRATION_SAMPLES
 DEFAULT_DEBUG_SAMPLES = defaults.DEBUG_SAMPLES
 DEFAULT_RECIPE = defaults.DEBUG_RECIPE
-# the default engine's suspect threshold (each engine's own is `Engine.metric.threshold`)
-DEFAULT_THRESHOLD = get_engine(defaults.ENGINE).metric.threshold
+DEFAULT_THRESHOLD = defaults.SUSPECT_THRESHOLD
 
 
 def recipe_of(recipe: Recipe | str) -> Recipe:

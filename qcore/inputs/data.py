@@ -358,11 +358,18 @@ def dataset_sha256(dataset: Dataset) -> str:
     return h.hexdigest()
 
 
-def dataset_record(dataset: Dataset) -> DatasetRecord:
-    """A dataset as the owner registers it (its digest, preprocessing and sizes)."""
+def dataset_record(dataset: Dataset, *, stored_path: str | None = None,
+                   image_shape: tuple[int | None, ...] | None = None) -> DatasetRecord:
+    """A dataset as the owner registers it (its digest, preprocessing and sizes).
+
+    Args:
+        stored_path: the file later jobs read it from again (None: digits, or data only this process has).
+        image_shape: the model input shape a folder or zip of images was read at.
+    """
     return DatasetRecord(name=dataset.name, source=dataset.source or dataset.name, sha256=dataset_sha256(dataset),
                          input_scale=dataset.input_scale, input_offset=dataset.input_offset,
-                         n_train=len(dataset.x_train), n_test=len(dataset.x_test), num_classes=dataset.num_classes)
+                         n_train=len(dataset.x_train), n_test=len(dataset.x_test), num_classes=dataset.num_classes,
+                         stored_path=stored_path, image_shape=image_shape)
 
 
 def save_npz(dataset: Dataset, path: str | os.PathLike[str]) -> None:

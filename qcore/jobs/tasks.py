@@ -114,6 +114,14 @@ _models: OrderedDict[tuple[str, bool], LoadedModel] = OrderedDict()
 _models_lock = threading.Lock()
 
 
+def remember_model(sha256: str, model: LoadedModel, *, trusted: bool = False) -> None:
+    """Keeps a model this process loaded already for the next job on it (the CLI registers, then runs)."""
+    with _models_lock:
+        _models[(sha256, trusted)] = dataclasses.replace(model, path="")
+        while len(_models) > _MODEL_CACHE_SIZE:
+            _models.popitem(last=False)
+
+
 def load_model_input(ctx: Context) -> LoadedModel:
     """The job's Keras model, loaded here from the bytes the owner sent (or kept from a job before).
 
@@ -138,12 +146,8 @@ def load_model_input(ctx: Context) -> LoadedModel:
     except QlabError as exc:  # name the user's file, not this worker's scratch copy
         raise QlabError(str(exc).replace(str(path), path.name)) from None
     # the scratch folder goes when the job ends: the model's identity is the owner's sha, not a path
-    model = dataclasses.replace(model, name=str(row.get("name") or model.name), path="")
-    with _models_lock:
-        _models[key] = model
-        while len(_models) > _MODEL_CACHE_SIZE:
-            _models.popitem(last=False)
-    return model
+    remember_model(key[0], model, trusted=key[1])
+    return dataclasses.replace(model, name=str(row.get("name") or model.name), path="")
 
 
 def load_dataset_input(ctx: Context, role: str = "dataset") -> Dataset:
@@ -258,7 +262,8 @@ def debug_task(ctx: Context, params: DebugParams) -> DebugResult:
     result = run_debugger(
         load_model_input(ctx), load_dataset_input(ctx), engine=params.engine, recipe=params.recipe,
         calibration_samples=params.calibration_samples, debug_samples=params.debug_samples,
-        extra_metrics=list(params.extra_metrics), whole_model=params.whole_model, progress=ctx.progress,
+        extra_metrics=list(params.extra_metrics), whole_model=params.whole_model, threshold=params.threshold,
+        first_k=params.first_k, progress=ctx.progress,
     )
     return _stored_as(result, params)
 
@@ -275,7 +280,9 @@ def selective_task(ctx: Context, params: SelectiveParams) -> DebugResult:
     result = run_debugger(
         model, dataset, engine=eng.name, recipe=rec, calibration_samples=params.calibration_samples,
         debug_samples=params.debug_samples, denylisted_nodes=list(params.denylisted_nodes),
-        denylisted_ops=list(params.denylisted_ops), session=session, progress=progress_slice(ctx.progress, 0, 0.8),
+        denylisted_ops=list(params.denylisted_ops), extra_metrics=list(params.extra_metrics),
+        whole_model=params.whole_model, threshold=params.threshold, first_k=params.first_k, session=session,
+        progress=progress_slice(ctx.progress, 0, 0.8),
     )
     assert result.selective is not None  # a denylist was given
     baseline_id = ctx.spec.rows.get("baseline", {}).get("variant_id")

@@ -71,8 +71,8 @@ def convert_and_evaluate(
                 raise QlabError(f"recipe {recipe.name}: {refusal}")
             tflite = session.convert(recipe)
             ev = evaluate_tflite(tflite, dataset, outputs)
-        except QlabError as exc:
-            log.warning("%s", exc)
+        except QlabError as exc:  # the result carries the refusal; the caller says it once
+            log.info("%s", exc)
             results.append(failed(name, VariantKind.PTQ, recipe.name, eng.name, str(exc), settings=settings))
         else:
             results.append(built(name, VariantKind.PTQ, recipe.name, eng.name, tflite, settings=settings,

@@ -46,10 +46,10 @@ def latency_doc(lat: Latency | None) -> dict[str, Any] | None:
 
 def _scores(ev: Evaluation | None) -> dict[str, Any]:
     if ev is None:
-        return {"accuracy": None, "top5": None, "agreement": None, "scoring": None}
+        return {"accuracy": None, "top5": None, "agreement": None, "scoring": None, "n_samples": None}
     classes = ev.scoring == Scoring.CLASSES
     return {"accuracy": ev.accuracy if classes else None, "top5": ev.top5 if classes else None,
-            "agreement": ev.agreement, "scoring": ev.scoring}
+            "agreement": ev.agreement, "scoring": ev.scoring, "n_samples": ev.n_samples}
 
 
 @document.register

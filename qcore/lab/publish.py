@@ -188,7 +188,8 @@ def _(value: ModelRecord, store: Store, root: Path) -> ModelRecord:
 def _(value: DatasetRecord, store: Store, root: Path) -> DatasetRecord:
     dataset_id = store.add_dataset(name=value.name, source=value.source, sha256=value.sha256,
                                    input_scale=value.input_scale, input_offset=value.input_offset,
-                                   n_train=value.n_train, n_test=value.n_test, num_classes=value.num_classes)
+                                   n_train=value.n_train, n_test=value.n_test, num_classes=value.num_classes,
+                                   stored_path=value.stored_path, image_shape=value.image_shape)
     return dataclasses.replace(value, dataset_id=dataset_id)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -71,10 +72,13 @@ class ModelRows(StoreBase):
         """
         with self.transaction() as cur:
             row = cur.execute(
-                "SELECT id FROM datasets WHERE sha256 = ? AND input_scale = ? AND input_offset = ?",
+                "SELECT id, stored_path FROM datasets WHERE sha256 = ? AND input_scale = ? AND input_offset = ?",
                 [sha256, input_scale, input_offset],
             ).fetchone()
             if row:
+                # the same data from a file that is here now, where the one it was first read from is gone
+                if stored_path and (not row[1] or not Path(str(row[1])).exists()):
+                    cur.execute("UPDATE datasets SET stored_path = ? WHERE id = ?", [stored_path, row[0]])
                 return int(row[0])
             row = cur.execute(
                 "INSERT INTO datasets (name, source, sha256, input_scale, input_offset, n_train, n_test,"

@@ -4,6 +4,7 @@ import json
 import pathlib
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,14 +35,23 @@ def test_convert_json_contract(converted):
     out, root = converted
     assert out.returncode == 0, out.stderr
     payload = json.loads(out.stdout)
-    assert set(payload) == {"model", "float_accuracy", "engine", "variants"}
+    assert set(payload) == {"model", "model_id", "dataset_id", "float_accuracy", "engine", "variants"}
     v = {x["recipe"]: x for x in payload["variants"]}
     assert list(v) == ["float32", "int8", "uint8"]
-    assert v["int8"]["path"] == str(root / "out" / "int8.tflite")
+    # each variant's id, for the next command a script runs (`qlab bench variant:<id>`, a board run)
+    assert all(isinstance(x["variant_id"], int) for x in v.values())
+    assert (root / "out" / "int8.tflite").read_bytes() == Path(v["int8"]["path"]).read_bytes()
     assert (v["uint8"]["input_dtype"], v["uint8"]["output_dtype"]) == ("uint8", "uint8")
-    for key in ("recipe", "path", "size_bytes", "accuracy", "top5", "agreement", "input_dtype", "output_dtype"):
+    for key in ("recipe", "name", "path", "size_bytes", "accuracy", "top5", "agreement", "input_dtype",
+                "output_dtype", "npu_ready", "npu"):
         assert key in v["int8"]
+    assert v["int8"]["npu_ready"] is True and v["float32"]["npu_ready"] is False
     assert "Traceback" not in out.stderr
+    from qcore.store import Store
+
+    with Store(root / "q.duckdb") as store:
+        stored = store.variant_summary().set_index("variant_id")
+        assert stored.loc[v["int8"]["variant_id"], "variant"] == "int8"
 
 
 def test_evaluate_json(capfd, converted, digits_npz):
@@ -64,13 +74,14 @@ def test_bench_json_reports_first_inference_apart(capfd, converted, tmp_path):
     db = tmp_path / "b.duckdb"
     code, out, _ = run(capfd, "bench", str(root / "out" / "int8.tflite"), "--runs", "5", "--warmup", "1",
                        "--db", str(db), "--json")
-    payload = json.loads(out)
+    (payload,) = json.loads(out)["timings"]
     assert code == 0 and payload["runs"] == 5 and payload["first_ms"] > 0
     assert payload["min_ms"] <= payload["p50_ms"] <= payload["p99_ms"]
     from qcore.store import Store
 
-    with Store(db) as store:
+    with Store(db) as store:  # the file was imported as a variant and timed there
         assert len(store.benchmarks()) == 1
+        assert store.benchmarks()["variant_id"].iloc[0] == payload["variant_id"]
 
 
 def test_demo_writes_model_and_data(capfd, tmp_path):

@@ -47,9 +47,11 @@ def test_qat_json_contract(capsys: pytest.CaptureFixture[str], demo_h5: Path, di
     out = tmp_path / "qat.tflite"
     got = _json(capsys, ["qat", str(demo_h5), "--data", str(digits_npz), "--epochs", "2", "--train-samples", "300",
                          "--batch-size", "64", "--learning-rate", "5e-4", "--out", str(out), "--db", db, "--json"])
-    for key in ("keras_accuracy", "tflite_accuracy", "size_bytes", "path", "history", "warnings"):
+    for key in ("keras_accuracy", "tflite_accuracy", "variant", "variant_id", "history", "warnings"):
         assert key in got
-    assert got["path"] == str(out) and out.stat().st_size == got["size_bytes"]
+    variant = got["variant"]
+    assert out.read_bytes() == Path(variant["path"]).read_bytes() and out.stat().st_size == variant["size_bytes"]
+    assert variant["kind"] == "qat" and variant["variant_id"] == got["variant_id"]
     assert len(got["history"]) == 2 and {"loss", "accuracy"} <= set(got["history"][0])
     assert isinstance(got["warnings"], list)
     assert 0.0 <= got["tflite_accuracy"] <= 1.0
@@ -59,7 +61,7 @@ def test_qat_int_io_dense_only(capsys: pytest.CaptureFixture[str], demo_h5: Path
                                db: str) -> None:
     got = _json(capsys, ["qat", str(demo_h5), "--data", str(digits_npz), "--layers", "Dense", "--epochs", "1",
                          "--train-samples", "200", "--int-io", "--db", db, "--json"])
-    assert got["input_dtype"] == "int8" and "logits" in got["quantized_layers"]
+    assert got["variant"]["input_dtype"] == "int8" and "logits" in got["quantized_layers"]
 
 
 def test_debug_out_csv_columns(capsys: pytest.CaptureFixture[str], demo_h5: Path, digits_npz: Path, db: str,
@@ -83,15 +85,16 @@ def test_debug_selective_out(capsys: pytest.CaptureFixture[str], demo_h5: Path, 
     got = _json(capsys, ["debug", str(demo_h5), "--data", str(digits_npz), "--calibration-samples", "40",
                          "--debug-samples", "30", "--denylist-ops", "FULLY_CONNECTED", "--selective-out", str(sel),
                          "--whole-model", "--engine", "tf", "--db", db, "--json"])
-    assert got["selective"]["path"] == str(sel) and sel.stat().st_size == got["selective"]["size_bytes"]
+    assert sel.read_bytes() == Path(got["selective"]["path"]).read_bytes()
+    assert sel.stat().st_size == got["selective"]["size_bytes"] and got["selective"]["npu_ready"] is False
     assert got["selective"]["denylisted_ops"] == ["FULLY_CONNECTED"]
     assert got["settings"]["whole_model"] is True
 
 
 def test_compare_tensors_json(capsys: pytest.CaptureFixture[str], tflite_files: dict[str, Path],
-                              digits_npz: Path) -> None:
+                              digits_npz: Path, db: str) -> None:
     got = _json(capsys, ["compare-tensors", str(tflite_files["float32"]), str(tflite_files["int8"]), "--data",
-                         str(digits_npz), "--samples", "4", "--json"])
+                         str(digits_npz), "--samples", "4", "--db", db, "--json"])
     assert got["n_samples"] == 4
     assert got["matched"] and {"name", "mse", "max_abs_error", "snr_db", "cosine"} <= set(got["matched"][0])
     assert all({"name", "side", "reason"} <= set(u) for u in got["unmatched"])
@@ -104,8 +107,10 @@ def test_tune_json_contract(capsys: pytest.CaptureFixture[str], demo_h5: Path, d
     assert got["target_accuracy"] == pytest.approx(got["float_accuracy"] - 0.05)
     assert got["tried"] and {"denylist", "accuracy", "size_bytes"} <= set(got["tried"][0])
     chosen = got["chosen"]
-    assert chosen is not None and {"denylist", "accuracy", "size_bytes", "path"} <= set(chosen)
-    assert Path(chosen["path"]).is_file()
+    assert chosen is not None and {"denylist", "accuracy", "size_bytes", "passed"} <= set(chosen)
+    variant = got["chosen_variant"]
+    assert variant["variant_id"] == got["chosen_variant_id"] and variant["engine"] == got["deploy_engine"] == "tf"
+    assert (tmp_path / "tuned" / f"{demo_h5.stem}-tune.tflite").read_bytes() == Path(variant["path"]).read_bytes()
 
 
 # ---------------------------------------------------------------- exit 2, one clear line
@@ -114,12 +119,12 @@ def test_debug_16x8_exits_2(capsys: pytest.CaptureFixture[str], demo_h5: Path, d
                   "--db", db], "int16x8", "compare-tensors")
 
 
-def test_debug_aeq_is_the_default_and_exports_model_explorer(capsys: pytest.CaptureFixture[str], demo_h5: Path,
-                                                             digits_npz: Path, db: str, tmp_path: Path) -> None:
+def test_debug_aeq_exports_model_explorer(capsys: pytest.CaptureFixture[str], demo_h5: Path,
+                                          digits_npz: Path, db: str, tmp_path: Path) -> None:
     out, me = tmp_path / "stats.csv", tmp_path / "me"
     got = _json(capsys, ["debug", str(demo_h5), "--data", str(digits_npz), "--calibration-samples", "40",
                          "--debug-samples", "20", "--out", str(out), "--model-explorer-out", str(me), "--db", db,
-                         "--json"])
+                         "--engine", "aeq", "--json"])
     assert got["engine"] == "aeq" and got["settings"]["engine"] == "aeq"
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["op_name", "tensor_idx", "num_elements", "mean_squared_error", "scale", "zero_point",
@@ -133,6 +138,17 @@ def test_debug_tf_refuses_model_explorer_export(capsys: pytest.CaptureFixture[st
                                                 digits_npz: Path, db: str, tmp_path: Path) -> None:
     _bad(capsys, ["debug", str(demo_h5), "--data", str(digits_npz), "--engine", "tf", "--model-explorer-out",
                   str(tmp_path / "me"), "--db", db], "Model Explorer", "--engine aeq")
+    from qcore.store import Store
+
+    with Store(db) as store:  # refused before anything ran or was stored
+        assert store.models().empty and store.debug_runs().empty
+
+
+def test_debug_is_the_default_engine_tf(capsys: pytest.CaptureFixture[str], demo_h5: Path, digits_npz: Path,
+                                        db: str) -> None:
+    got = _json(capsys, ["debug", str(demo_h5), "--data", str(digits_npz), "--calibration-samples", "20",
+                         "--debug-samples", "10", "--db", db, "--json"])
+    assert got["engine"] == "tf" and got["settings"]["engine"] == "tf"
 
 
 def test_convert_engine_aeq_json(capsys: pytest.CaptureFixture[str], demo_h5: Path, digits_npz: Path, db: str,

@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 
-from qcore.cli import SERVER_HELP, build_parser, main, remote
+from qcore.cli import SERVER_HELP, build_parser, main, remote, run
 from qcore.jobs.contract import PARAMS, job_kind, kind_of, params_json
 
 # the value of an option that needs another one to mean anything
-CONTEXT: dict[tuple[str, str], list[str]] = {("debug", "--selective-out"): ["--denylist-ops", "MEAN"]}
+CONTEXT: dict[tuple[str, str], list[str]] = {("debug", "--selective-out"): ["--denylist-ops", "MEAN"],
+                                             ("debug", "--model-explorer-out"): ["--engine", "aeq"]}
 # each command line is also walked with these added: debug with a denylist is the selective job
 MODES: dict[str, list[list[str]]] = {"debug": [[], ["--denylist-ops", "MEAN"]]}
 # params fields whose value from a bare command line differs from the dataclass default, and why
@@ -34,10 +35,11 @@ DEFAULT_DIFFERS: dict[tuple[str, str], str] = {
 }
 # a finished job's result per kind, naming the variants an output option downloads
 RESULTS: dict[str, dict[str, Any]] = {
-    "convert": {"model_id": 1, "variants": [{"variant_id": 5, "status": "ok", "recipe": "int8", "engine": "aeq"}]},
+    "convert": {"model_id": 1, "variants": [{"variant_id": 5, "name": "int8@aeq", "status": "ok", "recipe": "int8",
+                                             "engine": "aeq"}]},
     "qat": {"variant_id": 6},
     "tune": {"chosen_variant_id": 7},
-    "selective": {"selective_variant_id": 8},
+    "selective": {"selective": {"variant_id": 8}},
 }
 
 
@@ -64,8 +66,8 @@ class FakeRemote:
         self.uploads.append(("dataset", spec, input_scale, input_offset, model_id))
         return self._id("dataset", spec, input_scale, input_offset, model_id)
 
-    def variant(self, spec: str, *, dataset_id: int | None = None) -> int:
-        self.uploads.append(("variant", spec, dataset_id))
+    def variant(self, spec: str, *, dataset_id: int | None = None, runnable: bool = False) -> int:
+        self.uploads.append(("variant", spec, dataset_id, runnable))
         return self._id("variant", spec)
 
     def download_variant(self, variant_id: int, path: Path) -> Path:
@@ -143,22 +145,23 @@ def changed_argv(sub: argparse.ArgumentParser, action: argparse.Action) -> list[
 
 def parse(name: str, argv: list[str]) -> argparse.Namespace:
     args = build_parser().parse_args(["--server", "http://lab.example", *name.split(), *argv])
-    assert remote.command_name(args) == name
+    assert run.command_name(args) == name
     return args
 
 
 def sent(name: str, args: argparse.Namespace) -> tuple[str, dict[str, Any], list[tuple[Any, ...]]]:
     """What the remote mode sends for a command line: (job kind, params JSON, uploads)."""
     fake = FakeRemote()
-    params = remote.JOBS[name].params(fake, args)  # type: ignore[arg-type]
+    params = run.JOBS[name].params(fake, args)  # type: ignore[arg-type]
     assert dataclasses.is_dataclass(params) and type(params) in PARAMS.values()
     return kind_of(params).value, params_json(params), fake.uploads
 
 
-def downloads(name: str, args: argparse.Namespace, kind: str) -> list[tuple[int, str]]:
+def downloads(name: str, args: argparse.Namespace, kind: str) -> list[Any]:
+    """What the output step does with a finished job: the variants it downloads and the files it writes."""
     fake = FakeRemote()
-    remote.JOBS[name].outputs(fake, args, RESULTS.get(kind, {}))  # type: ignore[arg-type]
-    return fake.downloads
+    written = run.JOBS[name].outputs(fake, args, RESULTS.get(kind, {}))  # type: ignore[arg-type]
+    return [*fake.downloads, *map(str, written)]
 
 
 def listed(table: dict[tuple[str, str], str], name: str, option: str) -> bool:
@@ -169,8 +172,10 @@ def all_commands() -> dict[str, argparse.ArgumentParser]:
     return dict(commands(build_parser()))
 
 
-@pytest.mark.parametrize("name", list(remote.JOBS))
-def test_every_local_option_reaches_the_remote_job(name: str) -> None:
+@pytest.mark.parametrize("name", list(run.JOBS))
+def test_every_local_option_reaches_the_remote_job(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                   ) -> None:
+    monkeypatch.chdir(tmp_path)  # an output option writes its file here
     sub = all_commands()[name]
     problems = []
     for mode in MODES.get(name, [[]]):
@@ -195,7 +200,7 @@ def test_every_local_option_reaches_the_remote_job(name: str) -> None:
     assert not problems, f"qlab --server {name}:\n  " + "\n  ".join(dict.fromkeys(problems))
 
 
-@pytest.mark.parametrize("name", list(remote.JOBS))
+@pytest.mark.parametrize("name", list(run.JOBS))
 def test_remote_job_defaults_are_the_job_contract_defaults(name: str) -> None:
     sub = all_commands()[name]
     for mode in MODES.get(name, [[]]):

@@ -44,10 +44,10 @@ def test_import_tflite_classifier_with_reference_json(capfd, files, digits_npz, 
     assert code == 0, err
     r = json.loads(out)
     assert r["scoring"] == "classes" and r["runnable"] and r["custom_ops"] == []
-    assert r["verdict"] == "integer-only" and r["input_dtype"] == "int8"
-    ev, ref = r["evaluation"], r["reference_evaluation"]
-    assert ev["accuracy"] > 0.8 and ev["agreement"] > 0.9 and ev["n_samples"] == 360
-    assert ref["accuracy"] > 0.8
+    assert r["verdict"] == "integer-only" and r["variant"]["input_dtype"] == "int8"
+    ev = r["variant"]
+    assert ev["accuracy"] > 0.8 and ev["agreement"] > 0.9 and ev["n_samples"] == 360 and ev["npu_ready"]
+    assert r["reference_accuracy"] > 0.8
     with Store(db) as store:
         model = store.model(r["model_id"])
         assert (model["format"], model["name"]) == ("tflite", "digits cnn") and model["keras_major"] is pd.NA
@@ -57,7 +57,7 @@ def test_import_tflite_classifier_with_reference_json(capfd, files, digits_npz, 
         mine = rows.loc[r["variant_id"]]
         assert mine["kind"] == "imported" and mine["scoring"] == "classes"
         # the reference's accuracy is the model's float accuracy, as a Keras model's would be
-        assert mine["float_accuracy"] == pytest.approx(ref["accuracy"])
+        assert mine["float_accuracy"] == pytest.approx(r["reference_accuracy"])
         assert mine["accuracy"] == pytest.approx(ev["accuracy"])
         assert rows.loc[r["reference_variant_id"], "variant"] == "float32 (reference)"
 
@@ -67,7 +67,7 @@ def test_import_tflite_without_data_then_host_bench(capfd, files, tmp_path) -> N
     code, out, err = run(capfd, "import-tflite", str(files["int8"]), "--db", str(db), "--json")
     assert code == 0, err
     r = json.loads(out)
-    assert r["evaluation"] is None and r["dataset_id"] is None
+    assert r["variant"]["accuracy"] is None and r["dataset_id"] is None
     assert any("no data given" in n for n in r["notes"])
     code, out, err = run(capfd, "bench", str(files["int8"]), "--runs", "5", "--warmup", "1", "--db", str(db), "--json")
     assert code == 0, err
@@ -79,7 +79,7 @@ def test_import_tflite_without_data_then_host_bench(capfd, files, tmp_path) -> N
                          "--input-offset", "0", "--db", str(db), "--json")
     again = json.loads(out)
     assert code == 0 and again["model_id"] == r["model_id"] and again["variant_id"] != r["variant_id"]
-    assert again["evaluation"]["accuracy"] > 0.8
+    assert again["variant"]["accuracy"] > 0.8
 
 
 def test_import_tflite_human_text(capfd, files, tmp_path) -> None:
@@ -137,7 +137,7 @@ def test_custom_op_model_inspects_but_running_is_refused_naming_the_op(capfd, fi
     code, out, err = run(capfd, "import-tflite", str(path), "--data", "digits", "--db", str(db), "--json")
     r = json.loads(out)
     assert code == 0 and not r["runnable"] and r["custom_ops"] == ["BesselI1e"]
-    assert "BesselI1e" in r["refusal"] and r["evaluation"] is None
+    assert "BesselI1e" in r["refusal"] and r["variant"]["accuracy"] is None
     with Store(db) as store:
         assert store.variant(r["variant_id"])["status"] == "ok"  # stored, inspectable
 
