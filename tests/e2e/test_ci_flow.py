@@ -32,7 +32,26 @@ def qlab(server: str, *argv: str, token: str = ADMIN_TOKEN) -> tuple[int, Any, s
     return out.returncode, json.loads(out.stdout) if out.stdout.strip() else None, out.stderr
 
 
-def test_ci_flow_with_qlab_server_only(tmp_path: Path, demo: LoadedModel) -> None:
+def shape(doc: Any) -> Any:
+    """A JSON document's keys, all the way down (a list by its first item): what two documents must share."""
+    if isinstance(doc, dict):
+        return {k: shape(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [shape(doc[0])] if doc else []
+    return None
+
+
+# the same command run here and on the server; what differs (ids, paths, timings) is the values, never the keys
+SAME_DOCUMENT = {
+    "convert": ["--recipes", "int8", "--calibration-samples", "20"],
+    "debug": ["--calibration-samples", "20", "--debug-samples", "10"],
+    "tune": ["--max-drop", "5", "--calibration-samples", "20", "--debug-samples", "10"],
+    "qat": ["--epochs", "1", "--train-samples", "100"],
+}
+
+
+def test_ci_flow_with_qlab_server_only(tmp_path: Path, demo: LoadedModel, capfd: pytest.CaptureFixture[str]
+                                       ) -> None:
     data = tmp_path / "data"
     data.mkdir()
     with running_server(data) as base:
@@ -76,6 +95,24 @@ def test_ci_flow_with_qlab_server_only(tmp_path: Path, demo: LoadedModel) -> Non
 
         code, remote_list, err = qlab(base, "list")
         assert code == 0, err
+
+        # local and remote --json are one document: the same keys all the way down, for every job command
+        from qcore.cli import main
+
+        local_db = str(tmp_path / "local.duckdb")
+        for command, argv in SAME_DOCUMENT.items():
+            code, remote_doc, err = qlab(base, command, str(demo.path), "--data", "digits", *argv)
+            assert code == 0, err
+            capfd.readouterr()
+            assert main([command, str(demo.path), "--data", "digits", *argv, "--db", local_db, "--json"]) == 0
+            local_doc = json.loads(capfd.readouterr().out)
+            assert shape(local_doc) == shape(remote_doc), command
+        tflite = tmp_path / "out" / "int8-aeq.tflite"
+        code, remote_doc, err = qlab(base, "bench", str(tflite), "--runs", "3", "--warmup", "1")
+        assert code == 0, err
+        capfd.readouterr()
+        assert main(["bench", str(tflite), "--runs", "3", "--warmup", "1", "--db", local_db, "--json"]) == 0
+        assert shape(json.loads(capfd.readouterr().out)) == shape(remote_doc)
 
         code, _, err = qlab(base, "convert", str(demo.path), "--data", "digits", "--recipes", "nope")
         assert code == 2 and "nope" in err and "Traceback" not in err
