@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from qcore.engines import ENGINES, resolve_recipes
 from qcore.jobs.contract import PARAMS, ConvertParams, JobKind, JobParams, job_kind, parse_params
-from qcore.qtyping import Engine, QlabError
-from qcore.recipes import resolve_recipes
+from qcore.qtyping import QlabError
 
 # what a client may queue: an allowlist, because some kinds are the server's own and take server
 # paths (demo, add_model, import_tflite: uploads go through POST /models, /datasets, /variants)
@@ -26,7 +26,6 @@ MAXIMUM: dict[str, float] = {"threads": 64, "epochs": 1000, "runs": 100_000, "wa
                              "max_drop": 100, "batch_size": 65_536}
 MAX_ID = 2**62
 MAX_COUNT = 10**7
-ENGINES = tuple(e.value for e in Engine)
 
 
 def bounds(name: str) -> tuple[float, float] | None:
@@ -68,7 +67,7 @@ def parse(kind: Any, params: Any) -> JobParams:
     if isinstance(parsed, ConvertParams):
         try:  # "all" stays "all": the worker expands it for the params' engine
             resolve_recipes(",".join(parsed.recipes), parsed.engine)
-        except ValueError as exc:
+        except QlabError as exc:
             raise QlabError(f"params.recipes: {exc}") from None
     return parsed
 

@@ -16,9 +16,10 @@ from dashboard.components.debugger import (
 from dashboard.services import debug_view, layers, reads
 from dashboard.services.debug_view import DEBUG_RECIPES, ENGINE_NAMES, engine_name
 from qcore import defaults
-from qcore.explain.debugger import LAYER_METRICS
+from qcore.engines import get_engine
+from qcore.engines.tf import LAYER_METRICS
 from qcore.jobs.contract import CompareTensorsParams, DebugParams, SelectiveParams, TuneParams
-from qcore.qtyping import Engine, Job
+from qcore.qtyping import Job
 
 st.title("Quantization debugger")
 st.caption("Per-layer error of the int8 model against float, from AI Edge Quantizer's validation (MSE, SNR, "
@@ -58,18 +59,20 @@ with st.expander("Run the debugger", expanded=reads.debug_runs(lab.db_key, model
         calibration = a.number_input("calibration samples", 1, 10_000, defaults.CALIBRATION_SAMPLES,
                                      key="debugger_calibration")
         debug_samples = b.number_input("debug samples", 1, 10_000, defaults.DEBUG_SAMPLES, key="debugger_samples")
+        takes = get_engine(engine).debug_options
         extra = st.multiselect("extra layer metrics (TF)", list(LAYER_METRICS), key="debugger_extra",
-                               help="; ".join(f"{m.name}: {m.summary}" for m in LAYER_METRICS.values()))
+                               help="; ".join(f"{m.name}: {m.summary}" for m in LAYER_METRICS.values()),
+                               disabled="extra_metrics" not in takes)
         whole = st.checkbox("whole-model verification, TF (see errors propagate down the model)",
-                            key="debugger_whole")
+                            key="debugger_whole", disabled="whole_model" not in takes)
         st.caption(f"Runs recipe {recipe} with the {engine_name(engine)} (chosen above).")
         if st.form_submit_button("Run debugger", type="primary"):
             with ui.guard("could not start"):
                 lab.runner.submit(DebugParams(
                     model_id=int(model_id), dataset_id=int(dataset_id), recipe=recipe,
                     calibration_samples=int(calibration), debug_samples=int(debug_samples),
-                    extra_metrics=tuple(extra) if engine == Engine.TF else (),
-                    whole_model=bool(whole) and engine == Engine.TF, engine=engine))
+                    extra_metrics=tuple(extra) if "extra_metrics" in takes else (),
+                    whole_model=bool(whole) and "whole_model" in takes, engine=engine))
                 st.rerun()
 
 ui.job_panel(ui.latest_job(lab, ("debug",)), key="debugger_debug_job")
@@ -153,19 +156,20 @@ def debug_result(model_id: int, dataset_id: int) -> None:
 def show_selective(job: Job) -> None:
     """The selective variant beside the full-integer one of the same recipe."""
     result = job.result or {}
-    ids = tuple(v for v in (result.get("baseline_variant_id"), result.get("selective_variant_id")) if v is not None)
+    selective = result.get("selective") or {}
+    sel_id = selective.get("variant_id")
+    ids = tuple(v for v in (selective.get("baseline_variant_id"), sel_id) if v is not None)
     if ids:
         st.dataframe(debug_view.selective_table(reads.variants(lab.db_key, variant_ids=ids)), hide_index=True,
                      width="stretch")
     pair = reads.variants(lab.db_key, variant_ids=ids) if ids else None
-    sel_id = result.get("selective_variant_id")
     if pair is not None and sel_id is not None and (pair["variant_id"] == sel_id).any():
         row = pair[pair["variant_id"] == sel_id].iloc[0]
         ui.npu_verdict(row, str(row["variant"]))
         ui.use_variant_button(int(sel_id), int(row["model_id"]), key="debugger_use_selective")
-    if result.get("ignored_nodes"):
+    if selective.get("ignored_nodes"):
         st.caption("the quantizer kept these quantized (they share their neighbours' scale): "
-                   + ", ".join(result["ignored_nodes"]))
+                   + ", ".join(selective["ignored_nodes"]))
 
 
 debug_result(model_id, dataset_id)

@@ -9,6 +9,7 @@ import streamlit as st
 from dashboard import ui
 from dashboard.services import pace, reads, tables
 from qcore import defaults
+from qcore.engines import supports
 from qcore.jobs.contract import ConvertParams
 from qcore.qtyping import Job
 from qcore.recipes import RECIPES
@@ -41,7 +42,7 @@ head.markdown("**Recipes**")
 all_button.button("Select all", key="quantize_all", on_click=set_all_recipes, args=(True,))
 none_button.button("Clear", key="quantize_none", on_click=set_all_recipes, args=(False,))
 chosen = []
-recipes = [r for r in RECIPES.values() if r.supports(engine)]
+recipes = [r for r in RECIPES.values() if supports(engine, r)]
 for start in range(0, len(recipes), RECIPES_PER_ROW):
     # one st.columns per row, so the grid reads left to right and its rows line up
     for col, recipe in zip(st.columns(RECIPES_PER_ROW), recipes[start:start + RECIPES_PER_ROW], strict=False):

@@ -12,14 +12,13 @@ import pandas as pd
 
 from dashboard.services import layers, npu_view
 from qcore import defaults
-from qcore.qtyping import Engine, VariantKind
+from qcore.engines import ENGINES
+from qcore.qtyping import VariantKind
 
 # recipes the debugger accepts (int8 activations with calibration data); AEQ also compares 16x8
 DEBUG_RECIPES = ("int8-fallback", "int8", "uint8", "int8-per-tensor", "uint8-per-tensor", "int16x8")
-# what each engine is called wherever a per-layer table, chart or search result names its maker;
-# an engine without a name here shows its own
-_NAMES = {Engine.TF.value: "TF converter", Engine.AEQ.value: "AI Edge Quantizer"}
-ENGINE_NAMES = {e.value: _NAMES.get(e.value, e.value) for e in Engine}
+# what each engine is called wherever a per-layer table, chart or search result names its maker
+ENGINE_NAMES = {name: e.label for name, e in ENGINES.items()}
 # session keys /debugger preselects from the variant it explains
 ENGINE_KEY, RECIPE_KEY, DEPLOY_KEY, RUN_KEY = ("debugger_engine", "debugger_recipe", "debugger_deploy_engine",
                                                "debugger_run")
@@ -28,7 +27,7 @@ _EXPLAINED_KEY = "debugger_explained"
 
 def engine_name(engine: Any) -> str:
     """An engine as users read it; a run stored before engines were recorded was TF's."""
-    key = str(engine) if isinstance(engine, str) and engine else Engine.TF.value
+    key = str(engine) if isinstance(engine, str) and engine else defaults.ENGINE
     return ENGINE_NAMES.get(key, key)
 
 
@@ -70,7 +69,7 @@ def explain_target(model_id: int, variants: pd.DataFrame, variant_id: int | None
     if row is None or row.empty:
         return ExplainTarget(int(model_id), None, "", defaults.ENGINE, defaults.DEBUG_RECIPE)
     r = row.iloc[0]
-    engine = r["engine"] if isinstance(r["engine"], str) and r["engine"] else Engine.TF.value
+    engine = r["engine"] if isinstance(r["engine"], str) and r["engine"] else defaults.ENGINE
     return ExplainTarget(int(model_id), int(r["variant_id"]), str(r["variant"]), engine, str(r["recipe"]))
 
 
@@ -105,7 +104,7 @@ def mismatch(target: ExplainTarget, engine: str, recipe: str) -> str:
 def run_engine(run: Any) -> str:
     """The engine a debugger run stored (its `engine` column)."""
     value = run["engine"] if isinstance(run, pd.Series) else getattr(run, "engine", None)
-    return str(value) if isinstance(value, str) and value else Engine.TF.value
+    return str(value) if isinstance(value, str) and value else defaults.ENGINE
 
 
 def run_labels(runs: pd.DataFrame) -> dict[int, str]:

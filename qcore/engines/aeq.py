@@ -561,6 +561,7 @@ class AeqEngine:
     suffix: str = "@aeq"
     metric: LayerErrorMetric = METRIC
     model_explorer: bool = True
+    debug_options: frozenset[str] = frozenset()
 
     def refusal(self, recipe: Recipe) -> str:
         return "" if recipe.name in SETTINGS else "AI Edge Quantizer cannot express it; use --engine tf"

@@ -108,6 +108,11 @@ class Engine(Protocol):
         ...
 
     @property
+    def debug_options(self) -> frozenset[str]:
+        """The `DebugOptions` fields this engine takes (the others it refuses by name)."""
+        ...
+
+    @property
     def model_explorer(self) -> bool:
         """Whether its per-layer comparison exports as Model Explorer node data (`LayerErrors.comparison`)."""
         ...

@@ -436,6 +436,7 @@ class TfEngine:
     suffix: str = ""
     metric: LayerErrorMetric = METRIC
     model_explorer: bool = False
+    debug_options: frozenset[str] = frozenset({"extra_metrics", "whole_model"})
 
     def refusal(self, recipe: Recipe) -> str:
         return _CANNOT.get(recipe.name, "")

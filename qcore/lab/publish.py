@@ -153,6 +153,7 @@ def _(value: TuneResult, store: Store, root: Path) -> TuneResult:
         trials=[{"denylist": list(t.denylist), "accuracy": t.accuracy if math.isfinite(t.accuracy) else None,
                  "size_bytes": t.size_bytes, "passed": t.passed} for t in value.tried],
         chosen_variant_id=chosen.variant_id if chosen is not None else None,
+        engine=value.engine, deploy_engine=value.deploy_engine, debug_run_id=debug.debug_run_id,
     )
     return dataclasses.replace(value, debug=debug, chosen_variant=chosen, tune_run_id=run_id)
 

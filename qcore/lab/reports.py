@@ -132,6 +132,7 @@ def debugger_content(store: Store, variants: pd.DataFrame) -> list[dict[str, Any
         out.append({
             "model": str(part["model"].iloc[0]), "debug_run_id": int(run["id"]),
             "recipe": settings.get("recipe"), "layers": len(stats),
+            "engine": str(run.get("engine") or settings.get("engine") or defaults.ENGINE),
             "worst": [{"layer": keras_layer_name(r.tensor_name), "op": r.op_name, "rmse_scale": finite(r.rmse_scale),
                        "range": finite(r.range)} for r in ranked.head(DEBUG_WORST).itertuples()],
         })
@@ -199,8 +200,11 @@ def debugger_tables(content: dict[str, Any]) -> list[tuple[str, pd.DataFrame]]:
     """(caption, worst layers) per debugger run in the report."""
     out = []
     for run in content.get("debugger") or []:
+        engine = ENGINES.get(str(run.get("engine") or defaults.ENGINE))
+        scale = (f"{engine.label}, {engine.metric.name}; {engine.metric.reference_words}" if engine is not None
+                 else f"engine {run.get('engine')}")
         caption = (f"{run.get('model')}: the {len(run.get('worst') or [])} worst of {run.get('layers')} layers "
-                   f"({run.get('recipe')}, debugger run #{run.get('debug_run_id')}); 0.289 is well quantized")
+                   f"({run.get('recipe')}, debugger run #{run.get('debug_run_id')}; {scale})")
         out.append((caption, pd.DataFrame(run.get("worst") or [], columns=["layer", "op", "rmse_scale", "range"])))
     return out
 

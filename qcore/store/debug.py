@@ -73,13 +73,18 @@ class DebugRows(StoreBase):
         target_accuracy: float,
         trials: Sequence[dict[str, Any]],
         chosen_variant_id: int | None,
+        engine: str | None = None,
+        deploy_engine: str | None = None,
+        debug_run_id: int | None = None,
     ) -> int:
         """Stores the search and every conversion it tried (keys: denylist, accuracy, size_bytes, passed)."""
         with self.transaction() as cur:
             got = cur.execute(
                 "INSERT INTO tune_runs (model_id, dataset_id, max_drop, float_accuracy, target_accuracy,"
-                " chosen_variant_id) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                [model_id, dataset_id, max_drop, float_accuracy, target_accuracy, chosen_variant_id],
+                " chosen_variant_id, engine, deploy_engine, debug_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " RETURNING id",
+                [model_id, dataset_id, max_drop, float_accuracy, target_accuracy, chosen_variant_id, engine,
+                 deploy_engine, debug_run_id],
             ).fetchone()
             assert got is not None
             run_id = int(got[0])
@@ -100,9 +105,11 @@ class DebugRows(StoreBase):
         With `engine` (who ranked and tried) and `deploy_engine` (who made the chosen variant), read
         from the search's job, else from the chosen variant; NULL for a search the CLI ran that chose nothing.
         """
-        sql = ("SELECT t.*, coalesce(json_extract_string(j.params, '$.engine'), "
+        # a search stored before 0012 names its engines through its job or its chosen variant
+        sql = ("SELECT t.* EXCLUDE (engine, deploy_engine), "
+               "coalesce(t.engine, json_extract_string(j.params, '$.engine'), "
                "json_extract_string(v.settings, '$.search_engine')) AS engine, "
-               "coalesce(v.engine, json_extract_string(j.params, '$.deploy_engine')) AS deploy_engine "
+               "coalesce(t.deploy_engine, v.engine, json_extract_string(j.params, '$.deploy_engine')) AS deploy_engine "
                "FROM tune_runs t LEFT JOIN variants v ON v.id = t.chosen_variant_id "
                "LEFT JOIN jobs j ON j.kind = 'tune' AND j.status = 'done' "
                "AND TRY_CAST(json_extract_string(j.result, '$.tune_run_id') AS BIGINT) = t.id")

@@ -422,6 +422,13 @@ CREATE TABLE IF NOT EXISTS npu_verdicts (
 );
 """
 
+# 0012: a search names who ranked and tried, who made the chosen variant, and the ranking run
+SQL_0012 = """
+ALTER TABLE tune_runs ADD COLUMN IF NOT EXISTS engine VARCHAR;
+ALTER TABLE tune_runs ADD COLUMN IF NOT EXISTS deploy_engine VARCHAR;
+ALTER TABLE tune_runs ADD COLUMN IF NOT EXISTS debug_run_id BIGINT;
+"""
+
 
 # In order; tests assert this list. No 0007 ever shipped.
 MIGRATIONS: tuple[Migration, ...] = (
@@ -435,6 +442,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0009_engine", SQL_0009),
     Migration("0010_users_tokens", SQL_0010),
     Migration("0011_npu_verdicts", SQL_0011),
+    Migration("0012_tune_run_engines", SQL_0012),
 )
 
 Applier = Callable[[duckdb.DuckDBPyConnection, Migration, Path], None]

@@ -237,7 +237,10 @@ CREATE TABLE IF NOT EXISTS tune_runs (
     float_accuracy    DOUBLE NOT NULL,
     target_accuracy   DOUBLE NOT NULL,
     chosen_variant_id BIGINT,
-    created_at        TIMESTAMP NOT NULL DEFAULT current_timestamp
+    created_at        TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    engine            VARCHAR,  -- who ranked the layers and made the trials
+    deploy_engine     VARCHAR,  -- who made the chosen variant
+    debug_run_id      BIGINT    -- the per-layer run that ranked them
 );
 
 -- every conversion a search tried, in order
