@@ -165,13 +165,13 @@ def test_quantize_rows_appear_as_each_recipe_finishes(converted: Lab, page) -> N
 
 
 def test_quantize_select_all_and_clear(empty_lab: Lab, page) -> None:
-    from qcore.recipes import resolve_recipes
+    from qcore.engines import resolve_recipes
 
     at = page("quantize")
     _by_label(at.button, "Select all").click().run()
-    assert all(at.checkbox(key=f"quantize_recipe_{n}").value for n in (r.name for r in resolve_recipes("all")))
+    assert all(at.checkbox(key=f"quantize_recipe_{n}").value for n in (r.name for r in resolve_recipes("all", "tf")))
     _by_label(at.button, "Clear").click().run()
-    assert not any(at.checkbox(key=f"quantize_recipe_{n}").value for n in (r.name for r in resolve_recipes("all")))
+    assert not any(at.checkbox(key=f"quantize_recipe_{n}").value for n in (r.name for r in resolve_recipes("all", "tf")))
 
 
 def test_quantize_engine_aeq_runs_as_job_and_compare_shows_engine(converted: Lab, page) -> None:
