@@ -93,9 +93,6 @@ def test_ci_flow_with_qlab_server_only(tmp_path: Path, demo: LoadedModel, capfd:
         assert code == 0, err
         assert pushed["id"] not in (local_id, report["id"]) and pushed["url"].startswith(base)
 
-        code, remote_list, err = qlab(base, "list")
-        assert code == 0, err
-
         # local and remote --json are one document: the same keys all the way down, for every job command
         from qcore.cli import main
 
@@ -113,6 +110,9 @@ def test_ci_flow_with_qlab_server_only(tmp_path: Path, demo: LoadedModel, capfd:
         capfd.readouterr()
         assert main(["bench", str(tflite), "--runs", "3", "--warmup", "1", "--db", local_db, "--json"]) == 0
         assert shape(json.loads(capfd.readouterr().out)) == shape(remote_doc)
+
+        code, remote_list, err = qlab(base, "list")
+        assert code == 0, err
 
         code, _, err = qlab(base, "convert", str(demo.path), "--data", "digits", "--recipes", "nope")
         assert code == 2 and "nope" in err and "Traceback" not in err

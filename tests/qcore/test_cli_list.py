@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,9 @@ def test_remote_list_is_the_local_document(capsys: pytest.CaptureFixture[str], l
             scope = {"type": "http", "method": method, "path": route, "query_string": query.encode(),
                      "headers": [], "path_params": {}}
             monkeypatch.setattr(routes, "lab", lambda: SimpleNamespace(store=self.store))
-            return json.loads(asyncio.run(handler(Request(scope))).body)
+            # a thread of its own: the e2e tests' Playwright may hold this thread's event loop
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                return json.loads(pool.submit(asyncio.run, handler(Request(scope))).result().body)
 
         def close(self) -> None:
             self.store.close()

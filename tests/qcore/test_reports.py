@@ -14,6 +14,7 @@ import pytest
 from qcore.lab import reports
 from qcore.qtyping import Evaluation, Latency, QlabError, VariantStatus
 from qcore.store import Store, sha256_bytes
+from qcore.tflite.inspection import npu_verdict
 
 
 def _ev(acc: float) -> Evaluation:
@@ -38,7 +39,7 @@ def _fill(store: Store, tiny_tflite: dict[str, bytes]) -> list[int]:
     for name, acc in (("float32", 0.95), ("int8", 0.95 - 0.05)):
         ids.append(store.save_variant(model_id=model_id, dataset_id=dataset_id, name=name, kind="ptq", recipe=name,
                                       tflite=tiny_tflite[name], input_dtype="float32", output_dtype="float32",
-                                      evaluation=_ev(acc)))
+                                      evaluation=_ev(acc), npu=npu_verdict(tiny_tflite[name])))
     ids.append(store.save_variant(model_id=model_id, dataset_id=dataset_id, name="int16x8", kind="ptq",
                                   recipe="int16x8", status=VariantStatus.FAILED, error="refused op X"))
     store.add_benchmark(_lat("host", 0.2), sha256=sha256_bytes(tiny_tflite["int8"]), board="host", variant_id=ids[1])
