@@ -121,7 +121,7 @@ def throughput(web: object, params: object, jobs: int) -> float:
 
 def overhead(web: object, params: object, n: int = 3) -> tuple[float, float]:
     """(through a warm worker, the same task called on that worker directly): medians of n."""
-    from qcore.jobs.contract import JobSpec, job_kind_of
+    from qcore.jobs.contract import JobSpec, kind_of
     from qcore.jobs.inputs import gather_inputs
 
     runner = web.runner  # type: ignore[attr-defined]
@@ -131,7 +131,7 @@ def overhead(web: object, params: object, n: int = 3) -> tuple[float, float]:
         t = time.perf_counter()
         runner.wait(runner.submit(params), timeout=1800)
         through.append(time.perf_counter() - t)
-    kind = job_kind_of(params)
+    kind = kind_of(params)
     files, rows = gather_inputs(web.store, kind, params)  # type: ignore[attr-defined]
     spec = JobSpec(job_id=0, kind=kind, params=params, files=files, rows=rows)
     worker = next(iter(runner.cluster.workers()))
@@ -200,8 +200,11 @@ def main() -> int:
 
         # 2. page p50 idle vs while 2 heavy jobs run
         idle = page_p50(at)
-        running = [web.runner.submit(ConvertParams(model_id=model_id, dataset_id=dataset_id, recipes=(r,),  # type: ignore[attr-defined]
-                                                   bench=False)) for r in ("int8", "uint8")]
+        # several recipes each, so both jobs are still converting when the busy page runs end
+        running = [web.runner.submit(ConvertParams(model_id=model_id, dataset_id=dataset_id, recipes=recipes,  # type: ignore[attr-defined]
+                                                   bench=False)) for recipes in (("int8", "uint8", "int8-per-tensor"),
+                                                                                 ("uint8-per-tensor", "int8-fallback",
+                                                                                  "float16"))]
         deadline = time.monotonic() + 600
         while any(str(web.store.job(j).status) != "running" for j in running) and time.monotonic() < deadline:  # type: ignore[attr-defined]
             time.sleep(0.2)

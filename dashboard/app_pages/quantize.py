@@ -9,7 +9,7 @@ import streamlit as st
 from dashboard import ui
 from dashboard.services import pace, reads, tables
 from qcore import defaults
-from qcore.engines import supports
+from qcore.engines import ENGINES, supports
 from qcore.jobs.contract import ConvertParams
 from qcore.qtyping import Job
 from qcore.recipes import RECIPES
@@ -24,10 +24,9 @@ with c2:
     dataset_id = ui.pick_dataset(lab, key="quantize_dataset")
 ui.data_fit(lab, model_id, dataset_id)
 
-engine = st.radio("engine", ["tf", "aeq"], horizontal=True, key="quantize_engine",
-                  index=["tf", "aeq"].index(defaults.ENGINE),
-                  format_func={"tf": "TF converter (what you deploy)",
-                               "aeq": "AI Edge Quantizer (calibrates once for every recipe)"}.__getitem__)
+engine = st.radio("engine", list(ENGINES), horizontal=True, key="quantize_engine",
+                  index=list(ENGINES).index(defaults.ENGINE),
+                  format_func=lambda name: f"{ENGINES[name].label} ({ENGINES[name].blurb})")
 # how many recipes a row of the grid holds
 RECIPES_PER_ROW = 3
 

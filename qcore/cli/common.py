@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from qcore import defaults
+from qcore.engines import ENGINES
 from qcore.qtyping import QlabError
 from qcore.serialize import to_json
 
@@ -56,8 +57,8 @@ def add_common(p: argparse.ArgumentParser, *, db: bool = True, json_flag: bool =
 
 
 def add_engine(p: argparse.ArgumentParser, text: str, *, flag: str = "--engine") -> None:
-    """An engine choice (tf or aeq), defaulting to the one engine `qcore.defaults.ENGINE` names."""
-    p.add_argument(flag, default=defaults.ENGINE, choices=("tf", "aeq"), help=text)
+    """An engine choice (the registry's), defaulting to the one engine `qcore.defaults.ENGINE` names."""
+    p.add_argument(flag, default=defaults.ENGINE, choices=tuple(ENGINES), help=text)
 
 
 def add_preprocessing(p: argparse.ArgumentParser) -> None:

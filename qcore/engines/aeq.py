@@ -558,6 +558,7 @@ class AeqEngine:
 
     name: str = NAME
     label: str = "AI Edge Quantizer"
+    blurb: str = "calibrates once for every recipe"
     suffix: str = "@aeq"
     metric: LayerErrorMetric = METRIC
     model_explorer: bool = True

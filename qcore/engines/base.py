@@ -98,6 +98,11 @@ class Engine(Protocol):
         ...
 
     @property
+    def blurb(self) -> str:
+        """What it is for, in a few words users read beside its name."""
+        ...
+
+    @property
     def suffix(self) -> str:
         """The mark a variant's name carries: "" for the default engine, "@aeq"."""
         ...

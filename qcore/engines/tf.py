@@ -433,6 +433,7 @@ class TfEngine:
 
     name: str = NAME
     label: str = "TF converter"
+    blurb: str = "what you deploy"
     suffix: str = ""
     metric: LayerErrorMetric = METRIC
     model_explorer: bool = False

@@ -65,7 +65,7 @@ class ConvertParams:
     recipes: tuple[str, ...] = ("all",)
     calibration_samples: int = defaults.CALIBRATION_SAMPLES
     bench: bool = True
-    engine: str = defaults.ENGINE  # "tf" or "aeq"
+    engine: str = defaults.ENGINE  # a name of `qcore.engines.ENGINES`
 
 
 @dataclass(frozen=True)

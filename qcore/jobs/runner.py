@@ -63,6 +63,8 @@ class _Watch:
     deadline_s: float
     future: Any = None
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+    # set when the future ends or a cancel comes: the watcher sleeps on it instead of polling
+    wake: threading.Event = dataclasses.field(default_factory=threading.Event)
     started: float = 0.0
     worker: str = ""
 
@@ -251,6 +253,7 @@ class JobRunner:
                 return True
             return False
         watch.cancel.set()
+        watch.wake.set()
         return True
 
     def wait(self, job_id: int, timeout: float | None = None) -> JobStatus:
@@ -296,30 +299,46 @@ class JobRunner:
     def _pump_events(self) -> None:
         while not self._closed.is_set():
             try:
-                topic, event = self._events.get(timeout=0.5)
+                batch = [self._events.get(timeout=0.5)[1]]
             except queue.Empty:
                 continue
+            while True:  # what else is queued goes in the same write
+                try:
+                    batch.append(self._events.get_nowait()[1])
+                except queue.Empty:
+                    break
             try:
-                self._apply(event)
+                self._apply(batch)
             except Exception:  # a progress write must never stop the pump
-                log.exception("applying a job event failed")
+                log.exception("applying job events failed")
 
-    def _apply(self, event: dict[str, Any]) -> None:
-        job_id = int(event.get("job", -1))
-        kind = event.get("kind")
-        if kind == "start":
+    def _apply(self, events: list[dict[str, Any]]) -> None:
+        """Writes a batch of worker events in one transaction: every start, and each job's latest progress
+        and live data (a burst of progress from several workers is one write, not one each)."""
+        latest: dict[tuple[int, str], dict[str, Any]] = {}
+        starts = []
+        for event in events:
+            if event.get("kind") == "start":
+                starts.append(event)
+            else:
+                latest[(int(event.get("job", -1)), str(event.get("kind")))] = event
+        with self.store.transaction():
+            for event in starts:
+                job_id = int(event.get("job", -1))
+                self.store.update_job(job_id, status=JobStatus.RUNNING, message="started",
+                                      worker=str(event.get("worker", "")), worker_host=str(event.get("host", "")),
+                                      only_active=True)
+            for (job_id, kind), event in latest.items():
+                if kind == "progress":
+                    self.store.update_job(job_id, progress=float(event.get("fraction", 0.0)),
+                                          message=str(event.get("message", "")), only_active=True)
+                elif kind == "live":
+                    self.store.update_job(job_id, live=dict(event.get("data") or {}), only_active=True)
+        for event in starts:  # after the row says running, so a cancel that reads it sees the worker
             with self._lock:
-                watch = self._watches.get(job_id)
+                watch = self._watches.get(int(event.get("job", -1)))
                 if watch is not None:
                     watch.worker, watch.started = str(event.get("worker", "")), time.monotonic()
-            self.store.update_job(job_id, status=JobStatus.RUNNING, message="started",
-                                  worker=str(event.get("worker", "")), worker_host=str(event.get("host", "")),
-                                  only_active=True)
-        elif kind == "progress":
-            self.store.update_job(job_id, progress=float(event.get("fraction", 0.0)),
-                                  message=str(event.get("message", "")), only_active=True)
-        elif kind == "live":
-            self.store.update_job(job_id, live=dict(event.get("data") or {}), only_active=True)
         self.on_change()
 
     def _note_missing_resources(self, job_id: int, resources: dict[str, float]) -> None:
@@ -333,11 +352,13 @@ class JobRunner:
 
     # ------------------------------------------------------------ following one job
     def _follow(self, watch: _Watch) -> None:
-        from distributed import wait
-
         try:
             if not self._dispatch(watch):
                 return
+            # woken by the future's end or a cancel; the interval only bounds how late a timeout is seen
+            # (distributed.wait needs a default client and, without one, returned at once: a busy loop
+            # per job that starved the owner's other threads of the GIL)
+            watch.future.add_done_callback(lambda _f: watch.wake.set())
             while True:
                 if watch.cancel.is_set():
                     self._stop(watch, JobStatus.CANCELLED, "cancelled")
@@ -345,10 +366,9 @@ class JobRunner:
                 if watch.started and time.monotonic() - watch.started > watch.deadline_s:
                     self._stop(watch, JobStatus.FAILED, f"timed out after {watch.deadline_s:g} s")
                     return
-                with contextlib.suppress(Exception):
-                    wait(watch.future, timeout=WATCH_INTERVAL_S)
                 if watch.future.done():
                     break
+                watch.wake.wait(WATCH_INTERVAL_S)
             self._finish(watch)
         except Exception as exc:
             log.exception("following job %s failed", watch.job_id)
@@ -412,9 +432,10 @@ class JobRunner:
                                   error=f"its results could not be stored: {error_text(exc)}", only_active=True)
 
     def _settle_events(self, watch: _Watch, timeout: float = 2.0) -> None:
-        """Lets the last progress events of a finished job reach the store before its result."""
+        """Lets a finished job's start event (the worker that ran it) reach the store before its result;
+        later progress does not matter once the job is done."""
         deadline = time.monotonic() + timeout
-        while not self._events.empty() and time.monotonic() < deadline:
+        while not watch.started and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def _death_reason(self, watch: _Watch) -> str:
