@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,7 +45,7 @@ class FloatOnlyEngine:
     label: str = "Float only"
     blurb: str = "a test engine"
     suffix: str = "@float-only"
-    metric: LayerErrorMetric = LayerErrorMetric("none", "", 0.0, "", math.inf, False)
+    metric: LayerErrorMetric = LayerErrorMetric("none", "", 0.0, "", 1.0, False)
     model_explorer: bool = False
     debug_options: frozenset[str] = frozenset()
 
