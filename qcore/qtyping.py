@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import hashlib
@@ -721,3 +722,162 @@ class TfliteImport:
     reference: Reference | None = None  # the float reference's accuracy on the data
     notes: tuple[str, ...] = ()  # what was not measured, and why
     dataset_id: int | None = None
+
+
+# ---------------------------------------------------------------- repairs (qcore.repair)
+
+class RepairMethod(enum.StrEnum):
+    """A repair, in the order `repair` applies them whatever order they are asked in."""
+
+    FOLD = "fold"  # BatchNormalization folded into the conv/depthwise/dense before it
+    CLE = "cle"  # cross-layer equalization (Nagel et al. 2019, section 4.1)
+    ABSORB = "absorb"  # high-bias absorption (Nagel et al. 2019, section 4.2)
+    ADAROUND = "adaround"  # adaptive rounding onto the converter's grid (Nagel et al. 2020)
+    BIAS = "bias"  # bias correction, empirical or analytic (Nagel et al. 2019, section 4.3)
+
+
+class BiasMode(enum.StrEnum):
+    """Where bias correction takes the expected input of each layer from."""
+
+    AUTO = "auto"  # empirical with calibration samples, analytic without
+    EMPIRICAL = "empirical"  # measured on the calibration samples
+    ANALYTIC = "analytic"  # from the preceding BatchNormalization's beta and gamma
+
+
+# ---------------------------------------------------------------- repair defaults, written once
+# (here beside RepairSettings rather than in qcore.defaults: qtyping sits below defaults and may not import it)
+# CLE stops when no scale factor of a sweep moves a channel's range by more than 0.1%
+CLE_TOLERANCE = 1e-3
+# the paper iterates until convergence; chains of three layers converge in a few dozen sweeps
+CLE_MAX_ITERATIONS = 100
+# the paper absorbs max(0, beta - 3 gamma): what a Gaussian pre-activation stays above 99.87% of the time
+ABSORB_SIGMAS = 3.0
+# AdaRound's optimisation steps per layer: the paper's 10,000 cost minutes per layer on a CPU; 500 with
+# the quadratic (Hessian) form of the loss settle the rounding of these layer sizes (bench/repair.py)
+ADAROUND_ITERATIONS = 500
+# the paper's regularisation weight lambda on sum(1 - |2h - 1|^beta)
+ADAROUND_REG = 0.01
+# beta anneals from 20 to 2 after a warm-up without regularisation (the paper's schedule)
+ADAROUND_BETA = (20.0, 2.0)
+ADAROUND_WARMUP = 0.2
+# Adam's step on the rounding variables V: 500 steps of 1e-2 reach the sigmoid's flat ends (|V| ~ 5)
+ADAROUND_LEARNING_RATE = 1e-2
+
+
+@dataclass(frozen=True)
+class RepairSettings:
+    """The knobs of every repair; the defaults are the constants above."""
+
+    cle_tolerance: float = CLE_TOLERANCE
+    cle_max_iterations: int = CLE_MAX_ITERATIONS
+    # the paper and AIMET replace ReLU6 by ReLU inside equalized pairs; False leaves such pairs alone
+    replace_relu6: bool = True
+    absorb_sigmas: float = ABSORB_SIGMAS
+    # never absorb more than the smallest pre-activation seen on the calibration samples, so the
+    # absorption is exact on them (the 3-sigma rule alone assumes a Gaussian)
+    absorb_clip_to_data: bool = True
+    bias_mode: BiasMode = BiasMode.AUTO
+    # the quantized stream of bias correction and AdaRound also rounds every activation onto the grid
+    # the converter calibrates (as AIMET's quantsim does); off, it rounds the weights only (the papers'
+    # formulation). On the bench's MobileNetV2 the two were within the test set's noise of each other.
+    simulate_activations: bool = False
+    adaround_iterations: int = ADAROUND_ITERATIONS
+    adaround_reg: float = ADAROUND_REG
+    adaround_beta: tuple[float, float] = ADAROUND_BETA
+    adaround_warmup: float = ADAROUND_WARMUP
+    adaround_learning_rate: float = ADAROUND_LEARNING_RATE
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-able values."""
+        out = dataclasses.asdict(self)
+        out["bias_mode"] = str(self.bias_mode)
+        out["adaround_beta"] = list(self.adaround_beta)
+        return out
+
+
+@dataclass(frozen=True)
+class RepairSkip:
+    """A structure one repair left alone, named, with the reason in words."""
+
+    method: str
+    layer: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FloatDrift:
+    """How far the repaired float model's outputs moved from the original's on the same samples."""
+
+    max_abs: float
+    mean_abs: float
+    # max_abs over the largest |output| of the original: the figure "equal within 1e-4" is about
+    max_rel: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class RepairStep:
+    """One repair as applied: its settings, the layers it changed, what it noted, its time."""
+
+    method: str
+    settings: dict[str, Any]
+    changed: tuple[str, ...]
+    seconds: float
+    notes: tuple[str, ...] = ()
+    # the float model's drift after this step against the original (None without samples)
+    drift: FloatDrift | None = None
+    # the step was not asked for but another one needs it (fold before cle, absorb, bias, adaround)
+    implied: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The step as JSON-able values."""
+        return {
+            "method": self.method,
+            "settings": self.settings,
+            "changed": list(self.changed),
+            "seconds": self.seconds,
+            "notes": list(self.notes),
+            "drift": dataclasses.asdict(self.drift) if self.drift else None,
+            "implied": self.implied,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class RepairResult:
+    """A repaired Keras model and the record of how it was made."""
+
+    model: LoadedModel  # an ordinary tf_keras functional model; its name says the repairs
+    source: str  # the original model's name
+    recipe: str  # the recipe whose weight grid the repairs targeted
+    methods: tuple[str, ...]  # as asked, in the order applied
+    steps: tuple[RepairStep, ...]
+    skipped: tuple[RepairSkip, ...]
+    drift: FloatDrift | None  # None when there were no calibration samples to measure it on
+    relu6_replaced: tuple[str, ...]  # layers whose ReLU6 became ReLU for CLE (the float drift's cause)
+    settings: RepairSettings
+    seconds: float
+
+    @property
+    def label(self) -> str:
+        return self.model.name
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per step, by method name."""
+        return {s.method: s.seconds for s in self.steps}
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a stored variant records about its repairs (JSON-able)."""
+        return {
+            "label": self.label,
+            "source": self.source,
+            "recipe": self.recipe,
+            "methods": list(self.methods),
+            "steps": [s.to_dict() for s in self.steps],
+            "skipped": [dataclasses.asdict(s) for s in self.skipped],
+            "drift": dataclasses.asdict(self.drift) if self.drift else None,
+            "relu6_replaced": list(self.relu6_replaced),
+            "settings": self.settings.to_dict(),
+            "seconds": self.seconds,
+        }

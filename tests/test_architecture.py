@@ -11,10 +11,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("qcore", "dashboard", "board_agent")
 # the engine's layers, lowest first: a module may import its own layer and the ones before it
-LAYERS = ("qtyping", "defaults", "serialize", "recipes", "quiet", "tflite", "inputs", "engines", "explain", "store",
+LAYERS = ("qtyping", "defaults", "serialize", "recipes", "quiet", "tflite", "inputs", "engines", "repair", "explain", "store",
           "lab", "boards", "jobs", "cli")
 # modules that compute and return values: they never see the store
-ENGINE_PACKAGES = ("qcore.inputs", "qcore.tflite", "qcore.engines", "qcore.explain")
+ENGINE_PACKAGES = ("qcore.inputs", "qcore.tflite", "qcore.engines", "qcore.repair", "qcore.explain")
 
 
 def _modules() -> dict[str, Path]:
