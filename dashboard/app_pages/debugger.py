@@ -22,9 +22,10 @@ from qcore.jobs.contract import CompareTensorsParams, DebugParams, SelectivePara
 from qcore.qtyping import Job
 
 st.title("Quantization debugger")
-st.caption("Per-layer error of the int8 model against float, from AI Edge Quantizer's validation (MSE, SNR, "
-           "cosine; errors propagate through the model) or TFLite's QuantizationDebugger (layer by layer). "
-           "rmse/scale ≈ 0.289 is a well-quantized tensor; far above it, a layer is a suspect.")
+st.caption("Per-layer error of the int8 model against float, on the scale of the engine that measured it: "
+           "TFLite's QuantizationDebugger verifies layer by layer (rmse/scale ≈ 0.289 is rounding only), AI Edge "
+           "Quantizer compares whole models (errors propagate, so every layer reads higher and only a layer far "
+           "above the model's own median stands out).")
 lab = ui.current()
 
 c1, c2 = st.columns(2)
@@ -85,8 +86,9 @@ def debug_result(model_id: int, dataset_id: int) -> None:
         st.info("No debugger result for this model yet: run it above.", icon=":material/info:")
         return
     labels = debug_view.run_labels(runs)
+    followed = debug_view.follow_newest(st.session_state, runs)
     run_id = st.selectbox("debugger result", list(labels), format_func=labels.__getitem__,
-                          index=debug_view.run_index(runs, target), key=debug_view.RUN_KEY)
+                          index=0 if followed else debug_view.run_index(runs, target), key=debug_view.RUN_KEY)
     run = runs[runs["id"] == run_id].iloc[0]
     source = debug_view.run_source(run)
     run_engine = debug_view.run_engine(run)
@@ -100,18 +102,22 @@ def debug_result(model_id: int, dataset_id: int) -> None:
         for col, (name, value) in zip(st.columns(len(metrics)), metrics.items(), strict=True):
             col.metric(name, f"{value:.4g}")
 
-    suggested, stands_out = layers.suggested_threshold(stats["rmse_scale"]) if not stats.empty else (0.7, False)
+    scale = get_engine(run_engine).metric
+    st.caption(scale.words)
+    suggested, stands_out = debug_view.threshold(stats, run_engine)
     a, b = st.columns([3, 1])
-    threshold = a.slider("suspect threshold (rmse/scale)", 0.0, max(2.0, debug_view.max_rmse_scale(stats)),
+    threshold = a.slider(f"suspect threshold ({scale.name})", 0.0,
+                         max(2.0, debug_view.max_rmse_scale(stats), float(suggested)),
                          float(suggested), 0.01, key=f"debugger_threshold_{run_id}",
-                         help="derived from this model's own spread: the median rmse/scale plus three robust "
-                              "standard deviations (log scale), never below 1.5 × 0.289")
+                         help="derived from this model's own spread on this engine's scale, the same on every "
+                              "page and report: the median plus three robust standard deviations (log scale), "
+                              f"never below 1.5 × the reference ({scale.reference_label(stats.get('rmse_scale', []))})")
     first_k = b.number_input("also the first K layers", 0, max(0, len(stats)), 0, key="debugger_first_k")
     suspects = debug_view.suspects(stats, threshold, int(first_k))
     if not stands_out and not stats.empty:
-        st.info(f"No layer stands out: every layer's rmse/scale lies within this model's own spread "
-                f"(at most {debug_view.max_rmse_scale(stats):.3g}). Quantization error is spread evenly; "
-                "keeping single layers in float will gain little.", icon=":material/info:")
+        st.info(f"No layer stands out: every layer's {scale.name} lies within this model's own spread "
+                f"(at most {debug_view.max_rmse_scale(stats):.3g}, {scale.engine}). Quantization error is spread "
+                "evenly; keeping single layers in float will gain little.", icon=":material/info:")
 
     c1, c2, c3, c4, c5 = st.columns([2, 2, 1, 2, 2])
     metric_options = debug_view.metrics(stats) or ["rmse_scale"]
@@ -123,7 +129,8 @@ def debug_result(model_id: int, dataset_id: int) -> None:
     op_filter = c5.multiselect("op types", debug_view.op_types(stats), key="debugger_filter_ops")
     shown = debug_view.ranked_stats(stats, metric, order == "worst first", text, op_filter)
     st.plotly_chart(layer_bars(shown, threshold, suspects, metric=metric, top_n=int(top_n),
-                               worst_first=order == "worst first", source=source), key="debugger_bars")
+                               worst_first=order == "worst first", source=source, scale=scale),
+                    key="debugger_bars")
     table = debug_view.stats_table(shown, suspects)
     picked = st.dataframe(table, hide_index=True, width="stretch", key=f"debugger_table_{run_id}",
                           on_select="rerun", selection_mode="multi-row",

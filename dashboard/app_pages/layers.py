@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import ui
 from dashboard.components.op_cost import cost_error_scatter
-from dashboard.services import op_cost_view, reads
-from qcore.explain.debugger import DEFAULT_THRESHOLD
+from dashboard.services import debug_view, op_cost_view, reads
+from qcore.engines import get_engine
 
 st.title("Cost vs error")
 st.caption("Each op of the .tflite with the debugger's error (rmse/scale) beside its time on a board, "
@@ -26,13 +27,21 @@ with ui.guard("cannot read this variant's timings"):
     label = b.selectbox("time from", list(sources), key="layers_source",
                         help="boards with a stored per-op profile (Boards page: bench with 'per-op profile'), "
                              "or the host estimate from each op's MACs and bytes")
-    threshold = c.number_input("suspect threshold", 0.0, 100.0, float(DEFAULT_THRESHOLD), 0.05,
-                               key="layers_threshold")
     board, target = sources[label]
     view = op_cost_view.load(lab.db_key, int(variant_id), board, target, str(lab.data_dir))
+    run_id = view.cost.debug_run_id
+    engine = view.error_engine or "tf"
+    # the Debugger page's rule on the same run: one suspect threshold across pages
+    suggested, _ = debug_view.threshold(reads.layer_stats(lab.db_key, int(run_id)) if run_id is not None
+                                        else pd.DataFrame(), engine)
+    threshold = c.number_input(f"suspect threshold ({get_engine(engine).metric.name})", 0.0, None,
+                               float(suggested), 0.05, key=f"layers_threshold_{run_id}",
+                               help="the Debugger page's threshold for the same run: from this model's own "
+                                    "spread on its engine's scale")
 
     st.markdown(op_cost_view.caption(view))
-    st.plotly_chart(cost_error_scatter(view.cost.table, threshold, view.cost.time_source, view.error_source),
+    st.plotly_chart(cost_error_scatter(view.cost.table, threshold, view.cost.time_source, view.error_source,
+                                       scale=get_engine(engine).metric),
                     key="layers_scatter")
     st.dataframe(view.table, hide_index=True, width="stretch", key="layers_table")
     if not view.cost.unmapped.empty:

@@ -12,9 +12,13 @@ from plotly.subplots import make_subplots
 
 from dashboard.components.style import NORMAL_COLOR, SUSPECT_COLOR, empty_figure
 from dashboard.services import layers
+from qcore.engines.base import LayerErrorMetric
+from qcore.engines.tf import METRIC as TF_METRIC
 
 # sqrt(1/12): the rmse/scale of a uniform rounding error, i.e. a well-quantized tensor
 WELL_QUANTIZED_RMSE_SCALE = layers.WELL_QUANTIZED
+# the reference line: rounding only (layer by layer) or the model's median layer (whole model)
+REFERENCE_COLOR = "#5F6368"
 
 
 # metric column → axis title
@@ -41,13 +45,21 @@ def _axis(fig: go.Figure, values: pd.Series, col: int) -> None:
         fig.update_xaxes(type="log", tickvals=ticks, ticktext=layers.tick_text(ticks), row=1, col=col)
 
 
+def _key_line(fig: go.Figure, name: str, color: str, dash: str) -> None:
+    """A legend entry for a reference line: its words sit in the legend, never over a bar."""
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, hoverinfo="skip",
+                             line={"color": color, "dash": dash, "width": 2}))
+
+
 def layer_bars(stats: pd.DataFrame, threshold: float, suspects: Collection[str] = (), *,
-               metric: str = "rmse_scale", top_n: int = 30, worst_first: bool = True, source: str = "") -> go.Figure:
+               metric: str = "rmse_scale", top_n: int = 30, worst_first: bool = True, source: str = "",
+               scale: LayerErrorMetric = TF_METRIC) -> go.Figure:
     """Per-layer error as ranked horizontal bars: short Keras layer names, worst at the top.
 
     Two panels share the layer axis: the chosen metric (rmse/scale by default, with the suspect
-    threshold and the 0.289 well-quantized line) and `range` (255 · scale), or rmse/scale when
-    `range` is the metric. Log axes show their real tick values.
+    threshold and the scale's reference line) and `range` (255 · scale), or rmse/scale when
+    `range` is the metric. Log axes show their real tick values. The lines' words sit in a legend
+    above the plot, so they never hide a bar.
 
     Args:
         stats: rows of layer_stats (op_name, tensor_name, range, rmse_scale, other metrics).
@@ -57,6 +69,8 @@ def layer_bars(stats: pd.DataFrame, threshold: float, suspects: Collection[str] 
         top_n: how many layers to draw (0 = all).
         worst_first: rank by the metric; False keeps the layer order.
         source: what made these rows (the debugger run and its engine), shown in the title.
+        scale: the engine's per-layer error metric: its name titles the rmse/scale axis, its
+            reference (rounding only, or the model's median when errors propagate) draws the dotted line.
     """
     if stats.empty or metric not in stats:
         return empty_figure("no layer statistics in this run")
@@ -69,31 +83,36 @@ def layer_bars(stats: pd.DataFrame, threshold: float, suspects: Collection[str] 
     hover = np.stack([data["op_name"].astype(str), full], axis=-1)
     other = "rmse_scale" if metric == "range" else "range"
     panels = [metric] + ([other] if other in data else [])
+    titles = {**METRIC_TITLES, "rmse_scale": scale.title}
     fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, horizontal_spacing=0.03,
-                        subplot_titles=[METRIC_TITLES.get(m, m) for m in panels])
+                        subplot_titles=[titles.get(m, m) for m in panels])
     for col, m in enumerate(panels, start=1):
         fig.add_trace(
             go.Bar(y=labels, x=data[m], orientation="h", marker_color=colors, customdata=hover,
-                   name=METRIC_TITLES.get(m, m),
-                   hovertemplate="<b>%{y}</b> (%{customdata[0]})<br>" + METRIC_TITLES.get(m, m)
+                   name=titles.get(m, m), showlegend=False,
+                   hovertemplate="<b>%{y}</b> (%{customdata[0]})<br>" + titles.get(m, m)
                    + " %{x:.4g}<br><span style='font-size:10px'>%{customdata[1]}</span><extra></extra>"),
             row=1, col=col,
         )
         _axis(fig, data[m], col)
         if m == "rmse_scale":
-            fig.add_vline(x=threshold, line_color=SUSPECT_COLOR, line_width=2, row=1, col=col,
-                          annotation_text=f"suspect above {threshold:g}", annotation_position="bottom right",
-                          annotation_font={"color": SUSPECT_COLOR, "size": 12}, annotation_bgcolor="white")
-            fig.add_vline(x=WELL_QUANTIZED_RMSE_SCALE, line_color="#5F6368", line_dash="dot", row=1, col=col,
-                          annotation_text="0.289 = well quantized", annotation_position="top right",
-                          annotation_font={"size": 12, "color": "#3C4043"}, annotation_bgcolor="white")
-    shown = f"worst {len(data)} of {len(stats)} by {METRIC_TITLES.get(metric, metric)}" if worst_first else (
+            reference = scale.reference_of(stats["rmse_scale"])
+            fig.add_vline(x=threshold, line_color=SUSPECT_COLOR, line_width=2, row=1, col=col)
+            fig.add_vline(x=reference, line_color=REFERENCE_COLOR, line_dash="dot", line_width=2, row=1, col=col)
+            _key_line(fig, f"suspect above {threshold:g}", SUSPECT_COLOR, "solid")
+            _key_line(fig, scale.reference_label(stats["rmse_scale"]), REFERENCE_COLOR, "dot")
+    shown = f"worst {len(data)} of {len(stats)} by {titles.get(metric, metric)}" if worst_first else (
         f"first {len(data)} of {len(stats)} in layer order")
     if source:
         shown += f" · {source}"
     fig.update_yaxes(autorange="reversed", automargin=True, tickfont={"size": 11})
-    fig.update_layout(title=shown, showlegend=False, height=max(260, BAR_PX * len(data) + 120),
-                      margin={"t": 70, "l": 10, "r": 20, "b": 40}, bargap=0.25)
+    height = max(280, BAR_PX * len(data) + 150)
+    # top margin, from the top: the title, the lines' legend, the panels' titles; all above the bars
+    fig.update_layout(title={"text": shown, "y": 1 - 8 / height, "yanchor": "top", "yref": "container"},
+                      height=height,
+                      legend={"orientation": "h", "x": 0, "xanchor": "left", "y": 1 - 40 / height, "yanchor": "top",
+                              "yref": "container", "font": {"size": 12}},
+                      margin={"t": 100, "l": 10, "r": 20, "b": 40}, bargap=0.25)
     return fig
 
 

@@ -161,6 +161,38 @@ def model_metrics(run: pd.Series) -> dict[str, float]:
     return {k: float(v) for k, v in _json(run["model_metrics"]).items() if isinstance(v, int | float)}
 
 
+def threshold(stats: pd.DataFrame, engine: str) -> tuple[float, bool]:
+    """The suspect threshold of a run's rows on its engine's scale (the one rule of every page and report),
+    and whether any layer stands out."""
+    values = stats["rmse_scale"] if not stats.empty and "rmse_scale" in stats else pd.Series(dtype=float)
+    return layers.suggested_threshold(values, ENGINES[engine].metric if engine in ENGINES else layers.TF_METRIC)
+
+
+# the newest debugger run the page has seen: a newer one (a job just ended) is shown at once
+SEEN_KEY = "debugger_seen_newest_run"
+
+
+def follow_newest(state: MutableMapping[str, Any] | Any, runs: pd.DataFrame, key: str = RUN_KEY,
+                  seen_key: str = SEEN_KEY) -> bool:
+    """Selects the newest run when one appeared since the page last looked (runs come newest first).
+
+    A selectbox keeps its choice across reruns; without this the page stays on the previous result
+    after a job ends, until it is reopened.
+
+    Returns:
+        True when the newest run was just selected (the selectbox then opens on position 0).
+    """
+    if runs.empty:
+        return False
+    newest = int(runs["id"].iloc[0])
+    seen = state.get(seen_key)
+    state[seen_key] = newest
+    if seen is not None and newest != seen:
+        state[key] = newest
+        return True
+    return False
+
+
 def max_rmse_scale(stats: pd.DataFrame) -> float:
     values = stats["rmse_scale"].replace([np.inf, -np.inf], np.nan).dropna() if not stats.empty else pd.Series()
     return float(values.max()) if len(values) else 0.0

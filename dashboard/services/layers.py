@@ -8,16 +8,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from qcore.engines.base import LayerErrorMetric
+from qcore.engines.tf import METRIC as TF_METRIC
 from qcore.tflite.names import keras_layer_name
 
 # rmse/scale of a uniform rounding error, sqrt(1/12): what a well-quantized tensor shows
 WELL_QUANTIZED = 0.289
-# a layer "stands out" when it lies this many robust standard deviations above the median (log scale)
-OUTLIER_SIGMAS = 3.0
-# 1.4826 * MAD estimates the standard deviation of normally distributed values
-MAD_TO_SIGMA = 1.4826
-# never call a layer a suspect below this multiple of the well-quantized value
-MIN_SUSPECT_FACTOR = 1.5
 
 
 def short_name(tensor_name: str) -> str:
@@ -57,26 +53,16 @@ def rank(df: pd.DataFrame, metric: str, worst_first: bool = True, higher_is_wors
     return df.loc[order]
 
 
-def suggested_threshold(values: pd.Series) -> tuple[float, bool]:
-    """A suspect threshold from the model's own rmse/scale distribution, and whether any layer exceeds it.
+def suggested_threshold(values: pd.Series, metric: LayerErrorMetric = TF_METRIC) -> tuple[float, bool]:
+    """The suspect threshold of one model's figures on its engine's scale, and whether any layer exceeds it.
 
-    Robust outliers in log scale: median + 3 · 1.4826 · MAD, but never below 1.5 × 0.289, so a
-    model whose layers are all well quantized gets "no layer stands out" instead of false alarms.
+    The one rule every page and report uses (`LayerErrorMetric.suspect_threshold`): robust outliers
+    in log scale, never below 1.5 × the scale's reference.
 
     Returns:
         (threshold, stands_out): stands_out is False when no value lies above the threshold.
     """
-    v = pd.to_numeric(values, errors="coerce").replace([np.inf, -np.inf], np.nan).dropna()
-    v = v[v > 0]
-    floor = MIN_SUSPECT_FACTOR * WELL_QUANTIZED
-    if v.empty:
-        return floor, False
-    logs = np.log(v.to_numpy())
-    median = float(np.median(logs))
-    mad = float(np.median(np.abs(logs - median)))
-    threshold = max(floor, math.exp(median + OUTLIER_SIGMAS * MAD_TO_SIGMA * mad))
-    threshold = float(f"{threshold:.3g}")
-    return threshold, bool((v > threshold).any())
+    return metric.suspect_threshold(pd.to_numeric(values, errors="coerce").tolist())
 
 
 def log_ticks(lo: float, hi: float) -> list[float]:

@@ -32,6 +32,8 @@ class LayerCostView:
     cost: OpCost
     # where the error column comes from: "debugger run #3 (TF converter, int8)", or "no debugger run"
     error_source: str
+    # the engine of that run: its metric gives the scale, reference line and suspect threshold
+    error_engine: str | None
     table: pd.DataFrame
     zip_bytes: bytes
     zip_name: str
@@ -66,6 +68,7 @@ def load(db: str, variant_id: int, board: str, target: str, data_dir: str) -> La
     return LayerCostView(
         cost=cost,
         error_source=error_source(store.debug_runs(int(row["model_id"])), cost.debug_run_id),
+        error_engine=run_engine(store.debug_runs(int(row["model_id"])), cost.debug_run_id),
         table=display_table(cost),
         zip_bytes=op_cost.node_data_zip(cost),
         zip_name=f"{op_cost.file_stem(cost.variant)}-node-data.zip",
@@ -92,6 +95,12 @@ def error_source(runs: pd.DataFrame, run_id: int | None) -> str:
     run = hit.iloc[0]
     recipe = debug_view.settings(run).get("recipe", "?")
     return f"debugger run #{run_id} ({debug_view.engine_name(debug_view.run_engine(run))}, {recipe})"
+
+
+def run_engine(runs: pd.DataFrame, run_id: int | None) -> str | None:
+    """The engine of the debugger run behind the error column, None without one."""
+    hit = runs[runs["id"] == run_id] if run_id is not None and not runs.empty else runs.iloc[0:0]
+    return None if hit.empty else debug_view.run_engine(hit.iloc[0])
 
 
 def caption(view: LayerCostView) -> str:

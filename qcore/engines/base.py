@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -12,6 +13,32 @@ from qcore.qtyping import LayerStat, LoadedModel, Recipe
 
 # an int8 tensor spans 255 steps of its scale: a layer's `range`
 INT8_STEPS = 255.0
+# rmse/scale of a uniform rounding error, 1/sqrt(12): a well-quantized tensor, layer by layer
+ROUNDING_ONLY = 1.0 / math.sqrt(12.0)
+# a layer stands out when it lies this many robust standard deviations above the model's median (log scale)
+OUTLIER_SIGMAS = 3.0
+# 1.4826 * MAD estimates the standard deviation of normally distributed values
+MAD_TO_SIGMA = 1.4826
+# never call a layer a suspect below this multiple of the reference (rounding only, or the model's median)
+MIN_SUSPECT_FACTOR = 1.5
+
+
+def _positive(values: Iterable[float]) -> list[float]:
+    out = []
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(f) and f > 0:
+            out.append(f)
+    return out
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
 
 
 @dataclass(frozen=True)
@@ -28,8 +55,51 @@ class LayerErrorMetric:
     words: str  # one sentence a user reads beside the table
     reference: float  # the figure of a well-quantized layer on this scale (the reference line)
     reference_words: str  # what the reference line says
-    threshold: float  # default suspect threshold on this scale
+    threshold: float  # suspect threshold on this scale when a model's figures are not at hand
     propagates: bool  # errors accumulate through the model (whole-model comparison)
+    engine: str = ""  # who measures on this scale, e.g. "TF debugger": every table, chart and caption names it
+
+    @property
+    def title(self) -> str:
+        """Engine and metric in a few words, for a chart's axis or a table's caption."""
+        return f"{self.engine}: {self.name}" if self.engine else self.name
+
+    def reference_of(self, values: Iterable[float]) -> float:
+        """The reference line for one model's figures.
+
+        Layer by layer, a well-quantized layer reads `reference` (rounding only) on any model. When
+        errors propagate, every later layer carries the earlier layers' error, so rounding alone is
+        no yardstick: the model's own median layer is.
+        """
+        v = _positive(values)
+        return _median(v) if self.propagates and v else self.reference
+
+    def reference_label(self, values: Iterable[float]) -> str:
+        """What the reference line says for one model's figures: "0.289 = rounding only"."""
+        if not self.propagates:
+            return self.reference_words
+        return f"{self.reference_of(values):.3g} = this model's median layer"
+
+    def suspect_threshold(self, values: Iterable[float]) -> tuple[float, bool]:
+        """The suspect threshold of one model's figures on this scale, and whether any layer exceeds it.
+
+        One rule for every page, report and search: a robust outlier in log scale (the median plus
+        three robust standard deviations), never below 1.5 × the reference (rounding only layer by
+        layer; the model's median when errors propagate), so a model whose layers are all alike gets
+        "no layer stands out" instead of false alarms.
+
+        Returns:
+            (threshold to 3 significant digits, whether any figure lies above it).
+        """
+        v = _positive(values)
+        floor = MIN_SUSPECT_FACTOR * self.reference_of(v)
+        if not v:
+            return float(f"{max(floor, self.threshold):.3g}"), False
+        logs = [math.log(x) for x in v]
+        median = _median(logs)
+        mad = _median([abs(x - median) for x in logs])
+        threshold = float(f"{max(floor, math.exp(median + OUTLIER_SIGMAS * MAD_TO_SIGMA * mad)):.3g}")
+        return threshold, any(x > threshold for x in v)
 
 
 @dataclass(frozen=True)

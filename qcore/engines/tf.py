@@ -48,6 +48,7 @@ METRIC = LayerErrorMetric(
     reference_words="0.289 = rounding only",
     threshold=defaults.SUSPECT_THRESHOLD,
     propagates=False,
+    engine="TF debugger",
 )
 
 

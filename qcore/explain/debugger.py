@@ -169,7 +169,8 @@ def run_debugger(
         extra_metrics, whole_model: options of the TF debugger (another engine refuses them).
         denylisted_nodes, denylisted_ops: keep these in float in both the debug model and the
             selective model; with either set, the selective model is built and evaluated.
-        threshold, first_k: how suspects are chosen (see `suspects`); default: the engine's threshold.
+        threshold, first_k: how suspects are chosen (see `suspects`); default: the threshold of this
+            model's own figures on the engine's scale (`LayerErrorMetric.suspect_threshold`).
         session: an engine session to reuse (it fixes the calibration samples).
         progress: called after each step.
 
@@ -182,12 +183,11 @@ def run_debugger(
     """
     eng = get_engine(engine)
     rec = recipe_of(recipe)
-    threshold = eng.metric.threshold if threshold is None else threshold
     if calibration_samples < 1:
         raise QlabError(f"calibration samples must be at least 1, got {calibration_samples}")
     if debug_samples < 1:
         raise QlabError(f"debug samples must be at least 1, got {debug_samples}")
-    if not math.isfinite(threshold):
+    if threshold is not None and not math.isfinite(threshold):
         raise QlabError(f"threshold must be a finite number, got {threshold}")
     check_fits(model, dataset)
     debug_x = dataset.preprocess(dataset.x_test[:debug_samples])
@@ -198,6 +198,8 @@ def run_debugger(
     progress(0.2, f"comparing every layer with float on {len(debug_x)} test samples")
     errors = session.layer_errors(rec, debug_x, keep_float=denylisted_nodes, keep_ops=denylisted_ops,
                                   options=DebugOptions(tuple(extra_metrics), whole_model))
+    if threshold is None:  # the model's own spread on the engine's scale: the rule every page uses
+        threshold, _ = eng.metric.suspect_threshold(s.rmse_scale for s in errors.stats)
     found = suspects(errors.stats, threshold, first_k)
     settings: dict[str, Any] = {
         "recipe": rec.name, "calibration_samples": session.calibration_samples, "debug_samples": len(debug_x),

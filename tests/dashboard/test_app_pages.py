@@ -287,7 +287,10 @@ def test_debugger_bars_table_and_preselected_suspects(debugged: Lab, page) -> No
     at = page("debugger")
     _no_traceback(at)
     bars = plotly_specs(at)[0]
-    assert [t["name"] for t in bars["data"]] == ["rmse / scale", "range = 255 · scale"]
+    assert [t["name"] for t in bars["data"] if t["type"] == "bar"] == ["TF debugger: rmse/scale (layer by layer)",
+                                                                      "range = 255 · scale"]
+    # the reference and threshold lines are named in the legend, with the engine's words
+    assert [t["name"] for t in bars["data"] if t["type"] == "scatter"][1] == "0.289 = rounding only"
     threshold = next(s for s in at.slider if s.label.startswith("suspect threshold")).value
     assert threshold in [s.get("x0") for s in bars["layout"]["shapes"]]
     table = at.dataframe[0].value
@@ -300,6 +303,22 @@ def test_debugger_bars_table_and_preselected_suspects(debugged: Lab, page) -> No
         assert _kept(at).startswith(f"**{len(expected)} layers kept in float:**")
     else:
         assert any(t.startswith("No layer stands out") for t in texts(at, "info"))
+
+
+def test_debugger_shows_the_run_a_job_just_made(debugged: Lab, page) -> None:
+    """The page follows its job: a run that finishes while the page is open is the one shown, not the old one."""
+    at = page("debugger")
+    first = at.selectbox(key="debugger_run").value
+    at.number_input(key="debugger_samples").set_value(10)
+    _by_label(at.button, "Run debugger").click().run()
+    job = debugged.store.jobs(limit=1, kind="debug")[0]
+    debugged.runner.wait(job.id, timeout=300)
+    reads.clear()
+    at.run()
+    _no_traceback(at)
+    newest = int(debugged.store.debug_runs(1)["id"].iloc[0])
+    assert newest != first and at.selectbox(key="debugger_run").value == newest
+    assert f"**Per-layer error of run #{newest} · TF converter · int8**" in texts(at, "markdown")
 
 
 def test_debugger_threshold_slider_changes_suspects(debugged: Lab, page) -> None:

@@ -20,6 +20,8 @@ from dashboard.components.qmath import mapping_plot
 from dashboard.components.style import SUSPECT_COLOR
 from dashboard.components.tradeoff import pareto_front, size_bars, tradeoff_scatter
 from dashboard.components.training import qat_curves
+from qcore.engines.aeq import METRIC as AEQ_METRIC
+from qcore.engines.tf import METRIC as TF_METRIC
 from qcore.tflite.qmath import mapping_table
 
 
@@ -131,15 +133,38 @@ def stats() -> pd.DataFrame:
 
 def test_layer_bars_ranked_worst_first_with_short_names(stats: pd.DataFrame) -> None:
     fig = layer_bars(stats, threshold=0.7, suspects=["logits"])
-    rmse_bars, range_bars = fig.data
+    rmse_bars, range_bars = [t for t in fig.data if t.type == "bar"]
     assert list(rmse_bars.y) == ["logits", "conv", "pool"]  # worst first
     assert list(rmse_bars.x) == [2.2, 0.29, 0.0]
     assert list(range_bars.x) == [40.0, 2.0, 2.0]
     assert list(rmse_bars.marker.color)[0] == SUSPECT_COLOR
     assert list(rmse_bars.marker.color)[1] != SUSPECT_COLOR
     lines = [s.x0 for s in fig.layout.shapes]
-    assert 0.7 in lines and WELL_QUANTIZED_RMSE_SCALE in lines
-    assert "0.289 = well quantized" in _annotation_text(fig)
+    assert 0.7 in lines and TF_METRIC.reference in lines and abs(TF_METRIC.reference - WELL_QUANTIZED_RMSE_SCALE) < 1e-3
+    # the lines' words are legend entries above the plot, never a label box over a bar
+    keys = [t.name for t in fig.data if t.type == "scatter"]
+    assert keys == ["suspect above 0.7", "0.289 = rounding only"]
+    assert not [a for a in fig.layout.annotations if a.yref != "paper" or a.y < 1]  # only the panels' titles
+    assert fig.layout.legend.yanchor == "top" and fig.layout.legend.y > 1 - fig.layout.margin.t / fig.layout.height
+    assert "TF debugger: rmse/scale (layer by layer)" in _annotation_text(fig)
+
+
+def test_layer_bars_whole_model_scale_draws_the_models_median_not_rounding() -> None:
+    """AEQ's propagated figures (10-35 on MobileNetV2) get their own reference line and axis title."""
+    rng = np.random.default_rng(0)
+    values = np.exp(rng.normal(np.log(18.0), 0.3, 64))
+    stats = pd.DataFrame({"row_idx": range(64), "op_name": ["CONV_2D"] * 64,
+                          "tensor_name": [f"model/block_{i}/Relu6" for i in range(64)],
+                          "range": np.ones(64), "rmse_scale": values})
+    threshold, stands_out = AEQ_METRIC.suspect_threshold(values)
+    fig = layer_bars(stats, threshold, scale=AEQ_METRIC)
+    lines = sorted(s.x0 for s in fig.layout.shapes)
+    assert lines == sorted([threshold, float(np.median(values))])
+    assert all(line > 5 for line in lines)  # no 0.289 line beside figures of 10-35
+    keys = [t.name for t in fig.data if t.type == "scatter"]
+    assert keys[1].endswith("= this model's median layer") and "0.289" not in " ".join(keys)
+    assert "AI Edge Quantizer: rmse/scale (whole model)" in _annotation_text(fig)
+    assert not stands_out and threshold > values.max()
 
 
 def test_layer_bars_top_n_of_150_layers_fused_names_log_ticks() -> None:

@@ -78,7 +78,8 @@ def test_layers_page_table_scatter_and_node_data(debugged: Lab, page) -> None:
     assert any("source: **estimate**" in t for t in texts(at, "markdown"))
     # the error column names the debugger run and the engine that made it, in the caption and the chart
     assert any(t.endswith("error from debugger run #1 (TF converter, int8)") for t in texts(at, "markdown"))
-    assert plotly_specs(at)[0]["layout"]["yaxis"]["title"]["text"] == "rmse / scale · debugger run #1 (TF converter, int8)"
+    assert plotly_specs(at)[0]["layout"]["yaxis"]["title"]["text"] == (
+        "TF debugger: rmse/scale (layer by layer) · debugger run #1 (TF converter, int8)")
     table = at.dataframe[0].value
     assert {"rmse/scale", "share of time", "time from", "kept float on CPU (ms)"} <= set(table.columns)
     assert set(table["time from"]) == {str(TimeSource.ESTIMATE)}
@@ -94,6 +95,19 @@ def test_layers_page_table_scatter_and_node_data(debugged: Lab, page) -> None:
         assert list((debugged.data_dir / "node_data").glob("*/int8.rmse_scale.json"))
     code = [c.value for c in at.code]
     assert code and code[0].startswith("model-explorer ") and "--node_data_paths=int8.rmse_scale.json" in code[0]
+
+
+def test_one_suspect_threshold_on_the_debugger_and_layers_pages(debugged: Lab, page) -> None:
+    """The same run gives the same suspect threshold on both pages (it was 0.44 on one and 0.70 on the other)."""
+    debugger = page("debugger")
+    on_debugger = next(s for s in debugger.slider if s.label.startswith("suspect threshold")).value
+    at = page("layers")
+    at.selectbox(key="layers_variant").set_value(_int8_id(debugged)).run()
+    on_layers = next(n for n in at.number_input if n.label.startswith("suspect threshold")).value
+    assert on_layers == pytest.approx(on_debugger)
+    assert next(n for n in at.number_input if n.label.startswith("suspect threshold")).label == (
+        "suspect threshold (rmse/scale (layer by layer))")
+    assert on_layers != 0.7  # not a fixed constant beside a threshold from the model's spread
 
 
 def test_layers_service_zip_matches_cli_files(debugged: Lab, tmp_path) -> None:

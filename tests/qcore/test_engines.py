@@ -98,3 +98,24 @@ def test_a_third_engine_reaches_the_cli_choices_and_refuses_debugging_in_words(t
 def test_unknown_engine_is_refused_by_name(demo: LoadedModel, digits: Dataset) -> None:
     with pytest.raises(QlabError, match="unknown engine 'onnx'; known engines: tf, aeq"):
         convert_and_evaluate(demo, digits, [get_recipe("int8")], engine="onnx")
+
+
+def test_layer_error_metrics_one_threshold_rule_on_each_engines_scale() -> None:
+    """Layer by layer, rounding (0.289) is the yardstick; whole model, the model's own median is."""
+    from qcore.engines import ENGINES
+
+    tf_metric, aeq_metric = ENGINES["tf"].metric, ENGINES["aeq"].metric
+    even = [0.28, 0.29, 0.30, 0.31]
+    threshold, stands_out = tf_metric.suspect_threshold(even)
+    assert not stands_out and threshold == pytest.approx(0.433)  # 1.5 × rounding only
+    assert tf_metric.suspect_threshold([*even * 10, 3.0]) == (threshold, True)
+    # AEQ's propagated figures: 10-35 on every layer is no alarm, one layer at 300 is
+    spread = [10.0, 12.0, 15.0, 18.0, 20.0, 25.0, 30.0, 35.0] * 8
+    threshold, stands_out = aeq_metric.suspect_threshold(spread)
+    assert not stands_out and 35.0 < threshold < 150.0
+    assert aeq_metric.suspect_threshold([*spread, 300.0])[1]
+    assert aeq_metric.reference_of(spread) == pytest.approx(19.0) and tf_metric.reference_of(spread) < 0.29
+    assert "median" in aeq_metric.reference_label(spread) and "0.289" in tf_metric.reference_label(spread)
+    # each scale names its engine; NaN and empty inputs neither raise nor stand out
+    assert tf_metric.title.startswith("TF debugger") and aeq_metric.title.startswith("AI Edge Quantizer")
+    assert aeq_metric.suspect_threshold([float("nan")]) == (aeq_metric.threshold, False)
