@@ -29,8 +29,15 @@ from dashboard.services.children import (
     python_command,
     stop,
 )
-from dashboard.services.sign_in import DEFAULT_HOST, ENV_SECRETS, check_bind
+from dashboard.services.sign_in import (
+    DEFAULT_HOST,
+    ENV_ADMIN_TOKEN,
+    ENV_SECRETS,
+    check_admin_token,
+    check_bind,
+)
 from qcore.qtyping import QlabError
+from qcore.store.files import disk_words
 
 APP = REPO_ROOT / "dashboard" / "asgi.py"
 DEFAULT_PORT = 8501
@@ -51,17 +58,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         print(f"qlab dashboard: error: QLAB_PORT={port_text!r} is not a TCP port (1-65535)", file=sys.stderr)
         return 2
-    # everything the server writes (database, uploads, tokens) is readable by this user only
-    os.umask(0o077)
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(data_dir, 0o700)
-
+    # refused before anything is created or started: one line, no traceback
     host = os.environ.get("QLAB_HOST") or DEFAULT_HOST
     try:
         check_bind(host)
+        check_admin_token(os.environ.get(ENV_ADMIN_TOKEN, ""))
     except QlabError as exc:
         print(f"qlab dashboard: error: {exc}", file=sys.stderr)
         return 2
+    # everything the server writes (database, uploads, tokens) is readable by this user only
+    os.umask(0o077)
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)
+    except OSError as exc:
+        print(f"qlab dashboard: error: {disk_words(exc, data_dir)}", file=sys.stderr)
+        return 2
+
     root = import_root()
     env = child_env(data_dir, db, root)
     if args.no_agent:

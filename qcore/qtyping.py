@@ -20,6 +20,13 @@ class QlabError(Exception):
     """
 
 
+class DiskError(QlabError):
+    """The disk refused a write (full, read-only, not permitted); the message names the path and why.
+
+    The API answers it with 507, the CLI and the pages like any QlabError.
+    """
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of a library's exception, for a QlabError that names what failed."""
     text = str(exc).strip() or type(exc).__name__

@@ -12,14 +12,12 @@ from streamlit import config
 
 from dashboard.services import children
 from dashboard.services.lab import ENV_AGENT_TOKEN_FILE, ENV_AGENT_URL, Lab, lab
-from dashboard.services.sign_in import DEFAULT_HOST, check_bind
+from dashboard.services.sign_in import DEFAULT_HOST, ENV_ADMIN_TOKEN, check_admin_token, check_bind
 from qcore import defaults
-from qcore.qtyping import QlabError
 from qcore.store import accounts
 
 log = logging.getLogger(__name__)
 
-ENV_ADMIN_TOKEN = "QLAB_ADMIN_TOKEN"
 
 
 @dataclass
@@ -43,8 +41,7 @@ async def start() -> Running:
     """
     check_bind(str(config.get_option("server.address") or DEFAULT_HOST))
     admin_token = os.environ.get(ENV_ADMIN_TOKEN, "")
-    if admin_token and len(admin_token.strip()) < accounts.MIN_ADMIN_TOKEN_CHARS:
-        raise QlabError(f"{ENV_ADMIN_TOKEN} needs at least {accounts.MIN_ADMIN_TOKEN_CHARS} characters")
+    check_admin_token(admin_token)
     agent = None
     if os.environ.get(children.ENV_AGENT, "1") != "0" and not os.environ.get(ENV_AGENT_URL):
         data_dir = defaults.data_dir().resolve()
@@ -63,6 +60,10 @@ async def start() -> Running:
 
 
 def stop(running: Running) -> None:
-    """Stops the job runner and the local agent."""
-    running.lab.runner.shutdown()
-    children.stop(running.agent)
+    """Stops the job runner and the local agent, then checkpoints and closes the store, so the next
+    start finds no WAL to replay."""
+    try:
+        running.lab.runner.shutdown()
+        children.stop(running.agent)
+    finally:
+        running.lab.store.close()

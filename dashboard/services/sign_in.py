@@ -8,12 +8,15 @@ import tomllib
 from pathlib import Path
 
 from qcore.qtyping import QlabError
+from qcore.store.accounts import MIN_ADMIN_TOKEN_CHARS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # the address `make dashboard` binds unless told otherwise: this machine only
 DEFAULT_HOST = "127.0.0.1"
 # a secrets.toml other than the repo's .streamlit/secrets.toml (serve.py passes it to Streamlit)
 ENV_SECRETS = "QLAB_SECRETS_FILE"
+# an admin API token registered at start (CI, bootstrapping)
+ENV_ADMIN_TOKEN = "QLAB_ADMIN_TOKEN"
 
 
 def secrets_files() -> list[Path]:
@@ -55,3 +58,14 @@ def check_bind(host: str) -> None:
         return
     raise QlabError(f"QLAB_HOST={host} would let anyone who reaches this port upload models and run jobs; "
                     "configure sign-in ([auth] in .streamlit/secrets.toml, see the README) or bind 127.0.0.1")
+
+
+def check_admin_token(token: str) -> None:
+    """Refuses a QLAB_ADMIN_TOKEN too short to be a secret (serve.py checks it before it starts anything).
+
+    Raises:
+        QlabError: one line naming the variable and the length it needs.
+    """
+    if token and len(token.strip()) < MIN_ADMIN_TOKEN_CHARS:
+        raise QlabError(f"{ENV_ADMIN_TOKEN} has {len(token.strip())} characters; it needs at least "
+                        f"{MIN_ADMIN_TOKEN_CHARS} (make one with: python -c 'import secrets; print(secrets.token_hex(24))')")

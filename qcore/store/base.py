@@ -15,10 +15,13 @@ import duckdb
 import pandas as pd
 
 from qcore import defaults
-from qcore.qtyping import QlabError
+from qcore.qtyping import DiskError, QlabError
 from qcore.serialize import to_json
 from qcore.store.files import (
+    DUCKDB_DISK_MARKERS,
     check_sha256,
+    disk_words,
+    disk_writes,
     private_dir,
     sha256_bytes,
     write_atomic,
@@ -33,8 +36,13 @@ LOCK_MARKERS = ("lock", "Conflicting lock", "being used by another process")
 
 # replaying the WAL a dead process left (a killed server, a crashed CLI) makes DuckDB try to download
 # the statically linked core_functions extension; offline that fails and the store cannot be opened.
-# Every extension qlab uses is built in, so nothing is ever installed.
-CONNECT_CONFIG: dict[str, str | bool | int | float | list[str]] = {"autoinstall_known_extensions": False}
+# Every extension qlab uses (json, parquet, icu, core_functions) is built in: nothing is ever installed
+# or loaded from disk, so a start never reaches the network or ~/.duckdb/extensions.
+CONNECT_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+}
 
 
 def connect(path: Path) -> duckdb.DuckDBPyConnection:
@@ -78,11 +86,12 @@ class StoreBase:
     def __init__(self, path: str | os.PathLike[str], blob_dir: str | os.PathLike[str] | None = None,
                  token_dir: str | os.PathLike[str] | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.path.parent.resolve() == defaults.data_dir().resolve():
-            private_dir(self.path.parent)
         self.blob_dir = Path(blob_dir) if blob_dir else self.path.parent / "blobs"
-        self.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with disk_writes(self.path.parent):
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.path.parent.resolve() == defaults.data_dir().resolve():
+                private_dir(self.path.parent)
+            self.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.token_dir = Path(token_dir) if token_dir else self.path.parent / "board_tokens"
         self._con = connect(self.path)
         for f in (self.path, self.path.with_name(self.path.name + ".wal")):
@@ -90,10 +99,35 @@ class StoreBase:
                 os.chmod(f, 0o600)  # the database holds every user's results: readable by its owner only
         self._lock = threading.RLock()
         self._tx = threading.local()
+        self._closed = False
         self.migrate()
+        # the schema (and whatever a killed process left in the WAL) goes into the file now, so the next
+        # start has no WAL to replay
+        self.checkpoint()
+
+    def checkpoint(self) -> bool:
+        """Writes the WAL into the database file, between transactions; returns False when it could not.
+
+        The store's writes all go through `transaction()`, which holds the same lock, so no write is
+        open while this runs. A failure is logged, never raised: the WAL stays and DuckDB replays it
+        at the next open.
+        """
+        with self._lock:
+            try:
+                self._con.execute("CHECKPOINT")
+                return True
+            except duckdb.Error as exc:
+                log.warning("could not checkpoint %s: %s", self.path, exc)
+                return False
 
     def close(self) -> None:
-        self._con.close()
+        """Checkpoints and closes the connection (a server calls it on shutdown); a second call does nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            self.checkpoint()
+            self._con.close()
+            self._closed = True
 
     def __enter__(self) -> Self:
         return self
@@ -119,12 +153,28 @@ class StoreBase:
             try:
                 yield cur
                 cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
+            except BaseException as exc:
+                try:
+                    cur.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass  # a COMMIT that failed (a full disk) has already ended the transaction
+                disk = self._disk_error(exc)
+                if disk is not None:
+                    raise disk from None
                 raise
             finally:
                 self._tx.cur = None
                 cur.close()
+
+    def _disk_error(self, exc: BaseException) -> DiskError | None:
+        """A DuckDB error whose cause is the disk (its WAL or file could not be written), in words."""
+        if not isinstance(exc, duckdb.Error):
+            return None
+        text = str(exc)
+        for marker, code in DUCKDB_DISK_MARKERS.items():
+            if marker in text:
+                return DiskError(disk_words(OSError(code, marker), f"the database {self.path}"))
+        return None
 
     @contextmanager
     def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:

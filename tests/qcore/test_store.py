@@ -129,11 +129,11 @@ def test_store_a_dead_process_left_opens_offline(tmp_path):
     """A writer killed before its checkpoint leaves a WAL; replaying it must not need the network
     (DuckDB would try to download its built-in core_functions; this machine has no network)."""
     db = tmp_path / "q.duckdb"
-    code = f"import os; from qcore.store import Store; s = Store({str(db)!r}); os._exit(0)"
+    code = f"import os; from qcore.store import Store; s = Store({str(db)!r}); s.create_job('convert'); os._exit(0)"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     assert db.with_name("q.duckdb.wal").exists()
     with Store(db) as store:
-        assert store.variant_summary().empty
+        assert store.variant_summary().empty and len(store.jobs()) == 1
 
 
 def test_save_variant_stores_the_npu_verdict_it_is_given(tmp_store, tiny_tflite):
