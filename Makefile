@@ -3,16 +3,25 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the exact versions the suite passed with (`make lock` refreshes it)
+CONSTRAINTS := constraints.txt
 
-.PHONY: setup test dashboard lint bench screenshots clean
+.PHONY: setup test dashboard lint bench screenshots clean lock
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# reinstall only when the project's declared dependencies change
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+# reinstall only when the project's declared dependencies or their pinned versions change
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
+	touch $(STAMP)
+
+# re-resolve the newest versions pyproject.toml allows and pin them; run `make test`, then commit constraints.txt
+lock: | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	{ echo "# pip constraints: the versions the test suite passed with. Refresh with make lock (then make test)."; \
+	  $(BIN)/pip freeze --exclude-editable --exclude qlab; } > $(CONSTRAINTS)
 	touch $(STAMP)
 
 setup: $(STAMP)
