@@ -429,6 +429,12 @@ ALTER TABLE tune_runs ADD COLUMN IF NOT EXISTS deploy_engine VARCHAR;
 ALTER TABLE tune_runs ADD COLUMN IF NOT EXISTS debug_run_id BIGINT;
 """
 
+# 0014: `jobs.created_by` back on stores whose 0004 ran after 0010 before 0004 learned to keep it (those
+# stores lost the column, and every job insert since failed); a no-op everywhere else. The values are gone.
+SQL_0014 = """
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS created_by VARCHAR;
+"""
+
 
 # In order; tests assert this list. No 0007 ever shipped.
 MIGRATIONS: tuple[Migration, ...] = (
@@ -443,6 +449,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0010_users_tokens", SQL_0010),
     Migration("0011_npu_verdicts", SQL_0011),
     Migration("0012_tune_run_engines", SQL_0012),
+    Migration("0014_jobs_created_by_again", SQL_0014),
 )
 
 Applier = Callable[[duckdb.DuckDBPyConnection, Migration, Path], None]

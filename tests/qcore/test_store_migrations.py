@@ -161,7 +161,7 @@ def test_migrations_list_is_numbered_in_order() -> None:
         "0001_initial", "0002_qat_debugger_tune", "0003_boards_reports", "0004_jobs_on_workers", "0005_tflite_only",
         "0006_board_farm",
         "0008_secrets_trusted_image_shape", "0009_engine", "0010_users_tokens", "0011_npu_verdicts",
-        "0012_tune_run_engines",
+        "0012_tune_run_engines", "0014_jobs_created_by_again",
     ]
     numbers = [int(re.match(r"(\d{4})_[a-z0-9_]+$", n).group(1)) for n in NAMES]  # type: ignore[union-attr]
     assert numbers == sorted(set(numbers))
@@ -255,3 +255,27 @@ def test_migrate_store_from_main_before_0004_reaches_today_keeping_rows(
 ) -> None:
     """0004 rebuilds `jobs`; on a store that already has 0010 it must keep `created_by` and its values."""
     _check_upgrade(applied, today, tmp_path, column_order=False)
+
+
+def test_migrate_store_whose_0004_dropped_created_by_gets_it_back(today: Store, tmp_path: Path) -> None:
+    """Before 0004 kept `created_by`, a store made on main (0010 applied) lost the column when 0004 rebuilt
+    `jobs`, and every job insert failed after. 0014 adds it back; the jobs and their other columns stay."""
+    db = tmp_path / "damaged" / "qlab.duckdb"
+    db.parent.mkdir()
+    con = connect(db)
+    try:
+        con.execute(LEDGER)
+        for name in _named("0001", "0002", "0003", "0011", "0009", "0008", "0005", "0006", "0010", "0004"):
+            con.execute(SQL[name])  # 0004 as it ran then: the plain rebuild, no applier
+            con.execute("INSERT INTO schema_migrations (version) VALUES (?)", [name])
+        con.execute("INSERT INTO jobs (kind, status, error) VALUES ('convert', 'failed', 'out of memory')")
+        assert "created_by" not in [r[0] for r in con.execute("DESCRIBE jobs").fetchall()]
+    finally:
+        con.close()
+    with Store(db) as store:
+        assert store.applied_migrations() == NAMES
+        with store.transaction() as a, today.transaction() as b:
+            _assert_same_catalog(_catalog(a, column_order=False), _catalog(b, column_order=False))
+        old = store.jobs()[0]
+        assert (old.kind, old.error, old.created_by) == ("convert", "out of memory", None)
+        _check_writes(store)  # creates a job: the insert names created_by
