@@ -11,6 +11,7 @@ from starlette.middleware import Middleware
 from dashboard.api.http import BearerAuth
 from dashboard.api.routes import routes
 from dashboard.services import lifecycle
+from dashboard.services.report_links import ReportLinkCookie
 
 
 def _store() -> Any:
@@ -27,5 +28,5 @@ async def lifespan(app: st.App):  # type: ignore[no-untyped-def]
         lifecycle.stop(running)
 
 
-app = st.App("streamlit_app.py", routes=routes(), middleware=[Middleware(BearerAuth, store=_store)],
-             lifespan=lifespan)
+app = st.App("streamlit_app.py", routes=routes(),
+             middleware=[Middleware(ReportLinkCookie), Middleware(BearerAuth, store=_store)], lifespan=lifespan)

@@ -6,8 +6,10 @@ import os
 
 import streamlit as st
 
+from dashboard.services import access, report_links
+from dashboard.services.access import Action
+from dashboard.services.lab import lab as current_lab
 from dashboard.services.sign_in import sign_in_configured
-from dashboard.ui import current as current_lab
 from qcore.qtyping import QlabError, Role
 from qcore.store import accounts
 from qcore.store.accounts import Principal
@@ -40,9 +42,9 @@ def current() -> Principal:
         return Principal(email=accounts.LOCAL_USER, role=Role.ADMIN)
     if not st.user.is_logged_in:
         _sign_in_page()
-    store = current_lab().store
     email = str(st.user.get("email") or "").lower()
     try:
+        store = current_lab().store
         if st.session_state.get(_SESSION_KEY) != email:
             accounts.sign_in(store, email, str(st.user.get("name") or ""),
                              admins=accounts.parse_admins(os.environ.get(ENV_ADMINS, "")))
@@ -65,14 +67,15 @@ def who() -> Principal:
     return got if isinstance(got, Principal) else Principal(email=accounts.LOCAL_USER, role=Role.ADMIN)
 
 
-def can(role: Role) -> bool:
-    """True when the current user has this role or a higher one."""
-    return who().role.allows(role)
+def can(action: Action, *, owner: str | None = None) -> bool:
+    """True when the current user may take this action (the rule book is `dashboard.services.access`)."""
+    return access.allowed(who(), action, owner=owner)
 
 
-def require(role: Role) -> None:
-    """Stops the page, in words, for a user below this role."""
-    if not can(role):
-        st.warning(f"This needs the {role} role; you are {who().role}. Ask an admin on the Settings page.",
-                   icon=":material/lock:")
-        st.stop()
+def report_scope() -> str | None:
+    """The one report a viewer's session is limited to: the `?report=` link of this request, else the one
+    this browser session opened before (an HttpOnly cookie the server set); None for everyone else."""
+    if who().role is not Role.VIEWER:
+        return None
+    link = report_links.valid_id(st.query_params.get("report"))
+    return link or report_links.valid_id(st.context.cookies.get(report_links.COOKIE))

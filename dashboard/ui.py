@@ -10,9 +10,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard.services import data_check, npu_view, reads, tables, words
+from dashboard import auth
+from dashboard.services import access, data_check, npu_view, reads, tables, words
+from dashboard.services.access import Action
 from dashboard.services.jobs import ACTIVE
 from dashboard.services.lab import Lab, lab
+from qcore.jobs.contract import JobParams
 from qcore.qtyping import Job, JobStatus, QlabError
 
 # how often a page asks the jobs table for progress
@@ -105,12 +108,23 @@ def job_panel(
 
 
 def cancel_button(the_lab: Lab, job: Job, where: Any = None, *, key: str) -> None:
-    """A Cancel button for a queued or running job; the job ends `cancelled` within seconds."""
-    if job.status not in ACTIVE:
+    """A Cancel button for a queued or running job its viewer may cancel (their own, or any for an admin);
+    the job ends `cancelled` within seconds. The click passes the same check as the API's DELETE."""
+    if job.status not in ACTIVE or not auth.can(Action.CANCEL, owner=job.created_by):
         return
     if (where or st).button("Cancel", key=key, icon=":material/cancel:", help=f"stop job #{job.id}"):
-        the_lab.runner.cancel(job.id)
-        st.toast(f"cancelling job #{job.id}")
+        with guard(f"cannot cancel job #{job.id}"):
+            access.cancel(the_lab, auth.who(), job.id)
+            st.toast(f"cancelling job #{job.id}")
+
+
+def submit(the_lab: Lab, params: JobParams) -> int:
+    """Queues a job for the signed-in user through the rule book (role, per-person limit), as the API does.
+
+    Raises:
+        access.Refused: in words, for a viewer or a user at QLAB_MAX_ACTIVE_JOBS (pages show it with `guard`).
+    """
+    return access.submit(the_lab, auth.who(), params)
 
 
 def pick_model(the_lab: Lab, key: str, label: str = "model") -> int | None:

@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dashboard.services import access
+from dashboard.services.access import Action
 from dashboard.services.sign_in import sign_in_configured
 from qcore.qtyping import QlabError, Role
 from qcore.serialize import to_json
@@ -63,16 +65,21 @@ def principal(request: Request) -> Principal:
 
 @dataclass(frozen=True)
 class ApiRoute:
-    """One operation: its handler, the role it needs, and what its OpenAPI entry says."""
+    """One operation: its handler, the action it is (whose role the rule book decides), and its OpenAPI entry."""
 
     method: str
     path: str
     handler: Endpoint
     summary: str
-    role: Role | None = Role.VIEWER
+    action: Action | None = Action.READ  # None: public, no token needed
     body: dict[str, Any] | None = None  # an OpenAPI requestBody
     parameters: tuple[dict[str, Any], ...] = ()
     responses: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def role(self) -> Role | None:
+        """The least role this operation needs (from `access.NEEDS`), or None when it is public."""
+        return None if self.action is None else access.NEEDS[self.action]
 
     def operation(self) -> dict[str, Any]:
         responses: dict[str, Any] = {}
@@ -81,6 +88,8 @@ class ApiRoute:
         codes = [422, 404] + ([401, 403] if self.role is not None else [])
         if self.body and "multipart/form-data" in self.body.get("content", {}):
             codes.append(413)
+        if self.action in (Action.RUN, Action.UPLOAD):
+            codes.append(429)
         for status in codes:
             responses.setdefault(str(status), {"description": _REASONS[status],
                                                "content": {"application/json": {"schema": ERROR_REF}}})
@@ -99,14 +108,16 @@ class ApiRoute:
     async def endpoint(self, request: Request) -> Response:
         """The handler behind the role check, with every failure as a JSON error."""
         try:
-            if self.role is not None:
+            if self.action is not None:
                 who = principal(request)
-                if not who.role.allows(self.role):
-                    raise ApiError(403, f"{who.email} has the {who.role} role; this needs {self.role}")
+                access.check(who, self.action, what=f"{self.method} {request.url.path}")
                 ACTOR.set(who.email)  # rows this request writes record who made them
             return await self.handler(request)
         except ApiError as exc:
             return error(exc.status, str(exc))
+        except access.Refused as exc:
+            headers = {"Retry-After": str(access.RETRY_AFTER_S)} if exc.status == 429 else None
+            return error(exc.status, str(exc), headers)
         except (QlabError, ValueError) as exc:
             return error(422, str(exc) or type(exc).__name__)
         except Exception:  # never a traceback to the client; the server log has it
@@ -116,7 +127,8 @@ class ApiRoute:
 
 _REASONS = {200: "OK", 201: "created", 202: "accepted", 204: "no content", 401: "no valid bearer token",
             403: "the token's role forbids this", 404: "not found", 409: "conflict",
-            413: "upload over the size limit", 422: "bad input, named in the message"}
+            413: "upload over the size limit", 422: "bad input, named in the message",
+            429: "too many of your jobs are queued or running (QLAB_MAX_ACTIVE_JOBS); retry after a while"}
 
 
 def _slug(path: str) -> str:

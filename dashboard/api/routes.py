@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,13 +17,14 @@ from starlette.routing import Route
 
 from dashboard.api import jobspec, openapi
 from dashboard.api.http import PREFIX, ApiError, ApiRoute, Error, json_response, principal
-from dashboard.services import reads, uploads
+from dashboard.services import access, reads, report_links, uploads
+from dashboard.services.access import Action
 from dashboard.services.lab import Lab, lab
 from qcore import __version__, defaults
 from qcore.boards.runs import variant_model
 from qcore.jobs.contract import JobParams
 from qcore.lab import reports
-from qcore.qtyping import JobStatus, QlabError, Role
+from qcore.qtyping import JobStatus, QlabError
 from qcore.serialize import frame_records
 from qcore.store import accounts
 
@@ -128,16 +130,21 @@ def _int_arg(request: Request, name: str, *, path: bool = False) -> int | None:
     return value
 
 
-def _table(request: Request, df: pd.DataFrame) -> Response:
-    """A list answer: JSON records, or Parquet with ?format=parquet."""
+async def _table(request: Request, read: Callable[[], pd.DataFrame]) -> Response:
+    """A list answer: JSON records, or Parquet with ?format=parquet; read and encoded off the event loop."""
     fmt = request.query_params.get("format", "json")
-    if fmt == "parquet":
-        buf = io.BytesIO()
-        df.astype({c: "string" for c in df.columns if df[c].dtype == object}).to_parquet(buf, index=False)
-        return Response(buf.getvalue(), media_type=PARQUET)
-    if fmt != "json":
+    if fmt not in ("json", "parquet"):
         raise QlabError(f"format: expected 'json' or 'parquet', got {fmt!r}")
-    return json_response(frame_records(df))
+
+    def encode() -> Response:
+        df = read()
+        if fmt == "parquet":
+            buf = io.BytesIO()
+            df.astype({c: "string" for c in df.columns if df[c].dtype == object}).to_parquet(buf, index=False)
+            return Response(buf.getvalue(), media_type=PARQUET)
+        return json_response(frame_records(df))
+
+    return await run_in_threadpool(encode)
 
 
 async def _json_body(request: Request) -> Any:
@@ -215,20 +222,24 @@ async def create_model(request: Request) -> Response:
     trusted = _text(form, "trusted", "false").strip().lower()
     if trusted not in ("true", "false", "1", "0", ""):
         raise QlabError(f"trusted: expected true or false, got {trusted!r}")
-    if trusted in ("true", "1") and not who.role.allows(Role.ADMIN):
-        raise ApiError(403, f"trusted: only an admin may vouch for a model; {who.email} is {who.role}")
+    if trusted in ("true", "1"):
+        access.check(who, Action.TRUST, what="trusted: vouching for a model")
     the_lab = lab()
-    model_id = await run_in_threadpool(lambda: uploads.add_model(the_lab, filename, data, name,
-                                                                 trusted=trusted in ("true", "1")))
-    accounts.stamp(the_lab.store, "models", model_id, who.email)
-    row = the_lab.store.model(model_id)
+
+    def add() -> tuple[int, dict[str, Any]]:
+        model_id = uploads.add_model(the_lab, filename, data, name, trusted=trusted in ("true", "1"), who=who)
+        accounts.stamp(the_lab.store, "models", model_id, who.email)
+        return model_id, the_lab.store.model(model_id)
+
+    model_id, row = await run_in_threadpool(add)
     return json_response({"id": model_id, "name": row["name"], "sha256": row["sha256"], "format": row["format"],
                           "input_shape": json.loads(row["input_shape"]),
                           "created_by": row.get("created_by") or who.email}, 201)
 
 
 async def list_models(request: Request) -> Response:
-    return _table(request, lab().store.query(
+    store = lab().store
+    return await _table(request, lambda: store.query(
         "SELECT id, name, format, sha256, input_shape, output_shape, keras_major, created_by, created_at "
         "FROM models ORDER BY id"))
 
@@ -240,21 +251,23 @@ async def create_dataset(request: Request) -> Response:
     source = _text(form, "source").strip()
     for_model = _int_arg_form(form, "model_id")
     the_lab = lab()
-    if for_model is not None:
-        the_lab.store.model(for_model)  # 422 naming it when unknown
     got = await _file(form, required=source != "digits")
     if source not in ("", "digits"):
         raise QlabError(f"source: only 'digits' (scikit-learn's bundled digits) is built in, got {source!r}")
-    if got is None:
-        dataset_id = await run_in_threadpool(
-            lambda: uploads.add_digits(the_lab, input_scale=scale, input_offset=offset))
-    else:
-        filename, data = got
-        dataset_id = await run_in_threadpool(
-            lambda: uploads.add_dataset(the_lab, filename, data, input_scale=scale, input_offset=offset,
-                                        name=_text(form, "name"), for_model=for_model))
-    accounts.stamp(the_lab.store, "datasets", dataset_id, who.email)
-    row = the_lab.store.dataset(dataset_id)
+    name = _text(form, "name")
+
+    def add() -> tuple[int, dict[str, Any]]:
+        if for_model is not None:
+            the_lab.store.model(for_model)  # 422 naming it when unknown
+        if got is None:
+            dataset_id = uploads.add_digits(the_lab, input_scale=scale, input_offset=offset, who=who)
+        else:
+            dataset_id = uploads.add_dataset(the_lab, got[0], got[1], input_scale=scale, input_offset=offset,
+                                             name=name, for_model=for_model, who=who)
+        accounts.stamp(the_lab.store, "datasets", dataset_id, who.email)
+        return dataset_id, the_lab.store.dataset(dataset_id)
+
+    dataset_id, row = await run_in_threadpool(add)
     return json_response({k: row[k] for k in ("name", "source", "n_train", "n_test", "num_classes", "input_scale",
                                                 "input_offset")}
                          | {"id": dataset_id, "created_by": row.get("created_by") or who.email}, 201)
@@ -270,59 +283,80 @@ def _int_arg_form(form: Any, field: str) -> int | None:
 
 
 async def list_datasets(request: Request) -> Response:
-    return _table(request, lab().store.query(
+    store = lab().store
+    return await _table(request, lambda: store.query(
         "SELECT id, name, source, input_scale, input_offset, n_train, n_test, num_classes, created_by, created_at "
         "FROM datasets ORDER BY id"))
 
 
 async def create_variant(request: Request) -> Response:
     """Queues the import of a .tflite made elsewhere (and optionally its float reference) as a job."""
+    who = principal(request)
     form = await _form(request)
     got = await _file(form)
     assert got is not None
     reference = await _file(form, "reference", required=False)
     dataset_id = _int_arg_form(form, "dataset_id")
+    name = _text(form, "name")
     the_lab = lab()
-    if dataset_id is not None:
-        the_lab.store.dataset(dataset_id)  # 422 naming it when unknown
-    job_id = await run_in_threadpool(lambda: uploads.add_tflite(
-        the_lab, got[0], got[1], reference=reference, name=_text(form, "name"), dataset_id=dataset_id))
+
+    def add() -> int:
+        if dataset_id is not None:
+            the_lab.store.dataset(dataset_id)  # 422 naming it when unknown
+        return uploads.add_tflite(the_lab, got[0], got[1], reference=reference, name=name, dataset_id=dataset_id,
+                                  who=who)
+
+    job_id = await run_in_threadpool(add)
     return json_response({"id": job_id, "status": str(JobStatus.QUEUED)}, 202)
 
 
 async def list_variants(request: Request) -> Response:
     model_id = _int_arg(request, "model_id")
-    df = lab().store.variant_summary(model_ids=[model_id] if model_id else None)
-    return _table(request, df.drop(columns=[c for c in ("path",) if c in df.columns]))
+    store = lab().store
+
+    def read() -> pd.DataFrame:
+        df = store.variant_summary(model_ids=[model_id] if model_id else None)
+        return df.drop(columns=[c for c in ("path",) if c in df.columns])
+
+    return await _table(request, read)
 
 
 async def variant_tflite(request: Request) -> Response:
     """A stored variant's .tflite: what `qlab --server … convert --out DIR` writes on the client."""
     variant_id = int(_int_arg(request, "id", path=True) or 0)
     store = lab().store
-    try:
-        store.variant(variant_id)
-    except QlabError:
-        raise ApiError(404, f"no variant with id {variant_id}") from None
-    row, data = await run_in_threadpool(variant_model, store, variant_id)
+
+    def read() -> tuple[dict[str, Any], bytes]:
+        try:
+            store.variant(variant_id)
+        except QlabError:
+            raise ApiError(404, f"no variant with id {variant_id}") from None
+        return variant_model(store, variant_id)
+
+    row, data = await run_in_threadpool(read)
     return Response(data, media_type="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{row["sha256"]}.tflite"'})
 
 
 async def list_benchmarks(request: Request) -> Response:
     variant_id = _int_arg(request, "variant_id")
-    return _table(request, lab().store.benchmarks(variant_ids=[variant_id] if variant_id else None))
+    store = lab().store
+    return await _table(request, lambda: store.benchmarks(variant_ids=[variant_id] if variant_id else None))
 
 
 async def debug_layers(request: Request) -> Response:
     run_id = _int_arg(request, "id", path=True)
     store = lab().store
-    run = store._one("SELECT engine FROM debug_runs WHERE id = ?", [run_id])
+    run = await run_in_threadpool(store._one, "SELECT engine FROM debug_runs WHERE id = ?", [run_id])
     if run is None:
         raise ApiError(404, f"no debug run with id {run_id}")
-    stats = store.layer_stats(int(run_id or 0))
-    stats.insert(0, "engine", run[0] or defaults.ENGINE)  # every per-layer row names the engine that made it
-    return _table(request, stats)
+
+    def read() -> pd.DataFrame:
+        stats = store.layer_stats(int(run_id or 0))
+        stats.insert(0, "engine", run[0] or defaults.ENGINE)  # every per-layer row names the engine that made it
+        return stats
+
+    return await _table(request, read)
 
 
 def _check_refs(the_lab: Lab, params: JobParams) -> None:
@@ -351,9 +385,12 @@ async def submit_job(request: Request) -> Response:
     kind = body.get("kind")
     params = jobspec.parse(kind, body.get("params"))
     the_lab = lab()
-    await run_in_threadpool(_check_refs, the_lab, params)
-    job_id = the_lab.runner.submit(params)
-    accounts.stamp(the_lab.store, "jobs", job_id, who.email)
+
+    def queue() -> int:
+        _check_refs(the_lab, params)
+        return access.submit(the_lab, who, params)
+
+    job_id = await run_in_threadpool(queue)
     return json_response({"id": job_id, "status": str(JobStatus.QUEUED)}, 202)
 
 
@@ -368,23 +405,20 @@ def _job_state(the_lab: Lab, job_id: int) -> dict[str, Any]:
 
 
 async def get_job(request: Request) -> Response:
-    return json_response(_job_state(lab(), int(_int_arg(request, "id", path=True) or 0)))
+    return json_response(await run_in_threadpool(_job_state, lab(), int(_int_arg(request, "id", path=True) or 0)))
 
 
 async def cancel_job(request: Request) -> Response:
     who = principal(request)
     the_lab = lab()
     job_id = int(_int_arg(request, "id", path=True) or 0)
-    state = _job_state(the_lab, job_id)
-    if state["created_by"] not in (who.email, None) and not who.role.allows(Role.ADMIN):
-        raise ApiError(403, f"job {job_id} is {state['created_by']}'s; only they or an admin may cancel it")
-    if state["status"] not in (JobStatus.QUEUED, JobStatus.RUNNING):
-        raise ApiError(409, f"job {job_id} already finished ({state['status']})")
-    cancel = getattr(the_lab.runner, "cancel", None)
-    if cancel is None:
-        raise ApiError(409, f"job {job_id}: this server's job runner cannot cancel jobs")
-    await run_in_threadpool(cancel, job_id)
-    return json_response(_job_state(the_lab, job_id))
+
+    def cancel() -> dict[str, Any]:
+        _job_state(the_lab, job_id)  # 404 for an unknown job
+        access.cancel(the_lab, who, job_id)
+        return _job_state(the_lab, job_id)
+
+    return json_response(await run_in_threadpool(cancel))
 
 
 async def create_report(request: Request) -> Response:
@@ -404,24 +438,29 @@ async def create_report(request: Request) -> Response:
             or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2**62 for v in ids)):
         raise QlabError("variant_ids: required, a non-empty list of variant ids")
     the_lab = lab()
-    report_id = await run_in_threadpool(reports.make_report, the_lab.store, title, notes, ids)
-    accounts.stamp(the_lab.store, "reports", report_id, who.email)
+
+    def make() -> str:
+        report_id = reports.make_report(the_lab.store, title, notes, ids)
+        accounts.stamp(the_lab.store, "reports", report_id, who.email)
+        return report_id
+
+    report_id = await run_in_threadpool(make)
     reads.clear()
-    return json_response({"id": report_id, "url": f"{_base_url(request)}/reports?report={report_id}"}, 201)
-
-
-def _base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+    return json_response({"id": report_id, "url": report_links.url(report_id)}, 201)
 
 
 async def report_bundle(request: Request) -> Response:
     report_id = str(request.path_params["id"])
     the_lab = lab()
-    try:
-        the_lab.store.report(report_id)
-    except QlabError:
-        raise ApiError(404, f"no report with id {report_id!r}") from None
-    data = await run_in_threadpool(reports.export_bundle, the_lab.store, report_id)
+
+    def bundle() -> bytes:
+        try:
+            the_lab.store.report(report_id)
+        except QlabError:
+            raise ApiError(404, f"no report with id {report_id!r}") from None
+        return reports.export_bundle(the_lab.store, report_id)
+
+    data = await run_in_threadpool(bundle)
     return Response(data, media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="qlab-report-{report_id}.zip"'})
 
@@ -432,10 +471,15 @@ async def import_report(request: Request) -> Response:
     got = await _file(form)
     assert got is not None
     the_lab = lab()
-    report_id = await run_in_threadpool(reports.import_bundle, the_lab.store, got[1])
-    accounts.stamp(the_lab.store, "reports", report_id, who.email)
+
+    def bring_in() -> str:
+        report_id = reports.import_bundle(the_lab.store, got[1])
+        accounts.stamp(the_lab.store, "reports", report_id, who.email)
+        return report_id
+
+    report_id = await run_in_threadpool(bring_in)
     reads.clear()
-    return json_response({"id": report_id, "url": f"{_base_url(request)}/reports?report={report_id}"}, 201)
+    return json_response({"id": report_id, "url": report_links.url(report_id)}, 201)
 
 
 async def not_found(request: Request) -> Response:
@@ -452,24 +496,24 @@ _FILE = {"type": "string", "format": "binary"}
 _TEXT = {"type": "string"}
 
 API: tuple[ApiRoute, ...] = (
-    ApiRoute("GET", f"{PREFIX}/health", health, "liveness and version", role=None, responses={200: _ref(Health)}),
-    ApiRoute("GET", f"{PREFIX}/openapi.json", schema, "this document", role=None,
+    ApiRoute("GET", f"{PREFIX}/health", health, "liveness and version", action=None, responses={200: _ref(Health)}),
+    ApiRoute("GET", f"{PREFIX}/openapi.json", schema, "this document", action=None,
              responses={200: {"application/json": {"schema": {"type": "object"}}}}),
     ApiRoute("POST", f"{PREFIX}/models", create_model, "upload a .keras, .h5 or zipped SavedModel",
-             role=Role.MEMBER, body=_multipart({"file": _FILE, "name": _TEXT,
+             action=Action.UPLOAD, body=_multipart({"file": _FILE, "name": _TEXT,
                                                 "trusted": {"type": "string", "enum": ["true", "false"]}}, ["file"]),
              responses={201: _ref(ModelCreated)}),
     ApiRoute("GET", f"{PREFIX}/models", list_models, "stored models", parameters=(FORMAT_PARAM,),
              responses={200: LIST_CONTENT}),
     ApiRoute("POST", f"{PREFIX}/datasets", create_dataset,
-             "upload a .npz or zip of class folders, or register source=digits", role=Role.MEMBER,
+             "upload a .npz or zip of class folders, or register source=digits", action=Action.UPLOAD,
              body=_multipart({"file": _FILE, "name": _TEXT, "source": {"type": "string", "enum": ["digits"]},
                               "input_scale": _TEXT, "input_offset": _TEXT, "model_id": _TEXT}, []),
              responses={201: _ref(DatasetCreated)}),
     ApiRoute("GET", f"{PREFIX}/datasets", list_datasets, "stored datasets", parameters=(FORMAT_PARAM,),
              responses={200: LIST_CONTENT}),
     ApiRoute("POST", f"{PREFIX}/variants", create_variant,
-             "import a .tflite made elsewhere (a job; its result names the variant)", role=Role.MEMBER,
+             "import a .tflite made elsewhere (a job; its result names the variant)", action=Action.UPLOAD,
              body=_multipart({"file": _FILE, "reference": _FILE, "name": _TEXT, "dataset_id": _TEXT}, ["file"]),
              responses={202: _ref(JobAccepted)}),
     ApiRoute("GET", f"{PREFIX}/variants", list_variants, "variants with their latest host results",
@@ -483,20 +527,21 @@ API: tuple[ApiRoute, ...] = (
              "a debugger run's per-layer statistics, each row naming the engine that made it",
              parameters=(_int_param("id", "path"), FORMAT_PARAM), responses={200: LIST_CONTENT}),
     ApiRoute("POST", f"{PREFIX}/jobs", submit_job, "queue a job; params are the kind's dataclass fields",
-             role=Role.MEMBER,
+             action=Action.RUN,
              body={"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}}},
              responses={202: _ref(JobAccepted)}),
     ApiRoute("GET", f"{PREFIX}/jobs/{{id}}", get_job, "a job's state and result",
              parameters=(_int_param("id", "path"),), responses={200: _ref(JobState)}),
-    ApiRoute("DELETE", f"{PREFIX}/jobs/{{id}}", cancel_job, "cancel a queued or running job", role=Role.MEMBER,
+    ApiRoute("DELETE", f"{PREFIX}/jobs/{{id}}", cancel_job, "cancel a queued or running job (its owner or an admin)",
+             action=Action.CANCEL,
              parameters=(_int_param("id", "path"),),
              responses={200: _ref(JobState), 409: {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
-    ApiRoute("POST", f"{PREFIX}/reports", create_report, "make a report of variants", role=Role.MEMBER,
+    ApiRoute("POST", f"{PREFIX}/reports", create_report, "make a report of variants", action=Action.REPORT,
              body={"required": True, "content": _ref(ReportRequest)}, responses={201: _ref(ReportCreated)}),
     ApiRoute("GET", f"{PREFIX}/reports/{{id}}/bundle", report_bundle, "a report's bundle (zip)",
              parameters=({"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},),
              responses={200: {"application/zip": {"schema": {"type": "string", "format": "binary"}}}}),
-    ApiRoute("POST", f"{PREFIX}/reports/import", import_report, "import a report bundle (zip)", role=Role.MEMBER,
+    ApiRoute("POST", f"{PREFIX}/reports/import", import_report, "import a report bundle (zip)", action=Action.IMPORT,
              body=_multipart({"file": _FILE}, ["file"]), responses={201: _ref(ReportCreated)}),
 )
 
@@ -509,7 +554,7 @@ def routes() -> list[Route]:
     out = []
     for path, by_method in table.items():
         out.append(Route(path, _dispatch(by_method), methods=list(by_method)))
-    catch_all = ApiRoute("GET", "/api/{rest:path}", not_found, "no such route", role=None).endpoint
+    catch_all = ApiRoute("GET", "/api/{rest:path}", not_found, "no such route", action=None).endpoint
     out.append(Route("/api/{rest:path}", catch_all, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]))
     return out
 

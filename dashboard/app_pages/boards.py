@@ -6,9 +6,10 @@ import streamlit as st
 
 from dashboard import auth, ui
 from dashboard.components.latency import latency_bars
-from dashboard.services import boards_view, reads, tables
+from dashboard.services import access, boards_view, reads, tables
+from dashboard.services.access import Action
 from qcore.jobs.contract import BoardAccuracyParams, BoardBenchParams, BoardMatrixParams
-from qcore.qtyping import Job, Role
+from qcore.qtyping import Job
 
 st.title("Boards")
 st.caption("Each board runs `python3 -m board_agent`. The NPU (VX delegate) compiles the graph on the first "
@@ -30,7 +31,7 @@ if boards:
 else:
     st.info("No board registered yet.", icon=":material/info:")
 
-if auth.can(Role.ADMIN):  # a board's URL decides where teammates' models are sent: admins only
+if auth.can(Action.BOARDS):  # a board's URL decides where teammates' models are sent: admins only
     with st.expander("Register a board", expanded=not boards), st.form("boards_add", clear_on_submit=True):
         a, b = st.columns(2)
         name = a.text_input("name", key="boards_add_name", placeholder="imx8mp-lab-1")
@@ -38,7 +39,7 @@ if auth.can(Role.ADMIN):  # a board's URL decides where teammates' models are se
         token = st.text_input("token (stored once, never shown again)", type="password", key="boards_add_token")
         if st.form_submit_button("Register"):
             with ui.guard("cannot register the board"):
-                lab.store.add_board(name.strip(), url.strip(), token.strip() or None)
+                access.register_board(lab, auth.who(), name.strip(), url.strip(), token.strip() or None)
                 reads.clear()
                 st.success(f"board {ui.md(repr(name.strip()))} registered")
 
@@ -79,11 +80,11 @@ if bench_clicked or acc_clicked:
         if not targets:
             raise ValueError(f"choose at least one target that {board} can run")
         if bench_clicked:
-            lab.runner.submit(BoardBenchParams(board=board, variant_ids=tuple(chosen), targets=tuple(targets),
+            ui.submit(lab, BoardBenchParams(board=board, variant_ids=tuple(chosen), targets=tuple(targets),
                                                threads=int(threads), runs=int(runs), warmup=int(warmup),
                                                profile=bool(profile)))
         else:
-            lab.runner.submit(BoardAccuracyParams(board=board, variant_ids=tuple(chosen), targets=tuple(targets),
+            ui.submit(lab, BoardAccuracyParams(board=board, variant_ids=tuple(chosen), targets=tuple(targets),
                                                   threads=int(threads)))
         st.rerun()
 
@@ -106,7 +107,7 @@ if st.button("Run the matrix", key="boards_matrix_go", disabled=not members):
     with ui.guard("could not start"):
         if not m_variants or not m_targets:
             raise ValueError("choose at least one variant and one target")
-        lab.runner.submit(BoardMatrixParams(pool=pool, placement=placement, variant_ids=tuple(m_variants),
+        ui.submit(lab, BoardMatrixParams(pool=pool, placement=placement, variant_ids=tuple(m_variants),
                                             targets=tuple(m_targets), threads=int(threads), runs=int(runs),
                                             warmup=int(warmup)))
         st.rerun()

@@ -69,7 +69,7 @@ with st.expander("Run the debugger", expanded=reads.debug_runs(lab.db_key, model
         st.caption(f"Runs recipe {recipe} with the {engine_name(engine)} (chosen above).")
         if st.form_submit_button("Run debugger", type="primary"):
             with ui.guard("could not start"):
-                lab.runner.submit(DebugParams(
+                ui.submit(lab, DebugParams(
                     model_id=int(model_id), dataset_id=int(dataset_id), recipe=recipe,
                     calibration_samples=int(calibration), debug_samples=int(debug_samples),
                     extra_metrics=tuple(extra) if "extra_metrics" in takes else (),
@@ -150,7 +150,7 @@ def debug_result(model_id: int, dataset_id: int) -> None:
     if st.button("Run selective quantization", type="primary", key="debugger_selective",
                  disabled=not chosen and not ops):
         with ui.guard("could not start"):
-            lab.runner.submit(SelectiveParams(
+            ui.submit(lab, SelectiveParams(
                 model_id=model_id, dataset_id=dataset_id,
                 recipe=str(settings.get("recipe", defaults.DEBUG_RECIPE)),
                 denylisted_nodes=tuple(chosen), denylisted_ops=tuple(ops),
@@ -193,7 +193,7 @@ c.caption(f"Ranks the layers of recipe {recipe} with the {engine_name(engine)} a
           "worst to keep in float: about log2(layers) conversions.")
 if st.button("Search", key="debugger_tune"):
     with ui.guard("could not start"):
-        lab.runner.submit(TuneParams(
+        ui.submit(lab, TuneParams(
             model_id=int(model_id), dataset_id=int(dataset_id), max_drop=float(max_drop), recipe=recipe,
             calibration_samples=int(calibration), debug_samples=int(debug_samples), engine=engine,
             deploy_engine=deploy_engine))
@@ -235,7 +235,7 @@ if len(options) >= 2:
     samples = c.number_input("samples", 1, 1000, 20, key="debugger_cmp_samples")
     if st.button("Compare tensors", key="debugger_cmp_run"):
         with ui.guard("could not start"):
-            lab.runner.submit(CompareTensorsParams(float_variant_id=int(float_id), quant_variant_id=int(quant_id),
+            ui.submit(lab, CompareTensorsParams(float_variant_id=int(float_id), quant_variant_id=int(quant_id),
                                                    samples=int(samples)))
             st.rerun()
 

@@ -6,7 +6,8 @@ import streamlit as st
 
 from dashboard import auth, ui
 from dashboard.services import reads, uploads
-from qcore.qtyping import SCORING_LABELS, Job, Role
+from dashboard.services.access import Action
+from qcore.qtyping import SCORING_LABELS, Job
 
 st.title("Models & data")
 lab = ui.current()
@@ -18,14 +19,15 @@ with left, st.form("models_model_form", clear_on_submit=True):
                             key="models_model_file")
     name = st.text_input("name (optional)", key="models_model_name")
     # admins may vouch for a file the loading policy refuses (Lambda layers, custom objects, file ops)
-    trusted = auth.can(Role.ADMIN) and st.checkbox(
+    trusted = auth.can(Action.TRUST) and st.checkbox(
         "trusted upload (admin): load it even with Lambda layers, custom objects or file ops", key="models_trusted")
     if st.form_submit_button("Add model", type="primary"):
         if file is None:
             st.error("choose a model file first")
         else:
             with ui.guard(f"could not add {file.name}"), st.spinner(f"loading {file.name}"):
-                model_id = uploads.add_model(lab, file.name, file.getvalue(), name, trusted=bool(trusted))
+                model_id = uploads.add_model(lab, file.name, file.getvalue(), name, trusted=bool(trusted),
+                                            who=auth.who())
                 st.success(f"model #{model_id} stored")
 
 with right, st.form("models_data_form", clear_on_submit=True):
@@ -50,11 +52,12 @@ with right, st.form("models_data_form", clear_on_submit=True):
         else:
             with ui.guard(f"could not add {file.name}"), st.spinner(f"reading {file.name}"):
                 dataset_id = uploads.add_dataset(lab, file.name, file.getvalue(), input_scale=scale,
-                                                 input_offset=offset, name=name, for_model=for_model)
+                                                 input_offset=offset, name=name, for_model=for_model,
+                                                 who=auth.who())
                 st.success(f"dataset #{dataset_id} stored")
     if digits:
         with ui.guard("could not add digits"):
-            dataset_id = uploads.add_digits(lab, input_scale=scale, input_offset=offset)
+            dataset_id = uploads.add_digits(lab, input_scale=scale, input_offset=offset, who=auth.who())
             st.success(f"dataset #{dataset_id} stored")
 
 st.subheader("Bring your own .tflite")
@@ -80,7 +83,8 @@ with st.form("models_tflite_form", clear_on_submit=True):
         else:
             with ui.guard(f"could not import {tfile.name}"):
                 ref = (rfile.name, rfile.getvalue()) if rfile is not None else None
-                uploads.add_tflite(lab, tfile.name, tfile.getvalue(), reference=ref, name=tname, dataset_id=tdata)
+                uploads.add_tflite(lab, tfile.name, tfile.getvalue(), reference=ref, name=tname, dataset_id=tdata,
+                                   who=auth.who())
                 st.rerun()
 
 

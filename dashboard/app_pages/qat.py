@@ -46,7 +46,7 @@ with st.form("qat_form"):
         with ui.guard("could not start"):
             if whole == "chosen layers" and not chosen:
                 raise ValueError("choose at least one layer class or name, or quantize the whole model")
-            lab.runner.submit(QatParams(
+            ui.submit(lab, QatParams(
                 model_id=int(model_id), dataset_id=int(dataset_id),
                 layers=("all",) if whole == "the whole model" else tuple(chosen), epochs=int(epochs),
                 batch_size=int(batch), learning_rate=float(lr), train_samples=int(samples),

@@ -62,7 +62,7 @@ if clicked and model_id is not None and dataset_id is not None:
         st.error("choose at least one recipe")
     else:
         with ui.guard("could not start"):
-            lab.runner.submit(ConvertParams(model_id=model_id, dataset_id=dataset_id, recipes=tuple(chosen),
+            ui.submit(lab, ConvertParams(model_id=model_id, dataset_id=dataset_id, recipes=tuple(chosen),
                                             calibration_samples=int(samples), bench=bench, engine=engine))
             st.rerun()
 

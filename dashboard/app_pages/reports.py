@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import streamlit as st
 
-from dashboard import ui
-from dashboard.services import reads, report_view
+from dashboard import auth, ui
+from dashboard.services import access, reads, report_links, report_view
+from dashboard.services.access import Action
 from qcore.lab import reports
 from qcore.qtyping import QlabError
 
@@ -15,12 +14,8 @@ lab = ui.current()
 
 
 def link(report_id: str) -> str:
-    """An absolute link when the browser's URL is known, else the path."""
-    url = st.context.url
-    if url:
-        parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.netloc}/reports?report={report_id}"
-    return f"/reports?report={report_id}"
+    """The report's link: QLAB_PUBLIC_URL's (or this server's own address), never what a request claims."""
+    return report_links.url(report_id)
 
 
 def show(report_id: str) -> None:
@@ -82,12 +77,16 @@ def show(report_id: str) -> None:
                        on_click="ignore", icon=":material/folder_zip:")
 
 
-report_id = st.query_params.get("report")
+report_id = auth.report_scope() or st.query_params.get("report")
 if report_id:
     show(report_id)
     st.stop()
 
 st.title("Reports")
+if not auth.can(Action.LIST_REPORTS):
+    # a viewer reads reports by their links only: the list would hand out every other report's link
+    st.info("Open a report from the link someone shared with you.", icon=":material/link:")
+    st.stop()
 variants = reads.variants(lab.db_key)
 options = ui.variant_options(variants, ok_only=False)
 with st.form("reports_new", clear_on_submit=False):
@@ -97,6 +96,7 @@ with st.form("reports_new", clear_on_submit=False):
     chosen = st.multiselect("variants", list(options), format_func=options.__getitem__, key="reports_variants")
     if st.form_submit_button("Make report", type="primary"):
         with ui.guard("cannot make the report"):
+            access.check(auth.who(), Action.REPORT, what="making a report")
             new_id = reports.make_report(lab.store, title, notes, chosen)
             reads.clear()
             st.success(f"report made: [{link(new_id)}]({link(new_id)})", icon=":material/check_circle:")
@@ -115,7 +115,8 @@ with st.form("reports_import", clear_on_submit=True):
         if bundle is None:
             st.error("choose a bundle file first")
         else:
-            with ui.guard(f"cannot import {bundle.name}"):
+            with ui.guard(f"cannot import {ui.md(bundle.name)}"):
+                access.check(auth.who(), Action.IMPORT, what="importing a report bundle")
                 new_id = reports.import_bundle(lab.store, bundle.getvalue())
                 reads.clear()
                 st.success(f"imported as [{link(new_id)}]({link(new_id)})", icon=":material/check_circle:")

@@ -6,6 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import auth, ui
+from dashboard.services import access
+from dashboard.services.access import Action
 from qcore.qtyping import Role
 from qcore.store import accounts
 
@@ -21,7 +23,9 @@ st.write("A token lets CI and `qlab --server URL` act as you, with your role. It
 with st.form("settings_token", clear_on_submit=True):
     name = st.text_input("what it is for", key="settings_token_name", placeholder="nightly CI")
     if st.form_submit_button("Create token", type="primary"):
-        st.session_state["settings_new_token"] = accounts.create_token(lab.store, me.email, name)
+        with ui.guard("cannot make a token"):
+            access.check(me, Action.TOKENS, what="making an API token")
+            st.session_state["settings_new_token"] = accounts.create_token(lab.store, me.email, name)
 new = st.session_state.pop("settings_new_token", None)
 if new:
     st.success("Copy it now: it will not be shown again.", icon=":material/key:")
@@ -35,10 +39,11 @@ for t in mine:
     a.write(f"#{t.id} **{t.name or 'unnamed'}** · made {t.created_at[:16]} · last used {(t.last_used or 'never')[:16]}")
     if b.button("Revoke", key=f"settings_revoke_{t.id}"):
         with ui.guard("cannot revoke"):
+            access.check(me, Action.TOKENS, what="revoking an API token")
             accounts.revoke_token(lab.store, t.id, owner=me.email)
             st.rerun()
 
-if auth.enabled() and auth.can(Role.ADMIN):
+if auth.enabled() and auth.can(Action.ROLES):
     st.subheader("Users and roles")
     st.caption("viewer: report links and read-only pages · member: upload, run jobs, make reports, benchmark · "
                "admin: boards, roles, trusted uploads")
@@ -50,6 +55,7 @@ if auth.enabled() and auth.can(Role.ADMIN):
                                                                 required=True)})
     if st.button("Save roles", key="settings_roles_save"):
         with ui.guard("cannot change the roles"):
+            access.check(me, Action.ROLES, what="changing roles")
             for (email, _, old, _), role in zip(people, edited["role"], strict=True):
                 if role != old:
                     accounts.set_role(lab.store, email, role)

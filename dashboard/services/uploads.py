@@ -7,14 +7,18 @@ import json
 import shutil
 from pathlib import Path
 
-from dashboard.services import reads
+from dashboard.services import access, reads
 from dashboard.services.lab import Lab
 from qcore.inputs.archives import extract_zip
 from qcore.inputs.data import dataset_sha256, digits_dataset, load_dataset
 from qcore.jobs.contract import AddModelParams, ImportTfliteParams
 from qcore.lab.import_tflite import check_tflite_bytes
-from qcore.qtyping import Dataset, JobStatus, QlabError
+from qcore.qtyping import Dataset, JobStatus, QlabError, Role
 from qcore.store import write_atomic
+from qcore.store.accounts import LOCAL_USER, Principal
+
+# who acts when a caller names nobody (scripts and tests on one machine)
+LOCAL_ADMIN = Principal(email=LOCAL_USER, role=Role.ADMIN)
 
 # the same cap as server.maxUploadSize in .streamlit/config.toml, checked again here
 MAX_UPLOAD_MB = 200
@@ -86,7 +90,7 @@ def _savedmodel_root(folder: Path, filename: str) -> Path:
 
 
 def add_model(the_lab: Lab, filename: str, data: bytes, name: str = "", *, trusted: bool = False,
-              timeout: float = ADD_MODEL_TIMEOUT_S) -> int:
+              timeout: float = ADD_MODEL_TIMEOUT_S, who: Principal | None = None) -> int:
     """Stores an uploaded `.keras`, `.h5` or zipped SavedModel and registers it, loaded by a worker.
 
     The web process never loads the model (an uploaded model is a program): a job inspects and
@@ -102,7 +106,12 @@ def add_model(the_lab: Lab, filename: str, data: bytes, name: str = "", *, trust
     Raises:
         QlabError: for a wrong type, an empty or over-size file, a model Keras cannot read, or one
             refused by the loading policy (`qcore.inputs.safety`). A refused upload is deleted.
+        access.Refused: for a viewer, or a trusted upload by someone who is not an admin.
     """
+    who = who or LOCAL_ADMIN
+    access.check(who, access.Action.UPLOAD, what="adding a model")
+    if trusted:
+        access.check(who, access.Action.TRUST, what="a trusted upload")
     suffix = _check(filename, data, MODEL_SUFFIXES, "model")
     stored, created = store_upload(the_lab, data, suffix)
     try:
@@ -127,7 +136,7 @@ def add_model(the_lab: Lab, filename: str, data: bytes, name: str = "", *, trust
 
 
 def add_tflite(the_lab: Lab, filename: str, data: bytes, *, reference: tuple[str, bytes] | None = None,
-               name: str = "", dataset_id: int | None = None) -> int:
+               name: str = "", dataset_id: int | None = None, who: Principal | None = None) -> int:
     """Stores an uploaded `.tflite` (and its float reference) and queues the job that imports them.
 
     Only the cheap checks run here (suffix, size, TFL3 identifier), so the web process never
@@ -136,28 +145,40 @@ def add_tflite(the_lab: Lab, filename: str, data: bytes, *, reference: tuple[str
     Args:
         reference: (file name, bytes) of a float `.tflite` of the same network, or None.
         dataset_id: a stored dataset (it carries the input preprocessing) to evaluate on, or None.
+        who: who uploads (the role check and the per-person job limit of `access.submit`); None: the
+            local admin (scripts and tests).
 
     Returns:
         The id of the `import_tflite` job.
 
     Raises:
         QlabError: naming the file for a wrong type, an empty or over-size file, or no TFL3 identifier.
+        access.Refused: for a viewer, or a person at their limit of active jobs.
     """
+    who = who or LOCAL_ADMIN
+    access.check(who, access.Action.UPLOAD, what="importing a .tflite")
     files = [(filename, data), *([reference] if reference is not None else [])]
     for fname, body in files:
         _check(fname, body, TFLITE_SUFFIXES, ".tflite model")
         check_tflite_bytes(body, fname)
+    stored = [store_upload(the_lab, body, ".tflite") for _, body in files]
     params = ImportTfliteParams(
-        filename=filename, path=str(store_upload(the_lab, data, ".tflite")[0]), name=name.strip(),
+        filename=filename, path=str(stored[0][0]), name=name.strip(),
         dataset_id=None if dataset_id is None else int(dataset_id),
         reference_filename=reference[0] if reference is not None else "",
-        reference_path=str(store_upload(the_lab, reference[1], ".tflite")[0]) if reference is not None else "",
+        reference_path=str(stored[1][0]) if reference is not None else "",
     )
-    return the_lab.runner.submit(params)
+    try:
+        return access.submit(the_lab, who, params)
+    finally:
+        # the job carries the bytes (inputs travel inside it) and a kept variant is its blob: what this
+        # request wrote under uploads/ is needed no more, least of all when the import is refused
+        for path, created in stored:
+            _discard(path, created)
 
 
 def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float, input_offset: float,
-                name: str = "", for_model: int | None = None) -> int:
+                name: str = "", for_model: int | None = None, who: Principal | None = None) -> int:
     """Stores an uploaded `.npz` (x_train, y_train, x_test, y_test) or zip of class folders and registers it.
 
     Args:
@@ -165,7 +186,9 @@ def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float,
 
     Raises:
         QlabError: for a wrong type, an empty or over-size file, or data qcore cannot read.
+        access.Refused: for a viewer.
     """
+    access.check(who or LOCAL_ADMIN, access.Action.UPLOAD, what="adding a dataset")
     suffix = _check(filename, data, DATA_SUFFIXES, "dataset")
     shape = None
     if for_model is not None:
@@ -183,8 +206,9 @@ def add_dataset(the_lab: Lab, filename: str, data: bytes, *, input_scale: float,
                             stored_path=str(path), input_shape=shape)
 
 
-def add_digits(the_lab: Lab, *, input_scale: float, input_offset: float) -> int:
-    """Registers scikit-learn's bundled digits with this preprocessing."""
+def add_digits(the_lab: Lab, *, input_scale: float, input_offset: float, who: Principal | None = None) -> int:
+    """Registers scikit-learn's bundled digits with this preprocessing (refused to a viewer)."""
+    access.check(who or LOCAL_ADMIN, access.Action.UPLOAD, what="adding a dataset")
     ds = digits_dataset(input_scale=float(input_scale), input_offset=float(input_offset))
     return register_dataset(the_lab, ds, name="digits", source="digits", stored_path=None)
 

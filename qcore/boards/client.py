@@ -7,10 +7,14 @@ stores their results, `qcore.boards.farm` fans a matrix out across a pool.
 from __future__ import annotations
 
 import io
+import ipaddress
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import requests
@@ -34,6 +38,11 @@ DEFAULT_POLL_S = 0.25
 DEFAULT_JOB_TIMEOUT_S = 900.0
 
 TARGET_ALL = "all"
+# QLAB_BOARD_NETWORKS=10.0.0.0/8,192.168.1.0/24: the only networks a board URL may point into (unset: any),
+# so a board URL cannot send the server's requests to its own or its neighbours' services
+ENV_BOARD_NETWORKS = "QLAB_BOARD_NETWORKS"
+# the agent names itself in every reply; a reply without it is some other service and is never echoed
+AGENT_SERVER_PREFIX = "qlab-board-agent"
 
 
 class BoardUnreachableError(QlabError):
@@ -46,6 +55,47 @@ class BoardBusyError(QlabError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def board_networks(text: str | None = None) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
+    """The networks of QLAB_BOARD_NETWORKS (or `text`); None when unset (every address allowed).
+
+    Raises:
+        QlabError: naming an entry that is not a network like 10.0.0.0/8.
+    """
+    raw = os.environ.get(ENV_BOARD_NETWORKS, "") if text is None else text
+    if not raw.strip():
+        return None
+    nets = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise QlabError(f"{ENV_BOARD_NETWORKS}: {part!r} is not a network (e.g. 10.0.0.0/8, 192.168.1.0/24)") from None
+    return nets
+
+
+def check_board_url(url: str) -> None:
+    """Refuses a board URL whose host resolves outside QLAB_BOARD_NETWORKS (when set), before any request.
+
+    Raises:
+        QlabError: one line naming the URL, the address and the allowed networks.
+    """
+    nets = board_networks()
+    if nets is None:
+        return
+    host = urlsplit(url).hostname or ""
+    try:
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        raise QlabError(f"board URL {url}: cannot resolve {host!r}") from None
+    allowed = ", ".join(str(n) for n in nets)
+    for text in sorted(addresses):
+        address = ipaddress.ip_address(text.split("%")[0])
+        if not any(address in n for n in nets):
+            raise QlabError(f"board URL {url}: {host} is {address}, outside {ENV_BOARD_NETWORKS} ({allowed})")
 
 
 # names that moved to qcore.boards.runs when the orchestration left this module; old imports keep working
@@ -108,6 +158,7 @@ class BoardClient:
         if self._token:
             headers[protocol.AUTH_HEADER] = f"{protocol.AUTH_SCHEME} {self._token}"
         url = self.url + path
+        check_board_url(self.url)
         try:
             resp = self._session.request(method, url, headers=headers, timeout=self._timeout, **kwargs)
         except requests.exceptions.Timeout:
@@ -115,6 +166,9 @@ class BoardClient:
                 f"board {self.name} at {self.url} did not answer {method} {path} in time") from None
         except requests.exceptions.RequestException as exc:
             raise BoardUnreachableError(f"board {self.name} at {self.url} is unreachable: {_reason(exc)}") from None
+        if not resp.headers.get("Server", "").startswith(AGENT_SERVER_PREFIX):
+            raise QlabError(f"board {self.name} at {self.url}: {method} {path} -> {resp.status_code}: "
+                            f"{_error_text(resp)}")
         if resp.status_code == 429:
             try:
                 retry_after = float(resp.headers.get("Retry-After", "1"))
@@ -327,10 +381,14 @@ def _reason(exc: BaseException) -> str:
 
 
 def _error_text(resp: requests.Response) -> str:
+    """The agent's own error message; a reply from anything else is described, never quoted."""
+    if not resp.headers.get("Server", "").startswith(AGENT_SERVER_PREFIX):
+        kind = resp.headers.get("Content-Type", "no content type").split(";")[0]
+        return f"the reply is not a qlab board agent's ({kind}, {len(resp.content)} bytes); is the URL right?"
     try:
         data = resp.json()
         if isinstance(data, dict) and data.get("error"):
-            return str(data["error"])
+            return str(data["error"])[:300]
     except ValueError:
         pass
-    return (resp.text or resp.reason or "").strip()[:300]
+    return resp.reason or "no reason given"

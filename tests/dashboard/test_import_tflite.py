@@ -91,6 +91,16 @@ def test_add_tflite_wrong_suffix_and_empty(empty_lab: Lab, tiny_tflite: dict[str
     assert empty_lab.store.jobs(kind="import_tflite") == []
 
 
+def test_add_tflite_refused_by_its_job_leaves_no_upload(empty_lab: Lab) -> None:
+    """A file with the TFL3 identifier but no model behind it passes the cheap checks; its import job
+    fails, and nothing of it stays under uploads/ (the job carried the bytes)."""
+    garbage = b"\x00\x00\x00\x00TFL3" + b"\xff" * 200
+    job_id = uploads.add_tflite(empty_lab, "broken.tflite", garbage)
+    empty_lab.runner.wait(job_id, timeout=120)
+    assert empty_lab.store.job(job_id).status.value == "failed"
+    assert list((empty_lab.data_dir / "uploads").glob("*")) == []
+
+
 def test_upload_checks_do_not_load_litert_or_tensorflow() -> None:
     code = ("import sys; from dashboard.services import uploads; from qcore.lab.import_tflite import check_tflite_bytes;"
             "check_tflite_bytes(b'\\x1c\\0\\0\\0TFL3' + bytes(8), 'x.tflite');"

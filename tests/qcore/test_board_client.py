@@ -307,3 +307,45 @@ def test_board_client_is_http_only_and_old_imports_still_work() -> None:
     # the HTTP client never touches the store; the orchestration moved to board_runs
     assert "qcore.store" not in Path(board_client.__file__).read_text()
     assert board_client.bench_on_board is board_runs.bench_on_board
+
+
+def test_health_of_a_url_that_is_not_an_agent_never_echoes_its_reply() -> None:
+    """A board URL pointing at some other HTTP service (an admin page, a metadata endpoint): its reply is
+    described by type and size, never quoted, whatever the status."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    secret = b"<html>internal-secret-token-1234</html>"
+
+    class Other(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            status = 404 if "v1" in self.path else 200
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(secret)))
+            self.end_headers()
+            self.wfile.write(secret)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = BoardClient(f"http://127.0.0.1:{server.server_address[1]}", name="other")
+        with pytest.raises(QlabError, match=r"not a qlab board agent's \(text/html, 39 bytes\)") as got:
+            client.health()
+        assert "secret" not in str(got.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_board_networks_refuse_a_url_outside_before_connecting(monkeypatch: pytest.MonkeyPatch,
+                                                               board: RunningAgent) -> None:
+    monkeypatch.setenv("QLAB_BOARD_NETWORKS", "10.0.0.0/8")
+    with pytest.raises(QlabError, match=r"127.0.0.1, outside QLAB_BOARD_NETWORKS \(10.0.0.0/8\)"):
+        BoardClient(board.url, token=TOKEN, name="imx").health()
+    monkeypatch.setenv("QLAB_BOARD_NETWORKS", "10.0.0.0/8,127.0.0.0/8")
+    assert BoardClient(board.url, token=TOKEN, name="imx").health()["status"] == "ok"
