@@ -30,6 +30,9 @@ MAX_DATASET_BYTES = 1 << 30
 # an .npz member expanding more than this many times its compressed size, beyond 16 MB, is a bomb
 # (real pixel data compresses 2-10x; 400 KB of zeros that declare 410 MB is 1000x)
 MAX_NPZ_RATIO = 200
+# an .npy header is a short dict literal (numpy writes a few hundred bytes); a longer declared length is
+# refused before a byte of it is read, so a 1 MB .npz cannot make numpy read a 256 MB header of spaces
+MAX_NPY_HEADER_BYTES = 64 * 1024
 # image folders: at most this many images, this many source pixels each and in total
 MAX_IMAGES = 200_000
 MAX_IMAGE_PIXELS = 50_000_000
@@ -112,6 +115,43 @@ def max_dataset_bytes() -> int:
     return int(raw) * 1024 * 1024 if raw.isdigit() and int(raw) > 0 else MAX_DATASET_BYTES
 
 
+def read_npy_header(f: Any, label: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """An .npy header read from a stream, at most MAX_NPY_HEADER_BYTES of it: the length field is checked
+    before numpy reads the header (numpy's own reader reads whatever length the file declares first).
+
+    Returns:
+        (shape, dtype).
+
+    Raises:
+        QlabError: naming `label`, for a header longer than MAX_NPY_HEADER_BYTES.
+        ValueError: for anything that is not an .npy header (numpy's words).
+    """
+    from numpy.lib import format as npy
+
+    start = f.read(8)
+    if len(start) < 8 or start[:6] != npy.MAGIC_PREFIX:
+        raise ValueError("no .npy magic string at its start")
+    major, minor = start[6], start[7]
+    width = {1: 2, 2: 4, 3: 4}.get(major)
+    if width is None:
+        raise ValueError(f"unknown .npy format version {major}.{minor}")
+    size = f.read(width)
+    if len(size) < width:
+        raise ValueError("the file ends inside its header length")
+    length = int.from_bytes(size, "little")
+    if length > MAX_NPY_HEADER_BYTES:
+        raise QlabError(f"{label} declares a {length:,}-byte .npy header (at most {MAX_NPY_HEADER_BYTES:,} bytes): "
+                        "refused unread")
+    header = f.read(length)
+    if len(header) < length:
+        raise ValueError("the file ends inside its header")
+    bounded = io.BytesIO(start + size + header)
+    version = npy.read_magic(bounded)
+    read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+    shape, _, dtype = read(bounded, max_header_size=MAX_NPY_HEADER_BYTES)
+    return tuple(int(d) for d in shape), dtype
+
+
 def check_npz_headers(p: Path, max_bytes: int | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
     """Reads each member's .npy header with numpy's own reader (no array data) and checks sizes.
 
@@ -122,8 +162,6 @@ def check_npz_headers(p: Path, max_bytes: int | None = None) -> dict[str, tuple[
         QlabError: naming the member that is not a plain .npy array, that would take more than
             `max_bytes` (summed), or that expands suspiciously far beyond its compressed size.
     """
-    from numpy.lib import format as npy
-
     limit = max_dataset_bytes() if max_bytes is None else max_bytes
     out: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
     total = 0
@@ -133,9 +171,7 @@ def check_npz_headers(p: Path, max_bytes: int | None = None) -> dict[str, tuple[
                 key = info.filename.removesuffix(".npy")
                 with zf.open(info) as f:
                     try:
-                        version = npy.read_magic(f)
-                        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-                        shape, _, dtype = read(f)
+                        shape, dtype = read_npy_header(f, f"{p}: member {info.filename!r}")
                     except ValueError as exc:
                         raise QlabError(f"{p}: member {info.filename!r} is not a plain .npy array ({exc})") from None
                 if dtype.hasobject:

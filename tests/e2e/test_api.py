@@ -20,14 +20,19 @@ from tests.e2e.serving import ADMIN_TOKEN, running_server
 
 pytestmark = pytest.mark.slow
 JOB_TIMEOUT_S = 240
+# the server's per-person limit of queued + running jobs in this module
+MAX_ACTIVE = 2
+# where report links point (a reverse proxy's address), whatever Host a request names
+PUBLIC_URL = "https://qlab.example.test"
 
 
 class Api:
     """A base URL and the tokens of one admin, one member and one viewer."""
 
-    def __init__(self, base: str, tokens: dict[str, str]) -> None:
+    def __init__(self, base: str, tokens: dict[str, str], data: Path) -> None:
         self.base = base
         self.tokens = tokens
+        self.data = data
 
     def __call__(self, method: str, path: str, who: str | None = "admin", **kw: Any) -> requests.Response:
         headers = kw.pop("headers", {})
@@ -57,8 +62,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
             if role is not Role.ADMIN:
                 accounts.set_role(store, email, role)
             tokens[name] = accounts.create_token(store, email, "test")
-    with running_server(data) as base:
-        yield Api(base, tokens)
+    with running_server(data, QLAB_MAX_ACTIVE_JOBS=str(MAX_ACTIVE), QLAB_PUBLIC_URL=PUBLIC_URL) as base:
+        yield Api(base, tokens, data)
 
 
 @pytest.fixture(scope="module")
@@ -171,10 +176,11 @@ def test_convert_job_end_to_end(api: Api, uploaded: dict[str, int]) -> None:
     bench = api("GET", f"/benchmarks?variant_id={int8}").json()
     assert bench and bench[-1]["p50_ms"] > 0
 
-    r = api("POST", "/reports", "member", json={"title": "CI run", "variant_ids": [int8], "notes": "from CI"})
+    r = api("POST", "/reports", "member", json={"title": "CI run", "variant_ids": [int8], "notes": "from CI"},
+            headers={"Host": "attacker.example"})
     assert r.status_code == 201, r.text
     report = r.json()
-    assert report["url"].endswith(f"/reports?report={report['id']}")
+    assert report["url"] == f"{PUBLIC_URL}/reports?report={report['id']}"  # QLAB_PUBLIC_URL, never the Host
     bundle = api("GET", f"/reports/{report['id']}/bundle", "viewer")
     assert bundle.status_code == 200 and bundle.content[:2] == b"PK"
     again = api("POST", "/reports/import", "member", files={"file": ("b.zip", bundle.content)})
@@ -285,3 +291,94 @@ def test_server_refuses_a_public_address_without_sign_in(tmp_path: Path) -> None
     lines = [ln for ln in out.stderr.splitlines() if "error" in ln]
     assert len(lines) == 1 and "QLAB_HOST=0.0.0.0" in lines[0] and "sign-in" in lines[0]
     assert "Traceback" not in out.stderr
+
+
+def test_jobs_past_the_limit_per_person_get_429_in_words(api: Api, uploaded: dict[str, int]) -> None:
+    long_job = {"kind": "qat", "params": {**uploaded, "epochs": 500}}
+    queued = []
+    try:
+        for _ in range(MAX_ACTIVE):
+            r = api("POST", "/jobs", "member", json=long_job)
+            assert r.status_code == 202, r.text
+            queued.append(r.json()["id"])
+        r = api("POST", "/jobs", "member", json=long_job)
+        assert r.status_code == 429 and r.headers["Retry-After"].isdigit()
+        assert r.json()["error"] == (f"member@lab.example already has {MAX_ACTIVE} job(s) queued or running, the "
+                                     f"limit per person (QLAB_MAX_ACTIVE_JOBS={MAX_ACTIVE}); wait for one to finish "
+                                     "or cancel one, then try again")
+        # another person, and an admin, are not held back by the member's jobs
+        r = api("POST", "/jobs", "boss", json=long_job)
+        assert r.status_code == 202, r.text
+        queued.append(r.json()["id"])
+        # the boss (an admin) may cancel the member's job; the limit frees as soon as it ends
+        assert api("DELETE", f"/jobs/{queued[0]}", "boss").status_code == 200
+        assert api.wait(queued[0])["status"] == "cancelled"
+        r = api("POST", "/jobs", "member", json=long_job)
+        assert r.status_code == 202, r.text
+        queued.append(r.json()["id"])
+    finally:
+        for job_id in queued:
+            api("DELETE", f"/jobs/{job_id}", "boss")
+        for job_id in queued:
+            api.wait(job_id)
+
+
+def _header_bomb(path: Path, header_mb: int = 256) -> bytes:
+    """An .npz whose x_train.npy declares a `header_mb` MB header of spaces (about 1 MB compressed)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("x_train.npy", "w", force_zip64=True) as f:
+        length = header_mb * 2**20
+        f.write(b"\x93NUMPY\x02\x00" + length.to_bytes(4, "little"))
+        chunk = b" " * 2**20
+        for _ in range(header_mb):
+            f.write(chunk)
+    return path.read_bytes()
+
+
+def _server_process(base: str) -> Any:
+    import psutil
+
+    port = urlsplit(base).port
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "streamlit" in " ".join(cmd) and str(port) in cmd:
+            return proc
+    raise AssertionError(f"no streamlit process serves port {port}")
+
+
+def test_three_npy_header_bombs_at_once_grow_the_server_by_less_than_100_mb(api: Api, tmp_path: Path) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    bomb = _header_bomb(tmp_path / "bomb.npz")
+    assert len(bomb) < 2 * 2**20
+
+    def send(_: int) -> requests.Response:
+        return api("POST", "/datasets", "member", files={"file": ("bomb.npz", bomb)})
+
+    first = send(0)  # warms the upload path (imports, thread pool) before the baseline
+    assert first.status_code == 422 and "declares a 268,435,456-byte .npy header" in first.json()["error"], first.text
+    server = _server_process(api.base)
+    baseline = server.memory_info().rss
+    peak = baseline
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, server.memory_info().rss)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(send, range(3)))
+    finally:
+        done.set()
+        sampler.join()
+    assert all(a.status_code == 422 and "refused unread" in a.json()["error"] for a in answers)
+    grown_mb = (peak - baseline) / 2**20
+    assert grown_mb < 100, f"the web process grew by {grown_mb:.0f} MB during three header bombs"
+    assert list((api.data / "uploads").glob("*.npz")) == []  # refused uploads are deleted

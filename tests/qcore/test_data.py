@@ -130,3 +130,24 @@ def test_check_fits_labels_out_of_range(tmp_path, demo):
     ds = load_dataset(_npz(tmp_path / "d.npz", y_test=np.array([0, 12])))
     with pytest.raises(QlabError, match="y_test has label 12 but model .* has only 10 outputs"):
         check_fits(demo, ds)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_load_dataset_npy_header_longer_than_the_cap_refused_unread(tmp_path, version):
+    """A member whose header length field claims more than MAX_NPY_HEADER_BYTES is refused from that field
+    alone: the 1 MB of spaces behind it is never read (numpy's own reader would read it all first)."""
+    from qcore.inputs.data import MAX_NPY_HEADER_BYTES
+
+    claimed = MAX_NPY_HEADER_BYTES + 1 if version == 2 else 65_535
+    width = 4 if version == 2 else 2
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("x_train.npy", b"\x93NUMPY" + bytes([version, 0]) + claimed.to_bytes(width, "little")
+                    + b" " * min(claimed, 2**20))
+    if claimed <= MAX_NPY_HEADER_BYTES:  # a v1 header is at most 64 KiB by its format: read, then refused in words
+        with pytest.raises(QlabError, match="bomb.npz: member 'x_train.npy' is not a plain .npy array"):
+            load_dataset(path)
+        return
+    with pytest.raises(QlabError, match=f"member 'x_train.npy' declares a {claimed:,}-byte .npy header "
+                                        f"\\(at most {MAX_NPY_HEADER_BYTES:,} bytes\\): refused unread"):
+        load_dataset(path)
