@@ -416,14 +416,36 @@ class NpuVerdict:
 
     @property
     def label(self) -> str:
-        """A table cell: a mark and a few words."""
+        """A table cell in words (no emoji: hosts without an emoji font show empty boxes)."""
         if self.ready:
-            return "✅ integer-only"
+            return f"{NPU_READY}: integer-only"
         if self.float_ops:
-            return f"❌ {self.n_float_ops} float ops → CPU"
+            return f"{NPU_NOT_READY}: {self.n_float_ops} float ops → CPU"
         if self.custom_ops:
-            return f"❌ {len(self.custom_ops)} custom ops → CPU"
-        return "❌ " + ", ".join(self.problems)
+            return f"{NPU_NOT_READY}: {len(self.custom_ops)} custom ops → CPU"
+        return f"{NPU_NOT_READY}: " + ", ".join(self.problems)
+
+
+# the NPU verdict's two marks, in words every font has
+NPU_READY = "NPU-ready"
+NPU_NOT_READY = "not NPU-ready"
+# stores made before labels were words keep "✅ integer-only" / "❌ 3 float ops → CPU"
+_EMOJI_MARKS = (("✅ ", f"{NPU_READY}: "), ("❌ ", f"{NPU_NOT_READY}: "))
+
+
+def npu_label_words(label: object) -> str:
+    """A stored NPU label in words: an old "✅ …" / "❌ …" label gets its mark spelled out; "" for none."""
+    if not isinstance(label, str) or not label:
+        return ""
+    for mark, words in _EMOJI_MARKS:
+        if label.startswith(mark):
+            return words + label[len(mark):]
+    return label
+
+
+def npu_mark(ready: bool | None) -> str:
+    """The verdict's mark in words, for a list of variants: "NPU-ready", "not NPU-ready", "not checked"."""
+    return NPU_READY if ready else (NPU_NOT_READY if ready is False else "not checked")
 
 
 @dataclass(frozen=True)

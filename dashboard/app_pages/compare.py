@@ -33,8 +33,10 @@ if used is not None and used[1] in names:
     pool = reads.variants(lab.db_key, model_ids=(used[1],))
     floats = pool[(pool["variant"] == "float32") & (pool["status"] == "ok")]["variant_id"].astype(int).tolist()
     st.session_state[f"compare_variants_{used[1]}"] = list(dict.fromkeys([*floats[:1], used[0]]))
-model_ids = st.multiselect("models", list(names), default=list(names)[:1], format_func=names.__getitem__,
-                           key="compare_models")
+# opens on the model last worked on (its newest variant), not on whichever sorts first
+last = tables.last_worked_model(reads.variants(lab.db_key))
+model_ids = st.multiselect("models", list(names), default=[last if last in names else list(names)[0]],
+                           format_func=names.__getitem__, key="compare_models")
 all_variants = reads.variants(lab.db_key, model_ids=tuple(model_ids))
 options = ui.variant_options(all_variants, ok_only=False)
 # keyed by the model set: adding a model selects its variants too
@@ -45,10 +47,28 @@ if df.empty:
     st.info("Choose at least one variant (run recipes on the Quantize page first).", icon=":material/info:")
     st.stop()
 
+st.subheader("Which one do I ship on the NPU?")
+a, b = st.columns([1, 2])
+budget = a.number_input("accuracy budget (points below float)", 0.0, 100.0, tables.NPU_BUDGET_POINTS, 0.1,
+                        key="compare_budget", help="the accuracy you accept to lose for the NPU")
+timings = reads.benchmarks(lab.db_key, variant_ids=tuple(int(v) for v in df["variant_id"]))
+board_timings = timings[timings["board"] != "host"] if not timings.empty else timings
+boards_timed = sorted(board_timings["board"].unique()) if not board_timings.empty else []
+SMALLEST = "no board: the smallest"
+board_choice = b.selectbox("fastest on", [*boards_timed, SMALLEST], key="compare_pick_board",
+                           help="boards these variants were timed on (Boards page); the NPU target when timed, "
+                                "else the board's fastest target")
+latency, where = tables.board_latency(board_timings, board_choice) if board_choice != SMALLEST else ({}, "")
+pick = tables.npu_pick(df, float(budget), latency, where)
+if pick.variant_id is not None:
+    st.success(pick.words, icon=":material/memory:")
+else:
+    st.warning(pick.words, icon=":material/memory:")
+
 st.dataframe(tables.compare_table(df), hide_index=True, width="stretch")
 st.caption("Δ vs float: the variant's accuracy minus the float Keras model's, in percentage points "
-           "(negative = accuracy lost). NPU: ✅ every op is 8-bit integer and runs on the i.MX8M Plus NPU; "
-           "❌ some ops fall back to the CPU (the Inspect page lists them). Size vs float: 0.25 = four times smaller.")
+           "(negative = accuracy lost). NPU: NPU-ready = every op is 8-bit integer and runs on the i.MX8M Plus "
+           "NPU; not NPU-ready = some ops fall back to the CPU (the Inspect page lists them). Size vs float: 0.25 = four times smaller.")
 ok = df[df["status"] == "ok"]
 
 left, right = st.columns(2)

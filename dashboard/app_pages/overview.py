@@ -29,6 +29,8 @@ if best.empty:
             "or add a model on **Models & data** and run recipes on **Quantize**.", icon=":material/info:")
 else:
     st.dataframe(best, hide_index=True, width="stretch")
+    st.caption(f"Best for the NPU: NPU-ready, at most {tables.NPU_BUDGET_POINTS:g} point below the float model, "
+               "fastest on a board where timed, else the smallest. Compare picks with your own budget and board.")
 
 
 @st.fragment(run_every=ui.POLL_SECONDS if any(j.status in ACTIVE for j in jobs) else None)

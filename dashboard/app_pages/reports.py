@@ -8,7 +8,7 @@ from dashboard import auth, ui
 from dashboard.services import access, reads, report_links, report_view
 from dashboard.services.access import Action
 from qcore.lab import reports
-from qcore.qtyping import QlabError
+from qcore.qtyping import QlabError, npu_mark
 
 lab = ui.current()
 
@@ -34,8 +34,8 @@ def show(report_id: str) -> None:
     st.dataframe(reports.summary_table(content), hide_index=True, width="stretch")
     st.subheader("Will it run on the NPU?")
     for name, ready, text in reports.npu_lines(content):
-        mark = "✅" if ready else ("❌" if ready is False else "–")
-        st.markdown(f"{mark} **{ui.md(name)}**: {ui.md(text)}")
+        colour = "green" if ready else ("orange" if ready is False else "gray")
+        st.markdown(f":{colour}-badge[{npu_mark(ready)}] **{ui.md(name)}**: {ui.md(text)}")
     # the same sections, in the same order, as the HTML export (qcore.lab.reports.render_html)
     boards = reports.board_accuracy_table(content)
     if not boards.empty:

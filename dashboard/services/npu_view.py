@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from qcore.qtyping import npu_label_words
+
 NOT_LINTED = "no NPU verdict yet (this variant was stored before verdicts existed)"
 
 
@@ -61,6 +63,5 @@ def verdict_line(row: Mapping[str, Any]) -> str:
 
 
 def label(row: Mapping[str, Any]) -> str:
-    """A table cell: "✅ integer-only", "❌ 12 float ops → CPU", or "–"."""
-    value = row.get("npu_label")
-    return str(value) if isinstance(value, str) and value else "–"
+    """A table cell in words: "NPU-ready: integer-only", "not NPU-ready: 12 float ops → CPU", or "–"."""
+    return npu_label_words(row.get("npu_label")) or "–"

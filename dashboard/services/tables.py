@@ -3,35 +3,42 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from dashboard.services import npu_view
-from qcore.qtyping import SCORING_LABELS, Job
+from qcore.engines import ENGINES
+from qcore.qtyping import SCORING_LABELS, Job, npu_label_words
 
+# the question a user asks first ("does it run on the NPU, and what does it cost?") reads left to right
+# without scrolling at 1440 px: name, NPU verdict, accuracy and its change, size, latency; details after
 COMPARE_COLUMNS = {
     "variant_id": "id",
     "model": "model",
     "variant": "variant",
-    "kind": "kind",
-    "engine": "engine",
+    "npu": "NPU",
     "accuracy": "accuracy (%)",
+    "drop_points": "Δ vs float (points)",
+    "size_kib": "size (KiB)",
+    "board_p50_ms": "board p50 (ms)",
+    "host_p50_ms": "host p50 (ms)",
+    "engine": "engine",
+    "kind": "kind",
+    "dataset": "dataset",
+    "io": "I/O",
+    "size_vs_float": "size vs float (×)",
     "top5": "top-5 (%)",
     "agreement": "agreement (%)",
     "scored_by": "scored by",
     "output_mse": "output MSE",
-    "drop_points": "Δ vs float (points)",
-    "size_kib": "size (KiB)",
-    "host_p50_ms": "host p50 (ms)",
-    "board_p50_ms": "board p50 (ms)",
-    "npu": "NPU",
-    "io": "I/O",
-    "size_vs_float": "size vs float (×)",
     "status": "status",
     "error": "error",
 }
+# the accuracy a user gives up for the NPU unless they say otherwise: points below the float model
+NPU_BUDGET_POINTS = 1.0
 
 
 def compare_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -44,6 +51,8 @@ def compare_table(df: pd.DataFrame) -> pd.DataFrame:
     out["scored_by"] = scoring.map(SCORING_LABELS).fillna(SCORING_LABELS["classes"])
     if "output_mse" not in out:
         out["output_mse"] = float("nan")
+    if "dataset" not in out:
+        out["dataset"] = None
     if "engine" not in out:  # rows from a store before migration 0009 or an imported report
         out["engine"] = "tf"
     out["engine"] = out["engine"].fillna("tf")
@@ -63,14 +72,98 @@ def compare_table(df: pd.DataFrame) -> pd.DataFrame:
     return out[list(COMPARE_COLUMNS)].rename(columns=COMPARE_COLUMNS).reset_index(drop=True)
 
 
+@dataclass(frozen=True)
+class NpuPick:
+    """The variant to ship on the NPU among some, or why there is none."""
+
+    variant_id: int | None
+    variant: str  # "" when none
+    words: str  # one line the page shows: the pick and why, or what to do instead
+
+
+def npu_pick(df: pd.DataFrame, budget_points: float = NPU_BUDGET_POINTS,
+             latency: Mapping[int, float] | None = None, where: str = "") -> NpuPick:
+    """Best for the NPU: NPU-ready, within `budget_points` of the float model, fastest where timed, else smallest.
+
+    Args:
+        df: rows of v_variant_summary.
+        budget_points: the accuracy the user accepts to lose, in points below float (accuracy − float ≥ −budget).
+        latency: variant id → p50 ms on the chosen board; the fastest timed candidate wins when any is timed.
+        where: the board (and target) those times come from, named in the words.
+    """
+    ok = df[df["status"] == "ok"] if not df.empty else df
+    ready = ok[[npu_view.ready(r) is True for r in ok.to_dict("records")]] if not ok.empty else ok
+    if ready.empty:
+        return NpuPick(None, "", "No NPU-ready variant here: convert with int8, uint8 or a per-tensor recipe "
+                                 "(integer-only, int8/uint8 I/O).")
+    drop = (ready["accuracy"].astype(float) - ready["float_accuracy"].astype(float)) * 100
+    within = ready[drop.notna() & (drop >= -float(budget_points) - 1e-9)]
+    if within.empty:
+        closest = ready.loc[drop.idxmax()] if drop.notna().any() else ready.iloc[0]
+        lost = drop.max()
+        how = f"loses {-lost:.2f} points" if lost == lost else "has no accuracy yet"
+        return NpuPick(None, "", f"No NPU-ready variant is within {budget_points:g} points of float: the closest, "
+                                 f"{closest['variant']} (#{int(closest['variant_id'])}), {how}. Try keep-float or "
+                                 "the search on the Debugger page, or QAT.")
+    timed = {int(v): float(latency[int(v)]) for v in within["variant_id"] if latency and int(v) in latency}
+    if timed:
+        vid = min(timed, key=lambda v: (timed[v], v))
+        row = within[within["variant_id"] == vid].iloc[0]
+        why = f"fastest of {len(within)} NPU-ready within budget: {timed[vid]:.3g} ms p50" + (
+            f" on {where}" if where else "")
+    else:
+        row = within.sort_values(["size_bytes", "variant_id"], kind="stable").iloc[0]
+        vid = int(row["variant_id"])
+        why = f"smallest of {len(within)} NPU-ready within budget ({float(row['size_bytes']) / 1024:.1f} KiB; " \
+              "time them on a board to pick by speed)"
+    change = (float(row["accuracy"]) - float(row["float_accuracy"])) * 100
+    return NpuPick(vid, str(row["variant"]),
+                   f"Best for the NPU: {row['variant']} (#{vid}, {engine_label(row.get('engine'))}): "
+                   f"accuracy {float(row['accuracy']) * 100:.2f}% ({change:+.2f} points vs float, budget "
+                   f"-{budget_points:g}); {why}.")
+
+
+def board_latency(timings: pd.DataFrame, board: str) -> tuple[dict[int, float], str]:
+    """variant id → p50 ms on `board` (its NPU target when timed there, else its fastest target), and where.
+
+    Args:
+        timings: rows of v_bench_wide (variant_id, board, target, p50_ms), newest first.
+        board: the board chosen.
+    """
+    rows = timings[timings["board"] == board] if not timings.empty else timings
+    if rows.empty:
+        return {}, board
+    npu = rows[rows["target"] == "npu"]
+    use = npu if not npu.empty else rows
+    # newest timing per variant and target, then the fastest target per variant
+    latest = use.drop_duplicates(["variant_id", "target"])
+    best = latest.groupby("variant_id")["p50_ms"].min()
+    return {int(v): float(t) for v, t in best.items() if t == t}, f"{board} / {'npu' if not npu.empty else 'fastest target'}"
+
+
+def engine_label(engine: Any) -> str:
+    """The engine as users read it ("TF converter"); an unknown name stays as it is."""
+    name = str(engine) if isinstance(engine, str) and engine else "tf"
+    return ENGINES[name].label if name in ENGINES else name
+
+
+def last_worked_model(df: pd.DataFrame) -> int | None:
+    """The model of the newest variant (made, imported or re-run last): where Compare opens."""
+    if df.empty:
+        return None
+    order = df.sort_values(["updated_at", "variant_id"], kind="stable") if "updated_at" in df else df.sort_values(
+        "variant_id")
+    return int(order["model_id"].iloc[-1])
+
+
 def best_per_model(df: pd.DataFrame) -> pd.DataFrame:
     """Per model: the most accurate variant, the smallest, and the fastest on this host.
 
     Ties on accuracy go to the smaller file; failed variants never win. Vectorised: the
     overview runs this over every variant of the store.
     """
-    cols = ["model_id", "model", "variants", "most accurate", "accuracy (%)", "smallest", "size (KiB)",
-            "fastest (host)", "host p50 (ms)"]
+    cols = ["model_id", "model", "variants", "best for the NPU", "most accurate", "accuracy (%)", "smallest",
+            "size (KiB)", "fastest (host)", "host p50 (ms)"]
     ok = df[df["status"] == "ok"] if not df.empty else df
     if ok.empty:
         return pd.DataFrame(columns=cols)
@@ -89,6 +182,14 @@ def best_per_model(df: pd.DataFrame) -> pd.DataFrame:
     out["size (KiB)"] = (out["size (KiB)"].astype(float) / 1024).round(1)
     out["host p50 (ms)"] = out["host p50 (ms)"].astype(float).round(4)
     out["fastest (host)"] = out["fastest (host)"].astype(object).where(out["fastest (host)"].notna(), None)
+    # NPU-ready within the default budget, fastest on a board where timed, else smallest (Compare's pick)
+    picks = {}
+    for model_id, part in ok.groupby("model_id", sort=False):
+        board = part["board_p50_ms"].astype(float) if "board_p50_ms" in part else pd.Series(dtype=float)
+        timed = {int(v): float(t) for v, t in zip(part["variant_id"], board, strict=False) if t == t}
+        pick = npu_pick(part, latency=timed, where="a board")
+        picks[int(model_id)] = pick.variant or "none within 1 point"
+    out["best for the NPU"] = out["model_id"].map(picks)
     return out[cols]
 
 
@@ -106,11 +207,11 @@ def jobs_table(jobs: Sequence[Job]) -> pd.DataFrame:
 def landed_table(variants: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """The recipes a running conversion has finished so far, as its worker reported them."""
     return pd.DataFrame(
-        [{"variant": v.get("recipe"), "status": v.get("status"), "accuracy (%)": _pct(v.get("accuracy")),
-          "size (KiB)": _kib(v.get("size_bytes")), "NPU": v.get("npu", ""), "I/O": v.get("io", ""),
+        [{"variant": v.get("recipe"), "NPU": npu_label_words(v.get("npu")), "status": v.get("status"),
+          "accuracy (%)": _pct(v.get("accuracy")), "size (KiB)": _kib(v.get("size_bytes")), "I/O": v.get("io", ""),
           "engine": v.get("engine", "tf"), "error": v.get("error") or ""}
          for v in variants],
-        columns=["variant", "status", "accuracy (%)", "size (KiB)", "NPU", "I/O", "engine", "error"],
+        columns=["variant", "NPU", "status", "accuracy (%)", "size (KiB)", "I/O", "engine", "error"],
     )
 
 

@@ -19,7 +19,7 @@ from qcore.cli.common import (
 from qcore.cli.local import LocalLab
 from qcore.jobs.contract import ImportTfliteParams
 from qcore.lab.import_tflite import input_shape
-from qcore.qtyping import QlabError
+from qcore.qtyping import QlabError, npu_label_words
 from qcore.serialize import frame_records
 from qcore.tflite.litert_io import read_tflite as read_file
 
@@ -87,7 +87,7 @@ def list_text(doc: dict[str, list[dict[str, Any]]]) -> str:
                 lines.append(f"{head} FAILED: {v['error'] or v['status']}")
                 continue
             acc = f"{v['accuracy']:.4f}" if v["accuracy"] is not None else "-"
-            lines.append(f"{head} acc {acc:<7} {v['size_bytes'] or 0:>10} B  {v['npu_label'] or '-'}  "
+            lines.append(f"{head} acc {acc:<7} {v['size_bytes'] or 0:>10} B  {npu_label_words(v['npu_label']) or '-'}  "
                          f"({v['dataset'] or 'no dataset'})")
     return "\n".join(lines)
 

@@ -34,6 +34,8 @@ from qcore.qtyping import (
     QlabError,
     Scoring,
     VariantStatus,
+    npu_label_words,
+    npu_mark,
 )
 from qcore.serialize import finite
 from qcore.store import Store, check_sha256, sha256_bytes
@@ -313,7 +315,7 @@ def summary_table(content: dict[str, Any]) -> pd.DataFrame:
         "top-5 (%)": (v["top5"].astype(float) * 100).round(2),
         "agreement (%)": (v["agreement"].astype(float) * 100).round(2),
         "Δ vs float (points)": ((v["accuracy"].astype(float) - v["float_accuracy"].astype(float)) * 100).round(2),
-        "NPU": [x if isinstance(x, str) and x else "–" for x in v["npu_label"]],
+        "NPU": [npu_label_words(x) or "–" for x in v["npu_label"]],
         "I/O": [x if isinstance(x, str) and x else f"{i or '?'} → {o or '?'}"
                 for x, i, o in zip(v["npu_io"], v["input_dtype"], v["output_dtype"], strict=True)],
         "size (KiB)": (v["size_bytes"].astype(float) / 1024).round(1),
@@ -361,8 +363,9 @@ def render_html(report: dict[str, Any], figures: Sequence[tuple[str, Any]] = ())
     parts += ["<h2>Variants</h2>", _table_html(summary_table(content))]
     parts.append("<h2>Will it run on the NPU?</h2><ul class='npu'>")
     for name, ready, text in npu_lines(content):
-        mark = "✅" if ready else ("❌" if ready is False else "–")
-        parts.append(f"<li>{mark} <b>{html.escape(name)}</b>: {html.escape(text)}</li>")
+        cls = "ready" if ready else ("cpu" if ready is False else "unknown")
+        parts.append(f"<li class='{cls}'><span class='mark'>{npu_mark(ready)}</span> <b>{html.escape(name)}</b>: "
+                     f"{html.escape(text)}</li>")
     parts.append("</ul>")
     boards = board_accuracy_table(content)
     if not boards.empty:

@@ -48,6 +48,9 @@ def test_overview_best_variant_per_model(converted: Lab, page) -> None:
     best = at.dataframe[0].value
     assert best["model"].tolist() == ["demo-digits-cnn"]
     assert best["most accurate"].iloc[0] in set(converted.store.variant_summary()["variant"])
+    # the NPU pick beside it: an NPU-ready variant of the demo (int8 or uint8 are within a point of float)
+    summary = converted.store.variant_summary().set_index("variant")
+    assert bool(summary.at[best["best for the NPU"].iloc[0], "npu_ready"])
     jobs = at.dataframe[1].value
     assert "demo" in set(jobs["kind"])
 
@@ -132,7 +135,7 @@ def test_quantize_run_as_job_then_result_table(converted: Lab, page) -> None:
     assert any(f"job #{job.id} (convert) finished" in t for t in texts(at, "success"))
     assert at.dataframe[0].value["variant"].tolist() == ["dynamic"]
     # dynamic range keeps float activations: the verdict says the ops fall back to the CPU
-    assert at.dataframe[0].value["NPU"].iloc[0].startswith("❌")
+    assert at.dataframe[0].value["NPU"].iloc[0].startswith("not NPU-ready: ")
 
 
 def test_quantize_rows_appear_as_each_recipe_finishes(converted: Lab, page) -> None:
@@ -239,12 +242,22 @@ def test_compare_table_plots_and_confusions(converted: Lab, page) -> None:
     assert {"float32", "int8", "uint8"} <= set(table["variant"])
     specs = plotly_specs(at)
     names = [{t.get("name") for t in s["data"]} for s in specs]
-    assert "Pareto front" in names[0] and "Pareto front" in names[1]
+    assert "Pareto front (labelled)" in names[0] and "Pareto front (labelled)" in names[1]
     npu = table.set_index("variant")["NPU"]
-    assert npu["int8"] == "✅ integer-only" and npu["uint8"] == "✅ integer-only"
-    assert npu["float32"].startswith("❌") and "float ops" in npu["float32"]
-    symbols = {t["name"]: t["marker"]["symbol"] for t in specs[0]["data"] if t["name"] != "Pareto front"}
-    assert symbols["int8 · NPU-ready"] == "circle" and symbols["float32 · not NPU-ready"] == "x"
+    assert npu["int8"] == "NPU-ready: integer-only" and npu["uint8"] == "NPU-ready: integer-only"
+    assert npu["float32"].startswith("not NPU-ready: ") and "float ops" in npu["float32"]
+    points = next(t for t in specs[0]["data"] if t["name"] == "variants")
+    symbols = dict(zip([c[0].split(" / ")[-1] for c in points["customdata"]], points["marker"]["symbol"], strict=True))
+    assert symbols["int8"] == "circle" and symbols["float32"] == "circle-open"
+    # the NPU verdict sits next to the name, not 15th of 17 columns
+    assert list(table.columns[:4]) == ["id", "model", "variant", "NPU"]
+    # the pick: NPU-ready, within the budget, the smallest without board timings
+    pick = next(t for t in texts(at, "success") if t.startswith("Best for the NPU: "))
+    picked = pick.removeprefix("Best for the NPU: ").split(" (#")[0]
+    assert npu[picked].startswith("NPU-ready") and "smallest of" in pick
+    at.number_input(key="compare_budget").set_value(0.0).run()
+    texts_now = texts(at, "success") + texts(at, "warning")
+    assert any(t.startswith(("Best for the NPU: ", "No NPU-ready variant is within 0 points")) for t in texts_now)
     # one model with float32: the per-class change and one difference matrix, not a matrix per variant
     heatmaps = [s for s in specs if s["data"] and s["data"][0]["type"] == "heatmap"]
     titles = [json.dumps(h["layout"]["title"]) for h in heatmaps]
@@ -261,6 +274,30 @@ def test_compare_opens_with_the_variant_chosen_elsewhere(converted: Lab, page) -
     at.run()
     _no_traceback(at)
     assert at.dataframe[0].value["variant"].tolist() == ["float32", "int8"]
+
+
+def test_compare_opens_on_the_model_last_worked_on(empty_lab: Lab, page, tiny_tflite: dict[str, bytes]) -> None:
+    """Two models: Compare opens on the one whose variant was made last, not on the newest model or #1."""
+    from dashboard.services import uploads
+
+    dataset_id = uploads.add_digits(empty_lab, input_scale=1.0, input_offset=0.0)
+    for name, recipe in (("first", "int8"), ("second", "uint8")):
+        uploads.add_tflite(empty_lab, f"{name}.tflite", tiny_tflite[recipe], name=name, dataset_id=dataset_id)
+        job = empty_lab.store.jobs(limit=1, kind="import_tflite")[0]
+        empty_lab.runner.wait(job.id, timeout=300)
+        assert empty_lab.store.job(job.id).status is JobStatus.DONE, empty_lab.store.job(job.id).error
+    models = empty_lab.store.models()
+    assert len(models) == 2, models[["id", "name"]]
+    first, second = int(models["id"].min()), int(models["id"].max())
+    reads.clear()
+    assert page("compare").multiselect(key="compare_models").value == [second]
+    # then the first model's variant is made again (a re-run): that is the model worked on last
+    with empty_lab.store.transaction() as cur:
+        cur.execute("UPDATE variants SET updated_at = now() + INTERVAL 1 SECOND WHERE model_id = ?", [first])
+    reads.clear()
+    at = page("compare")
+    _no_traceback(at)
+    assert at.multiselect(key="compare_models").value == [first]
 
 
 def test_compare_without_models(empty_lab: Lab, page) -> None:
@@ -373,7 +410,7 @@ def test_debugger_keep_float_runs_selective_and_compares_with_int8(debugged: Lab
     name = compared["variant"].iloc[1]
     assert re.fullmatch(rf"int8 \+ \d+ float layers?{engine}", name)  # named for what it is, not a hash
     # the selective variant keeps a layer in float: its verdict says what falls back to the CPU
-    assert compared["NPU"].iloc[0] == "✅ integer-only" and compared["NPU"].iloc[1].startswith("❌")
+    assert compared["NPU"].iloc[0] == "NPU-ready: integer-only" and compared["NPU"].iloc[1].startswith("not NPU-ready: ")
     assert any(t.startswith(f"{name}: not NPU-ready") for t in texts(at, "warning"))
     assert any(b.label == "Use this variant" for b in at.button)
 
@@ -717,7 +754,7 @@ def test_reports_make_then_open_read_only(converted: Lab, page) -> None:
     assert view.title[0].value == "int8 is enough"
     assert view.dataframe[0].value["variant"].tolist() == ["float32", "int8"]
     assert len(plotly_specs(view)) >= 4
-    assert view.dataframe[0].value["NPU"].tolist()[1] == "✅ integer-only"
+    assert view.dataframe[0].value["NPU"].tolist()[1] == "NPU-ready: integer-only"
     assert any("**demo-digits-cnn / int8**: NPU-ready: integer-only" in t for t in texts(view, "markdown"))
     assert {b.label for b in view.get("download_button")} == {"Download HTML", "Download bundle (.zip)"}
     assert not view.text_input  # read-only: no form to edit anything

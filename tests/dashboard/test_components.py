@@ -51,32 +51,57 @@ def test_pareto_front_equal_points_both_stay() -> None:
     assert pareto_front(df, "x", "y").tolist() == [True, True]
 
 
+def _points(fig):
+    return next(t for t in fig.data if t.name == "variants")
+
+
+def _legend(fig) -> list:
+    return [t for t in fig.data if t.mode == "markers" and t.name != "variants"]
+
+
 def test_tradeoff_scatter_draws_front_through_its_points(variants: pd.DataFrame) -> None:
     fig = tradeoff_scatter(variants, "size_bytes", "accuracy")
-    front = next(t for t in fig.data if t.name == "Pareto front")
+    front = next(t for t in fig.data if t.name == "Pareto front (labelled)")
     assert list(front.x) == [2.0, 4.0]  # KiB, sorted by size: c then a
     assert list(front.y) == [80.0, 95.0]  # percent
-    # one model shown (d has no accuracy): one colour per recipe, every point labelled
-    points = [t for t in fig.data if t.name != "Pareto front"]
-    assert sorted(t.name for t in points) == ["a · no NPU verdict", "b · no NPU verdict", "c · no NPU verdict"]
-    assert len({t.marker.color for t in points}) == 3
-    assert sorted(str(t.text[0]) for t in points) == ["a", "b", "c"]
-    assert all(t.cliponaxis is False for t in points)
+    # one model shown (d has no accuracy): one colour per recipe; only the front is labelled, all on hover
+    points = _points(fig)
+    assert list(points.text) == ["c", "a", ""] and points.cliponaxis is False
+    assert len(set(points.marker.color)) == 3
+    assert [c[0] for c in points.customdata] == ["m1 / c", "m1 / a", "m1 / b"]
 
 
-def test_tradeoff_scatter_symbol_per_npu_verdict_and_float_line(variants: pd.DataFrame) -> None:
-    df = variants.assign(npu_ready=[True, False, True, None], float_accuracy=0.97)
+def test_tradeoff_scatter_symbol_per_engine_fill_per_npu_verdict_and_float_line(variants: pd.DataFrame) -> None:
+    df = variants.assign(npu_ready=[True, False, True, None], float_accuracy=0.97, engine=["tf", "tf", "aeq", "tf"])
     fig = tradeoff_scatter(df, "size_bytes", "accuracy")
-    symbols = {t.name: t.marker.symbol for t in fig.data if t.name != "Pareto front"}
-    assert symbols == {"a · NPU-ready": "circle", "b · not NPU-ready": "x", "c · NPU-ready": "circle"}
+    symbols = dict(zip([c[0] for c in _points(fig).customdata], _points(fig).marker.symbol, strict=True))
+    assert symbols == {"m1 / a": "circle", "m1 / b": "circle-open", "m1 / c": "diamond"}
+    keys = {t.name: t.marker.symbol for t in _legend(fig)}
+    assert keys["engine tf"] == "circle" and keys["engine aeq"] == "diamond"
+    assert keys["NPU-ready"] == "circle" and keys["not NPU-ready"] == "circle-open"
     assert "float model 97.00%" in _annotation_text(fig)
 
 
-def test_tradeoff_scatter_several_models_colour_by_model(variants: pd.DataFrame) -> None:
-    df = variants.assign(accuracy=[0.95, 0.90, 0.80, 0.7])
+def test_tradeoff_scatter_readable_at_20_variants() -> None:
+    """20 variants of 10 recipes on two engines: distinct colours per recipe, a short legend, labels on the front only."""
+    from qcore.recipes import RECIPES
+
+    recipes = list(RECIPES)
+    df = pd.DataFrame({
+        "model": "mnv2", "variant": [r + ("@aeq" if i >= 10 else "") for i, r in enumerate(recipes * 2)],
+        "recipe": recipes * 2, "engine": ["tf"] * 10 + ["aeq"] * 10,
+        "size_bytes": np.linspace(200_000, 1_600_000, 20), "accuracy": np.r_[np.linspace(0.90, 0.93, 10), np.linspace(0.80, 0.92, 10)],
+        "npu_ready": [True, False] * 10,
+    })
     fig = tradeoff_scatter(df, "size_bytes", "accuracy")
-    names = {t.name for t in fig.data}
-    assert {"m1 · no NPU verdict", "m2 · no NPU verdict"} <= names
+    points = _points(fig)
+    colour_of = dict(zip(df.sort_values("size_bytes")["recipe"], points.marker.color, strict=False))
+    assert len(set(colour_of.values())) == 10  # no colour shared by two recipes
+    labelled = [t for t in points.text if t]
+    assert 0 < len(labelled) < 20  # only the Pareto front carries text
+    legend = [t.name for t in _legend(fig)]
+    assert len(legend) == 10 + 2 + 2  # recipes, engines, NPU fill: not one entry per variant
+    assert fig.layout.legend.orientation == "h"
 
 
 def test_tradeoff_scatter_latency_in_microseconds_under_1ms_and_log_over_10x(variants: pd.DataFrame) -> None:
@@ -85,7 +110,7 @@ def test_tradeoff_scatter_latency_in_microseconds_under_1ms_and_log_over_10x(var
     assert fig.layout.xaxis.type == "linear"
     fast = variants.assign(host_p50_ms=[0.01, 0.2, 0.5, np.nan])
     fig = tradeoff_scatter(fast, "host_p50_ms", "accuracy", target="this host / cpu")
-    xs = sorted(x for t in fig.data if t.name != "Pareto front" for x in t.x)
+    xs = sorted(_points(fig).x)
     assert xs == [10.0, 200.0, 500.0]
     assert fig.layout.xaxis.title.text == "host latency p50 (µs) · this host / cpu (log)"
     assert fig.layout.xaxis.type == "log"

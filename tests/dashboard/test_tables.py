@@ -39,7 +39,9 @@ def test_compare_table_npu_verdict_and_size_vs_float() -> None:
         float_size_bytes=[8192, 8192, 8192, np.nan],
     )
     out = tables.compare_table(df)
-    assert out["NPU"].tolist() == ["❌ 3 float ops → CPU", "✅ integer-only", "–", "✅ integer-only"]
+    # labels stored before they were words get their marks spelled out: no emoji font needed
+    assert out["NPU"].tolist() == ["not NPU-ready: 3 float ops → CPU", "NPU-ready: integer-only", "–",
+                                   "NPU-ready: integer-only"]
     assert out["size vs float (×)"].tolist()[:2] == [1.0, 0.5]
     assert pd.isna(out["size vs float (×)"].iloc[3])
 
@@ -98,7 +100,7 @@ def test_npu_state_reads_duckdb_null_booleans() -> None:
     assert npu_view.ready({"npu_ready": pd.NA}) is None
     assert npu_view.verdict_line({"npu_ready": pd.NA}) == npu_view.NOT_LINTED
     fig = tradeoff_scatter(df[df["status"] == "ok"], "size_bytes", "accuracy")
-    assert {t.marker.symbol for t in fig.data if t.name != "Pareto front"} == {"diamond-open", "circle"}
+    assert set(next(t for t in fig.data if t.name == "variants").marker.symbol) == {"circle-open-dot", "circle"}
 
 
 def test_latency_matrix_benchmarked_variants_by_board_and_target() -> None:
@@ -112,3 +114,46 @@ def test_latency_matrix_benchmarked_variants_by_board_and_target() -> None:
     assert table.at["m / int8", "imx · npu"] == 0.4 and table.at["m / int8", "this host"] == 1.2
     assert pd.isna(table.at["m / uint8", "imx · npu"])
     assert set(boards_view.TARGET_HELP) == set(boards_view.TARGETS)
+
+
+def _npu_candidates() -> pd.DataFrame:
+    """MobileNetV2-like choices: float32 (CPU), int8-fallback (float I/O), int8 and two per-tensor variants."""
+    return pd.DataFrame({
+        "variant_id": [1, 2, 3, 4, 5], "model_id": 1, "model": "mnv2",
+        "variant": ["float32", "int8-fallback", "int8", "int8-per-tensor", "uint8-per-tensor"],
+        "engine": ["tf", "tf", "tf", "tf", "aeq"], "status": "ok", "float_accuracy": 0.92,
+        "accuracy": [0.92, 0.921, 0.915, 0.88, 0.912], "size_bytes": [1_600_000, 520_000, 510_000, 500_000, 505_000],
+        "npu_ready": [False, False, True, True, True], "board_p50_ms": np.nan, "host_p50_ms": np.nan,
+    })
+
+
+def test_npu_pick_ready_within_budget_then_fastest_or_smallest() -> None:
+    df = _npu_candidates()
+    # no board timing: the smallest NPU-ready variant within a point of float (int8-per-tensor lost 4 points)
+    pick = tables.npu_pick(df, 1.0)
+    assert (pick.variant_id, pick.variant) == (5, "uint8-per-tensor") and "smallest of 2" in pick.words
+    assert pick.words.startswith("Best for the NPU: uint8-per-tensor (#5, AI Edge Quantizer)")
+    # timed on a board: the fastest of the candidates, whatever its size
+    pick = tables.npu_pick(df, 1.0, latency={3: 1.2, 5: 1.9, 4: 0.5}, where="imx8mp / npu")
+    assert pick.variant == "int8" and "1.2 ms p50 on imx8mp / npu" in pick.words
+    # a wider budget lets the fast per-tensor one in
+    assert tables.npu_pick(df, 5.0, latency={3: 1.2, 5: 1.9, 4: 0.5}).variant == "int8-per-tensor"
+    # nothing within budget, or nothing NPU-ready: the page says why and what to try
+    none = tables.npu_pick(df, 0.1)
+    assert none.variant_id is None and "closest, int8 (#3), loses 0.50 points" in none.words
+    assert "No NPU-ready variant here" in tables.npu_pick(df.assign(npu_ready=False)).words
+
+
+def test_best_per_model_names_the_npu_pick() -> None:
+    best = tables.best_per_model(_npu_candidates()).set_index("model")
+    assert best.at["mnv2", "best for the NPU"] == "uint8-per-tensor"
+    assert best.at["mnv2", "most accurate"] == "int8-fallback"  # not NPU-ready: the NPU column says otherwise
+
+
+def test_board_latency_prefers_the_npu_target_and_the_newest_timing() -> None:
+    timings = pd.DataFrame({"variant_id": [3, 3, 3, 5], "board": ["imx", "imx", "imx", "imx"],
+                            "target": ["npu", "npu", "cpu", "cpu"], "p50_ms": [1.0, 2.0, 0.5, 3.0]})
+    latency, where = tables.board_latency(timings, "imx")
+    assert latency == {3: 1.0} and where == "imx / npu"
+    latency, where = tables.board_latency(timings[timings["target"] == "cpu"], "imx")
+    assert latency == {3: 0.5, 5: 3.0} and where == "imx / fastest target"

@@ -393,7 +393,7 @@ def test_inspect_buffer_running_past_the_end(converted: dict[str, bytes]) -> Non
 def test_npu_verdict_int8_ready_and_uint8_io(converted: dict[str, bytes]) -> None:
     v = npu_verdict(converted["int8"])
     assert v.ready and v.n_float_ops == 0 and v.summary == "NPU-ready: integer-only"
-    assert v.label == "✅ integer-only" and v.weight_elements > 0
+    assert v.label == "NPU-ready: integer-only" and v.weight_elements > 0
     u = npu_verdict(converted["uint8"])
     assert u.io == "uint8 → uint8"
 

@@ -223,8 +223,8 @@ def test_report_carries_npu_verdicts_into_table_and_html(tmp_store: Store, tiny_
     ids = _fill(tmp_store, tiny_tflite)
     report = tmp_store.report(reports.make_report(tmp_store, "npu", "", ids))
     summary = reports.summary_table(report["content"]).set_index("variant")
-    assert summary.at["int8", "NPU"] == "✅ integer-only"
-    assert summary.at["float32", "NPU"].startswith("❌") and "float ops" in summary.at["float32", "NPU"]
+    assert summary.at["int8", "NPU"] == "NPU-ready: integer-only"
+    assert summary.at["float32", "NPU"].startswith("not NPU-ready: ") and "float ops" in summary.at["float32", "NPU"]
     assert summary.at["int16x8", "NPU"] == "–"  # failed: no file, no verdict
     assert summary.at["int8", "accuracy (%)"] == pytest.approx(90.0)
     assert summary.at["int8", "Δ vs float (points)"] == pytest.approx(-5.0)

@@ -145,7 +145,7 @@ def test_save_variant_stores_the_npu_verdict_it_is_given(tmp_store, tiny_tflite)
     i8 = tmp_store.save_variant(model_id=m, dataset_id=d, name="int8", kind="ptq", recipe="int8",
                                 tflite=tiny_tflite["int8"], npu=npu_verdict(tiny_tflite["int8"]))
     rows = tmp_store.variant_summary().set_index("variant_id")
-    assert bool(rows.at[i8, "npu_ready"]) and rows.at[i8, "npu_label"] == "✅ integer-only"
+    assert bool(rows.at[i8, "npu_ready"]) and rows.at[i8, "npu_label"] == "NPU-ready: integer-only"
     assert not bool(rows.at[f32, "npu_ready"]) and rows.at[f32, "npu_float_ops"] > 0
     assert "float ops fall back to the CPU" in rows.at[f32, "npu_verdict"]
     assert rows.at[i8, "npu_io"].startswith("float32") or "int8" in rows.at[i8, "npu_io"]
