@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard import auth, ui
 from dashboard.components.latency import latency_bars
-from dashboard.services import access, boards_view, reads, tables
+from dashboard.services import access, boards_view, follow, reads, tables
 from dashboard.services.access import Action
 from qcore.jobs.contract import BoardAccuracyParams, BoardBenchParams, BoardMatrixParams
 from qcore.qtyping import Job
@@ -16,7 +16,10 @@ st.caption("Each board runs `python3 -m board_agent`. The NPU (VX delegate) comp
            "inference, so the first run is shown apart from the steady state.")
 lab = ui.current()
 
+FLASH_KEY = "boards_flash"
 st.subheader("Registered boards")
+if done := follow.take_flash(st.session_state, FLASH_KEY):
+    st.success(done, icon=":material/check_circle:")
 boards = reads.boards(lab.db_key)
 if boards:
     if st.button("Refresh health", key="boards_refresh"):
@@ -41,7 +44,10 @@ if auth.can(Action.BOARDS):  # a board's URL decides where teammates' models are
             with ui.guard("cannot register the board"):
                 access.register_board(lab, auth.who(), name.strip(), url.strip(), token.strip() or None)
                 reads.clear()
-                st.success(f"board {ui.md(repr(name.strip()))} registered")
+                reads.board_health.clear()
+                # rerun so the table above shows the new board; the message waits for that run
+                follow.flash(st.session_state, FLASH_KEY, f"board {ui.md(repr(name.strip()))} registered")
+                st.rerun()
 
 if not boards:
     st.stop()
@@ -149,6 +155,8 @@ if runs_df.empty:
 else:
     labels = {int(r.run_id): f"run {r.run_id}: {r.kind} on {r.pool} ({r.placement}), {r.cells} cells, {r.failed} failed"
               for r in runs_df.itertuples(index=False)}
+    # a run that just ended (a 24-cell matrix) is the one shown, not run 1
+    follow.follow_newest(st.session_state, int(runs_df["run_id"].max()), "boards_run", "boards_seen_newest_run")
     run_id = st.selectbox("run", list(labels), format_func=labels.__getitem__, key="boards_run")
     spread = boards_view.spread_table(reads.matrix_spread(lab.db_key, int(run_id)), variants)
     if not spread.empty and int(spread["boards"].max()) > 1:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import auth, ui
-from dashboard.services import access, reads, report_links, report_view
+from dashboard.services import access, follow, reads, report_links, report_view
 from dashboard.services.access import Action
 from qcore.lab import reports
 from qcore.qtyping import QlabError, npu_mark
 
 lab = ui.current()
+FLASH_KEY = "reports_flash"
 
 
 def link(report_id: str) -> str:
@@ -101,6 +102,8 @@ with st.form("reports_new", clear_on_submit=False):
             reads.clear()
             st.success(f"report made: [{link(new_id)}]({link(new_id)})", icon=":material/check_circle:")
 
+if done := follow.take_flash(st.session_state, FLASH_KEY):
+    st.success(done, icon=":material/check_circle:")
 st.subheader("All reports")
 listing = reads.reports(lab.db_key)
 if listing.empty:
@@ -119,4 +122,6 @@ with st.form("reports_import", clear_on_submit=True):
                 access.check(auth.who(), Action.IMPORT, what="importing a report bundle")
                 new_id = reports.import_bundle(lab.store, bundle.getvalue())
                 reads.clear()
-                st.success(f"imported as [{link(new_id)}]({link(new_id)})", icon=":material/check_circle:")
+                # rerun so "All reports" above lists it; the message waits for that run
+                follow.flash(st.session_state, FLASH_KEY, f"imported as [{link(new_id)}]({link(new_id)})")
+                st.rerun()

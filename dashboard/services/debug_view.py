@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dashboard.services import layers, npu_view
+from dashboard.services import follow, layers, npu_view
 from qcore import defaults
 from qcore.engines import ENGINES
 from qcore.qtyping import VariantKind
@@ -174,23 +174,12 @@ SEEN_KEY = "debugger_seen_newest_run"
 
 def follow_newest(state: MutableMapping[str, Any] | Any, runs: pd.DataFrame, key: str = RUN_KEY,
                   seen_key: str = SEEN_KEY) -> bool:
-    """Selects the newest run when one appeared since the page last looked (runs come newest first).
-
-    A selectbox keeps its choice across reruns; without this the page stays on the previous result
-    after a job ends, until it is reopened.
+    """Selects the newest debugger run when one appeared since the page last looked (runs come newest first).
 
     Returns:
         True when the newest run was just selected (the selectbox then opens on position 0).
     """
-    if runs.empty:
-        return False
-    newest = int(runs["id"].iloc[0])
-    seen = state.get(seen_key)
-    state[seen_key] = newest
-    if seen is not None and newest != seen:
-        state[key] = newest
-        return True
-    return False
+    return follow.follow_newest(state, None if runs.empty else int(runs["id"].iloc[0]), key, seen_key)
 
 
 def max_rmse_scale(stats: pd.DataFrame) -> float:

@@ -696,6 +696,9 @@ def test_boards_register_token_never_shown(empty_lab: Lab, page) -> None:
     _by_label(at.button, "Register").click().run()
     _no_traceback(at)
     assert [b.name for b in empty_lab.store.boards()] == ["imx-1"]
+    # the same page lists the board it just registered, and says so
+    assert at.dataframe[0].value["board"].tolist() == ["imx-1"]
+    assert "board 'imx-1' registered" in texts(at, "success")
     assert empty_lab.store.board_token("imx-1")[1] == "s3cret-token-value"
     at = page("boards")  # a fresh session
     health = at.dataframe[0].value
@@ -780,7 +783,10 @@ def test_reports_import_bundle(converted: Lab, page) -> None:
     at.file_uploader(key="reports_bundle").set_value(("r.zip", bundle, "application/zip"))
     _by_label(at.button, "Import").click().run()
     _no_traceback(at)
-    assert any(t.startswith("imported as") for t in texts(at, "success"))
+    done = next(t for t in texts(at, "success") if t.startswith("imported as"))
+    new_id = re.search(r"\?report=([\w-]+)", done).group(1)
+    # "All reports" on the same page lists it at once
+    assert any(f"?report={new_id})" in t for t in texts(at, "markdown"))
 
 
 def test_reports_import_garbage(converted: Lab, page) -> None:
