@@ -64,8 +64,12 @@ SETTINGS: tuple[Setting, ...] = (
             "glob of NXP's benchmark_model binary, used for profile=1"),
     Setting("npu_clock_mhz", 1000.0,
             "NPU core clock for per-operation times from driver cycles (i.MX 8M Plus: 1000 overdrive, 800 nominal)"),
-    Setting("max_connections", 32,
-            "connections served at once; beyond it idle keep-alive ones are closed first, else 503"),
+    Setting("max_connections", 32, "requests served at once, each on a thread of its own (503 beyond)"),
+    Setting("max_pending", 256,
+            "connections waiting for a request head (idle, keep-alive or slow), held without threads; "
+            "beyond it the oldest is closed"),
+    Setting("max_pending_per_address", 32,
+            "the same, per client address, checked before authentication: slow clients close their own oldest"),
     Setting("request_timeout", 60.0, "seconds a client has to send one request's headers and body"),
     Setting("idle_timeout", 15.0, "seconds a keep-alive connection may wait for its next request"),
     Setting("log_level", "INFO", "DEBUG, INFO, WARNING or ERROR"),
@@ -91,6 +95,8 @@ class Settings:
     benchmark_model: str
     npu_clock_mhz: float
     max_connections: int
+    max_pending: int
+    max_pending_per_address: int
     request_timeout: float
     idle_timeout: float
     log_level: str
@@ -157,6 +163,8 @@ def _validated(s: Settings) -> Settings:
         (s.npu_clock_mhz > 0, f"npu_clock_mhz {s.npu_clock_mhz} must be positive"),
         (s.keep_jobs >= 1, f"keep_jobs {s.keep_jobs} must be at least 1"),
         (s.max_connections >= 1, f"max_connections {s.max_connections} must be at least 1"),
+        (s.max_pending >= 1, f"max_pending {s.max_pending} must be at least 1"),
+        (s.max_pending_per_address >= 1, f"max_pending_per_address {s.max_pending_per_address} must be at least 1"),
         (s.request_timeout > 0, f"request_timeout {s.request_timeout} must be positive"),
         (s.idle_timeout > 0, f"idle_timeout {s.idle_timeout} must be positive"),
     ]

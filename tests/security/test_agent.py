@@ -5,9 +5,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import signal
 import socket
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -153,6 +155,60 @@ def test_agent_seventy_idle_connections_do_not_starve(tmp_path: Path) -> None:
         finally:
             for s in idle:
                 s.close()
+
+
+@pytest.mark.slow
+def test_agent_forty_reconnecting_slow_header_clients_leave_real_requests_answered(tmp_path: Path) -> None:
+    """40 clients trickling their headers (a line every 0.5 s) and reconnecting the moment they are dropped,
+    from the same address as the real client: at least 95% of real requests are still answered. Slow
+    connections wait in the gate without a thread; past 32 from one address the oldest is closed."""
+    with start_agent_process(tmp_path / "work") as agent:
+        stop = threading.Event()
+
+        def slow_client() -> None:
+            while not stop.is_set():
+                try:
+                    sock = socket.create_connection((agent.host, agent.port), timeout=5)
+                except OSError:
+                    time.sleep(0.05)
+                    continue
+                try:
+                    sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: board\r\n")
+                    for i in range(10_000):
+                        if stop.is_set():
+                            break
+                        sock.sendall(f"X-Slow-{i}: y\r\n".encode())
+                        ready, _, _ = select.select([sock], [], [], 0.5)
+                        if ready and not sock.recv(1):
+                            break  # dropped: reconnect at once
+                except OSError:
+                    pass
+                finally:
+                    sock.close()
+
+        attackers = [threading.Thread(target=slow_client, daemon=True) for _ in range(40)]
+        for t in attackers:
+            t.start()
+        time.sleep(2.0)  # every slow client has connected (and the first ones were dropped) by now
+        answered, total = 0, 40
+        try:
+            for _ in range(total):
+                conn = http.client.HTTPConnection(agent.host, agent.port, timeout=5)
+                try:
+                    conn.request("GET", protocol.HEALTH)
+                    resp = conn.getresponse()
+                    resp.read()
+                    answered += resp.status == 200
+                except (OSError, http.client.HTTPException):
+                    pass
+                finally:
+                    conn.close()
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            for t in attackers:
+                t.join(timeout=5)
+    assert answered >= 0.95 * total, f"only {answered} of {total} real requests were answered"
 
 
 def _fake_benchmark_model(folder: Path) -> tuple[Path, Path]:
