@@ -74,8 +74,13 @@ a, b, c, d = st.columns(4)
 threads = a.number_input("threads", 1, 64, 1, key="boards_bench_threads")
 runs = b.number_input("runs", 1, 10_000, 50, key="boards_bench_runs")
 warmup = c.number_input("warmup", 0, 1000, 5, key="boards_bench_warmup")
-profile = d.checkbox("per-op profile", key="boards_bench_profile",
-                     help="benchmark_model --enable_op_profiling; on the NPU also the driver's per-operation cycles")
+can_profile, no_profile = boards_view.profile_choice(health_by_board.get(board))
+profile = d.checkbox("per-op profile", key=f"boards_bench_profile_{board}", disabled=not can_profile,
+                     help="benchmark_model --enable_op_profiling; on the NPU also the driver's per-operation cycles"
+                          + ("" if can_profile else f" (unavailable: {no_profile})"))
+if not can_profile:
+    st.caption(f"per-op profile is unavailable on {board}: {no_profile}. Timings still run; the Cost vs error "
+               "page then shows an estimate.")
 left, right = st.columns(2)
 bench_clicked = left.button("Benchmark", type="primary", key="boards_bench_go")
 acc_clicked = right.button("On-board accuracy", key="boards_acc_go")
@@ -120,13 +125,10 @@ if st.button("Run the matrix", key="boards_matrix_go", disabled=not members):
 
 
 def show_bench(job: Job) -> None:
+    """What a board job did not do, and why: one line per reason with the cells it hit (not one per cell)."""
     result = job.result or {}
-    for r in result.get("reasons", []):
-        st.warning(f"variant #{r['variant_id']} on {r['target']} @ {ui.md(r['board'] or '-')}: {ui.md(r['reason'])}",
-                   icon=":material/warning:")
-    for r in result.get("results", []):
-        if r.get("status") == "failed":
-            st.warning(f"variant #{r['variant_id']} on {r['target']}: {ui.md(r['reason'])}", icon=":material/warning:")
+    for line in boards_view.reason_lines(result.get("reasons", [])):
+        st.warning(ui.md(line), icon=":material/warning:")
     reads.clear()
 
 

@@ -61,6 +61,26 @@ def target_choices(health: BoardHealth | None) -> list[tuple[str, bool, str]]:
             for t in TARGETS]
 
 
+def profile_choice(health: BoardHealth | None) -> tuple[bool, str]:
+    """(a per-op profile can run, why not) from the board's last health check (its `benchmark_model`)."""
+    if health is None or not health.reachable:
+        return False, "no health check yet" if health is None else f"board unreachable: {health.error}"
+    prof = (health.health or {}).get("profile")
+    if not isinstance(prof, dict):
+        return False, "the agent does not report one"
+    return bool(prof.get("available")), str(prof.get("reason") or "not reported")
+
+
+def reason_lines(reasons: list[dict[str, object]]) -> list[str]:
+    """A job's reasons grouped: "npu on imx-1: VX delegate not found (variants #3, #4, #5)", one line per reason."""
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+    for r in reasons:
+        key = (str(r.get("target") or "-"), str(r.get("board") or "-"), str(r.get("reason") or ""))
+        grouped.setdefault(key, []).append(f"#{r.get('variant_id')}")
+    return [f"{target} on {board}: {reason} (variant{'s' if len(ids) > 1 else ''} {', '.join(ids)})"
+            for (target, board, reason), ids in grouped.items()]
+
+
 def labels_by_board(labels: pd.DataFrame) -> dict[str, str]:
     """'key=value, ...' per board (health-derived labels marked with *)."""
     out: dict[str, list[str]] = {}

@@ -196,7 +196,8 @@ def bench_on_board(
                 continue
             bench_id = store.add_benchmark(lat, sha256=sha, board=board, variant_id=vid)
             store.save_cell(run_id, MatrixCell(cell, vid, sha, target, board, CellStatus.DONE,
-                                               benchmark_id=bench_id, p50_ms=lat.p50_ms))
+                                               profile_missing(lat.extra, profile), benchmark_id=bench_id,
+                                               p50_ms=lat.p50_ms))
             cell += 1
             results.append(lat)
         if not results:
@@ -523,7 +524,8 @@ def matrix(
             bench_id = store.add_benchmark(out.latency, sha256=spec.sha256, board=out.board,
                                            variant_id=spec.variant_id)
             store_cell(MatrixCell(spec.cell, spec.variant_id, spec.sha256, spec.target, out.board, CellStatus.DONE,
-                                  attempts=out.attempts, benchmark_id=bench_id, p50_ms=out.latency.p50_ms))
+                                  profile_missing(out.latency.extra, profile), attempts=out.attempts,
+                                  benchmark_id=bench_id, p50_ms=out.latency.p50_ms))
         else:
             store_cell(MatrixCell(spec.cell, spec.variant_id, spec.sha256, spec.target, out.board, CellStatus.FAILED,
                                   out.reason, attempts=out.attempts))
@@ -537,6 +539,21 @@ def matrix(
     return MatrixResult(run_id=run_id, kind="benchmark", placement=place, pool=pool, boards=tuple(names),
                         cells=tuple(cells), wall_s=time.perf_counter() - started, retries_429=stats.retries_429,
                         max_inflight=dict(stats.max_inflight))
+
+
+def profile_missing(extra: Mapping[str, Any], requested: bool) -> str:
+    """Why a requested per-op profile is not there (a timed cell's note), or "" when it is or was not asked for.
+
+    The agent says why (`{"available": false, "reason": "benchmark_model not found (...)"}`); a cell
+    that kept its timing but lost its profile says so instead of dropping the request in silence.
+    """
+    if not requested:
+        return ""
+    prof = extra.get("profile")
+    if isinstance(prof, Mapping) and prof.get("available"):
+        return ""
+    why = prof.get("reason") if isinstance(prof, Mapping) else None
+    return f"timed, but no per-op profile: {why or 'the agent returned none'}"
 
 
 def _expand_all(targets: Sequence[str], available: Sequence[set[str]]) -> list[str]:

@@ -39,8 +39,9 @@ def board_matrix_task(store: Store, params: BoardMatrixParams, progress: Progres
     return {"run_id": result.run_id, "pool": result.pool, "placement": str(result.placement),
             "boards": list(result.boards), "cells": len(result.cells), "failed": len(result.failed),
             "wall_s": result.wall_s, "results": list(per_variant.values()),
+            # failed cells, and timed cells that lost something asked for (a per-op profile), each with why
             "reasons": [{"variant_id": c.variant_id, "target": c.target, "board": c.board, "reason": c.reason}
-                        for c in result.failed]}
+                        for c in result.cells if c.reason]}
 
 
 def board_accuracy_task(store: Store, params: BoardAccuracyParams, progress: Progress) -> dict[str, Any]:

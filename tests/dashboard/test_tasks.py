@@ -71,6 +71,30 @@ def test_board_bench_task_stores_cpu_timings_beside_a_failed_npu_cell(with_agent
     assert (rows["p50_ms"] > 0).all() and rows["first_ms"].notna().all()
 
 
+def test_board_bench_requested_profile_that_cannot_run_says_why(with_agent: Lab, page) -> None:
+    """This host has no benchmark_model: the timing is kept and the job's reasons say why there is no profile."""
+    vid = _vid(with_agent, "int8")
+    job = run_job(with_agent, BoardBenchParams(board=LOCAL_BOARD, variant_ids=(vid,), targets=("cpu",), runs=5,
+                                                warmup=1, profile=True))
+    assert job.status is JobStatus.DONE, job.error
+    assert job.result["failed"] == 0 and job.result["results"][0]["timings"]["cpu"] > 0
+    (reason,) = job.result["reasons"]
+    assert reason["target"] == "cpu" and reason["reason"].startswith("timed, but no per-op profile: ")
+    assert "benchmark_model not found" in reason["reason"]
+    cells = with_agent.store.board_cells(job.result["run_id"])
+    assert cells["status"].tolist() == ["done"] and "benchmark_model" in cells["reason"].iloc[0]
+    # the page says so before anything runs: the checkbox is off with the agent's reason
+    from dashboard.services import reads
+    from tests.dashboard.conftest import texts
+
+    reads.clear()
+    at = page("boards")
+    box = next(c for c in at.checkbox if c.label == "per-op profile")
+    assert box.disabled
+    assert any(t.startswith(f"per-op profile is unavailable on {LOCAL_BOARD}: benchmark_model not found")
+               for t in texts(at, "caption"))
+
+
 def test_board_bench_task_npu_unavailable_in_words(with_agent: Lab) -> None:
     vid = _vid(with_agent, "int8")
     before = len(with_agent.store.benchmarks(board=LOCAL_BOARD))
