@@ -17,6 +17,7 @@ from dashboard.services.jobs import ACTIVE
 from dashboard.services.lab import Lab, lab
 from qcore.jobs.contract import JobParams
 from qcore.qtyping import Job, JobStatus, QlabError
+from qcore.store.files import disk_words, is_disk_error
 
 # how often a page asks the jobs table for progress
 POLL_SECONDS = 1.0
@@ -35,11 +36,14 @@ def md(text: Any) -> str:
 
 @contextmanager
 def guard(what: str = "") -> Iterator[None]:
-    """Shows a user error (QlabError, ValueError) as `st.error` in words instead of a traceback."""
+    """Shows a user error (QlabError, ValueError, a write the disk refused) as `st.error` in words instead
+    of a traceback."""
     try:
         yield
-    except (QlabError, ValueError) as exc:
-        text = md(words.for_ui(str(exc)))
+    except (QlabError, ValueError, OSError) as exc:
+        if isinstance(exc, OSError) and not is_disk_error(exc):
+            raise
+        text = md(words.for_ui(disk_words(exc) if is_disk_error(exc) else str(exc)))
         st.error(f"{what}: {text}" if what else text, icon=":material/error:")
 
 

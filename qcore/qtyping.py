@@ -910,3 +910,29 @@ class RepairResult:
             "settings": self.settings.to_dict(),
             "seconds": self.seconds,
         }
+
+
+@dataclass(frozen=True)
+class Backup:
+    """A lab's backup as `qlab backup` made it: where it is, what it holds, and where the lab lived.
+
+    `files` maps each copied file (relative to the backup: `blobs/…`, `board_tokens/…`, `files/…` under
+    the data dir) to its size; `external` lists paths rows refer to outside the data dir, not copied.
+    """
+
+    path: str
+    created_at: str
+    qlab_version: str
+    migrations: tuple[str, ...]
+    data_dir: str
+    blob_dir: str
+    database_bytes: int
+    files: dict[str, int] = field(default_factory=dict)
+    external: tuple[str, ...] = ()
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def manifest(self) -> dict[str, Any]:
+        """What the backup's manifest file records (everything but where the folder is now)."""
+        out = dataclasses.asdict(self)
+        out.pop("path")
+        return out

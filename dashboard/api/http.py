@@ -16,10 +16,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dashboard.services import access
 from dashboard.services.access import Action
 from dashboard.services.sign_in import sign_in_configured
-from qcore.qtyping import QlabError, Role
+from qcore.qtyping import DiskError, QlabError, Role
 from qcore.serialize import to_json
 from qcore.store import ACTOR
 from qcore.store.accounts import Principal, authenticate
+from qcore.store.files import disk_words, is_disk_error
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +119,14 @@ class ApiRoute:
         except access.Refused as exc:
             headers = {"Retry-After": str(access.RETRY_AFTER_S)} if exc.status == 429 else None
             return error(exc.status, str(exc), headers)
+        except DiskError as exc:  # the server's disk, not the request: 507 Insufficient Storage, in words
+            return error(507, str(exc))
         except (QlabError, ValueError) as exc:
             return error(422, str(exc) or type(exc).__name__)
-        except Exception:  # never a traceback to the client; the server log has it
+        except Exception as exc:  # never a traceback to the client; the server log has it
+            if is_disk_error(exc):  # a write outside the store (an upload's file) the disk refused
+                log.warning("%s %s: %s", self.method, request.url.path, exc)
+                return error(507, disk_words(exc))
             log.exception("%s %s failed", self.method, request.url.path)
             return error(500, "internal error; the server log has the details")
 
@@ -128,7 +134,8 @@ class ApiRoute:
 _REASONS = {200: "OK", 201: "created", 202: "accepted", 204: "no content", 401: "no valid bearer token",
             403: "the token's role forbids this", 404: "not found", 409: "conflict",
             413: "upload over the size limit", 422: "bad input, named in the message",
-            429: "too many of your jobs are queued or running (QLAB_MAX_ACTIVE_JOBS); retry after a while"}
+            429: "too many of your jobs are queued or running (QLAB_MAX_ACTIVE_JOBS); retry after a while",
+            507: "the server's disk refused the write (full, read-only), in words"}
 
 
 def _slug(path: str) -> str:

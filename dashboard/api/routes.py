@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dashboard.api import jobspec, openapi
+from dashboard.api import backup, jobspec, openapi
 from dashboard.api.http import PREFIX, ApiError, ApiRoute, Error, json_response, principal
 from dashboard.services import access, reads, report_links, uploads
 from dashboard.services.access import Action
@@ -543,6 +543,7 @@ API: tuple[ApiRoute, ...] = (
              responses={200: {"application/zip": {"schema": {"type": "string", "format": "binary"}}}}),
     ApiRoute("POST", f"{PREFIX}/reports/import", import_report, "import a report bundle (zip)", action=Action.IMPORT,
              body=_multipart({"file": _FILE}, ["file"]), responses={201: _ref(ReportCreated)}),
+    *backup.ROUTES,
 )
 
 

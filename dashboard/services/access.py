@@ -36,6 +36,7 @@ class Action(enum.StrEnum):
     TRUST = "trust"  # vouch for a model the loading policy refuses
     ROLES = "roles"  # change people's roles
     TOKENS = "tokens"  # make and revoke one's own API tokens
+    BACKUP = "backup"  # copy the whole lab: every user's results and the board tokens
 
 
 # the least role each action needs; an action missing here is refused to everyone
@@ -51,6 +52,7 @@ NEEDS: dict[Action, Role] = {
     Action.BOARDS: Role.ADMIN,
     Action.TRUST: Role.ADMIN,
     Action.ROLES: Role.ADMIN,
+    Action.BACKUP: Role.ADMIN,
 }
 
 # QLAB_MAX_ACTIVE_JOBS: queued + running jobs one person may have at once (0: no limit)

@@ -2,7 +2,7 @@
 
 One module per command group: `convert` (convert, evaluate, inspect, bench, demo), `explain` (qat,
 debug, compare-tensors, tune), `boards` (board …), `lab` (list, jobs, op-cost, export-node-data,
-import-tflite), `reports` (report make|push); `common` holds what they share. With `--server`,
+import-tflite), `reports` (report make|push), `backups` (backup, restore); `common` holds what they share. With `--server`,
 `remote` runs a command as a job on a team server through `client`.
 """
 
@@ -14,14 +14,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from qcore.cli import boards, convert, explain, lab, local, remote, reports
+from qcore.cli import backups, boards, convert, explain, lab, local, remote, reports
 from qcore.cli.common import EXIT_BAD_INPUT, Handler
 from qcore.cli.run import RUN_HERE, command_name
 from qcore.qtyping import QlabError
+from qcore.store.files import disk_words, is_disk_error
 
 # what `--server` runs on the server (qcore.cli.remote.REMOTE_COMMANDS); a test checks the two agree
-SERVER_HELP = ("run convert, debug, tune, qat, compare-tensors, bench, board bench|accuracy, list and report "
-               "make|push on this qlab server (default: $QLAB_SERVER)")
+SERVER_HELP = ("run convert, debug, tune, qat, compare-tensors, bench, board bench|accuracy, list, report "
+               "make|push and backup on this qlab server (default: $QLAB_SERVER)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-file", dest="server_token_file", metavar="FILE",
                         help="the server's API token (default: $QLAB_TOKEN)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (convert, explain, boards, lab, reports):
+    for group in (convert, explain, boards, lab, reports, backups):
         group.add_commands(sub)
     return parser
 
@@ -76,6 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except QlabError as exc:
         print(f"qlab {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        if not is_disk_error(exc):
+            raise
+        print(f"qlab {args.command}: error: {disk_words(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

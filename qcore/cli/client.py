@@ -95,6 +95,28 @@ class Remote:
             return resp.json()
         return resp.content
 
+    def download(self, method: str, path: str, dest: Path, *, timeout: float = REQUEST_TIMEOUT_S) -> Path:
+        """Streams a binary answer into the file `dest` (never whole in memory); returns it.
+
+        Raises:
+            QlabError: the server's error message, or why it could not be reached.
+        """
+        try:
+            with self.session.request(method, self.base + path, timeout=timeout, stream=True) as resp:
+                if resp.status_code >= 400:
+                    try:
+                        message = resp.json().get("error") or resp.text
+                    except ValueError:
+                        message = resp.text[:200]
+                    raise QlabError(f"the server answered {resp.status_code}: {message}")
+                with dest.open("wb") as fh:
+                    for chunk in resp.iter_content(chunk_size=1 << 20):
+                        fh.write(chunk)
+        except requests.RequestException as exc:
+            raise QlabError(f"cannot reach the qlab server at {self.base}: {exc.__class__.__name__}: "
+                            f"{str(exc)[:200]}") from None
+        return dest
+
     # ------------------------------------------------------------ inputs
     def model(self, spec: str, name: str = "") -> int:
         """Uploads a .keras/.h5 file or a SavedModel directory (zipped on the way); returns its id."""

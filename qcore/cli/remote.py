@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from qcore.cli.backups import backup_from_server
 from qcore.cli.client import Bar, Remote, read_token
 from qcore.cli.common import EXIT_OK, variant_ids
 from qcore.cli.lab import list_document, list_text
@@ -20,7 +21,7 @@ from qcore.cli.run import JOBS, command_name, run_command
 from qcore.serialize import to_json
 
 # commands that run on the server through its API without being a job
-API_COMMANDS = ("list", "report make", "report push")
+API_COMMANDS = ("list", "report make", "report push", "backup")
 REMOTE_COMMANDS = (*JOBS, *API_COMMANDS)
 
 # commands that run on this machine even with --server, and why
@@ -37,6 +38,7 @@ LOCAL_COMMANDS: dict[str, str] = {
     "board label": "it labels boards of this machine's store (--db)",
     "board history": "it reads this machine's store (--db)",
     "board matrix": "the API has no matrix job yet; it runs on this machine's boards and store (--db)",
+    "restore": "it replaces this machine's lab files, which no server may hold while it runs",
 }
 
 _SERVER_STORE = "the server keeps every result in its own store"
@@ -52,6 +54,8 @@ LOCAL_ONLY: dict[tuple[str, str], str] = {
     ("board accuracy", "--db"): _SERVER_STORE,
     ("report make", "--db"): _SERVER_STORE,
     ("list", "--db"): "it lists the server's store",
+    ("backup", "--db"): "the server backs up its own store",
+    ("backup", "--data-dir"): "the server backs up its own data directory",
     ("debug", "--model-explorer-out"): "AEQ writes those files on the worker, in a folder gone when the job ends",
 }
 # (command, option) → how the remote mode honours it itself; "*" is every remote command
@@ -68,6 +72,7 @@ HONOURED: dict[tuple[str, str], str] = {
     ("report make", "--notes"): "sent in the report request",
     ("report push", "report_id"): "the local report whose bundle is pushed",
     ("report push", "--db"): "the local store the report is read from",
+    ("backup", "dir"): "the server's backup is downloaded and unpacked into DIR",
 }
 
 
@@ -98,6 +103,8 @@ def run(args: argparse.Namespace, server: str) -> int:
             return _report_make(remote, args)
         if name == "list":
             return _list(remote, args)
+        if name == "backup":
+            return backup_from_server(args, remote)
         bar = Bar(f"{name} on {server}")
         try:
             return run_command(args, remote, where=f" on {server}", progress=bar)

@@ -105,6 +105,29 @@ class StoreBase:
         # start has no WAL to replay
         self.checkpoint()
 
+    def copy_database(self, dest: Path) -> None:
+        """Copies the whole database (schema, rows, sequences where they stand) into the new file `dest`,
+        as one transaction sees it; writes go on meanwhile.
+
+        Raises:
+            QlabError: when `dest` exists. DiskError: when the disk refuses the copy.
+        """
+        if dest.exists():
+            raise QlabError(f"{dest} exists; a copy of the database goes into a new file")
+        cur = self._con.cursor()
+        try:
+            name = cur.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+            cur.execute(f"ATTACH '{str(dest).replace(chr(39), chr(39) * 2)}' AS qlab_copy")
+            try:
+                cur.execute(f'COPY FROM DATABASE "{name}" TO qlab_copy')
+            finally:
+                cur.execute("DETACH qlab_copy")
+        except duckdb.Error as exc:
+            disk = self._disk_error(exc, str(dest))
+            raise disk if disk is not None else QlabError(f"cannot copy {self.path} to {dest}: {exc}") from None
+        finally:
+            cur.close()
+
     def checkpoint(self) -> bool:
         """Writes the WAL into the database file, between transactions; returns False when it could not.
 
@@ -166,14 +189,14 @@ class StoreBase:
                 self._tx.cur = None
                 cur.close()
 
-    def _disk_error(self, exc: BaseException) -> DiskError | None:
+    def _disk_error(self, exc: BaseException, where: str = "") -> DiskError | None:
         """A DuckDB error whose cause is the disk (its WAL or file could not be written), in words."""
         if not isinstance(exc, duckdb.Error):
             return None
         text = str(exc)
         for marker, code in DUCKDB_DISK_MARKERS.items():
             if marker in text:
-                return DiskError(disk_words(OSError(code, marker), f"the database {self.path}"))
+                return DiskError(disk_words(OSError(code, marker), where or f"the database {self.path}"))
         return None
 
     @contextmanager

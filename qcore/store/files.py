@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeGuard
 
 from qcore.qtyping import DiskError, QlabError
 
@@ -45,7 +46,7 @@ def disk_words(exc: OSError, path: str | os.PathLike[str] | None = None) -> str:
     return f"cannot write {where}: {reason}{hint}; nothing was stored"
 
 
-def is_disk_error(exc: BaseException) -> bool:
+def is_disk_error(exc: BaseException) -> TypeGuard[OSError]:
     """True for an OSError of the disk (full, read-only, permissions, I/O), not of the network."""
     return isinstance(exc, OSError) and exc.errno in DISK_REASONS
 
