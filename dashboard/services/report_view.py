@@ -12,7 +12,7 @@ from dashboard.components.latency import latency_bars
 from dashboard.components.op_cost import cost_error_scatter
 from dashboard.components.tradeoff import size_bars, tradeoff_scatter
 from dashboard.services import tables
-from qcore.explain.debugger import DEFAULT_THRESHOLD
+from qcore.engines import ENGINES
 from qcore.lab import reports
 
 
@@ -38,9 +38,16 @@ def figures(content: dict[str, Any]) -> list[tuple[str, go.Figure]]:
         out.append(("Latency per target", latency_bars(tables.bench_for_plot(f["benchmarks"], variants))))
     for entry in (content.get("op_cost") or {}).values():
         rows = pd.DataFrame(entry.get("rows") or [])
-        if not rows.empty:
-            out.append((f"Cost vs error: {entry.get('variant')} ({entry.get('board')} / {entry.get('target')})",
-                        cost_error_scatter(rows, DEFAULT_THRESHOLD, str(entry.get("time_source", "")))))
+        errors = pd.to_numeric(rows["rmse_scale"], errors="coerce") if "rmse_scale" in rows else pd.Series()
+        if rows.empty or not errors.notna().any():
+            continue  # a float variant: no error of its own to chart
+        engine = str(entry.get("engine") or "tf")
+        scale = ENGINES[engine].metric if engine in ENGINES else ENGINES["tf"].metric
+        # the one rule of every page: this model's own spread on the engine's scale
+        threshold, _ = scale.suspect_threshold(errors)
+        out.append((f"Cost vs error: {entry.get('variant')} ({entry.get('board')} / {entry.get('target')})",
+                    cost_error_scatter(rows, threshold, str(entry.get("time_source", "")),
+                                       f"debugger run #{entry.get('debug_run_id')}", scale=scale)))
     confusion = content.get("confusion") or {}
     floats = ok[ok["variant"] == "float32"]
     if ok["model_id"].nunique() == 1 and len(floats) and str(int(floats["variant_id"].iloc[0])) in confusion:

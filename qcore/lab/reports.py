@@ -37,6 +37,7 @@ from qcore.qtyping import (
     npu_label_words,
     npu_mark,
 )
+from qcore.recipes import RECIPES
 from qcore.serialize import finite
 from qcore.store import Store, check_sha256, sha256_bytes
 from qcore.tflite.inspection import inspect, npu_verdict
@@ -242,12 +243,46 @@ def op_cost_content(store: Store, variant_ids: Sequence[int]) -> dict[str, Any]:
         except QlabError as exc:  # a failed variant has no graph to cost
             log.info("no op cost for variant %s: %s", vid, exc)
             continue
-        if cost.debug_run_id is None and cost.time_source == TimeSource.ESTIMATE:
+        rows = report_rows(cost)
+        run_id = cost.debug_run_id
+        if not quantized_activations(store.variant(vid)):
+            # a float variant has no quantization error of its own: the model's debugger run is another file's
+            run_id = None
+            rows = [{**r, "rmse_scale": None, "range": None} for r in rows]
+        if run_id is None and cost.time_source == TimeSource.ESTIMATE:
             continue  # nothing measured about this variant's layers: an estimate alone is no finding
         out[str(vid)] = {"variant": cost.variant, "board": cost.board, "target": cost.target,
                          "time_source": cost.time_source, "total_ms": cost.total_ms,
-                         "debug_run_id": cost.debug_run_id, "notes": list(cost.notes), "rows": report_rows(cost)}
+                         "debug_run_id": run_id, "engine": _run_engine(store, vid, run_id),
+                         "notes": list(cost.notes), "rows": rows}
     return out
+
+
+def quantized_activations(variant: dict[str, Any]) -> bool:
+    """Whether a stored variant quantizes its activations (per-layer error means something for it).
+
+    float32, float16, dynamic range and weight-only keep float activations; QAT, selective and
+    imported variants, and unknown recipes, are taken as quantized.
+    """
+    recipe = variant.get("recipe")
+    if variant.get("kind") == "ptq" and isinstance(recipe, str) and recipe in RECIPES:
+        return RECIPES[recipe].representative
+    return True
+
+
+def _run_engine(store: Store, variant_id: int, run_id: int | None) -> str | None:
+    if run_id is None:
+        return None
+    runs = store.debug_runs(int(store.variant(variant_id)["model_id"]))
+    hit = runs[runs["id"] == run_id]
+    if hit.empty:
+        return None
+    engine = hit["engine"].iloc[0]
+    return str(engine) if isinstance(engine, str) and engine else defaults.ENGINE
+
+
+# the rows a report's per-layer table shows; the full table sits folded under it
+TABLE_TOP = 10
 
 
 def op_cost_tables(content: dict[str, Any]) -> list[tuple[str, pd.DataFrame]]:
@@ -259,9 +294,13 @@ def op_cost_tables(content: dict[str, Any]) -> list[tuple[str, pd.DataFrame]]:
             continue
         df = df.rename(columns={"time_share": "share of time", "float_on_cpu_ms": "kept float on CPU (ms)",
                                 "float_extra_ms": "extra if float (ms)"})
+        engine = ENGINES.get(str(entry.get("engine") or ""))
+        error = (f"; error: {engine.metric.title}, debugger run #{entry.get('debug_run_id')}" if engine is not None
+                 else "; no per-layer error (float activations)" if entry.get("debug_run_id") is None else "")
         caption = (f"{entry.get('variant')}: time on {entry.get('board')} / {entry.get('target')} "
-                   f"[{entry.get('time_source')}], total {float(entry.get('total_ms') or 0):.3f} ms")
-        out.append((caption, df))
+                   f"[{entry.get('time_source')}], total {float(entry.get('total_ms') or 0):.3f} ms{error}")
+        df = df.sort_values("share of time", ascending=False, na_position="last", kind="stable")
+        out.append((caption, df.reset_index(drop=True)))
     return out
 
 
@@ -284,22 +323,36 @@ def frames(content: dict[str, Any]) -> dict[str, pd.DataFrame]:
 _CSS = """
 *{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;
-color:#1B1F24;overflow-wrap:anywhere}
+color:#1B1F24;overflow-wrap:break-word}
 h1{margin-bottom:.2rem} .meta{color:#5F6368;margin-bottom:1.5rem} .notes{background:#F3F5F8;padding:.5rem 1rem;
 border-radius:6px} .notes pre{overflow-x:auto} .wrap{max-width:100%;overflow-x:auto}
 table{border-collapse:collapse;margin:1rem 0;font-size:.85rem}
-th,td{border:1px solid #DADCE0;padding:.3rem .5rem;text-align:right;max-width:28rem}
+th,td{border:1px solid #DADCE0;padding:.3rem .5rem;text-align:right;white-space:nowrap;overflow-wrap:normal;
+word-break:normal}
+details{margin:-.5rem 0 1rem} summary{cursor:pointer;color:#0F6CBD}
+.npu .mark{display:inline-block;min-width:7.5rem;padding:0 .4rem;border-radius:4px;font-size:.8rem;text-align:center}
+.npu .ready .mark{background:#E6F4EA;color:#137333} .npu .cpu .mark{background:#FEF7E0;color:#B06000}
+.npu .unknown .mark{background:#F1F3F4;color:#5F6368}
 th{background:#F3F5F8} td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}
 .fig{margin:1.5rem 0;max-width:100%;overflow:hidden} .npu li{margin:.2rem 0}
 """
 
 
-def _table_html(df: pd.DataFrame) -> str:
+def _table_html(df: pd.DataFrame, top: int = 0, what: str = "rows") -> str:
+    """A table that scrolls inside its box; with `top`, the first `top` rows and the whole table folded below."""
     if df.empty:
         return "<p><em>none</em></p>"
-    table = df.to_html(index=False, border=0, na_rep="–", float_format=lambda v: f"{v:.4g}", escape=True)
-    # a wide table scrolls inside its box, never the page
-    return f"<div class='wrap'>{table}</div>"
+
+    def html_of(part: pd.DataFrame) -> str:
+        part = part.infer_objects().astype(object).where(part.notna(), float("nan"))  # None reads "–" too
+        table = part.to_html(index=False, border=0, na_rep="–", float_format=lambda v: f"{v:.4g}", escape=True)
+        # a wide table scrolls inside its box, never the page
+        return f"<div class='wrap'>{table}</div>"
+
+    if top <= 0 or len(df) <= top:
+        return html_of(df)
+    return (html_of(df.head(top)) + f"<details><summary>all {len(df)} {html.escape(what)}</summary>"
+            + html_of(df) + "</details>")
 
 
 def summary_table(content: dict[str, Any]) -> pd.DataFrame:
@@ -385,7 +438,7 @@ def render_html(report: dict[str, Any], figures: Sequence[tuple[str, Any]] = ())
     if op_tables:
         parts.append("<h2>Per-layer error and time</h2>")
         for caption, df in op_tables:
-            parts += [f"<h3>{html.escape(caption)}</h3>", _table_html(df)]
+            parts += [f"<h3>{html.escape(caption)}</h3>", _table_html(df, TABLE_TOP, "ops")]
     first = True
     for caption, fig in figures:
         parts.append(f"<div class='fig'><h3>{html.escape(caption)}</h3>")

@@ -9,6 +9,7 @@ import pytest
 from qcore.lab import reports
 from qcore.qtyping import Evaluation, Latency
 from qcore.store import Store, sha256_bytes
+from qcore.tflite.inspection import npu_verdict
 
 pytestmark = pytest.mark.browser
 
@@ -27,7 +28,8 @@ def _report(store: Store, tiny_tflite: dict[str, bytes]) -> dict:
     ids = []
     for name in ("float32", "int8", "uint8"):
         vid = store.save_variant(model_id=model_id, dataset_id=dataset_id, name=name + " + 12 float layers" * (
-            name == "int8"), kind="ptq", recipe=name, tflite=tiny_tflite[name], evaluation=ev)
+            name == "int8"), kind="ptq", recipe=name, tflite=tiny_tflite[name], evaluation=ev,
+            npu=npu_verdict(tiny_tflite[name]))
         ids.append(vid)
         for board, target in (("host", "host"), ("imx8mp-evk-lab-bench-number-one", "npu")):
             store.add_benchmark(Latency(target=target, threads=1, xnnpack=True, runs=10, warmup=2, init_ms=1.0,
@@ -53,5 +55,16 @@ def test_exported_html_fits_1280_px_and_renders_notes(browser, tmp_store: Store,
         assert tab.locator(".notes li").count() == 2 and tab.locator(".notes code").inner_text() == "uint8"
         assert "**" not in tab.locator(".notes").inner_text()
         assert tab.get_by_text("imx8mp-evk-lab-bench-number-one").count() >= 1  # the board, named
+        # no cell breaks inside a number or a word ("4.06 / 4", "accurac / y (%)"): each sits on one line
+        broken = tab.evaluate("""[...document.querySelectorAll('th,td')].filter(c => {
+            const r = document.createRange(); r.selectNodeContents(c);
+            return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1;
+        }).map(c => c.innerText)""")
+        assert broken == []
+        # the NPU marks are words, so a host without an emoji font shows them too
+        marks = tab.locator(".npu .mark").all_inner_texts()
+        assert marks == ["not NPU-ready", "NPU-ready", "NPU-ready"]
+        text = tab.locator("body").inner_text()
+        assert not any(ch in text for ch in "✅❌"), "emoji marks need an emoji font"
     finally:
         context.close()

@@ -276,3 +276,36 @@ def test_report_html_names_variants_boards_and_renders_notes(tmp_store: Store, t
 def test_report_notes_html_is_escaped(tmp_store: Store) -> None:
     assert "<script>" not in reports.notes_html("<script>alert(1)</script> **x**")
     assert "<strong>x</strong>" in reports.notes_html("<script>alert(1)</script> **x**")
+
+
+def test_report_per_layer_tables_top_n_folded_and_no_error_chart_for_float(tmp_store: Store, tiny_tflite) -> None:
+    """64 layers: the export shows the top 10 by share of time and folds the full table; a float variant
+    gets its time table but no error column or cost-vs-error chart."""
+    from dashboard.services import report_view
+
+    ids = _fill(tmp_store, tiny_tflite)
+    report = tmp_store.report(reports.make_report(tmp_store, "per layer", "", ids[:2]))
+    rows = [{"op_index": i, "op_type": "CONV_2D", "layer": f"block_{i}_project", "rmse_scale": 0.3 + i / 100,
+             "range": 4.0, "time_ms": 0.01 * (i + 1), "time_share": (i + 1) / 2080, "time_source": "profile",
+             "float_on_cpu_ms": None, "float_extra_ms": None} for i in range(64)]
+    content = {**report["content"], "op_cost": {
+        "2": {"variant": "int8", "board": "imx", "target": "npu", "time_source": "profile", "total_ms": 20.8,
+              "debug_run_id": 1, "engine": "aeq", "notes": [], "rows": rows},
+        "1": {"variant": "float32", "board": "imx", "target": "cpu", "time_source": "profile", "total_ms": 40.0,
+              "debug_run_id": None, "engine": None, "notes": [],
+              "rows": [{**r, "rmse_scale": None, "range": None} for r in rows]}}}
+    page = reports.render_html({**report, "content": content})
+    assert page.count("<summary>all 64 ops</summary>") == 2
+    first_table = page.split("<h3>int8: time on imx / npu")[1].split("<details>")[0]
+    assert first_table.count("<tr") == 11 and "block_63_project" in first_table  # the 10 slowest and a header
+    assert "None" not in page
+    assert "error: AI Edge Quantizer: rmse/scale (whole model), debugger run #1" in page
+    assert "float32: time on imx / cpu [profile], total 40.000 ms; no per-layer error (float activations)" in page
+    captions = [c for c, _ in report_view.figures(content)]
+    assert "Cost vs error: int8 (imx / npu)" in captions
+    assert not any(c.startswith("Cost vs error: float32") for c in captions)
+    # which stored variants have an error of their own
+    assert not reports.quantized_activations({"kind": "ptq", "recipe": "float32"})
+    assert not reports.quantized_activations({"kind": "ptq", "recipe": "dynamic"})
+    assert reports.quantized_activations({"kind": "ptq", "recipe": "int8"})
+    assert reports.quantized_activations({"kind": "qat", "recipe": None})
