@@ -39,6 +39,13 @@ class JobKind(enum.StrEnum):
     BOARD_MATRIX = "board_matrix"
 
 
+# kinds that take seconds (load a model, inspect a .tflite): they go ahead of the queue and may use a
+# quick-lane worker (one started with the resource QUICK), so an upload never waits behind a conversion
+QUICK_KINDS = frozenset({JobKind.ADD_MODEL, JobKind.IMPORT_TFLITE})
+# the Dask worker resource that marks a quick-lane worker: it takes only QUICK_KINDS
+QUICK_RESOURCE = "QUICK"
+
+
 @dataclass(frozen=True)
 class DemoParams:
     """First start: train the demo CNN on digits and convert it with these recipes."""
@@ -372,3 +379,8 @@ class JobSpec:
     def resources(self) -> dict[str, float]:
         """The Dask worker resources this job needs (QAT marked for a GPU asks for GPU=1)."""
         return {"GPU": 1} if getattr(self.params, "gpu", False) else {}
+
+    @property
+    def quick(self) -> bool:
+        """Whether the job belongs to the quick lane (QUICK_KINDS)."""
+        return self.kind in QUICK_KINDS

@@ -6,6 +6,11 @@ into the `jobs` table, and publishes the value it returns in one transaction (`q
 dies, that runs past its timeout, or that the user cancels ends in words, and its worker is
 restarted; every other job goes on.
 
+The runner, not Dask, decides where a job runs: it hands a job to a worker only when that worker
+is idle (pinned to it), so no job ever waits in the queue of a worker that may be killed for
+another one. Quick kinds (`QUICK_KINDS`) go first and may use quick-lane workers; every waiting
+job says what it waits for and roughly how long.
+
 The cluster itself (embedded or a team's, and its QLAB_* settings) is `qcore.jobs.cluster`.
 """
 
@@ -29,7 +34,14 @@ from typing import Any
 
 from qcore.jobs.boards import OWNER_TASKS
 from qcore.jobs.cluster import START_TIMEOUT_S, Cluster, ClusterSettings
-from qcore.jobs.contract import JobKind, JobParams, JobSpec, check_params, params_json
+from qcore.jobs.contract import (
+    QUICK_RESOURCE,
+    JobKind,
+    JobParams,
+    JobSpec,
+    check_params,
+    params_json,
+)
 from qcore.jobs.inputs import gather_inputs
 from qcore.jobs.worker import (
     EXIT_TOPIC,
@@ -52,6 +64,13 @@ DEATH_REPORT_WAIT_S = 3.0
 WORKER_GONE_S = 10.0
 # how often a job's watcher looks at its future, its deadline and a cancel request
 WATCH_INTERVAL_S = 0.2
+# how often the dispatcher looks for idle workers and refreshes the waiting jobs' words
+DISPATCH_INTERVAL_S = 1.0
+# a job that never started on a worker that died (or that left before it started) is queued again,
+# this many times at most (a job that kills its worker before it says "start" must not loop forever)
+MAX_REQUEUES = 2
+# a kind never seen to finish is guessed to take this long, for the waiting words
+UNKNOWN_KIND_S = 120.0
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
@@ -66,7 +85,13 @@ class _Watch:
     # set when the future ends or a cancel comes: the watcher sleeps on it instead of polling
     wake: threading.Event = dataclasses.field(default_factory=threading.Event)
     started: float = 0.0
+    # the worker the runner pinned it to (set at dispatch, before the worker says it started)
     worker: str = ""
+    queued: float = dataclasses.field(default_factory=time.monotonic)
+    requeue: str = ""  # set by the dispatcher: why this job goes back to the queue
+    requeues: int = 0
+    fraction: float = 0.0  # its latest progress, and a few words of it ("3 of 9 recipes")
+    detail: str = ""
 
 
 def error_text(exc: BaseException) -> str:
@@ -103,12 +128,20 @@ class JobRunner:
         self._start_error = ""
         self.settings = cluster.settings if isinstance(cluster, Cluster) else cluster
         self._cluster: Cluster | None = None
+        self._kick = threading.Event()  # wakes the dispatcher: a job came, ended or was cancelled
+        # workers being killed to stop a job: never idle, and who killed them (for the reason a victim gets)
+        self._stopping: set[str] = set()
+        self._kills: dict[str, str] = {}
+        self._typical: dict[str, float] | None = None  # seconds a kind usually runs, for the waiting words
+        self._waiting_said: dict[int, str] = {}
         if isinstance(cluster, Cluster):
             self._connect(cluster)
         else:  # workers import TensorFlow before they take jobs: start them without holding up the server
             threading.Thread(target=self._start, name="qlab-cluster-start", daemon=True).start()
         self._pump = threading.Thread(target=self._pump_events, name="qlab-job-events", daemon=True)
         self._pump.start()
+        self._dispatcher = threading.Thread(target=self._dispatch_loop, name="qlab-job-dispatch", daemon=True)
+        self._dispatcher.start()
 
     @property
     def cluster(self) -> Cluster:
@@ -177,6 +210,7 @@ class JobRunner:
             self.store.update_job(job_id, message="waiting for the job workers to start", only_active=True)
         threading.Thread(target=context.run, args=(self._follow, watch), name=f"qlab-job-{job_id}",
                          daemon=True).start()
+        self._kick.set()
         return job_id
 
     def _run_here(self, watch: _Watch) -> None:
@@ -218,25 +252,118 @@ class JobRunner:
             self._notify_ended()
             self.on_change()
 
-    def _dispatch(self, watch: _Watch) -> bool:
-        """Hands a job to Dask once the cluster is up; False when it ended before that."""
-        while not self._ready.wait(timeout=WATCH_INTERVAL_S):
+    def _await_dispatch(self, watch: _Watch) -> bool:
+        """Waits until the dispatcher hands the job to an idle worker; False when it ended before that."""
+        while True:
             if watch.cancel.is_set():
                 self.store.update_job(watch.job_id, status=JobStatus.CANCELLED, message="cancelled",
                                       only_active=True)
                 return False
-        if self._cluster is None:
-            self.store.update_job(watch.job_id, status=JobStatus.FAILED, message="failed", only_active=True,
-                                  error=f"the job workers did not start: {self._start_error}")
-            return False
+            if self._ready.is_set() and self._cluster is None:
+                self.store.update_job(watch.job_id, status=JobStatus.FAILED, message="failed", only_active=True,
+                                      error=f"the job workers did not start: {self._start_error}")
+                return False
+            if watch.future is not None:
+                return True
+            watch.wake.wait(WATCH_INTERVAL_S)
+            watch.wake.clear()
+
+    # ------------------------------------------------------------ the dispatcher
+    def _dispatch_loop(self) -> None:
+        while not self._closed.is_set():
+            self._kick.wait(DISPATCH_INTERVAL_S)
+            self._kick.clear()
+            if not self._ready.is_set() or self._cluster is None or self._closed.is_set():
+                continue
+            try:
+                self._dispatch_round(self._cluster)
+            except Exception:  # a failed round is retried at the next tick; never stop dispatching
+                log.exception("dispatching jobs failed")
+
+    def _dispatch_round(self, cluster: Cluster) -> None:
+        """Hands waiting jobs to idle workers (quick kinds first, then by id), one job per worker."""
+        with self._lock:
+            watches = [w for w in self._watches.values() if w.spec.kind not in OWNER_TASKS]
+        pending = sorted((w for w in watches if w.future is None and not w.cancel.is_set()),
+                         key=lambda w: (not w.spec.quick, w.job_id))
+        placed = [w for w in watches if w.future is not None and not w.started and not w.requeue]
+        if not pending and not placed:
+            return
+        workers = {a: info for a, info in cluster.workers().items()
+                   if str(info.get("status", "running")).lower().endswith("running")}
+        for w in placed:  # pinned to a worker that left before the job started: queue it again
+            if w.worker not in workers and w.worker not in self._stopping:
+                w.requeue = "its worker left before the job started"
+                w.wake.set()
+        with self._lock:
+            busy = {w.worker for w in self._watches.values()
+                    if w.future is not None and not w.future.done()} | self._stopping
+        idle = [a for a in sorted(workers) if a not in busy]
+        waiting = []
+        for w in pending:
+            fits = [a for a in idle if _takes(workers[a], w.spec)]
+            if not fits:
+                waiting.append(w)
+                continue
+            # a quick job prefers a quick-lane worker, so the general ones stay free for the rest
+            address = sorted(fits, key=lambda a: not _is_quick(workers[a]))[0] if w.spec.quick else fits[0]
+            idle.remove(address)
+            self._hand_over(cluster, w, address)
+        self._say_waiting(waiting, workers, busy)
+
+    def _hand_over(self, cluster: Cluster, watch: _Watch, address: str) -> None:
         spec = watch.spec
-        watch.future = self._cluster.client.submit(execute, spec, key=f"qlab-job-{spec.job_id}", pure=False,
-                                                   resources=spec.resources or None, retries=0)
-        if spec.resources:
-            self._note_missing_resources(spec.job_id, spec.resources)
-        elif self.store.job(spec.job_id).message.startswith("waiting for the job workers"):
-            self.store.update_job(spec.job_id, message="", only_active=True)
-        return True
+        with self._lock:
+            watch.worker, watch.requeue = address, ""
+            watch.future = cluster.client.submit(
+                execute, spec, key=f"qlab-job-{spec.job_id}-{watch.requeues}", pure=False,
+                resources=spec.resources or None, retries=0, workers=[address], allow_other_workers=False)
+        self._waiting_said.pop(spec.job_id, None)
+        if self.store.job(spec.job_id).message.startswith("waiting"):
+            self.store.update_job(spec.job_id, message="starting on a worker", only_active=True)
+        watch.wake.set()
+
+    def _say_waiting(self, waiting: list[_Watch], workers: dict[str, dict[str, Any]], busy: set[str]) -> None:
+        """Writes what each waiting job waits for and about how long (only when the words change)."""
+        if not waiting:
+            return
+        with self._lock:
+            running = {w.worker: w for w in self._watches.values() if w.future is not None and not w.future.done()}
+        typical = self._typical_seconds()
+        queue_ahead: list[_Watch] = []
+        for w in waiting:
+            able = [a for a in workers if _takes(workers[a], w.spec)]
+            if not able:
+                wanted = ", ".join(f"{r}={n:g}" for r, n in w.spec.resources.items())
+                text = (f"waiting for a worker with {wanted}: none is connected (start one with `dask worker "
+                        f"{self.cluster.address} --resources {wanted} --preload qcore.jobs.worker "
+                        "--preload-nanny qcore.jobs.worker`)")
+            else:
+                ahead = [running[a] for a in able if a in running]
+                ahead += [q for q in queue_ahead if any(_takes(workers[a], q.spec) for a in able)]
+                # each able worker is free after its current job's rest; queued jobs ahead take the first free one
+                free = sorted(_remaining(running[a], typical) if a in running else
+                              (UNKNOWN_KIND_S if a in busy else 0.0) for a in able)
+                for q in ahead[len([a for a in able if a in running]):]:
+                    free[0] += typical.get(q.spec.kind.value, UNKNOWN_KIND_S)
+                    free.sort()
+                text = waiting_words([(q.job_id, q.spec.kind.value, _doing(q)) for q in ahead], free[0])
+            queue_ahead.append(w)
+            if self._waiting_said.get(w.job_id) != text:
+                self._waiting_said[w.job_id] = text
+                self.store.update_job(w.job_id, message=text, only_active=True)
+
+    def _typical_seconds(self) -> dict[str, float]:
+        """Seconds each kind took lately (the median of its last finished jobs here), read once, then kept."""
+        if self._typical is None:
+            runs: dict[str, list[float]] = {}
+            with contextlib.suppress(Exception):
+                for job in self.store.jobs(limit=200):
+                    took = _seconds_between(job.started_at, job.finished_at)
+                    if job.status == JobStatus.DONE and took is not None:
+                        runs.setdefault(job.kind, []).append(took)
+            self._typical = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
+        return self._typical
 
     def cancel(self, job_id: int) -> bool:
         """Asks a queued or running job to stop; it ends `cancelled` within seconds.
@@ -254,6 +381,7 @@ class JobRunner:
             return False
         watch.cancel.set()
         watch.wake.set()
+        self._kick.set()
         return True
 
     def wait(self, job_id: int, timeout: float | None = None) -> JobStatus:
@@ -282,6 +410,7 @@ class JobRunner:
             watches = list(self._watches.values())
         for w in watches:
             w.cancel.set()
+        self._kick.set()
         self._ready.wait(timeout=START_TIMEOUT_S)
         if self._cluster is not None:
             self._cluster.close()
@@ -334,42 +463,32 @@ class JobRunner:
                                           message=str(event.get("message", "")), only_active=True)
                 elif kind == "live":
                     self.store.update_job(job_id, live=dict(event.get("data") or {}), only_active=True)
-        for event in starts:  # after the row says running, so a cancel that reads it sees the worker
-            with self._lock:
+        with self._lock:
+            for event in starts:  # after the row says running, so a cancel that reads it sees the worker
                 watch = self._watches.get(int(event.get("job", -1)))
-                if watch is not None:
-                    watch.worker, watch.started = str(event.get("worker", "")), time.monotonic()
+                if watch is not None and watch.worker == str(event.get("worker", "")):
+                    watch.started = time.monotonic()
+            for (job_id, kind), event in latest.items():  # what the waiting words say of the jobs ahead
+                watch = self._watches.get(job_id)
+                if watch is None:
+                    continue
+                if kind == "progress":
+                    watch.fraction = float(event.get("fraction", 0.0))
+                elif kind == "live":
+                    watch.detail = _live_detail(dict(event.get("data") or {}))
         self.on_change()
-
-    def _note_missing_resources(self, job_id: int, resources: dict[str, float]) -> None:
-        have = [a for a, w in self.cluster.workers().items()
-                if all(float((w.get("resources") or {}).get(r, 0)) >= n for r, n in resources.items())]
-        if not have:
-            wanted = ", ".join(f"{r}={n:g}" for r, n in resources.items())
-            self.store.update_job(job_id, message=f"waiting for a worker with {wanted}: none is connected "
-                                  f"(start one with `dask worker {self.cluster.address} --resources {wanted} "
-                                  "--preload qcore.jobs.worker --preload-nanny qcore.jobs.worker`)", only_active=True)
 
     # ------------------------------------------------------------ following one job
     def _follow(self, watch: _Watch) -> None:
         try:
-            if not self._dispatch(watch):
-                return
-            # woken by the future's end or a cancel; the interval only bounds how late a timeout is seen
-            # (distributed.wait needs a default client and, without one, returned at once: a busy loop
-            # per job that starved the owner's other threads of the GIL)
-            watch.future.add_done_callback(lambda _f: watch.wake.set())
             while True:
-                if watch.cancel.is_set():
-                    self._stop(watch, JobStatus.CANCELLED, "cancelled")
+                if not self._await_dispatch(watch):
                     return
-                if watch.started and time.monotonic() - watch.started > watch.deadline_s:
-                    self._stop(watch, JobStatus.FAILED, f"timed out after {watch.deadline_s:g} s")
-                    return
-                if watch.future.done():
+                outcome = self._await_future(watch)
+                if outcome != "requeue":
                     break
-                watch.wake.wait(WATCH_INTERVAL_S)
-            self._finish(watch)
+            if outcome == "done":
+                self._finish(watch)
         except Exception as exc:
             log.exception("following job %s failed", watch.job_id)
             self.store.update_job(watch.job_id, status=JobStatus.FAILED, error=error_text(exc), message="failed",
@@ -380,22 +499,80 @@ class JobRunner:
             if watch.future is not None:
                 with contextlib.suppress(Exception):
                     watch.future.release()
+            self._waiting_said.pop(watch.job_id, None)
+            self._kick.set()
             self._notify_ended()
             self.on_change()
 
-    def _stop(self, watch: _Watch, status: JobStatus, reason: str) -> None:
-        """Ends a job the owner gave up on; kills its worker first if it was running there.
+    def _await_future(self, watch: _Watch) -> str:
+        """Follows a dispatched job: "done" when its future ended, "stopped" when the owner ended it,
+        "requeue" when it goes back to the queue (its worker left before it started)."""
+        # woken by the future's end or a cancel; the interval only bounds how late a timeout is seen
+        # (distributed.wait needs a default client and, without one, returned at once: a busy loop
+        # per job that starved the owner's other threads of the GIL)
+        watch.future.add_done_callback(lambda _f: watch.wake.set())
+        while True:
+            if watch.cancel.is_set():
+                self._stop(watch, JobStatus.CANCELLED, "cancelled")
+                return "stopped"
+            if watch.started and time.monotonic() - watch.started > watch.deadline_s:
+                self._stop(watch, JobStatus.FAILED, f"timed out after {watch.deadline_s:g} s")
+                return "stopped"
+            if watch.requeue:
+                return self._requeue(watch, watch.requeue)
+            if watch.future.done():
+                if self._innocent(watch):
+                    return self._requeue(watch, self._kills.get(watch.worker) or "its worker died before it started")
+                return "done"
+            watch.wake.wait(WATCH_INTERVAL_S)
+            watch.wake.clear()
 
-        The row changes only once the worker is gone, so a job submitted after a cancel never
-        lands on the worker that is about to be killed.
+    def _innocent(self, watch: _Watch) -> bool:
+        """Whether a job whose worker died was not the cause: the owner killed that worker for another job,
+        or the job had not started there (and has not been queued again too often)."""
+        if watch.future.status != "error" or watch.requeues >= MAX_REQUEUES:
+            return False
+        from distributed.scheduler import KilledWorker
+
+        if not isinstance(watch.future.exception(), KilledWorker):
+            return False
+        return watch.worker in self._kills or not watch.started
+
+    def _requeue(self, watch: _Watch, reason: str) -> str:
+        log.info("job %s goes back to the queue: %s", watch.job_id, reason)
+        with self._lock:
+            with contextlib.suppress(Exception):
+                watch.future.cancel()
+            watch.future, watch.worker, watch.started, watch.requeue = None, "", 0.0, ""
+            watch.requeues += 1
+        self.store.update_job(watch.job_id, status=JobStatus.QUEUED, message=f"queued again: {reason}",
+                              only_active=True)
+        self._kick.set()
+        return "requeue"
+
+    def _stop(self, watch: _Watch, status: JobStatus, reason: str) -> None:
+        """Ends a job the owner gave up on; kills its worker first if the job was handed to one.
+
+        A job pinned to a worker may already run there even before its start event arrives, and Dask
+        cannot stop a running task, so its worker is killed. Until that worker is gone it counts as busy,
+        so no other job is handed to it.
         """
-        was_running = bool(watch.started) or watch.future.status not in ("pending", "cancelled")
-        watch.future.cancel()
-        if was_running and watch.worker and self._cluster is not None:
-            self._cluster.restart_worker(watch.worker)
-            deadline = time.monotonic() + WORKER_GONE_S
-            while watch.worker in self._cluster.workers() and time.monotonic() < deadline:
-                time.sleep(0.05)
+        worker = watch.worker if not watch.future.done() else ""
+        if worker and self._cluster is not None:
+            with self._lock:
+                self._stopping.add(worker)
+                self._kills[worker] = f"its worker was restarted to stop job {watch.job_id} ({reason})"
+            try:
+                watch.future.cancel()
+                self._cluster.restart_worker(worker)
+                deadline = time.monotonic() + WORKER_GONE_S
+                while worker in self._cluster.workers() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            finally:
+                with self._lock:
+                    self._stopping.discard(worker)
+        else:
+            watch.future.cancel()
         error = "" if status == JobStatus.CANCELLED else reason
         self.store.update_job(watch.job_id, status=status, message=reason, error=error, only_active=True)
         log.info("job %s %s", watch.job_id, reason)
@@ -439,6 +616,8 @@ class JobRunner:
             time.sleep(0.02)
 
     def _death_reason(self, watch: _Watch) -> str:
+        if watch.worker in self._kills:
+            return self._kills[watch.worker]
         deadline = time.monotonic() + DEATH_REPORT_WAIT_S
         worker = watch.worker or _last_worker(watch.future)
         while True:
@@ -474,6 +653,76 @@ class _Stopped(Exception):
 
 class _Ended(Exception):
     """The job ended (cancelled, timed out) before its result could be written."""
+
+
+def _takes(info: dict[str, Any], spec: JobSpec) -> bool:
+    """Whether a worker (as the scheduler describes it) may run a job: it has the resources the job
+    asks for, and a quick-lane worker takes only quick kinds."""
+    have = info.get("resources") or {}
+    if _is_quick(info) and not spec.quick:
+        return False
+    return all(float(have.get(r, 0)) >= n for r, n in spec.resources.items())
+
+
+def _is_quick(info: dict[str, Any]) -> bool:
+    return float((info.get("resources") or {}).get(QUICK_RESOURCE, 0)) > 0
+
+
+def _remaining(watch: _Watch, typical: dict[str, float]) -> float:
+    """Seconds a running job probably still needs: from its pace once it has made some progress,
+    else what its kind usually takes."""
+    usual = typical.get(watch.spec.kind.value, UNKNOWN_KIND_S)
+    if not watch.started:
+        return usual
+    elapsed = time.monotonic() - watch.started
+    if watch.fraction >= 0.05:
+        return max(0.0, elapsed * (1.0 - watch.fraction) / watch.fraction)
+    return max(0.0, usual - elapsed)
+
+
+def _doing(watch: _Watch) -> str:
+    if watch.future is None:
+        return "queued"
+    return watch.detail or (f"{watch.fraction:.0%} done" if watch.started else "starting")
+
+
+def _live_detail(live: dict[str, Any]) -> str:
+    """A few words of a job's live data: how many recipes or epochs it has done."""
+    if "recipes_total" in live:
+        return f"{len(live.get('variants') or [])} of {live['recipes_total']} recipes"
+    if "epochs" in live:
+        return f"epoch {len(live.get('history') or [])} of {live['epochs']}"
+    return ""
+
+
+def waiting_words(ahead: list[tuple[int, str, str]], wait_s: float) -> str:
+    """What a queued job says: the jobs ahead of it and roughly how long it waits.
+
+    Args:
+        ahead: (job id, kind, what it is doing) of each job that runs or waits before this one.
+        wait_s: the estimated seconds until a worker is free for it.
+    """
+    if not ahead:
+        return "waiting for a free worker"
+    shown = ", ".join(f"job {i} ({kind}, {doing})" for i, kind, doing in ahead[:3])
+    more = f" and {len(ahead) - 3} more" if len(ahead) > 3 else ""
+    return f"waiting for a free worker: {shown}{more} ahead, {_about(wait_s)}"
+
+
+def _about(seconds: float) -> str:
+    if seconds < 60:
+        return "less than a minute"
+    minutes = round(seconds / 60)
+    return f"about {minutes} min" if minutes < 120 else f"about {minutes / 60:.0f} h"
+
+
+def _seconds_between(start: str, end: str) -> float | None:
+    from datetime import datetime
+
+    try:
+        return (datetime.fromisoformat(str(end)) - datetime.fromisoformat(str(start))).total_seconds()
+    except (TypeError, ValueError):
+        return None
 
 
 def _last_worker(future: Any) -> str:

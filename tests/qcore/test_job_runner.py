@@ -181,3 +181,30 @@ def test_bad_params_are_refused_before_queueing(runner: JobRunner) -> None:
     with pytest.raises(QlabError, match="no variant with id 999"):
         runner.submit(HostBenchParams(variant_ids=(999,)))
     assert len(runner.store.jobs(limit=1000)) == before
+
+
+def test_cancel_and_timeout_end_only_their_own_job(runner: JobRunner, variants: dict[str, int]) -> None:
+    """Both workers busy (H and A hang), B and T wait. Cancelling A must not touch B; T's timeout must not
+    touch D queued behind it. Dask used to hand queued jobs to a busy worker ahead of time, and a killed
+    worker took them down: "the worker died: killed by SIGKILL"."""
+    hang = HostBenchParams(variant_ids=(variants["hang"],), runs=1, warmup=0)
+    quick = HostBenchParams(variant_ids=(variants["int8"],), runs=5, warmup=1)
+    held = runner.submit(hang, timeout_s=400)
+    doomed = runner.submit(hang)
+    _poll(lambda: all(_job(runner, j).status is JobStatus.RUNNING for j in (held, doomed)), 120, "both busy")
+    innocent = runner.submit(quick)
+    slow = runner.submit(hang, timeout_s=4)
+    words = _poll(lambda: _job(runner, innocent).message.startswith("waiting for a free worker:")
+                  and _job(runner, innocent).message, 30, "the waiting words")
+    assert f"job {doomed} (host_bench," in words and "ahead, " in words, words
+    assert runner.cancel(doomed)
+    assert runner.wait(doomed, timeout=60) is JobStatus.CANCELLED
+    assert runner.wait(innocent, timeout=WORKER_START_S) is JobStatus.DONE, _job(runner, innocent).error
+    _poll(lambda: _job(runner, slow).status is JobStatus.RUNNING, WORKER_START_S, "the slow job to start")
+    behind = runner.submit(quick)
+    assert runner.wait(slow, timeout=120) is JobStatus.FAILED
+    assert _job(runner, slow).error == "timed out after 4 s"
+    assert runner.wait(behind, timeout=WORKER_START_S) is JobStatus.DONE, _job(runner, behind).error
+    assert runner.cancel(held)
+    assert runner.wait(held, timeout=60) is JobStatus.CANCELLED
+    runner.cluster.wait_for_workers(2, timeout=WORKER_START_S)
