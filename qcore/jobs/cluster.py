@@ -1,8 +1,16 @@
-"""The Dask cluster jobs run on: an embedded LocalCluster (the default) or a team's scheduler.
+"""The Dask cluster jobs run on: an embedded one (the default) or a team's scheduler.
+
+The embedded cluster is a `dask scheduler` and `dask worker` processes, children of the owner, that speak
+mutual TLS with a key and certificate made at each start (0600, under the data directory): only
+processes holding them connect, and no scheduler runs inside the owner, where a remote call could
+reach its secrets.
 
 Environment:
-    QLAB_DASK_SCHEDULER  tcp://host:8786 to use an existing cluster; unset for an embedded LocalCluster
+    QLAB_DASK_SCHEDULER  tls://host:8786 (or tcp:// on loopback) to use an existing cluster; unset for the embedded one
+    QLAB_DASK_TLS_CA, QLAB_DASK_TLS_CERT, QLAB_DASK_TLS_KEY
+                         the client's credentials for an existing tls:// cluster (or Dask's distributed.comm.tls.*)
     QLAB_WORKERS         embedded workers (default: cores - 1, at least 1)
+    QLAB_QUICK_WORKERS   embedded quick-lane workers that only load and inspect models (default 1; 0 for none)
     QLAB_WORKER_MEMORY   memory limit per embedded worker, e.g. 4GB (default: a fair share of RAM)
     QLAB_JOB_TIMEOUT     seconds a job may run (default 3600)
 """
@@ -10,20 +18,33 @@ Environment:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import datetime
+import ipaddress
+import json
 import logging
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qcore.jobs.contract import QUICK_RESOURCE
 from qcore.qtyping import QlabError
 
 log = logging.getLogger(__name__)
 
 ENV_SCHEDULER = "QLAB_DASK_SCHEDULER"
+ENV_TLS = ("QLAB_DASK_TLS_CA", "QLAB_DASK_TLS_CERT", "QLAB_DASK_TLS_KEY")
 ENV_WORKERS = "QLAB_WORKERS"
+ENV_QUICK = "QLAB_QUICK_WORKERS"
 ENV_MEMORY = "QLAB_WORKER_MEMORY"
 ENV_TIMEOUT = "QLAB_JOB_TIMEOUT"
 DEFAULT_TIMEOUT_S = 3600.0
@@ -42,6 +63,12 @@ class ClusterSettings:
     worker_log: str = ""
     threads_per_worker_pool: int = 1
     job_timeout_s: float = DEFAULT_TIMEOUT_S
+    # embedded quick-lane workers (QUICK_KINDS only: an upload never waits behind a conversion)
+    quick_workers: int = 0
+    # where the embedded cluster's TLS key and certificate are made at start; "" for a private temporary folder
+    tls_dir: str = ""
+    # an existing tls:// cluster's CA, client certificate and key (QLAB_DASK_TLS_*); empty: Dask's own config
+    tls_files: tuple[str, str, str] | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ClusterSettings:
@@ -76,11 +103,60 @@ class ClusterSettings:
                 timeout = -1.0
             if not timeout > 0:
                 raise QlabError(f"{ENV_TIMEOUT}={timeout_text!r} must be a positive number of seconds")
+        quick_text = env.get(ENV_QUICK, "").strip() or "1"
+        if not quick_text.isdigit():
+            raise QlabError(f"{ENV_QUICK}={quick_text!r} must be a whole number of workers (0 for none)")
         scheduler = env.get(ENV_SCHEDULER, "").strip()
-        if scheduler and "://" not in scheduler:
-            raise QlabError(f"{ENV_SCHEDULER}={scheduler!r} must be an address like tcp://host:8786")
+        tls_files = _tls_files(env)
+        if scheduler:
+            check_scheduler(scheduler, tls_files)
         return cls(scheduler=scheduler, workers=workers, memory_limit=memory,
-                   threads_per_worker_pool=max(1, cores // workers), job_timeout_s=timeout)
+                   threads_per_worker_pool=max(1, cores // workers), job_timeout_s=timeout,
+                   quick_workers=int(quick_text), tls_files=tls_files)
+
+
+def _tls_files(env: dict[str, str]) -> tuple[str, str, str] | None:
+    """QLAB_DASK_TLS_CA/CERT/KEY: all three or none, each a readable file."""
+    given = [env.get(name, "").strip() for name in ENV_TLS]
+    if not any(given):
+        return None
+    for name, path in zip(ENV_TLS, given, strict=True):
+        if not path:
+            raise QlabError(f"{name} is not set: give all of {', '.join(ENV_TLS)} (or none)")
+        if not os.access(path, os.R_OK):
+            raise QlabError(f"{name}={path}: no such readable file")
+    return (given[0], given[1], given[2])
+
+
+def check_scheduler(address: str, tls_files: tuple[str, str, str] | None) -> None:
+    """Refuses an existing scheduler anyone on the network could use to run code as qlab.
+
+    Raises:
+        QlabError: one line, for an address that is not tls:// or tcp://, a non-loopback tcp:// (plain text,
+            no authentication), or a tls:// address with no credentials in QLAB_DASK_TLS_* or Dask's config.
+    """
+    scheme, _, rest = address.partition("://")
+    host = rest.rsplit(":", 1)[0].strip("[]") if rest else ""
+    if scheme not in ("tcp", "tls") or not host:
+        raise QlabError(f"{ENV_SCHEDULER}={address!r} must be an address like tls://host:8786")
+    if scheme == "tcp" and not _is_loopback(host):
+        raise QlabError(f"{ENV_SCHEDULER}={address} is plain TCP beyond this machine: anyone who reaches it runs "
+                        f"code as qlab; start the cluster with TLS and use tls:// with {', '.join(ENV_TLS)}")
+    if scheme == "tls" and tls_files is None:
+        import dask
+
+        if not dask.config.get("distributed.comm.tls.ca-file", None):
+            raise QlabError(f"{ENV_SCHEDULER}={address} needs credentials: set {', '.join(ENV_TLS)} "
+                            "(or distributed.comm.tls.* in Dask's config)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _fair_share(workers: int) -> int:
@@ -113,48 +189,208 @@ def _dask_config() -> dict[str, Any]:
     }
 
 
+def _config_env(config: dict[str, Any]) -> dict[str, str]:
+    """Dask settings as the DASK_* environment variables a `dask scheduler`/`dask worker` child reads."""
+    return {"DASK_" + key.upper().replace(".", "__").replace("-", "_"): repr(value) for key, value in config.items()}
+
+
+def make_credentials(folder: Path) -> tuple[str, str]:
+    """A fresh key and self-signed certificate (its own CA) for the embedded cluster; returns (cert, key) paths.
+
+    Every process of the embedded cluster (scheduler, workers, the owner's client) holds the pair; a
+    connection without it fails the TLS handshake (mutual TLS: distributed requires a client certificate).
+    Both files are readable by this user only.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "qlab-cluster")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("qlab-cluster")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    paths = (folder / "cluster.pem", folder / "cluster-key.pem")
+    blobs = (cert.public_bytes(serialization.Encoding.PEM),
+             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption()))
+    for path, blob in zip(paths, blobs, strict=True):
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+    return str(paths[0]), str(paths[1])
+
+
+def _die_with_parent() -> None:
+    """A `preexec_fn`: the child gets SIGTERM when the thread that started it ends (Linux; elsewhere nothing)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class _Embedded:
+    """The embedded cluster's processes: a TLS `dask scheduler` on loopback and `dask worker` children.
+
+    A keeper thread starts them and lives until `close`: a child gets SIGTERM when the thread that
+    started it ends (PR_SET_PDEATHSIG), so they die with the owner even when it is killed.
+    """
+
+    def __init__(self, settings: ClusterSettings) -> None:
+        self.settings = settings
+        self._owned_dir = not settings.tls_dir
+        self.folder = Path(settings.tls_dir or tempfile.mkdtemp(prefix="qlab-cluster-"))
+        self.cert, self.key = make_credentials(self.folder)
+        self.address = ""
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._started = threading.Event()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._keeper = threading.Thread(target=self._keep, name="qlab-cluster-children", daemon=True)
+        self._keeper.start()
+        self._started.wait()
+        if self._error is not None:
+            self.close()
+            raise self._error
+
+    def security(self) -> Any:
+        from distributed.security import Security
+
+        return Security(tls_ca_file=self.cert, tls_client_cert=self.cert, tls_client_key=self.key,
+                        require_encryption=True)
+
+    def _tls_args(self) -> list[str]:
+        return ["--tls-ca-file", self.cert, "--tls-cert", self.cert, "--tls-key", self.key]
+
+    def _keep(self) -> None:
+        try:
+            self._start()
+        except BaseException as exc:  # handed to the constructor, which raises it in the caller's thread
+            self._error = exc
+        finally:
+            self._started.set()
+        self._stop.wait()
+        self._terminate()
+
+    def _start(self) -> None:
+        s = self.settings
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+        # preloads go on the command line; no HTTP routes: the diagnostics pages would show logs and call
+        # stacks to anyone on the machine, and qlab reads nothing from them
+        env.update(_config_env({**{k: v for k, v in _dask_config().items() if "preload" not in k},
+                                "distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []}))
+        env.update(QLAB_WORKER_THREADS=str(s.threads_per_worker_pool), OMP_NUM_THREADS=str(s.threads_per_worker_pool),
+                   TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS="0", PYTHONWARNINGS="ignore",
+                   DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION="True")
+        log_path = Path(s.worker_log) if s.worker_log else self.folder / "cluster.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if s.worker_log:
+            env["QLAB_WORKER_LOG"] = s.worker_log
+        scheduler_file = self.folder / "scheduler.json"
+        scheduler_file.unlink(missing_ok=True)
+        python = [sys.executable, "-P"]
+        with log_path.open("ab") as out:
+            def child(args: list[str]) -> None:
+                self._procs.append(subprocess.Popen(
+                    [*python, *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                    cwd=self.folder, preexec_fn=_die_with_parent))
+
+            child(["-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--protocol", "tls",
+                   "--no-dashboard", "--scheduler-file", str(scheduler_file), *self._tls_args()])
+            self.address = self._wait_for_address(scheduler_file)
+            worker = ["-m", "distributed.cli.dask_worker", self.address, "--nthreads", "1", "--host", "127.0.0.1",
+                      "--no-dashboard", "--memory-limit", str(s.memory_limit), "--preload", "qcore.jobs.worker",
+                      "--preload-nanny", "qcore.jobs.worker", *self._tls_args()]
+            child([*worker, "--nworkers", str(s.workers), "--name", "qlab"])
+            if s.quick_workers:
+                child([*worker, "--nworkers", str(s.quick_workers), "--name", "qlab-quick",
+                       "--resources", f"{QUICK_RESOURCE}=1"])
+
+    def _wait_for_address(self, scheduler_file: Path) -> str:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._procs[0].poll() is not None:
+                raise QlabError(f"the job scheduler exited with status {self._procs[0].returncode} at start "
+                                f"(see {self.settings.worker_log or self.folder / 'cluster.log'})")
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                return str(json.loads(scheduler_file.read_text())["address"])
+            time.sleep(0.1)
+        raise QlabError(f"the job scheduler did not start within {START_TIMEOUT_S:g} s")
+
+    def _terminate(self) -> None:
+        for proc in reversed(self._procs):  # workers first: their nannies close them, then the scheduler
+            with contextlib.suppress(OSError):
+                proc.terminate()
+        for proc in reversed(self._procs):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._keeper.join(timeout=60)
+        if self._owned_dir:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        else:  # the next start makes new ones; nothing keeps a key that no process uses
+            for path in (self.cert, self.key):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+
 class Cluster:
-    """A Dask client with an embedded LocalCluster, or connected to an existing scheduler."""
+    """A Dask client on the embedded TLS cluster (child processes), or connected to an existing scheduler."""
 
     def __init__(self, settings: ClusterSettings) -> None:
         import dask
-        from distributed import Client, LocalCluster
+        from distributed import Client
+        from distributed.security import Security
 
         self.settings = settings
-        self._local: Any = None
+        self._embedded: _Embedded | None = None
         dask.config.set(_dask_config())
         warnings.filterwarnings("ignore", message=".*Large object of size.*")
         warnings.filterwarnings("ignore", message=".*Port 8787 is already in use.*")
         if settings.scheduler:
+            check_scheduler(settings.scheduler, settings.tls_files)
+            security = None
+            if settings.tls_files:
+                ca, cert, key = settings.tls_files
+                security = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key,
+                                    require_encryption=True)
             try:
-                self.client = Client(settings.scheduler, timeout=30, set_as_default=False)
-            except OSError as exc:
+                self.client = Client(settings.scheduler, timeout=30, set_as_default=False, security=security)
+            except (OSError, TimeoutError) as exc:
                 raise QlabError(f"cannot reach the Dask scheduler at {settings.scheduler}: {exc}") from None
             # the scheduler is the team's; make sure a crashing job is not retried there either
             with contextlib.suppress(Exception):
                 self.client.run_on_scheduler(_no_retries)
         else:
-            env = {"QLAB_WORKER_THREADS": str(settings.threads_per_worker_pool),
-                   "OMP_NUM_THREADS": str(settings.threads_per_worker_pool),
-                   "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "PYTHONWARNINGS": "ignore"}
-            if settings.worker_log:
-                Path(settings.worker_log).parent.mkdir(parents=True, exist_ok=True)
-                env["QLAB_WORKER_LOG"] = settings.worker_log
-            dask.config.set({"distributed.nanny.pre-spawn-environ": {
-                **dask.config.get("distributed.nanny.pre-spawn-environ", {}), **env}})
-            _spawn_without_main()
-            self._local = LocalCluster(
-                n_workers=settings.workers, threads_per_worker=1, processes=True,
-                memory_limit=settings.memory_limit, dashboard_address=None, silence_logs=logging.CRITICAL,
-                preload=["qcore.jobs.worker"], preload_nanny=["qcore.jobs.worker"], env=env,
-                scheduler_kwargs={"allowed_failures": 0},
-            )
-            _keep_nannies(self._local)
-            self.client = Client(self._local, set_as_default=False)
+            self._embedded = _Embedded(settings)
+            try:
+                self.client = Client(self._embedded.address, timeout=START_TIMEOUT_S, set_as_default=False,
+                                     security=self._embedded.security())
+            except BaseException:
+                self._embedded.close()
+                raise
 
     @property
     def address(self) -> str:
         return str(self.client.scheduler.address)
+
+    @property
+    def tls_files(self) -> tuple[str, str, str] | None:
+        """The embedded cluster's (CA, certificate, key) files, what QLAB_DASK_TLS_* name for another
+        process of this machine's qlab to join it (None for an existing cluster)."""
+        e = self._embedded
+        return (e.cert, e.cert, e.key) if e is not None else None
 
     def workers(self) -> dict[str, dict[str, Any]]:
         """Worker address → its info (host, resources, memory limit) as the scheduler knows it."""
@@ -192,9 +428,8 @@ class Cluster:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.close()
-        if self._local is not None:
-            with contextlib.suppress(Exception):
-                self._local.close()
+        if self._embedded is not None:
+            self._embedded.close()
 
 
 def _worker_pid(dask_worker: Any) -> int:
@@ -209,39 +444,6 @@ def _kill_worker_process(dask_worker: Any) -> int:
     if pid:
         os.kill(int(pid), signal.SIGKILL)
     return int(pid or 0)
-
-
-def _keep_nannies(cluster: Any) -> None:
-    """A LocalCluster closes the nanny of a worker that left and did not come back within a
-    timeout; a worker restarted after a crash imports TensorFlow first and can take longer on a
-    busy machine. Its nanny restarts it anyway, so keep every nanny (the cluster closes them at shutdown)."""
-    from distributed.deploy.cluster import Cluster as BaseCluster
-
-    cluster._update_worker_status = lambda op, msg: BaseCluster._update_worker_status(cluster, op, msg)
-
-
-def _spawn_without_main() -> None:
-    """Worker processes never re-run this process's `__main__`.
-
-    multiprocessing's spawn re-imports the parent's main module in the child. In the web process
-    that is whatever Streamlit runs at the moment (it sets a page script as `__main__`), so a worker
-    restarted after a crash would run a page and open the database. Workers need nothing from it:
-    their preload imports qcore, and jobs are pickled by reference to qcore's modules.
-    """
-    import multiprocessing.spawn as mp_spawn
-
-    if getattr(mp_spawn.get_preparation_data, "_qlab", False):
-        return
-    original = mp_spawn.get_preparation_data
-
-    def preparation_data(name: str) -> dict[str, Any]:
-        data = dict(original(name))
-        data.pop("init_main_from_path", None)
-        data.pop("init_main_from_name", None)
-        return data
-
-    preparation_data._qlab = True  # type: ignore[attr-defined]
-    mp_spawn.get_preparation_data = preparation_data
 
 
 def _no_retries(dask_scheduler: Any) -> None:

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
 import queue
 import signal
 import socket
@@ -43,9 +44,11 @@ from qcore.jobs.contract import (
     params_json,
 )
 from qcore.jobs.inputs import gather_inputs
+from qcore.jobs.tasks import KEEPS
 from qcore.jobs.worker import (
     EXIT_TOPIC,
     MEMORY_TOPIC,
+    PARTIAL_TOPIC,
     PROGRESS_MIN_INTERVAL_S,
     PROGRESS_TOPIC,
     execute,
@@ -71,6 +74,8 @@ DISPATCH_INTERVAL_S = 1.0
 MAX_REQUEUES = 2
 # a kind never seen to finish is guessed to take this long, for the waiting words
 UNKNOWN_KIND_S = 120.0
+# pieces a worker sent just before it was killed are still on their way through the scheduler
+PARTIAL_SETTLE_S = 0.5
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
@@ -92,6 +97,8 @@ class _Watch:
     requeues: int = 0
     fraction: float = 0.0  # its latest progress, and a few words of it ("3 of 9 recipes")
     detail: str = ""
+    # finished pieces of its value the worker sent (KEEPS): what a cancel or a timeout keeps
+    kept: list[Any] = dataclasses.field(default_factory=list)
 
 
 def error_text(exc: BaseException) -> str:
@@ -167,6 +174,7 @@ class JobRunner:
         client.subscribe_topic(PROGRESS_TOPIC, lambda ev: self._events.put((PROGRESS_TOPIC, ev[1])))
         client.subscribe_topic(EXIT_TOPIC, lambda ev: self._on_death(ev[1]))
         client.subscribe_topic(MEMORY_TOPIC, lambda ev: self._on_death(dict(ev[1], memory=True)))
+        client.subscribe_topic(PARTIAL_TOPIC, lambda ev: self._on_partial(ev[1]))
         self._cluster = cluster
         self._ready.set()
 
@@ -425,6 +433,17 @@ class JobRunner:
                 self._deaths[worker] = {**event, "memory": True, "rss": previous["rss"]} if previous.get(
                     "memory") and not event.get("memory") else dict(event, time=time.time())
 
+    def _on_partial(self, event: dict[str, Any]) -> None:
+        """Keeps a finished piece of a running job's value (from the worker it was handed to)."""
+        with self._lock:
+            watch = self._watches.get(int(event.get("job", -1)))
+            if watch is None or watch.worker != str(event.get("worker", "")):
+                return
+        try:
+            watch.kept.append(pickle.loads(event["value"]))  # from qlab's own worker, as every job result is
+        except Exception:
+            log.exception("a finished piece of job %s could not be read", watch.job_id)
+
     def _pump_events(self) -> None:
         while not self._closed.is_set():
             try:
@@ -500,6 +519,9 @@ class JobRunner:
                 with contextlib.suppress(Exception):
                     watch.future.release()
             self._waiting_said.pop(watch.job_id, None)
+            if watch.kept and self._cluster is not None:  # the scheduler keeps events: drop these bytes there
+                with contextlib.suppress(Exception):
+                    self._cluster.client.run_on_scheduler(_forget_partials)
             self._kick.set()
             self._notify_ended()
             self.on_change()
@@ -545,6 +567,7 @@ class JobRunner:
                 watch.future.cancel()
             watch.future, watch.worker, watch.started, watch.requeue = None, "", 0.0, ""
             watch.requeues += 1
+            watch.kept.clear()
         self.store.update_job(watch.job_id, status=JobStatus.QUEUED, message=f"queued again: {reason}",
                               only_active=True)
         self._kick.set()
@@ -573,9 +596,36 @@ class JobRunner:
                     self._stopping.discard(worker)
         else:
             watch.future.cancel()
+        if worker and watch.spec.kind in KEEPS:
+            time.sleep(PARTIAL_SETTLE_S)
         error = "" if status == JobStatus.CANCELLED else reason
-        self.store.update_job(watch.job_id, status=status, message=reason, error=error, only_active=True)
+        if not self._keep_what_finished(watch, status, reason):
+            self.store.update_job(watch.job_id, status=status, message=reason, error=error, only_active=True)
         log.info("job %s %s", watch.job_id, reason)
+
+    def _keep_what_finished(self, watch: _Watch, status: JobStatus, reason: str) -> bool:
+        """Publishes what a stopped job finished (a conversion's finished recipes), if its kind keeps any;
+        the job ends with `reason` and a result that says what it kept. False when there was nothing."""
+        assemble = KEEPS.get(watch.spec.kind)
+        value = assemble(watch.spec.params, list(watch.kept)) if assemble is not None else None
+        if value is None:
+            return False
+        try:
+            with self.store.transaction():
+                result = json.loads(to_json(document(publish(self.store, value, self.data_dir))))
+                names = [str(v.get("name")) for v in result.get("variants", [])]
+                words = f"{reason}; kept {len(names)} finished: {', '.join(names)}"
+                result.update(stopped=reason, kept=names)
+                if not self.store.update_job(watch.job_id, status=status, message=words[:500], result=result,
+                                             error="" if status == JobStatus.CANCELLED else words,
+                                             only_active=True):
+                    raise _Ended()
+        except _Ended:
+            return True
+        except Exception:
+            log.exception("keeping what job %s finished failed", watch.job_id)
+            return False
+        return True
 
     def _finish(self, watch: _Watch) -> None:
         future = watch.future
@@ -653,6 +703,11 @@ class _Stopped(Exception):
 
 class _Ended(Exception):
     """The job ended (cancelled, timed out) before its result could be written."""
+
+
+def _forget_partials(dask_scheduler: Any) -> None:
+    """Runs on the scheduler: empties its history of PARTIAL_TOPIC (subscribers had them as they came)."""
+    dask_scheduler._broker.truncate(PARTIAL_TOPIC)
 
 
 def _takes(info: dict[str, Any], spec: JobSpec) -> bool:
@@ -749,7 +804,7 @@ def local_runner(store: Store, data_dir: str | os.PathLike[str], settings: Clust
     """A runner on a fresh cluster for a script or a test; closes both after."""
     runner = JobRunner(store, data_dir, settings)
     try:
-        runner.cluster.wait_for_workers(settings.workers if not settings.scheduler else 1)
+        runner.cluster.wait_for_workers(settings.workers + settings.quick_workers if not settings.scheduler else 1)
         yield runner
     finally:
         runner.shutdown()

@@ -68,7 +68,15 @@ from qcore.tflite.latency import benchmark
 Live = Callable[[dict[str, Any]], None]
 
 
+# a finished piece of a job's value (each recipe's variant, with its bytes) the owner keeps if the job is stopped
+Keep = Callable[[Any], None]
+
+
 def _no_live(_data: dict[str, Any]) -> None:
+    return None
+
+
+def _no_keep(_value: Any) -> None:
     return None
 
 
@@ -80,6 +88,7 @@ class Context:
     workdir: Path
     progress: Progress
     live: Live = _no_live
+    keep: Keep = _no_keep
 
 
 # ---------------------------------------------------------------- inputs
@@ -211,12 +220,13 @@ def _convert(ctx: Context, model: LoadedModel, dataset: Dataset, recipe_names: t
                 variant.tflite, runs=defaults.HOST_BENCH_RUNS, warmup=defaults.HOST_BENCH_WARMUP, threads=1,
                 xnnpack=True))
         done.append(variant)
+        ctx.keep(variant)  # before its row goes live: the owner holds every variant the page shows
         ctx.live({"variants": [variant_doc(v) for v in done], "recipes_total": len(recipes),
                   "elapsed_s": round(time.monotonic() - started, 2)})
 
     report = convert_and_evaluate(model, dataset, recipes, calibration_samples=int(calibration_samples),
                                   progress=progress_slice(progress, 0.0, convert_share), on_variant=each,
-                                  engine=eng.name)
+                                  on_reference=ctx.keep, engine=eng.name)
     return dataclasses.replace(report, variants=tuple(done))
 
 
@@ -364,14 +374,31 @@ TASKS: dict[JobKind, Callable[[Context, Any], Any]] = {
 }
 
 
-def run_task(spec: JobSpec, progress: Progress, live: Live = _no_live) -> Any:
+def _convert_kept(params: ConvertParams, kept: list[Any]) -> ConvertReport | None:
+    """The recipes a stopped conversion finished, as the report it would have made (None: nothing finished)."""
+    heads = [v for v in kept if isinstance(v, ConvertReport)]
+    variants = tuple(v for v in kept if isinstance(v, VariantResult))
+    if not heads or not variants:
+        return None
+    return _stored_as(dataclasses.replace(heads[-1], variants=variants), params)
+
+
+# what a job stopped halfway (cancelled, timed out) keeps of the pieces it sent: a conversion keeps its
+# finished recipes. Other kinds keep nothing: a debugger run, a search or QAT is one result that only
+# means something whole, and a model load or an import is over in seconds.
+KEEPS: dict[JobKind, Callable[[Any, list[Any]], Any]] = {
+    JobKind.CONVERT: _convert_kept,
+}
+
+
+def run_task(spec: JobSpec, progress: Progress, live: Live = _no_live, keep: Keep = _no_keep) -> Any:
     """Runs one job in this process (a Dask worker, or the CLI): bytes in, a value out.
 
     Raises:
         QlabError: whatever the engine refuses, in words.
     """
     with tempfile.TemporaryDirectory(prefix=f"qlab-job-{spec.job_id}-") as tmp:
-        ctx = Context(spec=spec, workdir=Path(tmp), progress=progress, live=live)
+        ctx = Context(spec=spec, workdir=Path(tmp), progress=progress, live=live, keep=keep)
         return TASKS[spec.kind](ctx, spec.params)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import socket
 import time
 from typing import Any
@@ -23,6 +24,8 @@ from qcore.serialize import to_json
 
 # the events a job's worker publishes (start, progress, live data) and the nanny's exit reports
 PROGRESS_TOPIC = "qlab-progress"
+# finished pieces of a job's value (each recipe's variant with its bytes), pickled: kept if the job is stopped
+PARTIAL_TOPIC = "qlab-partial"
 EXIT_TOPIC = "qlab-worker-exit"
 # Dask's own event when a nanny restarts a worker over its memory budget
 MEMORY_TOPIC = "worker-restart-memory"
@@ -121,7 +124,8 @@ def dask_setup(server: Any) -> None:
 def execute(spec: JobSpec) -> Any:
     """Runs one job on this Dask worker and returns its value (the owner publishes it).
 
-    Sends, on PROGRESS_TOPIC: a start event naming this worker, then progress and live data.
+    Sends, on PROGRESS_TOPIC: a start event naming this worker, then progress and live data; on
+    PARTIAL_TOPIC: each finished piece of the value, so a job stopped halfway keeps them.
     """
     from distributed import get_worker
 
@@ -143,4 +147,7 @@ def execute(spec: JobSpec) -> Any:
     def live(data: dict[str, Any]) -> None:
         emit("live", data=json.loads(to_json(data)))  # events travel as msgpack: plain values only
 
-    return run_task(spec, progress, live)
+    def keep(value: Any) -> None:  # the owner unpickles it as it unpickles the job's result
+        worker.log_event(PARTIAL_TOPIC, {"job": spec.job_id, "worker": worker.address, "value": pickle.dumps(value)})
+
+    return run_task(spec, progress, live, keep)

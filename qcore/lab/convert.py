@@ -35,6 +35,7 @@ def convert_and_evaluate(
     progress: Progress = no_progress,
     engine: str = defaults.ENGINE,
     on_variant: Callable[[VariantResult], None] | None = None,
+    on_reference: Callable[[ConvertReport], None] | None = None,
 ) -> ConvertReport:
     """Converts with every recipe and evaluates each variant. Stores nothing: `qcore.lab.publish` does.
 
@@ -48,6 +49,8 @@ def convert_and_evaluate(
         engine: a name of `qcore.engines.ENGINES`; a recipe the engine cannot express fails by name.
         on_variant: called with each recipe's result as soon as it is made, so a page can show
             the rows that have landed while the others still convert.
+        on_reference: called once the float reference is measured, with the report so far (no
+            variants yet), so a job stopped halfway can keep the recipes it finished.
 
     Raises:
         QlabError: when the data does not fit the model, calibration_samples < 1, or an unknown engine.
@@ -59,6 +62,8 @@ def convert_and_evaluate(
     steps = len(recipes) + 1
     progress(0.0, "running the float Keras model")
     outputs, reference = float_reference(model, dataset)
+    if on_reference is not None:
+        on_reference(ConvertReport(model.name, reference.accuracy, (), reference=reference))
     session = eng.session(model, dataset.calibration(calibration_samples))
     results: list[VariantResult] = []
     for i, recipe in enumerate(recipes, start=1):

@@ -22,25 +22,28 @@ PAGE_TIMEOUT_S = 120
 
 @pytest.fixture(autouse=True, scope="session")
 def job_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One Dask LocalCluster (a worker that imports TensorFlow once) for every lab of the session.
+    """One embedded Dask cluster (a worker that imports TensorFlow once) for every lab of the session.
 
-    Labs reach it by QLAB_DASK_SCHEDULER, the way a team server reaches its cluster.
+    Labs reach it by QLAB_DASK_SCHEDULER and its TLS files in QLAB_DASK_TLS_*, the way a team server
+    reaches its cluster.
     """
     import os
 
-    from qcore.jobs.cluster import Cluster, ClusterSettings
+    from qcore.jobs.cluster import ENV_SCHEDULER, ENV_TLS, Cluster, ClusterSettings
 
     log = tmp_path_factory.mktemp("workers") / "workers.log"
     cluster = Cluster(ClusterSettings(workers=1, memory_limit="4GB", worker_log=str(log)))
-    previous = os.environ.get("QLAB_DASK_SCHEDULER")
-    os.environ["QLAB_DASK_SCHEDULER"] = cluster.address
+    names = (ENV_SCHEDULER, *ENV_TLS)
+    previous = {name: os.environ.get(name) for name in names}
+    os.environ.update(zip(names, (cluster.address, *(cluster.tls_files or ())), strict=True))
     try:
         yield cluster.address
     finally:
-        if previous is None:
-            os.environ.pop("QLAB_DASK_SCHEDULER", None)
-        else:
-            os.environ["QLAB_DASK_SCHEDULER"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         cluster.close()
 
 
