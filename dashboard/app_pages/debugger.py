@@ -145,14 +145,21 @@ def debug_result(model_id: int, dataset_id: int) -> None:
     else:
         st.caption("No layer chosen: tick rows in the table, or lower the threshold.")
     ops = st.multiselect("and every op of these types", debug_view.op_types(stats), key="debugger_keep_ops")
-    st.caption(f"Converts recipe {settings.get('recipe', '?')} with the {engine_name(run_engine)}, the engine of "
-               f"run #{run_id}: the layer names above are that engine's.")
+    run_recipe = str(settings.get("recipe", defaults.DEBUG_RECIPE))
+    a, b = st.columns([1, 3])
+    keep_recipe = a.selectbox("convert with recipe", DEBUG_RECIPES, index=debug_view.deploy_recipe_index(run_recipe),
+                              key=f"debugger_keep_recipe_{run_id}",
+                              help="int8 or uint8 give the NPU its integer I/O; int8-fallback keeps float I/O")
+    b.caption(f"Converts recipe {keep_recipe} with the {engine_name(run_engine)}, the engine of run #{run_id} "
+              f"(which measured {run_recipe}): the layer names above are that engine's.")
+    ready, outlook = debug_view.npu_outlook(keep_recipe, len(chosen) + len(ops))
+    (st.success if ready else st.warning)(outlook, icon=":material/memory:")
     if st.button("Run selective quantization", type="primary", key="debugger_selective",
                  disabled=not chosen and not ops):
         with ui.guard("could not start"):
             ui.submit(lab, SelectiveParams(
                 model_id=model_id, dataset_id=dataset_id,
-                recipe=str(settings.get("recipe", defaults.DEBUG_RECIPE)),
+                recipe=keep_recipe,
                 denylisted_nodes=tuple(chosen), denylisted_ops=tuple(ops),
                 calibration_samples=int(settings.get("calibration_samples", defaults.CALIBRATION_SAMPLES)),
                 debug_samples=int(settings.get("debug_samples", defaults.DEBUG_SAMPLES)),
@@ -189,12 +196,22 @@ max_drop = a.number_input("max accuracy drop (points)", 0.0, 100.0, defaults.TUN
 deploy_engine = b.selectbox("deploy with", list(ENGINE_NAMES), format_func=ENGINE_NAMES.__getitem__,
                             key=debug_view.DEPLOY_KEY,
                             help="the chosen layers are converted once more with this engine when it differs")
-c.caption(f"Ranks the layers of recipe {recipe} with the {engine_name(engine)} and bisects over how many of the "
-          "worst to keep in float: about log2(layers) conversions.")
+search_recipe = c.selectbox("search with recipe", DEBUG_RECIPES, index=debug_view.deploy_recipe_index(recipe),
+                            key="debugger_search_recipe",
+                            help="the recipe ranked, tried and kept: int8 or uint8 for the NPU's integer I/O "
+                                 "(the debugger above ran " + recipe + ")")
+st.caption(f"Ranks the layers of recipe {search_recipe} with the {engine_name(engine)} and bisects over how many "
+           "of the worst to keep in float: about log2(layers) conversions.")
+io_ready, io_words = debug_view.npu_outlook(search_recipe, 0)
+if io_ready:
+    st.info(f"{io_words.removesuffix(' and keeps nothing in float.')}: the result is NPU-ready only if the search "
+            "keeps no layer in float; every float layer it keeps runs on the CPU.", icon=":material/memory:")
+else:
+    st.warning(io_words, icon=":material/memory:")
 if st.button("Search", key="debugger_tune"):
     with ui.guard("could not start"):
         ui.submit(lab, TuneParams(
-            model_id=int(model_id), dataset_id=int(dataset_id), max_drop=float(max_drop), recipe=recipe,
+            model_id=int(model_id), dataset_id=int(dataset_id), max_drop=float(max_drop), recipe=search_recipe,
             calibration_samples=int(calibration), debug_samples=int(debug_samples), engine=engine,
             deploy_engine=deploy_engine))
         st.rerun()

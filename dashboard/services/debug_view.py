@@ -252,6 +252,39 @@ def keep_float(table: pd.DataFrame, selected_rows: list[int], suspects: list[str
     return list(dict.fromkeys(chosen))
 
 
+# recipes whose input and output stay float: never NPU-ready, whatever is kept float inside
+FLOAT_IO_RECIPES = frozenset({"int8-fallback"})
+# recipes with int16 activations: the i.MX8M Plus NPU runs none of them
+CPU_ONLY_RECIPES = frozenset({"int16x8"})
+
+
+def npu_outlook(recipe: str, kept_float: int) -> tuple[bool, str]:
+    """Before running keep-float or the search: will the result be NPU-ready, and why not.
+
+    Args:
+        recipe: the recipe the result is converted with.
+        kept_float: how many layers (or op types) it keeps in float; for the search, the most it may keep.
+
+    Returns:
+        (ready, one sentence for the page).
+    """
+    if recipe in FLOAT_IO_RECIPES:
+        return False, (f"Not NPU-ready: {recipe} keeps float input and output (the CPU converts them); pick int8 "
+                       "or uint8 for int8 I/O.")
+    if recipe in CPU_ONLY_RECIPES:
+        return False, f"Not NPU-ready: {recipe} has 16-bit activations, which the NPU cannot run."
+    if kept_float > 0:
+        return False, (f"Not NPU-ready: the {kept_float} layer{'s' if kept_float != 1 else ''} kept in float run on "
+                       "the CPU, with a round trip to float around each; the rest stays on the NPU.")
+    return True, f"NPU-ready: {recipe} is integer-only with int8/uint8 I/O and keeps nothing in float."
+
+
+def deploy_recipe_index(recipe: str) -> int:
+    """Where the recipe sits in DEBUG_RECIPES; a float-I/O recipe defaults to int8, the NPU's I/O."""
+    wanted = "int8" if recipe in FLOAT_IO_RECIPES else recipe
+    return DEBUG_RECIPES.index(wanted) if wanted in DEBUG_RECIPES else 0
+
+
 def selective_table(variants: pd.DataFrame) -> pd.DataFrame:
     """The selective variant beside the full-integer one: accuracy, drop, size, float layers."""
     if variants.empty:
@@ -262,7 +295,8 @@ def selective_table(variants: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "variant": r.variant, "kind": r.kind, "engine": engine_name(r.engine), "accuracy": r.accuracy,
             "float accuracy": r.float_accuracy,
-            "drop (points)": None if pd.isna(r.accuracy) else round((r.float_accuracy - r.accuracy) * 100, 2),
+            # Compare's sign: the variant's accuracy minus float's (negative = accuracy lost)
+            "Δ vs float (points)": None if pd.isna(r.accuracy) else round((r.accuracy - r.float_accuracy) * 100, 2),
             "size (KiB)": round(r.size_bytes / 1024, 1) if pd.notna(r.size_bytes) else None,
             "kept float": len(s.get("denylisted_nodes", [])) + len(s.get("denylisted_ops", [])),
             "NPU": npu_view.label(r._asdict()),

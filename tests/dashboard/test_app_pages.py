@@ -380,6 +380,24 @@ def test_debugger_table_selection_feeds_keep_float(debugged: Lab, page) -> None:
     assert not run.disabled
 
 
+def test_debugger_actions_say_before_running_whether_the_result_is_npu_ready(debugged: Lab, page) -> None:
+    at = page("debugger")
+    run_id = int(debugged.store.debug_runs()["id"].iloc[0])
+    at.number_input(key="debugger_first_k").set_value(2).run()
+    _no_traceback(at)
+    keep = at.selectbox(key=f"debugger_keep_recipe_{run_id}")
+    assert keep.value == "int8"  # the recipe of the run, with int8 I/O
+    kept = int(re.match(r"\*\*(\d+) layers kept", _kept(at)).group(1))
+    assert f"Not NPU-ready: the {kept} layers kept in float run on the CPU" in " ".join(texts(at, "warning"))
+    keep.set_value("int8-fallback").run()
+    assert any(t.startswith("Not NPU-ready: int8-fallback keeps float input and output") for t in texts(at, "warning"))
+    # the search names its recipe and what NPU-ready would take, before it runs
+    assert at.selectbox(key="debugger_search_recipe").value in ("int8", "uint8", "int8-per-tensor", "uint8-per-tensor")
+    assert any("the result is NPU-ready only if the search keeps no layer in float" in t for t in texts(at, "info"))
+    at.selectbox(key="debugger_search_recipe").set_value("int8-fallback").run()
+    assert any(t.startswith("Not NPU-ready: int8-fallback") for t in texts(at, "warning"))
+
+
 def test_debugger_filter_and_top_n(debugged: Lab, page) -> None:
     at = page("debugger")
     table = at.dataframe[0].value
@@ -407,6 +425,8 @@ def test_debugger_keep_float_runs_selective_and_compares_with_int8(debugged: Lab
     engine = "" if compared["variant"].iloc[0] == "int8" else "@aeq"  # the explain loop's engine picks the pair
     assert compared["variant"].iloc[0] == f"int8{engine}"
     assert compared["kept float"].iloc[1] >= 1
+    # one sign convention with Compare: the variant's accuracy minus float's
+    assert "Δ vs float (points)" in compared.columns and "drop (points)" not in compared.columns
     name = compared["variant"].iloc[1]
     assert re.fullmatch(rf"int8 \+ \d+ float layers?{engine}", name)  # named for what it is, not a hash
     # the selective variant keeps a layer in float: its verdict says what falls back to the CPU

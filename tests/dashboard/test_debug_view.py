@@ -88,3 +88,25 @@ def test_charts_and_search_results_name_their_engine() -> None:
     runs = pd.DataFrame([{"id": 4, "engine": "aeq", "deploy_engine": "tf", "max_drop": 0.5, "target_accuracy": 0.9,
                           "chosen_variant_id": 12, "created_at": "2026-01-01"}])
     assert debug_view.tune_labels(runs)[4].startswith("#4 · AI Edge Quantizer (deployed with TF converter) · ")
+
+
+def test_npu_outlook_before_keep_float_or_search() -> None:
+    ready, words = debug_view.npu_outlook("int8", 0)
+    assert ready and words.startswith("NPU-ready")
+    ready, words = debug_view.npu_outlook("uint8", 3)
+    assert not ready and "the 3 layers kept in float run on the CPU" in words
+    assert not debug_view.npu_outlook("int8-fallback", 0)[0]  # float I/O: never NPU-ready
+    assert not debug_view.npu_outlook("int16x8", 0)[0]
+    # a float-I/O debug run proposes int8 (the NPU's I/O) for keep-float and the search
+    assert debug_view.DEBUG_RECIPES[debug_view.deploy_recipe_index("int8-fallback")] == "int8"
+    assert debug_view.DEBUG_RECIPES[debug_view.deploy_recipe_index("uint8")] == "uint8"
+
+
+def test_selective_table_uses_compares_sign() -> None:
+    rows = pd.DataFrame([{"variant": "int8", "kind": "ptq", "engine": "tf", "accuracy": 0.90, "float_accuracy": 0.905,
+                          "size_bytes": 1024, "settings": "{}", "npu_label": None, "npu_io": None},
+                         {"variant": "int8 + 1 float layer", "kind": "selective", "engine": "tf", "accuracy": 0.91,
+                          "float_accuracy": 0.905, "size_bytes": 1100,
+                          "settings": '{"denylisted_nodes": ["a"]}', "npu_label": None, "npu_io": None}])
+    table = debug_view.selective_table(rows)
+    assert table["Δ vs float (points)"].tolist() == [-0.5, 0.5]  # lost half a point; then gained it back
