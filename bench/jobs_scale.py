@@ -7,6 +7,8 @@
 3. One conversion through a warm worker against the same call on that worker with no Dask in between
    (target <= 1.10x), for MobileNetV2 and for the demo.
 4. The web process's memory after 20 jobs against after 0, and whether it ever imported TensorFlow.
+5. A quick job (importing a .tflite) while both workers run heavy conversions, against the same import idle:
+   the quick lane (QLAB_QUICK_WORKERS, default 1) keeps it from waiting behind them.
 
 Run: make bench, or .venv/bin/python -m qcore.quiet bench/jobs_scale.py [--quick]
 """
@@ -146,6 +148,17 @@ def overhead(web: object, params: object, n: int = 5) -> tuple[float, float]:
     return statistics.median(through), statistics.median(direct)
 
 
+def quick_import(web: object, tflite: Path) -> tuple[float, str]:
+    """Seconds from submitting an import of `tflite` until it is done, and the worker that ran it."""
+    from qcore.jobs.contract import ImportTfliteParams
+
+    runner = web.runner  # type: ignore[attr-defined]
+    t = time.perf_counter()
+    job_id = runner.submit(ImportTfliteParams(filename=tflite.name, path=str(tflite)))
+    assert str(runner.wait(job_id, timeout=3600)) == "done", web.store.job(job_id).error  # type: ignore[attr-defined]
+    return time.perf_counter() - t, web.store.job(job_id).worker  # type: ignore[attr-defined]
+
+
 def page_p50(at_factory: object) -> float:
     times = []
     for _ in range(PAGE_RUNS):
@@ -209,7 +222,11 @@ def main() -> int:
                   f"worker directly {direct:.2f} s (medians of {n} alternating pairs), ratio {through / direct:.2f} "
                   "(target <= 1.10)")
 
-        # 2. page p50 idle vs while 2 heavy jobs run
+        # 2. page p50 idle vs while 2 heavy jobs run (and 5: a quick import idle, then while they run)
+        tflite = folder / "import-me.tflite"
+        shutil.copy(str(web.store.variant(int(web.store.variant_summary()["variant_id"].iloc[0]))["path"]),  # type: ignore[attr-defined]
+                    tflite)
+        import_idle, _ = quick_import(web, tflite)
         idle = page_p50(at)
         # several recipes each, so both jobs are still converting when the busy page runs end
         running = [web.runner.submit(ConvertParams(model_id=model_id, dataset_id=dataset_id, recipes=recipes,  # type: ignore[attr-defined]
@@ -219,8 +236,12 @@ def main() -> int:
         deadline = time.monotonic() + 600
         while any(str(web.store.job(j).status) != "running" for j in running) and time.monotonic() < deadline:  # type: ignore[attr-defined]
             time.sleep(0.2)
+        import_busy, import_worker = quick_import(web, tflite)
         busy = page_p50(at)
         still = all(str(web.store.job(j).status) == "running" for j in running)  # type: ignore[attr-defined]
+        lane = (web.runner.cluster.workers().get(import_worker) or {}).get("resources", {}).get("QUICK")  # type: ignore[attr-defined]
+        print(f"quick lane: importing a .tflite took {import_idle:.1f} s idle and {import_busy:.1f} s while both "
+              f"workers ran heavy conversions (ran on the quick-lane worker: {bool(lane)})")
         print(f"web process: overview page p50 idle {idle * 1000:.0f} ms, with 2 heavy jobs running "
               f"{busy * 1000:.0f} ms, ratio {busy / idle:.2f} (target <= 1.25; both jobs still running when the "
               f"busy runs ended: {still})")

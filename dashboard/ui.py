@@ -104,7 +104,10 @@ def job_panel(
     if job.status is JobStatus.FAILED:
         st.error(f"job #{job.id} ({job.kind}) failed: {md(words.for_ui(job.error))}", icon=":material/error:")
     elif job.status is JobStatus.CANCELLED:
-        st.warning(f"job #{job.id} ({job.kind}) was cancelled", icon=":material/cancel:")
+        kept = (job.result or {}).get("kept") or []  # a conversion keeps the recipes it finished
+        st.warning(f"job #{job.id} ({job.kind}) was cancelled"
+                   + (f"; it kept {len(kept)} finished: {md(', '.join(map(str, kept)))}" if kept else ""),
+                   icon=":material/cancel:")
     else:
         st.success(f"job #{job.id} ({job.kind}) finished", icon=":material/check_circle:")
     if on_done is not None and job.status is JobStatus.DONE:
