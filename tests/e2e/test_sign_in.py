@@ -22,7 +22,11 @@ from qcore.store import Store, accounts
 from tests.e2e.serving import ADMIN_TOKEN, running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
-USERS = {"admin": Role.ADMIN, "member": Role.MEMBER, "viewer": Role.VIEWER}
+USERS = {"admin": Role.ADMIN, "member": Role.MEMBER, "member2": Role.MEMBER, "viewer": Role.VIEWER}
+# each person's API token (made in the store before the server starts)
+TOKENS: dict[str, str] = {}
+# the server's per-person limit of queued + running jobs here
+MAX_ACTIVE = 2
 TIMEOUT_MS = 60_000
 JOB_TIMEOUT_MS = 240_000
 
@@ -63,6 +67,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, provider: str, demo: Loaded
             accounts.sign_in(store, f"{sub}@lab.example", sub.title())  # the first (admin) becomes admin
             if role is not Role.ADMIN:
                 accounts.set_role(store, f"{sub}@lab.example", role)
+            TOKENS[sub] = accounts.create_token(store, f"{sub}@lab.example", "e2e")
     port = free_port()
     secrets_file = data / "secrets.toml"
     secrets_file.write_text(
@@ -73,7 +78,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, provider: str, demo: Loaded
         'client_secret = "qlab-test-secret"\n'
         f'server_metadata_url = "{provider}/.well-known/openid-configuration"\n'
     )
-    with running_server(data, QLAB_SECRETS_FILE=str(secrets_file), QLAB_PORT=str(port)) as base:
+    with running_server(data, QLAB_SECRETS_FILE=str(secrets_file), QLAB_PORT=str(port),
+                        QLAB_MAX_ACTIVE_JOBS=str(MAX_ACTIVE)) as base:
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         with open(demo.path, "rb") as fh:
             r = requests.post(f"{base}/api/v1/models", headers=headers, files={"file": ("demo.h5", fh)},
@@ -175,6 +181,92 @@ def test_viewer_with_a_report_link_sees_only_that_report(browser, server: str) -
     tab.get_by_text("for viewers").first.wait_for()
     assert tab.locator('[data-testid="stSidebarNav"]').count() == 0
     tab.context.close()
+
+
+def _api(server: str, method: str, path: str, who: str, **kw: object) -> requests.Response:
+    token = ADMIN_TOKEN if who == "admin" else TOKENS[who]
+    return requests.request(method, f"{server}/api/v1{path}", headers={"Authorization": f"Bearer {token}"},
+                            timeout=60, **kw)  # type: ignore[arg-type]
+
+
+def _wait_job(server: str, job_id: int, timeout: float = 120) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = _api(server, "GET", f"/jobs/{job_id}", "admin").json()
+        if job["status"] in ("done", "failed", "cancelled"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not end in {timeout} s")
+
+
+def test_viewer_pinned_to_a_report_link_reaches_no_other_page_or_report(browser, server: str) -> None:
+    variants = _api(server, "GET", "/variants", "admin").json()
+    made = {}
+    for title in ("shared with the viewer", "the team's own report"):
+        r = _api(server, "POST", "/reports", "member", json={"title": title, "variant_ids": [variants[0]["variant_id"]]})
+        assert r.status_code == 201, r.text
+        made[title] = r.json()["id"]
+    # a viewer without a link: the read-only pages, but no report list, no report making, no import
+    tab = sign_in(browser, server, "viewer")
+    tab.goto(f"{server}/reports")
+    tab.get_by_text("Open a report from the link someone shared with you.").wait_for()
+    assert tab.get_by_text("the team's own report").count() == 0
+    assert tab.get_by_text("Make a report").count() == 0 and tab.get_by_text("Import a bundle").count() == 0
+    # with the link, the browser session is pinned to that report, whatever URL comes next
+    tab.goto(f"{server}/reports?report={made['shared with the viewer']}")
+    tab.get_by_text("shared with the viewer").first.wait_for()
+    for path in ("overview", "compare", "reports", "settings", "models", "?report=", "reports?report=%2e%2e"):
+        tab.goto(f"{server}/{path}")
+        tab.get_by_text("shared with the viewer").first.wait_for()
+        assert tab.locator('[data-testid="stSidebarNav"]').count() == 0
+        assert tab.get_by_text("the team's own report").count() == 0
+        assert tab.get_by_text("Best variant per model").count() == 0
+    tab.context.close()
+
+
+def test_cancel_and_the_job_limit_pass_the_same_checks_on_the_pages(browser, server: str) -> None:
+    r = _api(server, "GET", "/models", "admin").json()
+    long_qat = {"kind": "qat", "params": {"model_id": r[0]["id"], "dataset_id": 1, "epochs": 500}}
+    jobs: list[int] = []
+    try:
+        for _ in range(MAX_ACTIVE):
+            r = _api(server, "POST", "/jobs", "member", json=long_qat)
+            assert r.status_code == 202, r.text
+            jobs.append(r.json()["id"])
+        limit_words = f"member@lab.example already has {MAX_ACTIVE} job(s) queued or running"
+        r = _api(server, "POST", "/jobs", "member", json=long_qat)
+        assert r.status_code == 429 and r.json()["error"].startswith(limit_words)
+        assert _api(server, "DELETE", f"/jobs/{jobs[0]}", "member2").status_code == 403
+        # a second member and a viewer see the member's jobs, without a Cancel button
+        for who in ("member2", "viewer"):
+            tab = sign_in(browser, server, who)
+            tab.goto(f"{server}/overview")
+            tab.get_by_text(re.compile(rf"job #{jobs[0]} \(qat\)")).first.wait_for()
+            tab.wait_for_timeout(1500)
+            assert tab.locator(f".st-key-overview_cancel_{jobs[0]} button").count() == 0, who
+            tab.context.close()
+        # the member past the limit gets the API's words on the Quantize page
+        tab = sign_in(browser, server, "member")
+        tab.goto(f"{server}/quantize")
+        tab.get_by_role("heading", name="Quantize", exact=True).wait_for()
+        run = tab.get_by_role("button", name="Run", exact=True)
+        tab.wait_for_function("b => !b.disabled", arg=run.element_handle(), timeout=TIMEOUT_MS)
+        run.click()
+        tab.get_by_text(re.compile(re.escape(limit_words))).first.wait_for()
+        # and cancels their own job from the overview
+        tab.goto(f"{server}/overview")
+        cancel = tab.locator(f".st-key-overview_cancel_{jobs[0]} button").first
+        cancel.wait_for()
+        # the overview's job list reruns every second, so the button is often mid-rerun (inert): click it as a
+        # script would rather than wait for a still moment
+        cancel.dispatch_event("click")
+        assert _wait_job(server, jobs[0])["status"] == "cancelled"
+        tab.context.close()
+    finally:
+        for job_id in jobs:
+            _api(server, "DELETE", f"/jobs/{job_id}", "admin")
+        for job_id in jobs:
+            _wait_job(server, job_id)
 
 
 def test_first_sign_in_on_a_fresh_store_is_admin(tmp_path: Path) -> None:
