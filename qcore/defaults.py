@@ -22,6 +22,12 @@ ENGINE = "tf"
 SUSPECT_THRESHOLD = 0.7
 # the float-layer search's default accuracy budget, in points
 TUNE_MAX_DROP = 0.5
+# repairs target the NPU's fast path (integer only, one scale per weight tensor); CLE + bias correction
+# cost under one conversion, AdaRound about two (bench/repair.py), so the cheap pair is the default
+REPAIR_RECIPE = "int8-per-tensor"
+REPAIR_METHODS = ("cle", "bias")
+# the float-layer search tries these repairs before it keeps any layer float ("none" in the CLI: skip them)
+TUNE_REPAIRS = ("cle", "bias")
 # tensor comparison: a few test samples are enough to rank tensors
 COMPARE_SAMPLES = 20
 # host and board timing: enough runs for a stable p50 of a small model

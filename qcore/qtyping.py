@@ -68,6 +68,7 @@ class VariantKind(enum.StrEnum):
     SELECTIVE = "selective"  # debugger's denylisted build
     TUNE = "tune"  # chosen by the float-layer search
     IMPORTED = "imported"  # a .tflite made elsewhere
+    REPAIR = "repair"  # a recipe applied to the model after repairs (CLE, bias correction, AdaRound)
 
 
 class Scoring(enum.StrEnum):
@@ -671,6 +672,17 @@ class TuneTrial:
     size_bytes: int
     passed: bool
     error: str = ""
+    repairs: tuple[str, ...] = ()  # the repair methods applied to the model before this conversion
+
+
+class Remedy(enum.StrEnum):
+    """What met the float-layer search's target (`TuneResult.remedy`)."""
+
+    NONE = "none"  # the plain recipe already met it
+    REPAIR = "repair"  # the repaired model, every op integer
+    REPAIR_FLOAT = "repair + float layers"  # the repaired model with some layers kept in float
+    FLOAT = "float layers"  # the original model with some layers kept in float (the repairs did not apply)
+    MISSED = "missed"  # nothing tried met it
 
 
 @dataclass(frozen=True)
@@ -693,6 +705,12 @@ class TuneResult:
     model_id: int | None = None
     dataset_id: int | None = None
     tune_run_id: int | None = None
+    remedy: str = Remedy.FLOAT.value  # a Remedy: what met the target
+    repairs: tuple[str, ...] = ()  # the repair methods tried first ("" when none were)
+    # the repaired model's variant (every op integer), when the repairs ran; the chosen one when it passed
+    repaired_variant: VariantResult | None = None
+    repair_record: dict[str, Any] = field(default_factory=dict)  # RepairResult.to_dict() of that repair
+    repair_error: str = ""  # why the repairs could not run on this model (then the search ran on the original)
 
     @property
     def chosen_variant_id(self) -> int | None:
@@ -936,3 +954,41 @@ class Backup:
         out = dataclasses.asdict(self)
         out.pop("path")
         return out
+
+
+@dataclass(frozen=True)
+class RepairStage:
+    """The engine's per-layer error of one model on the way through the repairs: the plain recipe, or after a step."""
+
+    stage: str  # "plain", or a RepairMethod value: the model after that step (and the ones before it)
+    label: str  # "int8-per-tensor", "int8-per-tensor + fold + CLE"
+    stats: tuple[LayerStat, ...]
+    model_metrics: dict[str, float]  # argmax_agreement, output_mse of that model's quantization vs float
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    """A repair job's value: the plain recipe's variant, the repaired one beside it, and the per-layer error
+    before and after each repair (every figure on the engine's own scale)."""
+
+    model: str
+    engine: str
+    recipe: str
+    methods: tuple[str, ...]  # as asked, in the order applied
+    record: dict[str, Any]  # RepairResult.to_dict(): steps, settings, skipped structures, float drift
+    plain: VariantResult  # the recipe on the original model
+    repaired: VariantResult  # the recipe on the repaired model (VariantKind.REPAIR), named for its repairs
+    float_accuracy: float
+    columns: tuple[str, ...]  # the engine's per-layer columns
+    metric: str  # what the per-layer figure means (`Engine.metric.name`)
+    stages: tuple[RepairStage, ...]  # "plain" first, then one per step applied
+    weights: str  # "per-tensor" or "per-channel": the repaired file's weight scales
+    seconds: dict[str, float]  # conversion, repair, layer_errors, total, estimate
+    reference: Reference | None = None
+    model_id: int | None = None
+    dataset_id: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.repaired.name

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qcore import defaults
-from qcore.qtyping import QlabError
+from qcore.qtyping import ADAROUND_ITERATIONS, BiasMode, QlabError
 from qcore.serialize import to_json
 
 
@@ -37,6 +37,7 @@ class JobKind(enum.StrEnum):
     BOARD_ACCURACY = "board_accuracy"
     IMPORT_TFLITE = "import_tflite"
     BOARD_MATRIX = "board_matrix"
+    REPAIR = "repair"
 
 
 # kinds that take seconds (load a model, inspect a .tflite): they go ahead of the queue and may use a
@@ -133,6 +134,8 @@ class TuneParams:
     debug_samples: int = defaults.DEBUG_SAMPLES
     engine: str = defaults.ENGINE  # who ranks and tries
     deploy_engine: str = defaults.ENGINE  # who makes the chosen variant
+    # repairs tried before any layer is kept float (`qcore.repair.METHODS`); () skips them
+    repairs: tuple[str, ...] = defaults.TUNE_REPAIRS
 
 
 @dataclass(frozen=True)
@@ -217,10 +220,26 @@ class BoardMatrixParams:
     profile: bool = False
 
 
+@dataclass(frozen=True)
+class RepairParams:
+    """Repairs a stored model for a recipe's int8 grid, converts it beside the plain recipe, and measures the
+    per-layer error before and after each repair."""
+
+    model_id: int
+    dataset_id: int
+    methods: tuple[str, ...] = defaults.REPAIR_METHODS  # names of `qcore.repair.METHODS`
+    recipe: str = defaults.REPAIR_RECIPE
+    engine: str = defaults.ENGINE
+    calibration_samples: int = defaults.CALIBRATION_SAMPLES
+    debug_samples: int = defaults.DEBUG_SAMPLES
+    adaround_iterations: int = ADAROUND_ITERATIONS
+    bias_mode: str = BiasMode.AUTO.value  # a `BiasMode`: auto, empirical, analytic
+
+
 # every params dataclass: what `JobRunner.submit` takes
 JobParams = (DemoParams | AddModelParams | ConvertParams | HostBenchParams | DebugParams | SelectiveParams
              | TuneParams | CompareTensorsParams | QatParams | BoardBenchParams | BoardAccuracyParams
-             | ImportTfliteParams | BoardMatrixParams)
+             | ImportTfliteParams | BoardMatrixParams | RepairParams)
 
 PARAMS: dict[JobKind, type] = {
     JobKind.DEMO: DemoParams,
@@ -236,6 +255,7 @@ PARAMS: dict[JobKind, type] = {
     JobKind.BOARD_ACCURACY: BoardAccuracyParams,
     JobKind.IMPORT_TFLITE: ImportTfliteParams,
     JobKind.BOARD_MATRIX: BoardMatrixParams,
+    JobKind.REPAIR: RepairParams,
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from qcore import defaults
 from qcore.engines import get_engine, resolve_recipes, variant_name
 from qcore.explain.debugger import recipe_of, run_debugger
+from qcore.explain.repairs import repair_and_evaluate
 from qcore.explain.search import tune
 from qcore.inputs.data import check_fits, dataset_record, digits_dataset, load_stored_dataset
 from qcore.inputs.models import demo_model, file_sha256, load_model
@@ -36,6 +37,7 @@ from qcore.jobs.contract import (
     JobKind,
     JobSpec,
     QatParams,
+    RepairParams,
     SelectiveParams,
     TuneParams,
 )
@@ -44,6 +46,7 @@ from qcore.lab.documents import variant_doc
 from qcore.lab.import_tflite import analyze, input_shape
 from qcore.lab.qat import run_qat
 from qcore.qtyping import (
+    BiasMode,
     ConvertReport,
     Dataset,
     DebugResult,
@@ -55,6 +58,8 @@ from qcore.qtyping import (
     Progress,
     QatResult,
     QlabError,
+    RepairReport,
+    RepairSettings,
     TensorComparison,
     TfliteImport,
     TuneResult,
@@ -175,7 +180,7 @@ def variant_input(ctx: Context, variant_id: int) -> tuple[dict[str, Any], bytes]
     return ctx.spec.rows[key], ctx.spec.files[key][1]
 
 
-R = TypeVar("R", ConvertReport, DebugResult, TuneResult, QatResult)
+R = TypeVar("R", ConvertReport, DebugResult, TuneResult, QatResult, RepairReport)
 
 
 def _stored_as(result: R, params: Any) -> R:
@@ -313,7 +318,8 @@ def baseline_name(params: SelectiveParams) -> str:
 def tune_task(ctx: Context, params: TuneParams) -> TuneResult:
     result = tune(load_model_input(ctx), load_dataset_input(ctx), max_drop=params.max_drop, recipe=params.recipe,
                   calibration_samples=params.calibration_samples, debug_samples=params.debug_samples,
-                  progress=ctx.progress, engine=params.engine, deploy_engine=params.deploy_engine)
+                  progress=ctx.progress, engine=params.engine, deploy_engine=params.deploy_engine,
+                  repairs=params.repairs)
     return _stored_as(result, params)
 
 
@@ -325,6 +331,33 @@ def compare_tensors_task(ctx: Context, params: CompareTensorsParams) -> TensorCo
     cmp = compare_tensors(fbytes, qbytes, x, progress=ctx.progress)
     return dataclasses.replace(cmp, float_path=f"{frow['model']} / {frow['variant']}",
                                quant_path=f"{qrow['model']} / {qrow['variant']}")
+
+
+def repair_settings(params: RepairParams) -> RepairSettings:
+    """The repairs' knobs a repair job sets; the rest keep their defaults.
+
+    Raises:
+        QlabError: for an unknown bias mode or fewer than one AdaRound iteration, by name.
+    """
+    try:
+        mode = BiasMode(params.bias_mode)
+    except ValueError:
+        raise QlabError(f"unknown bias mode {params.bias_mode!r}; known: "
+                        + ", ".join(m.value for m in BiasMode)) from None
+    if params.adaround_iterations < 1:
+        raise QlabError(f"AdaRound iterations must be at least 1, got {params.adaround_iterations}")
+    return RepairSettings(bias_mode=mode, adaround_iterations=params.adaround_iterations)
+
+
+def repair_task(ctx: Context, params: RepairParams) -> RepairReport:
+    """Repairs the model, converts it beside the plain recipe; the time estimate goes out as live data."""
+    settings = repair_settings(params)
+    result = repair_and_evaluate(
+        load_model_input(ctx), load_dataset_input(ctx), methods=params.methods, recipe=params.recipe,
+        engine=params.engine, calibration_samples=params.calibration_samples, debug_samples=params.debug_samples,
+        settings=settings, progress=ctx.progress, live=ctx.live,
+    )
+    return _stored_as(result, params)
 
 
 # ---------------------------------------------------------------- QAT
@@ -371,6 +404,7 @@ TASKS: dict[JobKind, Callable[[Context, Any], Any]] = {
     JobKind.COMPARE_TENSORS: compare_tensors_task,
     JobKind.QAT: qat_task,
     JobKind.IMPORT_TFLITE: import_tflite_task,
+    JobKind.REPAIR: repair_task,
 }
 
 

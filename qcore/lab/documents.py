@@ -11,6 +11,7 @@ import dataclasses
 import functools
 from typing import Any
 
+from qcore.explain.repairs import layer_rows, npu_words
 from qcore.qtyping import (
     ConvertReport,
     DebugResult,
@@ -20,6 +21,7 @@ from qcore.qtyping import (
     Latency,
     ModelRecord,
     QatResult,
+    RepairReport,
     Scoring,
     SelectiveResult,
     TensorComparison,
@@ -104,11 +106,32 @@ def _(r: TuneResult) -> dict[str, Any]:
         "max_drop": r.max_drop, "float_accuracy": r.float_accuracy, "target_accuracy": r.target_accuracy,
         "layers": len(r.ranking), "ranking": list(r.ranking),
         "tried": [{"denylist": list(t.denylist), "accuracy": t.accuracy, "size_bytes": t.size_bytes,
-                   "passed": t.passed, "error": t.error or None} for t in r.tried],
+                   "passed": t.passed, "error": t.error or None, "repairs": list(t.repairs)} for t in r.tried],
         "chosen": None if chosen is None else {"denylist": list(chosen.denylist), "accuracy": chosen.accuracy,
                                                "size_bytes": chosen.size_bytes, "passed": chosen.passed},
         "chosen_variant": variant_doc(r.chosen_variant) if r.chosen_variant else None,
         "chosen_variant_id": r.chosen_variant_id, "search_accuracy": r.search_accuracy,
+        "remedy": r.remedy, "repairs": list(r.repairs),
+        "repaired_variant": variant_doc(r.repaired_variant) if r.repaired_variant else None,
+        "repair": r.repair_record or None, "repair_error": r.repair_error or None,
+    }
+
+
+@document.register
+def _(r: RepairReport) -> dict[str, Any]:
+    plain, repaired = r.plain.evaluation, r.repaired.evaluation
+    gain = (repaired.accuracy - plain.accuracy) if plain is not None and repaired is not None else None
+    return {
+        "model": r.model, "model_id": r.model_id, "dataset_id": r.dataset_id, "engine": r.engine,
+        "recipe": r.recipe, "methods": list(r.methods), "label": r.label, "float_accuracy": r.float_accuracy,
+        "variant_id": r.repaired.variant_id, "plain_variant_id": r.plain.variant_id,
+        "plain": variant_doc(r.plain), "repaired": variant_doc(r.repaired), "accuracy_gain": gain,
+        "weights": r.weights, "npu_verdict": npu_words(r.repaired, r.weights),
+        "metric": r.metric, "columns": list(r.columns),
+        "stages": [{"stage": s.stage, "label": s.label, "model_metrics": s.model_metrics, "seconds": s.seconds}
+                   for s in r.stages],
+        "layers": layer_rows(r.stages),
+        "repair": r.record, "seconds": r.seconds,
     }
 
 

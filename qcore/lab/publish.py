@@ -29,6 +29,7 @@ from qcore.qtyping import (
     QatResult,
     QlabError,
     Reference,
+    RepairReport,
     TfliteImport,
     TuneResult,
     VariantKind,
@@ -46,7 +47,7 @@ def publish(store: Store, value: T, data_dir: str | os.PathLike[str] | None = No
     Args:
         store: the owner's store.
         value: a result of `qcore.qtyping` (ConvertReport, DebugResult, TuneResult, QatResult,
-            TfliteImport, ModelRecord, DemoResult, HostBenchResult); anything else has nothing to
+            RepairReport, TfliteImport, ModelRecord, DemoResult, HostBenchResult); anything else has nothing to
             store and comes back as it is.
         data_dir: where files a job made are kept (the demo's model); default: the store's folder.
         made_from: the model and dataset a value was made from in this process, registered first
@@ -145,8 +146,16 @@ def _(value: TuneResult, store: Store, root: Path) -> TuneResult:
     model_id, dataset_id = _pair(value)
     debug = _publish(dataclasses.replace(value.debug, model_id=model_id, dataset_id=dataset_id), store, root)
     _reference(store, model_id, dataset_id, value.reference)
-    chosen = (publish_variant(store, value.chosen_variant, model_id, dataset_id)
-              if value.chosen_variant is not None else None)
+    repaired = (publish_variant(store, value.repaired_variant, model_id, dataset_id)
+                if value.repaired_variant is not None else None)
+    if value.chosen_variant is None:
+        chosen = None
+    elif repaired is not None and value.chosen_variant.name == repaired.name:
+        chosen = repaired  # the repairs alone met the target: the chosen variant is the repaired one
+    else:
+        chosen = publish_variant(store, dataclasses.replace(
+            value.chosen_variant, parent_variant_id=repaired.variant_id if repaired is not None else None),
+            model_id, dataset_id)
     run_id = store.save_tune_run(
         model_id=model_id, dataset_id=dataset_id, max_drop=value.max_drop, float_accuracy=value.float_accuracy,
         target_accuracy=value.target_accuracy,
@@ -155,7 +164,19 @@ def _(value: TuneResult, store: Store, root: Path) -> TuneResult:
         chosen_variant_id=chosen.variant_id if chosen is not None else None,
         engine=value.engine, deploy_engine=value.deploy_engine, debug_run_id=debug.debug_run_id,
     )
-    return dataclasses.replace(value, debug=debug, chosen_variant=chosen, tune_run_id=run_id)
+    return dataclasses.replace(value, debug=debug, chosen_variant=chosen, repaired_variant=repaired,
+                               tune_run_id=run_id)
+
+
+@_publish.register
+def _(value: RepairReport, store: Store, root: Path) -> RepairReport:
+    """The plain recipe's variant, then the repaired one beside it (its parent is the plain one)."""
+    model_id, dataset_id = _pair(value)
+    _reference(store, model_id, dataset_id, value.reference)
+    plain = publish_variant(store, value.plain, model_id, dataset_id)
+    repaired = publish_variant(store, dataclasses.replace(value.repaired, parent_variant_id=plain.variant_id),
+                               model_id, dataset_id)
+    return dataclasses.replace(value, plain=plain, repaired=repaired)
 
 
 @_publish.register

@@ -13,8 +13,10 @@ from qcore.repair.engine import (
     METHODS,
     MethodSpec,
     check_recipe,
+    cost,
     parse_methods,
     repair,
+    steps_for,
     targetable_recipes,
 )
 from qcore.repair.graph import Draft, Graph, LayerInfo, Ref, read_graph, run_streams
@@ -35,10 +37,12 @@ __all__ = [
     "RepairStep",
     "RepairSkip",
     "check_recipe",
+    "cost",
     "int8_weights",
     "parse_methods",
     "read_graph",
     "repair",
     "run_streams",
+    "steps_for",
     "targetable_recipes",
 ]

@@ -48,19 +48,23 @@ class MethodSpec:
     # grid-aware repairs must see the weights the converter will quantize
     needs_fold: bool
     needs_data: bool
+    # its time against one int8-per-tensor conversion of the same model, from bench/repair.py (MobileNetV2
+    # 0.35 at 32x32: CLE 0.13x with its fold, CLE + absorb 0.18x, CLE + bias 0.25x, AdaRound 2.3x): the
+    # repair job's time estimate
+    cost: float
 
 
 METHODS: dict[RepairMethod, MethodSpec] = {
     RepairMethod.FOLD: MethodSpec("fold", "Fold BatchNormalization into the conv/depthwise/dense before it.", fold,
-                            False, False),
+                                  False, False, 0.03),
     RepairMethod.CLE: MethodSpec("CLE", "Cross-layer equalization: balance channel ranges across ReLU-joined pairs "
-                                  "(ReLU6 there becomes ReLU).", cle, True, False),
+                                        "(ReLU6 there becomes ReLU).", cle, True, False, 0.10),
     RepairMethod.ABSORB: MethodSpec("absorb", "High-bias absorption: move what a ReLU's input never goes below into "
-                                        "the next layer's bias.", absorb, True, False),
+                                              "the next layer's bias.", absorb, True, False, 0.05),
     RepairMethod.ADAROUND: MethodSpec("AdaRound", "Adaptive rounding of every kernel onto the converter's int8 grid, "
-                                            "from the calibration samples.", adaround, True, True),
+                                                  "from the calibration samples.", adaround, True, True, 2.2),
     RepairMethod.BIAS: MethodSpec("bias", "Bias correction: remove the mean output shift weight rounding causes.",
-                            correct_bias, True, False),
+                                  correct_bias, True, False, 0.12),
 }
 
 
@@ -81,6 +85,23 @@ def parse_methods(methods: str | Sequence[str]) -> tuple[RepairMethod, ...]:
         except ValueError:
             raise QlabError(f"unknown repair method {name!r}; known methods: {known}") from None
     return tuple(m for m in METHODS if m in chosen)
+
+
+def steps_for(methods: str | Sequence[str]) -> tuple[RepairMethod, ...]:
+    """The steps `repair` runs for these methods, in order: fold first when another method needs it.
+
+    Raises:
+        QlabError: as `parse_methods`.
+    """
+    chosen = parse_methods(methods)
+    if RepairMethod.FOLD not in chosen and any(METHODS[m].needs_fold for m in chosen):
+        return (RepairMethod.FOLD, *chosen)
+    return chosen
+
+
+def cost(methods: str | Sequence[str]) -> float:
+    """The repairs' expected time in conversions of the same model (`MethodSpec.cost`, from the bench)."""
+    return sum(METHODS[m].cost for m in steps_for(methods))
 
 
 def targetable_recipes() -> tuple[str, ...]:
@@ -148,6 +169,7 @@ def repair(
     recipe: str | Recipe,
     progress: Progress = no_progress,
     settings: RepairSettings | None = None,
+    on_step: Callable[[RepairStep, LoadedModel], None] | None = None,
 ) -> RepairResult:
     """Repairs a Keras model for one recipe's int8 grid, so it converts with its accuracy back.
 
@@ -167,6 +189,9 @@ def repair(
             is what adaround snaps to and bias correction corrects for.
         progress: called with a fraction and a message between and inside steps (AdaRound per layer).
         settings: the repairs' knobs; defaults from `RepairSettings`.
+        on_step: called after each step with its record and the model as it stands then (the
+            repair job measures each step's per-layer error on it); the model may change in place
+            after the call returns.
 
     Returns:
         The repaired model (named e.g. "int8-per-tensor + CLE + bias"), the steps with their
@@ -192,9 +217,7 @@ def repair(
                                          "their weights")
     if RepairMethod.BIAS in chosen:
         mode_for(state)  # refuse empirical-without-data before any work
-    steps_to_run = list(chosen)
-    if RepairMethod.FOLD not in steps_to_run and any(METHODS[m].needs_fold for m in chosen):
-        steps_to_run.insert(0, RepairMethod.FOLD)
+    steps_to_run = list(steps_for(chosen))
     reference = predict(model.keras_model, x) if x is not None else None
     steps: list[RepairStep] = []
     for i, method in enumerate(steps_to_run):
@@ -204,25 +227,33 @@ def repair(
         t0 = time.perf_counter()
         outcome = METHODS[method].run(state)
         seconds = time.perf_counter() - t0
-        drift = _drift(reference, predict(state.draft.build(), x)) if x is not None and reference is not None else None
+        built = state.draft.build()
+        drift = _drift(reference, predict(built, x)) if x is not None and reference is not None else None
         settings_used = dict(outcome.settings)
         if method == RepairMethod.BIAS:
             settings_used.setdefault("mode", str(mode_for(state)))
         steps.append(RepairStep(method.value, settings_used, tuple(outcome.changed), seconds, tuple(outcome.notes),
                                 drift, implied=method not in chosen))
+        if on_step is not None:
+            on_step(steps[-1], _loaded(" + ".join([rec.name, *(METHODS[m].label for m in steps_to_run[: i + 1])]),
+                                       model, built))
         log.info("repair %s: %d layers changed in %.2f s", method.value, len(outcome.changed), seconds)
     progress(1.0, "repairs done")
     label = " + ".join([rec.name, *(METHODS[m].label for m in chosen)])
-    keras_model = state.draft.build()
-    repaired = LoadedModel(
-        name=label, path="", format=model.format, keras_model=keras_model,
-        input_shape=tuple(None if d is None else int(d) for d in keras_model.input_shape),
-        output_shape=tuple(None if d is None else int(d) for d in keras_model.output_shape), keras_major=2,
-    )
+    repaired = _loaded(label, model, state.draft.build())
     return RepairResult(
         model=repaired, source=model.name, recipe=rec.name, methods=tuple(m.value for m in chosen),
         steps=tuple(steps), skipped=tuple(state.skipped), drift=steps[-1].drift if steps else None,
         relu6_replaced=tuple(state.relu6_replaced), settings=settings, seconds=time.perf_counter() - started,
+    )
+
+
+def _loaded(name: str, original: LoadedModel, keras_model: Any) -> LoadedModel:
+    """A repaired tf_keras model as a LoadedModel (in memory: no path)."""
+    return LoadedModel(
+        name=name, path="", format=original.format, keras_model=keras_model,
+        input_shape=tuple(None if d is None else int(d) for d in keras_model.input_shape),
+        output_shape=tuple(None if d is None else int(d) for d in keras_model.output_shape), keras_major=2,
     )
 
 

@@ -436,6 +436,42 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS created_by VARCHAR;
 """
 
 
+# 0017: a repaired variant (a recipe applied after CLE, bias correction, AdaRound) is a kind of its own.
+# DuckDB cannot alter a CHECK, so the table is rebuilt with every column in place and its rows kept.
+SQL_0017 = """
+CREATE TABLE variants_0017 (
+    id                BIGINT PRIMARY KEY DEFAULT nextval('seq_variants'),
+    model_id          BIGINT NOT NULL,
+    dataset_id        BIGINT,
+    name              VARCHAR NOT NULL,
+    kind              VARCHAR NOT NULL CONSTRAINT variant_kind_known
+                      CHECK (kind IN ('ptq', 'qat', 'selective', 'tune', 'imported', 'repair')),
+    recipe            VARCHAR,
+    settings          JSON,
+    status            VARCHAR NOT NULL CONSTRAINT variant_status_known CHECK (status IN ('ok', 'failed')),
+    error             VARCHAR,
+    sha256            VARCHAR,
+    size_bytes        BIGINT,
+    path              VARCHAR,
+    input_dtype       VARCHAR,
+    output_dtype      VARCHAR,
+    parent_variant_id BIGINT,
+    created_at        TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    updated_at        TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    engine            VARCHAR DEFAULT 'tf',
+    created_by        VARCHAR,
+    UNIQUE (model_id, dataset_id, name)
+);
+INSERT INTO variants_0017 (id, model_id, dataset_id, name, kind, recipe, settings, status, error, sha256, size_bytes,
+                           path, input_dtype, output_dtype, parent_variant_id, created_at, updated_at, engine,
+                           created_by)
+    SELECT id, model_id, dataset_id, name, kind, recipe, settings, status, error, sha256, size_bytes, path,
+           input_dtype, output_dtype, parent_variant_id, created_at, updated_at, engine, created_by FROM variants;
+DROP TABLE variants;
+ALTER TABLE variants_0017 RENAME TO variants;
+"""
+
+
 # In order; tests assert this list. No 0007 ever shipped.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", SQL_0001),
@@ -450,6 +486,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0011_npu_verdicts", SQL_0011),
     Migration("0012_tune_run_engines", SQL_0012),
     Migration("0014_jobs_created_by_again", SQL_0014),
+    Migration("0017_repair_variants", SQL_0017),
 )
 
 Applier = Callable[[duckdb.DuckDBPyConnection, Migration, Path], None]

@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS reference_runs (
 
 ------------------------------------------------------------------------------ variants & evaluations
 
--- one .tflite made from (model, dataset) by a recipe, QAT, a denylist, the search, or imported; the
+-- one .tflite made from (model, dataset) by a recipe, QAT, a denylist, the search, a repair, or imported; the
 -- file is a blob named by its sha256. dataset_id is NULL for a .tflite stored before any data was
 -- chosen for it. `engine` is the quantizer that made it: 'tf' (TFLiteConverter) or 'aeq' (AI Edge Quantizer).
 CREATE SEQUENCE IF NOT EXISTS seq_variants;
@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS variants (
     dataset_id        BIGINT,
     name              VARCHAR NOT NULL,
     kind              VARCHAR NOT NULL CONSTRAINT variant_kind_known
-                      CHECK (kind IN ('ptq', 'qat', 'selective', 'tune', 'imported')),
+                      CHECK (kind IN ('ptq', 'qat', 'selective', 'tune', 'imported', 'repair')),
     recipe            VARCHAR,
     settings          JSON,
     status            VARCHAR NOT NULL CONSTRAINT variant_status_known CHECK (status IN ('ok', 'failed')),

@@ -79,6 +79,8 @@ ROWS: list[tuple[str, str]] = [
     ("0011_npu_verdicts", "INSERT INTO npu_verdicts VALUES (1, true, 12, 0, 12, '{}', '[]', '[]', 'int8 -> int8',"
                           " 'integer-only', 'ok', 5000)"),
     ("0012_tune_run_engines", "UPDATE tune_runs SET engine = 'aeq', deploy_engine = 'tf', debug_run_id = 1"),
+    ("0017_repair_variants", "INSERT INTO variants (model_id, dataset_id, name, kind, recipe, status, parent_variant_id)"
+                             " VALUES (1, 1, 'int8-per-tensor + CLE + bias', 'repair', 'int8-per-tensor', 'ok', 1)"),
 ]
 
 
@@ -161,7 +163,7 @@ def test_migrations_list_is_numbered_in_order() -> None:
         "0001_initial", "0002_qat_debugger_tune", "0003_boards_reports", "0004_jobs_on_workers", "0005_tflite_only",
         "0006_board_farm",
         "0008_secrets_trusted_image_shape", "0009_engine", "0010_users_tokens", "0011_npu_verdicts",
-        "0012_tune_run_engines", "0014_jobs_created_by_again",
+        "0012_tune_run_engines", "0014_jobs_created_by_again", "0017_repair_variants",
     ]
     numbers = [int(re.match(r"(\d{4})_[a-z0-9_]+$", n).group(1)) for n in NAMES]  # type: ignore[union-attr]
     assert numbers == sorted(set(numbers))

@@ -124,10 +124,10 @@ def fragile(digits: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Loaded
 @pytest.fixture(scope="module")
 def fragile_search(fragile: LoadedModel, digits: Dataset,
                    tmp_path_factory: pytest.TempPathFactory) -> tuple[TuneResult, Store, Path]:
-    """One published search on the fragile model with a one-point budget."""
+    """One published float-layer search (no repairs) on the fragile model with a one-point budget."""
     root = tmp_path_factory.mktemp("tune")
     store = Store(root / "qlab.duckdb")
-    result = tune(fragile, digits, max_drop=1.0, calibration_samples=50, debug_samples=50)
+    result = tune(fragile, digits, max_drop=1.0, calibration_samples=50, debug_samples=50, repairs=())
     yield publish(store, result, made_from=(fragile, digits)), store, root
     store.close()
 
@@ -147,6 +147,28 @@ def test_tune_fragile_model_finds_passing_denylist(fragile_search: tuple[TuneRes
     variant = r.chosen_variant
     assert variant is not None and Path(variant.path).read_bytes() == variant.tflite
     assert variant.size_bytes == r.chosen.size_bytes and variant.engine == r.deploy_engine == "tf"
+    assert r.remedy == "float layers" and r.repairs == () and r.repaired_variant is None
+
+
+@pytest.mark.slow
+def test_tune_tries_repairs_first_and_says_they_met_the_target(fragile: LoadedModel, digits: Dataset,
+                                                                tmp_path: Path) -> None:
+    """The fragile MLP's outlier unit is what CLE undoes: the repaired model meets the target with every layer
+    quantized, so no layer is kept float, and the stored variant is the repaired one, named for its repairs."""
+    r = tune(fragile, digits, max_drop=1.0, calibration_samples=50, debug_samples=50, recipe="int8-per-tensor")
+    assert r.remedy == "repair" and r.repairs == ("cle", "bias")
+    assert r.tried[0].denylist == () and r.tried[0].repairs == () and not r.tried[0].passed  # plain misses
+    assert r.chosen is not None and r.chosen.denylist == () and r.chosen.passed and r.chosen.repairs == ("cle", "bias")
+    assert r.chosen.accuracy >= r.target_accuracy
+    variant = r.chosen_variant
+    assert variant is not None and variant.kind == "repair" and variant.name == "int8-per-tensor + CLE + bias"
+    assert variant.npu is not None and variant.npu.ready  # every op integer: it stays on the NPU
+    assert r.repair_record["methods"] == ["cle", "bias"]
+    with Store(tmp_path / "qlab.duckdb") as store:
+        published = publish(store, r, made_from=(fragile, digits))
+        assert published.chosen_variant_id == published.repaired_variant.variant_id  # type: ignore[union-attr]
+        row = store.variant(published.chosen_variant_id)
+        assert row["kind"] == "repair" and json.loads(row["settings"])["methods"] == ["cle", "bias"]
 
 
 @pytest.mark.slow
