@@ -982,7 +982,7 @@ class RepairReport:
     float_accuracy: float
     columns: tuple[str, ...]  # the engine's per-layer columns
     metric: str  # what the per-layer figure means (`Engine.metric.name`)
-    stages: tuple[RepairStage, ...]  # "plain" first, then one per step applied
+    stages: tuple[RepairStage, ...]  # "plain" first, then one per repair asked for (an implied fold has none)
     weights: str  # "per-tensor" or "per-channel": the repaired file's weight scales
     seconds: dict[str, float]  # conversion, repair, layer_errors, total, estimate
     reference: Reference | None = None

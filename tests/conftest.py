@@ -1,4 +1,4 @@
-"""Session fixtures shared by every test package: a trained demo model, digits, a fresh store, tiny .tflite files."""
+"""Session fixtures shared by every test package: a trained demo model, digits, a MobileNet-like network that fails per-tensor int8, a fresh store, tiny .tflite files."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import qcore  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
@@ -59,6 +60,67 @@ def tiny_tflite(demo: LoadedModel, digits: Dataset) -> dict[str, bytes]:
 
     calibration = digits.calibration(20)
     return {name: convert(demo, name, calibration) for name in ("float32", "int8", "uint8")}
+
+
+@pytest.fixture(scope="session")
+def mobilenet_like(digits: Dataset) -> LoadedModel:
+    """A MobileNet-like network on digits (8x8 upsampled to 16x16): Conv-BN-ReLU6, then depthwise-BN-ReLU /
+    pointwise-BN-ReLU(6) blocks, trained briefly. Healthy: per-tensor int8 works on it."""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+
+    def block(x: object, name: str, filters: int, stride: int, relu6: bool) -> object:
+        x = L.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+        x = L.ReLU(name=f"{name}_dw_relu")(L.BatchNormalization(name=f"{name}_dw_bn")(x))
+        x = L.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(x)
+        return L.ReLU(6.0 if relu6 else None, name=f"{name}_pw_relu")(L.BatchNormalization(name=f"{name}_pw_bn")(x))
+
+    inp = keras.Input((8, 8), name="image")
+    x = L.UpSampling2D(2, name="up")(L.Reshape((8, 8, 1), name="hwc")(inp))
+    x = L.Conv2D(16, 3, padding="same", use_bias=False, name="stem")(x)
+    x = L.ReLU(6.0, name="stem_relu")(L.BatchNormalization(name="stem_bn")(x))
+    x = block(x, "b1", 32, 1, relu6=True)
+    x = block(x, "b2", 64, 2, relu6=False)
+    out = L.Dense(10, name="logits")(L.GlobalAveragePooling2D(name="gap")(x))
+    net = keras.Model(inp, out, name="mobilenet_like")
+    net.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(digits.x_train, digits.y_train, epochs=20, batch_size=32, verbose=0)
+    return LoadedModel("mobilenet-like", "", "h5", net, (None, 8, 8), (None, 10), 2)
+
+
+@pytest.fixture(scope="session")
+def spread(mobilenet_like: LoadedModel) -> LoadedModel:
+    """The same network with its depthwise channels spread the way BN folding spreads them in real MobileNets.
+
+    Each depthwise BN's gamma and beta are multiplied by k_c in [10^-1.5, 10^1] (a 300x spread of the
+    folded depthwise kernels and of their activations), and the pointwise kernel's input channel c is
+    divided by k_c. ReLU(k x) = k ReLU(x) for k > 0, so the float function is the same network's.
+    """
+    import tf_keras as keras
+
+    net = keras.models.clone_model(mobilenet_like.keras_model)
+    net.set_weights(mobilenet_like.keras_model.get_weights())
+    rng = np.random.default_rng(0)
+    for block in ("b1", "b2"):
+        bn = net.get_layer(f"{block}_dw_bn")
+        gamma, beta, mean, var = bn.get_weights()
+        k = (10.0 ** rng.uniform(-1.5, 1.0, size=gamma.shape)).astype(np.float32)
+        k[0], k[1] = 10.0**-1.5, 10.0  # the full spread, whatever the draw
+        bn.set_weights([gamma * k, beta * k, mean, var])
+        pw = net.get_layer(f"{block}_pw")
+        pw.set_weights([pw.get_weights()[0] / k.reshape(1, 1, -1, 1)])
+    return LoadedModel("mobilenet-like-spread", "", "h5", net, (None, 8, 8), (None, 10), 2)
+
+
+@pytest.fixture(scope="session")
+def spread_h5(spread: LoadedModel, session_data_dir: Path) -> Path:
+    """The spread network as an .h5 file, for the CLI and jobs (they load models from files)."""
+    path = session_data_dir / "mobilenet-like-spread.h5"
+    if not path.exists():
+        spread.keras_model.save(path)
+    return path
 
 
 @pytest.fixture()

@@ -1,7 +1,7 @@
 """The `qlab` command line: every engine capability, JSON on request, exit 2 on bad input.
 
 One module per command group: `convert` (convert, evaluate, inspect, bench, demo), `explain` (qat,
-debug, compare-tensors, tune), `boards` (board …), `lab` (list, jobs, op-cost, export-node-data,
+debug, compare-tensors, tune, repair), `boards` (board …), `lab` (list, jobs, op-cost, export-node-data,
 import-tflite), `reports` (report make|push), `backups` (backup, restore); `common` holds what they share. With `--server`,
 `remote` runs a command as a job on a team server through `client`.
 """
@@ -21,7 +21,7 @@ from qcore.qtyping import QlabError
 from qcore.store.files import disk_words, is_disk_error
 
 # what `--server` runs on the server (qcore.cli.remote.REMOTE_COMMANDS); a test checks the two agree
-SERVER_HELP = ("run convert, debug, tune, qat, compare-tensors, bench, board bench|accuracy, list, report "
+SERVER_HELP = ("run convert, debug, tune, repair, qat, compare-tensors, bench, board bench|accuracy, list, report "
                "make|push and backup on this qlab server (default: $QLAB_SERVER)")
 
 

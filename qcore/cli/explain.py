@@ -1,4 +1,5 @@
-"""`qlab qat`, `debug`, `compare-tensors`, `tune`: train for quantization, and explain where a variant loses accuracy."""
+"""`qlab qat`, `debug`, `compare-tensors`, `tune`, `repair`: train for quantization, explain where a variant loses
+accuracy, and repair it."""
 
 from __future__ import annotations
 
@@ -14,21 +15,25 @@ from qcore.cli.common import (
     names,
 )
 from qcore.engines import get_engine
+from qcore.explain.repairs import check_repair
 from qcore.jobs.contract import (
     CompareTensorsParams,
     DebugParams,
     QatParams,
+    RepairParams,
     SelectiveParams,
     TuneParams,
 )
-from qcore.qtyping import QlabError
+from qcore.qtyping import ADAROUND_ITERATIONS, BiasMode, QlabError
+from qcore.repair import METHODS
 
 MODEL_HELP = "a .keras, .h5, SavedModel directory, or 'demo'"
+METHODS_HELP = "comma-separated repairs among " + ", ".join(m.value for m in METHODS)
 CALIBRATION_HELP = f"first N training samples (default {defaults.CALIBRATION_SAMPLES})"
 
 
 def add_commands(sub: Subparsers) -> None:
-    """`qat`, `debug`, `compare-tensors`, `tune`."""
+    """`qat`, `debug`, `compare-tensors`, `tune`, `repair`."""
     p = sub.add_parser("qat", help="quantization-aware training (tfmot): fine-tune, convert, evaluate, store")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--data", required=True, help="a .npz (x_train, y_train, x_test, y_test), image folder/.zip, or 'digits'")
@@ -94,6 +99,30 @@ def add_commands(sub: Subparsers) -> None:
                "use the engine you deploy with")
     add_engine(p, "who makes the chosen variant (default tf): the chosen denylist is converted once more "
                "with it when it differs from --engine", flag="--deploy-engine")
+    p.add_argument("--repairs", default=",".join(defaults.TUNE_REPAIRS),
+                   help=f"repairs tried before any layer is kept float: {METHODS_HELP}, or 'none' "
+                        f"(default {','.join(defaults.TUNE_REPAIRS)})")
+    add_common(p)
+
+    p = sub.add_parser("repair", help="repair a model for an int8 recipe (CLE, bias correction, AdaRound) so it "
+                                      "stays fully integer; per-layer error before and after each repair")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--data", required=True, help="a .npz, image folder/.zip, or 'digits'")
+    p.add_argument("--methods", default=",".join(defaults.REPAIR_METHODS),
+                   help=f"{METHODS_HELP} (default {','.join(defaults.REPAIR_METHODS)})")
+    p.add_argument("--recipe", default=defaults.REPAIR_RECIPE,
+                   help=f"the full-integer recipe whose grid the repairs target (default {defaults.REPAIR_RECIPE})")
+    p.add_argument("--calibration-samples", type=int, default=defaults.CALIBRATION_SAMPLES, help=CALIBRATION_HELP)
+    p.add_argument("--debug-samples", type=int, default=defaults.DEBUG_SAMPLES,
+                   help=f"first M test samples for the per-layer error (default {defaults.DEBUG_SAMPLES})")
+    p.add_argument("--adaround-iterations", type=int, default=ADAROUND_ITERATIONS,
+                   help=f"AdaRound's optimisation steps per layer (default {ADAROUND_ITERATIONS})")
+    p.add_argument("--bias-mode", default=BiasMode.AUTO.value, choices=[m.value for m in BiasMode],
+                   help="bias correction from the calibration samples (empirical), from BN statistics (analytic), "
+                        "or empirical when there are samples (auto, the default)")
+    add_preprocessing(p)
+    p.add_argument("--out", help="also write the repaired variant's .tflite here")
+    add_engine(p, "who converts and measures the per-layer error: tf (default) or aeq")
     add_common(p)
 
 
@@ -124,9 +153,31 @@ def debug_params(args: argparse.Namespace, model_id: int, dataset_id: int) -> De
 
 def tune_params(args: argparse.Namespace, model_id: int, dataset_id: int) -> TuneParams:
     """`qlab tune`'s arguments as the tune job (`--out` is where the caller writes the chosen .tflite)."""
+    repairs = () if args.repairs.strip().lower() in ("", "none") else tuple(names(args.repairs))
+    if repairs:
+        check_repair(defaults.REPAIR_RECIPE, args.engine, repairs)  # an unknown method, by name, before any upload
     return TuneParams(model_id=model_id, dataset_id=dataset_id, max_drop=args.max_drop, recipe=args.recipe,
                       calibration_samples=args.calibration_samples, debug_samples=args.debug_samples,
-                      engine=args.engine, deploy_engine=args.deploy_engine)
+                      engine=args.engine, deploy_engine=args.deploy_engine, repairs=repairs)
+
+
+def repair_params(args: argparse.Namespace, model_id: int, dataset_id: int) -> RepairParams:
+    """`qlab repair`'s arguments as the repair job (`--out` is where the caller writes the repaired .tflite).
+
+    Raises:
+        QlabError: for an unknown method, a recipe the repairs cannot target or the engine cannot express,
+            fewer than one sample or AdaRound iteration, each by name.
+    """
+    methods = tuple(names(args.methods))
+    check_repair(args.recipe, args.engine, methods)
+    for flag, value in (("--calibration-samples", args.calibration_samples), ("--debug-samples", args.debug_samples),
+                        ("--adaround-iterations", args.adaround_iterations)):
+        if value < 1:
+            raise QlabError(f"{flag} must be at least 1, got {value}")
+    return RepairParams(model_id=model_id, dataset_id=dataset_id, methods=methods, recipe=args.recipe,
+                        engine=args.engine, calibration_samples=args.calibration_samples,
+                        debug_samples=args.debug_samples, adaround_iterations=args.adaround_iterations,
+                        bias_mode=args.bias_mode)
 
 
 def compare_tensors_params(args: argparse.Namespace, float_variant_id: int, quant_variant_id: int,
@@ -217,6 +268,9 @@ def tune_text(doc: dict[str, Any], args: argparse.Namespace) -> str:
               f"{'pass' if t.get('passed') else 'fail'}" + (f"  ({t['error']})" if t.get("error") else "")
               for t in doc.get("tried") or []]
     chosen, variant = doc.get("chosen"), doc.get("chosen_variant") or {}
+    if doc.get("repair_error"):
+        lines.append(f"  repairs skipped: {doc['repair_error']}")
+    lines.append(f"  remedy: {doc.get('remedy')}")
     if chosen is None:
         lines.append("  no denylist reaches the target, not even with every ranked layer in float")
     else:
@@ -225,4 +279,31 @@ def tune_text(doc: dict[str, Any], args: argparse.Namespace) -> str:
                      f"{'' if chosen.get('passed') else ' MISSES the target'}, variant #{variant.get('variant_id')} "
                      f"{variant.get('name')}, {chosen.get('size_bytes')} B")
         lines += [f"    {n}" for n in chosen["denylist"]]
+    return "\n".join(lines)
+
+
+def repair_text(doc: dict[str, Any], args: argparse.Namespace) -> str:
+    """`qlab repair` without --json: both variants, the verdict, each step, and the per-layer error per stage."""
+    plain, repaired = doc.get("plain") or {}, doc.get("repaired") or {}
+    stages = [s["stage"] for s in doc.get("stages") or []]
+    seconds = doc.get("seconds") or {}
+    lines = [f"{doc['model']}: float accuracy {_num(doc.get('float_accuracy'))} ({doc.get('engine')})"]
+    for v in (plain, repaired):
+        lines.append(f"  {v.get('name')}: accuracy {_num(v.get('accuracy'))}, agreement {_num(v.get('agreement'))}, "
+                     f"{v.get('size_bytes') or 0} B, {v.get('npu') or ''}, variant #{v.get('variant_id')}")
+    lines.append(f"  NPU: {doc.get('npu_verdict')}")
+    for step in (doc.get("repair") or {}).get("steps") or []:
+        drift = step.get("drift") or {}
+        lines.append(f"  {step['method']}{' (implied)' if step.get('implied') else ''}: {len(step.get('changed') or [])} "
+                     f"layers changed in {_num(step.get('seconds'), '.2f')} s, float drift "
+                     f"{_num(drift.get('max_rel'), '.2g')}")
+    for s in (doc.get("repair") or {}).get("skipped") or []:
+        lines.append(f"  skipped by {s['method']}: {s['layer']}: {s['reason']}")
+    lines.append(f"  time: {_num(seconds.get('total'), '.1f')} s (estimated {_num(seconds.get('estimate'), '.1f')} s; "
+                 f"one conversion {_num(seconds.get('conversion'), '.1f')} s)")
+    if stages:
+        lines.append(f"  per-layer {doc.get('metric')}: " + " → ".join(stages))
+        for row in doc.get("layers") or []:
+            lines.append(f"  {row['op_name']:<18} " + "  ".join(_num(row.get(s), "7.3f") for s in stages)
+                         + f"  {row['tensor_name']}")
     return "\n".join(lines)

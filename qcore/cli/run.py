@@ -29,6 +29,8 @@ from qcore.cli.explain import (
     debug_text,
     qat_params,
     qat_text,
+    repair_params,
+    repair_text,
     tune_params,
     tune_text,
 )
@@ -41,6 +43,7 @@ from qcore.jobs.contract import (
     HostBenchParams,
     JobKind,
     QatParams,
+    RepairParams,
     SelectiveParams,
     TuneParams,
     kind_of,
@@ -87,6 +90,11 @@ def _debug(lab: Lab, args: argparse.Namespace) -> DebugParams | SelectiveParams:
 
 def _tune(lab: Lab, args: argparse.Namespace) -> TuneParams:
     return tune_params(args, *_model_and_data(lab, args))
+
+
+def _repair(lab: Lab, args: argparse.Namespace) -> RepairParams:
+    repair_params(args, 0, 0)  # refuse a bad method, recipe or count before anything is uploaded
+    return repair_params(args, *_model_and_data(lab, args))
 
 
 def _qat(lab: Lab, args: argparse.Namespace) -> QatParams:
@@ -136,6 +144,13 @@ def _convert_outputs(lab: Lab, args: argparse.Namespace, result: dict[str, Any])
 
 def _qat_outputs(lab: Lab, args: argparse.Namespace, result: dict[str, Any]) -> list[Path]:
     """--out FILE: the QAT variant's .tflite."""
+    if not args.out or not result.get("variant_id"):
+        return []
+    return [lab.download_variant(int(result["variant_id"]), Path(args.out))]
+
+
+def _repair_outputs(lab: Lab, args: argparse.Namespace, result: dict[str, Any]) -> list[Path]:
+    """--out FILE: the repaired variant's .tflite."""
     if not args.out or not result.get("variant_id"):
         return []
     return [lab.download_variant(int(result["variant_id"]), Path(args.out))]
@@ -209,6 +224,7 @@ JOBS: dict[str, JobCommand] = {
     "debug": JobCommand(_debug, debug_text, _debug_outputs),
     "tune": JobCommand(_tune, tune_text, _tune_outputs),
     "qat": JobCommand(_qat, qat_text, _qat_outputs),
+    "repair": JobCommand(_repair, repair_text, _repair_outputs),
     "compare-tensors": JobCommand(_compare_tensors, compare_text),
     "bench": JobCommand(_bench, bench_text),
     "board bench": JobCommand(_board_bench, _json_text),
@@ -218,7 +234,7 @@ JOBS: dict[str, JobCommand] = {
 
 # the job commands whose local mode is their job too (the board commands keep their own local handlers,
 # which print each target's timing and profile as the agent sends them)
-RUN_HERE = ("convert", "debug", "tune", "qat", "compare-tensors", "bench")
+RUN_HERE = ("convert", "debug", "tune", "qat", "compare-tensors", "bench", "repair")
 
 
 def command_name(args: argparse.Namespace) -> str:

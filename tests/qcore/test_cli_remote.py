@@ -23,6 +23,9 @@ from qcore.jobs.contract import PARAMS, job_kind, kind_of, params_json
 # the value of an option that needs another one to mean anything
 CONTEXT: dict[tuple[str, str], list[str]] = {("debug", "--selective-out"): ["--denylist-ops", "MEAN"],
                                              ("debug", "--model-explorer-out"): ["--engine", "aeq"]}
+# another value of an option that a command checks before it uploads anything (a made-up name is refused)
+OTHER: dict[tuple[str, str], str] = {("repair", "--methods"): "cle,adaround", ("repair", "--recipe"): "int8",
+                                     ("tune", "--repairs"): "none"}
 # each command line is also walked with these added: debug with a denylist is the selective job
 MODES: dict[str, list[list[str]]] = {"debug": [[], ["--denylist-ops", "MEAN"]]}
 # params fields whose value from a bare command line differs from the dataclass default, and why
@@ -38,6 +41,7 @@ RESULTS: dict[str, dict[str, Any]] = {
     "convert": {"model_id": 1, "variants": [{"variant_id": 5, "name": "int8@aeq", "status": "ok", "recipe": "int8",
                                              "engine": "aeq"}]},
     "qat": {"variant_id": 6},
+    "repair": {"variant_id": 9},
     "tune": {"chosen_variant_id": 7},
     "selective": {"selective": {"variant_id": 8}},
 }
@@ -130,6 +134,8 @@ def changed_argv(sub: argparse.ArgumentParser, action: argparse.Action) -> list[
             x for a in options(sub) if a.option_strings and a.required for x in (a.option_strings[0], value(a, False))]
     base = required_argv(sub, skip=key(action))
     flag = action.option_strings[0]
+    if (command_of(sub), key(action)) in OTHER:
+        return [*base, flag, OTHER[(command_of(sub), key(action))]]
     if isinstance(action, argparse._StoreTrueAction):
         return [*base, flag]
     if isinstance(action, argparse._AppendAction):
@@ -141,6 +147,11 @@ def changed_argv(sub: argparse.ArgumentParser, action: argparse.Action) -> list[
             return [*base, flag, value(action, True)]
         return [*base, flag, str((action.default or 0) + (3 if action.type is int else 0.25))]
     return [*base, flag, f"z-{action.dest}"]
+
+
+def command_of(sub: argparse.ArgumentParser) -> str:
+    """The command name of a subparser, as the tables name it ("board bench")."""
+    return sub.prog.split(maxsplit=1)[1]
 
 
 def parse(name: str, argv: list[str]) -> argparse.Namespace:
