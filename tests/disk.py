@@ -29,23 +29,18 @@ def small_disk(path: Path, size_mb: int = 64) -> Iterator[Path]:
 
 
 def fill(disk: Path) -> Path:
-    """Writes a ballast file until `disk` is full; returns it (delete it to free the space)."""
+    """Writes a ballast file until `disk` is full, down to the last byte; returns it (delete it to free the space)."""
     ballast = disk / "ballast"
-    with ballast.open("wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * (1 << 20))
-                fh.flush()
-        except OSError:
-            pass
-    # the last partial block, byte by byte, so not even a small write fits
-    with ballast.open("ab") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 512)
-                fh.flush()
-        except OSError:
-            pass
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for chunk in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * chunk)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
     return ballast
 
 

@@ -60,6 +60,9 @@ def connect(path: Path) -> duckdb.DuckDBPyConnection:
                 f"database {path} is in use by another process (is the dashboard running?); "
                 "pass --db PATH (or set QLAB_DB) to use another file"
             ) from None
+        for marker, code in DUCKDB_DISK_MARKERS.items():
+            if marker in text:
+                raise DiskError(disk_words(OSError(code, marker), f"database {path}")) from None
         raise QlabError(f"cannot open database {path}: {text}") from None
     except duckdb.Error as exc:
         raise QlabError(f"cannot open database {path}: {exc}") from None

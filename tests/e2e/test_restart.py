@@ -8,12 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from qcore.qtyping import LoadedModel
 from qcore.store import Store
+from tests.disk import fill, small_disk
 from tests.e2e.lab_server import LabServer, use_lab
 from tests.e2e.serving import ADMIN_TOKEN, REPO
 
@@ -69,24 +71,40 @@ def test_lab_restarts_offline_and_its_backup_restores_elsewhere(tmp_path: Path, 
     assert server.stop() == 0
     assert _no_wal(data)
 
-    # the backup, restored into a fresh data dir and served from there
-    fresh = tmp_path / "fresh"
-    out = _qlab("restore", str(tmp_path / "backup"), "--json", QLAB_DATA_DIR=str(fresh),
-                QLAB_DB=str(fresh / "qlab.duckdb"))
-    assert out.returncode == 0, out.stderr
-    restored = LabServer(fresh, home)
-    restored.start()
-    try:
-        assert [m["id"] for m in restored.api("GET", "/models").json()] == [ids["model_id"]]
-        variant = restored.api("GET", f"/variants/{ids['variant_id']}/tflite")
-        assert variant.status_code == 200 and variant.content[4:8] == b"TFL3"
-        assert restored.api("GET", f"/reports/{ids['report_id']}/bundle").status_code == 200
-        in_flight = restored.api("GET", f"/jobs/{job['id']}").json()
-        assert in_flight["status"] in ("done", "failed") and in_flight["error"] in ("", RESTARTED)
-    finally:
-        assert restored.stop() == 0
-    with Store(fresh / "qlab.duckdb") as store:
-        assert store.board_token("evk") == ("http://127.0.0.1:9", "board-secret-token")
-        assert all(str(p).startswith(str(fresh)) for p in store.query("SELECT path FROM variants")["path"].dropna())
+    # the backup, restored into a fresh data dir (on a small disk of its own, where mounting is allowed)
+    with ExitStack() as stack:
+        fresh = tmp_path / "fresh"
+        try:
+            stack.enter_context(small_disk(fresh, size_mb=128))
+        except pytest.skip.Exception:
+            pass  # no mount here: the disk-full part below is skipped, the rest runs
+        full_disk = os.path.ismount(fresh)
+        out = _qlab("restore", str(tmp_path / "backup"), "--json", QLAB_DATA_DIR=str(fresh),
+                    QLAB_DB=str(fresh / "qlab.duckdb"))
+        assert out.returncode == 0, out.stderr
+        restored = LabServer(fresh, home)
+        restored.start()
+        try:
+            assert [m["id"] for m in restored.api("GET", "/models").json()] == [ids["model_id"]]
+            variant = restored.api("GET", f"/variants/{ids['variant_id']}/tflite")
+            assert variant.status_code == 200 and variant.content[4:8] == b"TFL3"
+            assert restored.api("GET", f"/reports/{ids['report_id']}/bundle").status_code == 200
+            in_flight = restored.api("GET", f"/jobs/{job['id']}").json()
+            assert in_flight["status"] in ("done", "failed") and in_flight["error"] in ("", RESTARTED)
+            if full_disk:  # the disk fills up under the running server: JSON errors in words, not a bare 500
+                ballast = fill(fresh)
+                # more than the free tail of the WAL's last page, which a full disk still takes
+                report = {"title": "on a full disk", "variant_ids": [ids["variant_id"]], "notes": "n" * 200_000}
+                refused = [restored.api("POST", "/reports", json=report),
+                           restored.api("POST", "/models", files={"file": ("m.h5", (data / "demo" / "demo.h5").read_bytes())})]
+                for r in refused:
+                    assert r.status_code == 507 and "the disk is full" in r.json()["error"], r.text
+                ballast.unlink()
+                assert restored.api("POST", "/reports", json=report).status_code == 201
+        finally:
+            assert restored.stop() == 0
+        with Store(fresh / "qlab.duckdb") as store:  # before the small disk goes away
+            assert store.board_token("evk") == ("http://127.0.0.1:9", "board-secret-token")
+            assert all(str(p).startswith(str(fresh)) for p in store.query("SELECT path FROM variants")["path"].dropna())
     # no extension was looked for, installed or loaded: DuckDB's folder under HOME was never made
     assert not (home / ".duckdb").exists()
