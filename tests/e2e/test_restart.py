@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -24,6 +25,15 @@ pytestmark = pytest.mark.slow
 RESTARTED = "the server restarted while this job ran"
 
 
+@pytest.fixture()
+def servers() -> Iterator[list[LabServer]]:
+    """The servers a test starts; any still running when it ends (a failed assertion) is killed with its group."""
+    started: list[LabServer] = []
+    yield started
+    for server in started:
+        server.kill()
+
+
 def _no_wal(data: Path) -> bool:
     return not (data / "qlab.duckdb.wal").exists()
 
@@ -35,12 +45,14 @@ def _qlab(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=300)
 
 
-def test_lab_restarts_offline_and_its_backup_restores_elsewhere(tmp_path: Path, demo: LoadedModel) -> None:
+def test_lab_restarts_offline_and_its_backup_restores_elsewhere(tmp_path: Path, demo: LoadedModel,
+                                                                servers: list[LabServer]) -> None:
     data, home = tmp_path / "data", tmp_path / "home"
     (data / "demo").mkdir(parents=True)
     home.mkdir()
     shutil.copy(demo.path, data / "demo" / "demo.h5")  # the session's trained demo: nothing trains again
     server = LabServer(data, home)
+    servers.append(server)
 
     # a fresh lab: start, SIGTERM (Ctrl-C, systemd), start again later
     server.start()
@@ -83,6 +95,7 @@ def test_lab_restarts_offline_and_its_backup_restores_elsewhere(tmp_path: Path, 
                     QLAB_DB=str(fresh / "qlab.duckdb"))
         assert out.returncode == 0, out.stderr
         restored = LabServer(fresh, home)
+        servers.append(restored)
         restored.start()
         try:
             assert [m["id"] for m in restored.api("GET", "/models").json()] == [ids["model_id"]]
