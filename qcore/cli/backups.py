@@ -69,8 +69,9 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     except QlabError as exc:
         if "in use by another process" not in str(exc):
             raise
+        port = os.environ.get("QLAB_PORT") or "8501"
         raise QlabError(f"{db} is held by a running qlab server: back it up through the server with "
-                        f"`qlab --server http://127.0.0.1:8501 backup {args.dir}` (an admin token in QLAB_TOKEN "
+                        f"`qlab --server http://127.0.0.1:{port} backup {args.dir}` (an admin token in QLAB_TOKEN "
                         "or --token-file)") from None
     with store:
         made = make_backup(store, data_dir, Path(args.dir))
