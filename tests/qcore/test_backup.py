@@ -15,8 +15,9 @@ import pytest
 
 from qcore.cli import main
 from qcore.qtyping import QlabError
-from qcore.store import Store
+from qcore.store import MIGRATIONS, Store
 from qcore.store.backup import MANIFEST, backup, restore
+from tests.qcore.test_store_migrations import _build
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -143,3 +144,22 @@ def test_cli_backup_and_restore_json(lab: Path, tmp_path: Path, capsys: pytest.C
     new = tmp_path / "new"
     assert main(["restore", str(tmp_path / "bk"), "--db", str(new / "qlab.duckdb"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"] == doc["counts"]
+
+
+def test_restore_brings_a_backup_of_an_older_schema_to_today(tmp_path: Path) -> None:
+    """A backup an older qlab made (its database at migration 0010) restores with today's schema and rows."""
+    names = [m.name for m in MIGRATIONS]
+    old = names[: names.index("0010_users_tokens") + 1]
+    bk = tmp_path / "old-backup"
+    bk.mkdir()
+    _build(bk / "qlab.duckdb", old)
+    manifest = {"format": 1, "created_at": "2026-11-01T00:00:00Z", "qlab_version": "0.0.9", "migrations": old,
+                "data_dir": "/srv/qlab/data", "blob_dir": "/srv/qlab/data/blobs", "database_bytes": 0, "files": {},
+                "external": [], "counts": {}}
+    (bk / MANIFEST).write_text(json.dumps(manifest))
+    new = tmp_path / "new"
+    done = restore(bk, new / "qlab.duckdb", new)
+    assert done["counts"]["models"] == 1 and done["counts"]["jobs"] >= 1
+    with Store(new / "qlab.duckdb") as store:
+        assert store.applied_migrations() == names
+        store.create_job("convert", {})
