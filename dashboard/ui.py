@@ -91,7 +91,9 @@ def job_panel(
                 st.progress(j.progress, text=f"job #{j.id} ({j.kind}): {label}")
                 cols = st.columns([4, 1])
                 where = f" on {j.worker_host} ({j.worker})" if j.worker else ""
-                cols[0].caption(f"{j.status}{where}" + (f", {tables.elapsed(j)}" if j.started_at else ""))
+                subject = job_subject(the_lab, j)
+                cols[0].caption((f"{subject} · " if subject else "") + f"{j.status}{where}"
+                                + (f", {tables.elapsed(j)}" if j.started_at else ""))
                 cancel_button(the_lab, j, cols[1], key=f"{key}_cancel_{j.id}")
                 if live is not None:
                     live(j)
@@ -134,18 +136,36 @@ def submit(the_lab: Lab, params: JobParams) -> int:
     return access.submit(the_lab, auth.who(), params)
 
 
-def pick_model(the_lab: Lab, key: str, label: str = "model") -> int | None:
-    """A selectbox of stored models; returns the model id."""
+def running_params(the_lab: Lab, kinds: tuple[str, ...]) -> dict[str, Any]:
+    """The params of the newest job of these kinds while it is queued or running, else {}."""
+    job = latest_job(the_lab, kinds) if kinds else None
+    return dict(job.params or {}) if job is not None and job.status in ACTIVE else {}
+
+
+def pick_model(the_lab: Lab, key: str, label: str = "model", follow: tuple[str, ...] = ()) -> int | None:
+    """A selectbox of stored models (labels that tell them apart); returns the model id.
+
+    Args:
+        follow: job kinds whose running job's model a fresh page (a reload mid-job) opens on.
+    """
     models = reads.models(the_lab.db_key)
     if models.empty:
         st.info("No model stored yet: add one on the Models & data page.", icon=":material/info:")
         return None
-    names = {int(r.id): f"#{r.id} {r.name} ({r.format})" for r in models.itertuples()}
-    return st.selectbox(label, list(names), format_func=names.__getitem__, key=key)
+    names = {int(r["id"]): tables.model_label(r) for r in models.to_dict("records")}
+    running = running_params(the_lab, follow).get("model_id") if key not in st.session_state else None
+    index = list(names).index(int(running)) if running is not None and int(running) in names else 0
+    return st.selectbox(label, list(names), index=index, format_func=names.__getitem__, key=key)
 
 
-def pick_dataset(the_lab: Lab, key: str, label: str = "dataset") -> int | None:
-    """A selectbox of stored datasets; returns the dataset id."""
+def pick_dataset(the_lab: Lab, key: str, label: str = "dataset", for_model: int | None = None,
+                 follow: tuple[str, ...] = ()) -> int | None:
+    """A selectbox of stored datasets; returns the dataset id.
+
+    With `for_model`, the choice is the model's own (one per model): it opens on the running job's
+    dataset for that model, else the dataset the model was last converted with, so a reload or a
+    model change never pairs a model with another model's data by default.
+    """
     data = reads.datasets(the_lab.db_key)
     if data.empty:
         st.info("No dataset stored yet: add one on the Models & data page.", icon=":material/info:")
@@ -154,14 +174,38 @@ def pick_dataset(the_lab: Lab, key: str, label: str = "dataset") -> int | None:
         int(r.id): f"#{r.id} {r.name} (scale {r.input_scale:g}, offset {r.input_offset:g}, {r.n_test} test)"
         for r in data.itertuples()
     }
-    return st.selectbox(label, list(names), format_func=names.__getitem__, key=key)
+    if for_model is None:
+        return st.selectbox(label, list(names), format_func=names.__getitem__, key=key)
+    widget_key = f"{key}_{for_model}"
+    running = running_params(the_lab, follow)
+    wanted = running.get("dataset_id") if running.get("model_id") == for_model else None
+    if wanted is None:
+        wanted = tables.last_dataset(reads.variants(the_lab.db_key, model_ids=(int(for_model),)))
+    index = list(names).index(int(wanted)) if wanted is not None and int(wanted) in names else 0
+    return st.selectbox(label, list(names), index=index if widget_key not in st.session_state else 0,
+                        format_func=names.__getitem__, key=widget_key)
+
+
+def job_subject(the_lab: Lab, job: Job) -> str:
+    """What a job works on, in words: "model #1 mnv2 · dataset #2 digits32", or "" when it names neither."""
+    params = job.params or {}
+    parts = []
+    if params.get("model_id") is not None:
+        models = reads.models(the_lab.db_key)
+        hit = models[models["id"] == int(params["model_id"])]
+        parts.append(f"model #{params['model_id']}" + (f" {hit['name'].iloc[0]}" if not hit.empty else ""))
+    if params.get("dataset_id") is not None:
+        data = reads.datasets(the_lab.db_key)
+        hit = data[data["id"] == int(params["dataset_id"])]
+        parts.append(f"dataset #{params['dataset_id']}" + (f" {hit['name'].iloc[0]}" if not hit.empty else ""))
+    return " · ".join(parts)
 
 
 def variant_options(df: pd.DataFrame, ok_only: bool = True) -> dict[int, str]:
-    """variant id → "model / variant" for selectboxes."""
+    """variant id → "#id model / variant · dataset · accuracy" for selectboxes (`tables.variant_label`)."""
     if ok_only and not df.empty:
         df = df[df["status"] == "ok"]
-    return {int(r.variant_id): f"#{r.variant_id} {r.model} / {r.variant}" for r in df.itertuples()}
+    return {int(r["variant_id"]): tables.variant_label(r) for r in df.to_dict("records")}
 
 
 def kib(n: Any) -> str:
@@ -211,27 +255,34 @@ def take_used_variant() -> tuple[int, int] | None:
     return (int(value[0]), int(value[1])) if value else None
 
 
-def data_fit(the_lab: Lab, model_id: int | None, dataset_id: int | None) -> bool:
-    """Warns before a job fails: the dataset against the model (shape, value range, labels). True when it fits."""
+def data_findings(the_lab: Lab, model_id: int | None, dataset_id: int | None) -> list[tuple[str, str]]:
+    """(severity, message) of the dataset against the model (shape, value range, labels); [] when it fits."""
     if model_id is None or dataset_id is None:
-        return True
+        return []
     models = reads.models(the_lab.db_key)
     found = models[models["id"] == int(model_id)]
     if found.empty:
-        return True
+        return []
     try:
         prof = reads.dataset_profile(the_lab.db_key, int(dataset_id))
     except QlabError as exc:
-        st.warning(f"cannot check the dataset against the model: {exc}", icon=":material/warning:")
-        return True
-    fits = True
-    for severity, message in data_check.warnings(dict(found.iloc[0]), prof, f"dataset #{dataset_id}"):
+        return [("warning", f"cannot check the dataset against the model: {exc}")]
+    return list(data_check.warnings(dict(found.iloc[0]), prof, f"dataset #{dataset_id}"))
+
+
+def show_findings(findings: list[tuple[str, str]]) -> None:
+    for severity, message in findings:
         if severity == "error":
-            fits = False
             st.error(message, icon=":material/error:")
         else:
             st.warning(message, icon=":material/warning:")
-    return fits
+
+
+def data_fit(the_lab: Lab, model_id: int | None, dataset_id: int | None) -> bool:
+    """Warns before a job fails: the dataset against the model (shape, value range, labels). True when it fits."""
+    findings = data_findings(the_lab, model_id, dataset_id)
+    show_findings(findings)
+    return not any(severity == "error" for severity, _ in findings)
 
 
 # hex digits of a sha256 a table shows: enough to tell files apart

@@ -25,7 +25,7 @@ models = reads.models(lab.db_key)
 if models.empty:
     st.info("No model stored yet.", icon=":material/info:")
     st.stop()
-names = {int(r.id): f"#{r.id} {r.name}" for r in models.itertuples()}
+names = {int(r["id"]): tables.model_label(r) for r in models.to_dict("records")}
 used = ui.take_used_variant()
 if used is not None and used[1] in names:
     # "Use this variant" on another page: its model, with it beside the float32 variant

@@ -13,7 +13,7 @@ st.title("Models & data")
 lab = ui.current()
 
 left, right = st.columns(2)
-with left, st.form("models_model_form", clear_on_submit=True):
+with left, st.form("models_model_form", clear_on_submit=True, enter_to_submit=False):
     st.subheader("Add a model")
     file = st.file_uploader("Keras model: .keras, .h5, or a zipped SavedModel", type=["keras", "h5", "zip"],
                             key="models_model_file")
@@ -30,7 +30,7 @@ with left, st.form("models_model_form", clear_on_submit=True):
                                             who=auth.who())
                 st.success(f"model #{model_id} stored")
 
-with right, st.form("models_data_form", clear_on_submit=True):
+with right, st.form("models_data_form", clear_on_submit=True, enter_to_submit=False):
     st.subheader("Add a dataset")
     file = st.file_uploader("data: .npz (x_train, y_train, x_test, y_test) or a zip of class folders",
                             type=["npz", "zip"], key="models_data_file")
@@ -48,7 +48,8 @@ with right, st.form("models_data_form", clear_on_submit=True):
     digits = b2.form_submit_button("Add built-in digits", help="scikit-learn's 8×8 digits, x in [0, 16]")
     if upload:
         if file is None:
-            st.error("choose a data file first")
+            st.error("choose a data file first: an .npz or a .zip of class folders (the uploader refuses other "
+                     "types, such as .txt)")
         else:
             with ui.guard(f"could not add {file.name}"), st.spinner(f"reading {file.name}"):
                 dataset_id = uploads.add_dataset(lab, file.name, file.getvalue(), input_scale=scale,
@@ -65,7 +66,7 @@ st.caption("A .tflite from the eIQ model zoo, Ultralytics, onnx2tf or MediaPipe 
            "model: inspect, lint, time it here and on boards, compare it. With a float .tflite of the same network "
            "as reference and a dataset (its input preprocessing is the dataset's), it is scored too: top-1 for "
            "class scores, MSE against the reference for detectors and landmarks.")
-with st.form("models_tflite_form", clear_on_submit=True):
+with st.form("models_tflite_form", clear_on_submit=True, enter_to_submit=False):
     a, b = st.columns(2)
     tfile = a.file_uploader(".tflite model", type=["tflite"], key="models_tflite_file")
     rfile = b.file_uploader("float reference .tflite (optional)", type=["tflite"], key="models_tflite_reference")
@@ -148,5 +149,10 @@ if not models.empty and not data.empty:
         check_model = ui.pick_model(lab, key="models_check_model")
     with b:
         check_data = ui.pick_dataset(lab, key="models_check_dataset")
-    if ui.data_fit(lab, check_model, check_data):
+    findings = ui.data_findings(lab, check_model, check_data)
+    ui.show_findings(findings)
+    if not findings:
         st.success("the dataset fits the model", icon=":material/check_circle:")
+    elif not any(severity == "error" for severity, _ in findings):
+        st.info("shape and labels fit the model; read the warning above before a job runs on this pair",
+                icon=":material/info:")

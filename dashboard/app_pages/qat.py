@@ -9,7 +9,7 @@ from dashboard import ui
 from dashboard.components.training import qat_curves
 from dashboard.services import reads
 from qcore.jobs.contract import QatParams
-from qcore.qtyping import Job
+from qcore.qtyping import Job, JobStatus
 
 st.title("Quantization-aware training")
 st.caption("Fine-tunes the model with fake quantization (tfmot), converts it, and checks the known pitfall: "
@@ -19,9 +19,9 @@ lab = ui.current()
 
 c1, c2 = st.columns(2)
 with c1:
-    model_id = ui.pick_model(lab, key="qat_model")
+    model_id = ui.pick_model(lab, key="qat_model", follow=("qat",))
 with c2:
-    dataset_id = ui.pick_dataset(lab, key="qat_dataset")
+    dataset_id = ui.pick_dataset(lab, key="qat_dataset", for_model=model_id, follow=("qat",))
 if model_id is None or dataset_id is None:
     st.stop()
 
@@ -93,4 +93,7 @@ if not qat_variants.empty:
     st.subheader("QAT variants of this model")
     options = ui.variant_options(qat_variants)
     vid = st.selectbox("variant", list(options), format_func=options.__getitem__, key="qat_variant")
-    st.plotly_chart(qat_curves(reads.training_history(lab.db_key, int(vid))), key="qat_history_curves")
+    if job is not None and (job.result or {}).get("variant_id") == vid and job.status is JobStatus.DONE:
+        st.caption("Its curves are the latest training's, above.")  # not the same chart twice
+    else:
+        st.plotly_chart(qat_curves(reads.training_history(lab.db_key, int(vid))), key="qat_history_curves")

@@ -19,9 +19,9 @@ lab = ui.current()
 
 c1, c2 = st.columns(2)
 with c1:
-    model_id = ui.pick_model(lab, key="quantize_model")
+    model_id = ui.pick_model(lab, key="quantize_model", follow=("convert", "demo"))
 with c2:
-    dataset_id = ui.pick_dataset(lab, key="quantize_dataset")
+    dataset_id = ui.pick_dataset(lab, key="quantize_dataset", for_model=model_id, follow=("convert", "demo"))
 ui.data_fit(lab, model_id, dataset_id)
 
 engine = st.radio("engine", list(ENGINES), horizontal=True, key="quantize_engine",

@@ -8,6 +8,9 @@ from plotly.subplots import make_subplots
 
 from dashboard.components.style import TARGET_COLORS, empty_figure
 
+# fill patterns, one per board when several boards share a chart ("" is solid)
+BOARD_PATTERNS = ("", "/", "x", ".", "\\", "+", "-", "|")
+
 TARGET_ORDER = ("npu", "cpu", "cpu-plain", "host")
 
 
@@ -34,13 +37,18 @@ def latency_bars(bench: pd.DataFrame) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("steady state p50 (ms)", "first inference (ms)"))
     order = {t: i for i, t in enumerate(TARGET_ORDER)}
     series = sorted(data["_series"].unique(), key=lambda s: (order.get(s.split(" · ")[-1], 99), s))
+    # colour says the target; a board of its own gets its own fill pattern, so two boards never look alike
+    boards = list(dict.fromkeys(s.split(" · ")[0] for s in series if " · " in s))
     for s in series:
         part = data[data["_series"] == s]
         target = s.split(" · ")[-1]
         color = TARGET_COLORS.get(target, "#5F6368")
+        board = s.split(" · ")[0] if " · " in s else ""
+        pattern = BOARD_PATTERNS[boards.index(board) % len(BOARD_PATTERNS)] if board in boards else ""
         for col, metric in ((1, "p50_ms"), (2, "first_ms")):
             fig.add_trace(
                 go.Bar(x=part["label"], y=part[metric], name=s, marker_color=color, legendgroup=s,
+                       marker_pattern_shape=pattern,
                        showlegend=col == 1, text=[_fmt(v) for v in part[metric]], textposition="outside",
                        hovertemplate="%{x}<br>" + s + ": %{y:.3f} ms<extra></extra>"),
                 row=1, col=col,

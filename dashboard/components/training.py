@@ -10,7 +10,7 @@ from dashboard.components.style import PALETTE, empty_figure
 
 
 def qat_curves(history: pd.DataFrame) -> go.Figure:
-    """Loss (left) and accuracy (right) per epoch; any val_* columns drawn dashed beside them.
+    """Loss (left) and accuracy (right) per epoch: training solid, validation (val_*, held-out test samples) dashed.
 
     Args:
         history: one row per epoch with an `epoch` column and metric columns (loss, accuracy, ...).
@@ -21,7 +21,8 @@ def qat_curves(history: pd.DataFrame) -> go.Figure:
     for col, metric in ((1, "loss"), (2, "accuracy")):
         for i, name in enumerate(c for c in (metric, f"val_{metric}") if c in history):
             fig.add_trace(
-                go.Scatter(x=history["epoch"], y=history[name], mode="lines+markers", name=name,
+                go.Scatter(x=history["epoch"], y=history[name], mode="lines+markers",
+                           name=f"{metric} (validation)" if i else f"{metric} (training)",
                            line={"color": PALETTE[col - 1], "dash": "dash" if i else "solid"}),
                 row=1, col=col,
             )

@@ -60,7 +60,10 @@ def explainable(variants: pd.DataFrame) -> dict[int, str]:
         return {}
     ok = variants[(variants["status"] == "ok") & (variants["kind"] == VariantKind.PTQ.value)
                   & variants["recipe"].isin(DEBUG_RECIPES)]
-    return {int(r.variant_id): f"#{r.variant_id} {r.variant} · {engine_name(r.engine)}" for r in ok.itertuples()}
+    return {int(r.variant_id): f"#{r.variant_id} {r.variant} · {engine_name(r.engine)}"
+            + (f" · {r.dataset}" if isinstance(getattr(r, "dataset", None), str) else "")
+            + (f" · {100 * float(r.accuracy):.2f}%" if pd.notna(getattr(r, "accuracy", None)) else "")
+            for r in ok.itertuples()}
 
 
 def explain_target(model_id: int, variants: pd.DataFrame, variant_id: int | None) -> ExplainTarget:
@@ -359,6 +362,7 @@ def default_index(options: dict[int, str], name: str, avoid: int | None = None) 
     """Position of the first option whose variant name is `name` (and not `avoid`), else 0 or 1."""
     ids = list(options)
     for i, vid in enumerate(ids):
-        if options[vid].endswith(f"/ {name}") and vid != avoid:
+        label = options[vid]
+        if (label.endswith(f"/ {name}") or f"/ {name} · " in label) and vid != avoid:
             return i
     return 1 if avoid == ids[0] and len(ids) > 1 else 0

@@ -156,6 +156,44 @@ def last_worked_model(df: pd.DataFrame) -> int | None:
     return int(order["model_id"].iloc[-1])
 
 
+def last_dataset(variants: pd.DataFrame) -> int | None:
+    """The dataset a model's newest variant was made with (its last valid pair), or None."""
+    if variants.empty or "dataset_id" not in variants:
+        return None
+    made = variants.dropna(subset=["dataset_id"])
+    if made.empty:
+        return None
+    order = made.sort_values(["updated_at", "variant_id"], kind="stable") if "updated_at" in made else made
+    return int(order["dataset_id"].iloc[-1])
+
+
+def model_label(row: Mapping[str, Any]) -> str:
+    """A model as a selector shows it, unique and telling apart: "#3 mnv2 (h5, 2026-12-06 21:40)";
+    a bundle's copy says where it came from: "#5 mnv2 (tflite, from report 'int8 for the NPU', ...)"."""
+    source = str(row.get("source_path") or "")
+    where = f", from report {source.removeprefix('imported:').strip()!r}" if source.startswith("imported:") else ""
+    made = str(row.get("created_at") or "")[:16]
+    return f"#{row.get('id')} {row.get('name')} ({row.get('format')}{where}{', ' + made if made else ''})"
+
+
+def variant_label(row: Mapping[str, Any]) -> str:
+    """A variant as a selector shows it: id, model / name, then the dataset it was made on and its accuracy,
+    so a second "mnv2 / int8@aeq" made on other data reads differently: "#12 mnv2 / int8@aeq · digits32 · 92.00%"."""
+    parts = [f"#{row.get('variant_id')} {row.get('model')} / {row.get('variant')}"]
+    dataset = row.get("dataset")
+    if isinstance(dataset, str) and dataset:
+        parts.append(dataset)
+    acc = row.get("accuracy")
+    try:
+        if acc is not None and float(acc) == float(acc):
+            parts.append(f"{100 * float(acc):.2f}%")
+    except (TypeError, ValueError):
+        pass
+    if row.get("status") not in (None, "ok"):
+        parts.append(str(row.get("status")))
+    return " · ".join(parts)
+
+
 def best_per_model(df: pd.DataFrame) -> pd.DataFrame:
     """Per model: the most accurate variant, the smallest, and the fastest on this host.
 

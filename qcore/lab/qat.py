@@ -36,6 +36,8 @@ DEFAULT_EPOCHS = defaults.QAT_EPOCHS
 DEFAULT_BATCH = defaults.QAT_BATCH
 DEFAULT_LEARNING_RATE = defaults.QAT_LEARNING_RATE
 DEFAULT_CALIBRATION = defaults.CALIBRATION_SAMPLES
+# test samples QAT validates on after every epoch (val_loss, val_accuracy)
+VALIDATION_SAMPLES = 512
 # Keras and TFLite accuracy of a settled QAT model agree; more than a point apart means the ranges have not settled
 ACCURACY_GAP = 0.01
 # a moving-average range that still moves by more than 2% of its width per epoch has not settled
@@ -389,8 +391,11 @@ def run_qat(
     if model.keras_major >= 3 or keras_bridge.is_keras3(base):
         base = keras_bridge.to_tf_keras(model, check_inputs=x_test[:8])
     qat_model, quantized = build_qat_model(base, spec)
+    # held-out figures per epoch beside the training ones: a curve that only falls on training data hides
+    # overfitting; the first test samples keep the cost of an epoch small
+    validation = (x_test[:VALIDATION_SAMPLES], dataset.y_test[:VALIDATION_SAMPLES])
     history, drift = _fine_tune(qat_model, base, x_train, y_train, epochs, batch_size, learning_rate, progress,
-                                on_epoch)
+                                on_epoch, validation=validation)
 
     progress(0.8, "evaluating and converting the QAT model")
     outputs, reference = float_reference(model, dataset)
@@ -437,8 +442,10 @@ def _fine_tune(
     learning_rate: float,
     progress: Progress,
     on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[dict[str, float]], float]:
-    """Trains the QAT model; returns the per-epoch history and the last epoch's range drift."""
+    """Trains the QAT model; returns the per-epoch history (with val_loss and val_accuracy when
+    `validation` has samples) and the last epoch's range drift."""
     import tf_keras
 
     from_logits = not _outputs_are_probabilities(base, x)
@@ -462,6 +469,7 @@ def _fine_tune(
             drift[0] = range_drift(self.before, _snapshot(ranges))
             history.append({"loss": float(logs.get("loss", float("nan"))),
                             "accuracy": float(logs.get("accuracy", float("nan"))),
+                            **{k: float(logs[k]) for k in ("val_loss", "val_accuracy") if k in logs},
                             "range_drift": drift[0]})
             if on_epoch is not None:
                 on_epoch(epoch + 1, epochs, dict(history[-1]))
@@ -470,7 +478,9 @@ def _fine_tune(
                      f"accuracy {history[-1]['accuracy']:.3f}")
 
     try:
-        qat_model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[_Watch()])
+        val = validation if validation is not None and len(validation[0]) else None
+        qat_model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[_Watch()],
+                      validation_data=val)
     except (ValueError, TypeError) as exc:
         raise QlabError(f"QAT fine-tuning failed: {first_line(exc)}") from None
     return history, drift[0]

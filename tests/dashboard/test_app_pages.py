@@ -95,6 +95,21 @@ def test_models_and_quantize_warn_when_the_dataset_does_not_fit(empty_lab: Lab, 
     assert any("samples of shape (8, 8)" in t for t in texts(quantize, "error"))
 
 
+def test_models_wrong_scale_dataset_is_warned_not_called_a_fit(empty_lab: Lab, page) -> None:
+    """A dataset whose shape and labels fit but whose scale is wrong gets the warning and no green "fits"."""
+    from dashboard.services import uploads
+
+    empty_lab.store.add_model(name="digits-cnn", format="h5", sha256="c" * 64, source_path="/nowhere.h5",
+                              input_shape=[None, 8, 8], output_shape=[None, 10], keras_major=2)
+    uploads.add_digits(empty_lab, input_scale=255.0, input_offset=0.0)
+    reads.clear()
+    at = page("models")
+    _no_traceback(at)
+    assert any("inputs reach [0, 255]" in t for t in texts(at, "warning"))
+    assert "the dataset fits the model" not in texts(at, "success")
+    assert any(t.startswith("shape and labels fit the model; read the warning above") for t in texts(at, "info"))
+
+
 def test_models_garbage_model_shows_error_in_words(empty_lab: Lab, page) -> None:
     at = page("models")
     at.file_uploader(key="models_model_file").set_value(("broken.h5", b"not hdf5 at all", "application/x-hdf5"))
@@ -232,6 +247,31 @@ def test_quantize_running_job_seen_by_every_session(empty_lab: Lab, page) -> Non
         assert len(bars) == 1
         assert bars[0].proto.value == 40
         assert f"job #{job_id} (convert): converting with int8 (1/1)" in bars[0].proto.text
+
+
+def test_quantize_reload_mid_job_keeps_the_jobs_model_and_dataset(empty_lab: Lab, page) -> None:
+    """A reload while model #1 converts on dataset #1 opens on that pair, not on the newest model and the newest
+    dataset picked independently, and the job's panel says which model and dataset it works on."""
+    from dashboard.services import uploads
+
+    store = empty_lab.store
+    first_data = uploads.add_digits(empty_lab, input_scale=1.0, input_offset=0.0)
+    uploads.add_digits(empty_lab, input_scale=2.0, input_offset=0.0)  # the newest dataset, for another model
+    first = store.add_model(name="mnv2-a", format="h5", sha256="a" * 64, source_path="/a.h5",
+                            input_shape=[None, 8, 8], output_shape=[None, 10], keras_major=2)
+    store.add_model(name="mnv2-b", format="h5", sha256="b" * 64, source_path="/b.h5",
+                    input_shape=[None, 8, 8], output_shape=[None, 10], keras_major=2)
+    job_id = store.create_job("convert", {"model_id": first, "dataset_id": first_data, "recipes": ["int8"]})
+    store.update_job(job_id, status=JobStatus.RUNNING, progress=0.3, message="converting with int8 (1/1)")
+    reads.clear()
+    at = page("quantize")
+    _no_traceback(at)
+    assert at.selectbox(key="quantize_model").value == first
+    assert at.selectbox(key=f"quantize_dataset_{first}").value == first_data
+    assert any(t.startswith(f"model #{first} mnv2-a · dataset #{first_data} digits · running")
+               for t in texts(at, "caption"))
+    assert not texts(at, "error")  # a valid pair: no "every job on this pair will fail"
+    store.update_job(job_id, status=JobStatus.CANCELLED)
 
 
 # ---------------------------------------------------------------- compare

@@ -239,8 +239,13 @@ def test_tensor_snr_bars_clip_identical_tensors_worst_first() -> None:
 def test_qat_curves_loss_and_accuracy_panels() -> None:
     history = pd.DataFrame({"epoch": [1, 2], "loss": [0.5, 0.3], "accuracy": [0.8, 0.9]})
     fig = qat_curves(history)
-    assert [t.name for t in fig.data] == ["loss", "accuracy"]
+    assert [t.name for t in fig.data] == ["loss (training)", "accuracy (training)"]
     assert list(fig.data[1].y) == [0.8, 0.9]
+    # with QAT's validation figures: a dashed held-out curve beside each
+    fig = qat_curves(history.assign(val_loss=[0.6, 0.45], val_accuracy=[0.75, 0.85]))
+    names = [t.name for t in fig.data]
+    assert names == ["loss (training)", "loss (validation)", "accuracy (training)", "accuracy (validation)"]
+    assert fig.data[3].line.dash == "dash" and list(fig.data[3].y) == [0.75, 0.85]
 
 
 def test_qat_curves_before_first_epoch_says_why() -> None:
@@ -258,6 +263,15 @@ def test_latency_bars_first_inference_apart_and_one_bar_per_target() -> None:
     npu_steady, npu_first = fig.data[0], fig.data[1]
     assert list(npu_steady.y) == [0.4] and list(npu_first.y) == [900.0]
     assert npu_steady.xaxis == "x" and npu_first.xaxis == "x2"
+
+
+def test_latency_bars_two_boards_never_share_a_look() -> None:
+    bench = pd.DataFrame({"label": ["m / int8"] * 3, "board": ["imx-1", "imx-2", "host"],
+                          "target": ["cpu", "cpu", "host"], "p50_ms": [2.0, 2.2, 1.0], "first_ms": [2.5, 2.6, 1.2]})
+    fig = latency_bars(bench)
+    looks = {t.name: (t.marker.color, t.marker.pattern.shape) for t in fig.data}
+    assert looks["imx-1 · cpu"] != looks["imx-2 · cpu"]
+    assert len(set(looks.values())) == len(looks)
 
 
 def test_latency_bars_keeps_newest_row_per_variant_and_target() -> None:

@@ -157,3 +157,23 @@ def test_board_latency_prefers_the_npu_target_and_the_newest_timing() -> None:
     assert latency == {3: 1.0} and where == "imx / npu"
     latency, where = tables.board_latency(timings[timings["target"] == "cpu"], "imx")
     assert latency == {3: 0.5, 5: 3.0} and where == "imx / fastest target"
+
+
+def test_selector_labels_tell_apart_reruns_and_imports() -> None:
+    """A second "mnv2 / int8@aeq" made on other data, and a bundle's second "mnv2", read differently."""
+    a = {"variant_id": 3, "model": "mnv2", "variant": "int8@aeq", "dataset": "digits32", "accuracy": 0.92, "status": "ok"}
+    b = {**a, "variant_id": 9, "dataset": "digits32-raw", "accuracy": 0.1975}
+    assert tables.variant_label(a) == "#3 mnv2 / int8@aeq · digits32 · 92.00%"
+    assert tables.variant_label(b) == "#9 mnv2 / int8@aeq · digits32-raw · 19.75%"
+    assert tables.variant_label({**a, "accuracy": None, "status": "failed"}) == "#3 mnv2 / int8@aeq · digits32 · failed"
+    own = {"id": 1, "name": "mnv2", "format": "h5", "source_path": "/data/mnv2.h5", "created_at": "2026-12-06 21:40:12"}
+    copy = {**own, "id": 4, "format": "tflite", "source_path": "imported: int8 for the NPU"}
+    assert tables.model_label(own) == "#1 mnv2 (h5, 2026-12-06 21:40)"
+    assert tables.model_label(copy) == "#4 mnv2 (tflite, from report 'int8 for the NPU', 2026-12-06 21:40)"
+
+
+def test_last_dataset_is_the_newest_variants() -> None:
+    df = pd.DataFrame({"variant_id": [1, 2, 3], "dataset_id": [4, 5, None],
+                       "updated_at": ["2026-12-06 10:00", "2026-12-06 11:00", "2026-12-06 12:00"]})
+    assert tables.last_dataset(df) == 5
+    assert tables.last_dataset(df.iloc[0:0]) is None

@@ -72,12 +72,13 @@ def select(page, label: str, text: str) -> None:
 
 
 def choose(page, widget_label: str, option: str) -> None:
-    """Adds the option ending in `option` to a multiselect (typed first: the list is virtualised)."""
+    """Adds the option whose variant is `option` to a multiselect (typed first: the list is virtualised); the
+    label goes on with the dataset and accuracy ("… / int8 · digits · 93.00%")."""
     box = page.locator('[data-testid="stMultiSelect"]').filter(has_text=widget_label)
     box.click()
     page.keyboard.type(option)
     # Playwright sends a regex as /source/: a bare "/" inside would end it
-    pattern = re.compile(re.escape(option).replace("/", "\\/") + "$")
+    pattern = re.compile(re.escape(option).replace("/", "\\/") + "( · |$)")
     page.get_by_role("option", name=pattern).first.click()
     page.keyboard.press("Escape")
 
@@ -156,7 +157,7 @@ def test_layers_cost_vs_error(page, server: str) -> None:
     box.click()
     box.fill("uploaded-mlp")
     # Playwright sends a regex as /source/: the "/" in "model / variant" must be escaped
-    page.get_by_role("option", name=re.compile(r"uploaded-mlp \/ int8$")).first.click()
+    page.get_by_role("option", name=re.compile(r"uploaded-mlp \/ int8( · |$)")).first.click()
     page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
     wait_text(page, "Cost vs error: high and left")
     wait_text(page, re.compile(r"total [0-9.]+ ms · error from debugger run #\d+"))

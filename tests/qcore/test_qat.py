@@ -69,7 +69,7 @@ def test_run_qat_history_per_epoch_stored(whole: tuple[QatResult, list[tuple[flo
                                           module_store: Store) -> None:
     r, _ = whole
     assert len(r.history) == 2
-    assert all({"loss", "accuracy", "range_drift"} <= set(h) for h in r.history)
+    assert all({"loss", "accuracy", "val_loss", "val_accuracy", "range_drift"} <= set(h) for h in r.history)
     stored = module_store.training_history(r.variant.variant_id)
     assert list(stored["epoch"]) == [1, 2]
     np.testing.assert_allclose(stored["loss"], [h["loss"] for h in r.history])
