@@ -86,7 +86,10 @@ class ClusterSettings:
             workers = int(workers_text)
         else:
             workers = max(1, cores - 1)
-        memory: str | int = env.get(ENV_MEMORY, "").strip() or _fair_share(workers)
+        quick_text = env.get(ENV_QUICK, "").strip() or "1"
+        if not quick_text.isdigit():
+            raise QlabError(f"{ENV_QUICK}={quick_text!r} must be a whole number of workers (0 for none)")
+        memory: str | int = env.get(ENV_MEMORY, "").strip() or _fair_share(workers + int(quick_text))
         if isinstance(memory, str):
             try:
                 from dask.utils import parse_bytes
@@ -103,9 +106,6 @@ class ClusterSettings:
                 timeout = -1.0
             if not timeout > 0:
                 raise QlabError(f"{ENV_TIMEOUT}={timeout_text!r} must be a positive number of seconds")
-        quick_text = env.get(ENV_QUICK, "").strip() or "1"
-        if not quick_text.isdigit():
-            raise QlabError(f"{ENV_QUICK}={quick_text!r} must be a whole number of workers (0 for none)")
         scheduler = env.get(ENV_SCHEDULER, "").strip()
         tls_files = _tls_files(env)
         if scheduler:
@@ -249,8 +249,11 @@ class _Embedded:
         self.cert, self.key = make_credentials(self.folder)
         self.address = ""
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._env: dict[str, str] = {}
+        self._log_path = self.folder / "cluster.log"
         self._started = threading.Event()
         self._stop = threading.Event()
+        self._quick = threading.Event()  # set once the general workers are up: then the quick lane starts
         self._error: BaseException | None = None
         self._keeper = threading.Thread(target=self._keep, name="qlab-cluster-children", daemon=True)
         self._keeper.start()
@@ -275,8 +278,18 @@ class _Embedded:
             self._error = exc
         finally:
             self._started.set()
-        self._stop.wait()
+        while not self._stop.is_set():
+            if self._quick.is_set() and self._error is None:
+                self._quick.clear()
+                with contextlib.suppress(OSError):
+                    self._spawn_quick()
+            self._stop.wait(0.2)
         self._terminate()
+
+    def start_quick_lane(self) -> None:
+        """Starts the quick-lane workers (called once the general ones are up, so they import TensorFlow
+        after them and a first start's demo job does not wait for both)."""
+        self._quick.set()
 
     def _start(self) -> None:
         s = self.settings
@@ -294,23 +307,28 @@ class _Embedded:
             env["QLAB_WORKER_LOG"] = s.worker_log
         scheduler_file = self.folder / "scheduler.json"
         scheduler_file.unlink(missing_ok=True)
-        python = [sys.executable, "-P"]
-        with log_path.open("ab") as out:
-            def child(args: list[str]) -> None:
-                self._procs.append(subprocess.Popen(
-                    [*python, *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                    cwd=self.folder, preexec_fn=_die_with_parent))
+        self._env, self._log_path = env, log_path
+        self._child(["-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--protocol",
+                     "tls", "--no-dashboard", "--scheduler-file", str(scheduler_file), *self._tls_args()])
+        self.address = self._wait_for_address(scheduler_file)
+        self._child([*self._worker_args(), "--nworkers", str(s.workers), "--name", "qlab"])
 
-            child(["-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--protocol", "tls",
-                   "--no-dashboard", "--scheduler-file", str(scheduler_file), *self._tls_args()])
-            self.address = self._wait_for_address(scheduler_file)
-            worker = ["-m", "distributed.cli.dask_worker", self.address, "--nthreads", "1", "--host", "127.0.0.1",
-                      "--no-dashboard", "--memory-limit", str(s.memory_limit), "--preload", "qcore.jobs.worker",
-                      "--preload-nanny", "qcore.jobs.worker", *self._tls_args()]
-            child([*worker, "--nworkers", str(s.workers), "--name", "qlab"])
-            if s.quick_workers:
-                child([*worker, "--nworkers", str(s.quick_workers), "--name", "qlab-quick",
-                       "--resources", f"{QUICK_RESOURCE}=1"])
+    def _worker_args(self) -> list[str]:
+        return ["-m", "distributed.cli.dask_worker", self.address, "--nthreads", "1", "--host", "127.0.0.1",
+                "--no-dashboard", "--memory-limit", str(self.settings.memory_limit), "--preload", "qcore.jobs.worker",
+                "--preload-nanny", "qcore.jobs.worker", *self._tls_args()]
+
+    def _spawn_quick(self) -> None:
+        if self.settings.quick_workers:
+            self._child([*self._worker_args(), "--nworkers", str(self.settings.quick_workers), "--name",
+                         "qlab-quick", "--resources", f"{QUICK_RESOURCE}=1"])
+
+    def _child(self, args: list[str]) -> None:
+        """Starts one child from the keeper thread, its output appended to the cluster's log."""
+        with self._log_path.open("ab") as out:
+            self._procs.append(subprocess.Popen(
+                [sys.executable, "-P", *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=self._env, cwd=self.folder, preexec_fn=_die_with_parent))
 
     def _wait_for_address(self, scheduler_file: Path) -> str:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -380,6 +398,14 @@ class Cluster:
             except BaseException:
                 self._embedded.close()
                 raise
+            if settings.quick_workers:
+                threading.Thread(target=self._quick_lane_after_general, name="qlab-quick-lane", daemon=True).start()
+
+    def _quick_lane_after_general(self) -> None:
+        with contextlib.suppress(Exception):  # a slow start still gets its quick lane, just later
+            self.client.wait_for_workers(self.settings.workers, timeout=START_TIMEOUT_S)
+        if self._embedded is not None:
+            self._embedded.start_quick_lane()
 
     @property
     def address(self) -> str:
