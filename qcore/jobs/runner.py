@@ -341,7 +341,10 @@ class JobRunner:
         queue_ahead: list[_Watch] = []
         for w in waiting:
             able = [a for a in workers if _takes(workers[a], w.spec)]
-            if not able:
+            if not able and not w.spec.resources:  # starting (or restarting) workers, or none connected yet
+                text = ("waiting for the job workers to start" if self.settings.scheduler == ""
+                        else f"waiting for a worker to connect to {self.cluster.address}")
+            elif not able:
                 wanted = ", ".join(f"{r}={n:g}" for r, n in w.spec.resources.items())
                 text = (f"waiting for a worker with {wanted}: none is connected (start one with `dask worker "
                         f"{self.cluster.address} --resources {wanted} --preload qcore.jobs.worker "
