@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from dashboard.services.sign_in import sign_in_configured
 from qcore.qtyping import DiskError, QlabError, Role
 from qcore.serialize import to_json
 from qcore.store import ACTOR
-from qcore.store.accounts import Principal, authenticate
+from qcore.store.accounts import Principal, authenticate, token_sha256
 from qcore.store.files import disk_words, is_disk_error
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,11 @@ PUBLIC_PATHS = (f"{PREFIX}/health", f"{PREFIX}/openapi.json")
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+# a valid token's principal is asked of the store at most this often (revoking or changing a role applies
+# within it); a burst of API calls with one token then costs no database round trip each
+TOKEN_CACHE_S = 2.0
+# tokens remembered at once; past it the memory starts over
+MAX_KNOWN_TOKENS = 1024
 
 
 class ApiError(Exception):
@@ -155,6 +161,25 @@ class BearerAuth:
         self.store = store
         # tokens the local admin made work only while there is no sign-in (a lab on one machine)
         self.local_tokens = not sign_in_configured()
+        # token sha256 -> (who, until when): a burst of calls with one token asks the store once
+        self._known: dict[str, tuple[Principal, float]] = {}
+
+    async def _principal(self, token: str) -> Principal | None:
+        """The token's principal, from the store at most once per TOKEN_CACHE_S (revocations and role changes
+        apply within that); unknown tokens are never remembered."""
+        key = token_sha256(token)
+        now = time.monotonic()
+        hit = self._known.get(key)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        who = await run_in_threadpool(lambda: authenticate(self.store(), token, local_tokens=self.local_tokens))
+        if who is None:
+            self._known.pop(key, None)
+        else:
+            if len(self._known) > MAX_KNOWN_TOKENS:
+                self._known.clear()
+            self._known[key] = (who, now + TOKEN_CACHE_S)
+        return who
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -164,8 +189,7 @@ class BearerAuth:
         scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
         who = None
         if scheme.lower() == "bearer" and token.strip():
-            who = await run_in_threadpool(lambda: authenticate(self.store(), token.strip(),
-                                                               local_tokens=self.local_tokens))
+            who = await self._principal(token.strip())
         if who is None:
             reason = "missing bearer token" if not token.strip() else "invalid or revoked token"
             await error(401, f"{reason}: send 'Authorization: Bearer <token>' (make one on the settings page)",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +27,7 @@ from qcore.boards.runs import variant_model
 from qcore.jobs.contract import JobParams
 from qcore.lab import reports
 from qcore.qtyping import JobStatus, QlabError
-from qcore.serialize import frame_records
+from qcore.serialize import frame_records, to_json
 from qcore.store import accounts
 
 # the same cap as the UI's uploads (dashboard/services/uploads.py); past it the answer is 413
@@ -130,21 +132,50 @@ def _int_arg(request: Request, name: str, *, path: bool = False) -> int | None:
     return value
 
 
+# encoded list answers kept per (generation of the cached reads, path, query); a write starts a new generation
+_ANSWERS: OrderedDict[tuple[int, str, str], tuple[bytes, str]] = OrderedDict()
+# a few lists and their filters; older generations fall out first
+MAX_ANSWERS = 64
+_answers_lock = threading.Lock()
+# one encoder per key: a burst of identical reads waits for the first instead of each reading the database
+_encoding: dict[tuple[int, str, str], threading.Lock] = {}
+
+
 async def _table(request: Request, read: Callable[[], pd.DataFrame]) -> Response:
-    """A list answer: JSON records, or Parquet with ?format=parquet; read and encoded off the event loop."""
+    """A list answer: JSON records, or Parquet with ?format=parquet; read and encoded off the event loop,
+    once per change of the lab (the answer is kept until the next write clears the cached reads)."""
     fmt = request.query_params.get("format", "json")
     if fmt not in ("json", "parquet"):
         raise QlabError(f"format: expected 'json' or 'parquet', got {fmt!r}")
+    key = (reads.generation(), request.url.path, str(request.query_params))
 
-    def encode() -> Response:
+    def encode() -> tuple[bytes, str]:
         df = read()
         if fmt == "parquet":
             buf = io.BytesIO()
             df.astype({c: "string" for c in df.columns if df[c].dtype == object}).to_parquet(buf, index=False)
-            return Response(buf.getvalue(), media_type=PARQUET)
-        return json_response(frame_records(df))
+            return buf.getvalue(), PARQUET
+        return to_json(frame_records(df)).encode("utf-8"), "application/json"
 
-    return await run_in_threadpool(encode)
+    def answer() -> tuple[bytes, str]:
+        with _answers_lock:
+            if key in _ANSWERS:
+                return _ANSWERS[key]
+            lock = _encoding.setdefault(key, threading.Lock())
+        with lock:
+            with _answers_lock:
+                if key in _ANSWERS:
+                    return _ANSWERS[key]
+            got = encode()
+            with _answers_lock:
+                _ANSWERS[key] = got
+                while len(_ANSWERS) > MAX_ANSWERS:
+                    _ANSWERS.popitem(last=False)
+                _encoding.pop(key, None)
+            return got
+
+    body, media = await run_in_threadpool(answer)
+    return Response(body, media_type=media)
 
 
 async def _json_body(request: Request) -> Any:
@@ -229,6 +260,7 @@ async def create_model(request: Request) -> Response:
     def add() -> tuple[int, dict[str, Any]]:
         model_id = uploads.add_model(the_lab, filename, data, name, trusted=trusted in ("true", "1"), who=who)
         accounts.stamp(the_lab.store, "models", model_id, who.email)
+        reads.clear()  # the lists show who made it
         return model_id, the_lab.store.model(model_id)
 
     model_id, row = await run_in_threadpool(add)
@@ -265,6 +297,7 @@ async def create_dataset(request: Request) -> Response:
             dataset_id = uploads.add_dataset(the_lab, got[0], got[1], input_scale=scale, input_offset=offset,
                                              name=name, for_model=for_model, who=who)
         accounts.stamp(the_lab.store, "datasets", dataset_id, who.email)
+        reads.clear()  # the lists show who made it
         return dataset_id, the_lab.store.dataset(dataset_id)
 
     dataset_id, row = await run_in_threadpool(add)
@@ -442,6 +475,7 @@ async def create_report(request: Request) -> Response:
     def make() -> str:
         report_id = reports.make_report(the_lab.store, title, notes, ids)
         accounts.stamp(the_lab.store, "reports", report_id, who.email)
+        reads.clear()  # the lists show who made it
         return report_id
 
     report_id = await run_in_threadpool(make)
@@ -475,6 +509,7 @@ async def import_report(request: Request) -> Response:
     def bring_in() -> str:
         report_id = reports.import_bundle(the_lab.store, got[1])
         accounts.stamp(the_lab.store, "reports", report_id, who.email)
+        reads.clear()  # the lists show who made it
         return report_id
 
     report_id = await run_in_threadpool(bring_in)

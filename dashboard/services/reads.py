@@ -39,9 +39,22 @@ def store_for(db: str) -> Store:
         return _stores[db]
 
 
+# bumped by every clear(): what the API's encoded answers are cached under (dashboard/api/routes.py)
+_generation = 0
+
+
 def clear() -> None:
     """Drops every cached read (after any write)."""
+    global _generation
+    with _lock:
+        _generation += 1
     st.cache_data.clear()
+
+
+def generation() -> int:
+    """How many times the cached reads were dropped: a read cached under an older number may be stale."""
+    with _lock:
+        return _generation
 
 
 def _ids(values: tuple[int, ...] | None) -> list[int] | None:

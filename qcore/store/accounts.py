@@ -18,6 +18,8 @@ MIN_ADMIN_TOKEN_CHARS = 32
 LOCAL_USER = "local"
 # a personal token's prefix, so a leaked one is easy to recognise in logs and secret scanners
 TOKEN_PREFIX = "qlab_"
+# "last used" is recorded at most this often per token: a burst of API calls is reads, not one write each
+LAST_USED_EVERY_S = 60
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
@@ -175,8 +177,9 @@ def authenticate(store: Store, token: str, *, local_tokens: bool = True) -> Prin
     """
     if not token or len(token) > 512:
         return None
-    row = store._one("SELECT id, owner FROM api_tokens WHERE sha256 = ? AND revoked_at IS NULL",
-                     [token_sha256(token)])
+    row = store._one(
+        "SELECT id, owner, last_used IS NULL OR last_used < current_timestamp - to_seconds(?) "
+        "FROM api_tokens WHERE sha256 = ? AND revoked_at IS NULL", [LAST_USED_EVERY_S, token_sha256(token)])
     if row is None:
         return None
     if row[1] == LOCAL_USER and not local_tokens:
@@ -184,8 +187,9 @@ def authenticate(store: Store, token: str, *, local_tokens: bool = True) -> Prin
     role = role_of(store, str(row[1]))
     if role is None:
         return None
-    with store.transaction() as cur:
-        cur.execute("UPDATE api_tokens SET last_used = current_timestamp WHERE id = ?", [row[0]])
+    if row[2]:
+        with store.transaction() as cur:
+            cur.execute("UPDATE api_tokens SET last_used = current_timestamp WHERE id = ?", [row[0]])
     return Principal(email=str(row[1]), role=role)
 
 
