@@ -1,4 +1,4 @@
-"""The lab's job runner: jobs run on Dask workers (an embedded LocalCluster unless QLAB_DASK_SCHEDULER is set).
+"""The lab's job runner: jobs run on Dask workers (an embedded TLS cluster unless QLAB_DASK_SCHEDULER is set).
 
 The runner itself is `qcore.jobs.runner.JobRunner`; this module only builds it for the server.
 """

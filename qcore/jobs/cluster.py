@@ -54,7 +54,7 @@ START_TIMEOUT_S = 180.0
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """Where jobs run: an embedded LocalCluster (the default) or an existing scheduler."""
+    """Where jobs run: the embedded TLS cluster of child processes (the default) or an existing scheduler."""
 
     scheduler: str = ""
     workers: int = 1
@@ -181,9 +181,6 @@ def _dask_config() -> dict[str, Any]:
         "distributed.worker.memory.spill": False,
         "distributed.worker.memory.pause": False,
         "distributed.worker.memory.terminate": 0.95,
-        # a restarted worker imports TensorFlow before it registers again; on a busy machine that takes
-        # longer than Dask's 15 s, after which a LocalCluster would close the nanny instead of waiting
-        "distributed.deploy.lost-worker-timeout": "600s",
         "distributed.admin.tick.limit": "10s",
         "distributed.comm.timeouts.connect": "30s",
     }
