@@ -186,3 +186,36 @@ def foreign_tflite(digits: Dataset) -> dict[str, bytes]:
     c = tf.lite.TFLiteConverter.from_concrete_functions([det.get_concrete_function()], det)
     c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     return {"two_float": convert(False), "two_int8": convert(True), "custom": custom, "flex": bytes(c.convert())}
+
+
+@pytest.fixture(scope="session")
+def digits32(digits: Dataset) -> Dataset:
+    """The 8×8 digits upsampled 4× to 32×32 and repeated over 3 channels: MobileNetV2's input."""
+    import numpy as np
+
+    def up(x: np.ndarray) -> np.ndarray:
+        return np.repeat(np.kron(x, np.ones((4, 4), np.float32))[..., None], 3, axis=-1)
+
+    return Dataset("digits32", up(digits.x_train), digits.y_train, up(digits.x_test), digits.y_test,
+                   source="digits", class_names=digits.class_names)
+
+
+@pytest.fixture(scope="session")
+def mnv2(session_data_dir: Path, digits32: Dataset) -> LoadedModel:
+    """A MobileNetV2-sized model built offline (alpha 0.35, 32×32×3, 10 classes, 64 quantized layers), trained
+    one short epoch on 512 digits32 samples once per session (BatchNorm momentum 0.9 so its statistics settle)."""
+    import tf_keras
+
+    from qcore.inputs.models import load_model
+
+    path = session_data_dir / "mnv2.h5"
+    if not path.exists():
+        tf_keras.utils.set_random_seed(0)
+        net = tf_keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), weights=None, classes=10)
+        for layer in net.layers:
+            if isinstance(layer, tf_keras.layers.BatchNormalization):
+                layer.momentum = 0.9
+        net.compile(tf_keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        net.fit(digits32.x_train[:512], digits32.y_train[:512], epochs=1, batch_size=32, verbose=0)
+        net.save(path)
+    return load_model(path, trusted=True)
