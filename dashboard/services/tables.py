@@ -226,7 +226,9 @@ def best_per_model(df: pd.DataFrame) -> pd.DataFrame:
         board = part["board_p50_ms"].astype(float) if "board_p50_ms" in part else pd.Series(dtype=float)
         timed = {int(v): float(t) for v, t in zip(part["variant_id"], board, strict=False) if t == t}
         pick = npu_pick(part, latency=timed, where="a board")
-        picks[int(model_id)] = pick.variant or "none within 1 point"
+        none = "no NPU-ready variant" if pick.words.startswith("No NPU-ready variant here") else (
+            f"none within {NPU_BUDGET_POINTS:g} point of float")
+        picks[int(model_id)] = pick.variant or none
     out["best for the NPU"] = out["model_id"].map(picks)
     return out[cols]
 

@@ -148,6 +148,8 @@ def test_best_per_model_names_the_npu_pick() -> None:
     best = tables.best_per_model(_npu_candidates()).set_index("model")
     assert best.at["mnv2", "best for the NPU"] == "uint8-per-tensor"
     assert best.at["mnv2", "most accurate"] == "int8-fallback"  # not NPU-ready: the NPU column says otherwise
+    none = tables.best_per_model(_npu_candidates().assign(npu_ready=False)).set_index("model")
+    assert none.at["mnv2", "best for the NPU"] == "no NPU-ready variant"
 
 
 def test_board_latency_prefers_the_npu_target_and_the_newest_timing() -> None:
