@@ -277,8 +277,9 @@ def npu_outlook(recipe: str, kept_float: int) -> tuple[bool, str]:
     if recipe in CPU_ONLY_RECIPES:
         return False, f"Not NPU-ready: {recipe} has 16-bit activations, which the NPU cannot run."
     if kept_float > 0:
-        return False, (f"Not NPU-ready: the {kept_float} layer{'s' if kept_float != 1 else ''} kept in float run on "
-                       "the CPU, with a round trip to float around each; the rest stays on the NPU.")
+        layers = f"the {kept_float} layers kept in float run" if kept_float != 1 else "the layer kept in float runs"
+        return False, (f"Not NPU-ready: {layers} on the CPU, with a round trip to float around each; the rest "
+                       "stays on the NPU.")
     return True, f"NPU-ready: {recipe} is integer-only with int8/uint8 I/O and keeps nothing in float."
 
 

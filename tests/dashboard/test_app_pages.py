@@ -569,7 +569,8 @@ def test_debugger_engine_and_recipe_follow_the_explained_variant(explained: Lab,
     assert at.selectbox(key="debugger_deploy_engine").value == "aeq"
     assert any(f"Explains variant **#{aeq_variant} int8@aeq**" in t and "**AI Edge Quantizer**" in t
                for t in texts(at, "markdown"))
-    assert not texts(at, "warning")
+    # no mismatch warning (keep-float's NPU outlook may warn that float layers run on the CPU)
+    assert not [t for t in texts(at, "warning") if not t.startswith("Not NPU-ready: ")]
     # the debugger runs with that engine and recipe
     at.number_input(key="debugger_samples").set_value(20)
     _by_label(at.button, "Run debugger").click().run()
