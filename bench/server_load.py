@@ -39,6 +39,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
 # what the overview shows once its script has run (its first subheader)
 READY_TEXT = "Best variant per model"
 HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+# a session not ready after this long counts as never ready
+PAGE_TIMEOUT_MS = 120_000
 
 
 def pct(values: list[float], q: float) -> float:
@@ -121,6 +123,7 @@ def reads(base: str) -> tuple[list[float], list[float]]:
 
 
 async def _sessions(base: str, n: int) -> list[float]:
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
@@ -131,8 +134,12 @@ async def _sessions(base: str, n: int) -> list[float]:
 
             async def one(tab: object) -> float:
                 t = time.perf_counter()
-                await tab.goto(base, timeout=120_000)  # type: ignore[attr-defined]
-                await tab.get_by_text(READY_TEXT).first.wait_for(timeout=120_000)  # type: ignore[attr-defined]
+                try:
+                    await tab.goto(base, timeout=PAGE_TIMEOUT_MS)  # type: ignore[attr-defined]
+                    await tab.get_by_text(READY_TEXT).first.wait_for(  # type: ignore[attr-defined]
+                        timeout=PAGE_TIMEOUT_MS)
+                except PlaywrightTimeout:
+                    return float("inf")  # never ready: counted, and shown as over the timeout
                 return time.perf_counter() - t
 
             return list(await asyncio.gather(*(one(t) for t in tabs)))
@@ -140,9 +147,11 @@ async def _sessions(base: str, n: int) -> list[float]:
             await browser.close()
 
 
-def browsers(base: str, job: dict[str, object]) -> tuple[list[float], list[float]]:
-    """(one session alone, idle; 20 sessions at once while 2 jobs run) page-ready times."""
+def browsers(base: str, job: dict[str, object]) -> tuple[list[float], list[float], list[float]]:
+    """(one session alone, idle; 20 sessions at once, idle; 20 sessions at once while 2 jobs run) page-ready
+    times: the middle one tells the 20 browsers' own cost on this machine from the jobs' and the server's."""
     alone = [asyncio.run(_sessions(base, 1))[0] for _ in range(3)]
+    crowd = asyncio.run(_sessions(base, SESSIONS))
     running = [requests.post(f"{base}/api/v1/jobs", headers=HEADERS, json=job, timeout=60).json()["id"]
                for _ in range(2)]
     try:
@@ -156,7 +165,7 @@ def browsers(base: str, job: dict[str, object]) -> tuple[list[float], list[float
         together = asyncio.run(_sessions(base, SESSIONS))
     finally:
         _cancel_all(base, running)
-    return alone, together
+    return alone, crowd, together
 
 
 def main() -> int:
@@ -195,11 +204,15 @@ def main() -> int:
 
         if not args.skip_browser:
             qat = {"kind": "qat", "params": {"model_id": model, "dataset_id": dataset, "epochs": 500}}
-            alone_pages, pages = browsers(base, qat)
+            alone_pages, crowd, pages = browsers(base, qat)
             p95 = pct(pages, 95)
+            never = sum(t == float("inf") for t in crowd + pages)
+            if never:
+                print(f"   {never} session(s) were not ready after {PAGE_TIMEOUT_MS // 1000} s (shown as inf)")
             print(f"3. {SESSIONS} concurrent browser sessions on the overview while 2 jobs run: page ready p95 "
-                  f"{p95:.2f} s, p50 {statistics.median(pages):.2f} s (one session alone, idle: p50 "
-                  f"{statistics.median(alone_pages):.2f} s) -> {'met' if p95 < 3 else 'MISSED'} (p95 < 3 s)")
+                  f"{p95:.2f} s, p50 {statistics.median(pages):.2f} s (the same {SESSIONS} with no job: p95 "
+                  f"{pct(crowd, 95):.2f} s; one session alone, idle: p50 {statistics.median(alone_pages):.2f} s) "
+                  f"-> {'met' if p95 < 3 else 'MISSED'} (p95 < 3 s)")
     return 0
 
 
