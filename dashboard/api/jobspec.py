@@ -6,24 +6,33 @@ import dataclasses
 from typing import Any
 
 from qcore.engines import ENGINES, resolve_recipes
-from qcore.jobs.contract import PARAMS, ConvertParams, JobKind, JobParams, job_kind, parse_params
+from qcore.explain.repairs import check_repair
+from qcore.jobs.contract import (
+    PARAMS,
+    ConvertParams,
+    JobKind,
+    JobParams,
+    RepairParams,
+    job_kind,
+    parse_params,
+)
 from qcore.qtyping import QlabError
 
 # what a client may queue: an allowlist, because some kinds are the server's own and take server
 # paths (demo, add_model, import_tflite: uploads go through POST /models, /datasets, /variants)
 API_KINDS: tuple[JobKind, ...] = (
     JobKind.CONVERT, JobKind.DEBUG, JobKind.SELECTIVE, JobKind.TUNE, JobKind.QAT, JobKind.COMPARE_TENSORS,
-    JobKind.HOST_BENCH, JobKind.BOARD_BENCH, JobKind.BOARD_ACCURACY,
+    JobKind.HOST_BENCH, JobKind.BOARD_BENCH, JobKind.BOARD_ACCURACY, JobKind.REPAIR,
 )
 
 # the smallest value a count may take (the OpenAPI document says the same); others are >= 1
 MINIMUM: dict[str, float] = {"warmup": 0, "train_samples": 0, "max_drop": 0, "first_k": 0}
 COUNT_FIELDS = ("model_id", "dataset_id", "float_variant_id", "quant_variant_id", "calibration_samples",
                 "debug_samples", "samples", "runs", "warmup", "threads", "epochs", "batch_size", "train_samples",
-                "max_drop", "variant_ids", "first_k")
+                "max_drop", "variant_ids", "first_k", "adaround_iterations")
 # the largest count a request may ask for (ids are unbounded in practice but must fit BIGINT)
 MAXIMUM: dict[str, float] = {"threads": 64, "epochs": 1000, "runs": 100_000, "warmup": 100_000,
-                             "max_drop": 100, "batch_size": 65_536}
+                             "max_drop": 100, "batch_size": 65_536, "adaround_iterations": 1_000_000}
 MAX_ID = 2**62
 MAX_COUNT = 10**7
 
@@ -69,6 +78,11 @@ def parse(kind: Any, params: Any) -> JobParams:
             resolve_recipes(",".join(parsed.recipes), parsed.engine)
         except QlabError as exc:
             raise QlabError(f"params.recipes: {exc}") from None
+    if isinstance(parsed, RepairParams):
+        try:  # an unknown method, a recipe the repairs cannot target: refused before the job is queued
+            check_repair(parsed.recipe, parsed.engine, parsed.methods)
+        except QlabError as exc:
+            raise QlabError(f"params.methods/recipe: {exc}") from None
     return parsed
 
 

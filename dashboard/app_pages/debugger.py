@@ -6,14 +6,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import ui
+from dashboard import repair_panel, ui
 from dashboard.components.debugger import (
     METRIC_TITLES,
     layer_bars,
     tensor_snr_bars,
     tune_trials_plot,
 )
-from dashboard.services import debug_view, layers, reads
+from dashboard.services import debug_view, layers, reads, repair_view
 from dashboard.services.debug_view import DEBUG_RECIPES, ENGINE_NAMES, engine_name
 from qcore import defaults
 from qcore.engines import get_engine
@@ -189,6 +189,8 @@ def show_selective(job: Job) -> None:
 debug_result(model_id, dataset_id)
 ui.job_panel(ui.latest_job(lab, ("selective",)), key="debugger_selective_job", on_done=show_selective)
 
+repair_panel.show(lab, int(model_id), int(dataset_id), engine)
+
 st.subheader("Automatic search for the fewest float layers")
 a, b, c = st.columns([1, 1, 2])
 max_drop = a.number_input("max accuracy drop (points)", 0.0, 100.0, defaults.TUNE_MAX_DROP, 0.1,
@@ -208,12 +210,14 @@ if io_ready:
             "keeps no layer in float; every float layer it keeps runs on the CPU.", icon=":material/memory:")
 else:
     st.warning(io_words, icon=":material/memory:")
+try_repairs = st.checkbox("try the repairs first (" + " + ".join(defaults.TUNE_REPAIRS) + "): keep layers float only "
+                          "when the repaired integer model still misses", value=True, key="debugger_tune_repairs")
 if st.button("Search", key="debugger_tune"):
     with ui.guard("could not start"):
         ui.submit(lab, TuneParams(
             model_id=int(model_id), dataset_id=int(dataset_id), max_drop=float(max_drop), recipe=search_recipe,
             calibration_samples=int(calibration), debug_samples=int(debug_samples), engine=engine,
-            deploy_engine=deploy_engine))
+            deploy_engine=deploy_engine, repairs=defaults.TUNE_REPAIRS if try_repairs else ()))
         st.rerun()
 ui.job_panel(ui.latest_job(lab, ("tune",)), key="debugger_tune_job")
 tune_runs = reads.tune_runs(lab.db_key, model_id)
@@ -228,8 +232,9 @@ if not tune_runs.empty:
     st.dataframe(debug_view.trials_table(trials), hide_index=True, width="stretch")
     st.caption(f"Search #{tune_id}: layers ranked and tried with {searched_by}.")
     chosen_id = trun["chosen_variant_id"]
-    if pd.notna(chosen_id):
-        found = reads.variants(lab.db_key, variant_ids=(int(chosen_id),))
+    found = reads.variants(lab.db_key, variant_ids=(int(chosen_id),)) if pd.notna(chosen_id) else None
+    st.markdown("**Remedy:** " + ui.md(repair_view.remedy(None if found is None or found.empty else found.iloc[0])))
+    if found is not None:
         if not found.empty:
             ui.npu_verdict(found.iloc[0], f"search result {found.iloc[0]['variant']} "
                                           f"({engine_name(found.iloc[0]['engine'])})")

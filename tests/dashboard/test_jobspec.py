@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dashboard.api import jobspec
-from qcore.jobs.contract import ConvertParams, DebugParams, TuneParams, check_params
+from qcore.jobs.contract import ConvertParams, DebugParams, RepairParams, TuneParams, check_params
 from qcore.qtyping import QlabError
 
 
@@ -44,3 +44,16 @@ def test_parse_refuses_a_bad_deploy_engine_and_server_kinds() -> None:
         jobspec.parse("demo", {})
     with pytest.raises(QlabError, match="params: expected an object"):
         jobspec.parse("convert", [1, 2])
+
+
+def test_parse_takes_a_repair_job_and_refuses_a_bad_method_or_recipe_by_name() -> None:
+    parsed = jobspec.parse("repair", {"model_id": 1, "dataset_id": 2, "methods": "cle,adaround",
+                                      "recipe": "int8", "engine": "aeq", "adaround_iterations": 200})
+    assert parsed == RepairParams(model_id=1, dataset_id=2, methods=("cle", "adaround"), recipe="int8", engine="aeq",
+                                  adaround_iterations=200)
+    with pytest.raises(QlabError, match="unknown repair method 'smooth'"):
+        jobspec.parse("repair", {"model_id": 1, "dataset_id": 2, "methods": ["smooth"]})
+    with pytest.raises(QlabError, match="recipe float16: the repairs target the int8 weight grid"):
+        jobspec.parse("repair", {"model_id": 1, "dataset_id": 2, "recipe": "float16"})
+    with pytest.raises(QlabError, match=r"params\.adaround_iterations"):
+        jobspec.parse("repair", {"model_id": 1, "dataset_id": 2, "adaround_iterations": 0})
