@@ -30,9 +30,9 @@ lab = ui.current()
 
 c1, c2 = st.columns(2)
 with c1:
-    model_id = ui.pick_model(lab, key="debugger_model", follow=("debug", "selective", "tune"))
+    model_id = ui.pick_model(lab, key="debugger_model", follow=("debug", "selective", "tune", "repair"))
 with c2:
-    dataset_id = ui.pick_dataset(lab, key="debugger_dataset", for_model=model_id, follow=("debug", "selective", "tune"))
+    dataset_id = ui.pick_dataset(lab, key="debugger_dataset", for_model=model_id, follow=("debug", "selective", "tune", "repair"))
 if model_id is None or dataset_id is None:
     st.stop()
 
