@@ -119,8 +119,8 @@ def npu_pick(df: pd.DataFrame, budget_points: float = NPU_BUDGET_POINTS,
     change = (float(row["accuracy"]) - float(row["float_accuracy"])) * 100
     return NpuPick(vid, str(row["variant"]),
                    f"Best for the NPU: {row['variant']} (#{vid}, {engine_label(row.get('engine'))}): "
-                   f"accuracy {float(row['accuracy']) * 100:.2f}% ({change:+.2f} points vs float, budget "
-                   f"-{budget_points:g}); {why}.")
+                   f"accuracy {float(row['accuracy']) * 100:.2f}% ({change:+.2f} points vs float, within the "
+                   f"{budget_points:g}-point budget); {why}.")
 
 
 def board_latency(timings: pd.DataFrame, board: str) -> tuple[dict[int, float], str]:
