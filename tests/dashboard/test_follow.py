@@ -23,3 +23,14 @@ def test_flash_is_shown_once() -> None:
     follow.flash(state, "k", "board 'imx' registered")
     assert follow.take_flash(state, "k") == "board 'imx' registered"
     assert follow.take_flash(state, "k") == ""
+
+
+def test_board_job_reasons_grouped_one_line_per_reason() -> None:
+    """8 NPU cells unavailable for the same reason read as one line naming the 8 variants, not 8 warnings."""
+    from dashboard.services import boards_view
+
+    npu = [{"variant_id": v, "target": "npu", "board": "imx", "reason": "VX delegate not found"} for v in range(1, 9)]
+    profile = [{"variant_id": 3, "target": "cpu", "board": "imx", "reason": "timed, but no per-op profile: x"}]
+    lines = boards_view.reason_lines(npu + profile)
+    assert lines == ["npu on imx: VX delegate not found (variants #1, #2, #3, #4, #5, #6, #7, #8)",
+                     "cpu on imx: timed, but no per-op profile: x (variant #3)"]
