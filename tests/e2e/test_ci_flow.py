@@ -47,6 +47,7 @@ SAME_DOCUMENT = {
     "debug": ["--calibration-samples", "20", "--debug-samples", "10"],
     "tune": ["--max-drop", "5", "--calibration-samples", "20", "--debug-samples", "10"],
     "qat": ["--epochs", "1", "--train-samples", "100"],
+    "repair": ["--methods", "cle", "--calibration-samples", "20", "--debug-samples", "10"],
 }
 
 
