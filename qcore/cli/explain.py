@@ -59,8 +59,9 @@ def add_commands(sub: Subparsers) -> None:
     p.add_argument("--calibration-samples", type=int, default=defaults.CALIBRATION_SAMPLES, help=CALIBRATION_HELP)
     p.add_argument("--debug-samples", type=int, default=defaults.DEBUG_SAMPLES,
                    help=f"first M test samples (default {defaults.DEBUG_SAMPLES})")
-    p.add_argument("--threshold", type=float, default=defaults.SUSPECT_THRESHOLD,
-                   help=f"rmse/scale above this is a suspect (default {defaults.SUSPECT_THRESHOLD})")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="per-layer error above this is a suspect (default: this model's own outliers on the "
+                        "engine's scale, the rule every page uses)")
     p.add_argument("--first-k", type=int, default=0, help="also count the first K layers as suspects")
     p.add_argument("--metrics", default="", help="extra layer metrics: mean_abs_error,correlation")
     p.add_argument("--denylist-ops", action="append", default=[], help="op types to keep in float, e.g. MEAN,ADD")

@@ -99,7 +99,8 @@ class DebugParams:
     extra_metrics: tuple[str, ...] = ()  # tf only
     whole_model: bool = False  # tf only
     engine: str = defaults.ENGINE
-    threshold: float = defaults.SUSPECT_THRESHOLD  # rmse/scale above this makes a layer a suspect
+    # a layer above this is a suspect; None: this model's own outliers on the engine's scale (what the pages use)
+    threshold: float | None = None
     first_k: int = 0  # the first K layers count as suspects too
 
 
@@ -118,7 +119,7 @@ class SelectiveParams:
     # the per-layer statistics run beside the selective conversion, as in a debug job
     extra_metrics: tuple[str, ...] = ()
     whole_model: bool = False
-    threshold: float = defaults.SUSPECT_THRESHOLD
+    threshold: float | None = None
     first_k: int = 0
 
 

@@ -126,6 +126,16 @@ def test_debug_aeq_exports_model_explorer(capsys: pytest.CaptureFixture[str], de
                          "--debug-samples", "20", "--out", str(out), "--model-explorer-out", str(me), "--db", db,
                          "--engine", "aeq", "--json"])
     assert got["engine"] == "aeq" and got["settings"]["engine"] == "aeq"
+    # no --threshold: suspects are this model's outliers on AEQ's own scale (the pages' rule), not TF's fixed 0.7,
+    # under which every layer of a whole-model comparison was a suspect
+    from qcore.engines import get_engine
+
+    errors = [row["rmse_scale"] for row in got["layers"]]
+    threshold, _ = get_engine("aeq").metric.suspect_threshold(errors)
+    assert got["settings"]["threshold"] == threshold
+    assert sorted(got["suspects"]) == sorted(row["tensor_name"] for row in got["layers"]
+                                             if row["rmse_scale"] > threshold)
+    assert len(got["suspects"]) < len(got["layers"])
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["op_name", "tensor_idx", "num_elements", "mean_squared_error", "scale", "zero_point",
                        "tensor_name", "snr", "cosine_similarity", "range", "rmse_scale"]
