@@ -63,8 +63,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo: LoadedModel) -> Itera
     shutil.copy(demo.path, data / "demo" / "demo.h5")
     port = free_port()
     # the server starts its own embedded cluster, as `make dashboard` does; one worker on a small machine
+    # (no quick-lane worker: one more TensorFlow import per server start on 2 cores; tests/qcore/test_job_runner.py
+    # covers the quick lane)
     env = dict(os.environ, QLAB_PORT=str(port), QLAB_DATA_DIR=str(data), QLAB_DB=str(data / "qlab.duckdb"),
-               QLAB_WORKERS="1")
+               QLAB_WORKERS="1", QLAB_QUICK_WORKERS="0")
     env.pop("QLAB_DASK_SCHEDULER", None)
     env.pop("QLAB_BOOTSTRAP", None)
     log = data / "server.log"

@@ -35,7 +35,8 @@ class LabServer:
         port = free_port()
         env = dict(os.environ, QLAB_PORT=str(port), QLAB_DATA_DIR=str(self.data),
                    QLAB_DB=str(self.data / "qlab.duckdb"), QLAB_BOOTSTRAP="1" if bootstrap else "0",
-                   QLAB_ADMIN_TOKEN=ADMIN_TOKEN, QLAB_WORKERS="1", HOME=str(self.home), PYTHONPATH=str(REPO))
+                   QLAB_ADMIN_TOKEN=ADMIN_TOKEN, QLAB_WORKERS="1", QLAB_QUICK_WORKERS="0", HOME=str(self.home),
+                   PYTHONPATH=str(REPO))
         for key in ("QLAB_HOST", "QLAB_SERVER", "QLAB_TOKEN", "QLAB_SECRETS_FILE", "QLAB_ADMINS",
                     "QLAB_DASK_SCHEDULER"):
             env.pop(key, None)

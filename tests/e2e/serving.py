@@ -32,7 +32,7 @@ def running_server(data: Path, *, bootstrap: bool = False, **env: str) -> Iterat
     """
     port = int(env.get("QLAB_PORT") or free_port())
     full = dict(os.environ, QLAB_PORT=str(port), QLAB_DATA_DIR=str(data), QLAB_DB=str(data / "qlab.duckdb"),
-                QLAB_BOOTSTRAP="1" if bootstrap else "0", QLAB_ADMIN_TOKEN=ADMIN_TOKEN)
+                QLAB_BOOTSTRAP="1" if bootstrap else "0", QLAB_ADMIN_TOKEN=ADMIN_TOKEN, QLAB_QUICK_WORKERS="0")
     for key in ("QLAB_HOST", "QLAB_SERVER", "QLAB_TOKEN", "QLAB_SECRETS_FILE", "QLAB_ADMINS"):
         full.pop(key, None)
     full.update(env)
