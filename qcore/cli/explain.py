@@ -51,7 +51,8 @@ def add_commands(sub: Subparsers) -> None:
     p.add_argument("--out", help="also write the QAT variant's .tflite here")
     add_common(p)
 
-    p = sub.add_parser("debug", help="TFLite's quantization debugger: per-layer errors, suspects, selective quantization")
+    p = sub.add_parser("debug", help="per-layer error on an engine (TF's debugger or AEQ's "
+                       "validation), suspects, selective quantization")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--data", required=True, help="a .npz, image folder/.zip, or 'digits'")
     p.add_argument("--recipe", default=defaults.DEBUG_RECIPE,
@@ -86,7 +87,8 @@ def add_commands(sub: Subparsers) -> None:
     add_preprocessing(p)
     add_common(p)
 
-    p = sub.add_parser("tune", help="find a small set of layers to keep in float within an accuracy budget")
+    p = sub.add_parser("tune", help="meet an accuracy budget: repairs first, then the fewest "
+                       "layers kept in float")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--data", required=True, help="a .npz, image folder/.zip, or 'digits'")
     p.add_argument("--max-drop", type=float, required=True, help="accuracy points the result may lose against float")
