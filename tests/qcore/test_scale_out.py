@@ -110,7 +110,11 @@ def runner(cluster: str, tls: tuple[str, str], tmp_path_factory: pytest.TempPath
 def test_gpu_job_lands_on_the_gpu_worker_and_names_it(runner: JobRunner) -> None:
     demo = runner.submit(DemoParams(recipes="int8"))
     assert runner.wait(demo, timeout=600) is JobStatus.DONE, runner.store.job(demo).error
-    workers = runner.cluster.workers()
+    # the scheduler's worker list can come back empty for a moment on a loaded machine (the runner's dispatch
+    # simply tries again next round): ask until it names the workers
+    deadline = time.monotonic() + 60
+    while not (workers := runner.cluster.workers()) and time.monotonic() < deadline:
+        time.sleep(0.5)
     gpu = [a for a, w in workers.items() if (w.get("resources") or {}).get("GPU")]
     assert len(gpu) == 1, workers
     job_id = runner.submit(QatParams(model_id=1, dataset_id=1, epochs=1, train_samples=64, gpu=True))
