@@ -479,7 +479,6 @@ async def create_report(request: Request) -> Response:
         return report_id
 
     report_id = await run_in_threadpool(make)
-    reads.clear()
     return json_response({"id": report_id, "url": report_links.url(report_id)}, 201)
 
 
@@ -513,7 +512,6 @@ async def import_report(request: Request) -> Response:
         return report_id
 
     report_id = await run_in_threadpool(bring_in)
-    reads.clear()
     return json_response({"id": report_id, "url": report_links.url(report_id)}, 201)
 
 

@@ -85,12 +85,7 @@ class Remote:
         except requests.RequestException as exc:
             raise QlabError(f"cannot reach the qlab server at {self.base}: {exc.__class__.__name__}: "
                             f"{str(exc)[:200]}") from None
-        if resp.status_code >= 400:
-            try:
-                message = resp.json().get("error") or resp.text
-            except ValueError:
-                message = resp.text[:200]
-            raise QlabError(f"the server answered {resp.status_code}: {message}")
+        _refused(resp)
         if resp.headers.get("content-type", "").startswith("application/json"):
             return resp.json()
         return resp.content
@@ -103,12 +98,7 @@ class Remote:
         """
         try:
             with self.session.request(method, self.base + path, timeout=timeout, stream=True) as resp:
-                if resp.status_code >= 400:
-                    try:
-                        message = resp.json().get("error") or resp.text
-                    except ValueError:
-                        message = resp.text[:200]
-                    raise QlabError(f"the server answered {resp.status_code}: {message}")
+                _refused(resp)
                 with dest.open("wb") as fh:
                     for chunk in resp.iter_content(chunk_size=1 << 20):
                         fh.write(chunk)
@@ -271,3 +261,14 @@ class Bar:
         if self.tty and self.last:
             sys.stderr.write("\n")
             sys.stderr.flush()
+
+
+def _refused(resp: requests.Response) -> None:
+    """Raises the server's own words for an error answer (its JSON `error`, else the start of its body)."""
+    if resp.status_code < 400:
+        return
+    try:
+        message = resp.json().get("error") or resp.text
+    except ValueError:
+        message = resp.text[:200]
+    raise QlabError(f"the server answered {resp.status_code}: {message}")
