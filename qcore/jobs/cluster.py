@@ -370,6 +370,7 @@ class Cluster:
 
         self.settings = settings
         self._embedded: _Embedded | None = None
+        self._workers_seen: dict[str, dict[str, Any]] = {}  # the scheduler's last list of its workers
         dask.config.set(_dask_config())
         warnings.filterwarnings("ignore", message=".*Large object of size.*")
         warnings.filterwarnings("ignore", message=".*Port 8787 is already in use.*")
@@ -416,13 +417,21 @@ class Cluster:
         return (e.cert, e.cert, e.key) if e is not None else None
 
     def workers(self) -> dict[str, dict[str, Any]]:
-        """Worker address → its info (host, resources, memory limit) as the scheduler knows it."""
+        """Worker address → its info (host, resources, memory limit) as the scheduler knows it.
+
+        When the scheduler does not answer (a slow moment on a loaded machine), the last answer it gave:
+        an empty list would read as "no workers" to the dispatcher and the waiting words.
+        """
         try:
-            return dict(self.client.scheduler_info(n_workers=-1).get("workers", {}))
-        except TypeError:  # older distributed without n_workers
-            return dict(self.client.scheduler_info().get("workers", {}))
+            try:
+                info = self.client.scheduler_info(n_workers=-1)
+            except TypeError:  # older distributed without n_workers
+                info = self.client.scheduler_info()
         except Exception:
-            return {}
+            log.debug("the scheduler did not list its workers; using its last list", exc_info=True)
+            return dict(self._workers_seen)
+        self._workers_seen = dict(info.get("workers", {}))
+        return dict(self._workers_seen)
 
     def wait_for_workers(self, n: int = 1, timeout: float = START_TIMEOUT_S) -> None:
         self.client.wait_for_workers(n, timeout=timeout)
