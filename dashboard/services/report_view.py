@@ -67,5 +67,5 @@ def figures(content: dict[str, Any]) -> list[tuple[str, go.Figure]]:
 
 
 def html(report: dict[str, Any]) -> str:
-    """The self-contained HTML export (plotly.js inline once, works offline)."""
+    """The self-contained HTML export: the same figures drawn as inline SVG (no JavaScript, works offline, prints)."""
     return reports.render_html(report, figures(report["content"]))

@@ -15,10 +15,10 @@ import math
 import secrets
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import pandas as pd
@@ -26,6 +26,7 @@ import pandas as pd
 from qcore import __version__, defaults
 from qcore.engines import ENGINES
 from qcore.lab.import_tflite import IMPORTED_ENGINE
+from qcore.lab.svg_figures import figure_svg
 from qcore.qtyping import (
     SCORING_LABELS,
     Evaluation,
@@ -335,7 +336,17 @@ details{margin:-.5rem 0 1rem} summary{cursor:pointer;color:#0F6CBD}
 .npu .unknown .mark{background:#F1F3F4;color:#5F6368}
 th{background:#F3F5F8} td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}
 .fig{margin:1.5rem 0;max-width:100%;overflow:hidden} .npu li{margin:.2rem 0}
+.fig svg{width:100%;height:auto;display:block} .fig-note{color:#B06000}
+@media print{.fig{break-inside:avoid}}
 """
+
+
+class _HasToDict(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+# a Plotly figure (anything with to_dict()) or its dict: the export needs only the data
+PlotlyFigure = Mapping[str, Any] | _HasToDict
 
 
 def _table_html(df: pd.DataFrame, top: int = 0, what: str = "rows") -> str:
@@ -395,12 +406,13 @@ def npu_lines(content: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
     return out
 
 
-def render_html(report: dict[str, Any], figures: Sequence[tuple[str, Any]] = ()) -> str:
-    """One self-contained HTML page: tables, notes and the given Plotly figures, plotly.js inline.
+def render_html(report: dict[str, Any], figures: Sequence[tuple[str, PlotlyFigure]] = ()) -> str:
+    """One self-contained HTML page: tables, notes and the given figures drawn as inline SVG, no JavaScript.
 
     Args:
         report: a row of `Store.report()` (id, title, notes, content, created_at).
-        figures: (caption, plotly Figure) pairs; plotly.js is embedded once, so the file works offline.
+        figures: (caption, figure) pairs, each a Plotly figure dict (`fig.to_dict()`) or anything with
+            `to_dict()`; drawn by `svg_figures`, so the file is small, works offline and prints.
     """
     content = report["content"]
     parts = [
@@ -439,14 +451,11 @@ def render_html(report: dict[str, Any], figures: Sequence[tuple[str, Any]] = ())
         parts.append("<h2>Per-layer error and time</h2>")
         for caption, df in op_tables:
             parts += [f"<h3>{html.escape(caption)}</h3>", _table_html(df, TABLE_TOP, "ops")]
-    first = True
-    for caption, fig in figures:
-        parts.append(f"<div class='fig'><h3>{html.escape(caption)}</h3>")
-        fig.update_layout(width=None, autosize=True)
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False, default_width="100%",
-                                 config={"responsive": True}))
+    for i, (caption, fig) in enumerate(figures):
+        drawn = figure_svg(fig if isinstance(fig, Mapping) else fig.to_dict(), ident=f"fig{i}")
+        parts.append(f"<div class='fig'><h3>{html.escape(caption)}</h3>{drawn.svg}")
+        parts += [f"<p class='fig-note'>Not drawn in this export: {html.escape(note)}.</p>" for note in drawn.notes]
         parts.append("</div>")
-        first = False
     parts.append("</body></html>")
     return "\n".join(parts)
 

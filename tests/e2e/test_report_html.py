@@ -1,4 +1,5 @@
-"""The exported HTML report in headless Chromium at 1280 px: no horizontal overflow, notes rendered as HTML."""
+"""The exported HTML report in headless Chromium at 1280 px: no horizontal overflow, notes rendered as HTML,
+charts drawn as inline SVG."""
 
 from __future__ import annotations
 
@@ -48,7 +49,13 @@ def test_exported_html_fits_1280_px_and_renders_notes(browser, tmp_store: Store,
     try:
         tab = context.new_page()
         tab.goto(path.as_uri())
-        tab.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        tab.locator(".fig svg").first.wait_for(timeout=60_000)
+        # the charts are inline SVG: each is drawn with a real size, and the page runs no script
+        sizes = tab.evaluate("[...document.querySelectorAll('.fig svg')].map(s => { const r = "
+                             "s.getBoundingClientRect(); return [r.width, r.height]; })")
+        assert len(sizes) >= 4 and all(w > 600 and h > 150 for w, h in sizes), sizes
+        assert tab.evaluate("document.scripts.length") == 0
+        assert tab.locator(".fig svg title").count() >= 6  # hover texts, as native tooltips
         widths = tab.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
         assert widths[0] <= widths[1], f"the page is {widths[0]} px wide in a {widths[1]} px window"
         assert tab.locator(".notes strong").first.inner_text() == "int8"
