@@ -216,8 +216,8 @@ def test_download_html_export(page, server: str, tmp_path: Path) -> None:
     html = path.read_text()
     assert html.startswith("<!DOCTYPE html>")
     assert "uploaded MLP: float32 vs int8" in html
-    assert html.count("Plotly.newPlot") >= 4
-    assert not re.search(r"<script[^>]+src=\"https?://", html)  # plotly.js inline: works offline
+    # the charts are inline SVG: no script, no plotly.js, nothing fetched, so it works offline and prints
+    assert html.count("<svg") >= 4 and "<script" not in html
 
 
 def test_screenshots_of_the_other_pages(page, server: str) -> None:
