@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import html
+import re
 import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,3 +141,83 @@ def test_report_of_a_debugged_variant_shows_cost_vs_error(debugged: Lab, page) -
     assert not at.exception, [e.value for e in at.exception]
     assert "Per-layer error and time" in [s.value for s in at.subheader]
     assert any("rmse_scale" in d.value.columns for d in at.dataframe)
+
+
+def _svgs(page_html: str) -> list[ET.Element]:
+    """Every inline chart of an exported page, parsed as XML (raises when one is not well-formed)."""
+    return [ET.fromstring(s) for s in re.findall(r"<svg\b.*?</svg>", page_html, flags=re.S)]
+
+
+def test_report_html_export_draws_every_figure_as_svg_without_script(debugged: Lab) -> None:
+    from dashboard.services import report_view
+    from qcore.lab.reports import make_report
+
+    ids = [int(v) for v in debugged.store.variant_summary()["variant_id"]]
+    report = debugged.store.report(make_report(debugged.store, "demo: every variant", "", ids))
+    figures = report_view.figures(report["content"])
+    page_html = report_view.html(report)
+    assert "<script" not in page_html and "plotly" not in page_html.lower()
+    assert len(figures) >= 5
+    for caption, _ in figures:
+        assert f"<h3>{html.escape(caption)}</h3><svg" in page_html, caption
+    assert len(_svgs(page_html)) == len(figures)
+    assert "class='fig-note'" not in page_html  # every figure the report makes is one the export draws
+    assert len(page_html.encode()) < 200_000
+
+
+def _grown(content: dict[str, Any]) -> dict[str, Any]:
+    """The demo report's real content grown, by its own shape (reports.build_content), into the issue's report:
+    ten MobileNetV2-sized variants (64 quantized layers, 69 ops) on this host and a board, each with its
+    evaluation, confusion and per-op table, and two debugger runs (TF and AEQ) of 64 layers."""
+    from qcore.recipes import RECIPES
+
+    by_recipe = {v["recipe"]: v for v in content["variants"]}
+    evals = {e["variant_id"]: e for e in content["evaluations"]}
+    bench = [b for b in content["benchmarks"] if b["board"] == "host"]
+    template_ops = next(iter(content["op_cost"].values()))
+    ops = ["CONV_2D"] * 35 + ["DEPTHWISE_CONV_2D"] * 17 + ["ADD"] * 10 + ["MEAN", "FULLY_CONNECTED", "PAD", "PAD",
+                                                                           "SOFTMAX", "QUANTIZE", "DEQUANTIZE"]
+    out: dict[str, Any] = {**content, "variants": [], "evaluations": [], "confusion": {}, "benchmarks": [],
+                           "op_cost": {}}
+    for i, (recipe, spec) in enumerate(RECIPES.items()):
+        vid, engine = 100 + i, ("tf", "aeq")[i % 2]
+        base = by_recipe["int8" if spec.representative else "float32"]
+        out["variants"].append({**base, "variant_id": vid, "variant": f"{recipe}@{engine}", "recipe": recipe,
+                                "engine": engine, "model": "mnv2-alpha0.35-32px", "board_p50_ms": 1.5 + i})
+        out["evaluations"].append({**evals[base["variant_id"]], "variant_id": vid})
+        out["confusion"][str(vid)] = content["confusion"][str(base["variant_id"])]
+        out["benchmarks"] += [{**b, "variant_id": vid, "p50_ms": 2.0 + i} for b in bench]
+        out["benchmarks"] += [{**(bench[0] if bench else {}), "variant_id": vid, "board": "imx8mp-evk",
+                               "target": t, "p50_ms": p, "first_ms": 50 * p}
+                              for t, p in (("npu", 1.5 + i), ("cpu", 9.0 + i))]
+        rows = [{**template_ops["rows"][0], "op_index": k, "op_type": op, "layer": f"block_{k // 4}_{op.lower()}_{k}",
+                 "rmse_scale": (0.2 + (k % 13) / 20 if spec.representative and k < 64 else None),
+                 "range": 6.0, "time_ms": 0.02 + k / 1000, "time_share": (0.02 + k / 1000) / 7.9,
+                 "time_source": "profile"} for k, op in enumerate(ops)]
+        out["op_cost"][str(vid)] = {**template_ops, "variant": f"{recipe}@{engine}", "board": "imx8mp-evk",
+                                    "target": "npu", "time_source": "profile", "total_ms": 7.9,
+                                    "debug_run_id": (1 + i % 2) if spec.representative else None,
+                                    "engine": engine if spec.representative else None, "rows": rows}
+    worst = [{"layer": f"block_{k}_project", "op": "CONV_2D", "rmse_scale": 0.9 - k / 50, "range": 6.0}
+             for k in range(10)]
+    out["debugger"] = [{"model": "mnv2-alpha0.35-32px", "debug_run_id": n, "recipe": "int8", "layers": 64,
+                        "engine": engine, "worst": worst} for n, engine in ((1, "tf"), (2, "aeq"))]
+    return out
+
+
+def test_report_html_export_of_ten_mobilenet_sized_variants_is_under_1_mb(debugged: Lab) -> None:
+    """Issue 19: a report of 10 MobileNetV2 variants with two debugger runs is under 1 MB (it was 5 MB)."""
+    from dashboard.services import report_view
+    from qcore.lab.reports import make_report
+
+    ids = [int(v) for v in debugged.store.variant_summary()["variant_id"]]
+    report = debugged.store.report(make_report(debugged.store, "mnv2: ten variants", "", ids))
+    report = {**report, "content": _grown(report["content"])}
+    figures = report_view.figures(report["content"])
+    page_html = report_view.html(report)
+    # the report is the issue's: ten variants, two 64-layer debugger runs, a per-op table and chart each
+    assert page_html.count("<summary>all 69 ops</summary>") == 10
+    assert page_html.count("worst of 64 layers") == 2
+    assert sum(c.startswith("Cost vs error") for c, _ in figures) == 6  # the quantized ones, not the floats
+    assert len(_svgs(page_html)) == len(figures) >= 12
+    assert len(page_html.encode()) < 1_000_000, f"{len(page_html.encode())} bytes"
