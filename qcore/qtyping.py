@@ -486,6 +486,9 @@ class LayerStat:
     range: float  # 255 * scale
     rmse_scale: float  # sqrt(mse) / scale; ~0.289 means well quantized
     extra: dict[str, float] = field(default_factory=dict)
+    # the name users know: a model output's signature key ("predictions"), else the Keras layer of the
+    # fused tensor name; "" where nobody recorded it (`qcore.tflite.names.layer_name` falls back)
+    layer: str = ""
 
 
 @dataclass(frozen=True)

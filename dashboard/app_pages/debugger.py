@@ -141,7 +141,7 @@ def debug_result(model_id: int, dataset_id: int) -> None:
     include = st.checkbox(f"the {len(suspects)} suspects", value=True, key="debugger_keep_suspects")
     chosen = debug_view.keep_float(table, list(picked.selection.rows) if picked else [], suspects, include)
     if chosen:
-        st.markdown(f"**{len(chosen)} layers kept in float:** " + ", ".join(ui.md(x) for x in layers.unique_labels(chosen)))
+        st.markdown(f"**{len(chosen)} layers kept in float:** " + ", ".join(ui.md(x) for x in layers.unique_labels(chosen, layers.known_names(stats))))
     else:
         st.caption("No layer chosen: tick rows in the table, or lower the threshold.")
     ops = st.multiselect("and every op of these types", debug_view.op_types(stats), key="debugger_keep_ops")
@@ -229,7 +229,9 @@ if not tune_runs.empty:
     trials = reads.tune_trials(lab.db_key, int(tune_id))
     st.plotly_chart(tune_trials_plot(trials, float(trun["float_accuracy"]), float(trun["target_accuracy"]),
                                      source=searched_by), key="debugger_trials")
-    st.dataframe(debug_view.trials_table(trials), hide_index=True, width="stretch")
+    ranked_by = trun.get("debug_run_id")  # the run that ranked the layers recorded their names
+    known = layers.known_names(reads.layer_stats(lab.db_key, int(ranked_by))) if pd.notna(ranked_by) else {}
+    st.dataframe(debug_view.trials_table(trials, known), hide_index=True, width="stretch")
     st.caption(f"Search #{tune_id}: layers ranked and tried with {searched_by}.")
     chosen_id = trun["chosen_variant_id"]
     found = reads.variants(lab.db_key, variant_ids=(int(chosen_id),)) if pd.notna(chosen_id) else None

@@ -77,7 +77,7 @@ def layer_bars(stats: pd.DataFrame, threshold: float, suspects: Collection[str] 
     data = layers.rank(stats, metric, worst_first)
     if top_n > 0:
         data = data.head(top_n)
-    labels = layers.unique_labels(data["tensor_name"].tolist())
+    labels = layers.unique_labels(data["tensor_name"].tolist(), layers.known_names(data))
     colors = [SUSPECT_COLOR if t in suspects else NORMAL_COLOR for t in data["tensor_name"]]
     full = data["tensor_name"].astype(str).str.slice(0, 120)
     hover = np.stack([data["op_name"].astype(str), full], axis=-1)

@@ -215,7 +215,7 @@ def stats_table(stats: pd.DataFrame, suspects: list[str]) -> pd.DataFrame:
                         "max_abs_error", "mean_error", "stddev", "num_elements", "row_idx", "tensor_idx")
             if c in stats]
     out = stats[cols].copy()
-    out.insert(0, "layer", layers.unique_labels(stats["tensor_name"].tolist()))
+    out.insert(0, "layer", layers.unique_labels(stats["tensor_name"].tolist(), layers.known_names(stats)))
     out.insert(0, "suspect", stats["tensor_name"].isin(suspects))
     extra = stats["extra"].map(_json) if "extra" in stats else None
     if extra is not None and extra.map(bool).any():
@@ -328,13 +328,14 @@ def tune_labels(runs: pd.DataFrame) -> dict[int, str]:
             for r in runs.itertuples()}
 
 
-def trials_table(trials: pd.DataFrame) -> pd.DataFrame:
+def trials_table(trials: pd.DataFrame, known: dict[str, str] | None = None) -> pd.DataFrame:
+    """Every conversion a search tried; its float layers by the names its ranking run recorded (`known`)."""
     if trials.empty:
         return trials
     out = trials.copy()
     lists = out["denylist"].map(lambda d: json.loads(d) if isinstance(d, str) else list(d))
     out["layers in float"] = lists.map(len)
-    out["denylist"] = lists.map(lambda names: ", ".join(layers.short_name(n) for n in names))
+    out["denylist"] = lists.map(lambda names: ", ".join(layers.short_name(n, known) for n in names))
     out["size (KiB)"] = (out["size_bytes"].astype(float) / 1024).round(1)
     return out[["step", "layers in float", "accuracy", "size (KiB)", "passed", "denylist"]]
 

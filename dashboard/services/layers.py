@@ -1,32 +1,41 @@
-"""Views that hold up at 150+ layers: short Keras layer names, filtering, ranking and the worst N."""
+"""Views that hold up at 150+ layers: the layer names users know, filtering, ranking and the worst N."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from qcore.engines.base import LayerErrorMetric
 from qcore.engines.tf import METRIC as TF_METRIC
-from qcore.tflite.names import keras_layer_name
+from qcore.tflite.names import layer_name
 
 # rmse/scale of a uniform rounding error, sqrt(1/12): what a well-quantized tensor shows
 WELL_QUANTIZED = 0.289
 
 
-def short_name(tensor_name: str) -> str:
-    """The Keras layer behind a fused TFLite tensor name (qcore.tflite.names.keras_layer_name)."""
-    return keras_layer_name(tensor_name)
+def short_name(tensor_name: str, known: Mapping[str, str] | None = None) -> str:
+    """The name users know for a tensor: the one its debugger run recorded (`known`: tensor name → layer,
+    see `known_names`), else the Keras layer behind the fused name (`qcore.tflite.names.layer_name`)."""
+    return layer_name(tensor_name, (known or {}).get(str(tensor_name), ""))
 
 
-def unique_labels(names: Sequence[str]) -> list[str]:
+def known_names(rows: pd.DataFrame) -> dict[str, str]:
+    """tensor name → recorded layer name of a run's rows (`Store.layer_stats` gives every row one)."""
+    if rows.empty or "layer" not in rows or "tensor_name" not in rows:
+        return {}
+    return {str(t): str(n) for t, n in zip(rows["tensor_name"], rows["layer"], strict=True)
+            if isinstance(n, str) and n}
+
+
+def unique_labels(names: Sequence[str], known: Mapping[str, str] | None = None) -> list[str]:
     """Short names made unique for a chart axis: a repeated layer gets " (2)", " (3)"."""
     seen: dict[str, int] = {}
     out = []
     for name in names:
-        short = short_name(name)
+        short = short_name(name, known)
         seen[short] = seen.get(short, 0) + 1
         out.append(short if seen[short] == 1 else f"{short} ({seen[short]})")
     return out
@@ -38,7 +47,10 @@ def filter_rows(df: pd.DataFrame, text: str = "", ops: Sequence[str] = (), name_
     out = df
     if text.strip() and name_col in out:
         needle = text.strip().lower()
-        out = out[out[name_col].astype(str).str.lower().str.contains(needle, regex=False)]
+        hit = out[name_col].astype(str).str.lower().str.contains(needle, regex=False)
+        if "layer" in out:  # the recorded name ("predictions") is not always part of the tensor's
+            hit |= out["layer"].astype(str).str.lower().str.contains(needle, regex=False)
+        out = out[hit]
     if ops and op_col in out:
         out = out[out[op_col].isin(list(ops))]
     return out

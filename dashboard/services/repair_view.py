@@ -73,7 +73,10 @@ def stage_frame(row: Any) -> tuple[pd.DataFrame, list[str], str]:
     frame = pd.DataFrame(found.get("rows") or [])
     if frame.empty:
         return frame, stages, str(found.get("metric") or "")
-    frame.insert(0, "layer", layers.unique_labels(frame["tensor_name"].astype(str).tolist()))
+    # rows stored before layer names were recorded have no "layer": the Keras layer of the tensor name stands in
+    known = layers.known_names(frame)
+    frame = frame.drop(columns=["layer"], errors="ignore")
+    frame.insert(0, "layer", layers.unique_labels(frame["tensor_name"].astype(str).tolist(), known))
     return frame, stages, str(found.get("metric") or "")
 
 

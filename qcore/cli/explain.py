@@ -26,6 +26,7 @@ from qcore.jobs.contract import (
 )
 from qcore.qtyping import ADAROUND_ITERATIONS, BiasMode, QlabError
 from qcore.repair import METHODS
+from qcore.tflite.names import layer_name
 
 MODEL_HELP = "a .keras, .h5, SavedModel directory, or 'demo'"
 METHODS_HELP = "comma-separated repairs among " + ", ".join(m.value for m in METHODS)
@@ -236,11 +237,14 @@ def debug_text(doc: dict[str, Any], args: argparse.Namespace) -> str:
     mode = "whole model" if settings.get("whole_model") else "layer by layer"
     lines = [f"{doc['model']}: {len(doc.get('layers') or [])} layers debugged by {doc.get('engine')} ({mode}, "
              f"{settings.get('debug_samples')} samples), run #{doc.get('debug_run_id')}"]
+    rows = doc.get("layers") or []
+    # the layer users know first ("predictions"), the tensor name last: --keep-float takes tensor names
+    known = {str(s["tensor_name"]): layer_name(s["tensor_name"], s.get("layer")) for s in rows}
     lines += [f"  {s['op_name']:<18} rmse/scale {_num(s.get('rmse_scale'), '7.3f')}  range "
-              f"{_num(s.get('range'), '9.4g')}  {s['tensor_name']}" for s in doc.get("layers") or []]
+              f"{_num(s.get('range'), '9.4g')}  {known[str(s['tensor_name'])]:<24} {s['tensor_name']}" for s in rows]
     lines.append("  model: " + ", ".join(f"{k} {_num(v, '.4g')}" for k, v in (doc.get("model_metrics") or {}).items()))
-    lines.append(f"  suspects (rmse/scale > {settings.get('threshold')}): " + (", ".join(doc.get("suspects") or [])
-                                                                            or "none"))
+    lines.append(f"  suspects (rmse/scale > {settings.get('threshold')}): "
+                 + (", ".join(known.get(str(t)) or layer_name(t) for t in doc.get("suspects") or []) or "none"))
     sel = doc.get("selective")
     if sel:
         lines.append(f"  selective: variant #{sel.get('variant_id')} {sel.get('name')}, accuracy "
@@ -281,7 +285,8 @@ def tune_text(doc: dict[str, Any], args: argparse.Namespace) -> str:
                      f"({doc.get('deploy_engine')}; search on {doc.get('engine')})"
                      f"{'' if chosen.get('passed') else ' MISSES the target'}, variant #{variant.get('variant_id')} "
                      f"{variant.get('name')}, {chosen.get('size_bytes')} B")
-        lines += [f"    {n}" for n in chosen["denylist"]]
+        names = doc.get("layer_names") or {}
+        lines += [f"    {layer_name(n, names.get(n)):<24} {n}" for n in chosen["denylist"]]
     return "\n".join(lines)
 
 
@@ -308,5 +313,5 @@ def repair_text(doc: dict[str, Any], args: argparse.Namespace) -> str:
         lines.append(f"  per-layer {doc.get('metric')}: " + " → ".join(stages))
         for row in doc.get("layers") or []:
             lines.append(f"  {row['op_name']:<18} " + "  ".join(_num(row.get(s), "7.3f") for s in stages)
-                         + f"  {row['tensor_name']}")
+                         + f"  {layer_name(row['tensor_name'], row.get('layer')):<24} {row['tensor_name']}")
     return "\n".join(lines)

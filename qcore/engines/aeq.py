@@ -23,7 +23,8 @@ from qcore.qtyping import LayerStat, LoadedModel, QlabError, Recipe, first_line
 from qcore.recipes import get_recipe
 from qcore.tflite import litert_io
 from qcore.tflite.compare import output_metrics
-from qcore.tflite.inspection import check_integer_only
+from qcore.tflite.inspection import check_integer_only, output_names
+from qcore.tflite.names import named_stats
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +407,8 @@ class AeqSession:
                              keep_ops=keep_ops)
         base = self.base()
         validation = validate(base, quantized, x)
-        return LayerErrors(columns=COLUMNS, stats=validation.stats,
+        # the rows carry the float base's tensor names; its signature names the outputs as Keras does
+        return LayerErrors(columns=COLUMNS, stats=named_stats(validation.stats, output_names(base.model)),
                            model_metrics=output_metrics(quantized, base.model, x),
                            settings={"metrics": list(LAYER_METRICS), "whole_model": True},
                            comparison=validation.comparison)

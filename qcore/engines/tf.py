@@ -20,7 +20,8 @@ from qcore.qtyping import LayerStat, LoadedModel, QlabError, Recipe, first_line
 from qcore.recipes import get_recipe
 from qcore.tflite import litert_io
 from qcore.tflite.compare import MODEL_METRICS, output_metrics
-from qcore.tflite.inspection import check_integer_only
+from qcore.tflite.inspection import check_integer_only, output_names
+from qcore.tflite.names import named_stats
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +424,9 @@ class TfSession:
             # metrics would compare float with float; measure the real quantized model instead
             quantized = quantize_calibrated(cal, denylisted_nodes=keep_float, denylisted_ops=keep_ops)
             model_metrics = output_metrics(quantized, float_model, x)
-        return LayerErrors(columns=columns, stats=tuple(stats), model_metrics=model_metrics,
+        # the float model's signature names its outputs as Keras does; the debug model's keeps the same keys
+        outputs = {**output_names(debug_model), **output_names(float_model)}
+        return LayerErrors(columns=columns, stats=named_stats(stats, outputs), model_metrics=model_metrics,
                            settings={"extra_metrics": list(options.extra_metrics),
                                      "whole_model": options.whole_model})
 

@@ -33,6 +33,7 @@ from qcore.qtyping import (
 from qcore.repair import METHODS, check_recipe, cost, parse_methods, repair, steps_for
 from qcore.tflite.evaluate import evaluate_tflite
 from qcore.tflite.inspection import inspect
+from qcore.tflite.names import layer_name
 from qcore.tflite.variant import built
 
 log = logging.getLogger(__name__)
@@ -243,7 +244,7 @@ def repair_and_evaluate(
 
 
 def layer_rows(stages: Sequence[RepairStage]) -> list[dict[str, Any]]:
-    """One row per layer with its error at every stage: {"op_name", "tensor_name", <stage>: rmse_scale, ...}.
+    """One row per layer with its error at every stage: {"op_name", "tensor_name", "layer", <stage>: rmse_scale, ...}.
 
     Rows are matched by position when every stage has the same ops in the same order (folding a
     BatchNormalization renames its output tensor but the converter folds it anyway), else by tensor
@@ -258,12 +259,14 @@ def layer_rows(stages: Sequence[RepairStage]) -> list[dict[str, Any]]:
     if same_ops:
         for i, last in enumerate(stages[-1].stats):
             rows.append({"op_name": last.op_name, "tensor_name": last.tensor_name,
+                         "layer": layer_name(last.tensor_name, last.layer),
                          **{s.stage: _figure(s.stats[i]) for s in stages}})
         return rows
     by_name: dict[str, dict[str, Any]] = {}
     for s in stages:
         for stat in s.stats:
-            row = by_name.setdefault(stat.tensor_name, {"op_name": stat.op_name, "tensor_name": stat.tensor_name})
+            row = by_name.setdefault(stat.tensor_name, {"op_name": stat.op_name, "tensor_name": stat.tensor_name,
+                                                        "layer": layer_name(stat.tensor_name, stat.layer)})
             row[s.stage] = _figure(stat)
     return list(by_name.values())
 

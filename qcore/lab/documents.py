@@ -29,6 +29,7 @@ from qcore.qtyping import (
     TuneResult,
     VariantResult,
 )
+from qcore.tflite.names import layer_name
 
 
 @functools.singledispatch
@@ -93,7 +94,8 @@ def _selective_doc(sel: SelectiveResult | None) -> dict[str, Any] | None:
 def _(r: DebugResult) -> dict[str, Any]:
     return {"model": r.model, "model_id": r.model_id, "dataset_id": r.dataset_id, "debug_run_id": r.debug_run_id,
             "engine": r.engine, "settings": r.settings, "columns": list(r.columns),
-            "layers": [dataclasses.asdict(s) for s in r.stats], "model_metrics": r.model_metrics,
+            "layers": [{**dataclasses.asdict(s), "layer": layer_name(s.tensor_name, s.layer)} for s in r.stats],
+            "model_metrics": r.model_metrics,
             "suspects": list(r.suspects), "selective": _selective_doc(r.selective)}
 
 
@@ -105,6 +107,8 @@ def _(r: TuneResult) -> dict[str, Any]:
         "debug_run_id": r.debug.debug_run_id, "engine": r.engine, "deploy_engine": r.deploy_engine,
         "max_drop": r.max_drop, "float_accuracy": r.float_accuracy, "target_accuracy": r.target_accuracy,
         "layers": len(r.ranking), "ranking": list(r.ranking),
+        # tensor name → the layer name users know, for every ranked layer (the ranking run recorded them)
+        "layer_names": {s.tensor_name: layer_name(s.tensor_name, s.layer) for s in r.debug.stats},
         "tried": [{"denylist": list(t.denylist), "accuracy": t.accuracy, "size_bytes": t.size_bytes,
                    "passed": t.passed, "error": t.error or None, "repairs": list(t.repairs)} for t in r.tried],
         "chosen": None if chosen is None else {"denylist": list(chosen.denylist), "accuracy": chosen.accuracy,

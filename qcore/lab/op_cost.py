@@ -19,7 +19,8 @@ from ai_edge_litert import schema_py_generated as schema
 
 from qcore.qtyping import Inspection, OpCost, QlabError, TimeSource
 from qcore.store import Store
-from qcore.tflite.inspection import inspect
+from qcore.tflite.inspection import inspect, output_names
+from qcore.tflite.names import layer_name
 
 log = logging.getLogger(__name__)
 
@@ -174,11 +175,11 @@ def estimate_seconds(op: GraphOp, *, as_float: bool | None = None) -> float:
     return max(work / rate, nbytes / DDR_BYTES_PER_S) + OP_OVERHEAD_S
 
 
-def short_name(op: GraphOp) -> str:
-    """A layer name for plots: the Keras layer in the tensor name ("sequential/conv2d_1/Relu;…" -> "conv2d_1")."""
-    first = op.output_tensor.split(";")[0]
-    parts = [p for p in first.split("/") if p]
-    name = parts[1] if len(parts) >= 3 else parts[-1] if parts else ""
+def short_name(op: GraphOp, recorded: str = "", outputs: Mapping[str, str] | None = None) -> str:
+    """A layer name for plots, with the op's index: the name users know (`qcore.tflite.names.layer_name`:
+    the debugger's recorded name, the model's output key "predictions", the Keras layer of the fused
+    tensor name "sequential/conv2d_1/Relu;…" → "conv2d_1"), else the op type ("quantize #0")."""
+    name = layer_name(op.output_tensor, recorded, outputs) if op.output_tensor else ""
     if not name or name.startswith(("StatefulPartitionedCall", "serving_default", "tfl.")):
         name = op.op_type.lower()
     return f"{name} #{op.index}"
@@ -479,13 +480,16 @@ def op_cost(
             notes.append(f"the debugger run #{run_id} quantized with {recipe!r}, this variant with "
                          f"{variant.get('recipe')!r}: its errors are those of the debugger's model, matched by "
                          "tensor name and op type")
+    outputs = output_names(model)
     rows = []
     for op in ops:
         stat = stats.get(op.index, {})
+        # a row matched by order only may be another layer's: its recorded name is not this op's
+        recorded = str(stat.get("layer") or "") if stat.get("error_match") == ERROR_BY_NAME else ""
         t = ms.get(op.index, float("nan"))
         float_ms = _float_on_cpu_ms(op, cpu_ms.get(op.index), est, est_float, scale)
         rows.append({
-            "op_index": op.index, "node_id": str(op.index), "op_type": op.op_type, "layer": short_name(op),
+            "op_index": op.index, "node_id": str(op.index), "op_type": op.op_type, "layer": short_name(op, recorded, outputs),
             "output_tensor": op.output_tensor, "rmse_scale": stat.get("rmse_scale", float("nan")),
             "range": stat.get("range", float("nan")), "error_match": stat.get("error_match", ""), "time_ms": t,
             "time_share": t / total if total > 0 and math.isfinite(t) else float("nan"),
@@ -552,7 +556,8 @@ def match_layer_stats(ops: Sequence[GraphOp], stats: pd.DataFrame) -> dict[int, 
     for r in stats.itertuples():
         op = by_name.get((str(r.tensor_name), str(r.op_name)))
         if op is not None and op.index not in out:
-            out[op.index] = {"rmse_scale": float(r.rmse_scale), "range": float(r.range), "error_match": ERROR_BY_NAME}
+            out[op.index] = {"rmse_scale": float(r.rmse_scale), "range": float(r.range), "error_match": ERROR_BY_NAME,
+                             "layer": str(getattr(r, "layer", "") or "")}
         else:
             left.append(r)
     for r in left:

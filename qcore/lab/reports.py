@@ -42,7 +42,6 @@ from qcore.recipes import RECIPES
 from qcore.serialize import finite
 from qcore.store import Store, check_sha256, sha256_bytes
 from qcore.tflite.inspection import inspect, npu_verdict
-from qcore.tflite.names import keras_layer_name
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,7 @@ def debugger_content(store: Store, variants: pd.DataFrame) -> list[dict[str, Any
             "model": str(part["model"].iloc[0]), "debug_run_id": int(run["id"]),
             "recipe": settings.get("recipe"), "layers": len(stats),
             "engine": str(run.get("engine") or settings.get("engine") or defaults.ENGINE),
-            "worst": [{"layer": keras_layer_name(r.tensor_name), "op": r.op_name, "rmse_scale": finite(r.rmse_scale),
+            "worst": [{"layer": str(r.layer), "tensor_name": str(r.tensor_name), "op": r.op_name, "rmse_scale": finite(r.rmse_scale),
                        "range": finite(r.range)} for r in ranked.head(DEBUG_WORST).itertuples()],
         })
     return out

@@ -10,6 +10,7 @@ import pandas as pd
 
 from qcore.qtyping import LayerStat
 from qcore.store.base import StoreBase, dump_json
+from qcore.tflite.names import layer_name
 
 
 class DebugRows(StoreBase):
@@ -38,12 +39,14 @@ class DebugRows(StoreBase):
             rows = [
                 (run_id, i, s.op_name, s.tensor_idx, s.tensor_name, s.num_elements, s.stddev, s.mean_error,
                  s.max_abs_error, s.mean_squared_error, s.scale, s.zero_point, s.range, s.rmse_scale,
-                 dump_json(s.extra) if s.extra else None)
+                 dump_json(s.extra) if s.extra else None, layer_name(s.tensor_name, s.layer))
                 for i, s in enumerate(stats)
             ]
             if rows:
                 cur.executemany(
-                    "INSERT INTO layer_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                    "INSERT INTO layer_stats (debug_run_id, row_idx, op_name, tensor_idx, tensor_name, num_elements,"
+                    " stddev, mean_error, max_abs_error, mean_squared_error, scale, zero_point, range, rmse_scale,"
+                    " extra, layer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
                 )
         return run_id
 
@@ -58,10 +61,14 @@ class DebugRows(StoreBase):
         return self.query(sql + " ORDER BY r.id DESC", params)
 
     def layer_stats(self, debug_run_id: int) -> pd.DataFrame:
-        return self.query(
+        """A run's per-layer rows in layer order, each with `layer`, the name users read (a run stored
+        before 0018 recorded none: the Keras layer of its tensor name stands in)."""
+        df = self.query(
             "SELECT * EXCLUDE (debug_run_id) FROM layer_stats WHERE debug_run_id = ? ORDER BY row_idx",
             [debug_run_id],
         )
+        df["layer"] = [layer_name(t, n) for t, n in zip(df["tensor_name"], df["layer"], strict=True)]
+        return df
 
     def save_tune_run(
         self,

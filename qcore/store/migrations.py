@@ -471,6 +471,11 @@ DROP TABLE variants;
 ALTER TABLE variants_0017 RENAME TO variants;
 """
 
+# the name users know for each per-layer row (a model output's signature key, else its Keras layer); rows of
+# older runs keep NULL and read back with the Keras layer of their tensor name
+SQL_0018 = """
+ALTER TABLE layer_stats ADD COLUMN layer VARCHAR;
+"""
 
 # In order; tests assert this list. No 0007 ever shipped.
 MIGRATIONS: tuple[Migration, ...] = (
@@ -487,6 +492,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0012_tune_run_engines", SQL_0012),
     Migration("0014_jobs_created_by_again", SQL_0014),
     Migration("0017_repair_variants", SQL_0017),
+    Migration("0018_layer_names", SQL_0018),
 )
 
 Applier = Callable[[duckdb.DuckDBPyConnection, Migration, Path], None]

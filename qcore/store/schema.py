@@ -224,6 +224,7 @@ CREATE TABLE IF NOT EXISTS layer_stats (
     range              DOUBLE,
     rmse_scale         DOUBLE,
     extra              JSON,
+    layer              VARCHAR,  -- the name users know: an output's signature key, else its Keras layer
     PRIMARY KEY (debug_run_id, row_idx)
 );
 

@@ -551,3 +551,42 @@ def check_integer_only(tflite: bytes, what: str, who: str = "the converter") -> 
     culprits = [op for op in result.float_ops if op not in _QUANT_OPS] or list(result.float_ops)
     raise QlabError(f"{what}: {who} has no integer kernel for op {', '.join(culprits)} and left it in float; "
                     "try int8-fallback, which keeps such ops in float on purpose")
+
+
+# ops that only convert between float and integer: the tensor they read carries the same output
+_CONVERTERS = (schema.BuiltinOperator.QUANTIZE, schema.BuiltinOperator.DEQUANTIZE)
+
+
+def output_names(model: bytes | bytearray) -> dict[str, str]:
+    """Tensor name → the signature's output key ("StatefulPartitionedCall:0" → "predictions").
+
+    The converter names a model's output tensors after the SavedModel call, not the layer; the key
+    its signature gives each output is the Keras output layer's name for tf_keras and Keras 3 models.
+    Where a QUANTIZE or DEQUANTIZE writes the output (float I/O around an integer model, AI Edge
+    Quantizer's "…_dequant"), the tensor it reads carries the key too. Only the table of contents is
+    read (no buffers), so AI Edge Quantizer's files with buffers after the flatbuffer read the same.
+
+    Returns:
+        Every output of every signature (the first signature wins a tensor named twice); {} for a
+        file without signatures or one that does not parse.
+    """
+    try:
+        root = schema.Model.GetRootAs(bytes(model), 0)
+        codes = [max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode()))
+                 for oc in (root.OperatorCodes(j) for j in range(root.OperatorCodesLength()))]
+        out: dict[str, str] = {}
+        for i in range(root.SignatureDefsLength()):
+            sig = root.SignatureDefs(i)
+            graph = root.Subgraphs(sig.SubgraphIndex())
+            keys = {int(sig.Outputs(j).TensorIndex()): (sig.Outputs(j).Name() or b"").decode("utf-8", "replace")
+                    for j in range(sig.OutputsLength())}
+            for k in range(graph.OperatorsLength()):
+                op = graph.Operators(k)
+                if codes[op.OpcodeIndex()] in _CONVERTERS and op.OutputsLength() and op.Outputs(0) in keys:
+                    keys.setdefault(int(op.Inputs(0)), keys[int(op.Outputs(0))])
+            for index, key in keys.items():
+                if key:
+                    out.setdefault(graph.Tensors(index).Name().decode("utf-8", "replace"), key)
+        return out
+    except Exception:  # noqa: BLE001  (a corrupt file has no names to offer; the inspector says why)
+        return {}

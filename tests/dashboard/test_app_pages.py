@@ -360,10 +360,16 @@ def _kept(at: AppTest) -> str:
     return next((t for t in texts(at, "markdown") if "layers kept in float:**" in t), "")
 
 
-def test_debugger_bars_table_and_preselected_suspects(debugged: Lab, page) -> None:
+def test_debugger_bars_table_and_preselected_suspects(debugged: Lab, page, demo: LoadedModel) -> None:
     at = page("debugger")
     _no_traceback(at)
     bars = plotly_specs(at)[0]
+    # the model's output is named by its Keras layer (the demo's last Dense), not "StatefulPartitionedCall"
+    head = str(demo.keras_model.layers[-1].name)
+    shown = at.dataframe[0].value
+    assert head in shown["layer"].tolist() and head in next(t for t in bars["data"] if t["type"] == "bar")["y"]
+    assert not shown["layer"].str.startswith("StatefulPartitionedCall").any()
+    assert shown.loc[shown["layer"] == head, "tensor_name"].iloc[0].startswith("StatefulPartitionedCall")
     assert [t["name"] for t in bars["data"] if t["type"] == "bar"] == ["TF debugger: rmse/scale (layer by layer)",
                                                                       "range = 255 · scale"]
     # the reference and threshold lines are named in the legend, with the engine's words

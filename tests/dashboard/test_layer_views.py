@@ -21,6 +21,25 @@ def test_unique_labels_number_repeats() -> None:
     assert layers.unique_labels(["m/a/x", "m/a/y", "m/b/z"]) == ["a", "a (2)", "b"]
 
 
+def test_labels_take_the_recorded_names_and_two_outputs_stay_distinct() -> None:
+    """A run's recorded names win ("predictions"); without them two outputs of one call still differ."""
+    rows = pd.DataFrame({"tensor_name": ["m/conv/Relu;m/conv/BiasAdd", "StatefulPartitionedCall:0",
+                                         "StatefulPartitionedCall:1"],
+                         "layer": ["conv", "predictions", "aux"]})
+    known = layers.known_names(rows)
+    assert layers.unique_labels(rows["tensor_name"].tolist(), known) == ["conv", "predictions", "aux"]
+    assert layers.unique_labels(rows["tensor_name"].tolist()) == ["conv", "StatefulPartitionedCall",
+                                                                  "StatefulPartitionedCall (2)"]
+    # the table, the keep-float list and a search's trials read the same names; the filter finds them too
+    table = debug_view.stats_table(rows.assign(op_name="FULLY_CONNECTED", rmse_scale=0.3), [])
+    assert table["layer"].tolist() == ["conv", "predictions", "aux"]
+    assert table["tensor_name"].tolist() == rows["tensor_name"].tolist()
+    trials = pd.DataFrame({"step": [0], "denylist": ['["StatefulPartitionedCall:0"]'], "accuracy": [0.9],
+                           "size_bytes": [2048], "passed": [True]})
+    assert debug_view.trials_table(trials, known)["denylist"].tolist() == ["predictions"]
+    assert layers.filter_rows(rows, "predict")["tensor_name"].tolist() == ["StatefulPartitionedCall:0"]
+
+
 def test_filter_rows_by_name_and_op() -> None:
     df = pd.DataFrame({"tensor_name": ["m/Block_1/x", "m/block_2/y", "m/dense/z"],
                        "op_name": ["CONV_2D", "ADD", "FULLY_CONNECTED"]})

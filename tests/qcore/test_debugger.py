@@ -7,10 +7,13 @@ import io
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from qcore.engines.tf import BASE_COLUMNS, calibrate
+from qcore.engines.tf import BASE_COLUMNS, calibrate, convert
 from qcore.explain.debugger import float_ops, run_debugger, stats_csv, suspects
+from qcore.lab import reports
+from qcore.lab.documents import document
 from qcore.lab.publish import publish
 from qcore.qtyping import Dataset, DebugResult, LayerStat, LoadedModel, QlabError
 from qcore.store import Store
@@ -234,3 +237,68 @@ def test_run_debugger_data_does_not_fit(demo: LoadedModel) -> None:
                     np.zeros((4, 4, 4), np.float32), np.zeros(4, np.int64))
     with pytest.raises(QlabError, match=r"\(4, 4\)"):
         run_debugger(demo, wrong)
+
+
+# ---------------------------------------------------------------- the names users know
+def _last_layer(model: LoadedModel) -> str:
+    """The Keras name of the model's last layer (the demo's Dense head), read from the model itself."""
+    return str(model.keras_model.layers[-1].name)
+
+
+def test_run_debugger_names_the_output_by_its_keras_layer(layer_run: DebugResult, demo: LoadedModel,
+                                                          module_store: Store) -> None:
+    """The converter calls the output "StatefulPartitionedCall:0"; the row carries the Dense layer's name,
+    stored and in the JSON document, with the tensor name keep-float needs beside it."""
+    fc = next(s for s in layer_run.stats if s.op_name == "FULLY_CONNECTED")
+    assert fc.tensor_name.startswith("StatefulPartitionedCall")
+    assert fc.layer == _last_layer(demo)
+    assert [s.layer for s in layer_run.stats] == ["reshape", "conv", "pool", "flatten", _last_layer(demo)]
+    rows = module_store.layer_stats(int(layer_run.debug_run_id))  # type: ignore[arg-type]
+    assert rows["layer"].tolist() == [s.layer for s in layer_run.stats]
+    doc = document(layer_run)["layers"][-1]
+    assert (doc["layer"], doc["tensor_name"]) == (_last_layer(demo), fc.tensor_name)
+
+
+def test_run_debugger_aeq_names_the_output_by_its_keras_layer(demo: LoadedModel, digits: Dataset) -> None:
+    """AI Edge Quantizer's rows carry the float base's tensor names; its signature names the output too."""
+    run = run_debugger(demo, digits, engine="aeq", calibration_samples=20, debug_samples=10)
+    fc = next(s for s in run.stats if s.op_name == "FULLY_CONNECTED")
+    assert fc.tensor_name.startswith("StatefulPartitionedCall") and fc.layer == _last_layer(demo)
+
+
+def test_debugger_report_names_the_output_by_its_keras_layer(layer_run: DebugResult, demo: LoadedModel,
+                                                             module_store: Store) -> None:
+    """The report's worst layers (its table and the HTML export) name the output by its Keras layer."""
+    run = module_store.debug_runs().set_index("id").loc[layer_run.debug_run_id]
+    variants = pd.DataFrame({"model_id": [int(run["model_id"])], "dataset_id": [int(run["dataset_id"])],
+                             "model": [demo.name]})
+    content = {"debugger": reports.debugger_content(module_store, variants)}
+    worst = content["debugger"][0]["worst"]
+    assert _last_layer(demo) in [w["layer"] for w in worst]
+    assert not any(w["layer"].startswith("StatefulPartitionedCall") for w in worst)
+    (_, table), = reports.debugger_tables(content)
+    assert _last_layer(demo) in table["layer"].tolist()
+    page = reports.render_html({"id": "r", "title": "names", "notes": "", "content": content,
+                                "created_at": "2026-12-07"})
+    assert f"<td>{_last_layer(demo)}</td>" in page and "StatefulPartitionedCall" not in page
+
+
+def test_output_names_two_outputs_stay_distinct(digits: Dataset) -> None:
+    """Two heads of one call ("StatefulPartitionedCall:0", ":1"): each output tensor gets its own head's name."""
+    import tf_keras as keras
+
+    from qcore.tflite.inspection import output_names
+    from qcore.tflite.names import named_stats
+
+    inp = keras.Input((8, 8), name="image")
+    x = keras.layers.Flatten(name="flatten")(inp)
+    net = keras.Model(inp, [keras.layers.Dense(10, name="digit")(x), keras.layers.Dense(2, name="parity")(x)],
+                      name="two_heads")
+    # qlab's loader takes single-output models; the converter and the names see any tf_keras model
+    model = LoadedModel("two_heads", "two_heads.h5", "h5", net, (None, 8, 8), (None, 10), 2)
+    outputs = output_names(convert(model, "float32", digits.calibration(1)))
+    assert sorted(outputs) == ["StatefulPartitionedCall:0", "StatefulPartitionedCall:1"]
+    assert sorted(outputs.values()) == ["digit", "parity"]
+    rows = named_stats([LayerStat("FULLY_CONNECTED", i, t, 1, 0, 0, 0, 0, 1, 0, 255, 0.3)
+                        for i, t in enumerate(sorted(outputs))], outputs)
+    assert [r.layer for r in rows] == [outputs[r.tensor_name] for r in rows]

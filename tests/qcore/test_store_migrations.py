@@ -81,6 +81,9 @@ ROWS: list[tuple[str, str]] = [
     ("0012_tune_run_engines", "UPDATE tune_runs SET engine = 'aeq', deploy_engine = 'tf', debug_run_id = 1"),
     ("0017_repair_variants", "INSERT INTO variants (model_id, dataset_id, name, kind, recipe, status, parent_variant_id)"
                              " VALUES (1, 1, 'int8-per-tensor + CLE + bias', 'repair', 'int8-per-tensor', 'ok', 1)"),
+    ("0018_layer_names", "INSERT INTO layer_stats (debug_run_id, row_idx, op_name, tensor_idx, tensor_name,"
+                         " rmse_scale, layer) VALUES (1, 1, 'FULLY_CONNECTED', 9, 'StatefulPartitionedCall:0', 0.3,"
+                         " 'predictions')"),
 ]
 
 
@@ -164,6 +167,7 @@ def test_migrations_list_is_numbered_in_order() -> None:
         "0006_board_farm",
         "0008_secrets_trusted_image_shape", "0009_engine", "0010_users_tokens", "0011_npu_verdicts",
         "0012_tune_run_engines", "0014_jobs_created_by_again", "0017_repair_variants",
+        "0018_layer_names",
     ]
     numbers = [int(re.match(r"(\d{4})_[a-z0-9_]+$", n).group(1)) for n in NAMES]  # type: ignore[union-attr]
     assert numbers == sorted(set(numbers))
@@ -281,3 +285,22 @@ def test_migrate_store_whose_0004_dropped_created_by_gets_it_back(today: Store, 
         old = store.jobs()[0]
         assert (old.kind, old.error, old.created_by) == ("convert", "out of memory", None)
         _check_writes(store)  # creates a job: the insert names created_by
+
+
+def test_layer_stats_of_a_run_stored_before_0018_read_back_with_the_keras_layer(tmp_path: Path) -> None:
+    """A run stored before layer names were recorded has no `layer`: its rows read back with the Keras layer of
+    the fused tensor name (the output keeps the converter's name: nobody recorded the signature's key)."""
+    db = tmp_path / "old" / "qlab.duckdb"
+    db.parent.mkdir()
+    _build(db, NAMES[: NAMES.index("0017_repair_variants") + 1])
+    con = connect(db)
+    try:
+        con.execute("INSERT INTO layer_stats (debug_run_id, row_idx, op_name, tensor_idx, tensor_name, rmse_scale)"
+                    " VALUES (1, 1, 'CONV_2D', 4, 'model/block_7_depthwise_relu/Relu6;model/block_7_BN/Fused', 0.3),"
+                    " (1, 2, 'FULLY_CONNECTED', 9, 'StatefulPartitionedCall:0', 0.4)")
+    finally:
+        con.close()
+    with Store(db) as store:
+        rows = store.layer_stats(1)
+        assert rows["layer"].tolist() == ["conv", "block_7_depthwise_relu", "StatefulPartitionedCall"]
+        assert rows["tensor_name"].tolist()[2] == "StatefulPartitionedCall:0"
