@@ -179,7 +179,9 @@ def short_name(op: GraphOp, recorded: str = "", outputs: Mapping[str, str] | Non
     """A layer name for plots, with the op's index: the name users know (`qcore.tflite.names.layer_name`:
     the debugger's recorded name, the model's output key "predictions", the Keras layer of the fused
     tensor name "sequential/conv2d_1/Relu;…" → "conv2d_1"), else the op type ("quantize #0")."""
-    name = layer_name(op.output_tensor, recorded, outputs) if op.output_tensor else ""
+    # a QUANTIZE/DEQUANTIZE at the model's edge writes the output tensor, but it is a conversion, not the layer
+    converts = op.op_type in ("QUANTIZE", "DEQUANTIZE")
+    name = layer_name(op.output_tensor, recorded, outputs) if op.output_tensor and not converts else ""
     if not name or name.startswith(("StatefulPartitionedCall", "serving_default", "tfl.")):
         name = op.op_type.lower()
     return f"{name} #{op.index}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from qcore.cli import main
+from qcore.cli.explain import debug_text
+from qcore.qtyping import LoadedModel
 
 
 @pytest.fixture()
@@ -155,10 +158,14 @@ def test_debug_tf_refuses_model_explorer_export(capsys: pytest.CaptureFixture[st
 
 
 def test_debug_is_the_default_engine_tf(capsys: pytest.CaptureFixture[str], demo_h5: Path, digits_npz: Path,
-                                        db: str) -> None:
+                                        db: str, demo: LoadedModel) -> None:
     got = _json(capsys, ["debug", str(demo_h5), "--data", str(digits_npz), "--calibration-samples", "20",
                          "--debug-samples", "10", "--db", db, "--json"])
     assert got["engine"] == "tf" and got["settings"]["engine"] == "tf"
+    # the output row: its Keras name (the demo's last Dense) for people, its tensor name for --denylist-nodes
+    head, out = str(demo.keras_model.layers[-1].name), got["layers"][-1]
+    assert out["layer"] == head and out["tensor_name"].startswith("StatefulPartitionedCall")
+    assert f"{head:<24} {out['tensor_name']}" in debug_text(got, argparse.Namespace()).splitlines()[-3]
 
 
 def test_convert_engine_aeq_json(capsys: pytest.CaptureFixture[str], demo_h5: Path, digits_npz: Path, db: str,

@@ -162,6 +162,8 @@ def test_op_cost_joins_xnnpack_profile_and_debugger(cpu_setup: tuple[Store, int,
     fc_row = stats[stats["op_name"] == "FULLY_CONNECTED"].iloc[0]
     assert t.loc[3, "rmse_scale"] == pytest.approx(fc_row["rmse_scale"])
     assert t.loc[3, "error_match"] == op_cost.ERROR_BY_ORDER
+    # the FC is named by the model's output key (its Keras layer), not the converter's "StatefulPartitionedCall"
+    assert t["layer"].tolist() == ["quantize #0", "conv2d #1", "flatten #2", "dense #3", "dequantize #4"]
     assert np.isnan(t.loc[4, "rmse_scale"]) and np.isnan(t.loc[0, "rmse_scale"])
     # keeping the conv float on the CPU: its CPU time times float/int8, plus a boundary pair: dearer
     assert t.loc[1, "float_on_cpu_ms"] > t.loc[1, "time_ms"]
