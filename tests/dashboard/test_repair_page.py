@@ -70,6 +70,9 @@ def test_debugger_page_runs_a_repair_and_shows_each_stage(empty_lab: Lab, page, 
     assert not at.exception, [e.value for e in at.exception]
     bars = next(s for s in plotly_specs(at) if "per-layer error · int8-per-tensor + CLE" in json.dumps(s["layout"], ensure_ascii=False))
     assert [t["name"] for t in bars["data"]] == ["before repairs", "after cle"]
+    # the output layer by its Keras name (the demo's last Dense), not the converter's "StatefulPartitionedCall"
+    assert str(demo.keras_model.layers[-1].name) in bars["data"][0]["y"]
+    assert not any(str(y).startswith("StatefulPartitionedCall") for y in bars["data"][0]["y"])
     tables = [d.value for d in at.dataframe]
     pair = next(t for t in tables if "variant" in t and "NPU" in t)
     assert pair["variant"].tolist() == ["int8-per-tensor", "int8-per-tensor + CLE"]
