@@ -136,7 +136,7 @@ def debugger_content(store: Store, variants: pd.DataFrame) -> list[dict[str, Any
             "model": str(part["model"].iloc[0]), "debug_run_id": int(run["id"]),
             "recipe": settings.get("recipe"), "layers": len(stats),
             "engine": str(run.get("engine") or settings.get("engine") or defaults.ENGINE),
-            "worst": [{"layer": str(r.layer), "tensor_name": str(r.tensor_name), "op": r.op_name, "rmse_scale": finite(r.rmse_scale),
+            "worst": [{"layer": str(r.layer), "op": r.op_name, "rmse_scale": finite(r.rmse_scale),
                        "range": finite(r.range)} for r in ranked.head(DEBUG_WORST).itertuples()],
         })
     return out
