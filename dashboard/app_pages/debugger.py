@@ -182,8 +182,9 @@ def show_selective(job: Job) -> None:
         ui.npu_verdict(row, str(row["variant"]))
         ui.use_variant_button(int(sel_id), int(row["model_id"]), key="debugger_use_selective")
     if selective.get("ignored_nodes"):
+        known = debug_view.document_names(result)
         st.caption("the quantizer kept these quantized (they share their neighbours' scale): "
-                   + ", ".join(selective["ignored_nodes"]))
+                   + ", ".join(layers.short_name(n, known) for n in selective["ignored_nodes"]))
 
 
 debug_result(model_id, dataset_id)

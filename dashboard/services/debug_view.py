@@ -199,6 +199,12 @@ def suspects(stats: pd.DataFrame, threshold: float, first_k: int = 0) -> list[st
     return list(dict.fromkeys(t for t in stats["tensor_name"] if t in chosen))
 
 
+def document_names(doc: dict[str, Any]) -> dict[str, str]:
+    """tensor name → recorded layer name from a debugger job's result (its per-layer rows)."""
+    return {str(r["tensor_name"]): str(r["layer"]) for r in doc.get("layers") or []
+            if isinstance(r, dict) and r.get("tensor_name") and isinstance(r.get("layer"), str) and r["layer"]}
+
+
 def tensor_names(stats: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(stats["tensor_name"])) if not stats.empty else []
 

@@ -38,6 +38,9 @@ def test_labels_take_the_recorded_names_and_two_outputs_stay_distinct() -> None:
                            "size_bytes": [2048], "passed": [True]})
     assert debug_view.trials_table(trials, known)["denylist"].tolist() == ["predictions"]
     assert layers.filter_rows(rows, "predict")["tensor_name"].tolist() == ["StatefulPartitionedCall:0"]
+    # a selective job's result carries the run's rows: what the quantizer left quantized reads by name too
+    doc = {"layers": [{"tensor_name": t, "layer": n} for t, n in known.items()]}
+    assert debug_view.document_names(doc) == known and debug_view.document_names({}) == {}
 
 
 def test_filter_rows_by_name_and_op() -> None:

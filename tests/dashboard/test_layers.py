@@ -53,13 +53,15 @@ def debugged(layers_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
     return lab()
 
 
-def test_cost_error_scatter_points_are_ops_with_time_and_error(debugged: Lab) -> None:
+def test_cost_error_scatter_points_are_ops_with_time_and_error(debugged: Lab, demo: LoadedModel) -> None:
     cost = op_cost.op_cost(debugged.store, _int8_id(debugged), board="host")
     fig = cost_error_scatter(cost.table, 0.7, cost.time_source)
     (trace,) = fig.data
     both = cost.table.dropna(subset=["time_share", "rmse_scale"])
     assert len(both) >= 3  # the demo's conv, pool and dense are quantized and timed
     assert list(trace.text) == list(both["layer"])
+    # the dense output by its Keras name (the demo's last layer), not the converter's "StatefulPartitionedCall"
+    assert any(str(t).startswith(f"{demo.keras_model.layers[-1].name} #") for t in trace.text)
     assert list(trace.x) == pytest.approx(list(both["time_share"] * 100))
     assert list(trace.y) == pytest.approx(list(both["rmse_scale"]))
     assert "estimate" in fig.layout.xaxis.title.text
