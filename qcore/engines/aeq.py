@@ -176,7 +176,16 @@ def _batch_one(model: LoadedModel, sample: np.ndarray) -> bytes:
 
     net = model.keras_model
     spec = tf.TensorSpec([1, *sample.shape[1:]], tf.float32)
-    fn = tf.function(lambda x: net(x, training=False)).get_concrete_function(spec)
+    names = [str(n) for n in getattr(net, "output_names", None) or []]
+
+    def call(x: Any) -> Any:
+        # outputs keyed by the Keras output names, so the signature names them as a SavedModel would
+        # ("logits", not the concrete function's "output_0") and pages name the output layer by them
+        out = net(x, training=False)
+        outs = list(out) if isinstance(out, list | tuple) else [out]
+        return dict(zip(names, outs, strict=True)) if len(names) == len(outs) == 1 else out
+
+    fn = tf.function(call).get_concrete_function(spec)
     try:
         return bytes(tf.lite.TFLiteConverter.from_concrete_functions([fn], net).convert())
     except Exception as exc:  # ConverterError, ValueError from tracing

@@ -15,7 +15,7 @@ from qcore.lab.publish import publish
 from qcore.qtyping import ConvertReport, Dataset, LoadedModel, QlabError, Recipe
 from qcore.recipes import get_recipe
 from qcore.store import Store
-from qcore.tflite.inspection import inspect
+from qcore.tflite.inspection import inspect, output_names
 from qcore.tflite.litert_io import make_interpreter, run_model
 
 # the bar: each AEQ recipe within one accuracy point of the TF converter's
@@ -231,6 +231,8 @@ def test_run_model_feeds_aeq_int8_io(demo: LoadedModel, digits: Dataset) -> None
     tflite = aeq.convert(demo, "int8", digits.calibration(30))
     out, _ = run_model(tflite, digits.test_inputs()[:8])
     assert out.shape == (8, 10)
+    # made at batch 1 (the demo's Reshape reads its input's shape), its output keeps the Keras name
+    assert list(output_names(tflite).values()) == [demo.keras_model.layers[-1].name]
 
 
 def test_float_base_is_made_once_per_model(demo: LoadedModel, digits: Dataset, monkeypatch) -> None:
