@@ -663,6 +663,10 @@ def _draw_bars(c: _Canvas, bars: list[_Trace], axes: dict[str, _Axis], layout: M
             if label in (None, ""):
                 continue
             fs = _num(font.get("size")) or 11.0
+            if not horizontal:  # a label wider than its bar shrinks to fit, as Plotly's does; too small, it goes
+                fs = min(fs, (w + 4) / (max(len(str(label)), 1) * GLYPH_WIDTH))
+                if fs < 6:
+                    continue  # the bar's <title> still says its value
             where = str(spec.get("textposition") or "auto")
             room = w if horizontal else h
             inside = where == "inside" or (where == "auto" and room > _width(str(label), fs) + 6 if horizontal
@@ -868,8 +872,12 @@ def _frame(layout: Mapping[str, Any], axes: dict[str, _Axis], visible: dict[str,
         dom = [_num(v) for v in values(ax.spec.get("domain"))]
         share = (dom[1] or 0.0) - (dom[0] or 0.0) if len(dom) == 2 and dom[1] is not None else 1.0
         widest = max((_width(label, TICK_SIZE) for _, label in ax.ticks), default=0)
-        rotate[ax.key] = bool(ax.ticks) and widest + 6 > plot_w * share / max(len(ax.ticks), 1)
+        band = plot_w * share / max(len(ax.ticks), 1)
+        rotate[ax.key] = bool(ax.ticks) and widest + 6 > band
         x_label_h = max(x_label_h, widest * 0.5 + TICK_SIZE + 4 if rotate[ax.key] else TICK_SIZE * 1.4)
+        if rotate[ax.key] and ax.kind == "category" and (not dom or (dom[0] or 0.0) == 0.0):
+            # the first label, turned 30°, reaches left of its tick by cos 30° of its width
+            m["l"] = max(m["l"], _width(ax.ticks[0][1], TICK_SIZE) * 0.87 - band / 2 + 8)
     if xs:
         m["b"] = max(m["b"], x_label_h + 10 + (22 if any(_text_of(a.spec.get("title")) for a in xs) else 0))
     legend_size = _num(_get(layout, "legend", "font", "size")) or 11.0

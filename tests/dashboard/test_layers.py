@@ -171,6 +171,7 @@ def _grown(content: dict[str, Any]) -> dict[str, Any]:
     """The demo report's real content grown, by its own shape (reports.build_content), into the issue's report:
     ten MobileNetV2-sized variants (64 quantized layers, 69 ops) on this host and a board, each with its
     evaluation, confusion and per-op table, and two debugger runs (TF and AEQ) of 64 layers."""
+    from qcore.engines import variant_name
     from qcore.recipes import RECIPES
 
     by_recipe = {v["recipe"]: v for v in content["variants"]}
@@ -184,7 +185,7 @@ def _grown(content: dict[str, Any]) -> dict[str, Any]:
     for i, (recipe, spec) in enumerate(RECIPES.items()):
         vid, engine = 100 + i, ("tf", "aeq")[i % 2]
         base = by_recipe["int8" if spec.representative else "float32"]
-        out["variants"].append({**base, "variant_id": vid, "variant": f"{recipe}@{engine}", "recipe": recipe,
+        out["variants"].append({**base, "variant_id": vid, "variant": variant_name(recipe, engine), "recipe": recipe,
                                 "engine": engine, "model": "mnv2-alpha0.35-32px", "board_p50_ms": 1.5 + i})
         out["evaluations"].append({**evals[base["variant_id"]], "variant_id": vid})
         out["confusion"][str(vid)] = content["confusion"][str(base["variant_id"])]
@@ -196,7 +197,7 @@ def _grown(content: dict[str, Any]) -> dict[str, Any]:
                  "rmse_scale": (0.2 + (k % 13) / 20 if spec.representative and k < 64 else None),
                  "range": 6.0, "time_ms": 0.02 + k / 1000, "time_share": (0.02 + k / 1000) / 7.9,
                  "time_source": "profile"} for k, op in enumerate(ops)]
-        out["op_cost"][str(vid)] = {**template_ops, "variant": f"{recipe}@{engine}", "board": "imx8mp-evk",
+        out["op_cost"][str(vid)] = {**template_ops, "variant": variant_name(recipe, engine), "board": "imx8mp-evk",
                                     "target": "npu", "time_source": "profile", "total_ms": 7.9,
                                     "debug_run_id": (1 + i % 2) if spec.representative else None,
                                     "engine": engine if spec.representative else None, "rows": rows}

@@ -56,6 +56,18 @@ def test_exported_html_fits_1280_px_and_renders_notes(browser, tmp_store: Store,
         assert len(sizes) >= 4 and all(w > 600 and h > 150 for w, h in sizes), sizes
         assert tab.evaluate("document.scripts.length") == 0
         assert tab.locator(".fig svg title").count() >= 6  # hover texts, as native tooltips
+        # every label (long names turned 30°, the legend, titles) lies inside its drawing, none cut off
+        outside = tab.evaluate("""[...document.querySelectorAll('.fig svg')].flatMap(svg => {
+            const v = svg.viewBox.baseVal;
+            return [...svg.querySelectorAll('text')].filter(t => {
+                const b = t.getBBox(), m = t.getCTM(), s = svg.getCTM();
+                const p = new DOMPoint(b.x, b.y).matrixTransform(s.inverse().multiply(m));
+                const q = new DOMPoint(b.x + b.width, b.y + b.height).matrixTransform(s.inverse().multiply(m));
+                return Math.min(p.x, q.x) < -1 || Math.max(p.x, q.x) > v.width + 1
+                    || Math.min(p.y, q.y) < -1 || Math.max(p.y, q.y) > v.height + 1;
+            }).map(t => t.textContent);
+        })""")
+        assert outside == []
         widths = tab.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
         assert widths[0] <= widths[1], f"the page is {widths[0]} px wide in a {widths[1]} px window"
         assert tab.locator(".notes strong").first.inner_text() == "int8"
