@@ -648,6 +648,7 @@ class TensorDiff:
     max_abs_error: float
     snr_db: float  # 10*log10(signal power / error power); inf when identical
     cosine: float
+    layer: str = ""  # the name users know: the float model's output key ("predictions"), else its Keras layer
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,7 @@ def tensor_snr_bars(diffs: pd.DataFrame, top_n: int = 30, title: str = "signal-t
     data = data.sort_values("_snr", kind="stable", na_position="last")
     if top_n > 0:
         data = data.head(top_n)
-    labels = layers.unique_labels(data["name"].tolist())
+    labels = layers.unique_labels(data["name"].tolist(), layers.known_names(data, "name"))
     hover = np.stack([data["name"].astype(str).str.slice(0, 120),
                       data["mse"].map(lambda v: f"{float(v):.3e}"),
                       data.get("quant_dtype", pd.Series([""] * len(data), index=data.index)).astype(str)], axis=-1)

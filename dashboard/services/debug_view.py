@@ -353,7 +353,7 @@ def matched_table(matched: pd.DataFrame, text: str = "") -> pd.DataFrame:
     data = layers.rank(layers.filter_rows(matched, text, name_col="name"), "snr_db", higher_is_worse=False)
     cols = ["quant_dtype", "shape", "snr_db", "cosine", "mse", "max_abs_error", "per_channel"]
     out = data[[c for c in cols if c in data]].copy()
-    out.insert(0, "layer", layers.unique_labels(data["name"].tolist()))
+    out.insert(0, "layer", layers.unique_labels(data["name"].tolist(), layers.known_names(data, "name")))
     out["name"] = data["name"]
     return out.reset_index(drop=True)
 

@@ -22,11 +22,11 @@ def short_name(tensor_name: str, known: Mapping[str, str] | None = None) -> str:
     return layer_name(tensor_name, (known or {}).get(str(tensor_name), ""))
 
 
-def known_names(rows: pd.DataFrame) -> dict[str, str]:
+def known_names(rows: pd.DataFrame, name_col: str = "tensor_name") -> dict[str, str]:
     """tensor name → recorded layer name of a run's rows (`Store.layer_stats` gives every row one)."""
-    if rows.empty or "layer" not in rows or "tensor_name" not in rows:
+    if rows.empty or "layer" not in rows or name_col not in rows:
         return {}
-    return {str(t): str(n) for t, n in zip(rows["tensor_name"], rows["layer"], strict=True)
+    return {str(t): str(n) for t, n in zip(rows[name_col], rows["layer"], strict=True)
             if isinstance(n, str) and n}
 
 

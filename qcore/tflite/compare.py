@@ -20,6 +20,8 @@ from qcore.qtyping import (
     no_progress,
 )
 from qcore.tflite import litert_io
+from qcore.tflite.inspection import output_names
+from qcore.tflite.names import layer_name
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,7 @@ def compare_tensors(
             or no samples.
     """
     fbytes, fpath = _load(float_model)
+    outputs = output_names(fbytes)  # the float model's signature names its outputs as Keras does
     qbytes, qpath = _load(quant_model)
     x = np.asarray(x)
     if len(x) == 0:
@@ -194,6 +197,7 @@ def compare_tensors(
                 max_abs_error=acc.max_abs if acc.n else float("nan"),
                 snr_db=_snr_db(acc.f2, acc.sq_err),
                 cosine=_cosine(acc.fq, acc.f2, acc.q2),
+                layer=layer_name(name, "", outputs),
             )
         )
     log.info("compared %d tensors; %d unmatched", len(matched), len(unmatched))

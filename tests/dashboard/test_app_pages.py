@@ -500,7 +500,7 @@ def test_debugger_search_plots_trials(debugged: Lab, page) -> None:
         assert any(b.label == "Use this variant" for b in at.button)
 
 
-def test_debugger_tensor_comparison(debugged: Lab, page) -> None:
+def test_debugger_tensor_comparison(debugged: Lab, page, demo: LoadedModel) -> None:
     at = page("debugger")
     assert at.selectbox(key="debugger_cmp_float").value == _variant_id(debugged, "float32")
     assert at.selectbox(key="debugger_cmp_quant").value == _variant_id(debugged, "int8")
@@ -514,6 +514,10 @@ def test_debugger_tensor_comparison(debugged: Lab, page) -> None:
     act = next(s for t, s in titles.items() if "activations: worst" in t)
     const = next(s for t, s in titles.items() if "weights and biases: worst" in t)
     assert len(act["data"][0]["y"]) >= 2 and len(const["data"][0]["y"]) >= 2
+    # the output by its Keras name (the demo's last Dense), in the bars and the table
+    assert str(demo.keras_model.layers[-1].name) in act["data"][0]["y"]
+    assert any(str(demo.keras_model.layers[-1].name) in d.value["layer"].tolist()
+               for d in at.dataframe if "snr_db" in d.value.columns)
     # worst first: the lowest SNR on top
     for df in (d.value for d in at.dataframe if "snr_db" in d.value.columns):
         snr = df["snr_db"].astype(float).tolist()

@@ -26,7 +26,8 @@ def _names(model: bytes) -> set[str]:
     return {str(t["name"]) for t in make_interpreter(model).get_tensor_details()}
 
 
-def test_compare_tensors_int8_activations_and_weights(tiny_tflite: dict[str, bytes], digits: Dataset) -> None:
+def test_compare_tensors_int8_activations_and_weights(tiny_tflite: dict[str, bytes], digits: Dataset,
+                                                     demo: LoadedModel) -> None:
     r = compare_tensors(tiny_tflite["float32"], tiny_tflite["int8"], digits.test_inputs()[:8])
     assert r.n_samples == 8
     conv = next(d for d in r.matched if d.quant_dtype == "int8" and not d.is_constant and "conv/Relu" in d.name)
@@ -37,6 +38,10 @@ def test_compare_tensors_int8_activations_and_weights(tiny_tflite: dict[str, byt
     assert kernel.is_constant and kernel.per_channel and kernel.quant_dtype == "int8"
     # int8 weights keep ~7 bits of the float kernel: tiny but non-zero error
     assert 0.0 < kernel.mse < 1e-4
+    # each tensor by the name users know: the conv's Keras layer, the output by the demo's last Dense layer
+    assert conv.layer == "conv"
+    out = next(d for d in r.matched if d.name.startswith("StatefulPartitionedCall"))
+    assert out.layer == demo.keras_model.layers[-1].name
 
 
 def test_compare_tensors_identical_models(tiny_tflite: dict[str, bytes], digits: Dataset) -> None:
