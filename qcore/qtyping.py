@@ -362,6 +362,8 @@ class Inspection:
     integer_only: bool
     float_ops: tuple[str, ...]
     lint: tuple[LintFinding, ...]
+    # tensor name → the signature's output key ("StatefulPartitionedCall:0" → "predictions")
+    output_names: dict[str, str] = field(default_factory=dict)
 
     @property
     def verdict(self) -> str:

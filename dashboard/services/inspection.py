@@ -21,7 +21,8 @@ def _first(values: tuple[float, ...] | tuple[int, ...]) -> str:
 def ops_table(info: Inspection) -> pd.DataFrame:
     names = {t.index: t.name for t in info.tensors}
     return pd.DataFrame(
-        [{"#": op.index, "layer": layers.short_name(names.get(op.outputs[0], "")) if op.outputs else "",
+        [{"#": op.index,
+          "layer": layers.short_name(names.get(op.outputs[0], ""), info.output_names) if op.outputs else "",
           "op": op.name, "computes in": "float" if op.is_float else "integer",
           "inputs": ", ".join(names.get(i, str(i)) for i in op.inputs if i >= 0),
           "outputs": ", ".join(names.get(i, str(i)) for i in op.outputs)} for op in info.ops],
@@ -41,7 +42,7 @@ def op_counts(ops: pd.DataFrame) -> pd.DataFrame:
 def tensors_table(info: Inspection) -> pd.DataFrame:
     io = {i: "input" for i in info.inputs} | {i: "output" for i in info.outputs}
     return pd.DataFrame(
-        [{"#": t.index, "layer": layers.short_name(t.name), "name": t.name, "dtype": t.dtype, "shape": "×".join(str(d) for d in t.shape),
+        [{"#": t.index, "layer": layers.short_name(t.name, info.output_names), "name": t.name, "dtype": t.dtype, "shape": "×".join(str(d) for d in t.shape),
           "scale": _first(t.scales), "zero point": _first(t.zero_points),
           "per-channel": t.per_channel, "constant": t.is_constant, "role": io.get(t.index, "")}
          for t in info.tensors],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -136,7 +137,8 @@ def npu_verdict(model: bytes | bytearray | str | os.PathLike[str]) -> NpuVerdict
 
 
 def _parse(data: bytes, path: str, label: str) -> Inspection:
-    return _summarize(_read_graphs(data, label), path, len(data))
+    return dataclasses.replace(_summarize(_read_graphs(data, label), path, len(data)),
+                               output_names=output_names(data))
 
 
 def _read_graphs(data: bytes, label: str) -> list[_Graph]:

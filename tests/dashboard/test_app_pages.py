@@ -658,7 +658,7 @@ def test_debugger_search_uses_and_names_the_variants_engine(explained: Lab, page
 
 
 # ---------------------------------------------------------------- inspect
-def test_inspect_int8_is_integer_only(converted: Lab, page) -> None:
+def test_inspect_int8_is_integer_only(converted: Lab, page, demo: LoadedModel) -> None:
     at = page("inspect")
     at.selectbox(key="inspect_variant").set_value(_variant_id(converted, "int8")).run()
     _no_traceback(at)
@@ -666,6 +666,9 @@ def test_inspect_int8_is_integer_only(converted: Lab, page) -> None:
     assert verdict.value == "integer-only"
     tensors = at.dataframe[1].value
     assert "int8" in set(tensors["dtype"]) and tensors["scale"].str.len().gt(0).any()
+    # the model's output by its Keras name (the demo's last Dense), beside the converter's tensor name
+    output = tensors[tensors["role"] == "output"].iloc[0]
+    assert output["layer"] == demo.keras_model.layers[-1].name and output["name"].startswith("StatefulPartitionedCall")
 
 
 def test_inspect_float32_lints_float_ops(converted: Lab, page) -> None:
