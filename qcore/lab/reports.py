@@ -451,8 +451,16 @@ def render_html(report: dict[str, Any], figures: Sequence[tuple[str, PlotlyFigur
         for caption, df in op_tables:
             parts += [f"<h3>{html.escape(caption)}</h3>", _table_html(df, TABLE_TOP, "ops")]
     for i, (caption, fig) in enumerate(figures):
-        drawn = figure_svg(fig if isinstance(fig, Mapping) else fig.to_dict(), ident=f"fig{i}")
-        parts.append(f"<div class='fig'><h3>{html.escape(caption)}</h3>{drawn.svg}")
+        head = f"<div class='fig'><h3>{html.escape(caption)}</h3>"
+        try:
+            drawn = figure_svg(fig if isinstance(fig, Mapping) else fig.to_dict(), ident=f"fig{i}")
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError) as exc:
+            # one odd figure never costs the reader the rest of the export; it says so where it would be
+            log.warning("report %s: figure %r not drawn", report.get("id"), caption, exc_info=True)
+            parts.append(f"{head}<p class='fig-note'>This figure could not be drawn in this export "
+                         f"({html.escape(type(exc).__name__)}: {html.escape(str(exc)[:200])}).</p></div>")
+            continue
+        parts.append(head + drawn.svg)
         parts += [f"<p class='fig-note'>Not drawn in this export: {html.escape(note)}.</p>" for note in drawn.notes]
         parts.append("</div>")
     parts.append("</body></html>")

@@ -72,11 +72,23 @@ def values(v: Any) -> list[Any]:
     return [v]
 
 
+def _decoded(v: Any) -> Any:
+    """A trace or layout with every typed array and numpy array turned into lists, once."""
+    if isinstance(v, Mapping):
+        return values(v) if "bdata" in v else {k: _decoded(x) for k, x in v.items()}
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    if isinstance(v, list | tuple):
+        return [_decoded(x) for x in v]
+    return v
+
+
 def _at(v: Any, i: int, default: Any = None) -> Any:
     """Per-point attribute: the i-th of an array, or the scalar itself."""
-    if isinstance(v, Mapping) and "bdata" in v or hasattr(v, "tolist") or isinstance(v, list | tuple):
-        seq = values(v)
-        return seq[i] if i < len(seq) and seq[i] is not None else default
+    if isinstance(v, Mapping) and "bdata" in v or hasattr(v, "tolist"):
+        v = values(v)
+    if isinstance(v, list | tuple):
+        return v[i] if i < len(v) and v[i] is not None else default
     return default if v is None else v
 
 
@@ -1047,7 +1059,8 @@ def figure_svg(figure: Mapping[str, Any], ident: str = "f") -> SvgFigure:
         what it could not draw (a trace type outside DRAWN, a shape other than a line or a box),
         which the SVG also says in words.
     """
-    layout: Mapping[str, Any] = figure.get("layout") or {}
+    figure = {"data": _decoded(list(figure.get("data") or [])), "layout": _decoded(figure.get("layout") or {})}
+    layout: Mapping[str, Any] = figure["layout"]
     traces = _traces(figure)
     c = _Canvas(ident)
     colorway = values(layout.get("colorway")) or values(_get(layout, "template", "layout", "colorway")) \

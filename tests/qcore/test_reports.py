@@ -99,6 +99,11 @@ def test_render_html_is_self_contained(tmp_store: Store, tiny_tflite) -> None:
     assert page.count("<svg") == 3 and len(page) < 100_000
     # what the export cannot draw, it says in words
     assert "<p class='fig-note'>Not drawn in this export: a pie trace (share).</p>" in page
+    # a figure whose data is broken says so in words; the others and the tables are all there
+    broken = {"data": [{"type": "bar", "x": ["a"], "y": {"dtype": "f8", "bdata": "not base64!"}}]}
+    page = reports.render_html(report, [("broken", broken), *figs])
+    assert "<h3>broken</h3><p class='fig-note'>This figure could not be drawn in this export (" in page
+    assert page.count("<svg") == 3 and "On-board accuracy" in page
     assert "On-board accuracy" in page and "<td>imx/npu</td>" in page
 
 
