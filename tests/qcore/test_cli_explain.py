@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qcore.cli import main
-from qcore.cli.explain import debug_text
+from qcore.cli.explain import debug_text, tune_text
 from qcore.qtyping import LoadedModel
 
 
@@ -166,6 +166,19 @@ def test_debug_is_the_default_engine_tf(capsys: pytest.CaptureFixture[str], demo
     head, out = str(demo.keras_model.layers[-1].name), got["layers"][-1]
     assert out["layer"] == head and out["tensor_name"].startswith("StatefulPartitionedCall")
     assert f"{head:<24} {out['tensor_name']}" in debug_text(got, argparse.Namespace()).splitlines()[-3]
+
+
+def test_tune_text_names_the_chosen_layers_by_the_ranking_runs_names() -> None:
+    """The chosen denylist reads by layer name ("predictions"), with the tensor name --denylist-nodes takes."""
+    doc = {"model": "m", "max_drop": 1.0, "float_accuracy": 0.9, "target_accuracy": 0.89, "layers": 2,
+           "engine": "tf", "deploy_engine": "tf", "remedy": "float", "tried": [],
+           "chosen": {"denylist": ["StatefulPartitionedCall:0", "m/conv/Relu;m/conv/BiasAdd"], "accuracy": 0.895,
+                      "size_bytes": 4096, "passed": True},
+           "chosen_variant": {"variant_id": 3, "name": "int8 + 2 float layers"},
+           "layer_names": {"StatefulPartitionedCall:0": "predictions"}}
+    lines = tune_text(doc, argparse.Namespace()).splitlines()
+    assert lines[-2:] == [f"    {'predictions':<24} StatefulPartitionedCall:0",
+                          f"    {'conv':<24} m/conv/Relu;m/conv/BiasAdd"]
 
 
 def test_convert_engine_aeq_json(capsys: pytest.CaptureFixture[str], demo_h5: Path, digits_npz: Path, db: str,
