@@ -36,9 +36,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check qcore board_agent dashboard tests bench
 	$(BIN)/mypy qcore board_agent
 
-# refresh the README's screenshots from a real browser run of the e2e tests
+# refresh the README's screenshots: a MobileNetV2-sized session through a real server, in headless Chromium
 screenshots: $(STAMP)
-	QLAB_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/e2e
+	QLAB_MOBILENET=1 QLAB_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/e2e/test_tour_mnv2.py
 
 # TensorFlow's native log lines are silenced (qcore.quiet); `make bench V=1` shows them
 bench: $(STAMP)
