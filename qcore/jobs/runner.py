@@ -97,8 +97,9 @@ class _Watch:
     requeues: int = 0
     fraction: float = 0.0  # its latest progress, and a few words of it ("3 of 9 recipes")
     detail: str = ""
-    # finished pieces of its value the worker sent (KEEPS): what a cancel or a timeout keeps
-    kept: list[Any] = dataclasses.field(default_factory=list)
+    # finished pieces of its value the worker sent (KEEPS), still pickled: read only when a cancel or a timeout
+    # keeps them (most jobs finish, and their result carries the same pieces)
+    kept: list[bytes] = dataclasses.field(default_factory=list)
 
 
 def error_text(exc: BaseException) -> str:
@@ -442,10 +443,8 @@ class JobRunner:
             watch = self._watches.get(int(event.get("job", -1)))
             if watch is None or watch.worker != str(event.get("worker", "")):
                 return
-        try:
-            watch.kept.append(pickle.loads(event["value"]))  # from qlab's own worker, as every job result is
-        except Exception:
-            log.exception("a finished piece of job %s could not be read", watch.job_id)
+        if isinstance(event.get("value"), bytes):
+            watch.kept.append(event["value"])
 
     def _pump_events(self) -> None:
         while not self._closed.is_set():
@@ -610,7 +609,14 @@ class JobRunner:
         """Publishes what a stopped job finished (a conversion's finished recipes), if its kind keeps any;
         the job ends with `reason` and a result that says what it kept. False when there was nothing."""
         assemble = KEEPS.get(watch.spec.kind)
-        value = assemble(watch.spec.params, list(watch.kept)) if assemble is not None else None
+        if assemble is None:
+            return False
+        try:
+            # from qlab's own worker, as every job result is
+            value = assemble(watch.spec.params, [pickle.loads(piece) for piece in watch.kept])
+        except Exception:
+            log.exception("the finished pieces of job %s could not be read", watch.job_id)
+            return False
         if value is None:
             return False
         try:
