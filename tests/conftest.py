@@ -204,18 +204,26 @@ def digits32(digits: Dataset) -> Dataset:
 def mnv2(session_data_dir: Path, digits32: Dataset) -> LoadedModel:
     """A MobileNetV2-sized model built offline (alpha 0.35, 32×32×3, 10 classes, 64 quantized layers), trained
     one short epoch on 512 digits32 samples once per session (BatchNorm momentum 0.9 so its statistics settle)."""
-    import tf_keras
-
     from qcore.inputs.models import load_model
 
     path = session_data_dir / "mnv2.h5"
     if not path.exists():
-        tf_keras.utils.set_random_seed(0)
-        net = tf_keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), weights=None, classes=10)
-        for layer in net.layers:
-            if isinstance(layer, tf_keras.layers.BatchNormalization):
-                layer.momentum = 0.9
-        net.compile(tf_keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-        net.fit(digits32.x_train[:512], digits32.y_train[:512], epochs=1, batch_size=32, verbose=0)
-        net.save(path)
+        train_mnv2(digits32, path, epochs=1, samples=512, learning_rate=3e-3)
     return load_model(path, trusted=True)
+
+
+def train_mnv2(data: Dataset, path: Path, *, epochs: int, samples: int | None = None,
+               learning_rate: float = 1e-3) -> Path:
+    """tf_keras MobileNetV2 (alpha 0.35, 32×32×3, 10 classes, no weights: offline), BatchNorm momentum 0.9 so its
+    statistics settle in a short run, trained on the first `samples` of `data` and saved as .h5 at `path`."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    net = tf_keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), weights=None, classes=10)
+    for layer in net.layers:
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    net.compile(tf_keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    net.fit(data.x_train[:samples], data.y_train[:samples], epochs=epochs, batch_size=32, verbose=0)
+    net.save(path)
+    return path

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from qcore.inputs.data import Dataset, save_npz
+from tests.conftest import train_mnv2
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
 from tests.e2e.serving import running_server
 from tests.e2e.test_ci_flow import LOCAL_BOARD, qlab
@@ -36,18 +37,7 @@ state: dict[str, Any] = {}
 def trained(tmp_path_factory: pytest.TempPathFactory, digits32: Dataset) -> Path:
     """MobileNetV2 (alpha 0.35, 32×32×3, 10 classes) trained 10 epochs on digits32 (about a minute): a model a
     user would bring, unlike the suite's one-epoch fixture, so the pages show real accuracy."""
-    import tf_keras
-
-    tf_keras.utils.set_random_seed(0)
-    net = tf_keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), weights=None, classes=10)
-    for layer in net.layers:
-        if isinstance(layer, tf_keras.layers.BatchNormalization):
-            layer.momentum = 0.9
-    net.compile(tf_keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    net.fit(digits32.x_train, digits32.y_train, epochs=10, batch_size=32, verbose=0)
-    path = tmp_path_factory.mktemp("mnv2-model") / "mnv2-035.h5"
-    net.save(path)
-    return path
+    return train_mnv2(digits32, tmp_path_factory.mktemp("mnv2-model") / "mnv2-035.h5", epochs=10)
 
 
 @pytest.fixture(scope="module")
