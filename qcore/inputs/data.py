@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -283,6 +284,10 @@ def _image_files(root: Path, classes: list[str]) -> list[tuple[int, Path]]:
 
 def _read_images(root: Path, classes: list[str], mode: str, size: tuple[int, int], channels: int | None):
     from PIL import Image, UnidentifiedImageError
+
+    # the pixel limits below refuse such an image in words naming its file; PIL's own warning at open would only
+    # reach the server's terminal (its DecompressionBombError, at twice its limit, is still caught below)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
     files = _image_files(root, classes)
     per_image = size[0] * size[1] * (channels or 1) * 4
