@@ -200,9 +200,8 @@ def suspects(stats: pd.DataFrame, threshold: float, first_k: int = 0) -> list[st
 
 
 def document_names(doc: dict[str, Any]) -> dict[str, str]:
-    """tensor name → recorded layer name from a debugger job's result (its per-layer rows)."""
-    return {str(r["tensor_name"]): str(r["layer"]) for r in doc.get("layers") or []
-            if isinstance(r, dict) and r.get("tensor_name") and isinstance(r.get("layer"), str) and r["layer"]}
+    """tensor name → recorded layer name from a debugger job's result (its per-layer rows, `layers.known_names`)."""
+    return layers.known_names(pd.DataFrame([r for r in doc.get("layers") or [] if isinstance(r, dict)]))
 
 
 def tensor_names(stats: pd.DataFrame) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from dashboard.services.children import free_port
 
@@ -62,3 +64,12 @@ def running_server(data: Path, *, bootstrap: bool = False, **env: str) -> Iterat
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def qlab(server: str, *argv: str, token: str = ADMIN_TOKEN) -> tuple[int, Any, str]:
+    """Runs `qlab --server URL ... --json` as CI would; returns (exit code, parsed stdout, stderr)."""
+    env = dict(os.environ, QLAB_TOKEN=token)
+    env.pop("QLAB_SERVER", None)
+    out = subprocess.run([sys.executable, "-m", "qcore.cli", "--server", server, *argv, "--json"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=600)
+    return out.returncode, json.loads(out.stdout) if out.stdout.strip() else None, out.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,20 +15,11 @@ from qcore.lab.reports import import_bundle
 from qcore.qtyping import LoadedModel
 from qcore.store import Store
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
-from tests.e2e.serving import ADMIN_TOKEN, REPO, running_server
+from tests.e2e.serving import ADMIN_TOKEN, REPO, qlab, running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 # the board `make dashboard` registers for its own local agent
 LOCAL_BOARD = "this machine (CPU only)"
-
-
-def qlab(server: str, *argv: str, token: str = ADMIN_TOKEN) -> tuple[int, Any, str]:
-    """Runs `qlab --server URL ... --json` as CI would; returns (exit code, parsed stdout, stderr)."""
-    env = dict(os.environ, QLAB_TOKEN=token)
-    env.pop("QLAB_SERVER", None)
-    out = subprocess.run([sys.executable, "-m", "qcore.cli", "--server", server, *argv, "--json"], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=600)
-    return out.returncode, json.loads(out.stdout) if out.stdout.strip() else None, out.stderr
 
 
 def shape(doc: Any) -> Any:

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
+from dashboard.services.lab import LOCAL_BOARD
 from qcore.inputs.data import Dataset, save_npz
 from tests.conftest import train_mnv2
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
-from tests.e2e.serving import running_server
-from tests.e2e.test_ci_flow import LOCAL_BOARD, qlab
+from tests.e2e.serving import qlab, running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser,
               pytest.mark.skipif(os.environ.get("QLAB_MOBILENET") != "1",
